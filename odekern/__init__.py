@@ -1,0 +1,31 @@
+"""odekern: fused kernels for neural-ODE blocks.
+
+Drop-in for torchdiffeq::
+
+    from odekern import odeint_adjoint as odeint
+
+Public API (explicit re-exports only):
+- ``odeint`` / ``odeint_adjoint``: torchdiffeq-compatible solvers.
+- ``ODEBlock``: an nn.Module solving an ODE of any order with a chosen gradient mode.
+- ``nmode_solve`` / ``NmODE``: the fused nmODE solve ``dy/dt = -y + sin^2(y + g)``.
+- ``backends()`` / ``use_backend()``: which kernel backends exist here and forcing one.
+"""
+
+from odekern._ext import build_info
+from odekern.backends import backends, use_backend
+from odekern.nn import NmODE, ODEBlock
+from odekern.odeint import odeint, odeint_adjoint
+from odekern.ops.nmode_solve import nmode_solve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NmODE",
+    "ODEBlock",
+    "backends",
+    "build_info",
+    "nmode_solve",
+    "odeint",
+    "odeint_adjoint",
+    "use_backend",
+]

@@ -1,0 +1,49 @@
+"""Tolerant loader for the compiled extension ``odekern._C``.
+
+odekern always works without it (the pure-PyTorch reference backend); a failed or skipped
+build only warns, once, at first use of a backend that needs it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch  # noqa: F401 - loads libc10/libtorch, which odekern._C links against
+
+try:
+    from odekern import _C  # type: ignore[attr-defined]
+
+    HAS_EXT: bool = True
+    HAS_CUDA_EXT: bool = bool(_C.with_cuda())
+    LOAD_ERROR: str | None = None
+except Exception as exc:  # noqa: BLE001 - ImportError, or an undefined symbol in a stale build
+    _C = None
+    HAS_EXT = False
+    HAS_CUDA_EXT = False
+    LOAD_ERROR = f"odekern._C not loaded ({type(exc).__name__}: {exc})"
+
+_warned = False
+
+
+def warn_if_missing() -> None:
+    """Warn once per process that the C++ kernels are unavailable."""
+    global _warned
+    if not HAS_EXT and not _warned:
+        _warned = True
+        warnings.warn(
+            f"{LOAD_ERROR}; odekern falls back to its pure-PyTorch reference backend. "
+            "Rebuild with `pip install -e . --no-build-isolation` to get the fused kernels.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def build_info() -> dict:
+    if not HAS_EXT:
+        return {"extension": False, "reason": LOAD_ERROR}
+    return {
+        "extension": True,
+        "with_cuda": HAS_CUDA_EXT,
+        "cpu_isa": _C.cpu_isa(),
+        "built_against_torch": _C.torch_version,
+    }

@@ -1,0 +1,188 @@
+"""The one place that decides which backend runs an op.
+
+Backends: ``reference`` (pure PyTorch, always), ``cpu`` (C++ extension), ``cuda`` (CUDA
+extension), ``triton`` (Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1``).
+
+Choice, first match wins:
+1. an explicit ``backend=`` argument other than ``"auto"``;
+2. the innermost ``odekern.use_backend(name)`` context;
+3. the ``ODEKERN_BACKEND`` environment variable;
+4. the per-device priority: CPU tensors ``cpu -> reference``; CUDA tensors
+   ``cuda -> triton -> reference``.
+
+Each op registers, per backend, an implementation plus ``supports(**inputs) -> list[str]``
+giving the reasons it refuses those inputs (empty list = accepts). A forced backend that
+refuses raises; ``auto`` moves down the priority list. When nothing fits, the error lists
+every backend and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from typing import Callable, Iterator
+
+import torch
+
+from odekern import _ext
+
+BACKEND_NAMES = ("reference", "cpu", "cuda", "triton")
+PRIORITY = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+_local = threading.local()
+
+
+def _triton_unavailable_reason() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"triton not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def availability() -> dict[str, bool | str]:
+    """Library-level availability: ``True`` or the reason a backend cannot run at all."""
+    out: dict[str, bool | str] = {"reference": True}
+    out["cpu"] = True if _ext.HAS_EXT else (_ext.LOAD_ERROR or "extension not built")
+    if torch.version.cuda is None:
+        out["cuda"] = "torch built without CUDA"
+    elif not _ext.HAS_CUDA_EXT:
+        out["cuda"] = "odekern was built without its CUDA kernels"
+    elif not torch.cuda.is_available():
+        out["cuda"] = "no CUDA device visible"
+    else:
+        out["cuda"] = True
+    reason = _triton_unavailable_reason()
+    if reason is not None:
+        out["triton"] = reason
+    elif not torch.cuda.is_available() and not triton_interpret():
+        out["triton"] = "no CUDA device (set TRITON_INTERPRET=1 to run on CPU tensors)"
+    else:
+        out["triton"] = True
+    return out
+
+
+def _device_reason(name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run on tensors of ``device`` (None = it can)."""
+    kind = device.type
+    if name == "reference":
+        return None
+    if name == "cpu":
+        return None if kind == "cpu" else f"the cpu backend needs CPU tensors, got {kind}"
+    if name == "cuda":
+        return None if kind == "cuda" else f"the cuda backend needs CUDA tensors, got {kind}"
+    if name == "triton":
+        if kind == "cuda" or (kind == "cpu" and triton_interpret()):
+            return None
+        return f"triton needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {kind}"
+    return f"unknown backend {name!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OpBackend:
+    op: str
+    name: str
+    fn: Callable
+    supports: Callable[..., list[str]]
+
+
+_REGISTRY: dict[str, dict[str, OpBackend]] = {}
+
+
+def register(op: str, name: str, fn: Callable, supports: Callable[..., list[str]] | None = None) -> None:
+    """Register ``fn`` as backend ``name`` of ``op``; ``supports(**inputs)`` lists refusals."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    _REGISTRY.setdefault(op, {})[name] = OpBackend(op, name, fn, supports or (lambda **_: []))
+
+
+def registered(op: str) -> dict[str, OpBackend]:
+    return dict(_REGISTRY.get(op, {}))
+
+
+def check_backend_name(backend: str | None, argname: str = "backend") -> None:
+    if backend is not None and backend != "auto" and backend not in BACKEND_NAMES:
+        raise ValueError(f"{argname} must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+
+
+def requested_backend(backend: str | None = None) -> str | None:
+    """The forced backend name in effect (argument > context > env), or None for auto."""
+    check_backend_name(backend)
+    if backend not in (None, "auto"):
+        return backend
+    stack = getattr(_local, "stack", [])
+    if stack:
+        return stack[-1]
+    env = os.environ.get("ODEKERN_BACKEND", "").strip()
+    if env and env != "auto":
+        check_backend_name(env, "ODEKERN_BACKEND")
+        return env
+    return None
+
+
+def refusals(op: str, name: str, device: torch.device, **inputs) -> list[str]:
+    """Every reason backend ``name`` cannot run ``op`` on these inputs (empty = it can)."""
+    avail = availability().get(name, f"unknown backend {name!r}")
+    if avail is not True:
+        return [str(avail)]
+    dev = _device_reason(name, device)
+    if dev is not None:
+        return [dev]
+    impl = _REGISTRY.get(op, {}).get(name)
+    if impl is None:
+        return [f"op {op!r} has no {name} implementation"]
+    return list(impl.supports(**inputs))
+
+
+def select(op: str, device: torch.device, backend: str | None = None, **inputs) -> OpBackend:
+    """Pick the backend that runs ``op`` for tensors on ``device``.
+
+    ``inputs`` are passed to each candidate's ``supports``; raises RuntimeError listing every
+    backend's reasons when none fits (or when a forced backend refuses).
+    """
+    forced = requested_backend(backend)
+    if forced is not None:
+        reasons = refusals(op, forced, device, **inputs)
+        if reasons:
+            raise RuntimeError(
+                f"odekern: backend {forced!r} was requested for {op} but cannot run it: "
+                + "; ".join(reasons)
+            )
+        if forced in ("cpu", "cuda"):
+            _ext.warn_if_missing()
+        return _REGISTRY[op][forced]
+    tried: dict[str, list[str]] = {}
+    for name in PRIORITY.get(device.type, ("reference",)):
+        reasons = refusals(op, name, device, **inputs)
+        if not reasons:
+            if name == "reference" and device.type == "cpu":
+                _ext.warn_if_missing()
+            return _REGISTRY[op][name]
+        tried[name] = reasons
+    detail = "; ".join(f"{n}: {', '.join(r)}" for n, r in tried.items())
+    raise RuntimeError(f"odekern: no backend can run {op} on {device.type} tensors ({detail})")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force backend ``name`` (or ``"auto"``) for every op inside the ``with`` block."""
+    check_backend_name(name, "name")
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def backends() -> dict[str, bool | str]:
+    """Which backends can run here: ``True`` or the reason they cannot."""
+    return availability()

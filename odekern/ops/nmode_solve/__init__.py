@@ -1,0 +1,2 @@
+def nmode_solve(*a, **k):  # placeholder until the nmODE issue lands
+    raise NotImplementedError("nmode_solve: work in progress")

@@ -1,0 +1,75 @@
+"""Tolerances, assertion helpers and input factories shared by tests/ and bench/.
+
+Tolerances live here and nowhere else. Rule for low precision (flash-attention's): a kernel's
+error against the float64 reference must be at most ``LOW_PRECISION_FACTOR`` times the error
+of the reference itself computed in that low precision.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# (rtol, atol) for "same algorithm, different implementation" comparisons: rounding only.
+ROUNDING_TOL: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (2e-5, 2e-6),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+# (rtol, atol) for comparisons against a *different* library or algorithm (e.g. torchdiffeq,
+# continuous adjoint vs discrete backprop) where step sequences or quadrature differ slightly.
+CROSS_LIBRARY_TOL: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-6, 1e-8),
+    torch.float32: (1e-4, 1e-5),
+}
+
+LOW_PRECISION_FACTOR = 2.0
+
+
+def tol(dtype: torch.dtype, kind: str = "rounding") -> dict[str, float]:
+    table = ROUNDING_TOL if kind == "rounding" else CROSS_LIBRARY_TOL
+    rtol, atol = table[dtype]
+    return {"rtol": rtol, "atol": atol}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, kind: str = "rounding", msg: str = "", **over) -> None:
+    """``torch.testing.assert_close`` with odekern's per-dtype tolerances (overridable)."""
+    kw = tol(expected.dtype if expected.dtype in ROUNDING_TOL else torch.float32, kind)
+    kw.update(over)
+    torch.testing.assert_close(actual, expected, msg=(lambda m: f"{msg}\n{m}") if msg else None, **kw)
+
+
+def assert_low_precision_ok(kernel_out: torch.Tensor, ref_low: torch.Tensor, ref_fp64: torch.Tensor) -> None:
+    """The 2x rule: |kernel - fp64| <= 2 * |ref_low - fp64| (max norm), plus a float floor."""
+    kernel_err = (kernel_out.double() - ref_fp64).abs().max().item()
+    ref_err = (ref_low.double() - ref_fp64).abs().max().item()
+    floor = torch.finfo(ref_low.dtype).eps
+    assert kernel_err <= LOW_PRECISION_FACTOR * ref_err + floor, (
+        f"kernel error {kernel_err:.3e} exceeds {LOW_PRECISION_FACTOR}x the reference's "
+        f"own {ref_low.dtype} error {ref_err:.3e}"
+    )
+
+
+def make_generator(seed: int = 0) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 1.0,
+          requires_grad: bool = False) -> torch.Tensor:
+    """Deterministic normal tensor (independent of the global RNG state)."""
+    x = torch.randn(*shape, generator=make_generator(seed), dtype=torch.float64) * scale
+    return x.to(dtype).requires_grad_(requires_grad)
+
+
+def non_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """Same values as ``x`` but laid out non-contiguously (a strided view of a bigger tensor)."""
+    if x.dim() == 0:
+        return x
+    big = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+    view = big[..., ::2]
+    view.copy_(x.detach())
+    assert not view.is_contiguous() or x.numel() <= 1
+    return view.requires_grad_(x.requires_grad)

@@ -1,0 +1,39 @@
+"""Shared fixtures: deterministic seeding and the ``backend`` fixture.
+
+``backend`` is parametrised over every backend name; one that cannot run here is *skipped
+with its reason* (never silently passed), so the test report shows exactly what ran.
+"""
+
+import os
+
+# Triton kernels run in its interpreter on CPU tensors; this must be set before triton.jit
+# decorates anything, i.e. before odekern's Triton modules are imported. AOT compilation for
+# real GPUs (odekern.gpucheck) runs in a subprocess with TRITON_INTERPRET=0.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from odekern import backends as _backends
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def _backend_param(name):
+    return pytest.param(name, id=name)
+
+
+@pytest.fixture(params=[_backend_param(n) for n in _backends.BACKEND_NAMES])
+def backend(request):
+    """A backend name usable on CPU tensors in this process, else skip with the reason."""
+    name = request.param
+    avail = _backends.availability().get(name)
+    if avail is not True:
+        pytest.skip(f"backend {name} unavailable: {avail}")
+    if name == "cuda":
+        pytest.skip("backend cuda: no CUDA device on this machine")
+    return name
