@@ -1,6 +1,164 @@
-def odeint(*a, **k):  # placeholder until the foundation issue lands
-    raise NotImplementedError("odeint: work in progress")
+"""``odeint``: the single entry point to odekern's solvers, call-compatible with torchdiffeq.
+
+``from odekern import odeint`` replaces ``from torchdiffeq import odeint``; ``odeint_adjoint``
+(continuous adjoint, ``odekern/solvers/adjoint.py``) is re-exported from here as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from odekern.solvers.base import RHS, SolveStatus
+from odekern.solvers.checks import (check_method, check_options, check_state, check_state_matches_time,
+                                    check_time, check_tolerance)
+from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
+from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
+from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat, tuple_tolerance
+
+Tensor = torch.Tensor
+State = Union[Tensor, tuple]
 
 
-def odeint_adjoint(*a, **k):  # placeholder until the foundation issue lands
-    raise NotImplementedError("odeint_adjoint: work in progress")
+def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any = 1e-9,
+           method: Optional[str] = None, options: Optional[dict] = None):
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
+
+    Same signature, defaults, option names and return value as ``torchdiffeq.odeint``.
+
+    Args:
+        func: ``func(t, y) -> dy/dt``; ``t`` is a 0-dim tensor in ``y``'s dtype, the result must
+            have ``y``'s shape and dtype. For a tuple ``y0`` it takes and returns tuples.
+        y0: initial state: a floating tensor of any shape, or a tuple of such tensors.
+        t: 1-D tensor of output times, strictly increasing or strictly decreasing (a decreasing
+            ``t`` integrates backward in time); same dtype and device as ``y0``.
+        rtol, atol: relative / absolute error tolerances (floats, or tensors broadcastable to
+            ``y0``; tuples with one entry per component for a tuple state). Used by ``dopri5``
+            (step control) and ``implicit_adams`` (corrector convergence).
+        method: one of ``odekern.solvers.METHODS``: ``"dopri5"`` (default), ``"euler"``,
+            ``"midpoint"``, ``"rk4"`` (3/8 rule, as torchdiffeq), ``"rk4_classic"``,
+            ``"explicit_adams"``, ``"implicit_adams"``.
+        options: method options. Unknown names raise ``ValueError`` listing the valid ones.
+
+            Fixed-grid methods (euler, midpoint, rk4, rk4_classic, explicit/implicit_adams):
+            ``step_size`` (grid ``t[0] + k*step_size``, last point clipped to ``t[-1]``; default:
+            the grid is ``t``), ``grid_constructor(func, y0, t) -> grid``, ``interp`` (``"linear"``
+            default, or ``"cubic"``) for outputs between grid points; Adams methods also take
+            ``max_order`` (<= 12, default 12) and implicit_adams ``max_iters`` (default 4).
+
+            ``dopri5``: ``first_step``, ``safety`` (0.9), ``ifactor`` (10), ``dfactor`` (0.2),
+            ``min_step`` (0) / ``max_step`` (inf) bounds on the step size, ``max_num_steps``
+            (attempts per output interval, as torchdiffeq), ``step_t`` / ``jump_t`` (times the
+            solver must step on; ``jump_t`` marks discontinuities of ``func``), ``norm`` and
+            ``on_max_steps``.
+
+            ``norm``: a callable (as torchdiffeq), ``"rms"`` (default), ``"max"``, or
+            ``"per_sample"``: every element along dim 0 of ``y0`` gets its own step sizes, as if
+            solved alone (``func`` is then called on batch-1 slices, so it must treat batch
+            elements independently).
+
+            ``on_max_steps``: ``"raise"`` (default) raises ``RuntimeError`` naming the time reached
+            and the last step size when ``max_num_steps`` is exceeded. ``"return"`` makes odeint
+            return ``(solution, status)`` instead of ``solution``: ``status`` is an
+            ``odekern.solvers.SolveStatus`` (``success``, ``message``, ``t_reached``,
+            ``n_outputs_reached``, step counts); rows of ``solution`` after ``n_outputs_reached``
+            repeat the last state reached.
+
+    Returns:
+        ``solution`` of shape ``[len(t), *y0.shape]`` (a tuple of such tensors for a tuple
+        ``y0``); ``(solution, status)`` when ``options["on_max_steps"] == "return"``.
+
+    Raises:
+        TypeError / ValueError for bad arguments (the message names the argument);
+        RuntimeError when ``max_num_steps`` is exceeded or the step size underflows;
+        ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
+    """
+    method = check_method(method, METHODS, DEFAULT_METHOD)
+    solver_cls = METHODS[method]
+    options = check_options(method, options, solver_cls.OPTIONS)
+    check_state(y0)
+    check_tolerance(rtol, "rtol")
+    check_tolerance(atol, "atol")
+    reverse = check_time(t)
+    check_state_matches_time(y0, t)
+    return_status = options.get("on_max_steps", "raise") == "return"
+
+    shapes = None
+    if isinstance(y0, tuple):
+        shapes = [part.shape for part in y0]
+        func = TupleRHS(func, shapes)
+        y0 = tuple_to_flat(y0)
+        rtol, atol = tuple_tolerance(rtol, shapes), tuple_tolerance(atol, shapes)
+    rtol, atol = _as_state_tolerance(rtol, y0), _as_state_tolerance(atol, y0)
+    norm = resolve_norm(options.pop("norm", None), shapes)
+
+    if reverse:
+        t = -t
+        _flip_time_options(options)
+
+    if norm == PER_SAMPLE:
+        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, shapes)
+    else:
+        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
+                            **options)
+        solution, status = solver.integrate(t)
+
+    if shapes is not None:
+        solution = flat_to_tuple(solution, shapes, lead=(solution.shape[0],))
+    return (solution, status) if return_status else solution
+
+
+def _as_state_tolerance(tol: Any, y0: Tensor) -> Any:
+    return tol.to(dtype=y0.dtype, device=y0.device) if isinstance(tol, Tensor) else tol
+
+
+def _flip_time_options(options: dict) -> None:
+    """Re-express time-valued options for the negated time axis used by a backward solve."""
+    for name in ("step_t", "jump_t"):
+        if options.get(name) is not None:
+            options[name] = [-float(v) for v in torch.as_tensor(options[name]).reshape(-1).tolist()]
+    user_grid = options.get("grid_constructor")
+    if user_grid is not None:
+        options["grid_constructor"] = lambda f, y, t_neg: -user_grid(f, y, -t_neg)
+
+
+def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, shapes):
+    """``norm="per_sample"``: solve each batch element (dim 0) with its own step-size control."""
+    if shapes is not None or y0.dim() == 0 or y0.shape[0] == 0:
+        raise ValueError("options['norm']='per_sample' needs a tensor y0 with a non-empty batch dimension 0")
+    if method not in ADAPTIVE_METHODS:
+        raise ValueError(f"options['norm']='per_sample' only applies to adaptive methods "
+                         f"({sorted(ADAPTIVE_METHODS)}), not {method!r}")
+    solver_cls = METHODS[method]
+    outs, statuses = [], []
+    for b in range(y0.shape[0]):
+        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0[b:b + 1], _sample_tol(rtol, y0, b),
+                            _sample_tol(atol, y0, b), method=method, norm=rms_norm, **options)
+        sol, st = solver.integrate(t)
+        outs.append(sol)
+        statuses.append(st)
+    failed = [s for s in statuses if not s.success]
+    first = failed[0] if failed else statuses[-1]
+    status = SolveStatus(
+        success=not failed,
+        message=first.message if failed else "every sample reached the last output time",
+        t_reached=first.t_reached, n_outputs_reached=min(s.n_outputs_reached for s in statuses),
+        last_dt=first.last_dt, n_steps=sum(s.n_steps for s in statuses),
+        n_rejected=sum(s.n_rejected for s in statuses), nfe=sum(s.nfe for s in statuses),
+        per_sample=tuple(statuses))
+    return torch.cat(outs, dim=1), status
+
+
+def _sample_tol(tol: Any, y0: Tensor, b: int) -> Any:
+    """A tolerance tensor with y0's full shape is sliced to sample ``b``; others broadcast as is."""
+    if isinstance(tol, Tensor) and tol.dim() == y0.dim() and tol.shape[0] == y0.shape[0] and y0.shape[0] > 1:
+        return tol[b:b + 1]
+    return tol
+
+
+# Re-exported here so ``from odekern.odeint import odeint_adjoint`` works; imported last because
+# the adjoint module calls back into ``odeint`` above.
+from odekern.solvers.adjoint import odeint_adjoint  # noqa: E402
+
+__all__ = ["odeint", "odeint_adjoint"]

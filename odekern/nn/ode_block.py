@@ -1,3 +1,240 @@
-class ODEBlock:  # placeholder until the foundation issue lands
-    def __init__(self, *a, **k):
-        raise NotImplementedError("ODEBlock: work in progress")
+"""``ODEBlock``: an nn.Module that integrates an ODE of any order with a chosen gradient mode.
+
+An order-``m`` block solves ``x^(m) = func(t, x, x', ..., x^(m-1))`` by the first-order system of
+continuous-unet Proposition 1: the state ``z = [x, x', ..., x^(m-1)]`` is concatenated along the
+channel dimension (dim 1) and ``z' = [x', ..., x^(m-1), func(t, x, ..., x^(m-1))]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from odekern.backends import check_backend_name, use_backend
+from odekern.solvers.adjoint import _solver  # DEV-ONLY
+from odekern.solvers.adjoint import odeint_adjoint
+
+
+def odeint(*a, **k):  # DEV-ONLY
+    return _solver()(*a, **k)
+
+
+# --------------------------------------------------------------------------- gradient modes
+# One entry per mode: ``solve(dynamics, z0, t, **solver_kwargs) -> solution at every t``.
+# ``dynamics`` is an nn.Module whose parameters are exactly those of the RHS.
+
+
+def _solve_backprop(dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs) -> torch.Tensor:
+    return odeint(dynamics, z0, t, **solver_kwargs)
+
+
+def _solve_adjoint(dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs) -> torch.Tensor:
+    return odeint_adjoint(dynamics, z0, t, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs)
+
+
+GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {
+    "backprop": _solve_backprop,
+    "adjoint": _solve_adjoint,
+}
+
+
+def _valid_methods() -> tuple[str, ...]:
+    try:  # DEV-ONLY
+        from odekern.solvers import method_names  # the solver registry owns the list
+    except ImportError:
+        return ("euler", "midpoint", "rk4", "dopri5", "explicit_adams", "implicit_adams")
+    return tuple(method_names())
+
+
+# --------------------------------------------------------------------------- the first-order system
+
+
+class _HigherOrderDynamics(nn.Module):
+    """``z' = [x', ..., x^(m-1), func(t, x, ..., x^(m-1))]`` on the channel-concatenated state."""
+
+    def __init__(self, func: Callable, order: int):
+        super().__init__()
+        self.func = func  # registered as a submodule when it is one: its parameters are ours
+        self.order = order
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # chunk returns views: the split costs no copy; only the output needs one cat.
+        parts = torch.chunk(z, self.order, dim=1)
+        highest = self.func(t, *parts)
+        if not isinstance(highest, torch.Tensor) or highest.shape != parts[0].shape:
+            got = tuple(highest.shape) if isinstance(highest, torch.Tensor) else type(highest).__name__
+            raise RuntimeError(
+                f"ODEBlock: func must return x^({self.order}) shaped like x {tuple(parts[0].shape)}, got {got}"
+            )
+        return torch.cat((*parts[1:], highest), dim=1)
+
+
+def _as_time_grid(t) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        grid = t.detach().clone()
+    else:
+        try:
+            grid = torch.tensor([float(v) for v in t], dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"ODEBlock: t must be a 1-D sequence or tensor of times, got {t!r}") from None
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError(f"ODEBlock: t must be 1-D with at least 2 times (start, end), got shape {tuple(grid.shape)}")
+    if not grid.is_floating_point():
+        grid = grid.to(torch.float64)
+    if not torch.isfinite(grid).all():
+        raise ValueError(f"ODEBlock: t must be finite, got {grid.tolist()}")
+    steps = grid[1:] - grid[:-1]
+    if not ((steps > 0).all() or (steps < 0).all()):
+        raise ValueError(f"ODEBlock: t must be strictly increasing or strictly decreasing, got {grid.tolist()}")
+    return grid
+
+
+class ODEBlock(nn.Module):
+    """Integrate ``x`` from ``t[0]`` to ``t[-1]`` under an ODE of order ``order``; a drop-in layer.
+
+    Args:
+        func: the right-hand side. ``order=1``: ``func(t, x) -> dx/dt`` (torchdiffeq's signature).
+            ``order=m``: ``func(t, x, x', ..., x^(m-1)) -> x^(m)``, each argument shaped like ``x``.
+            Must be an ``nn.Module`` for ``gradient="adjoint"`` (its parameters get the gradients).
+        t: times; the solve runs from ``t[0]`` to ``t[-1]`` (inner times are extra grid/output points).
+        method: solver name (see ``odekern.odeint``), default ``"rk4"``.
+        step_size: fixed step for fixed-grid methods (``options["step_size"]``); ``None`` steps on ``t``.
+        rtol, atol: tolerances of adaptive methods.
+        gradient: ``"backprop"`` (autograd through the solver) or ``"adjoint"`` (continuous adjoint,
+            memory flat in the number of steps). Modes are the keys of ``GRADIENT_MODES``.
+        order: ``m >= 1``. The state ``[x, x', ..., x^(m-1)]`` is concatenated along dim 1.
+        velocity_init: ``order >= 2``: module ``g`` with ``g(x) = [x'(t0), ..., x^(m-1)(t0)]``
+            (concatenated along dim 1; for ``order=2`` just ``x'(t0)``, continuous-unet Eq. 1).
+            ``None`` starts every derivative at zero.
+        return_state: return the whole state ``[x, ..., x^(m-1)](t[-1])`` (``m*C`` channels)
+            instead of ``x(t[-1])``; ``integrate_state`` continues from such a state.
+        options: extra solver options (torchdiffeq's names).
+        backend: ``"auto"`` or a name from ``odekern.backends.BACKEND_NAMES``; forced via
+            ``odekern.use_backend`` around the solve.
+
+    Example::
+
+        >>> class Accel(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv = nn.Conv2d(2 * 8, 8, 3, padding=1)
+        ...     def forward(self, t, x, v):
+        ...         return self.conv(torch.cat([x, v], dim=1)).tanh()
+        >>> block = ODEBlock(Accel(), order=2, velocity_init=nn.Conv2d(8, 8, 1), step_size=0.25)
+        >>> block(torch.randn(2, 8, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+    """
+
+    def __init__(self, func: Callable, t: Sequence[float] | torch.Tensor = (0.0, 1.0), method: str = "rk4",
+                 step_size: float | None = None, rtol: float = 1e-7, atol: float = 1e-9,
+                 gradient: str = "backprop", order: int = 1, velocity_init: Callable | None = None,
+                 return_state: bool = False, options: dict | None = None, backend: str = "auto"):
+        super().__init__()
+        if not callable(func):
+            raise TypeError(f"ODEBlock: func must be callable, got {type(func).__name__}")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ValueError(f"ODEBlock: order must be an integer >= 1, got {order!r}")
+        if gradient not in GRADIENT_MODES:
+            raise ValueError(f"ODEBlock: gradient must be one of {sorted(GRADIENT_MODES)}, got {gradient!r}")
+        if gradient == "adjoint" and not isinstance(func, nn.Module):
+            raise ValueError(
+                "ODEBlock: gradient='adjoint' needs func to be an nn.Module, so that its parameters "
+                f"receive gradients; got {type(func).__name__}"
+            )
+        valid = _valid_methods()
+        if method not in valid:
+            raise ValueError(f"ODEBlock: method must be one of {sorted(valid)}, got {method!r}")
+        if step_size is not None:
+            if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0 \
+                    or not math.isfinite(step_size):
+                raise ValueError(f"ODEBlock: step_size must be a finite number > 0 or None, got {step_size!r}")
+        options = dict(options or {})
+        if step_size is not None:
+            if "step_size" in options and options["step_size"] != step_size:
+                raise ValueError(
+                    f"ODEBlock: step_size={step_size} conflicts with options['step_size']={options['step_size']}"
+                )
+            options["step_size"] = float(step_size)
+        if velocity_init is not None:
+            if order < 2:
+                raise ValueError("ODEBlock: velocity_init needs order >= 2 (an order-1 block has no velocity)")
+            if not callable(velocity_init):
+                raise TypeError(f"ODEBlock: velocity_init must be callable, got {type(velocity_init).__name__}")
+        check_backend_name(backend)
+
+        self.dynamics = func if order == 1 else _HigherOrderDynamics(func, order)
+        if order == 1 and not isinstance(func, nn.Module):
+            self.dynamics = _FunctionAsModule(func)
+        self.velocity_init = velocity_init
+        self.register_buffer("t", _as_time_grid(t), persistent=False)
+        self.method, self.rtol, self.atol = method, rtol, atol
+        self.options = options
+        self.gradient, self.order, self.return_state, self.backend = gradient, order, return_state, backend
+
+    def extra_repr(self) -> str:
+        return (f"order={self.order}, method={self.method!r}, gradient={self.gradient!r}, "
+                f"t=({self.t[0].item():g}, {self.t[-1].item():g}), options={self.options}, backend={self.backend!r}")
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """``[x, x'(t0), ..., x^(m-1)(t0)]`` concatenated along dim 1 (``x`` itself for order 1)."""
+        _check_input(x, "x", min_dim=2 if self.order > 1 else 1)
+        if self.order == 1:
+            return x
+        if self.velocity_init is None:
+            derivatives = x.new_zeros(x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
+        else:
+            derivatives = self.velocity_init(x)
+            expected = (x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
+            if not isinstance(derivatives, torch.Tensor) or tuple(derivatives.shape) != expected:
+                got = tuple(derivatives.shape) if isinstance(derivatives, torch.Tensor) else type(derivatives).__name__
+                raise ValueError(
+                    f"ODEBlock: velocity_init(x) must return the {self.order - 1} initial derivative(s) "
+                    f"concatenated along dim 1, shape {expected}; got {got}"
+                )
+        return torch.cat((x, derivatives), dim=1)
+
+    def integrate_state(self, z0: torch.Tensor) -> torch.Tensor:
+        """Solve from a whole state ``z0 = [x, ..., x^(m-1)]`` (``m*C`` channels); returns ``z(t[-1])``."""
+        _check_input(z0, "z0", min_dim=2 if self.order > 1 else 1)
+        if self.order > 1 and z0.shape[1] % self.order:
+            raise ValueError(
+                f"ODEBlock: the state's channels (dim 1, {z0.shape[1]}) must be divisible by order={self.order}"
+            )
+        t = self.t.to(device=z0.device, dtype=z0.dtype)
+        solve = GRADIENT_MODES[self.gradient]
+        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self.options))
+        if self.backend == "auto":  # leave the choice to use_backend contexts / ODEKERN_BACKEND
+            return solve(self.dynamics, z0, t, **kwargs)[-1]
+        with use_backend(self.backend):
+            return solve(self.dynamics, z0, t, **kwargs)[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z1 = self.integrate_state(self.initial_state(x))
+        if self.return_state or self.order == 1:
+            return z1
+        return z1.narrow(1, 0, x.shape[1])
+
+
+class _FunctionAsModule(nn.Module):
+    """Holds a plain callable RHS so ``ODEBlock.dynamics`` is always a module (parameters: none)."""
+
+    def __init__(self, func: Callable):
+        super().__init__()
+        self.func = func
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.func(t, x)
+
+
+def _check_input(x, name: str, min_dim: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"ODEBlock: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"ODEBlock: {name} must be floating point, got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"ODEBlock: {name} must have a channel dimension (dim 1) for order > 1, got shape {tuple(x.shape)}"
+        )

@@ -1,0 +1,688 @@
+// Per-element math of the fused nmODE solve, shared by the CPU loops (nmode_solve_cpu.cpp),
+// the CUDA kernels (nmode_solve_cuda.cu) and mirrored by the Triton kernels.
+//
+//   dy/dt = f(y, g) = -y + sin^2(y + g) = -y + (1 - cos(2 (y + g))) / 2
+//   df/dy = -1 + sin(2 (y + g)),   df/dg = sin(2 (y + g))
+//
+// Everything here is branch-free where it sits in a hot loop (selects, not ifs) so GCC can
+// vectorise it across elements under `#pragma omp simd`; cos/sin are our own polynomials
+// (Cody-Waite reduction + Taylor kernels) because libm calls do not vectorise.
+//
+// Contents, top to bottom: sincos; the RHS; Butcher tableaus; one RK step (forward, with
+// error estimate, and reverse mode); torchdiffeq's dense output as step weights; the step
+// size controller; per-element solvers (fixed list of steps, per-element adaptive dopri5,
+// continuous adjoint) with two-level checkpointing for the exact backward.
+#pragma once
+
+#include <odekern/macros.h>
+
+#ifndef ODEKERN_DEVICE_COMPILE
+#include <cmath>
+#endif
+
+namespace odekern {
+namespace nmode {
+
+// ------------------------------------------------------------------------------------------
+// sincos without libm. x = k*pi/2 + r, |r| <= pi/4; pi/2 split in three parts whose leading
+// ones have few significant bits so k*part is exact (Cody-Waite) without needing FMA (the
+// baseline clone has none). Taylor kernels: error < 1e-9 relative (float), < 1e-18 (double).
+// k is rounded with the 1.5*2^p "magic number" trick, which vectorises.
+// ------------------------------------------------------------------------------------------
+template <typename T> struct TrigConst;
+template <> struct TrigConst<float> {
+  static constexpr float two_over_pi = 0.636619772367581343f;
+  static constexpr float pio2_hi = 1.5703125f;
+  static constexpr float pio2_mid = 4.837512969970703125e-4f;
+  static constexpr float pio2_lo = 7.549790126404332e-08f;
+  static constexpr float magic = 12582912.0f;  // 1.5 * 2^23
+};
+template <> struct TrigConst<double> {
+  static constexpr double two_over_pi = 0.63661977236758134308;
+  static constexpr double pio2_hi = 1.5707963267341256;
+  static constexpr double pio2_mid = 6.077100506303966e-11;
+  static constexpr double pio2_lo = 2.0222662487959506e-21;
+  static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
+};
+
+// sin(r), cos(r) for |r| <= pi/4.
+ODEKERN_HD void sincos_kernel(float r, float* s, float* c) {
+  const float r2 = r * r;
+  *s = r + r * r2 * (-1.0f / 6 + r2 * (1.0f / 120 + r2 * (-1.0f / 5040 + r2 * (1.0f / 362880))));
+  *c = 1.0f - 0.5f * r2 +
+       r2 * r2 * (1.0f / 24 + r2 * (-1.0f / 720 + r2 * (1.0f / 40320 + r2 * (-1.0f / 3628800))));
+}
+ODEKERN_HD void sincos_kernel(double r, double* s, double* c) {
+  const double r2 = r * r;
+  *s = r + r * r2 *
+               (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 +
+               r2 * (-1.0 / 39916800 + r2 * (1.0 / 6227020800.0 + r2 * (-1.0 / 1307674368000.0 +
+               r2 * (1.0 / 355687428096000.0))))))));
+  *c = 1.0 - 0.5 * r2 +
+       r2 * r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 +
+       r2 * (1.0 / 479001600.0 + r2 * (-1.0 / 87178291200.0 + r2 * (1.0 / 20922789888000.0 +
+       r2 * (-1.0 / 6402373705728000.0))))))));
+}
+
+// sin(x) and cos(x) together (one range reduction). Accurate for |x| < ~1e5 (float) and
+// ~1e9 (double); the nmODE state stays far inside that.
+template <typename T>
+ODEKERN_HD void fast_sincos(T x, T* s_out, T* c_out) {
+  using C = TrigConst<T>;
+  const T kf = (x * C::two_over_pi + C::magic) - C::magic;
+  const int q = static_cast<int>(kf);
+  T r = x - kf * C::pio2_hi;
+  r = r - kf * C::pio2_mid;
+  r = r - kf * C::pio2_lo;
+  T s, c;
+  sincos_kernel(r, &s, &c);
+  const bool odd = (q & 1) != 0;
+  const T sin_v = odd ? c : s;
+  const T cos_v = odd ? s : c;
+  *s_out = (q & 2) ? -sin_v : sin_v;
+  *c_out = ((q + 1) & 2) ? -cos_v : cos_v;
+}
+
+template <typename T>
+ODEKERN_HD T fast_cos(T x) {
+  T s, c;
+  fast_sincos(x, &s, &c);
+  return c;
+}
+
+// ------------------------------------------------------------------------------------------
+// The right-hand side and its partial derivatives.
+// ------------------------------------------------------------------------------------------
+template <typename T>
+ODEKERN_HD T rhs(T y, T g) {
+  return -y + (T(0.5) - T(0.5) * fast_cos(T(2) * (y + g)));
+}
+
+// f, and s2 = sin(2(y+g)) = df/dg (df/dy = s2 - 1), from one sincos.
+template <typename T>
+ODEKERN_HD T rhs_and_sin2(T y, T g, T* s2) {
+  T s, c;
+  fast_sincos(T(2) * (y + g), &s, &c);
+  *s2 = s;
+  return -y + (T(0.5) - T(0.5) * c);
+}
+
+// ------------------------------------------------------------------------------------------
+// Butcher tableaus (explicit; a(i, j) for j < i). Same coefficients as torchdiffeq: "rk4" is
+// the 3/8 rule, "midpoint" evaluates at dt/2, dopri5 is Dormand-Prince-Shampine with the
+// 7th (FSAL) stage feeding only the error estimate and the dense output.
+// ------------------------------------------------------------------------------------------
+enum Method : int { kEuler = 0, kMidpoint = 1, kRk4 = 2, kRk4Classic = 3, kDopri5 = 4 };
+
+template <int M> struct Tableau;
+
+template <> struct Tableau<kEuler> {
+  static constexpr int S = 1;
+  ODEKERN_HD static constexpr double a(int, int) { return 0.0; }
+  ODEKERN_HD static constexpr double b(int) { return 1.0; }
+};
+template <> struct Tableau<kMidpoint> {
+  static constexpr int S = 2;
+  ODEKERN_HD static constexpr double a(int i, int j) { return (i == 1 && j == 0) ? 0.5 : 0.0; }
+  ODEKERN_HD static constexpr double b(int i) { return i == 1 ? 1.0 : 0.0; }
+};
+template <> struct Tableau<kRk4> {  // 3/8 rule
+  static constexpr int S = 4;
+  ODEKERN_HD static constexpr double a(int i, int j) {
+    return i == 1 ? (j == 0 ? 1.0 / 3 : 0.0)
+         : i == 2 ? (j == 0 ? -1.0 / 3 : j == 1 ? 1.0 : 0.0)
+         : i == 3 ? (j == 0 ? 1.0 : j == 1 ? -1.0 : j == 2 ? 1.0 : 0.0)
+         : 0.0;
+  }
+  ODEKERN_HD static constexpr double b(int i) { return (i == 0 || i == 3) ? 0.125 : 0.375; }
+};
+template <> struct Tableau<kRk4Classic> {
+  static constexpr int S = 4;
+  ODEKERN_HD static constexpr double a(int i, int j) {
+    return (i == 1 && j == 0) ? 0.5 : (i == 2 && j == 1) ? 0.5 : (i == 3 && j == 2) ? 1.0 : 0.0;
+  }
+  ODEKERN_HD static constexpr double b(int i) { return (i == 0 || i == 3) ? 1.0 / 6 : 1.0 / 3; }
+};
+template <> struct Tableau<kDopri5> {
+  static constexpr int S = 7;
+  ODEKERN_HD static constexpr double a(int i, int j) {
+    return i == 1 ? (j == 0 ? 1.0 / 5 : 0.0)
+         : i == 2 ? (j == 0 ? 3.0 / 40 : j == 1 ? 9.0 / 40 : 0.0)
+         : i == 3 ? (j == 0 ? 44.0 / 45 : j == 1 ? -56.0 / 15 : j == 2 ? 32.0 / 9 : 0.0)
+         : i == 4 ? (j == 0 ? 19372.0 / 6561 : j == 1 ? -25360.0 / 2187 : j == 2 ? 64448.0 / 6561
+                    : j == 3 ? -212.0 / 729 : 0.0)
+         : i == 5 ? (j == 0 ? 9017.0 / 3168 : j == 1 ? -355.0 / 33 : j == 2 ? 46732.0 / 5247
+                    : j == 3 ? 49.0 / 176 : j == 4 ? -5103.0 / 18656 : 0.0)
+         : i == 6 ? b(j)
+         : 0.0;
+  }
+  ODEKERN_HD static constexpr double b(int i) {
+    return i == 0 ? 35.0 / 384 : i == 2 ? 500.0 / 1113 : i == 3 ? 125.0 / 192
+         : i == 4 ? -2187.0 / 6784 : i == 5 ? 11.0 / 84 : 0.0;
+  }
+  // 5th minus 4th order weights: the local error estimate is dt * sum_j e(j) k_j.
+  ODEKERN_HD static constexpr double e(int i) {
+    return i == 0 ? 35.0 / 384 - 1951.0 / 21600 : i == 2 ? 500.0 / 1113 - 22642.0 / 50085
+         : i == 3 ? 125.0 / 192 - 451.0 / 720 : i == 4 ? -2187.0 / 6784 - -12231.0 / 42400
+         : i == 5 ? 11.0 / 84 - 649.0 / 6300 : i == 6 ? -1.0 / 60 : 0.0;
+  }
+  // Midpoint of the step for the dense output (torchdiffeq's DPS_C_MID).
+  ODEKERN_HD static constexpr double mid(int i) {
+    return i == 0 ? 6025192743.0 / 30085553152.0 / 2 : i == 2 ? 51252292925.0 / 65400821598.0 / 2
+         : i == 3 ? -2691868925.0 / 45128329728.0 / 2 : i == 4 ? 187940372067.0 / 1594534317056.0 / 2
+         : i == 5 ? -1776094331.0 / 19743644256.0 / 2 : i == 6 ? 11237099.0 / 235043384.0 / 2 : 0.0;
+  }
+};
+
+// torchdiffeq's dense output on the last step (quartic through y0, y1, y_mid, f0, f1) is
+// linear in the stages: y(theta) = y0 + dt * sum_j w_j(theta) k_j. These are the w_j, so the
+// interpolated last step is just an RK step with other weights (and its reverse mode too).
+template <typename T>
+ODEKERN_HD void dopri5_dense_weights(double theta, T w[7]) {
+  const double x = theta, x2 = x * x, x3 = x2 * x, x4 = x3 * x;
+  const double w_y1 = -5 * x2 + 14 * x3 - 8 * x4;
+  const double w_mid = 16 * x2 - 32 * x3 + 16 * x4;
+  const double w_f0 = x - 4 * x2 + 5 * x3 - 2 * x4;
+  const double w_f1 = x2 - 3 * x3 + 2 * x4;
+  using D = Tableau<kDopri5>;
+#pragma unroll
+  for (int j = 0; j < 7; ++j) {
+    w[j] = T(w_y1 * D::b(j) + w_mid * D::mid(j) + (j == 0 ? w_f0 : 0.0) + (j == 6 ? w_f1 : 0.0));
+  }
+}
+
+// Step weights: the tableau's b, or (dopri5, last step) the dense-output weights at theta.
+template <typename T, int M>
+ODEKERN_HD void step_weights(double theta, T w[Tableau<M>::S]) {
+  if (M == kDopri5 && theta != 1.0) {
+    dopri5_dense_weights<T>(theta, w);
+  } else {
+#pragma unroll
+    for (int j = 0; j < Tableau<M>::S; ++j) w[j] = T(Tableau<M>::b(j));
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// One RK step of the scalar nmODE, forward. k1 = f(y) is passed in (FSAL reuse); k[] gets
+// all stages; the return value is y + dt * sum_j w_j k_j. Stage S-1 of dopri5 (the FSAL
+// stage) is evaluated only when kWithLast (error estimate / dense output need it).
+// ------------------------------------------------------------------------------------------
+template <typename T, int M, bool kWithLast = true>
+ODEKERN_HD T rk_step(T y, T g, T dt, T k1, const T* w, T* k) {
+  using Tab = Tableau<M>;
+  constexpr int S = (M == kDopri5 && !kWithLast) ? Tab::S - 1 : Tab::S;
+  k[0] = k1;
+#pragma unroll
+  for (int i = 1; i < S; ++i) {
+    T acc = T(0);
+#pragma unroll
+    for (int j = 0; j < i; ++j) acc += T(Tab::a(i, j)) * k[j];
+    k[i] = rhs(y + dt * acc, g);
+  }
+  T acc = T(0);
+#pragma unroll
+  for (int j = 0; j < S; ++j) acc += w[j] * k[j];
+  return y + dt * acc;
+}
+
+// dopri5 local error estimate from the stages of rk_step<..., true>.
+template <typename T>
+ODEKERN_HD T dopri5_error(T dt, const T* k) {
+  T acc = T(0);
+#pragma unroll
+  for (int j = 0; j < 7; ++j) acc += T(Tableau<kDopri5>::e(j)) * k[j];
+  return dt * acc;
+}
+
+// Error ratio of one element as torchdiffeq scales it: err / (atol + rtol * max(|y0|, |y1|)).
+template <typename T>
+ODEKERN_HD T error_ratio(T err, T y0, T y1, T rtol, T atol) {
+  const T ay0 = y0 < T(0) ? -y0 : y0, ay1 = y1 < T(0) ? -y1 : y1;
+  return err / (atol + rtol * (ay0 > ay1 ? ay0 : ay1));
+}
+
+// ------------------------------------------------------------------------------------------
+// Reverse mode of one step y1 = y0 + dt * sum_j w_j k_j (stages recomputed from y0).
+// Adds d(y1)/d(y0)^T ybar1 to *ybar0 (which it overwrites) and d(y1)/dg^T ybar1 to *gbar.
+// Costs S sincos (the forward stages and their derivatives come from one reduction each).
+// ------------------------------------------------------------------------------------------
+template <typename T, int M, bool kWithLast = true>
+ODEKERN_HD void rk_step_vjp(T y, T g, T dt, const T* w, T ybar1, T* ybar0, T* gbar) {
+  using Tab = Tableau<M>;
+  // dopri5's FSAL stage only matters when its weight is nonzero (the interpolated last step).
+  constexpr int S = (M == kDopri5 && !kWithLast) ? Tab::S - 1 : Tab::S;
+  T k[S], s2[S];
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    T acc = T(0);
+#pragma unroll
+    for (int j = 0; j < i; ++j) acc += T(Tab::a(i, j)) * k[j];
+    k[i] = rhs_and_sin2(y + dt * acc, g, &s2[i]);
+  }
+  // kbar_j = dt * w_j * ybar1 + sum_{i > j} dt * a(i, j) * sbar_i;  sbar_i = kbar_i * f_y(s_i).
+  T kbar[S];
+#pragma unroll
+  for (int j = 0; j < S; ++j) kbar[j] = dt * w[j] * ybar1;
+  T ybar = ybar1, gb = T(0);
+#pragma unroll
+  for (int i = S - 1; i >= 0; --i) {
+    const T sbar = kbar[i] * (s2[i] - T(1));
+    gb += kbar[i] * s2[i];
+    ybar += sbar;
+#pragma unroll
+    for (int j = 0; j < i; ++j) kbar[j] += dt * T(Tab::a(i, j)) * sbar;
+  }
+  *ybar0 = ybar;
+  *gbar += gb;
+}
+
+// ------------------------------------------------------------------------------------------
+// Step size control, exactly torchdiffeq's (_optimal_step_size, order 5).
+// ------------------------------------------------------------------------------------------
+ODEKERN_HD double optimal_step(double dt, double ratio) {
+  const double safety = 0.9, ifactor = 10.0;
+  if (ratio == 0.0) return dt * ifactor;
+  const double dfactor = ratio < 1.0 ? 1.0 : 0.2;
+  double factor = safety / pow(ratio, 1.0 / 5.0);
+  factor = factor > dfactor ? factor : dfactor;
+  factor = factor < ifactor ? factor : ifactor;
+  return dt * factor;
+}
+
+// torchdiffeq's initial step (Hairer, Norsett & Wanner II.4) from the three norms it needs:
+// d0 = ||y0/scale||, d1 = ||f0/scale||, and d2 = ||(f(y0 + h0 f0) - f0)/scale|| / h0.
+ODEKERN_HD double initial_step_h0(double d0, double d1) {
+  return (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
+}
+ODEKERN_HD double initial_step_final(double h0, double d1, double d2) {
+  double h1;
+  if (d1 <= 1e-15 && d2 <= 1e-15) {
+    h1 = h0 * 1e-3 > 1e-6 ? h0 * 1e-3 : 1e-6;
+  } else {
+    const double dm = d1 > d2 ? d1 : d2;
+    h1 = pow(0.01 / dm, 1.0 / 5.0);  // order - 1 = 4 for dopri5 => exponent 1 / (4 + 1)
+  }
+  return 100 * h0 < h1 ? 100 * h0 : h1;
+}
+
+// torchdiffeq's fixed grid on [t0, t1]: t0 + k*h for k < n, the last point clipped to t1.
+// Returns the number of steps; fills dts[0..n) if dts is not null.
+ODEKERN_HD long fixed_grid(double t0, double t1, double h, double* dts) {
+  const long n_points = static_cast<long>(ceil((t1 - t0) / h + 1.0));
+  const long n = n_points > 2 ? n_points - 1 : 1;
+  if (dts != nullptr) {
+    for (long k = 0; k < n; ++k) {
+      const double a = t0 + double(k) * h;
+      const double b = (k + 1 == n) ? t1 : t0 + double(k + 1) * h;
+      dts[k] = b - a;
+    }
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-element solvers over a D-dimensional state (D = 1: the nmODE; D = 3: its adjoint).
+// Sys provides `void rhs(const T* x, T* out) const`.
+// ------------------------------------------------------------------------------------------
+template <typename T>
+struct NmodeSys {
+  static constexpr int D = 1;
+  T g;
+  ODEKERN_HD void rhs(const T* x, T* out) const { out[0] = nmode::rhs(x[0], g); }
+};
+
+// Adjoint system in reversed time tau = t1 - t: x = [y, a_y, a_g];
+//   dy/dtau = -f(y),  da_y/dtau = a_y f_y(y),  da_g/dtau = a_y f_g(y).
+template <typename T>
+struct AdjointSys {
+  static constexpr int D = 3;
+  T g;
+  ODEKERN_HD void rhs(const T* x, T* out) const {
+    T s2;
+    const T f = rhs_and_sin2(x[0], g, &s2);
+    out[0] = -f;
+    out[1] = x[1] * (s2 - T(1));
+    out[2] = x[1] * s2;
+  }
+};
+
+// One RK step of a D-dim system; k1 given; stages in k[S][D]; returns y1 in y1[].
+template <typename T, int M, class Sys>
+ODEKERN_HD void sys_rk_step(const Sys& sys, const T* y, T dt, const T* k1, const T* w,
+                            T (*k)[Sys::D], T* y1) {
+  using Tab = Tableau<M>;
+  constexpr int D = Sys::D;
+#pragma unroll
+  for (int d = 0; d < D; ++d) k[0][d] = k1[d];
+#pragma unroll
+  for (int i = 1; i < Tab::S; ++i) {
+    T yi[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      T acc = T(0);
+#pragma unroll
+      for (int j = 0; j < i; ++j) acc += T(Tab::a(i, j)) * k[j][d];
+      yi[d] = y[d] + dt * acc;
+    }
+    sys.rhs(yi, k[i]);
+  }
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    T acc = T(0);
+#pragma unroll
+    for (int j = 0; j < Tab::S; ++j) acc += w[j] * k[j][d];
+    y1[d] = y[d] + dt * acc;
+  }
+}
+
+// Fixed-grid solve of a D-dim system over a list of dts (last step may carry dense weights
+// for dopri5 at theta). x is updated in place.
+template <typename T, int M, class Sys>
+ODEKERN_HD void sys_solve_list(const Sys& sys, T* x, const double* dts, int n, double theta) {
+  constexpr int D = Sys::D;
+  constexpr int S = Tableau<M>::S;
+  T w[S], wl[S];
+  step_weights<T, M>(1.0, w);
+  step_weights<T, M>(theta, wl);
+  for (int i = 0; i < n; ++i) {
+    T k1[D], k[S][D], x1[D];
+    sys.rhs(x, k1);
+    sys_rk_step<T, M>(sys, x, T(dts[i]), k1, i == n - 1 ? wl : w, k, x1);
+#pragma unroll
+    for (int d = 0; d < D; ++d) x[d] = x1[d];
+  }
+}
+
+// Status codes of the adaptive per-element solvers (0 = fine).
+enum Status : int { kOk = 0, kTooManySteps = 1, kStepUnderflow = 2, kNonFinite = 3 };
+
+// Per-element adaptive dopri5 over [0, T] for a D-dim system, torchdiffeq's algorithm with the
+// norm max_d |v_d| (torchdiffeq's mixed norm, each "tensor" being one scalar here): initial
+// step selection, accept if ratio <= 1, integrate past T and interpolate there.
+// Observer hooks let the exact backward replay accepted steps: on_accept(x_before, dt, theta)
+// is called for each accepted step (theta = 1 except on the last one).
+struct NoObserver {
+  template <typename T> ODEKERN_HD bool operator()(const T*, double, double) { return true; }
+};
+
+template <typename T, class Sys, class Observer = NoObserver>
+ODEKERN_HD int sys_solve_dopri5(const Sys& sys, T* x, double t_end, double rtol, double atol,
+                                long max_steps, Observer* obs = nullptr, long* n_accepted = nullptr,
+                                double* h_start = nullptr) {
+  constexpr int D = Sys::D;
+  T f[D];
+  sys.rhs(x, f);
+  double h;
+  if (h_start != nullptr && *h_start > 0) {
+    h = *h_start;
+  } else {
+    double d0 = 0, d1 = 0;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const double scale = atol + fabs(double(x[d])) * rtol;
+      d0 = fmax(d0, fabs(double(x[d])) / scale);
+      d1 = fmax(d1, fabs(double(f[d])) / scale);
+    }
+    const double h0 = initial_step_h0(d0, d1);
+    T x1[D], f1[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) x1[d] = x[d] + T(h0) * f[d];
+    sys.rhs(x1, f1);
+    double d2 = 0;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const double scale = atol + fabs(double(x[d])) * rtol;
+      d2 = fmax(d2, fabs(double(f1[d] - f[d])) / scale / h0);
+    }
+    h = initial_step_final(h0, d1, d2);
+    if (h_start != nullptr) *h_start = h;
+  }
+  T w[7];
+  step_weights<T, kDopri5>(1.0, w);
+  double t = 0.0;
+  long attempts = 0, accepted = 0;
+  while (true) {
+    if (attempts++ >= max_steps) return kTooManySteps;
+    const double dt = h;
+    const double t_next = t + dt;
+    if (!(t_next > t)) return kStepUnderflow;
+    T k[7][D], x1[D];
+    sys_rk_step<T, kDopri5>(sys, x, T(dt), f, w, k, x1);
+    double ratio = 0;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      T e = T(0);
+#pragma unroll
+      for (int j = 0; j < 7; ++j) e += T(Tableau<kDopri5>::e(j)) * k[j][d];
+      e = T(dt) * e;
+      const T r = error_ratio(e, x[d], x1[d], T(rtol), T(atol));
+      ratio = fmax(ratio, fabs(double(r)));
+    }
+    if (!(ratio == ratio)) return kNonFinite;
+    if (ratio <= 1.0) {
+      ++accepted;
+      if (t_next >= t_end) {
+        const double theta = (t_end - t) / (t_next - t);
+        T wl[7];
+        step_weights<T, kDopri5>(theta, wl);
+        if (obs != nullptr) (*obs)(x, dt, theta);
+#pragma unroll
+        for (int d = 0; d < D; ++d) {
+          T acc = T(0);
+#pragma unroll
+          for (int j = 0; j < 7; ++j) acc += wl[j] * k[j][d];
+          x[d] = x[d] + T(dt) * acc;
+        }
+        break;
+      }
+      if (obs != nullptr && !(*obs)(x, dt, 1.0)) break;  // observer may stop early (replay)
+#pragma unroll
+      for (int d = 0; d < D; ++d) {
+        x[d] = x1[d];
+        f[d] = k[6][d];
+      }
+      t = t_next;
+    }
+    h = optimal_step(dt, ratio);
+  }
+  if (n_accepted != nullptr) *n_accepted = accepted;
+  return kOk;
+}
+
+// ------------------------------------------------------------------------------------------
+// Exact backward of one element (reverse mode through the discrete solve) with two-level
+// checkpointing in fixed-size local arrays: kCheckpoints states along the whole solve, and
+// one segment of up to kCheckpoints states recomputed from its checkpoint. Up to
+// kCheckpoints^2 steps this costs one extra forward replay; beyond, each step in a long
+// segment is recomputed from the segment's checkpoint (still no trajectory in memory).
+// ------------------------------------------------------------------------------------------
+constexpr int kCheckpoints = 32;
+
+// A step sequence that can be replayed from any of its steps: fixed list of dts (fixed-grid
+// methods and global control) -- step i has dt = dts[i], last step at theta.
+struct ListSteps {
+  const double* dts;
+  long n;
+  double theta;
+  ODEKERN_HD double dt(long i) const { return dts[i]; }
+  ODEKERN_HD double th(long i) const { return i == n - 1 ? theta : 1.0; }
+};
+
+template <typename T, int M>
+ODEKERN_HD T step_fwd(T y, T g, double dt, double theta) {
+  constexpr int S = Tableau<M>::S;
+  T w[S], k[S];
+  step_weights<T, M>(theta, w);
+  return rk_step<T, M, true>(y, g, T(dt), rhs(y, g), w, k);
+}
+
+template <typename T, int M>
+ODEKERN_HD void step_bwd(T y, T g, double dt, double theta, T ybar1, T* ybar0, T* gbar) {
+  constexpr int S = Tableau<M>::S;
+  T w[S];
+  step_weights<T, M>(theta, w);
+  if (theta != 1.0) rk_step_vjp<T, M, true>(y, g, T(dt), w, ybar1, ybar0, gbar);
+  else rk_step_vjp<T, M, false>(y, g, T(dt), w, ybar1, ybar0, gbar);
+}
+
+// Reverse sweep over a ListSteps sequence. ybar enters as dL/dy(t1) and leaves as dL/dy0.
+template <typename T, int M>
+ODEKERN_HD void list_solve_vjp(T y0, T g, const ListSteps& steps, T* ybar, T* gbar) {
+  const long n = steps.n;
+  if (n == 0) return;
+  const long seg = (n + kCheckpoints - 1) / kCheckpoints;
+  T ck[kCheckpoints];
+  T y = y0;
+  for (long i = 0; i < n; ++i) {
+    if (i % seg == 0) ck[i / seg] = y;
+    if (i + 1 < n) y = step_fwd<T, M>(y, g, steps.dt(i), steps.th(i));
+  }
+  T buf[kCheckpoints];
+  T yb = *ybar;
+  for (long s = (n - 1) / seg; s >= 0; --s) {
+    const long start = s * seg;
+    const long end = start + seg < n ? start + seg : n;
+    if (end - start <= kCheckpoints) {
+      T yy = ck[s];
+      for (long i = start; i < end; ++i) {
+        buf[i - start] = yy;
+        if (i + 1 < end) yy = step_fwd<T, M>(yy, g, steps.dt(i), steps.th(i));
+      }
+      for (long i = end - 1; i >= start; --i)
+        step_bwd<T, M>(buf[i - start], g, steps.dt(i), steps.th(i), yb, &yb, gbar);
+    } else {
+      for (long i = end - 1; i >= start; --i) {
+        T yy = ck[s];
+        for (long j = start; j < i; ++j) yy = step_fwd<T, M>(yy, g, steps.dt(j), steps.th(j));
+        step_bwd<T, M>(yy, g, steps.dt(i), steps.th(i), yb, &yb, gbar);
+      }
+    }
+  }
+  *ybar = yb;
+}
+
+// Per-element adaptive control: the accepted (y, dt, theta) sequence is re-derived by
+// running the controller again. Checkpoints hold the controller state (y, f is recomputed,
+// t and the proposed h) at every seg-th accepted step.
+struct PerElementParams {
+  double t_end, rtol, atol;
+  long max_steps;
+};
+
+template <typename T>
+struct AcceptedStep {
+  T y;
+  double dt, theta;
+};
+
+// Records accepted steps with index in [lo, hi) into out[] (index - lo), and controller
+// checkpoints (y, t, h) every `seg` accepted steps.
+template <typename T>
+struct RecordObserver {
+  long index = 0, lo = 0, hi = 0, seg = 0;
+  AcceptedStep<T>* out = nullptr;
+  T* ck_y = nullptr;
+  double* ck_t = nullptr;
+  double t = 0.0;
+  ODEKERN_HD bool operator()(const T* x, double dt, double theta) {
+    if (ck_y != nullptr && seg > 0 && index % seg == 0) {
+      ck_y[index / seg] = x[0];
+      ck_t[index / seg] = t;
+    }
+    if (out != nullptr && index >= lo && index < hi) out[index - lo] = AcceptedStep<T>{x[0], dt, theta};
+    t += dt;
+    ++index;
+    return !(out != nullptr && index >= hi && ck_y == nullptr);
+  }
+};
+
+// Forward of one element with per-element control. Returns a Status; y updated in place.
+template <typename T>
+ODEKERN_HD int pe_solve(T* y, T g, const PerElementParams& p) {
+  NmodeSys<T> sys{g};
+  return sys_solve_dopri5<T>(sys, y, p.t_end, p.rtol, p.atol, p.max_steps);
+}
+
+// Exact backward of one element with per-element control. The controller is restarted from
+// a checkpoint by solving over the remaining interval [t_ck, t_end] with the step proposal
+// it had there, which reproduces the same accepted steps (same arithmetic, same order).
+// Time positions are tracked relative to t0 = 0 as in sys_solve_dopri5.
+template <typename T>
+ODEKERN_HD int pe_solve_vjp(T y0, T g, const PerElementParams& p, T* ybar, T* gbar) {
+  NmodeSys<T> sys{g};
+  // Pass 1: count accepted steps (and fix the initial step).
+  long n = 0;
+  double h0 = -1.0;
+  {
+    T x = y0;
+    const int st = sys_solve_dopri5<T>(sys, &x, p.t_end, p.rtol, p.atol, p.max_steps,
+                                       (NoObserver*)nullptr, &n, &h0);
+    if (st != kOk) return st;
+  }
+  // Pass 2: the whole accepted sequence, recorded segment by segment from the start. To
+  // restart the controller mid-way we would need its proposal h at that point, which is
+  // (dt_prev-dependent); instead we replay from the start for each segment and record only
+  // that segment -- O(n * n / kCheckpoints) controller steps, bounded memory.
+  const long seg = (n + kCheckpoints - 1) / kCheckpoints;
+  AcceptedStep<T> buf[kCheckpoints];
+  T yb = *ybar;
+  for (long s = (n - 1) / seg; s >= 0; --s) {
+    const long start = s * seg;
+    const long end = start + seg < n ? start + seg : n;
+    if (end - start <= kCheckpoints) {
+      RecordObserver<T> rec;
+      rec.lo = start;
+      rec.hi = end;
+      rec.out = buf;
+      T x = y0;
+      double h = h0;
+      sys_solve_dopri5<T>(sys, &x, p.t_end, p.rtol, p.atol, p.max_steps, &rec, (long*)nullptr, &h);
+      for (long i = end - 1; i >= start; --i)
+        step_bwd<T, kDopri5>(buf[i - start].y, g, buf[i - start].dt, buf[i - start].theta, yb, &yb, gbar);
+    } else {
+      for (long i = end - 1; i >= start; --i) {
+        RecordObserver<T> rec;
+        rec.lo = i;
+        rec.hi = i + 1;
+        rec.out = buf;
+        T x = y0;
+        double h = h0;
+        sys_solve_dopri5<T>(sys, &x, p.t_end, p.rtol, p.atol, p.max_steps, &rec, (long*)nullptr, &h);
+        step_bwd<T, kDopri5>(buf[0].y, g, buf[0].dt, buf[0].theta, yb, &yb, gbar);
+      }
+    }
+  }
+  *ybar = yb;
+  return kOk;
+}
+
+// Continuous adjoint of one element. yT = y(t1) (recomputed by the caller), ybar = dL/dy(t1)
+// (with the f1 contribution already added), gbar accumulates; both leave at t0.
+// Fixed-step methods use torchdiffeq's grid on the reversed interval (`dts`, n steps).
+template <typename T, int M>
+ODEKERN_HD int adjoint_solve(T yT, T g, double t_span, const double* dts, long n,
+                             double rtol, double atol, long max_steps, T* ybar, T* gbar) {
+  AdjointSys<T> sys{g};
+  T x[3] = {yT, *ybar, T(0)};
+  int st = kOk;
+  if (M == kDopri5) {
+    st = sys_solve_dopri5<T>(sys, x, t_span, rtol, atol, max_steps);
+  } else {
+    sys_solve_list<T, M>(sys, x, dts, n, 1.0);
+  }
+  *ybar = x[1];
+  *gbar += x[2];
+  return st;
+}
+
+// dL/dy0, dL/dg contributions of an f output: f = f(y, g) with cotangent fbar.
+template <typename T>
+ODEKERN_HD void rhs_vjp(T y, T g, T fbar, T* ybar, T* gbar) {
+  T s2;
+  rhs_and_sin2(y, g, &s2);
+  *ybar += fbar * (s2 - T(1));
+  *gbar += fbar * s2;
+}
+
+}  // namespace nmode
+}  // namespace odekern

@@ -1,0 +1,558 @@
+// CPU backend of odekern_C::nmode_solve_{fwd,bwd}: checks, allocation, at::parallel_for, and
+// the vectorised block loops. The math is csrc/ops/nmode_solve/nmode_solve.h.
+//
+// Vectorisation: elements are processed in blocks of kBlock held in local arrays; steps are
+// the outer loop and elements the inner `#pragma omp simd` loop, so the polynomial sincos of
+// the header vectorises across elements. Hot loops are ODEKERN_ISA_CLONES (AVX-512 / AVX2 /
+// baseline picked at load time).
+//
+// Paths: fixed-grid and global-control (shared dt sequence) forward and exact backward are
+// block-vectorised. Per-element control and the continuous adjoint (lane-varying step
+// counts) run the header's scalar per-element solvers, one element at a time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_host.h"
+
+namespace odekern {
+namespace nmode {
+namespace {
+
+constexpr int64_t kBlock = 64;
+
+// A block never straddles two repeats of g: task -> (repeat r, chunk c) -> elements
+// [r*G + c*kBlock, ... + len).
+struct Blocking {
+  int64_t N, G, R, chunks;
+  explicit Blocking(int64_t n, int64_t g) : N(n), G(g), R(g > 0 ? n / g : 0), chunks((g + kBlock - 1) / kBlock) {}
+  int64_t tasks() const { return R * chunks; }
+  int64_t offset(int64_t task) const { return (task / chunks) * G + (task % chunks) * kBlock; }
+  int64_t goffset(int64_t task) const { return (task % chunks) * kBlock; }
+  int64_t len(int64_t task) const { return std::min(kBlock, G - (task % chunks) * kBlock); }
+};
+
+// One step of every element of a block, in place. dopri5's FSAL stage is evaluated only on
+// the interpolated last step (its weight is zero otherwise).
+template <typename T, int M>
+__attribute__((always_inline)) inline void advance_block(T* __restrict y, const T* __restrict g,
+                                                         int64_t len, T dt, const T* w, bool last) {
+  constexpr int S = Tableau<M>::S;
+  if (M == kDopri5 && last) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) {
+      T k[S];
+      y[e] = rk_step<T, M, true>(y[e], g[e], dt, rhs(y[e], g[e]), w, k);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) {
+      T k[S];
+      y[e] = rk_step<T, M, false>(y[e], g[e], dt, rhs(y[e], g[e]), w, k);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward over a list of dts (fixed grids), one block.
+// ------------------------------------------------------------------------------------------
+template <typename T, int M>
+ODEKERN_ISA_CLONES void list_forward_block(const T* __restrict y0, const T* __restrict g, int64_t len,
+                                           const double* dts, int64_t n, const T* w, const T* wl,
+                                           T* __restrict y1, T* __restrict f0, T* __restrict f1) {
+  alignas(64) T y[kBlock], gg[kBlock];
+  for (int64_t e = 0; e < len; ++e) {
+    y[e] = y0[e];
+    gg[e] = g[e];
+  }
+  if (f0 != nullptr) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) f0[e] = rhs(y[e], gg[e]);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T dt = T(dts[i]);
+    advance_block<T, M>(y, gg, len, dt, (i == n - 1) ? wl : w, i == n - 1);
+  }
+  for (int64_t e = 0; e < len; ++e) y1[e] = y[e];
+  if (f1 != nullptr) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) f1[e] = rhs(y[e], gg[e]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Global control: one dopri5 attempt over a block. Writes the candidate state and FSAL
+// stage, returns sum of squared error ratios; on the finishing attempt also writes the
+// interpolated output (and f there).
+// ------------------------------------------------------------------------------------------
+template <typename T>
+ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* __restrict f,
+                                               const T* __restrict g, int64_t len, T dt, const T* w,
+                                               bool finishing, const T* wl, T rtol, T atol,
+                                               T* __restrict ynew, T* __restrict fnew,
+                                               T* __restrict out, T* __restrict fout) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t e = 0; e < len; ++e) {
+    T k[7];
+    const T yn = rk_step<T, kDopri5, true>(y[e], g[e], dt, f[e], w, k);
+    const T r = error_ratio(dopri5_error(dt, k), y[e], yn, rtol, atol);
+    sum += double(r) * double(r);
+    ynew[e] = yn;
+    fnew[e] = k[6];
+  }
+  if (finishing) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) {
+      // Re-deriving the stages keeps the common (non-finishing) attempt lean.
+      T k[7];
+      out[e] = rk_step<T, kDopri5, true>(y[e], g[e], dt, f[e], wl, k);
+    }
+    if (fout != nullptr) {
+#pragma omp simd
+      for (int64_t e = 0; e < len; ++e) fout[e] = rhs(out[e], g[e]);
+    }
+  }
+  return sum;
+}
+
+// Sums of squares for torchdiffeq's initial step: (y0/scale)^2, (f0/scale)^2; also writes f0.
+template <typename T>
+ODEKERN_ISA_CLONES void initial_norms_block(const T* __restrict y, const T* __restrict g, int64_t len,
+                                            T rtol, T atol, T* __restrict f, double* d0, double* d1) {
+  double s0 = 0, s1 = 0;
+#pragma omp simd reduction(+ : s0, s1)
+  for (int64_t e = 0; e < len; ++e) {
+    const T fe = rhs(y[e], g[e]);
+    f[e] = fe;
+    const T ay = y[e] < T(0) ? -y[e] : y[e];
+    const T scale = atol + ay * rtol;
+    const T a = y[e] / scale, b = fe / scale;
+    s0 += double(a) * double(a);
+    s1 += double(b) * double(b);
+  }
+  *d0 = s0;
+  *d1 = s1;
+}
+
+template <typename T>
+ODEKERN_ISA_CLONES double initial_d2_block(const T* __restrict y, const T* __restrict f,
+                                           const T* __restrict g, int64_t len, T h0, T rtol, T atol) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t e = 0; e < len; ++e) {
+    const T f1 = rhs(y[e] + h0 * f[e], g[e]);
+    const T ay = y[e] < T(0) ? -y[e] : y[e];
+    const T v = (f1 - f[e]) / (atol + ay * rtol);
+    s += double(v) * double(v);
+  }
+  return s;
+}
+
+// Deterministic parallel sum over tasks: per-task partials, summed in task order.
+template <class Fn>
+double parallel_task_sum(int64_t tasks, Fn fn) {
+  std::vector<double> part(static_cast<size_t>(tasks), 0.0);
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) part[t] = fn(t);
+  });
+  double s = 0.0;
+  for (double v : part) s += v;
+  return s;
+}
+
+// ------------------------------------------------------------------------------------------
+// Exact backward over a list of dts, one block: two-level checkpointing as list_solve_vjp
+// in the header, vectorised across the block.
+// ------------------------------------------------------------------------------------------
+template <typename T, int M>
+ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __restrict g, int64_t len,
+                                            const double* dts, int64_t n, const T* w, const T* wl,
+                                            const T* __restrict gy1, const T* __restrict gf0,
+                                            const T* __restrict gf1, T* __restrict gy0,
+                                            T* __restrict gg_out, bool accumulate_g) {
+  alignas(64) T ck[kCheckpoints][kBlock];
+  alignas(64) T buf[kCheckpoints][kBlock];
+  alignas(64) T y[kBlock], gg[kBlock], yb[kBlock], gb[kBlock];
+  for (int64_t e = 0; e < len; ++e) {
+    y[e] = y0[e];
+    gg[e] = g[e];
+    gb[e] = T(0);
+  }
+  const int64_t seg = n > 0 ? (n + kCheckpoints - 1) / kCheckpoints : 1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i % seg == 0) std::copy(y, y + len, ck[i / seg]);
+    const T dt = T(dts[i]);
+    advance_block<T, M>(y, gg, len, dt, (i == n - 1) ? wl : w, i == n - 1);
+  }
+  // y is now y(t1): seed the cotangent with the f1 output's contribution.
+  for (int64_t e = 0; e < len; ++e) yb[e] = gy1[e];
+  if (gf1 != nullptr) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) rhs_vjp(y[e], gg[e], gf1[e], &yb[e], &gb[e]);
+  }
+  auto step_back = [&](const T* ys, int64_t i) {
+    const T dt = T(dts[i]);
+    if (i == n - 1 && M == kDopri5) {
+#pragma omp simd
+      for (int64_t e = 0; e < len; ++e) rk_step_vjp<T, M, true>(ys[e], gg[e], dt, wl, yb[e], &yb[e], &gb[e]);
+    } else {
+#pragma omp simd
+      for (int64_t e = 0; e < len; ++e) rk_step_vjp<T, M, false>(ys[e], gg[e], dt, w, yb[e], &yb[e], &gb[e]);
+    }
+  };
+  for (int64_t s = n > 0 ? (n - 1) / seg : -1; s >= 0; --s) {
+    const int64_t start = s * seg, end = std::min(start + seg, n);
+    if (end - start <= kCheckpoints) {
+      std::copy(ck[s], ck[s] + len, y);
+      for (int64_t i = start; i < end; ++i) {
+        std::copy(y, y + len, buf[i - start]);
+        if (i + 1 < end) {
+          advance_block<T, M>(y, gg, len, T(dts[i]), w, false);
+        }
+      }
+      for (int64_t i = end - 1; i >= start; --i) step_back(buf[i - start], i);
+    } else {
+      for (int64_t i = end - 1; i >= start; --i) {
+        std::copy(ck[s], ck[s] + len, y);
+        for (int64_t j = start; j < i; ++j) {
+          advance_block<T, M>(y, gg, len, T(dts[j]), w, false);
+        }
+        step_back(y, i);
+      }
+    }
+  }
+  if (gf0 != nullptr) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) rhs_vjp(y0[e], gg[e], gf0[e], &yb[e], &gb[e]);
+  }
+  for (int64_t e = 0; e < len; ++e) {
+    gy0[e] = yb[e];
+    gg_out[e] = accumulate_g ? gg_out[e] + gb[e] : gb[e];
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Dispatch helpers.
+// ------------------------------------------------------------------------------------------
+template <class Fn>
+void dispatch_method(int method, Fn&& fn) {
+  switch (method) {
+    case kEuler: fn(std::integral_constant<int, kEuler>{}); break;
+    case kMidpoint: fn(std::integral_constant<int, kMidpoint>{}); break;
+    case kRk4: fn(std::integral_constant<int, kRk4>{}); break;
+    case kRk4Classic: fn(std::integral_constant<int, kRk4Classic>{}); break;
+    default: fn(std::integral_constant<int, kDopri5>{}); break;
+  }
+}
+
+void check_inputs(const at::Tensor& y0, const at::Tensor& g) {
+  ODEKERN_CHECK_CPU(y0);
+  ODEKERN_CHECK_CPU(g);
+  ODEKERN_CHECK_FLOATING(y0);
+  TORCH_CHECK(g.scalar_type() == y0.scalar_type(), "g must have y0's dtype ", y0.scalar_type(),
+              ", got ", g.scalar_type());
+  TORCH_CHECK(y0.dim() == 1 && g.dim() == 1, "y0 and g must be 1-D (flattened) at this level");
+  TORCH_CHECK((g.numel() == 0 && y0.numel() == 0) || (g.numel() > 0 && y0.numel() % g.numel() == 0),
+              "y0.numel() must be a multiple of g.numel() (leading broadcast), got ", y0.numel(),
+              " and ", g.numel());
+}
+
+at::Tensor make_stats(int64_t n_acc, int64_t n_rej, double theta, const std::vector<double>& dts) {
+  auto stats = at::empty({3 + static_cast<int64_t>(dts.size())}, at::TensorOptions().dtype(at::kDouble));
+  double* p = stats.data_ptr<double>();
+  p[0] = double(n_acc);
+  p[1] = double(n_rej);
+  p[2] = theta;
+  std::copy(dts.begin(), dts.end(), p + 3);
+  return stats;
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward.
+// ------------------------------------------------------------------------------------------
+template <typename T>
+void global_forward(const T* y0, const T* g, const Blocking& B, double t0, double t1, double rtol,
+                    double atol, int64_t max_steps, T* y1, T* f0, T* f1, std::vector<double>& dts,
+                    int64_t& n_rej, double& theta) {
+  const int64_t N = B.N, tasks = B.tasks();
+  std::vector<T> ycur(y0, y0 + N), fcur(N), ynew(N), fnew(N);
+  const T rt = T(rtol), at_ = T(atol);
+  std::vector<double> p0(tasks), p1(tasks);
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t o = B.offset(t);
+      initial_norms_block<T>(y0 + o, g + B.goffset(t), B.len(t), rt, at_, fcur.data() + o, &p0[t], &p1[t]);
+    }
+  });
+  double s0 = 0, s1 = 0;
+  for (int64_t t = 0; t < tasks; ++t) {
+    s0 += p0[t];
+    s1 += p1[t];
+  }
+  if (f0 != nullptr) std::copy(fcur.begin(), fcur.end(), f0);
+  const double d0 = std::sqrt(s0 / double(N)), d1 = std::sqrt(s1 / double(N));
+  const double h0 = initial_step_h0(d0, d1);
+  const double s2 = parallel_task_sum(tasks, [&](int64_t t) {
+    const int64_t o = B.offset(t);
+    return initial_d2_block<T>(y0 + o, fcur.data() + o, g + B.goffset(t), B.len(t), T(h0), rt, at_);
+  });
+  const double d2 = std::sqrt(s2 / double(N)) / h0;
+  double h = initial_step_final(h0, d1, d2);
+
+  T w[7], wl[7];
+  step_weights<T, kDopri5>(1.0, w);
+  double t = t0;
+  int64_t attempts = 0;
+  n_rej = 0;
+  while (true) {
+    TORCH_CHECK(attempts++ < max_steps, "nmode_solve: max_num_steps (", max_steps,
+                ") exceeded at t = ", t, " with last dt = ", h);
+    TORCH_CHECK(std::isfinite(h), "nmode_solve: non-finite step size at t = ", t,
+                " (non-finite values in the state?)");
+    const double dt = h, t_next = t + dt;
+    TORCH_CHECK(t_next > t, "nmode_solve: step size underflow (dt = ", dt, ") at t = ", t);
+    const bool finishing = t_next >= t1;
+    const double th = finishing ? (t1 - t) / (t_next - t) : 1.0;
+    step_weights<T, kDopri5>(th, wl);
+    const double ssum = parallel_task_sum(tasks, [&](int64_t tk) {
+      const int64_t o = B.offset(tk);
+      return global_attempt_block<T>(ycur.data() + o, fcur.data() + o, g + B.goffset(tk), B.len(tk),
+                                     T(dt), w, finishing, wl, rt, at_, ynew.data() + o,
+                                     fnew.data() + o, y1 + o, f1 != nullptr ? f1 + o : nullptr);
+    });
+    const double ratio = std::sqrt(ssum / double(N));
+    TORCH_CHECK(!std::isnan(ratio), "nmode_solve: non-finite values in the state at t = ", t);
+    if (ratio <= 1.0) {
+      dts.push_back(dt);
+      if (finishing) {
+        theta = th;
+        break;
+      }
+      std::swap(ycur, ynew);
+      std::swap(fcur, fnew);
+      t = t_next;
+    } else {
+      ++n_rej;
+    }
+    h = optimal_step(dt, ratio);
+  }
+}
+
+template <typename T>
+void per_element_forward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
+                         double rtol, double atol, int64_t max_steps, T* y1, T* f0, T* f1) {
+  std::vector<int> status(static_cast<size_t>(at::get_num_threads()) + 1, 0);
+  std::atomic<int> worst{0};
+  at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
+    const PerElementParams p{t1 - t0, rtol, atol, max_steps};
+    int bad = 0;
+    for (int64_t i = b; i < e; ++i) {
+      const T gi = g[i % G];
+      T y = y0[i];
+      if (f0 != nullptr) f0[i] = rhs(y, gi);
+      const int st = pe_solve<T>(&y, gi, p);
+      bad = std::max(bad, st);
+      y1[i] = y;
+      if (f1 != nullptr) f1[i] = rhs(y, gi);
+    }
+    int cur = worst.load();
+    while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
+    }
+  });
+  check_status(worst.load(), max_steps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
+    const at::Tensor& y0_, const at::Tensor& g_, double t0, double t1, c10::string_view method_name,
+    double step_size, double rtol, double atol, c10::string_view control, int64_t max_num_steps,
+    bool need_f) {
+  check_inputs(y0_, g_);
+  const int method = parse_method(std::string(method_name));
+  const bool global = std::string(control) == "global";
+  TORCH_CHECK(t1 > t0, "nmode_solve: t1 must be greater than t0, got t0=", t0, ", t1=", t1);
+  const at::Tensor y0 = y0_.contiguous(), g = g_.contiguous();
+  const int64_t N = y0.numel(), G = g.numel();
+  at::Tensor y1 = at::empty_like(y0);
+  at::Tensor f0 = need_f ? at::empty_like(y0) : at::empty({0}, y0.options());
+  at::Tensor f1 = need_f ? at::empty_like(y0) : at::empty({0}, y0.options());
+  std::vector<double> dts;
+  int64_t n_rej = 0;
+  double theta = 1.0;
+  if (method != kDopri5) {
+    TORCH_CHECK(step_size > 0, "nmode_solve: step_size must be > 0 for fixed-step methods");
+    dts.resize(static_cast<size_t>(fixed_grid(t0, t1, step_size, nullptr)));
+    TORCH_CHECK(static_cast<int64_t>(dts.size()) <= max_num_steps, "nmode_solve: the fixed grid needs ",
+                dts.size(), " steps, more than max_num_steps=", max_num_steps);
+    fixed_grid(t0, t1, step_size, dts.data());
+  }
+  if (N == 0) return {y1, f0, f1, make_stats(int64_t(dts.size()), 0, 1.0, dts)};
+  const Blocking B(N, G);
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "nmode_solve_fwd_cpu", [&] {
+    const scalar_t* py0 = y0.data_ptr<scalar_t>();
+    const scalar_t* pg = g.data_ptr<scalar_t>();
+    scalar_t* py1 = y1.data_ptr<scalar_t>();
+    scalar_t* pf0 = need_f ? f0.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pf1 = need_f ? f1.data_ptr<scalar_t>() : nullptr;
+    if (method != kDopri5) {
+      dispatch_method(method, [&](auto M_) {
+        constexpr int M = decltype(M_)::value;
+        constexpr int S = Tableau<M>::S;
+        scalar_t w[S];
+        step_weights<scalar_t, M>(1.0, w);
+        at::parallel_for(0, B.tasks(), 1, [&](int64_t b, int64_t e) {
+          for (int64_t t = b; t < e; ++t) {
+            const int64_t o = B.offset(t);
+            list_forward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts.data(),
+                                            int64_t(dts.size()), w, w, py1 + o,
+                                            pf0 ? pf0 + o : nullptr, pf1 ? pf1 + o : nullptr);
+          }
+        });
+      });
+    } else if (global) {
+      global_forward<scalar_t>(py0, pg, B, t0, t1, rtol, atol, max_num_steps, py1, pf0, pf1, dts,
+                               n_rej, theta);
+    } else {
+      per_element_forward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, py1, pf0, pf1);
+    }
+  });
+  const int64_t n_acc = (method == kDopri5 && !global) ? 0 : int64_t(dts.size());
+  if (method == kDopri5 && !global) dts.clear();
+  return {y1, f0, f1, make_stats(n_acc, n_rej, theta, dts)};
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward.
+// ------------------------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
+    const at::Tensor& grad_y1_, const c10::optional<at::Tensor>& grad_f0_,
+    const c10::optional<at::Tensor>& grad_f1_, const at::Tensor& y0_, const at::Tensor& g_,
+    const at::Tensor& stats_, double t0, double t1, c10::string_view method_name, double step_size,
+    double rtol, double atol, c10::string_view control, c10::string_view gradient, int64_t max_num_steps) {
+  check_inputs(y0_, g_);
+  const int method = parse_method(std::string(method_name));
+  const bool global = std::string(control) == "global";
+  const bool adjoint = std::string(gradient) == "adjoint";
+  const at::Tensor y0 = y0_.contiguous(), g = g_.contiguous();
+  const at::Tensor gy1 = grad_y1_.contiguous();
+  const bool has_gf0 = grad_f0_.has_value() && grad_f0_->defined() && grad_f0_->numel() > 0;
+  const bool has_gf1 = grad_f1_.has_value() && grad_f1_->defined() && grad_f1_->numel() > 0;
+  const at::Tensor gf0 = has_gf0 ? grad_f0_->contiguous() : at::Tensor();
+  const at::Tensor gf1 = has_gf1 ? grad_f1_->contiguous() : at::Tensor();
+  TORCH_CHECK(gy1.sizes() == y0.sizes(), "grad_y1 must have y0's shape");
+  const int64_t N = y0.numel(), G = g.numel();
+  at::Tensor gy0 = at::empty_like(y0);
+  at::Tensor gg = at::zeros_like(g);
+  if (N == 0) return {gy0, gg};
+  const at::Tensor stats = stats_.to(at::kDouble).contiguous();
+  const double* sp = stats.data_ptr<double>();
+  const int64_t n_list = static_cast<int64_t>(sp[0]);
+  const double theta = sp[2];
+  const double* dts = sp + 3;
+  const bool list_mode = method != kDopri5 || global;
+  const Blocking B(N, G);
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "nmode_solve_bwd_cpu", [&] {
+    const scalar_t* py0 = y0.data_ptr<scalar_t>();
+    const scalar_t* pg = g.data_ptr<scalar_t>();
+    const scalar_t* pgy1 = gy1.data_ptr<scalar_t>();
+    const scalar_t* pgf0 = has_gf0 ? gf0.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pgf1 = has_gf1 ? gf1.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgy0 = gy0.data_ptr<scalar_t>();
+    if (list_mode && !adjoint) {
+      // Vectorised exact backward. grad_g: chunks of g in parallel, repeats inside (no races)
+      // when there are enough chunks; else per-element grad_g summed over repeats afterwards.
+      const bool by_chunk = B.chunks >= 2 * at::get_num_threads() || B.R == 1;
+      at::Tensor gfull = by_chunk ? at::Tensor() : at::empty_like(y0);
+      scalar_t* pgg = by_chunk ? gg.data_ptr<scalar_t>() : gfull.data_ptr<scalar_t>();
+      dispatch_method(method, [&](auto M_) {
+        constexpr int M = decltype(M_)::value;
+        constexpr int S = Tableau<M>::S;
+        scalar_t w[S], wl[S];
+        step_weights<scalar_t, M>(1.0, w);
+        step_weights<scalar_t, M>(theta, wl);
+        auto run = [&](int64_t t, bool acc) {
+          const int64_t o = B.offset(t);
+          list_backward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts, n_list, w, wl,
+                                           pgy1 + o, pgf0 ? pgf0 + o : nullptr, pgf1 ? pgf1 + o : nullptr,
+                                           pgy0 + o, by_chunk ? pgg + B.goffset(t) : pgg + o, acc);
+        };
+        if (by_chunk) {
+          at::parallel_for(0, B.chunks, 1, [&](int64_t b, int64_t e) {
+            for (int64_t c = b; c < e; ++c)
+              for (int64_t r = 0; r < B.R; ++r) run(r * B.chunks + c, r > 0);
+          });
+        } else {
+          at::parallel_for(0, B.tasks(), 1, [&](int64_t b, int64_t e) {
+            for (int64_t t = b; t < e; ++t) run(t, false);
+          });
+        }
+      });
+      if (!by_chunk) gg.copy_(gfull.view({B.R, G}).sum(0));
+      return;
+    }
+    // Scalar per-element paths: per-element control (exact) and the continuous adjoint.
+    std::vector<double> adj_dts;
+    if (adjoint && method != kDopri5) {
+      adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
+      fixed_grid(0.0, t1 - t0, step_size, adj_dts.data());
+    }
+    at::Tensor gfull = at::empty_like(y0);
+    scalar_t* pgf = gfull.data_ptr<scalar_t>();
+    std::atomic<int> worst{0};
+    dispatch_method(method, [&](auto M_) {
+      constexpr int M = decltype(M_)::value;
+      at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+        const PerElementParams p{t1 - t0, rtol, atol, max_num_steps};
+        int bad = 0;
+        for (int64_t i = b; i < e; ++i) {
+          const scalar_t gi = pg[i % G];
+          scalar_t yb = pgy1[i], gb = scalar_t(0);
+          if (!adjoint) {
+            // per-element control, exact gradient
+            scalar_t y1v = py0[i];
+            bad = std::max(bad, pe_solve<scalar_t>(&y1v, gi, p));
+            if (pgf1) rhs_vjp(y1v, gi, pgf1[i], &yb, &gb);
+            bad = std::max(bad, pe_solve_vjp<scalar_t>(py0[i], gi, p, &yb, &gb));
+          } else {
+            scalar_t y1v = py0[i];
+            if (list_mode) {
+              NmodeSys<scalar_t> sys{gi};
+              sys_solve_list<scalar_t, M>(sys, &y1v, dts, n_list, theta);
+            } else {
+              bad = std::max(bad, pe_solve<scalar_t>(&y1v, gi, p));
+            }
+            if (pgf1) rhs_vjp(y1v, gi, pgf1[i], &yb, &gb);
+            bad = std::max(bad, adjoint_solve<scalar_t, M>(y1v, gi, t1 - t0, adj_dts.data(),
+                                                           int64_t(adj_dts.size()), rtol, atol,
+                                                           max_num_steps, &yb, &gb));
+          }
+          if (pgf0) rhs_vjp(py0[i], gi, pgf0[i], &yb, &gb);
+          pgy0[i] = yb;
+          pgf[i] = gb;
+        }
+        int cur = worst.load();
+        while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
+        }
+      });
+    });
+    check_status(worst.load(), max_num_steps);
+    gg.copy_(gfull.view({B.R, G}).sum(0));
+  });
+  return {gy0, gg};
+}
+
+}  // namespace
+}  // namespace nmode
+}  // namespace odekern
+
+TORCH_LIBRARY_IMPL(odekern_C, CPU, m) {
+  m.impl("nmode_solve_fwd", &odekern::nmode::nmode_solve_fwd_cpu);
+  m.impl("nmode_solve_bwd", &odekern::nmode::nmode_solve_bwd_cpu);
+}

@@ -1,0 +1,33 @@
+// Host-side glue shared by the CPU and CUDA bindings of nmode_solve (argument parsing and
+// turning a per-element status code into a Python exception). Not included by the .cu.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <string>
+
+#include "ops/nmode_solve/nmode_solve.h"
+
+namespace odekern {
+namespace nmode {
+
+inline int parse_method(const std::string& name) {
+  if (name == "euler") return kEuler;
+  if (name == "midpoint") return kMidpoint;
+  if (name == "rk4") return kRk4;
+  if (name == "rk4_classic") return kRk4Classic;
+  if (name == "dopri5") return kDopri5;
+  TORCH_CHECK(false, "nmode_solve: method must be one of euler, midpoint, rk4, rk4_classic, dopri5; got '",
+              name, "'");
+  return -1;
+}
+
+inline void check_status(int status, int64_t max_num_steps) {
+  TORCH_CHECK(status != kTooManySteps, "nmode_solve: max_num_steps (", max_num_steps,
+              ") exceeded by the per-element step size controller");
+  TORCH_CHECK(status != kStepUnderflow, "nmode_solve: step size underflow in the per-element controller");
+  TORCH_CHECK(status != kNonFinite, "nmode_solve: non-finite values in the state");
+}
+
+}  // namespace nmode
+}  // namespace odekern

@@ -1,0 +1,23 @@
+// Schemas of the rk_stage op family (kernels: rk_stage_cpu.cpp, rk_stage_cuda.cpp).
+//
+// Both ops write into caller-provided buffers so a solver loop allocates nothing per step.
+// Coefficients arrive already multiplied by dt (float64), one per k tensor; any number of k's
+// is accepted (the kernels fold them in chunks of rk_stage::kMaxK).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(odekern_C, m) {
+  // out = y + sum_j coeffs[j] * ks[j] (y = None: out = sum_j coeffs[j] * ks[j]); out may be y
+  // itself (in-place update).
+  m.def("rk_combine_out(Tensor? y, Tensor[] ks, float[] coeffs, Tensor(a!) out) -> ()");
+  // y1 = y0 + sum_j coeffs[j] * ks[j]; returns the RMS error ratio (0-dim float64)
+  //   sqrt(mean(((sum_j err_coeffs[j] * ks[j]) / (atol + rtol * max(|y0|, |y1|)))^2)),
+  // 0 for empty tensors.
+  m.def(
+      "rk_final_error_out(Tensor y0, Tensor[] ks, float[] coeffs, float[] err_coeffs, "
+      "float rtol, float atol, Tensor(a!) y1) -> Tensor");
+  // The same RMS error ratio when y1 already exists (FSAL tableaus, or ks = [err] with
+  // err_coeffs = [1] for a materialised error estimate); reads only, writes nothing.
+  m.def(
+      "rk_error_ratio(Tensor y0, Tensor y1, Tensor[] ks, float[] err_coeffs, float rtol, "
+      "float atol) -> Tensor");
+}

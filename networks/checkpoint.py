@@ -1,0 +1,173 @@
+"""Atomic file writes and RNG-state capture, so a saved run is never half-written and a
+resumed run continues bit-exactly.
+
+Every file a user keeps (checkpoints, JSON results, masks, figures) goes through
+:func:`atomic_write`: the bytes land in a temporary file *in the same directory* (so the
+final ``os.replace`` is a rename on one filesystem, atomic on POSIX and Windows), are
+flushed and fsync'ed, then renamed over the target. A crash or Ctrl-C leaves either the old
+file or the new one, never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    For writers that insist on a file name (``matplotlib.savefig``, ``PIL.Image.save``).
+    ``suffix`` defaults to the target's so format-by-extension writers still work.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name keeps the target's extension last: writers that pick the format from the
+    # extension (savefig, Image.save) then still do the right thing.
+    fd, tmp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.stem}.tmp-", suffix=target.suffix if suffix is None else suffix
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved result should look like any file
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call ``writer(file_object)`` on a temporary file, then atomically move it to ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            writer(fh)
+            fh.flush()
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=True)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def torch_load(path: str | os.PathLike) -> Any:
+    """Load a checkpoint written by :func:`atomic_torch_save` (our own files: full unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------
+# RNG state: everything that can feed randomness into a training step.
+# ---------------------------------------------------------------------------------------
+
+def capture_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------
+# Models from checkpoints
+# ---------------------------------------------------------------------------------------
+
+TRAIN_FORMAT = "odekern-train-v1"
+
+
+def build_network(name: str, in_channels: int, num_classes: int, options: dict[str, Any],
+                  image_size: int | None = None) -> torch.nn.Module:
+    """``networks.models.build_model`` with the options a training run recorded.
+
+    ``image_size`` is passed to models whose parameters depend on it (CNM-UNet's gamma).
+    """
+    from networks.models import build_model
+
+    options = dict(options)
+    if image_size is not None and name in SIZE_DEPENDENT_MODELS and "image_size" not in options:
+        options["image_size"] = image_size
+    return build_model(name, in_channels=in_channels, num_classes=num_classes, **options)
+
+
+SIZE_DEPENDENT_MODELS = ("cnm-unet",)
+
+
+def load_model(path: str | os.PathLike, option_overrides: dict[str, Any] | None = None
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network saved by ``networks.train`` and load its weights (eval mode).
+
+    ``option_overrides`` changes build options that do not change the weights (e.g. the ODE
+    solver, for the solver ablation); the state dict must still load strictly.
+    """
+    state = torch_load(path)
+    if state.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"{path} is not an odekern training checkpoint (format {state.get('format')!r})")
+    meta = state["model"]
+    options = {**meta["options"], **(option_overrides or {})}
+    model = build_network(meta["name"], meta["in_channels"], meta["num_classes"], options, meta.get("image_size"))
+    model.load_state_dict(state["model_state"])
+    model.eval()
+    return model, state

@@ -1,0 +1,380 @@
+"""Datasets for binary segmentation: a built-in synthetic one and image/mask folders.
+
+Every dataset yields ``(image, mask)`` with ``image`` float32 ``[C, H, W]`` in ``[0, 1]`` and
+``mask`` float32 ``[1, H, W]`` in ``{0, 1}``. Randomness never lives inside a dataset: the
+samples are a pure function of (seed, index) / the files, and augmentation is applied to a
+batch with an explicit ``torch.Generator`` (:func:`augment_batch`), so a run is reproducible
+and resumable bit-exactly whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+# ISIC names masks <stem>_segmentation.png; other releases use _mask / _Segmentation.
+MASK_SUFFIXES = ("", "_segmentation", "_mask", "_Segmentation")
+
+
+def _check_size(size: int | Sequence[int], argname: str = "size") -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"{argname} must be a positive int or (height, width), got {size!r}")
+    return size  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# Synthetic lesions / polyps
+# ---------------------------------------------------------------------------------------
+
+class SyntheticLesions(Dataset):
+    """Procedural polyp/lesion-like blobs on textured tissue, with exact masks.
+
+    Sample ``i`` is generated from ``numpy.random.default_rng([seed, i])`` only, so any subset,
+    order or worker split gives the same pixels. Each image has one or two irregular, smooth
+    blobs (a radius function of the angle with a few random Fourier harmonics, stretched and
+    rotated); the mask is exactly the set of pixel centres inside that curve. Appearance
+    varies per image: tissue colour and texture, lesion contrast (sometimes faint), dome
+    shading, specular highlights, uneven illumination, soft rendered edges and sensor noise,
+    so the task is learnable but not trivial. ``start`` offsets the indices, which is how
+    train / validation / test sets of one seed stay disjoint.
+    """
+
+    def __init__(self, num_samples: int, size: int | Sequence[int] = 64, seed: int = 0, start: int = 0,
+                 channels: int = 3):
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.size = _check_size(size)
+        self.seed, self.start, self.channels = int(seed), int(start), channels
+        self.num_samples = int(num_samples)
+        # Generated once: cheap (~1 ms per 64x64 image) and then free for every epoch.
+        pairs = [render_lesion(self.size, np.random.default_rng([self.seed, self.start + i]))
+                 for i in range(self.num_samples)]
+        images = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        if channels == 1:
+            images = images.mean(dim=1, keepdim=True)
+        self.images = images.contiguous()
+        self.masks = torch.from_numpy(np.stack([p[1] for p in pairs]))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.masks[index]
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=sigma, mode="wrap")
+    return field / (field.std() + 1e-8)
+
+
+def render_lesion(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic image ``[3, H, W]`` float32 in [0, 1] and its exact mask ``[1, H, W]``."""
+    h, w = size
+    scale = min(h, w)
+    yy, xx = np.meshgrid((np.arange(h) + 0.5) / scale, (np.arange(w) + 0.5) / scale, indexing="ij")
+
+    polyp_style = rng.random() < 0.5  # pink mucosa with a dome polyp, else skin with a dark lesion
+    if polyp_style:
+        tissue = np.array([0.78, 0.42, 0.38]) + rng.normal(0, 0.05, 3)
+        lesion_shift = np.array([0.12, -0.10, -0.08])
+    else:
+        tissue = np.array([0.85, 0.66, 0.55]) + rng.normal(0, 0.05, 3)
+        lesion_shift = np.array([-0.35, -0.30, -0.25])
+    contrast = rng.uniform(0.25, 1.0)  # faint lesions are part of the task
+    lesion = tissue + contrast * (lesion_shift + rng.normal(0, 0.05, 3))
+
+    coarse = _smooth_noise(rng, (h, w), sigma=scale / 10)
+    fine = _smooth_noise(rng, (h, w), sigma=max(scale / 40, 0.7))
+    light_y, light_x = rng.uniform(0.2, 0.8, 2) * np.array([h, w]) / scale
+    illumination = 1.0 - rng.uniform(0.1, 0.4) * ((yy - light_y) ** 2 + (xx - light_x) ** 2)
+    image = tissue[:, None, None] * (1 + 0.08 * coarse + 0.04 * fine)[None]
+
+    mask = np.zeros((h, w), dtype=bool)
+    for blob in range(1 if rng.random() < 0.7 else 2):
+        radius = rng.uniform(0.10, 0.24) / (1.0 + 0.4 * blob)
+        cy, cx = rng.uniform(radius + 0.05, np.array([h, w]) / scale - radius - 0.05)
+        stretch, angle = rng.uniform(0.7, 1.3), rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (np.cos(angle) * dx + np.sin(angle) * dy) * stretch
+        v = (-np.sin(angle) * dx + np.cos(angle) * dy) / stretch
+        dist, theta = np.hypot(u, v), np.arctan2(v, u)
+        boundary = np.ones_like(theta)
+        for k in range(2, 6):  # smooth irregularity: a few low harmonics of the outline
+            boundary += rng.uniform(0, 0.22 / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        boundary *= radius
+        inside = dist < boundary
+        mask |= inside
+        edge = max(0.6 / scale, 0.1 * radius * rng.uniform(0.2, 1.0))
+        alpha = 1.0 / (1.0 + np.exp(np.clip((dist - boundary) / edge, -50, 50)))  # soft rendered edge
+        rel = np.clip(dist / boundary, 0, 1)
+        shading = 1.0 + (0.15 if polyp_style else -0.1) * (1 - rel**2)  # dome vs flat-dark
+        texture = 1 + 0.08 * _smooth_noise(rng, (h, w), sigma=max(scale / 25, 0.7))
+        lesion_rgb = lesion[:, None, None] * (shading * texture)[None]
+        image = image * (1 - alpha[None]) + lesion_rgb * alpha[None]
+        if polyp_style and rng.random() < 0.7:  # specular highlight on the dome
+            sy, sx = cy + rng.normal(0, 0.3) * radius, cx + rng.normal(0, 0.3) * radius
+            spot = np.exp(-((yy - sy) ** 2 + (xx - sx) ** 2) / (2 * (0.02 + 0.03 * rng.random()) ** 2))
+            image = image + 0.5 * spot[None] * alpha[None]
+
+    image = image * illumination[None] + rng.normal(0, rng.uniform(0.01, 0.06), (3, h, w))
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return image, mask[None].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Folder datasets (Kvasir-SEG / ISIC layout)
+# ---------------------------------------------------------------------------------------
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _mask_key(mask_path: Path) -> str:
+    stem = mask_path.stem
+    for suffix in MASK_SUFFIXES[1:]:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def pair_images_and_masks(root: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Match ``root/images/*`` with ``root/masks/*`` by file stem.
+
+    Masks may use another extension and an ISIC-style suffix (``_segmentation``, ``_mask``).
+    Raises ``ValueError`` listing every image without a mask and every mask without an image.
+    """
+    root = Path(root)
+    images_dir, masks_dir = root / "images", root / "masks"
+    missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"dataset folder {root} must contain images/ and masks/ subfolders; missing: {', '.join(missing)}")
+    images = {p.stem: p for p in _image_files(images_dir)}
+    masks: dict[str, Path] = {}
+    for m in _image_files(masks_dir):
+        key = m.stem if m.stem in images else _mask_key(m)
+        if key in masks:
+            raise ValueError(f"two masks for image stem {key!r}: {masks[key].name} and {m.name}")
+        masks[key] = m
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        lines = [f"image/mask pairs do not match in {root}:"]
+        lines += [f"  image without mask: {images[k].name}" for k in no_mask]
+        lines += [f"  mask without image: {masks[k].name}" for k in no_image]
+        raise ValueError("\n".join(lines))
+    if not images:
+        raise ValueError(f"no images found in {images_dir} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    return [(images[k], masks[k]) for k in sorted(images)]
+
+
+def load_image(path: Path, size: tuple[int, int] | None, channels: int = 3) -> torch.Tensor:
+    """Decode ``path`` fully, convert to RGB / grey, resize (bilinear) -> uint8 ``[C, H, W]``."""
+    with Image.open(path) as im:
+        im.load()  # decode now so truncated files fail here, not halfway through training
+        im = im.convert("RGB" if channels == 3 else "L")
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def load_mask(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
+    """Binary mask ``[1, H, W]`` uint8 {0, 1}; nearest-neighbour resize keeps it binary.
+
+    Masks stored as 0/1 and as 0/255 (with JPEG ringing) are both accepted: foreground is
+    a value >= 1 for 0/1 masks and > 127 otherwise.
+    """
+    with Image.open(path) as im:
+        im.load()
+        im = im.convert("L")
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.NEAREST)
+        arr = np.asarray(im, dtype=np.uint8)
+    threshold = 1 if arr.max() <= 1 else 128
+    return torch.from_numpy((arr >= threshold).astype(np.uint8)[None])
+
+
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class FolderSegmentation(Dataset):
+    """``root/images`` + ``root/masks`` pairs, resized to ``size``.
+
+    All pairs are decoded once at construction (and, with ``cache=True``, kept as uint8):
+    a corrupt or unreadable file is reported by name in a ``UserWarning`` and its pair
+    skipped, so a long run never dies on file 900. ``skipped`` lists what was dropped.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int | Sequence[int] = 256, channels: int = 3,
+                 cache: bool = True):
+        self.root = Path(root)
+        self.size = _check_size(size)
+        self.channels, self.cache = channels, cache
+        self.pairs: list[tuple[Path, Path]] = []
+        self.skipped: list[tuple[str, str]] = []
+        images, masks = [], []
+        for image_path, mask_path in pair_images_and_masks(self.root):
+            try:
+                image = load_image(image_path, self.size, channels)
+                mask = load_mask(mask_path, self.size)
+            except _UNREADABLE as exc:
+                bad = image_path if _fails(image_path) else mask_path
+                self.skipped.append((str(bad), f"{type(exc).__name__}: {exc}"))
+                warnings.warn(f"skipping unreadable file {bad} ({type(exc).__name__}: {exc})", stacklevel=2)
+                continue
+            self.pairs.append((image_path, mask_path))
+            if cache:
+                images.append(image)
+                masks.append(mask)
+        if not self.pairs:
+            raise ValueError(f"no readable image/mask pairs in {self.root}")
+        self._images = torch.stack(images) if cache else None
+        self._masks = torch.stack(masks) if cache else None
+
+    @property
+    def names(self) -> list[str]:
+        return [p[0].stem for p in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._images is not None:
+            image, mask = self._images[index], self._masks[index]
+        else:
+            image_path, mask_path = self.pairs[index]
+            image, mask = load_image(image_path, self.size, self.channels), load_mask(mask_path, self.size)
+        return image.float().div_(255.0), mask.float()
+
+
+def _fails(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return False
+    except _UNREADABLE:
+        return True
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str
+    path: Path
+    original_size: tuple[int, int]  # (height, width)
+
+
+def read_image_folder(directory: str | os.PathLike, size: int | Sequence[int], channels: int = 3
+                      ) -> Iterable[tuple[ImageRecord, torch.Tensor]]:
+    """Yield ``(record, image float [C, H, W])`` for every readable image in ``directory``;
+    unreadable files are reported by name (warning) and skipped."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"input folder not found: {directory}")
+    size = _check_size(size)
+    for path in _image_files(directory):
+        try:
+            with Image.open(path) as im:
+                original = (im.height, im.width)
+            image = load_image(path, size, channels).float().div_(255.0)
+        except _UNREADABLE as exc:
+            warnings.warn(f"skipping unreadable file {path} ({type(exc).__name__}: {exc})", stacklevel=2)
+            continue
+        yield ImageRecord(path.stem, path, original), image
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded shuffle of ``range(n)`` cut into (train, val); at least one sample in each when
+    ``0 < val_fraction < 1`` and ``n >= 2``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+# ---------------------------------------------------------------------------------------
+# Ordering and augmentation
+# ---------------------------------------------------------------------------------------
+
+def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+                ) -> list[int]:
+    """The sample indices rank ``rank`` visits in ``epoch``.
+
+    A seeded permutation per epoch (same on every rank), padded by wrapping so it divides
+    evenly, then dealt round-robin: every rank runs the same number of steps (DDP needs it)
+    and the shards are disjoint apart from the padding.
+    """
+    if n < 1:
+        raise ValueError("cannot iterate over an empty dataset")
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 100_003 + epoch)).tolist()
+    else:
+        order = list(range(n))
+    total = math.ceil(n / world_size) * world_size
+    order = (order * math.ceil(total / n))[:total]
+    return order[rank::world_size]
+
+
+def augment_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch) * 64 + rank)
+
+
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+                  hflip: bool = True, vflip: bool = True, rotation_degrees: float = 0.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal/vertical flips and rotation, identical for an image and its mask.
+
+    The same number of random draws is taken whatever is enabled, so switching one
+    augmentation off does not reshuffle the others. Rotation resamples the image
+    bilinearly and the mask by nearest neighbour; corners outside the image become 0
+    (background).
+    """
+    b = images.shape[0]
+    draws = torch.rand(b, 3, generator=generator)
+    if hflip:
+        flip = (draws[:, 0] < 0.5).view(b, 1, 1, 1)
+        images = torch.where(flip, images.flip(-1), images)
+        masks = torch.where(flip, masks.flip(-1), masks)
+    if vflip:
+        flip = (draws[:, 1] < 0.5).view(b, 1, 1, 1)
+        images = torch.where(flip, images.flip(-2), images)
+        masks = torch.where(flip, masks.flip(-2), masks)
+    if rotation_degrees > 0:
+        angle = (draws[:, 2] * 2 - 1) * math.radians(rotation_degrees)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        h, w = images.shape[-2:]
+        # affine_grid works in normalised coordinates; the aspect factors keep the rotation
+        # rigid in pixel space for non-square images.
+        theta = torch.zeros(b, 2, 3, dtype=images.dtype)
+        theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+        theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        masks = F.grid_sample(masks, grid.to(masks.dtype), mode="nearest", padding_mode="zeros",
+                              align_corners=False)
+    return images, masks

@@ -1,0 +1,509 @@
+"""Train a segmentation network: ``odekern-train`` / ``python -m networks.train``.
+
+Single process or data-parallel (``torchrun --nproc_per_node=N -m networks.train ...``).
+Writes into ``--out``: ``last.pt`` (every epoch and on Ctrl-C), ``best.pt`` (best validation
+Dice) and ``history.json`` — all atomically. ``--resume`` continues from ``last.pt``
+(or a given file) bit-exactly: same batches, same augmentations, same dropout, same
+losses as a run that was never interrupted, even when stopped mid-epoch.
+
+Paper defaults (used unless overridden on the command line):
+
+* CNM-UNet / vanilla U-Net (cnm-unet.txt, Implementation Details): AdamW,
+  CosineAnnealingLR(T_max=50, eta_min=1e-5) stepped per epoch, batch size 8, flips and
+  rotation. The paper gives no learning rate or loss; we use AdamW's default 1e-3 and
+  BCE + Dice (the usual choice of the DiODE-UNet code base the paper compares with).
+* Continuous U-Net and the block baselines (continuous-unet.txt, Sec. 4.1 and Table 10):
+  Adam, lr 1e-3 (Sec. 4.1; Table 10 says 1e-4), learning rate x0.999 every epoch
+  (StepLR step 1, gamma 0.999), batch size 16, BCE loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from networks import checkpoint as ckpt
+from networks import ddp
+from networks.data import (FolderSegmentation, SyntheticLesions, augment_batch, augment_generator, epoch_order,
+                           split_indices)
+from networks.metrics import binarize, dice_per_image
+
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cnm-unet": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine", t_max=50, eta_min=1e-5,
+                     loss="bce+dice", batch_size=8),
+    "vanilla-unet": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine", t_max=50, eta_min=1e-5,
+                         loss="bce+dice", batch_size=8),
+    "continuous-unet": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="step", step_size=1, gamma=0.999,
+                            loss="bce", batch_size=16),
+    "unet": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="step", step_size=1, gamma=0.999,
+                 loss="bce", batch_size=16),
+}
+FALLBACK_DEFAULTS = PAPER_DEFAULTS["cnm-unet"]
+SCHEDULE_DEFAULTS = dict(t_max=50, eta_min=1e-5, step_size=1, gamma=0.999)
+
+# Command-line flag -> build_model option (the models call the solver ``method``, as
+# torchdiffeq does).
+OPTION_NAMES = {"solver": "method", "gradient": "gradient", "block": "block"}
+
+# Settings that may change on resume; everything else comes from the checkpoint so the
+# continued run is the same run.
+RESUME_OVERRIDABLE = ("epochs", "out", "resume", "progress", "workers", "device", "threads")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "cnm-unet"
+    data: str = "synthetic"
+    size: int = 64
+    channels: int = 3
+    num_train: int = 256
+    num_val: int = 64
+    val_fraction: float = 0.2
+    epochs: int = 10
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    t_max: int | None = None
+    eta_min: float | None = None
+    step_size: int | None = None
+    gamma: float | None = None
+    loss: str | None = None
+    augment: bool = True
+    hflip: bool = True
+    vflip: bool = True
+    rotation: float = 30.0
+    solver: str | None = None
+    gradient: str | None = None
+    block: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    out: str = "runs/train"
+    resume: str | None = None
+    workers: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+    max_steps_per_epoch: int | None = None
+
+    def resolved(self) -> "TrainConfig":
+        """Fill every ``None`` hyper-parameter from the paper defaults of this model."""
+        defaults = {**SCHEDULE_DEFAULTS, **PAPER_DEFAULTS.get(self.model, FALLBACK_DEFAULTS)}
+        updates = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
+        return dataclasses.replace(self, **updates)
+
+    def network_options(self) -> dict[str, Any]:
+        """Keyword options for ``build_model`` (flags only when given)."""
+        options = dict(self.model_options)
+        for flag, option in OPTION_NAMES.items():
+            if getattr(self, flag) is not None:
+                options[option] = getattr(self, flag)
+        return options
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C once the checkpoint of the last finished step is written."""
+
+    def __init__(self, checkpoint_path: Path | None):
+        super().__init__(f"training interrupted; resume with --resume {checkpoint_path}")
+        self.checkpoint_path = checkpoint_path
+
+
+class StopOnInterrupt:
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: abort at once.
+
+    Only the main thread can own a signal handler; elsewhere this is a no-op and the loop
+    relies on ``KeyboardInterrupt`` alone.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\n[odekern-train] Ctrl-C: finishing this step and saving a checkpoint "
+              "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------
+
+def build_datasets(cfg: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    if cfg.data == "synthetic":
+        train = SyntheticLesions(cfg.num_train, cfg.size, seed=cfg.seed, start=0, channels=cfg.channels)
+        val = SyntheticLesions(cfg.num_val, cfg.size, seed=cfg.seed, start=cfg.num_train, channels=cfg.channels) \
+            if cfg.num_val > 0 else None
+        return train, val
+    full = FolderSegmentation(cfg.data, cfg.size, channels=cfg.channels)
+    train_idx, val_idx = split_indices(len(full), cfg.val_fraction, cfg.seed)
+    train = torch.utils.data.Subset(full, train_idx)
+    val = torch.utils.data.Subset(full, val_idx) if val_idx else None
+    return train, val
+
+
+class SegmentationLoss(nn.Module):
+    """``bce`` or ``bce+dice`` (MONAI's soft Dice on sigmoid probabilities, per image)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        if kind not in ("bce", "bce+dice"):
+            raise ValueError(f"loss must be 'bce' or 'bce+dice', got {kind!r}")
+        self.bce = nn.BCEWithLogitsLoss()
+        self.dice = None
+        if kind == "bce+dice":
+            from monai.losses import DiceLoss
+
+            self.dice = DiceLoss(sigmoid=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.bce(logits, target)
+        return loss + self.dice(logits, target) if self.dice is not None else loss
+
+
+def build_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, Any]:
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}")
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.t_max, eta_min=cfg.eta_min)
+    elif cfg.schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    elif cfg.schedule == "none":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    else:
+        raise ValueError(f"schedule must be cosine, step or none, got {cfg.schedule!r}")
+    return opt, sched
+
+
+def _collate(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [dataset[i] for i in indices]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+@torch.no_grad()
+def validate(model: nn.Module, dataset, loss_fn: nn.Module, batch_size: int, ctx: ddp.DistContext
+             ) -> dict[str, float]:
+    """Mean loss and Dice over ``dataset``; each rank takes a disjoint shard, then sums."""
+    model.eval()
+    indices = list(range(ctx.rank, len(dataset), ctx.world_size))
+    loss_sum = dice_sum = 0.0
+    for start in range(0, len(indices), batch_size):
+        images, masks = _collate(dataset, indices[start:start + batch_size])
+        images, masks = images.to(ctx.device), masks.to(ctx.device)
+        logits = model(images)
+        loss_sum += float(loss_fn(logits, masks)) * images.shape[0]
+        dice_sum += float(dice_per_image(binarize(logits), masks).sum())
+    loss_sum, dice_sum, count = ddp.all_reduce_sum([loss_sum, dice_sum, float(len(indices))], ctx)
+    model.train()
+    return {"val_loss": loss_sum / count, "val_dice": dice_sum / count}
+
+
+def model_metadata(cfg: TrainConfig) -> dict[str, Any]:
+    return {"name": cfg.model, "in_channels": cfg.channels, "num_classes": 1, "options": cfg.network_options(),
+            "image_size": cfg.size}
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+def _load_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    path = Path(cfg.out) / "last.pt" if cfg.resume in ("auto", "") else Path(cfg.resume)
+    state = ckpt.torch_load(path)
+    if state.get("format") != ckpt.TRAIN_FORMAT:
+        raise ValueError(f"{path} is not an odekern training checkpoint (format {state.get('format')!r})")
+    stored = dict(state["config"])
+    for key in RESUME_OVERRIDABLE:
+        stored[key] = getattr(cfg, key)
+    return TrainConfig(**stored), state
+
+
+def run(cfg: TrainConfig, step_callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; returns the history (also written to ``out/history.json``).
+
+    ``step_callback(info)`` runs after every optimiser step (used by tests and the demo).
+    Raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) after Ctrl-C, once the
+    checkpoint is saved.
+    """
+    return train(cfg, step_callback)[0]
+
+
+def train(cfg: TrainConfig, step_callback: Callable[[dict[str, Any]], None] | None = None
+          ) -> tuple[dict[str, Any], nn.Module]:
+    """:func:`run`, also returning this process's trained model (unwrapped from DDP)."""
+    ctx = ddp.setup(cfg.device)
+    try:
+        return _run(cfg, ctx, step_callback)
+    finally:
+        ddp.cleanup(ctx)
+
+
+def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[str, Any], nn.Module]:
+    resume_state = None
+    if cfg.resume:
+        cfg, resume_state = _load_resume(cfg)
+    cfg = cfg.resolved()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    train_set, val_set = build_datasets(cfg)
+    model = ckpt.build_network(cfg.model, cfg.channels, 1, cfg.network_options(), cfg.size).to(ctx.device)
+    optimizer, scheduler = build_optimizer(cfg, model.parameters())
+    loss_fn = SegmentationLoss(cfg.loss)
+
+    history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "model": model_metadata(cfg), "epochs": [],
+                               "step_losses": [], "status": "running", "world_size": ctx.world_size}
+    start_epoch, start_step, accum, aug_state, best = 0, 0, [0.0, 0.0, 0.0], None, -math.inf
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model_state"])
+        optimizer.load_state_dict(resume_state["optimizer_state"])
+        scheduler.load_state_dict(resume_state["scheduler_state"])
+        history = resume_state["history"]
+        history["config"]["epochs"] = cfg.epochs
+        start_epoch, start_step = resume_state["epoch"], resume_state["step_in_epoch"]
+        accum, best = list(resume_state["epoch_accumulators"]), resume_state["best_val_dice"]
+        rng_states = resume_state["rng_states"]
+        if len(rng_states) != ctx.world_size:
+            raise ValueError(f"checkpoint was written by {len(rng_states)} process(es) but this run has "
+                             f"{ctx.world_size}; resume with the same --nproc_per_node")
+        ckpt.restore_rng_state(rng_states[ctx.rank]["global"])
+        aug_state = rng_states[ctx.rank]["augment"]
+    else:
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)  # per-rank dropout streams
+
+    net = ddp.wrap(model, ctx)
+    net.train()
+
+    def save(epoch: int, step: int, accumulators: list[float], aug_gen: torch.Generator | None,
+             status: str) -> Path | None:
+        states = ddp.gather_objects({"global": ckpt.capture_rng_state(),
+                                     "augment": None if aug_gen is None else aug_gen.get_state()}, ctx)
+        if not ctx.is_main:
+            return None
+        history["status"] = status
+        payload = {
+            "format": ckpt.TRAIN_FORMAT, "config": dataclasses.asdict(cfg), "model": model_metadata(cfg),
+            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": scheduler.state_dict(), "epoch": epoch, "step_in_epoch": step,
+            "epoch_accumulators": list(accumulators), "rng_states": states, "best_val_dice": best,
+            "history": history,
+        }
+        path = ckpt.atomic_torch_save(payload, out / "last.pt")
+        ckpt.atomic_write_json(out / "history.json", history)
+        return path
+
+    from tqdm.auto import tqdm
+
+    with StopOnInterrupt() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            order = epoch_order(len(train_set), epoch, cfg.seed, ctx.rank, ctx.world_size)
+            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            if cfg.max_steps_per_epoch:
+                batches = batches[:cfg.max_steps_per_epoch]
+            aug_gen = augment_generator(cfg.seed, epoch, ctx.rank)
+            if aug_state is not None:
+                aug_gen.set_state(aug_state)
+                aug_state = None
+            if start_step == 0:
+                accum = [0.0, 0.0, 0.0]
+            started = time.perf_counter()
+            bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (ctx.is_main and cfg.progress), leave=False, dynamic_ncols=True)
+            # Its own generator: creating a loader iterator draws a seed, which must not
+            # consume the global RNG (dropout's) or a resumed run would drift.
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches[start_step:],
+                                                 num_workers=cfg.workers, generator=torch.Generator())
+            step = start_step
+            in_update = False
+            try:
+                for images, masks in loader:
+                    images, masks = images.to(ctx.device), masks.to(ctx.device)
+                    if cfg.augment:
+                        images, masks = augment_batch(images, masks, aug_gen, cfg.hflip, cfg.vflip, cfg.rotation)
+                    logits = net(images)
+                    loss = loss_fn(logits, masks)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    in_update = True
+                    optimizer.step()
+                    in_update = False
+                    step += 1
+                    loss_value = float(loss.detach())
+                    dice = float(dice_per_image(binarize(logits), masks).mean())
+                    n = images.shape[0]
+                    accum = [accum[0] + loss_value * n, accum[1] + dice * n, accum[2] + n]
+                    history["step_losses"].append(loss_value)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", dice=f"{dice:.3f}")
+                    if step_callback is not None:
+                        step_callback({"epoch": epoch, "step": step, "loss": loss_value, "dice": dice})
+                    if ddp.any_rank(stop.requested, ctx):
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                bar.close()
+                if in_update:  # weights half-updated: keep the last epoch's checkpoint instead
+                    raise
+                path = save(epoch, step, accum, aug_gen, "interrupted")
+                if ctx.is_main:
+                    print(f"[odekern-train] saved {path} at epoch {epoch + 1} step {step}; "
+                          f"continue with --resume {path}", file=sys.stderr, flush=True)
+                raise TrainingInterrupted(path) from None
+            bar.close()
+            start_step = 0
+            scheduler.step()
+
+            loss_sum, dice_sum, count = ddp.all_reduce_sum(accum, ctx)
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_dice": dice_sum / count,
+                      "lr": optimizer.param_groups[0]["lr"]}
+            if val_set is not None and len(val_set) > 0:
+                record.update(validate(model, val_set, loss_fn, cfg.batch_size, ctx))
+            record["seconds"] = time.perf_counter() - started
+            history["epochs"].append(record)
+            improved = record.get("val_dice", record["train_dice"]) > best
+            if improved:
+                best = record.get("val_dice", record["train_dice"])
+            status = "complete" if epoch + 1 == cfg.epochs else "running"
+            path = save(epoch + 1, 0, [0.0, 0.0, 0.0], None, status)
+            if ctx.is_main:
+                if improved:
+                    ckpt.atomic_write_bytes(out / "best.pt", Path(path).read_bytes())
+                msg = (f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
+                       f"dice {record['train_dice']:.4f}")
+                if "val_dice" in record:
+                    msg += f"  val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}"
+                msg += f"  ({record['seconds']:.1f} s)"
+                print(msg, flush=True)
+    if cfg.epochs <= start_epoch and ctx.is_main:
+        print(f"nothing to do: checkpoint already at epoch {start_epoch} >= --epochs {cfg.epochs}", flush=True)
+    return history, model
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--option expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value  # a bare word is a string
+    return key.strip(), parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="odekern-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainConfig()
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="cnm-unet, continuous-unet, unet, vanilla-unet")
+    g.add_argument("--block", default=None, help="block type for --model unet: pln, rse, dse, inc, psp, fo")
+    g.add_argument("--solver", default=None, help="ODE solver of the model (e.g. rk4, dopri5, euler)")
+    g.add_argument("--gradient", default=None, help="gradient mode of the ODE blocks (e.g. adjoint, backprop)")
+    g.add_argument("--option", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
+                   help="any other build_model option (repeatable); VALUE is a Python literal or a word")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.data, help="'synthetic' or a folder with images/ and masks/")
+    g.add_argument("--size", type=int, default=d.size, help="input size (images are resized to size x size)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels)
+    g.add_argument("--num-train", type=int, default=d.num_train, help="synthetic training images")
+    g.add_argument("--num-val", type=int, default=d.num_val, help="synthetic validation images")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="folder data: validation share")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="disable flips and rotation")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false")
+    g.add_argument("--no-vflip", dest="vflip", action="store_false")
+    g.add_argument("--rotation", type=float, default=d.rotation, help="max random rotation in degrees (0: off)")
+    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    g = p.add_argument_group("optimisation (unset = the paper's default for --model)")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--schedule", choices=("cosine", "step", "none"), default=None)
+    g.add_argument("--t-max", type=int, default=None, help="cosine schedule period (epochs)")
+    g.add_argument("--eta-min", type=float, default=None, help="cosine schedule floor")
+    g.add_argument("--step-size", type=int, default=None, help="step schedule period (epochs)")
+    g.add_argument("--gamma", type=float, default=None, help="step schedule factor")
+    g.add_argument("--loss", choices=("bce", "bce+dice"), default=None)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--out", default=d.out, help="output folder (checkpoints, history.json)")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from CHECKPOINT (default: OUT/last.pt)")
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = vars(args).copy()
+    values["model_options"] = dict(values.pop("option"))
+    return TrainConfig(**values)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    for name in ("epochs", "size", "num_train"):
+        if getattr(cfg, name) < 1:
+            raise SystemExit(f"odekern-train: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise SystemExit(f"odekern-train: --batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.data != "synthetic" and not Path(cfg.data).is_dir():
+        raise SystemExit(f"odekern-train: --data must be 'synthetic' or an existing folder, got {cfg.data!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_from_args(build_parser().parse_args(argv))
+    _validate(cfg)
+    try:
+        history = run(cfg)
+    except TrainingInterrupted:
+        return 130
+    if history["epochs"]:
+        last = history["epochs"][-1]
+        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in last.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

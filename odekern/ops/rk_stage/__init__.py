@@ -1,0 +1,132 @@
+"""rk_stage: everything an explicit Runge-Kutta / Adams solver computes between RHS calls.
+
+- ``rk_combine(y, ks, coeffs)``: ``y + sum_j coeffs[j] * ks[j]`` (stage inputs with
+  ``coeffs = dt * a_i``, the final combination with ``dt * b``, Adams history combinations).
+- ``rk_final_error(y0, ks, coeffs, err_coeffs, rtol=, atol=)``: the new solution ``y1``, and
+  the RMS error ratio ``sqrt(mean((sum_j err_coeffs[j] ks[j] / (atol + rtol max|y0|,|y1|))^2))``
+  computed as a fused reduction in the same pass (float64, 0-dim tensor).
+- ``rk_error_ratio(y0, y1, ks, err_coeffs, rtol=, atol=)``: that ratio alone when ``y1`` exists
+  (FSAL tableaus such as Dopri5; ``ks=[err], err_coeffs=[1.0]`` for a materialised error).
+
+``rk_combine(None, ks, coeffs)`` drops the base term (error estimates, Adams increments).
+
+``out=`` buffers are written in place when no gradient is needed (then the result *is* ``out``).
+When autograd is recording (a tensor input requires grad), a fresh tensor is returned and
+``out`` is left untouched: always use the return value. Coefficients that are tensors requiring
+grad (gradients with respect to the time grid) take the differentiable reference route.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from odekern.backends import check_backend_name, register, select
+from odekern.ops.rk_stage import op, reference
+
+__all__ = ["fused_backend", "rk_combine", "rk_error_ratio", "rk_final_error"]
+
+
+def fused_backend(y: torch.Tensor, ks: Sequence[torch.Tensor], *, error_pass: bool = False) -> Optional[str]:
+    """The non-reference backend that would run these operands, or None (solvers then keep
+    their plain PyTorch path, which is the reference itself). ``y``: any operand fixing the
+    dtype and device."""
+    try:
+        chosen = select(op.ERROR_RATIO if error_pass else op.COMBINE, y.device, None, y=y, ks=list(ks))
+    except RuntimeError:
+        return None
+    return None if chosen.name == "reference" else chosen.name
+
+
+def _check(name: str, y: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence,
+           out: Optional[torch.Tensor], outname: str) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}: the state must be a tensor, got {type(y).__name__}")
+    if not all(isinstance(k, torch.Tensor) for k in ks):
+        raise TypeError(f"{name}: ks must be a sequence of tensors")
+    if len(ks) != len(coeffs):
+        raise ValueError(f"{name}: got {len(ks)} k tensors but {len(coeffs)} coefficients")
+    for j, k in enumerate(ks):
+        if not isinstance(k, torch.Tensor) or k.shape != y.shape:
+            shape = tuple(k.shape) if isinstance(k, torch.Tensor) else type(k).__name__
+            raise ValueError(f"{name}: ks[{j}] has shape {shape}, expected the state's {tuple(y.shape)}")
+    if out is not None and (out.shape != y.shape or out.dtype != y.dtype or out.device != y.device):
+        raise ValueError(f"{name}: {outname} must have the state's shape/dtype/device "
+                         f"{tuple(y.shape)}/{y.dtype}/{y.device}, got "
+                         f"{tuple(out.shape)}/{out.dtype}/{out.device}")
+
+
+def _grad_coeffs(coeffs: Sequence) -> bool:
+    return any(isinstance(c, torch.Tensor) and c.requires_grad for c in coeffs)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _floats(coeffs: Sequence) -> list[float]:
+    return [float(c) for c in coeffs]
+
+
+def rk_combine(y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Sequence, *,
+               out: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """``y + sum_j coeffs[j] * ks[j]`` (``y=None``: no base), fused; see the module docstring."""
+    check_backend_name(backend)
+    ks = list(ks)
+    if y is None and not ks:
+        raise ValueError("rk_combine: needs a base y or at least one k tensor")
+    like = y if y is not None else ks[0]
+    _check("rk_combine", like, ks, coeffs, out, "out")
+    present = [t for t in (y, *ks) if t is not None]
+    if torch.is_grad_enabled() and _grad_coeffs(coeffs):
+        return reference.rk_combine(y, ks, coeffs)
+    if _needs_grad(*present):
+        return op.rk_combine(y, ks, _floats(coeffs), backend)
+    if out is None:
+        out = torch.empty_like(like, memory_format=torch.contiguous_format)
+    op.rk_combine_out(y, ks, _floats(coeffs), out, backend)
+    return out
+
+
+def rk_final_error(y0: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence,
+                   err_coeffs: Sequence, *, rtol: float, atol: float,
+                   out: Optional[torch.Tensor] = None,
+                   backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y1, error_ratio)``; the ratio never carries a gradient (it only steers step sizes)."""
+    check_backend_name(backend)
+    ks = list(ks)
+    _check("rk_final_error", y0, ks, coeffs, out, "out")
+    if len(err_coeffs) != len(ks):
+        raise ValueError(f"rk_final_error: got {len(ks)} k tensors but {len(err_coeffs)} error coefficients")
+    for argname, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, torch.Tensor) and v.numel() != 1:
+            raise ValueError(f"rk_final_error: {argname} must be a scalar for the fused pass, got shape {tuple(v.shape)}")
+    if (torch.is_grad_enabled() and _grad_coeffs(coeffs)) or _needs_grad(y0, *ks):
+        # y1 must carry the graph; the fused error pass then only feeds the step controller.
+        y1 = rk_combine(y0, ks, coeffs, backend=backend)
+        with torch.no_grad():
+            scratch = torch.empty_like(y0, memory_format=torch.contiguous_format)
+            ratio = op.rk_final_error_out(y0.detach(), [k.detach() for k in ks], _floats(coeffs),
+                                          _floats(err_coeffs), float(rtol), float(atol), scratch, backend)
+        return y1, ratio
+    if out is None:
+        out = torch.empty_like(y0, memory_format=torch.contiguous_format)
+    ratio = op.rk_final_error_out(y0, ks, _floats(coeffs), _floats(err_coeffs), float(rtol),
+                                  float(atol), out, backend)
+    return out, ratio
+
+
+def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor],
+                   err_coeffs: Sequence, *, rtol: float, atol: float,
+                   backend: Optional[str] = None) -> torch.Tensor:
+    """RMS error ratio of ``sum_j err_coeffs[j] ks[j]`` against ``atol + rtol max(|y0|, |y1|)``
+    in one read-only pass (0-dim float64, no gradient)."""
+    check_backend_name(backend)
+    ks = list(ks)
+    _check("rk_error_ratio", y0, ks, err_coeffs, y1, "y1")
+    if not 1 <= len(ks) <= 7:
+        raise ValueError(f"rk_error_ratio: takes 1..7 k tensors, got {len(ks)}")
+    with torch.no_grad():
+        return op.rk_error_ratio(y0.detach(), y1.detach(), [k.detach() for k in ks],
+                                 _floats(err_coeffs), float(rtol), float(atol), backend)

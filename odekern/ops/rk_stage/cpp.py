@@ -1,0 +1,70 @@
+"""The C++ (CPU) and CUDA kernels of rk_stage, called through torch.ops.odekern_C.
+
+The kernels need contiguous operands; strided inputs are made contiguous here and a strided
+``out`` receives its result through a contiguous scratch tensor (a copy the solver never pays:
+its buffers are allocated contiguous).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+KERNEL_DTYPES = (torch.float32, torch.float64)
+MAX_ERROR_K = 7  # rk_stage::kMaxK: the fused error pass takes one tableau's stages at once
+
+
+def _ops():
+    return torch.ops.odekern_C
+
+
+def supports(*, y: torch.Tensor, ks: Sequence[torch.Tensor], **_) -> list[str]:
+    """``y`` is the tensor fixing dtype/device (the base, or the output when there is none)."""
+    reasons = []
+    if y.dtype not in KERNEL_DTYPES:
+        reasons.append(f"dtype {y.dtype} not in float32/float64")
+    if any(k.dtype != y.dtype for k in ks):
+        reasons.append("the k tensors must share the state's dtype")
+    if any(k.device != y.device for k in ks):
+        reasons.append("the k tensors must be on the state's device")
+    if not hasattr(torch.ops.odekern_C, "rk_error_ratio"):
+        reasons.append("odekern._C was built without rk_stage (rebuild the extension)")
+    return reasons
+
+
+def supports_error(*, y: torch.Tensor, ks: Sequence[torch.Tensor], **kw) -> list[str]:
+    reasons = supports(y=y, ks=ks, **kw)
+    if not 1 <= len(ks) <= MAX_ERROR_K:
+        reasons.append(f"the fused error pass takes 1..{MAX_ERROR_K} stages, got {len(ks)}")
+    return reasons
+
+
+def _into(out: torch.Tensor, run) -> None:
+    if out.is_contiguous():
+        run(out)
+    else:
+        scratch = torch.empty_like(out, memory_format=torch.contiguous_format)
+        run(scratch)
+        out.copy_(scratch)
+
+
+def combine_out(y, ks, coeffs, out) -> None:
+    yc = None if y is None else y.contiguous()
+    kc = [k.contiguous() for k in ks]
+    _into(out, lambda o: _ops().rk_combine_out(yc, kc, [float(c) for c in coeffs], o))
+
+
+def final_error_out(y0, ks, coeffs, err_coeffs, rtol, atol, y1) -> torch.Tensor:
+    y0c = y0.contiguous()
+    kc = [k.contiguous() for k in ks]
+    result = []
+    _into(y1, lambda o: result.append(_ops().rk_final_error_out(
+        y0c, kc, [float(c) for c in coeffs], [float(d) for d in err_coeffs],
+        float(rtol), float(atol), o)))
+    return result[0]
+
+
+def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
+    return _ops().rk_error_ratio(y0.contiguous(), y1.contiguous(), [k.contiguous() for k in ks],
+                                 [float(d) for d in err_coeffs], float(rtol), float(atol))

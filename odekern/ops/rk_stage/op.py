@@ -1,0 +1,128 @@
+"""torch.library custom ops of rk_stage; every body picks its kernel with backends.select.
+
+Two routes, chosen by the public functions in ``__init__``:
+
+- ``odekern::rk_combine`` (functional, returns a new tensor, autograd registered): used when a
+  gradient is needed. Writing stage results into reused buffers cannot work under autograd:
+  the RHS (a conv, say) saves its input for backward, so overwriting that buffer at the next
+  stage would corrupt the graph. Autograd keeps every stage alive anyway, so the allocation
+  costs nothing extra, and the fused kernel still does the arithmetic. The backward of a linear
+  combination needs no saved tensors: grad_y = g, grad_k_j = c_j * g.
+- ``odekern::rk_combine_out`` / ``odekern::rk_final_error_out`` (write into caller buffers, no
+  autograd): used under no_grad (forward-only solves, the adjoint's solves, checkpoint
+  recomputation), where the solver loop then allocates nothing per step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from odekern.backends import check_backend_name, register, select
+from odekern.ops.rk_stage import cpp, reference
+
+COMBINE, FINAL_ERROR, ERROR_RATIO = "rk_combine", "rk_final_error", "rk_error_ratio"
+
+
+def _reference_combine_out(y, ks, coeffs, out) -> None:
+    with torch.no_grad():
+        out.copy_(reference.rk_combine(y, ks, coeffs))
+
+
+def _reference_final_error_out(y0, ks, coeffs, err_coeffs, rtol, atol, y1) -> torch.Tensor:
+    with torch.no_grad():
+        value, ratio = reference.rk_final_error(y0, ks, coeffs, err_coeffs, rtol, atol)
+        y1.copy_(value)
+    return ratio
+
+
+def _reference_error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
+    return reference.rk_error_ratio(y0, y1, ks, err_coeffs, rtol, atol)
+
+
+def _triton():
+    from odekern.ops.rk_stage import triton as triton_kernels  # imported lazily: needs triton
+
+    return triton_kernels
+
+
+def _register() -> None:
+    register(COMBINE, "reference", _reference_combine_out)
+    register(FINAL_ERROR, "reference", _reference_final_error_out)
+    for name in ("cpu", "cuda"):
+        register(COMBINE, name, cpp.combine_out, cpp.supports)
+        register(FINAL_ERROR, name, cpp.final_error_out, cpp.supports_error)
+    register(COMBINE, "triton", lambda *a: _triton().combine_out(*a),
+                      lambda **kw: _triton().supports(**kw))
+    register(FINAL_ERROR, "triton", lambda *a: _triton().final_error_out(*a),
+                      lambda **kw: _triton().supports_error(**kw))
+
+
+_register()
+
+
+def _kernel(op: str, y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], backend: Optional[str]):
+    like = y if y is not None else ks[0]  # fixes dtype/device when there is no base term
+    return select(op, like.device, backend, y=like, ks=ks).fn
+
+
+@torch.library.custom_op("odekern::rk_combine_out", mutates_args=("out",))
+def rk_combine_out(y: Optional[torch.Tensor], ks: list[torch.Tensor], coeffs: list[float], out: torch.Tensor,
+                   backend: Optional[str] = None) -> None:
+    _kernel(COMBINE, y, ks, backend)(y, ks, coeffs, out)
+
+
+@rk_combine_out.register_fake
+def _(y, ks, coeffs, out, backend=None):
+    return None
+
+
+@torch.library.custom_op("odekern::rk_combine", mutates_args=())
+def rk_combine(y: Optional[torch.Tensor], ks: list[torch.Tensor], coeffs: list[float],
+               backend: Optional[str] = None) -> torch.Tensor:
+    out = torch.empty_like(y if y is not None else ks[0], memory_format=torch.contiguous_format)
+    _kernel(COMBINE, y, ks, backend)(y, ks, coeffs, out)
+    return out
+
+
+@rk_combine.register_fake
+def _(y, ks, coeffs, backend=None):
+    return torch.empty_like(y if y is not None else ks[0], memory_format=torch.contiguous_format)
+
+
+def _combine_setup(ctx, inputs, output):
+    ctx.coeffs = list(inputs[2])
+    ctx.has_base = inputs[0] is not None
+
+
+def _combine_backward(ctx, grad):
+    return (grad if ctx.has_base else None), [grad * c for c in ctx.coeffs], None, None
+
+
+rk_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
+
+
+@torch.library.custom_op("odekern::rk_final_error_out", mutates_args=("y1",))
+def rk_final_error_out(y0: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float],
+                       err_coeffs: list[float], rtol: float, atol: float, y1: torch.Tensor,
+                       backend: Optional[str] = None) -> torch.Tensor:
+    ratio = _kernel(FINAL_ERROR, y0, ks, backend)(y0, ks, coeffs, err_coeffs, rtol, atol, y1)
+    return ratio.to(device=y0.device, dtype=torch.float64).reshape(()).clone()
+
+
+@rk_final_error_out.register_fake
+def _(y0, ks, coeffs, err_coeffs, rtol, atol, y1, backend=None):
+    return y0.new_empty((), dtype=torch.float64)
+
+
+@torch.library.custom_op("odekern::rk_error_ratio", mutates_args=())
+def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], err_coeffs: list[float],
+                   rtol: float, atol: float, backend: Optional[str] = None) -> torch.Tensor:
+    ratio = _kernel(ERROR_RATIO, y0, ks, backend)(y0, y1, ks, err_coeffs, rtol, atol)
+    return ratio.to(device=y0.device, dtype=torch.float64).reshape(()).clone()
+
+
+@rk_error_ratio.register_fake
+def _(y0, y1, ks, err_coeffs, rtol, atol, backend=None):
+    return y0.new_empty((), dtype=torch.float64)

@@ -1,0 +1,103 @@
+"""Adams-Bashforth (explicit) and Adams-Bashforth-Moulton (predictor-corrector) on a fixed grid.
+
+Behaviour matches torchdiffeq's ``explicit_adams`` / ``implicit_adams``:
+
+- every step evaluates ``f(t_n, y_n)`` and pushes it on a history of at most ``max_order - 1``
+  slopes (newest first);
+- while fewer than 3 slopes are known the step is an RK4 (3/8 rule) step;
+- otherwise the predictor is the Bashforth rule using all ``m`` known slopes; the implicit method
+  then iterates the Moulton corrector (``m + 1`` slopes incl. the new point) up to ``max_iters``
+  times until two iterates agree to ``rtol``/``atol`` in the max norm; if they never do, it warns
+  and drops the oldest slope (lowering the order) before continuing.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+from typing import Any
+
+import torch
+
+from odekern.solvers import stages
+from odekern.solvers.adams_coefficients import MAX_ORDER, bashforth, moulton
+from odekern.solvers.base import RHS
+from odekern.solvers.explicit_rk import RKStepper
+from odekern.solvers.fixed_grid import FIXED_GRID_OPTIONS, FixedGridSolver
+from odekern.solvers.norms import max_norm
+from odekern.solvers.tableaus import RK4_38
+
+Tensor = torch.Tensor
+
+# Fewer known slopes than this and the step falls back to RK4 (torchdiffeq's _MIN_ORDER - 1).
+_MIN_HISTORY = 3
+
+
+class AdamsBashforthMoulton(FixedGridSolver):
+    OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters"}
+    order = 4
+    implicit = True
+
+    def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, max_order: int = MAX_ORDER,
+                 max_iters: int = 4, **options: Any):
+        super().__init__(rhs, y0, rtol, atol, **options)
+        if isinstance(max_order, bool) or not isinstance(max_order, int) or not 1 <= max_order <= MAX_ORDER:
+            raise ValueError(f"options['max_order'] must be an int in [1, {MAX_ORDER}], got {max_order!r}")
+        if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+            raise ValueError(f"options['max_iters'] must be an int >= 1, got {max_iters!r}")
+        if max_order <= _MIN_HISTORY:
+            warnings.warn(f"options['max_order']={max_order} is below {_MIN_HISTORY + 1}: every step is an RK4 step")
+        self.max_order = max_order
+        self.max_iters = max_iters
+        self._bashforth = {m: bashforth(m).floats() for m in range(1, max_order)}
+        self._moulton = {m + 1: moulton(m + 1).floats() for m in range(1, max_order)}
+        self._rk4 = RKStepper(RK4_38, y0, self._reuse_buffers)
+        self._dy_buffers = [torch.empty_like(y0), torch.empty_like(y0)] if self._reuse_buffers else [None, None]
+        self._corrector_input = torch.empty_like(y0) if self._reuse_buffers else None
+        self._known_buffer = torch.empty_like(y0) if self._reuse_buffers else None
+        self._diff_buffer = torch.empty_like(y0) if self._reuse_buffers else None
+        self._history: collections.deque = collections.deque(maxlen=max_order - 1)
+
+    def _before_integrate(self) -> None:
+        self._history.clear()
+
+    def _step(self, t0, dt, t1, y0):
+        f0 = self.rhs(t0, y0)
+        if self._reuse_buffers and f0.data_ptr() == y0.data_ptr():
+            f0 = f0.clone()  # the RHS returned (a view of) its input, whose buffer is reused soon
+        self._history.appendleft(f0)
+        m = min(len(self._history), self.max_order - 1)
+        if m < _MIN_HISTORY:
+            y1, _ = self._rk4.step(self.rhs, t0, dt, t1, y0, f0, out=self._next_buffer(y0))
+            return y1, f0
+        history = list(self._history)[:m]
+        dy = stages.adams_increment(dt, self._bashforth[m], history, out=self._dy_buffers[0])
+        if self.implicit:
+            dy = self._correct(t1, dt, y0, dy, history, m)
+        return stages.add(y0, dy, out=self._next_buffer(y0)), f0
+
+    def _correct(self, t1, dt, y0, dy, history, m):
+        weights = self._moulton[m + 1]
+        known = stages.adams_increment(dt, weights[1:], history, out=self._known_buffer)
+        converged = False
+        for it in range(self.max_iters):
+            dy_old = dy
+            f1 = self.rhs(t1, stages.add(y0, dy_old, out=self._corrector_input))
+            dy = stages.linear_combination((weights[0],), (f1,), scale=dt, base=known,
+                                           out=self._dy_buffers[(it + 1) % 2])
+            diff = stages.linear_combination((1.0, -1.0), (dy_old, dy), out=self._diff_buffer)
+            ratio = stages.error_ratio(diff,
+                                       dy_old, dy, self.rtol, self.atol, max_norm)
+            converged = bool(ratio < 1)
+            if converged:
+                break
+        if not converged:
+            warnings.warn(f"implicit_adams: the corrector did not converge in {self.max_iters} iterations at "
+                          f"t={self.rhs.user_time(t1):.6g}; lowering the order (solution may be inaccurate)")
+            self._history.pop()
+        return dy
+
+
+class AdamsBashforth(AdamsBashforthMoulton):
+    OPTIONS = FIXED_GRID_OPTIONS | {"max_order"}
+    implicit = False

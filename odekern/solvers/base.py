@@ -1,0 +1,101 @@
+"""The small protocol every solver follows, the checked RHS wrapper and the solve status.
+
+A solver is built as ``Solver(rhs, y0, rtol, atol, **options)`` and run with
+``solver.integrate(t) -> (solution, SolveStatus)``, where ``t`` is increasing (``odeint`` turns
+a decreasing ``t`` into an increasing one by negating time, like torchdiffeq) and ``solution``
+has shape ``[len(t), *y0.shape]``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar, FrozenSet, Optional
+
+import torch
+
+from odekern.solvers.checks import check_rhs_output
+
+Tensor = torch.Tensor
+
+
+class RHS:
+    """``func`` as the solvers call it: time cast to the state's dtype, time reversal applied,
+    output checked (shape / dtype / device) and evaluations counted in ``nfe``."""
+
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], time_sign: float = 1.0):
+        self.func = func
+        self.time_sign = time_sign
+        self.nfe = 0
+
+    def __call__(self, t: Any, y: Tensor) -> Tensor:
+        t = t.to(y.dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=y.dtype, device=y.device)
+        if self.time_sign < 0:
+            dy = self.func(-t, y)
+            check_rhs_output(dy, y, -t)
+            dy = -dy
+        else:
+            dy = self.func(t, y)
+            check_rhs_output(dy, y, t)
+        self.nfe += 1
+        return dy
+
+    def user_time(self, t: Any) -> float:
+        """A solver-internal time as the caller sees it (undoing the reversal)."""
+        return self.time_sign * float(t)
+
+
+@dataclasses.dataclass
+class SolveStatus:
+    """How a solve ended. Returned next to the solution when ``options["on_max_steps"] = "return"``.
+
+    ``n_outputs_reached`` rows of the solution are genuine solution values; when the solve stopped
+    early (``success`` False) the remaining rows repeat the last state reached, at ``t_reached``.
+    ``n_steps`` / ``n_rejected`` count accepted / rejected steps; ``nfe`` counts RHS evaluations.
+    For ``norm="per_sample"`` the top-level fields summarise and ``per_sample`` holds one status per
+    batch element.
+    """
+
+    success: bool
+    message: str
+    t_reached: float
+    n_outputs_reached: int
+    last_dt: float
+    n_steps: int = 0
+    n_rejected: int = 0
+    nfe: int = 0
+    per_sample: Optional[tuple["SolveStatus", ...]] = None
+
+
+class Solver(abc.ABC):
+    """Base class: holds the RHS, initial state and tolerances; subclasses implement ``integrate``."""
+
+    #: option names this solver accepts (``odeint`` rejects anything else, listing these)
+    OPTIONS: ClassVar[FrozenSet[str]] = frozenset()
+    #: order of accuracy (used by the controller and documented per method)
+    order: ClassVar[int]
+
+    def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str, **options: Any):
+        self.rhs = rhs
+        self.y0 = y0
+        self.rtol = rtol
+        self.atol = atol
+        self.method = method
+        self.options = options
+
+    @abc.abstractmethod
+    def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
+        """Solve on increasing output times ``t``; see module docstring."""
+
+    def _new_solution(self, n: int) -> Tensor:
+        solution = torch.empty(n, *self.y0.shape, dtype=self.y0.dtype, device=self.y0.device)
+        solution[0] = self.y0
+        return solution
+
+
+def store(solution: Tensor, index: int, row: Tensor, value: Tensor) -> Tensor:
+    """Put ``value`` in ``solution[index]`` unless a stage function already wrote it into ``row``
+    (the preallocated view); an autograd-recorded value is copied in differentiably."""
+    if value is not row:
+        solution[index] = value
+    return solution

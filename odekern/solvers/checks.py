@@ -1,0 +1,180 @@
+"""Input validation shared by ``odeint``, ``odeint_adjoint`` and ``ODEBlock``.
+
+Every function raises a ``TypeError`` (wrong kind of object) or ``ValueError`` (right kind, bad
+value) whose message starts with the argument's name and says what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _fmt_list(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in sorted(names))
+
+
+def check_time(t: Any, name: str = "t") -> bool:
+    """``t`` must be a 1-D, finite, floating tensor, strictly increasing or decreasing.
+
+    Returns True when ``t`` is decreasing (the solve runs backward in time).
+    """
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of time points, got {type(t).__name__}")
+    if not torch.is_floating_point(t):
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (a sequence of time points), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must contain at least one time point, got an empty tensor")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    if t.numel() < 2:
+        return False
+    diff = t[1:] - t[:-1]
+    if bool((diff > 0).all()):
+        return False
+    if bool((diff < 0).all()):
+        return True
+    bad = int(torch.nonzero(diff * diff[0] <= 0)[0])
+    raise ValueError(f"{name} must be strictly increasing or strictly decreasing, but {name}[{bad}]="
+                     f"{t[bad].item()} and {name}[{bad + 1}]={t[bad + 1].item()} break the order")
+
+
+def check_state(y0: Any, name: str = "y0") -> None:
+    """``y0`` must be a finite floating point tensor (or a non-empty tuple of them)."""
+    if isinstance(y0, tuple):
+        if len(y0) == 0:
+            raise ValueError(f"{name} must be a tensor or a non-empty tuple of tensors, got an empty tuple")
+        for i, part in enumerate(y0):
+            check_state(part, f"{name}[{i}]")
+        dtypes = {p.dtype for p in y0}
+        devices = {p.device for p in y0}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise ValueError(f"{name}: all tensors of a tuple state must share dtype and device, got "
+                             f"dtypes {sorted(map(str, dtypes))} and devices {sorted(map(str, devices))}")
+        return
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}")
+    if not torch.is_floating_point(y0):
+        raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64), "
+                        f"got dtype {y0.dtype}")
+    if not bool(torch.isfinite(y0).all()):
+        raise ValueError(f"{name} must be finite, but it contains NaN or inf")
+
+
+def check_state_matches_time(y0: Union[Tensor, Sequence[Tensor]], t: Tensor,
+                             y0_name: str = "y0", t_name: str = "t") -> None:
+    """``y0`` and ``t`` must share dtype and device (no silent casts or transfers)."""
+    ref = y0[0] if isinstance(y0, tuple) else y0
+    if ref.device != t.device:
+        raise ValueError(f"{y0_name} and {t_name} must be on the same device, got {y0_name} on {ref.device} "
+                         f"and {t_name} on {t.device}")
+    if ref.dtype != t.dtype:
+        raise TypeError(f"{y0_name} and {t_name} must have the same dtype, got {y0_name} {ref.dtype} and "
+                        f"{t_name} {t.dtype}; convert one, e.g. t.to(y0.dtype)")
+
+
+def check_params(params: Iterable[Tensor], y0: Tensor, name: str = "params") -> None:
+    """Floating parameters of the RHS must share ``y0``'s dtype and device."""
+    for i, p in enumerate(params):
+        if not torch.is_floating_point(p):
+            continue
+        if p.device != y0.device:
+            raise ValueError(f"{name}[{i}] is on {p.device} but y0 is on {y0.device}; "
+                             "the ODE's parameters and state must be on the same device")
+        if p.dtype != y0.dtype:
+            raise TypeError(f"{name}[{i}] has dtype {p.dtype} but y0 has dtype {y0.dtype}; "
+                            "the ODE's parameters and state must share a dtype")
+
+
+def check_tolerance(value: Any, name: str) -> None:
+    """``rtol`` / ``atol``: a non-negative float or tensor that does not require grad."""
+    if isinstance(value, Tensor):
+        if value.requires_grad:
+            raise ValueError(f"{name} must not require grad")
+        if not bool((value >= 0).all()) or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} must be finite and >= 0, got {value.tolist()}")
+        return
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            check_tolerance(v, name)
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+def check_method(method: Optional[str], valid: Iterable[str], default: str = "dopri5") -> str:
+    """The solver name (``None`` means ``default``); unknown names list the valid ones."""
+    if method is None:
+        return default
+    valid = list(valid)
+    if not isinstance(method, str) or method not in valid:
+        raise ValueError(f"method {method!r} is not a known solver; valid methods: {_fmt_list(valid)}")
+    return method
+
+
+def check_options(method: str, options: Optional[Mapping[str, Any]], valid: Iterable[str]) -> dict:
+    """A copy of ``options``; unknown keys raise and list the options ``method`` accepts."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
+    valid = set(valid)
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ValueError(f"options {_fmt_list(map(str, unknown))} not recognised by method {method!r}; "
+                         f"valid options: {_fmt_list(valid)}")
+    return dict(options)
+
+
+def check_positive(value: Any, name: str, allow_none: bool = True) -> None:
+    """A strictly positive finite number (``step_size``, ``first_step``, ``max_step``...)."""
+    if value is None and allow_none:
+        return
+    v = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"options['{name}'] must be a positive number, got {type(value).__name__}")
+    if not (v > 0 and math.isfinite(v)) and not (name == "max_step" and v == math.inf):
+        raise ValueError(f"options['{name}'] must be > 0, got {v}")
+
+
+def check_step_bounds(min_step: float, max_step: float) -> None:
+    if isinstance(min_step, bool) or not isinstance(min_step, (int, float)) or not min_step >= 0:
+        raise ValueError(f"options['min_step'] must be a number >= 0, got {min_step!r}")
+    check_positive(max_step, "max_step", allow_none=False)
+    if min_step > max_step:
+        raise ValueError(f"options['min_step'] ({min_step}) must not exceed options['max_step'] ({max_step})")
+
+
+def check_rhs_output(out: Any, y: Tensor, t: Any) -> None:
+    """The RHS must return a tensor with the state's shape, dtype and device."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"func(t, y) must return a torch.Tensor (dy/dt), got {type(out).__name__} at t={_t(t)}")
+    if out.shape != y.shape:
+        raise ValueError(f"func(t, y) returned shape {tuple(out.shape)} but the state y has shape "
+                         f"{tuple(y.shape)}; dy/dt must have the same shape as y")
+    if out.dtype != y.dtype:
+        raise TypeError(f"func(t, y) returned dtype {out.dtype} but the state y has dtype {y.dtype}; "
+                        "dy/dt must have the same dtype as y")
+    if out.device != y.device:
+        raise ValueError(f"func(t, y) returned a tensor on {out.device} but the state y is on {y.device}")
+
+
+def _t(t: Any) -> str:
+    return f"{t.item():.6g}" if isinstance(t, Tensor) and t.numel() == 1 else str(t)
+
+
+class NonFiniteError(FloatingPointError):
+    """The solution became NaN or inf during the solve (message names the time reached)."""
+
+
+def raise_non_finite(method: str, t_reached: float, detail: str) -> None:
+    raise NonFiniteError(f"odeint(method={method!r}): the solution became non-finite (NaN or inf) "
+                         f"after t={t_reached:.6g}: {detail}")

@@ -1,0 +1,80 @@
+"""Explicit Runge-Kutta methods on a fixed grid, driven entirely by a ``ButcherTableau``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+from odekern.solvers import stages
+from odekern.solvers.base import RHS
+from odekern.solvers.fixed_grid import FixedGridSolver
+from odekern.solvers.tableau import ButcherTableau, FloatTableau
+from odekern.solvers.tableaus import EULER, MIDPOINT, RK4_38, RK4_CLASSIC
+
+Tensor = torch.Tensor
+
+
+class RKStepper:
+    """One explicit RK step ``(t0, dt, y0, f0) -> (y1, ks)`` with reusable stage buffers; ``y1``
+    is written into ``out`` (when given and autograd allows), which must not alias ``y0``.
+
+    Shared by the fixed-grid RK solvers and by the Adams solvers' RK4 start-up steps.
+    """
+
+    def __init__(self, tableau: ButcherTableau, y0: Tensor, reuse_buffers: bool):
+        self.tableau = tableau
+        self.tab: FloatTableau = tableau.floats()
+        n = tableau.num_stages
+        # Stage i writes its input into its own buffer: an RHS that returns its input tensor
+        # (e.g. f(t, y) = y) then still leaves earlier stages' k intact.
+        self._stage_buffers: Sequence[Optional[Tensor]] = (
+            [None] + [torch.empty_like(y0) for _ in range(1, n - int(tableau.fsal))] + [None] * int(tableau.fsal)
+            if reuse_buffers else [None] * n)
+
+    def step(self, rhs: RHS, t0: Tensor, dt: Any, t1: Tensor, y0: Tensor, f0: Tensor,
+             out: Optional[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        tab = self.tab
+        n = len(tab.c)
+        ks = [f0]
+        yi = y0
+        for i in range(1, n):
+            # An FSAL method's last stage input *is* the solution: it goes straight into ``out``.
+            buffer = out if (tab.fsal and i == n - 1) else self._stage_buffers[i]
+            yi = stages.stage_state(y0, dt, tab.a[i], ks, out=buffer)
+            ti = t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * dt
+            ks.append(rhs(ti, yi))
+        if tab.fsal:
+            return yi, ks
+        return stages.step_solution(y0, dt, tab.b, ks, out=out), ks
+
+
+class FixedGridRK(FixedGridSolver):
+    """A fixed-grid solver for the tableau in the class attribute ``tableau``."""
+
+    tableau: ButcherTableau
+
+    def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, **options: Any):
+        super().__init__(rhs, y0, rtol, atol, **options)
+        self._stepper = RKStepper(self.tableau, y0, self._reuse_buffers)
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        return self.tableau.order
+
+    def _step(self, t0, dt, t1, y0):
+        f0 = self.rhs(t0, y0)
+        y1, _ = self._stepper.step(self.rhs, t0, dt, t1, y0, f0, out=self._next_buffer(y0))
+        return y1, f0
+
+
+def fixed_grid_rk(tableau: ButcherTableau) -> type:
+    """The solver class for ``tableau`` (a registry entry)."""
+    return type(f"FixedGridRK_{tableau.name}", (FixedGridRK,), {"tableau": tableau,
+                                                                 "__doc__": f"Fixed-grid {tableau.name}."})
+
+
+Euler = fixed_grid_rk(EULER)
+Midpoint = fixed_grid_rk(MIDPOINT)
+RK4 = fixed_grid_rk(RK4_38)
+RK4Classic = fixed_grid_rk(RK4_CLASSIC)

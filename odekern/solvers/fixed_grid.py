@@ -1,0 +1,127 @@
+"""Fixed-grid time stepping shared by the explicit RK methods and the Adams methods.
+
+Semantics follow torchdiffeq: the grid is ``t`` itself, or ``t[0] + k * step_size`` with its last
+point replaced by ``t[-1]`` (so the final step may be shorter), or whatever ``grid_constructor(func,
+y0, t)`` returns. Output times between grid points are filled by linear interpolation of the two
+neighbouring grid values (``interp="linear"``, default) or by cubic Hermite interpolation
+(``interp="cubic"``, one extra RHS evaluation per step that contains output times).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Optional
+
+import torch
+
+from odekern.solvers import stages
+from odekern.solvers.base import RHS, SolveStatus, Solver, store
+from odekern.solvers.checks import check_positive, raise_non_finite
+
+Tensor = torch.Tensor
+
+FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "norm"})
+
+
+def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
+    """``t[0], t[0] + h, ...`` up to and including ``t[-1]`` (the last point is set to ``t[-1]``)."""
+    start, end = t[0], t[-1]
+    n_points = int(math.ceil(((end - start) / step_size + 1).item()))
+    grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
+    grid[-1] = end
+    return grid
+
+
+class FixedGridSolver(Solver):
+    """Steps along a grid; subclasses implement one step ``_step(t0, dt, t1, y0) -> (y1, f0)``."""
+
+    OPTIONS = FIXED_GRID_OPTIONS
+
+    def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str,
+                 step_size: Optional[float] = None, grid_constructor=None, interp: str = "linear",
+                 norm: Any = None, **options: Any):
+        # ``norm`` is accepted and ignored: fixed grids have no error control (torchdiffeq does
+        # the same), so switching ``method`` does not require editing ``options``.
+        super().__init__(rhs, y0, rtol, atol, method=method, **options)
+        check_positive(step_size, "step_size")
+        if step_size is not None and grid_constructor is not None:
+            raise ValueError("options['step_size'] and options['grid_constructor'] are mutually exclusive; pass one")
+        if grid_constructor is not None and not callable(grid_constructor):
+            raise TypeError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t)")
+        if interp not in ("linear", "cubic"):
+            raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+        self.step_size = float(step_size) if isinstance(step_size, Tensor) else step_size
+        self.grid_constructor = grid_constructor
+        self.interp = interp
+        # Preallocated buffers only when autograd cannot need the intermediate values.
+        self._reuse_buffers = not torch.is_grad_enabled()
+        self._y_buffers = [torch.empty_like(y0), torch.empty_like(y0)] if self._reuse_buffers else None
+
+    def _grid(self, t: Tensor) -> Tensor:
+        if self.step_size is not None:
+            grid = grid_from_step_size(t, self.step_size)
+        elif self.grid_constructor is not None:
+            grid = self.grid_constructor(self.rhs, self.y0, t)
+            if not isinstance(grid, Tensor) or grid.dim() != 1 or len(grid) < 2:
+                raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times")
+            grid = grid.to(t.dtype)
+        else:
+            grid = t
+        if len(t) > 1:
+            if grid[0].item() != t[0].item() or grid[-1].item() != t[-1].item():
+                raise ValueError(f"the time grid must start at t[0]={t[0].item()} and end at t[-1]={t[-1].item()}, "
+                                 f"got [{grid[0].item()}, ..., {grid[-1].item()}]")
+            if not bool((grid[1:] > grid[:-1]).all()):
+                raise ValueError("the time grid must be strictly monotonic in the direction of t")
+        return grid
+
+    def _next_buffer(self, current: Tensor) -> Optional[Tensor]:
+        """The state buffer not holding ``current`` (double buffering, no aliasing)."""
+        if not self._reuse_buffers:
+            return None
+        a, b = self._y_buffers
+        return b if current is a else a
+
+    @abc.abstractmethod
+    def _step(self, t0: Tensor, dt: Tensor, t1: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:
+        """One step from ``(t0, y0)``; returns ``(y1, f0)`` with ``f0 = func(t0, y0)``."""
+
+    def _before_integrate(self) -> None:
+        """Reset per-solve state (e.g. the Adams history)."""
+
+    def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
+        solution = self._new_solution(len(t))
+        grid = self._grid(t)
+        self._before_integrate()
+        t_vals, grid_vals = t.tolist(), grid.tolist()
+        j, y0, n_steps, dt = 1, self.y0, 0, 0.0
+        for i in range(len(grid_vals) - 1):
+            if j >= len(t_vals):
+                break
+            t0, t1 = grid[i], grid[i + 1]
+            dt = t1 - t0
+            y1, f0 = self._step(t0, dt, t1, y0)
+            n_steps += 1
+            if not bool(torch.isfinite(y1).all()):
+                raise_non_finite(self.method, self.rhs.user_time(grid_vals[i]),
+                                 f"the step to t={self.rhs.user_time(grid_vals[i + 1]):.6g} produced NaN/inf; "
+                                 "the ODE may be unstable at this step size (try a smaller step_size)")
+            f1 = None
+            while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
+                row = solution[j]
+                if t_vals[j] == grid_vals[i + 1]:
+                    value = y1
+                elif t_vals[j] == grid_vals[i]:
+                    value = y0
+                elif self.interp == "linear":
+                    value = stages.lerp(y0, y1, (t[j] - t0) / dt, out=row)
+                else:
+                    f1 = self.rhs(t1, y1) if f1 is None else f1
+                    value = stages.hermite(y0, f0, y1, f1, dt, (t[j] - t0) / dt, out=row)
+                store(solution, j, row, value)
+                j += 1
+            y0 = y1
+        status = SolveStatus(success=True, message="reached the last output time", t_reached=self.rhs.user_time(
+            t_vals[-1]), n_outputs_reached=len(t_vals), last_dt=float(dt), n_steps=n_steps, nfe=self.rhs.nfe)
+        return solution, status

@@ -1,0 +1,96 @@
+"""Dense output for adaptive RK steps: the quartic through y0, y_mid, y1 with slopes f0, f1.
+
+On one accepted step from ``t0`` to ``t0 + dt``, with ``x = (t - t0) / dt`` in [0, 1], the
+interpolant is ``p(x) = sum_p coeff[p] x**p``. The five conditions p(0)=y0, p(1)=y1,
+p(1/2)=y_mid, p'(0)=dt f0, p'(1)=dt f1 (the same fit torchdiffeq uses) make every coefficient a
+fixed linear combination of ``y0``, ``y1`` and ``dt * k_j`` (since ``y_mid = y0 + dt sum b_mid k``
+and ``f0 = k_0``, ``f1 = k_last`` for an FSAL method). Those weights depend only on the tableau,
+so they are computed once here and each coefficient is then one ``stages.linear_combination``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import Optional, Sequence
+
+import torch
+
+from odekern.solvers import stages
+from odekern.solvers.tableau import ButcherTableau
+
+Tensor = torch.Tensor
+
+def _fit_rows() -> dict[int, tuple[Fraction, ...]]:
+    """Solve the 5 interpolation conditions symbolically for powers 2..4 (powers 0, 1 are y0, dt f0).
+
+    Returns, per power, weights on (y0, y1, y_mid, dt*f0, dt*f1).
+    """
+    # Unknowns c2, c3, c4 after using p(0)=y0 and p'(0)=dt f0:
+    #   p(1)    : c2 + c3 + c4           = y1 - y0 - dt f0
+    #   p'(1)   : 2c2 + 3c3 + 4c4        = dt f1 - dt f0
+    #   p(1/2)  : c2/4 + c3/8 + c4/16    = y_mid - y0 - dt f0 / 2
+    rows = [[Fraction(1), Fraction(1), Fraction(1)], [Fraction(2), Fraction(3), Fraction(4)],
+            [Fraction(1, 4), Fraction(1, 8), Fraction(1, 16)]]
+    rhs = [  # weights on (y0, y1, y_mid, dt f0, dt f1)
+        [Fraction(-1), Fraction(1), Fraction(0), Fraction(-1), Fraction(0)],
+        [Fraction(0), Fraction(0), Fraction(0), Fraction(-1), Fraction(1)],
+        [Fraction(-1), Fraction(0), Fraction(1), Fraction(-1, 2), Fraction(0)],
+    ]
+    # Gauss-Jordan elimination on exact fractions.
+    n = 3
+    for col in range(n):
+        piv = next(r for r in range(col, n) if rows[r][col] != 0)
+        rows[col], rows[piv] = rows[piv], rows[col]
+        rhs[col], rhs[piv] = rhs[piv], rhs[col]
+        inv = 1 / rows[col][col]
+        rows[col] = [v * inv for v in rows[col]]
+        rhs[col] = [v * inv for v in rhs[col]]
+        for r in range(n):
+            if r != col and rows[r][col] != 0:
+                f = rows[r][col]
+                rows[r] = [a - f * b for a, b in zip(rows[r], rows[col])]
+                rhs[r] = [a - f * b for a, b in zip(rhs[r], rhs[col])]
+    return {2: tuple(rhs[0]), 3: tuple(rhs[1]), 4: tuple(rhs[2])}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuarticDenseOutput:
+    """Per power p = 0..4: weight on y0, weight on y1, and weights on dt * k_j."""
+
+    y0_weights: tuple[float, ...]
+    y1_weights: tuple[float, ...]
+    k_weights: tuple[tuple[float, ...], ...]
+
+    @staticmethod
+    def for_tableau(tableau: ButcherTableau) -> "QuarticDenseOutput":
+        if tableau.b_mid is None or not tableau.fsal:
+            raise ValueError(f"tableau {tableau.name!r}: quartic dense output needs b_mid and an FSAL last stage")
+        s = tableau.num_stages
+        e0 = [Fraction(1)] + [Fraction(0)] * (s - 1)
+        e_last = [Fraction(0)] * (s - 1) + [Fraction(1)]
+        rows = _fit_rows()
+        y0_w, y1_w, k_w = [Fraction(1), Fraction(0)], [Fraction(0), Fraction(0)], [[Fraction(0)] * s, e0]
+        for p in (2, 3, 4):
+            w_y0, w_y1, w_mid, w_f0, w_f1 = rows[p]
+            # y_mid contributes to y0 and to the k's via b_mid.
+            y0_w.append(w_y0 + w_mid)
+            y1_w.append(w_y1)
+            k_w.append([w_mid * bm + w_f0 * a + w_f1 * b for bm, a, b in zip(tableau.b_mid, e0, e_last)])
+        return QuarticDenseOutput(tuple(map(float, y0_w)), tuple(map(float, y1_w)),
+                                  tuple(tuple(map(float, r)) for r in k_w))
+
+    def fit(self, y0: Tensor, y1: Tensor, ks: Sequence[Tensor], dt: float,
+            out: Optional[Sequence[Optional[Tensor]]] = None) -> list[Tensor]:
+        """The five polynomial coefficients (lowest power first) for one accepted step."""
+        coeffs = [y0]
+        for p in range(1, 5):
+            weights = [w * dt for w in self.k_weights[p]] + [self.y0_weights[p], self.y1_weights[p]]
+            coeffs.append(stages.linear_combination(weights, [*ks, y0, y1], out=None if out is None else out[p]))
+        return coeffs
+
+
+def evaluate(coeffs: Sequence[Tensor], t0: Tensor, t1: Tensor, t: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """The interpolant at time ``t`` in ``[t0, t1]``."""
+    x = ((t - t0) / (t1 - t0)).to(coeffs[0].dtype)
+    return stages.polynomial(coeffs, x, out=out)

@@ -1,0 +1,21 @@
+"""Method name -> solver class. ``odeint`` looks methods up here and nowhere else."""
+
+from __future__ import annotations
+
+from odekern.solvers.adams import AdamsBashforth, AdamsBashforthMoulton
+from odekern.solvers.adaptive_rk import Dopri5
+from odekern.solvers.explicit_rk import RK4, Euler, Midpoint, RK4Classic
+
+METHODS = {
+    "dopri5": Dopri5,
+    "euler": Euler,
+    "midpoint": Midpoint,
+    "rk4": RK4,
+    "rk4_classic": RK4Classic,
+    "explicit_adams": AdamsBashforth,
+    "implicit_adams": AdamsBashforthMoulton,
+}
+
+DEFAULT_METHOD = "dopri5"
+
+ADAPTIVE_METHODS = frozenset(name for name, cls in METHODS.items() if "first_step" in cls.OPTIONS)

@@ -1,0 +1,206 @@
+"""Every linear combination a solver forms between right-hand-side evaluations.
+
+This module is the seam for fused kernels (issue 4): the solvers call only these functions for
+stage inputs, step solutions, embedded error estimates, error ratios, Adams history sums and
+output interpolation, so a faster backend replaces them here and nowhere else. The versions
+below are plain PyTorch.
+
+Conventions shared by all functions:
+
+- ``ks`` is a sequence of tensors shaped like the state; ``coeffs`` a sequence of Python floats
+  of the same length. Zero coefficients are skipped (no work, and ``0 * inf`` never appears).
+- ``dt`` is a Python float or a 0-dim tensor. A tensor ``dt`` that requires grad keeps the
+  result differentiable with respect to time (fixed grids built from ``t``).
+- ``out`` is a preallocated buffer to write into. It is a hint: when autograd must record the
+  operation (grad enabled and any input requires grad) the result is a fresh tensor and ``out``
+  is left untouched, because in-place writes would break backprop through the solve. Callers
+  therefore always use the *returned* tensor. ``out`` must not alias any input.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+Tensor = torch.Tensor
+TimeLike = Union[float, Tensor]
+
+
+def _records_grad(tensors: Sequence[Optional[Tensor]], dt: TimeLike = 0.0) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if isinstance(dt, Tensor) and dt.requires_grad:
+        return True
+    return any(x is not None and x.requires_grad for x in tensors)
+
+
+def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: TimeLike = 1.0,
+                       base: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
+    """``base + scale * sum_j coeffs[j] * ks[j]`` (``base`` defaults to zero)."""
+    fused = _fused_linear_combination(coeffs, ks, scale, base, out)  # rk_stage kernels (issue 4)
+    if fused is not None:
+        return fused
+    terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
+    if _records_grad([base, *(k for _, k in terms)], scale) or out is None:
+        acc = None
+        for c, k in terms:
+            term = k * (scale * c)
+            acc = term if acc is None else acc + term
+        if acc is None:
+            return base.clone() if base is not None else torch.zeros_like(ks[0])
+        return acc if base is None else base + acc
+    h = float(scale)
+    if not terms:
+        return out.copy_(base) if base is not None else out.zero_()
+    c0, k0 = terms[0]
+    torch.mul(k0, h * c0, out=out)
+    for c, k in terms[1:]:
+        out.add_(k, alpha=h * c)
+    if base is not None:
+        out.add_(base)
+    return out
+
+
+def stage_state(y0: Tensor, dt: TimeLike, a_row: Sequence[float], ks: Sequence[Tensor],
+                out: Optional[Tensor] = None) -> Tensor:
+    """Input of a Runge-Kutta stage: ``y0 + dt * sum_j a_row[j] * ks[j]``."""
+    return linear_combination(a_row, ks, scale=dt, base=y0, out=out)
+
+
+def step_solution(y0: Tensor, dt: TimeLike, b: Sequence[float], ks: Sequence[Tensor],
+                  out: Optional[Tensor] = None) -> Tensor:
+    """Solution after one Runge-Kutta step: ``y0 + dt * sum_j b[j] * ks[j]``."""
+    return linear_combination(b, ks, scale=dt, base=y0, out=out)
+
+
+def error_estimate(dt: TimeLike, b_err: Sequence[float], ks: Sequence[Tensor],
+                   out: Optional[Tensor] = None) -> Tensor:
+    """Embedded error estimate ``dt * sum_j b_err[j] * ks[j]``."""
+    return linear_combination(b_err, ks, scale=dt, out=out)
+
+
+def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeLike,
+                norm: Callable[[Tensor], Tensor]) -> Tensor:
+    """``norm(err / (atol + rtol * max(|y0|, |y1|)))``: <= 1 means the step is accepted.
+
+    A fused kernel computes the RMS case in one pass without materialising the quotient.
+    """
+    tol = atol + rtol * torch.maximum(y0.abs(), y1.abs())
+    return norm(err / tol).abs()
+
+
+def embedded_error_ratio(y0: Tensor, y1: Tensor, dt: TimeLike, b_err: Sequence[float], ks: Sequence[Tensor],
+                         rtol: TimeLike, atol: TimeLike, norm: Callable[[Tensor], Tensor],
+                         err_out: Optional[Tensor] = None) -> Tensor:
+    """Error estimate of an embedded RK step and its ratio to the tolerance, as a 0-dim tensor.
+
+    One call so that a fused kernel can form ``dt * sum b_err k``, divide by the tolerance and
+    reduce (RMS) in a single pass; this reference does ``error_estimate`` then ``error_ratio``.
+    The result never requires grad (it only steers the controller).
+    """
+    with torch.no_grad():
+        err = error_estimate(dt, b_err, ks, out=err_out)
+        return error_ratio(err, y0, y1, rtol, atol, norm)
+
+
+def adams_increment(dt: TimeLike, coeffs: Sequence[float], history: Sequence[Tensor],
+                    out: Optional[Tensor] = None) -> Tensor:
+    """Adams history sum ``dt * sum_j coeffs[j] * history[j]`` (history newest first)."""
+    return linear_combination(coeffs, history, scale=dt, out=out)
+
+
+def add(y0: Tensor, dy: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``y0 + dy`` (end of an Adams / fixed-grid step)."""
+    return linear_combination((1.0,), (dy,), base=y0, out=out)
+
+
+def lerp(y0: Tensor, y1: Tensor, theta: TimeLike, out: Optional[Tensor] = None) -> Tensor:
+    """Linear interpolation ``y0 + theta * (y1 - y0)`` between grid values (0 <= theta <= 1)."""
+    if _records_grad([y0, y1], theta) or out is None:
+        return y0 + theta * (y1 - y0)
+    return torch.lerp(y0, y1, float(theta), out=out)
+
+
+def polynomial(coeffs: Sequence[Tensor], x: TimeLike, out: Optional[Tensor] = None) -> Tensor:
+    """Dense output ``sum_p coeffs[p] * x**p`` (coefficients lowest power first)."""
+    if _records_grad(coeffs, x) or out is None:
+        total = coeffs[0] + x * coeffs[1]
+        power = x
+        for c in coeffs[2:]:
+            power = power * x
+            total = total + power * c
+        return total
+    xf = float(x)
+    return linear_combination([xf ** p for p in range(len(coeffs))], coeffs, out=out)
+
+
+def hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, dt: TimeLike, theta: TimeLike,
+            out: Optional[Tensor] = None) -> Tensor:
+    """Cubic Hermite interpolation on ``[t0, t0 + dt]`` at fraction ``theta`` from values and slopes."""
+    h00 = (1 + 2 * theta) * (1 - theta) ** 2
+    h10 = theta * (1 - theta) ** 2
+    h01 = theta * theta * (3 - 2 * theta)
+    h11 = theta * theta * (theta - 1)
+    if _records_grad([y0, f0, y1, f1], dt) or _records_grad([], theta) or out is None:
+        return h00 * y0 + h10 * dt * f0 + h01 * y1 + h11 * dt * f1
+    h = float(dt)
+    return linear_combination([float(h00), float(h10) * h, float(h01), float(h11) * h], [y0, f0, y1, f1], out=out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused-kernel dispatch (issue 4): the rk_stage op (odekern/ops/rk_stage) takes over the
+# combinations above whenever a non-reference backend fits the operands; when none does (or
+# the reference is forced) the plain PyTorch code above runs unchanged, so it stays the
+# reference core. Same conventions as above: use the returned tensor; ``out`` is a hint.
+# ------------------------------------------------------------------------------------------------
+
+
+def _fused_terms(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike):
+    """(ks, dt-scaled float coefficients) with zero terms dropped, or None when ``scale`` must stay
+    differentiable (gradients with respect to the time grid take the PyTorch path)."""
+    if isinstance(scale, Tensor) and scale.requires_grad and torch.is_grad_enabled():
+        return None
+    h = float(scale)
+    kept = [(k, h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
+    return [k for k, _ in kept], [c for _, c in kept]
+
+
+def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
+                              base: Optional[Tensor], out: Optional[Tensor]) -> Optional[Tensor]:
+    """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above."""
+    from odekern.ops import rk_stage
+
+    if base is None or len(ks) == 0:
+        return None
+    terms = _fused_terms(coeffs, ks, scale)
+    if terms is None or not terms[0] or rk_stage.fused_backend(base, terms[0]) is None:
+        return None
+    return rk_stage.rk_combine(base, terms[0], terms[1], out=out)
+
+
+def solution_and_error_ratio(y0: Tensor, dt: TimeLike, b: Sequence[float], b_err: Sequence[float],
+                             ks: Sequence[Tensor], rtol: TimeLike, atol: TimeLike,
+                             norm: Callable[[Tensor], Tensor],
+                             out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``(step_solution(...), error_ratio(error_estimate(...), ...))`` of an embedded pair.
+
+    With the RMS norm and scalar tolerances this is one fused pass (the error is never
+    materialised and its norm is a reduction in the same loop); otherwise the three functions
+    above are composed.
+    """
+    from odekern.ops import rk_stage
+    from odekern.solvers.norms import rms_norm
+
+    scalar_tols = all(not isinstance(v, Tensor) or v.numel() == 1 for v in (rtol, atol))
+    fused_ok = norm is rms_norm and scalar_tols and 1 <= len(ks) <= 7
+    if fused_ok:
+        terms = _fused_terms([1.0] * len(ks), ks, dt)  # only to test dt's differentiability
+        fused_ok = terms is not None and rk_stage.fused_backend(y0, ks, error_pass=True) is not None
+    if not fused_ok:
+        y1 = step_solution(y0, dt, b, ks, out=out)
+        return y1, error_ratio(error_estimate(dt, b_err, ks), y0, y1, rtol, atol, norm)
+    h = float(dt)
+    y1, ratio = rk_stage.rk_final_error(y0, ks, [h * float(c) for c in b], [h * float(c) for c in b_err],
+                                        rtol=float(rtol), atol=float(atol), out=out)
+    return y1, ratio.to(y0.dtype)

@@ -1,0 +1,160 @@
+"""Butcher tableaus as checked, immutable data.
+
+A Runge-Kutta method is fully described by its tableau; the stepping code in ``explicit_rk.py``
+and ``adaptive_rk.py`` never hard-codes a method. Coefficients are held as exact fractions so
+the consistency conditions below are checked exactly (floats are accepted and compared with a
+small tolerance), and converted to Python floats once for the hot loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import Sequence, Union
+
+Number = Union[int, float, str, Fraction]
+
+# Floats given as coefficients are compared with this slack; exact fractions compare exactly.
+_CHECK_SLACK = Fraction(1, 10**13)
+
+
+def _frac(x: Number) -> Fraction:
+    return x if isinstance(x, Fraction) else Fraction(x)
+
+
+def _fracs(xs: Sequence[Number]) -> tuple[Fraction, ...]:
+    return tuple(_frac(x) for x in xs)
+
+
+def _close(x: Fraction, y: Fraction) -> bool:
+    return abs(x - y) <= _CHECK_SLACK
+
+
+@dataclasses.dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit Runge-Kutta method.
+
+    Stage ``i`` is evaluated at ``t0 + c[i] * dt`` on ``y0 + dt * sum_j a[i][j] * k_j`` (row ``i``
+    of ``a`` has exactly ``i`` entries: the method is explicit). The step's solution is
+    ``y0 + dt * sum_j b[j] k_j``. Optional parts:
+
+    - ``b_err``: weights of the embedded error estimate ``dt * sum_j b_err[j] k_j`` (the
+      difference of two solutions, so its weights sum to zero).
+    - ``b_mid``: weights giving the dense-output value at the step's midpoint,
+      ``y0 + dt * sum_j b_mid[j] k_j`` (consistent only if they sum to 1/2).
+
+    ``fsal`` ("first same as last") is derived: the last stage is evaluated at ``t0 + dt`` on
+    exactly the step's solution, so it doubles as the next step's first stage.
+    """
+
+    name: str
+    order: int
+    c: tuple[Fraction, ...]
+    a: tuple[tuple[Fraction, ...], ...]
+    b: tuple[Fraction, ...]
+    b_err: tuple[Fraction, ...] | None = None
+    b_mid: tuple[Fraction, ...] | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
+        set_(self, "c", _fracs(self.c))
+        set_(self, "a", tuple(_fracs(row) for row in self.a))
+        set_(self, "b", _fracs(self.b))
+        if self.b_err is not None:
+            set_(self, "b_err", _fracs(self.b_err))
+        if self.b_mid is not None:
+            set_(self, "b_mid", _fracs(self.b_mid))
+        self._check()
+
+    def _fail(self, what: str) -> None:
+        raise ValueError(f"ButcherTableau {self.name!r}: {what}")
+
+    def _check(self) -> None:
+        s = len(self.c)
+        if s < 1:
+            self._fail("needs at least one stage (c is empty)")
+        if not isinstance(self.order, int) or self.order < 1:
+            self._fail(f"order must be a positive int, got {self.order!r}")
+        if len(self.a) != s or len(self.b) != s:
+            self._fail(f"c, a and b must all have one entry per stage; got len(c)={s}, "
+                       f"len(a)={len(self.a)}, len(b)={len(self.b)}")
+        for i, row in enumerate(self.a):
+            if len(row) != i:
+                self._fail(f"row a[{i}] must have exactly {i} entries (explicit method), got {len(row)}")
+            if not _close(sum(row, Fraction(0)), self.c[i]):
+                self._fail(f"row sum of a[{i}] is {float(sum(row, Fraction(0)))} but c[{i}] = {float(self.c[i])} "
+                           "(consistency requires sum_j a[i][j] = c[i])")
+        if not _close(sum(self.b, Fraction(0)), Fraction(1)):
+            self._fail(f"weights b sum to {float(sum(self.b, Fraction(0)))}, expected 1")
+        if self.b_err is not None:
+            if len(self.b_err) != s:
+                self._fail(f"b_err must have {s} entries, got {len(self.b_err)}")
+            if not _close(sum(self.b_err, Fraction(0)), Fraction(0)):
+                self._fail(f"error weights b_err sum to {float(sum(self.b_err, Fraction(0)))}, expected 0")
+        if self.b_mid is not None:
+            if len(self.b_mid) != s:
+                self._fail(f"b_mid must have {s} entries, got {len(self.b_mid)}")
+            if not _close(sum(self.b_mid, Fraction(0)), Fraction(1, 2)):
+                self._fail(f"midpoint weights b_mid sum to {float(sum(self.b_mid, Fraction(0)))}, expected 1/2")
+
+    # ------------------------------------------------------------------ derived properties
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def fsal(self) -> bool:
+        s = self.num_stages
+        return s > 1 and self.c[-1] == 1 and self.b[-1] == 0 and self.a[-1] == self.b[:-1]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_err is not None
+
+    def floats(self) -> "FloatTableau":
+        """The coefficients as Python floats, for the stepping loop."""
+        f = lambda xs: tuple(float(x) for x in xs)  # noqa: E731
+        return FloatTableau(
+            c=f(self.c), a=tuple(f(r) for r in self.a), b=f(self.b),
+            b_err=None if self.b_err is None else f(self.b_err),
+            b_mid=None if self.b_mid is None else f(self.b_mid),
+            fsal=self.fsal,
+        )
+
+    def order_conditions_residual(self, order: int) -> float:
+        """Largest violation among the Runge-Kutta order conditions up to ``order`` (<= 4).
+
+        Used by the tests to verify each tableau really has its claimed order.
+        """
+        b, c, a = self.b, self.c, self.a
+        s = self.num_stages
+        A = [[a[i][j] if j < i else Fraction(0) for j in range(s)] for i in range(s)]
+        Ac = [sum(A[i][j] * c[j] for j in range(s)) for i in range(s)]
+        Ac2 = [sum(A[i][j] * c[j] ** 2 for j in range(s)) for i in range(s)]
+        AAc = [sum(A[i][j] * Ac[j] for j in range(s)) for i in range(s)]
+        dot = lambda u, v: sum((x * y for x, y in zip(u, v)), Fraction(0))  # noqa: E731
+        conds = [(sum(b, Fraction(0)), Fraction(1))]
+        if order >= 2:
+            conds += [(dot(b, c), Fraction(1, 2))]
+        if order >= 3:
+            conds += [(dot(b, [x * x for x in c]), Fraction(1, 3)), (dot(b, Ac), Fraction(1, 6))]
+        if order >= 4:
+            conds += [(dot(b, [x ** 3 for x in c]), Fraction(1, 4)),
+                      (dot(b, [ci * aci for ci, aci in zip(c, Ac)]), Fraction(1, 8)),
+                      (dot(b, Ac2), Fraction(1, 12)), (dot(b, AAc), Fraction(1, 24))]
+        if order > 4:
+            raise ValueError("order_conditions_residual checks orders up to 4")
+        return max(float(abs(lhs - rhs)) for lhs, rhs in conds)
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatTableau:
+    """Plain-float view of a checked ``ButcherTableau`` (built only via ``ButcherTableau.floats``)."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_err: tuple[float, ...] | None
+    b_mid: tuple[float, ...] | None
+    fsal: bool

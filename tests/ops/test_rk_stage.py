@@ -1,0 +1,139 @@
+"""rk_stage: every backend against reference.py (the spec), both autograd routes, opcheck,
+gradcheck, odd/empty/strided shapes, bad input."""
+
+import pytest
+import torch
+
+from odekern import testing
+from odekern.ops.rk_stage import op, reference, rk_combine, rk_final_error
+
+DTYPES = [torch.float32, torch.float64]
+SHAPES = [(0,), (1,), (3, 5, 7), (2, 3, 1031)]  # empty, one element, odd, > one Triton block
+
+
+def _inputs(shape, nk, dtype, seed=0):
+    y = testing.randn(*shape, dtype=dtype, seed=seed)
+    ks = [testing.randn(*shape, dtype=dtype, seed=seed + 1 + j) for j in range(nk)]
+    coeffs = [0.1 * (j + 1) - 0.27 for j in range(nk)]
+    return y, ks, coeffs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nk", [1, 4, 7, 9])  # 9 > kMaxK: folded in two chunks
+def test_combine_matches_reference(backend, dtype, shape, nk):
+    y, ks, coeffs = _inputs(shape, nk, dtype)
+    out = torch.full_like(y, float("nan"))
+    got = rk_combine(y, ks, coeffs, out=out, backend=backend)
+    assert got is out
+    testing.assert_close(got, reference.rk_combine(y, ks, coeffs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_combine_in_place_and_strided(backend, dtype):
+    y, ks, coeffs = _inputs((4, 33), 3, dtype)
+    expected = reference.rk_combine(y, ks, coeffs)
+    y_in_place = y.clone()
+    rk_combine(y_in_place, ks, coeffs, out=y_in_place, backend=backend)
+    testing.assert_close(y_in_place, expected)
+    strided = [testing.non_contiguous(t) for t in [y, *ks]]
+    out = testing.non_contiguous(torch.zeros_like(y))
+    rk_combine(strided[0], strided[1:], coeffs, out=out, backend=backend)
+    testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nk", [1, 7])
+def test_final_error_matches_reference(backend, dtype, shape, nk):
+    y0, ks, coeffs = _inputs(shape, nk, dtype, seed=3)
+    err_coeffs = [0.01 * (-1) ** j for j in range(nk)]
+    y1, ratio = rk_final_error(y0, ks, coeffs, err_coeffs, rtol=1e-3, atol=1e-5, backend=backend)
+    y1_ref, ratio_ref = reference.rk_final_error(y0, ks, coeffs, err_coeffs, 1e-3, 1e-5)
+    testing.assert_close(y1, y1_ref)
+    assert ratio.dtype == torch.float64 and ratio.dim() == 0
+    # The ratio is accumulated in float64 from per-element float32 values: float32 rounding.
+    testing.assert_close(ratio, ratio_ref, **testing.tol(dtype))
+    if y0.numel() == 0:
+        assert ratio.item() == 0.0
+
+
+def test_final_error_strided(backend):
+    y0, ks, coeffs = _inputs((5, 40), 2, torch.float64, seed=5)
+    y1 = testing.non_contiguous(torch.zeros_like(y0))
+    _, ratio = rk_final_error(testing.non_contiguous(y0), [testing.non_contiguous(k) for k in ks],
+                              coeffs, [0.5, -0.5], rtol=1e-4, atol=1e-6, out=y1, backend=backend)
+    y1_ref, ratio_ref = reference.rk_final_error(y0, ks, coeffs, [0.5, -0.5], 1e-4, 1e-6)
+    testing.assert_close(y1, y1_ref)
+    testing.assert_close(ratio, ratio_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_route_matches_reference_autograd(backend, dtype):
+    y, ks, coeffs = _inputs((3, 17), 4, dtype, seed=7)
+    leaves = [t.clone().requires_grad_() for t in [y, *ks]]
+    got = rk_combine(leaves[0], leaves[1:], coeffs, out=torch.zeros_like(y), backend=backend)
+    assert got.grad_fn is not None
+    weight = testing.randn(3, 17, dtype=dtype, seed=11)
+    grads = torch.autograd.grad((got * weight).sum(), leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in [y, *ks]]
+    ref = reference.rk_combine(ref_leaves[0], ref_leaves[1:], coeffs)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), ref_leaves)
+    testing.assert_close(got, ref)
+    for g, r in zip(grads, ref_grads):
+        testing.assert_close(g, r)
+
+
+def test_final_error_grad_route(backend):
+    y0, ks, coeffs = _inputs((6, 9), 3, torch.float64, seed=9)
+    y0.requires_grad_()
+    y1, ratio = rk_final_error(y0, ks, coeffs, [1.0, -2.0, 1.0], rtol=1e-3, atol=1e-6, backend=backend)
+    assert y1.grad_fn is not None and not ratio.requires_grad
+    (g,) = torch.autograd.grad(y1.sum(), y0)
+    testing.assert_close(g, torch.ones_like(y0))
+    _, ratio_ref = reference.rk_final_error(y0.detach(), ks, coeffs, [1.0, -2.0, 1.0], 1e-3, 1e-6)
+    testing.assert_close(ratio, ratio_ref)
+
+
+def test_gradcheck_float64(backend):
+    y, ks, coeffs = _inputs((2, 5), 3, torch.float64, seed=13)
+    leaves = [t.requires_grad_() for t in [y, *ks]]
+    assert torch.autograd.gradcheck(lambda y_, *k_: op.rk_combine(y_, list(k_), coeffs, backend),
+                                    tuple(leaves))
+
+
+def test_time_grid_gradient_takes_differentiable_route(backend):
+    y, ks, _ = _inputs((4,), 2, torch.float64, seed=17)
+    dt = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    out = rk_combine(y, ks, [dt * 0.5, dt * 0.25], backend=backend)
+    (g,) = torch.autograd.grad(out.sum(), dt)
+    testing.assert_close(g, (0.5 * ks[0] + 0.25 * ks[1]).sum())
+
+
+def test_opcheck(backend):
+    y, ks, coeffs = _inputs((3, 7), 2, torch.float32, seed=19)
+    torch.library.opcheck(op.rk_combine_out, (y, ks, coeffs, torch.empty_like(y), backend))
+    torch.library.opcheck(op.rk_final_error_out,
+                          (y, ks, coeffs, [0.1, -0.1], 1e-3, 1e-6, torch.empty_like(y), backend))
+    leaves = [t.clone().requires_grad_() for t in [y, *ks]]
+    torch.library.opcheck(op.rk_combine, (leaves[0], leaves[1:], coeffs, backend))
+
+
+def test_bad_input():
+    y, ks, coeffs = _inputs((3, 4), 2, torch.float32)
+    with pytest.raises(ValueError, match=r"ks\[1\] has shape"):
+        rk_combine(y, [ks[0], ks[1][:, :2]], coeffs)
+    with pytest.raises(ValueError, match="2 k tensors but 3 coefficients"):
+        rk_combine(y, ks, coeffs + [1.0])
+    with pytest.raises(ValueError, match="out must have the state's shape"):
+        rk_combine(y, ks, coeffs, out=torch.empty(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="error coefficients"):
+        rk_final_error(y, ks, coeffs, [1.0], rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="backend must be"):
+        rk_combine(y, ks, coeffs, backend="gpu")
+
+
+def test_forced_backend_refusal_names_reason():
+    y = torch.zeros(3, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="float16"):
+        rk_combine(y, [y], [1.0], backend="cpu")

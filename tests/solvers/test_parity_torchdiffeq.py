@@ -1,0 +1,147 @@
+"""Parity with torchdiffeq (the reference we replace): outputs, RHS-evaluation counts, gradients.
+
+Fixed-grid methods run the same algorithm as torchdiffeq, so they must agree to rounding
+(``ROUNDING_TOL``) with exactly the same number of RHS evaluations. ``dopri5`` must take the same
+steps (+-1 step = 6 evaluations) and agree within ``CROSS_LIBRARY_TOL`` (float32 error estimates
+are rounding-noisy, so there the step sequences may differ slightly within the tolerance).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchdiffeq
+
+from odekern import odeint
+from odekern.testing import assert_close, randn
+from solver_problems import SHARED_METHODS, Counting, LinearODE, MLPODE
+
+DTYPES = [torch.float32, torch.float64]
+SHAPES = [(3,), (1, 5), (4, 7)]
+DOPRI5_NFE_PER_STEP = 6
+
+
+def _setup(method, dtype, reverse):
+    opts = None
+    if method != "dopri5":
+        opts = {"step_size": 0.1}
+        if method == "explicit_adams":
+            # Default max_order=12 makes AB11 steps unstable at this step size in both libraries.
+            opts["max_order"] = 5
+    tol = {} if (method != "dopri5" or dtype == torch.float64) else {"rtol": 1e-5, "atol": 1e-7}
+    t = torch.tensor([0.0, 0.33, 0.5, 1.2], dtype=dtype)
+    if reverse:
+        t = t.flip(0)
+    return t, opts, tol
+
+
+def _kind(method):
+    return "cross" if method == "dopri5" else "rounding"
+
+
+def _assert_same_nfe(method, ours, theirs):
+    slack = DOPRI5_NFE_PER_STEP if method == "dopri5" else 0
+    assert abs(ours - theirs) <= slack, f"{method}: odekern used {ours} RHS evaluations, torchdiffeq {theirs}"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("method", SHARED_METHODS)
+def test_outputs_and_step_counts_match(method, dtype, shape, reverse):
+    func = MLPODE(shape[-1], dtype=dtype)
+    y0 = randn(*shape, dtype=dtype, seed=3)
+    t, opts, tol = _setup(method, dtype, reverse)
+    ours, theirs = Counting(func), Counting(func)
+    with torch.no_grad():
+        y = odeint(ours, y0, t, method=method, options=opts, **tol)
+        y_ref = torchdiffeq.odeint(theirs, y0, t, method=method, options=opts, **tol)
+    assert y.shape == (len(t), *shape) and y.dtype == dtype
+    assert_close(y, y_ref, kind=_kind(method), msg=f"{method} {dtype} {shape} reverse={reverse}")
+    _assert_same_nfe(method, ours.n, theirs.n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("method", SHARED_METHODS)
+def test_gradients_match_torchdiffeq_backprop(method, dtype):
+    func = MLPODE(4, dtype=dtype)
+    t, opts, tol = _setup(method, dtype, reverse=False)
+    grads = []
+    for solve in (odeint, torchdiffeq.odeint):
+        y0 = randn(3, 4, dtype=dtype, seed=5, requires_grad=True)
+        y = solve(func, y0, t, method=method, options=opts, **tol)
+        weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+        grads.append(torch.autograd.grad((y * weights).sum(), [y0, *func.parameters()]))
+    for g, g_ref, name in zip(*grads, ["y0", "w1", "b1", "w2"]):
+        assert_close(g, g_ref, kind=_kind(method), msg=f"d/d{name} ({method}, {dtype})")
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_gradient_wrt_t_matches_torchdiffeq(method):
+    func = MLPODE(3)
+    y0 = randn(2, 3, dtype=torch.float64, seed=2)
+    grads = []
+    for solve in (odeint, torchdiffeq.odeint):
+        t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64, requires_grad=True)
+        y = solve(func, y0, t, method=method)
+        grads.append(torch.autograd.grad(y.sum(), t)[0])
+    assert_close(grads[0], grads[1], kind=_kind(method))
+
+
+def test_explicit_adams_default_options_match_short_horizon():
+    func = LinearODE(3)
+    y0 = randn(2, 3, dtype=torch.float64, seed=4)
+    t = torch.tensor([0.0, 0.35], dtype=torch.float64)
+    ours, theirs = Counting(func), Counting(func)
+    with torch.no_grad():
+        y = odeint(ours, y0, t, method="explicit_adams", options={"step_size": 0.025})
+        y_ref = torchdiffeq.odeint(theirs, y0, t, method="explicit_adams", options={"step_size": 0.025})
+    assert_close(y, y_ref)
+    assert ours.n == theirs.n
+
+
+@pytest.mark.parametrize("method", ["rk4", "implicit_adams"])
+def test_grid_constructor_and_cubic_interp_match(method):
+    func = MLPODE(3)
+    y0 = randn(2, 3, dtype=torch.float64, seed=6)
+    t = torch.tensor([0.0, 0.3, 0.45, 1.0], dtype=torch.float64)
+    grid = lambda f, y, tt: torch.linspace(float(tt[0]), float(tt[-1]), 17, dtype=tt.dtype)  # noqa: E731
+    for opts in ({"grid_constructor": grid}, {"step_size": 0.07, "interp": "cubic"}):
+        for tt in (t, t.flip(0)):
+            with torch.no_grad():
+                y = odeint(func, y0, tt, method=method, options=opts)
+                y_ref = torchdiffeq.odeint(func, y0, tt, method=method, options=opts)
+            assert_close(y, y_ref, msg=str(opts))
+
+
+def test_tuple_state_matches_torchdiffeq():
+    def oscillator(t, state):
+        x, v = state
+        return v, -x - 0.1 * v * torch.cos(t)
+
+    y0 = (randn(2, dtype=torch.float64, seed=1), randn(3, dtype=torch.float64, seed=2)[:2])
+    t = torch.linspace(0, 2, 5, dtype=torch.float64)
+    for method, opts in (("dopri5", None), ("rk4", {"step_size": 0.05})):
+        for tt in (t, t.flip(0)):
+            y = odeint(oscillator, y0, tt, method=method, options=opts)
+            y_ref = torchdiffeq.odeint(oscillator, y0, tt, method=method, options=opts)
+            assert isinstance(y, tuple) and len(y) == 2
+            for a, b in zip(y, y_ref):
+                assert a.shape == (5, 2)
+                assert_close(a, b, kind=_kind(method))
+
+
+def test_step_t_and_jump_t_match_torchdiffeq():
+    def kinked(t, y):
+        return torch.where(t < 0.5, -y, 2 * y) + (t > 0.25).to(y.dtype)
+
+    y0 = randn(3, dtype=torch.float64, seed=8)
+    t = torch.tensor([0.0, 0.6, 1.0], dtype=torch.float64)
+    opts = {"step_t": torch.tensor([0.25], dtype=torch.float64), "jump_t": torch.tensor([0.5], dtype=torch.float64)}
+    for tt in (t, t.flip(0)):
+        o = {k: (v if tt[0] < tt[-1] else 1.0 - v) for k, v in opts.items()}
+        ours, theirs = Counting(kinked), Counting(kinked)
+        y = odeint(ours, y0, tt, options=o)
+        y_ref = torchdiffeq.odeint(theirs, y0, tt, method="dopri5", options=dict(o))
+        assert_close(y, y_ref, kind="cross")
+        _assert_same_nfe("dopri5", ours.n, theirs.n)
