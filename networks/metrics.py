@@ -20,8 +20,9 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from monai.metrics import compute_average_surface_distance, compute_dice, compute_iou
-from torchmetrics.functional.classification import binary_accuracy
+
+# MONAI and torchmetrics are imported where used: importing MONAI costs seconds, which every
+# torchrun worker and CLI start would pay before doing anything.
 
 METRIC_NAMES = ("dice", "iou", "accuracy", "ahd")
 
@@ -38,22 +39,30 @@ def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
 def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Dice of binary ``[B, 1, H, W]`` masks, one value per image."""
     _check(pred, target)
+    from monai.metrics import compute_dice
+
     return compute_dice(pred.float(), target.float(), include_background=True, ignore_empty=False)[:, 0]
 
 
 def iou_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _check(pred, target)
+    from monai.metrics import compute_iou
+
     return compute_iou(pred.float(), target.float(), include_background=True, ignore_empty=False)[:, 0]
 
 
 def accuracy_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _check(pred, target)
+    from torchmetrics.functional.classification import binary_accuracy
+
     return binary_accuracy(pred.float(), target.int(), threshold=0.5, multidim_average="samplewise")
 
 
 def ahd_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Average Hausdorff distance in pixels; 0 if both empty, NaN if exactly one is."""
     _check(pred, target)
+    from monai.metrics import compute_average_surface_distance
+
     pred, target = pred.float().cpu(), target.float().cpu()
     with warnings.catch_warnings():
         # MONAI warns on every empty mask; emptiness is handled explicitly below.

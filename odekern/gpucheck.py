@@ -205,6 +205,17 @@ def _describe_variant(signature: dict, constexprs: dict) -> str:
     return "/".join(dtypes) + (" " + consts if consts else "")
 
 
+def _describe_exception(exc: BaseException) -> str:
+    """The root cause first (Triton chains a CompilationError per inlined call level), then
+    the source position of the outermost error."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    where = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(root).__name__}: {_short_error(str(root), 600)} [{where}]"
+
+
 def _compile_triton_here(target: str) -> list[KernelResult]:
     """Compile every Triton variant for ``target`` in this process (needs TRITON_INTERPRET=0)."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -223,8 +234,11 @@ def _compile_triton_here(target: str) -> list[KernelResult]:
             results.append(KernelResult("triton", modname, target, "import",
                                         error=f"import failed: {type(exc).__name__}: {exc}"))
             continue
+        # Launchable kernels are named ``*_kernel`` (DESIGN.md); other jit functions are
+        # device helpers, compiled as part of the kernels that call them.
         kernels = {name: obj for name, obj in vars(mod).items()
-                   if isinstance(obj, JITFunction) and obj.__module__ == modname}
+                   if isinstance(obj, JITFunction) and obj.__module__ == modname
+                   and name.endswith("_kernel")}
         variants = list(mod.aot_variants()) if hasattr(mod, "aot_variants") else []
         covered = {v["kernel"].__name__ for v in variants}
         for name in sorted(set(kernels) - covered):
@@ -242,7 +256,7 @@ def _compile_triton_here(target: str) -> list[KernelResult]:
                     compiled = triton.compile(ASTSource(fn, signature=sig, constexprs=consts),
                                               target=gpu, options=v.get("options"))
             except Exception as exc:  # noqa: BLE001
-                row.error = f"{type(exc).__name__}: {_short_error(str(exc))}"
+                row.error = _describe_exception(exc)
                 results.append(row)
                 continue
             stats = parse_ptxas_log(log.getvalue()).get(compiled.metadata.name)

@@ -14,12 +14,9 @@ import torch
 from torch import nn
 
 from odekern.backends import check_backend_name, use_backend
-from odekern.solvers.adjoint import _solver  # DEV-ONLY
-from odekern.solvers.adjoint import odeint_adjoint
-
-
-def odeint(*a, **k):  # DEV-ONLY
-    return _solver()(*a, **k)
+from odekern.odeint import odeint, odeint_adjoint
+from odekern.solvers.checks import check_method, check_options, check_state, check_time
+from odekern.solvers.registry import METHODS
 
 
 # --------------------------------------------------------------------------- gradient modes
@@ -39,14 +36,6 @@ GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {
     "backprop": _solve_backprop,
     "adjoint": _solve_adjoint,
 }
-
-
-def _valid_methods() -> tuple[str, ...]:
-    try:  # DEV-ONLY
-        from odekern.solvers import method_names  # the solver registry owns the list
-    except ImportError:
-        return ("euler", "midpoint", "rk4", "dopri5", "explicit_adams", "implicit_adams")
-    return tuple(method_names())
 
 
 # --------------------------------------------------------------------------- the first-order system
@@ -80,15 +69,11 @@ def _as_time_grid(t) -> torch.Tensor:
             grid = torch.tensor([float(v) for v in t], dtype=torch.float64)
         except (TypeError, ValueError):
             raise TypeError(f"ODEBlock: t must be a 1-D sequence or tensor of times, got {t!r}") from None
-    if grid.dim() != 1 or grid.numel() < 2:
-        raise ValueError(f"ODEBlock: t must be 1-D with at least 2 times (start, end), got shape {tuple(grid.shape)}")
     if not grid.is_floating_point():
         grid = grid.to(torch.float64)
-    if not torch.isfinite(grid).all():
-        raise ValueError(f"ODEBlock: t must be finite, got {grid.tolist()}")
-    steps = grid[1:] - grid[:-1]
-    if not ((steps > 0).all() or (steps < 0).all()):
-        raise ValueError(f"ODEBlock: t must be strictly increasing or strictly decreasing, got {grid.tolist()}")
+    check_time(grid, "t")
+    if grid.numel() < 2:
+        raise ValueError(f"t must hold at least 2 times (start and end), got {grid.tolist()}")
     return grid
 
 
@@ -144,9 +129,7 @@ class ODEBlock(nn.Module):
                 "ODEBlock: gradient='adjoint' needs func to be an nn.Module, so that its parameters "
                 f"receive gradients; got {type(func).__name__}"
             )
-        valid = _valid_methods()
-        if method not in valid:
-            raise ValueError(f"ODEBlock: method must be one of {sorted(valid)}, got {method!r}")
+        method = check_method(method, METHODS)
         if step_size is not None:
             if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0 \
                     or not math.isfinite(step_size):
@@ -158,6 +141,7 @@ class ODEBlock(nn.Module):
                     f"ODEBlock: step_size={step_size} conflicts with options['step_size']={options['step_size']}"
                 )
             options["step_size"] = float(step_size)
+        options = check_options(method, options, METHODS[method].OPTIONS)
         if velocity_init is not None:
             if order < 2:
                 raise ValueError("ODEBlock: velocity_init needs order >= 2 (an order-1 block has no velocity)")
@@ -173,6 +157,12 @@ class ODEBlock(nn.Module):
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = options
         self.gradient, self.order, self.return_state, self.backend = gradient, order, return_state, backend
+
+    @property
+    def func(self) -> Callable:
+        """The right-hand side given to the constructor."""
+        dyn = self.dynamics
+        return dyn.func if isinstance(dyn, (_HigherOrderDynamics, _FunctionAsModule)) else dyn
 
     def extra_repr(self) -> str:
         return (f"order={self.order}, method={self.method!r}, gradient={self.gradient!r}, "
@@ -230,10 +220,9 @@ class _FunctionAsModule(nn.Module):
 
 
 def _check_input(x, name: str, min_dim: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"ODEBlock: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"ODEBlock: {name} must be floating point, got {x.dtype}")
+    if isinstance(x, tuple):
+        raise TypeError(f"{name} must be a torch.Tensor (ODEBlock does not take tuple states)")
+    check_state(x, name)
     if x.dim() < min_dim:
         raise ValueError(
             f"ODEBlock: {name} must have a channel dimension (dim 1) for order > 1, got shape {tuple(x.shape)}"

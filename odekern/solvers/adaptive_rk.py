@@ -53,6 +53,18 @@ def _time_points(values: Any, name: str) -> list[float]:
     return points
 
 
+def _beside(t: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
+    """The ``dtype`` float next to ``t`` (where ``func`` will see it), keeping d/dt = 1.
+
+    The nudge is done in the state's dtype because the RHS receives time in that dtype: a float64
+    nudge would round back onto the discontinuity for a float32 state.
+    """
+    t_y = t.to(dtype)
+    with torch.no_grad():
+        nudge = torch.nextafter(t_y, t_y + direction) - t_y
+    return t_y + nudge
+
+
 class AdaptiveRK(Solver):
     OPTIONS = ADAPTIVE_OPTIONS
     tableau: ButcherTableau = DOPRI5
@@ -152,7 +164,10 @@ class AdaptiveRK(Solver):
                 t1 = t0 + dt if t1f == t0f + dt else torch.tensor(t1f, dtype=self.time_dtype, device=t.device)
                 dt = t1f - t0f
                 last_dt = dt
-                y1, ks = self._stepper.step(rhs, t0, dt, t1, y0, f0, out=self._next_y_buffer(y0))
+                # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
+                t_end = _beside(t1, y0.dtype, -1) if on_jump else None
+                y1, ks = self._stepper.step(rhs, t0, dt, t1, y0, f0, out=self._next_y_buffer(y0),
+                                            t_end_stages=t_end)
                 ratio = float(stages.embedded_error_ratio(y0, y1, dt, tab.b_err, ks, self.rtol, self.atol,
                                                           self.norm, err_out=self._err_buffer))
                 if not math.isfinite(ratio):
@@ -171,7 +186,7 @@ class AdaptiveRK(Solver):
                     t_prev, t0, t0f, y0, f0 = t0, t1, t1f, y1, ks[-1]
                     if on_jump:
                         # Past a discontinuity of f: take the slope from its far side.
-                        f0 = rhs(torch.nextafter(t1, t1 + 1), y1)
+                        f0 = rhs(_beside(t1, y0.dtype, +1), y1)
                     n_accepted += 1
                 else:
                     n_rejected += 1

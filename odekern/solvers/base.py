@@ -42,7 +42,7 @@ class RHS:
 
     def user_time(self, t: Any) -> float:
         """A solver-internal time as the caller sees it (undoing the reversal)."""
-        return self.time_sign * float(t)
+        return self.time_sign * float(t.detach() if isinstance(t, Tensor) else t)
 
 
 @dataclasses.dataclass

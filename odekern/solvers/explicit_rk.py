@@ -33,8 +33,11 @@ class RKStepper:
             if reuse_buffers else [None] * n)
 
     def step(self, rhs: RHS, t0: Tensor, dt: Any, t1: Tensor, y0: Tensor, f0: Tensor,
-             out: Optional[Tensor]) -> tuple[Tensor, list[Tensor]]:
+             out: Optional[Tensor], t_end_stages: Optional[Tensor] = None) -> tuple[Tensor, list[Tensor]]:
+        """``t_end_stages`` (default ``t1``) is where stages with ``c = 1`` evaluate; adaptive
+        solvers pass the float just below ``t1`` when ``t1`` is a discontinuity of ``func``."""
         tab = self.tab
+        t_end = t1 if t_end_stages is None else t_end_stages
         n = len(tab.c)
         ks = [f0]
         yi = y0
@@ -42,7 +45,7 @@ class RKStepper:
             # An FSAL method's last stage input *is* the solution: it goes straight into ``out``.
             buffer = out if (tab.fsal and i == n - 1) else self._stage_buffers[i]
             yi = stages.stage_state(y0, dt, tab.a[i], ks, out=buffer)
-            ti = t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * dt
+            ti = t_end if tab.c[i] == 1.0 else t0 + tab.c[i] * dt
             ks.append(rhs(ti, yi))
         if tab.fsal:
             return yi, ks

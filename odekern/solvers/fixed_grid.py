@@ -123,5 +123,5 @@ class FixedGridSolver(Solver):
                 j += 1
             y0 = y1
         status = SolveStatus(success=True, message="reached the last output time", t_reached=self.rhs.user_time(
-            t_vals[-1]), n_outputs_reached=len(t_vals), last_dt=float(dt), n_steps=n_steps, nfe=self.rhs.nfe)
+            t_vals[-1]), n_outputs_reached=len(t_vals), last_dt=float(dt.detach()) if isinstance(dt, Tensor) else dt, n_steps=n_steps, nfe=self.rhs.nfe)
         return solution, status

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from odekern import testing
-from odekern.ops.rk_stage import op, reference, rk_combine, rk_final_error
+from odekern.ops.rk_stage import op, reference, rk_combine, rk_error_ratio, rk_final_error
 
 DTYPES = [torch.float32, torch.float64]
 SHAPES = [(0,), (1,), (3, 5, 7), (2, 3, 1031)]  # empty, one element, odd, > one Triton block
@@ -27,6 +27,28 @@ def test_combine_matches_reference(backend, dtype, shape, nk):
     got = rk_combine(y, ks, coeffs, out=out, backend=backend)
     assert got is out
     testing.assert_close(got, reference.rk_combine(y, ks, coeffs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nk", [1, 7, 8])
+def test_combine_without_base(backend, dtype, nk):
+    _, ks, coeffs = _inputs((3, 5, 7), nk, dtype, seed=23)
+    got = rk_combine(None, ks, coeffs, out=torch.full_like(ks[0], float("nan")), backend=backend)
+    testing.assert_close(got, reference.rk_combine(None, ks, coeffs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nk", [1, 6])
+def test_error_ratio_matches_reference(backend, dtype, shape, nk):
+    y0, ks, coeffs = _inputs(shape, nk, dtype, seed=29)
+    y1 = reference.rk_combine(y0, ks, coeffs)
+    err_coeffs = [0.02 * (j - 2) for j in range(nk)]
+    got = rk_error_ratio(testing.non_contiguous(y0), y1, ks, err_coeffs, rtol=1e-3, atol=1e-6,
+                         backend=backend)
+    expected = reference.rk_error_ratio(y0, y1, ks, err_coeffs, 1e-3, 1e-6)
+    assert got.dtype == torch.float64 and got.dim() == 0
+    testing.assert_close(got, expected, **testing.tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -100,6 +122,8 @@ def test_gradcheck_float64(backend):
     leaves = [t.requires_grad_() for t in [y, *ks]]
     assert torch.autograd.gradcheck(lambda y_, *k_: op.rk_combine(y_, list(k_), coeffs, backend),
                                     tuple(leaves))
+    assert torch.autograd.gradcheck(lambda *k_: op.rk_combine(None, list(k_), coeffs, backend),
+                                    tuple(leaves[1:]))
 
 
 def test_time_grid_gradient_takes_differentiable_route(backend):
@@ -115,8 +139,10 @@ def test_opcheck(backend):
     torch.library.opcheck(op.rk_combine_out, (y, ks, coeffs, torch.empty_like(y), backend))
     torch.library.opcheck(op.rk_final_error_out,
                           (y, ks, coeffs, [0.1, -0.1], 1e-3, 1e-6, torch.empty_like(y), backend))
+    torch.library.opcheck(op.rk_error_ratio, (y, y + 1, ks, [0.1, -0.1], 1e-3, 1e-6, backend))
     leaves = [t.clone().requires_grad_() for t in [y, *ks]]
     torch.library.opcheck(op.rk_combine, (leaves[0], leaves[1:], coeffs, backend))
+    torch.library.opcheck(op.rk_combine, (None, leaves[1:], coeffs, backend))
 
 
 def test_bad_input():

@@ -17,6 +17,9 @@ from odekern.testing import assert_close, randn
 from solver_problems import SHARED_METHODS, Counting, LinearODE, MLPODE
 
 DTYPES = [torch.float32, torch.float64]
+# Both libraries warn identically when the implicit Adams corrector needs more iterations.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*did not converge"),
+              pytest.mark.filterwarnings("ignore:Functional iteration did not converge")]
 SHAPES = [(3,), (1, 5), (4, 7)]
 DOPRI5_NFE_PER_STEP = 6
 
@@ -28,7 +31,13 @@ def _setup(method, dtype, reverse):
         if method == "explicit_adams":
             # Default max_order=12 makes AB11 steps unstable at this step size in both libraries.
             opts["max_order"] = 5
-    tol = {} if (method != "dopri5" or dtype == torch.float64) else {"rtol": 1e-5, "atol": 1e-7}
+    tol = {}
+    if dtype == torch.float32 and method == "dopri5":
+        tol = {"rtol": 1e-5, "atol": 1e-7}
+    if dtype == torch.float32 and method == "implicit_adams":
+        # The corrector's convergence test at the default 1e-7 is decided by float32 rounding
+        # noise, which differs between implementations; at 1e-4 it is decided by the dynamics.
+        tol = {"rtol": 1e-4, "atol": 1e-6}
     t = torch.tensor([0.0, 0.33, 0.5, 1.2], dtype=dtype)
     if reverse:
         t = t.flip(0)

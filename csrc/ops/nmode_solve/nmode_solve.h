@@ -76,11 +76,13 @@ ODEKERN_HD void fast_sincos(T x, T* s_out, T* c_out) {
   r = r - kf * C::pio2_lo;
   T s, c;
   sincos_kernel(r, &s, &c);
-  const bool odd = (q & 1) != 0;
-  const T sin_v = odd ? c : s;
-  const T cos_v = odd ? s : c;
-  *s_out = (q & 2) ? -sin_v : sin_v;
-  *c_out = ((q + 1) & 2) ? -cos_v : cos_v;
+  // Quadrant selection by multiplying with exact 0/1 and +-1 (no branches, no blends GCC
+  // refuses to if-convert): odd*c + even*s is exactly c or s.
+  const T odd = T(q & 1), even = T(1) - odd;
+  const T sin_v = odd * c + even * s;
+  const T cos_v = odd * s + even * c;
+  *s_out = sin_v * T(1 - (q & 2));
+  *c_out = cos_v * T(1 - ((q + 1) & 2));
 }
 
 template <typename T>

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <optional>
 #include <vector>
 
 #include <odekern/macros.h>
@@ -23,6 +24,10 @@ void rk_final_error_cuda_launch(bool is_double, const void* y0, const void* cons
                                 const double* coeffs, const double* err_coeffs, int nk,
                                 double rtol, double atol, void* y1, double* partial,
                                 double* result, int64_t n, cudaStream_t stream);
+void rk_error_ratio_cuda_launch(bool is_double, const void* y0, const void* y1,
+                                const void* const* ks, const double* err_coeffs, int nk,
+                                double rtol, double atol, double* partial, double* result,
+                                int64_t n, cudaStream_t stream);
 
 namespace {
 
@@ -44,19 +49,23 @@ void check_cuda_operands(const at::Tensor& y, at::TensorList ks, size_t ncoeffs,
   }
 }
 
-void rk_combine_out_cuda(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs,
-                         const at::Tensor& out) {
-  check_cuda_operands(y, ks, coeffs.size(), out);
-  const int64_t n = y.numel();
+void rk_combine_out_cuda(const std::optional<at::Tensor>& y, at::TensorList ks,
+                         at::ArrayRef<double> coeffs, const at::Tensor& out) {
+  check_cuda_operands(y.has_value() ? *y : out, ks, coeffs.size(), out);
+  const int64_t n = out.numel();
   if (n == 0) return;
-  const c10::cuda::CUDAGuard guard(y.device());
+  const c10::cuda::CUDAGuard guard(out.device());
   if (ks.empty()) {
-    if (!out.is_same(y)) out.copy_(y);
+    if (!y.has_value()) {
+      out.zero_();
+    } else if (!out.is_same(*y)) {
+      out.copy_(*y);
+    }
     return;
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool is_double = y.scalar_type() == at::kDouble;
-  const void* src = y.data_ptr();
+  const bool is_double = out.scalar_type() == at::kDouble;
+  const void* src = y.has_value() ? y->data_ptr() : nullptr;
   for (size_t start = 0; start < ks.size(); start += kMaxKCuda) {
     const int nk = static_cast<int>(std::min<size_t>(kMaxKCuda, ks.size() - start));
     const void* kp[kMaxKCuda];
@@ -89,6 +98,26 @@ at::Tensor rk_final_error_out_cuda(const at::Tensor& y0, at::TensorList ks,
   return result;
 }
 
+at::Tensor rk_error_ratio_cuda(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
+                               at::ArrayRef<double> err_coeffs, double rtol, double atol) {
+  check_cuda_operands(y0, ks, err_coeffs.size(), y1);
+  TORCH_CHECK(!ks.empty() && ks.size() <= kMaxKCuda, "rk_error_ratio: needs 1..", kMaxKCuda,
+              " k tensors");
+  const c10::cuda::CUDAGuard guard(y0.device());
+  auto result = at::zeros({}, y0.options().dtype(at::kDouble));
+  const int64_t n = y0.numel();
+  if (n == 0) return result;
+  auto partial = at::empty({rk_final_error_cuda_partials(n)}, y0.options().dtype(at::kDouble));
+  const void* kp[kMaxKCuda];
+  for (size_t j = 0; j < ks.size(); ++j) kp[j] = ks[j].data_ptr();
+  rk_error_ratio_cuda_launch(y0.scalar_type() == at::kDouble, y0.data_ptr(), y1.data_ptr(), kp,
+                             err_coeffs.data(), static_cast<int>(ks.size()), rtol, atol,
+                             partial.data_ptr<double>(), result.data_ptr<double>(), n,
+                             c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return result;
+}
+
 }  // namespace
 }  // namespace rk_stage
 }  // namespace odekern
@@ -96,4 +125,5 @@ at::Tensor rk_final_error_out_cuda(const at::Tensor& y0, at::TensorList ks,
 TORCH_LIBRARY_IMPL(odekern_C, CUDA, m) {
   m.impl("rk_combine_out", &odekern::rk_stage::rk_combine_out_cuda);
   m.impl("rk_final_error_out", &odekern::rk_stage::rk_final_error_out_cuda);
+  m.impl("rk_error_ratio", &odekern::rk_stage::rk_error_ratio_cuda);
 }

@@ -1,0 +1,148 @@
+"""The torch.library custom op ``odekern::nmode_solve`` and its backward op.
+
+One autograd route for every backend (DESIGN principle 6): the forward op's body asks
+``odekern.backends.select`` which backend runs, ``register_fake`` gives shapes for
+torch.compile, and ``register_autograd`` calls ``odekern::nmode_solve_backward``, itself a
+custom op (whose own backward refuses: double backward is not supported).
+
+Both ops take the flat layout of the backend contract (config.py): y0 [N], g [G], N % G == 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from odekern.backends import register as _register_backend
+from odekern.backends import select as _select_backend
+from odekern.ops.nmode_solve import cpp, reference
+from odekern.ops.nmode_solve.config import NmodeConfig
+
+OP = "nmode_solve"
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends. Triton is H4's odekern/ops/nmode_solve/triton.py, imported lazily so that a broken
+# or missing file makes the triton backend refuse with the reason instead of breaking import.
+# ---------------------------------------------------------------------------------------------
+_triton_cache: dict[str, object] = {}
+
+
+def _triton_module():
+    if "mod" not in _triton_cache:
+        try:
+            _triton_cache["mod"] = importlib.import_module("odekern.ops.nmode_solve.triton")
+        except Exception as exc:  # noqa: BLE001 - any import failure becomes a refusal reason
+            _triton_cache["mod"] = f"odekern.ops.nmode_solve.triton not importable ({type(exc).__name__}: {exc})"
+    return _triton_cache["mod"]
+
+
+def _triton_supports(**inputs) -> list[str]:
+    mod = _triton_module()
+    if isinstance(mod, str):
+        return [mod]
+    fn = getattr(mod, "supports", None)
+    return list(fn(**inputs)) if fn is not None else []
+
+
+class _TritonBackend:
+    @staticmethod
+    def forward(*args):
+        return _triton_module().forward(*args)
+
+    @staticmethod
+    def backward(*args):
+        return _triton_module().backward(*args)
+
+
+_register_backend(OP, "reference", reference)
+_register_backend(OP, "cpu", cpp, cpp.supports)
+_register_backend(OP, "cuda", cpp, cpp.supports)
+_register_backend(OP, "triton", _TritonBackend, _triton_supports)
+
+
+def _select(y0, g, cfg, backend):
+    return _select_backend(OP, y0.device, backend, y0=y0, g=g, cfg=cfg).fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward op.
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("odekern::nmode_solve", mutates_args=())
+def nmode_solve_op(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, method: str,
+                   step_size: float, rtol: float, atol: float, control: str, gradient: str,
+                   max_num_steps: int, need_f: bool, backend: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
+    impl = _select(y0, g, cfg, backend)
+    y1, f0, f1, stats = impl.forward(y0, g, t0, t1, cfg, need_f)
+    return y1, f0, f1, stats.to("cpu", torch.float64)
+
+
+@nmode_solve_op.register_fake
+def _(y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend):
+    n_f = y0.numel() if need_f else 0
+    stats_len = torch.library.get_ctx().new_dynamic_size()
+    return (torch.empty_like(y0), y0.new_empty(n_f), y0.new_empty(n_f),
+            torch.empty(stats_len, dtype=torch.float64, device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward op.
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("odekern::nmode_solve_backward", mutates_args=())
+def nmode_solve_backward_op(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None,
+                            grad_f1: torch.Tensor | None, y0: torch.Tensor, g: torch.Tensor,
+                            stats: torch.Tensor, t0: float, t1: float, method: str,
+                            step_size: float, rtol: float, atol: float, control: str,
+                            gradient: str, max_num_steps: int, backend: str
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
+    impl = _select(y0, g, cfg, backend)
+    gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, stats, t0, t1, cfg)
+    return gy0, gg
+
+
+@nmode_solve_backward_op.register_fake
+def _(grad_y1, grad_f0, grad_f1, y0, g, stats, *args):
+    return torch.empty_like(y0), torch.empty_like(g)
+
+
+def _double_backward(ctx, *grads):
+    raise RuntimeError("odekern.nmode_solve: double backward (gradient of the gradient) is not "
+                       "supported; use the 'reference' backend inside torch.func if you need it")
+
+
+def _backward_setup(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("odekern::nmode_solve_backward", _double_backward,
+                                setup_context=_backward_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd of the forward op.
+# ---------------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend = inputs
+    stats = output[3]
+    ctx.save_for_backward(y0, g, stats)
+    ctx.args = (t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, backend)
+    ctx.need_f = need_f
+
+
+def _backward(ctx, grad_y1, grad_f0, grad_f1, _grad_stats):
+    y0, g, stats = ctx.saved_tensors
+    t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, backend = ctx.args
+    if grad_y1 is None:
+        grad_y1 = torch.zeros_like(y0)
+    if not ctx.need_f:
+        grad_f0 = grad_f1 = None
+    gy0, gg = nmode_solve_backward_op(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method,
+                                      step_size, rtol, atol, control, gradient, max_num_steps, backend)
+    return gy0, gg, None, None, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("odekern::nmode_solve", _backward, setup_context=_setup_context)

@@ -1,0 +1,144 @@
+"""networks.train: bit-exact resume (epoch boundary and Ctrl-C mid-epoch), checkpoints and
+history on disk, paper defaults, loss, CLI."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from networks import checkpoint as ckpt
+from networks import train as training
+from networks.train import TrainConfig, TrainingInterrupted
+
+TINY = dict(model="unet", block="pln", model_options={"base_filters": 4, "levels": 2}, size=32, num_train=12,
+            num_val=4, batch_size=4, progress=False, threads=1)
+
+
+def _cfg(tmp_path, name, **over):
+    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **over})
+
+
+def _weights(path):
+    return ckpt.torch_load(path)["model_state"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_after_an_epoch_is_bit_exact(tmp_path):
+    straight = training.run(_cfg(tmp_path, "straight", epochs=2))
+    training.run(_cfg(tmp_path, "split", epochs=1))
+    resumed = training.run(_cfg(tmp_path, "split", epochs=2, resume="auto"))
+    assert resumed["step_losses"] == straight["step_losses"]
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
+    assert [e["val_dice"] for e in resumed["epochs"]] == [e["val_dice"] for e in straight["epochs"]]
+    _assert_same_weights(_weights(tmp_path / "split" / "last.pt"), _weights(tmp_path / "straight" / "last.pt"))
+
+
+class _DropoutNet(nn.Module):
+    """Test-only stand-in with dropout, so resume must also restore the global RNG."""
+
+    def __init__(self, in_channels=3, num_classes=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                  nn.Dropout(0.3), nn.Conv2d(6, num_classes, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_bit_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "build_network", lambda name, c, k, options, size=None: _DropoutNet(c, k))
+    base = dict(model="dropout-standin", model_options={})
+    straight = training.run(_cfg(tmp_path, "straight", epochs=2, **base))
+
+    def press_ctrl_c(info):
+        if info["epoch"] == 1 and info["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT through the handler
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        training.run(_cfg(tmp_path, "cut", epochs=2, **base), step_callback=press_ctrl_c)
+    saved = ckpt.torch_load(stopped.value.checkpoint_path)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
+    assert json.loads((tmp_path / "cut" / "history.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    resumed = training.run(_cfg(tmp_path, "cut", epochs=2, resume=str(stopped.value.checkpoint_path), **base))
+    assert resumed["step_losses"] == straight["step_losses"]
+    assert resumed["epochs"] == [{**e, "seconds": r["seconds"]} for e, r in zip(straight["epochs"], resumed["epochs"])]
+    _assert_same_weights(_weights(tmp_path / "cut" / "last.pt"), _weights(tmp_path / "straight" / "last.pt"))
+
+
+def test_outputs_on_disk(tmp_path):
+    history = training.run(_cfg(tmp_path, "run", epochs=2))
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "history.json", "last.pt"]
+    on_disk = json.loads((out / "history.json").read_text())
+    assert on_disk["status"] == "complete" and len(on_disk["epochs"]) == 2
+    assert on_disk["step_losses"] == history["step_losses"]
+    state = ckpt.torch_load(out / "last.pt")
+    assert state["epoch"] == 2 and state["model"]["options"] == {"base_filters": 4, "levels": 2, "block": "pln"}
+    model, _ = ckpt.load_model(out / "best.pt")
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_training_reduces_the_loss(tmp_path):
+    history = training.run(_cfg(tmp_path, "learn", epochs=4, lr=1e-2, num_train=16, augment=False))
+    losses = [e["train_loss"] for e in history["epochs"]]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("model, optimizer, schedule", [
+    ("cnm-unet", torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingLR),
+    ("continuous-unet", torch.optim.Adam, torch.optim.lr_scheduler.StepLR),
+])
+def test_paper_defaults(model, optimizer, schedule):
+    cfg = TrainConfig(model=model).resolved()
+    opt, sched = training.build_optimizer(cfg, [nn.Parameter(torch.zeros(1))])
+    assert type(opt) is optimizer and type(sched) is schedule
+    if model == "cnm-unet":
+        assert (sched.T_max, sched.eta_min, cfg.batch_size, cfg.loss) == (50, 1e-5, 8, "bce+dice")
+    else:
+        assert (sched.step_size, sched.gamma, cfg.lr, cfg.batch_size, cfg.loss) == (1, 0.999, 1e-3, 16, "bce")
+    assert TrainConfig(model=model, lr=0.5).resolved().lr == 0.5  # explicit flags win
+
+
+def test_bce_dice_loss_matches_formula():
+    logits = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    target = (torch.rand(3, 1, 8, 8) > 0.5).double()
+    p = torch.sigmoid(logits)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    inter, total = (p * target).sum((1, 2, 3)), (p + target).sum((1, 2, 3))
+    dice = (1 - (2 * inter + 1e-5) / (total + 1e-5)).mean()
+    torch.testing.assert_close(training.SegmentationLoss("bce+dice")(logits, target), bce + dice)
+    torch.testing.assert_close(training.SegmentationLoss("bce")(logits, target), bce)
+    with pytest.raises(ValueError, match="loss"):
+        training.SegmentationLoss("focal")
+
+
+def test_flags_reach_the_model_options():
+    args = training.build_parser().parse_args(
+        ["--model", "continuous-unet", "--solver", "euler", "--gradient", "adjoint", "--option", "base_filters=2",
+         "--option", "act=relu"])
+    options = training.config_from_args(args).network_options()
+    assert options == {"base_filters": 2, "act": "relu", "method": "euler", "gradient": "adjoint"}
+
+
+def test_cli_main_and_bad_arguments(tmp_path, capsys):
+    argv = ["--model", "unet", "--block", "pln", "--option", "base_filters=4", "--option", "levels=2", "--size", "32",
+            "--num-train", "8", "--num-val", "4", "--epochs", "1", "--batch-size", "4", "--no-progress",
+            "--threads", "1", "--out", str(tmp_path / "cli")]
+    assert training.main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
+    with pytest.raises(SystemExit, match="--epochs must be >= 1"):
+        training.main(argv + ["--epochs", "0"])
+    with pytest.raises(SystemExit, match="--data must be"):
+        training.main(argv + ["--data", str(tmp_path / "missing")])
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        training.run(_cfg(tmp_path, "never-trained", resume="auto"))

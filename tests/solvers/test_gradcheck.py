@@ -1,0 +1,48 @@
+"""torch.autograd.gradcheck (float64) of backprop through every method: w.r.t. y0, the RHS's
+parameters and the output times t. (The continuous adjoint is covered in test_adjoint.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from odekern import odeint
+from odekern.testing import randn
+from solver_problems import ALL_METHODS
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
+
+
+def _rhs(A, b):
+    def f(t, y):
+        return torch.tanh(y @ A.T) + b * torch.cos(3 * t)
+    return f
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_gradcheck_backprop(method):
+    y0 = randn(2, 3, dtype=torch.float64, seed=1, requires_grad=True)
+    A = randn(3, 3, dtype=torch.float64, seed=2, scale=0.5, requires_grad=True)
+    b = randn(3, dtype=torch.float64, seed=3, requires_grad=True)
+    # Fixed-grid methods step on t itself (9 points: past the Adams start-up); dopri5 adapts.
+    t = torch.linspace(0.0, 0.8, 9 if method != "dopri5" else 3, dtype=torch.float64).requires_grad_()
+    tol = {"rtol": 1e-10, "atol": 1e-12} if method in ("dopri5", "implicit_adams") else {}
+
+    def solve(y0, A, b, t):
+        return odeint(_rhs(A, b), y0, t, method=method, **tol)
+
+    assert torch.autograd.gradcheck(solve, (y0, A, b, t), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["rk4", "midpoint"])
+def test_gradcheck_step_size_grid_with_interpolated_outputs(method):
+    # Grid from step_size, outputs between grid points (linear interpolation is differentiable in t).
+    y0 = randn(1, 3, dtype=torch.float64, seed=4, requires_grad=True)
+    A = randn(3, 3, dtype=torch.float64, seed=5, scale=0.5, requires_grad=True)
+    b = randn(3, dtype=torch.float64, seed=6, requires_grad=True)
+    t = torch.tensor([0.0, 0.33, 0.71], dtype=torch.float64, requires_grad=True)
+
+    def solve(y0, A, b, t):
+        return odeint(_rhs(A, b), y0, t, method=method, options={"step_size": 0.1})
+
+    assert torch.autograd.gradcheck(solve, (y0, A, b, t), eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,340 @@
+"""ODEBlock: any order (continuous-unet Eq. 1 / Proposition 1), gradient modes, validation.
+
+References: a first-order system [x, x', ...]' = [x', ..., func] built by hand and solved with
+torchdiffeq.odeint (same weights), closed-form solutions of x'' = -x, and gradcheck in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+from odekern import ODEBlock
+from odekern.nn.ode_block import GRADIENT_MODES
+from odekern.testing import assert_close, randn
+
+F64 = torch.float64
+C = 3  # channels of x
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add wake-up cost (severe on a loaded 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FirstOrder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(C, C, 3, padding=1)
+
+    def forward(self, t, x):
+        return torch.tanh(self.conv(x)) * (1 + t)
+
+
+class Accel(nn.Module):
+    """x'' = f(t, x, x'): the shape of continuous-unet's dynamic block (conv on [x, x'])."""
+
+    def __init__(self, order: int = 2):
+        super().__init__()
+        self.conv = nn.Conv2d(order * C, C, 3, padding=1)
+
+    def forward(self, t, *derivatives):
+        return torch.tanh(self.conv(torch.cat(derivatives, dim=1))) - 0.3 * derivatives[0]
+
+
+def hand_built_system(accel: nn.Module, order: int):
+    """The first-order system of Proposition 1, written out independently of ODEBlock."""
+
+    def rhs(t, z):
+        parts = [z[:, i * C:(i + 1) * C] for i in range(order)]
+        return torch.cat(parts[1:] + [accel(t, *parts)], dim=1)
+
+    return rhs
+
+
+def _x(seed=0, dtype=torch.float32, shape=(2, C, 5, 7)):
+    return randn(*shape, dtype=dtype, seed=seed, requires_grad=True)
+
+
+SOLVERS = {
+    "rk4": dict(method="rk4", step_size=0.25),
+    "dopri5": dict(method="dopri5"),
+}
+
+
+def _reference_kwargs(cfg):
+    method = cfg["method"]
+    options = {"step_size": cfg["step_size"]} if "step_size" in cfg else None
+    return dict(method=method, options=options)
+
+
+# --------------------------------------------------------------------------- against torchdiffeq
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_order1_matches_torchdiffeq(solver):
+    func = FirstOrder()
+    block = ODEBlock(func, **SOLVERS[solver])
+    x = _x()
+    out = block(x)
+    ref = torchdiffeq.odeint(func, x, torch.tensor([0.0, 1.0]), **_reference_kwargs(SOLVERS[solver]))[-1]
+    assert_close(out, ref, kind="cross")
+    grads = torch.autograd.grad(out.square().sum(), (x, *func.parameters()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, *func.parameters()))
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, kind="cross")
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("with_velocity_init", [False, True], ids=["zero_velocity", "velocity_init"])
+def test_order2_matches_hand_built_system(solver, with_velocity_init):
+    accel = Accel()
+    g = nn.Conv2d(C, C, 1) if with_velocity_init else None
+    block = ODEBlock(accel, order=2, velocity_init=g, return_state=True, **SOLVERS[solver])
+    x = _x(seed=1)
+    state = block(x)
+
+    v0 = g(x) if g is not None else torch.zeros_like(x)
+    ref = torchdiffeq.odeint(hand_built_system(accel, 2), torch.cat([x, v0], dim=1), torch.tensor([0.0, 1.0]),
+                             **_reference_kwargs(SOLVERS[solver]))[-1]
+    assert state.shape == (2, 2 * C, 5, 7)
+    assert_close(state, ref, kind="cross")
+
+    wrt = (x, *accel.parameters()) + (tuple(g.parameters()) if g is not None else ())
+    loss = lambda s: (s[:, :C] ** 2).sum() + s[:, C:].sum()  # noqa: E731
+    for name, a, b in zip(range(len(wrt)), torch.autograd.grad(loss(state), wrt), torch.autograd.grad(loss(ref), wrt)):
+        assert_close(a, b, kind="cross", msg=f"gradient {name}")
+
+
+def test_order2_returns_position_only_by_default():
+    accel = Accel()
+    x = _x(seed=2)
+    full = ODEBlock(accel, order=2, return_state=True, step_size=0.5)(x)
+    position = ODEBlock(accel, order=2, step_size=0.5)(x)
+    assert position.shape == x.shape
+    assert_close(position, full[:, :C], kind="rounding")
+
+
+def test_order3_matches_hand_built_system():
+    accel = Accel(order=3)
+    x = _x(seed=3)
+    init = nn.Conv2d(C, 2 * C, 1)  # x'(t0) and x''(t0), concatenated
+    state = ODEBlock(accel, order=3, velocity_init=init, return_state=True, step_size=0.25)(x)
+    ref = torchdiffeq.odeint(hand_built_system(accel, 3), torch.cat([x, init(x)], dim=1), torch.tensor([0.0, 1.0]),
+                             method="rk4", options={"step_size": 0.25})[-1]
+    assert_close(state, ref, kind="cross")
+
+
+class Spring(nn.Module):
+    """x'' = -k x, no parameters to learn except k."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(k, dtype=F64))
+
+    def forward(self, t, x, v):
+        return -self.k * x
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+def test_harmonic_oscillator_closed_form(gradient):
+    """x'' = -k x, x'(0) = w x(0): x(T) = x0 (cos(sT) + w/s sin(sT)), s = sqrt(k); d/dk too."""
+    k, w, T = 1.7, 0.4, 1.3
+    spring = Spring(k)
+    g = nn.Conv1d(1, 1, 1, bias=False).double()
+    with torch.no_grad():
+        g.weight.fill_(w)
+    block = ODEBlock(spring, t=(0.0, T), method="dopri5", rtol=1e-10, atol=1e-12, order=2, velocity_init=g,
+                     gradient=gradient)
+    x0 = randn(2, 1, 4, dtype=F64, seed=4, requires_grad=True)
+    out = block(x0)
+
+    def exact(x0_, k_):
+        s = torch.sqrt(k_)
+        return x0_ * (torch.cos(s * T) + w / s * torch.sin(s * T))
+
+    kk = torch.tensor(k, dtype=F64, requires_grad=True)
+    ref = exact(x0, kk)
+    assert_close(out, ref, kind="cross")
+    got = torch.autograd.grad(out.sum(), (x0, spring.k))
+    want = torch.autograd.grad(ref.sum(), (x0, kk))
+    assert_close(got[0], want[0], kind="cross", msg="d/dx0")
+    assert_close(got[1], want[1], kind="cross", msg="d/dk")
+
+
+# --------------------------------------------------------------------------- gradient modes
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_adjoint_mode_matches_backprop(order):
+    torch.manual_seed(0)
+    func = (Accel() if order == 2 else FirstOrder()).double()
+    g = nn.Conv2d(C, C, 1).double() if order == 2 else None
+    kwargs = dict(order=order, velocity_init=g, method="dopri5", rtol=1e-10, atol=1e-12)
+    x = _x(seed=5, dtype=F64, shape=(1, C, 4, 5))
+    outs, grads = [], []
+    params = tuple(func.parameters()) + (tuple(g.parameters()) if g is not None else ())
+    for gradient in ("backprop", "adjoint"):
+        out = ODEBlock(func, gradient=gradient, **kwargs)(x)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out ** 2).sum(), (x, *params)))
+    assert_close(outs[1], outs[0], kind="rounding", msg="same forward solve")
+    for i, (a, b) in enumerate(zip(*grads)):
+        assert_close(a, b, kind="cross", msg=f"gradient {i}")
+
+
+@pytest.mark.parametrize("gradient", sorted(GRADIENT_MODES))
+def test_gradcheck_order2(gradient):
+    torch.manual_seed(0)
+    accel = Accel().double()
+    g = nn.Conv2d(C, C, 1).double()
+    block = ODEBlock(accel, order=2, velocity_init=g, method="rk4", step_size=0.1, gradient=gradient)
+    x = _x(seed=6, dtype=F64, shape=(1, C, 3, 3))
+    params = tuple(block.parameters())
+    # rk4 at h=0.1: the continuous adjoint is within O(h^4) ~ 1e-5 of the discrete gradient.
+    tol = dict(atol=1e-5, rtol=1e-3) if gradient == "adjoint" else {}
+    assert torch.autograd.gradcheck(lambda x_, *p: block(x_), (x, *params), fast_mode=True, **tol)
+
+
+def test_chained_blocks_equal_one_block():
+    """Continuing from return_state via integrate_state = one solve over the joined interval."""
+    accel = Accel()
+    x = _x(seed=7)
+    first = ODEBlock(accel, t=(0.0, 0.5), order=2, step_size=0.125, return_state=True)
+    second = ODEBlock(accel, t=(0.5, 1.0), order=2, step_size=0.125, return_state=True)
+    whole = ODEBlock(accel, t=(0.0, 1.0), order=2, step_size=0.125, return_state=True)
+    assert_close(second.integrate_state(first(x)), whole(x), kind="rounding")
+
+
+def test_intermediate_times_and_reverse_time():
+    func = FirstOrder()
+    x = _x(seed=8)
+    t = torch.tensor([1.0, 0.6, 0.0])
+    out = ODEBlock(func, t=t, method="dopri5")(x)
+    ref = torchdiffeq.odeint(func, x, t, method="dopri5")[-1]
+    assert_close(out, ref, kind="cross")
+
+
+def test_backend_reference_matches_auto():
+    func = FirstOrder()
+    x = _x(seed=9)
+    assert_close(ODEBlock(func, backend="reference", step_size=0.5)(x), ODEBlock(func, step_size=0.5)(x),
+                 kind="rounding")
+
+
+def test_float64_module():
+    block = ODEBlock(FirstOrder(), step_size=0.5).double()
+    out = block(_x(dtype=F64))
+    assert out.dtype == F64
+
+
+def test_plain_function_rhs():
+    x = _x(seed=10)
+    out = ODEBlock(lambda t, x_: -x_, method="dopri5", rtol=1e-9, atol=1e-11)(x.double())
+    assert_close(out, x.double() * math.exp(-1.0), kind="cross")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("order", [0, -1, 1.5, True])
+def test_bad_order(order):
+    with pytest.raises(ValueError, match="order must be an integer >= 1"):
+        ODEBlock(Accel(), order=order)
+
+
+def test_unknown_gradient_mode_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"gradient must be one of \['adjoint', 'backprop'\], got 'magic'"):
+        ODEBlock(FirstOrder(), gradient="magic")
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="method 'rk5' is not a known solver; valid methods: .*'rk4'"):
+        ODEBlock(FirstOrder(), method="rk5")
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(ValueError, match="options 'bogus' not recognised by method 'rk4'"):
+        ODEBlock(FirstOrder(), options={"bogus": 1})
+
+
+@pytest.mark.parametrize("step_size", [0, -0.1, float("nan"), float("inf"), "0.1"])
+def test_bad_step_size(step_size):
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+        ODEBlock(FirstOrder(), step_size=step_size)
+
+
+def test_step_size_conflicting_with_options():
+    with pytest.raises(ValueError, match="step_size=0.1 conflicts with options"):
+        ODEBlock(FirstOrder(), step_size=0.1, options={"step_size": 0.2})
+
+
+@pytest.mark.parametrize(
+    "t, match",
+    [
+        ((1.0,), "t must hold at least 2 times"),
+        ((0.0, 0.0), "t must be strictly increasing or strictly decreasing"),
+        ((0.0, 1.0, 0.5), "t must be strictly increasing or strictly decreasing"),
+        ((0.0, float("nan")), "t must be finite"),
+        (torch.zeros(2, 2), "t must be 1-D"),
+        ("ab", "t must be a 1-D sequence or tensor of times"),
+    ],
+)
+def test_bad_t(t, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ODEBlock(FirstOrder(), t=t)
+
+
+def test_bad_backend():
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        ODEBlock(FirstOrder(), backend="gpu")
+
+
+def test_adjoint_needs_module_func():
+    with pytest.raises(ValueError, match="gradient='adjoint' needs func to be an nn.Module"):
+        ODEBlock(lambda t, x: -x, gradient="adjoint")
+
+
+def test_velocity_init_needs_order2():
+    with pytest.raises(ValueError, match="velocity_init needs order >= 2"):
+        ODEBlock(FirstOrder(), velocity_init=nn.Identity())
+
+
+def test_velocity_init_wrong_shape():
+    block = ODEBlock(Accel(order=3), order=3, velocity_init=nn.Identity())  # gives C, needs 2*C channels
+    with pytest.raises(ValueError, match=r"velocity_init\(x\) must return the 2 initial derivative"):
+        block(_x())
+
+
+def test_x_without_channel_dim_for_higher_order():
+    block = ODEBlock(Spring(1.0), order=2)
+    with pytest.raises(ValueError, match="x must have a channel dimension"):
+        block(torch.ones(4, dtype=F64))
+
+
+def test_state_channels_not_divisible_by_order():
+    block = ODEBlock(Accel(), order=2, return_state=True)
+    with pytest.raises(ValueError, match=r"channels \(dim 1, 5\) must be divisible by order=2"):
+        block.integrate_state(torch.ones(1, 5, 4, 4))
+
+
+def test_integer_x():
+    with pytest.raises(TypeError, match="x must be a floating point tensor"):
+        ODEBlock(FirstOrder())(torch.ones(1, C, 4, 4, dtype=torch.int64))
+
+
+def test_rhs_of_wrong_shape():
+    class Wrong(nn.Module):
+        def forward(self, t, x, v):
+            return torch.cat([x, v], dim=1)
+
+    with pytest.raises(RuntimeError, match=r"func must return x\^\(2\) shaped like x"):
+        ODEBlock(Wrong(), order=2)(_x())
