@@ -35,8 +35,11 @@ FALLBACK_ORDER = ("cnm-unet", "continuous-unet", "unet")
 
 def fused_backend_report() -> dict[str, Any]:
     """Which backend runs nmode_solve on CPU tensors here, and what exists."""
-    from odekern import backends
+    import importlib
 
+    # import_module, not "from odekern import backends": the package re-exports a function
+    # of that name which shadows the submodule.
+    backends = importlib.import_module("odekern.backends")
     report: dict[str, Any] = {"available": {k: (v if v is True else str(v)) for k, v in backends.backends().items()}}
     try:
         import odekern.ops.nmode_solve  # noqa: F401  (registers the op's backends)

@@ -136,6 +136,7 @@ class AdaptiveRK(Solver):
         coeffs, t_prev = None, t0
         n_accepted = n_rejected = 0
         last_dt = dt
+        last_ratio_non_finite = False
         for i in range(1, len(tv)):
             attempts = 0
             while tv[i] > t0f:
@@ -157,6 +158,9 @@ class AdaptiveRK(Solver):
                 dt = ctrl.clamp(dt)
                 t1f = t0f + dt
                 if not t1f > t0f:
+                    if last_ratio_non_finite:
+                        raise_non_finite(self.method, rhs.user_time(t0f), "every step beyond this time, down to "
+                                         f"dt={dt:.3e}, gave a non-finite error estimate (func returns NaN/inf?)")
                     raise RuntimeError(f"odeint(method={self.method!r}): step size underflow at "
                                        f"t={rhs.user_time(t0f):.6g} (dt={dt:.3e}); the problem may be stiff or "
                                        "its solution non-finite here")
@@ -170,7 +174,8 @@ class AdaptiveRK(Solver):
                                             t_end_stages=t_end)
                 ratio = float(stages.embedded_error_ratio(y0, y1, dt, tab.b_err, ks, self.rtol, self.atol,
                                                           self.norm, err_out=self._err_buffer))
-                if not math.isfinite(ratio):
+                last_ratio_non_finite = not math.isfinite(ratio)
+                if last_ratio_non_finite:
                     if dt <= ctrl.min_step:
                         raise_non_finite(self.method, rhs.user_time(t0f),
                                          f"a step of dt={dt:.3e} (min_step) gave a non-finite error estimate")

@@ -171,8 +171,10 @@ def _t(t: Any) -> str:
     return f"{t.item():.6g}" if isinstance(t, Tensor) and t.numel() == 1 else str(t)
 
 
-class NonFiniteError(FloatingPointError):
-    """The solution became NaN or inf during the solve (message names the time reached)."""
+class NonFiniteError(FloatingPointError, RuntimeError):
+    """The solution became NaN or inf during the solve (message names the time reached).
+
+    Also a ``RuntimeError``, so code that catches solver failures generically still catches it."""
 
 
 def raise_non_finite(method: str, t_reached: float, detail: str) -> None:

@@ -86,6 +86,9 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeL
 
     A fused kernel computes the RMS case in one pass without materialising the quotient.
     """
+    fused = _fused_error_ratio(y0, y1, (err,), (1.0,), 1.0, rtol, atol, norm)  # rk_stage (issue 4)
+    if fused is not None:
+        return fused
     tol = atol + rtol * torch.maximum(y0.abs(), y1.abs())
     return norm(err / tol).abs()
 
@@ -99,6 +102,9 @@ def embedded_error_ratio(y0: Tensor, y1: Tensor, dt: TimeLike, b_err: Sequence[f
     reduce (RMS) in a single pass; this reference does ``error_estimate`` then ``error_ratio``.
     The result never requires grad (it only steers the controller).
     """
+    fused = _fused_error_ratio(y0, y1, ks, b_err, dt, rtol, atol, norm)  # rk_stage (issue 4)
+    if fused is not None:
+        return fused
     with torch.no_grad():
         err = error_estimate(dt, b_err, ks, out=err_out)
         return error_ratio(err, y0, y1, rtol, atol, norm)
@@ -171,36 +177,34 @@ def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
     """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above."""
     from odekern.ops import rk_stage
 
-    if base is None or len(ks) == 0:
+    if len(ks) == 0:
         return None
     terms = _fused_terms(coeffs, ks, scale)
-    if terms is None or not terms[0] or rk_stage.fused_backend(base, terms[0]) is None:
+    if terms is None or not terms[0]:
+        return None
+    if rk_stage.fused_backend(base if base is not None else terms[0][0], terms[0]) is None:
         return None
     return rk_stage.rk_combine(base, terms[0], terms[1], out=out)
 
 
-def solution_and_error_ratio(y0: Tensor, dt: TimeLike, b: Sequence[float], b_err: Sequence[float],
-                             ks: Sequence[Tensor], rtol: TimeLike, atol: TimeLike,
-                             norm: Callable[[Tensor], Tensor],
-                             out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """``(step_solution(...), error_ratio(error_estimate(...), ...))`` of an embedded pair.
-
-    With the RMS norm and scalar tolerances this is one fused pass (the error is never
-    materialised and its norm is a reduction in the same loop); otherwise the three functions
-    above are composed.
-    """
+def _fused_error_ratio(y0: Tensor, y1: Tensor, ks: Sequence[Tensor], coeffs: Sequence[float],
+                       scale: TimeLike, rtol: TimeLike, atol: TimeLike,
+                       norm: Callable[[Tensor], Tensor]) -> Optional[Tensor]:
+    """RMS of ``scale * sum_j coeffs[j] ks[j] / (atol + rtol max(|y0|, |y1|))`` in one read-only
+    pass (the error is never materialised), or None to use the code above (another norm,
+    per-element tolerances, more than 7 terms, or only the reference backend fits)."""
     from odekern.ops import rk_stage
     from odekern.solvers.norms import rms_norm
 
-    scalar_tols = all(not isinstance(v, Tensor) or v.numel() == 1 for v in (rtol, atol))
-    fused_ok = norm is rms_norm and scalar_tols and 1 <= len(ks) <= 7
-    if fused_ok:
-        terms = _fused_terms([1.0] * len(ks), ks, dt)  # only to test dt's differentiability
-        fused_ok = terms is not None and rk_stage.fused_backend(y0, ks, error_pass=True) is not None
-    if not fused_ok:
-        y1 = step_solution(y0, dt, b, ks, out=out)
-        return y1, error_ratio(error_estimate(dt, b_err, ks), y0, y1, rtol, atol, norm)
-    h = float(dt)
-    y1, ratio = rk_stage.rk_final_error(y0, ks, [h * float(c) for c in b], [h * float(c) for c in b_err],
-                                        rtol=float(rtol), atol=float(atol), out=out)
-    return y1, ratio.to(y0.dtype)
+    if norm is not rms_norm:
+        return None
+    if any(isinstance(v, Tensor) and v.numel() != 1 for v in (rtol, atol)):
+        return None
+    with torch.no_grad():
+        h = float(scale)
+        kept = [(k.detach(), h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
+        if not 1 <= len(kept) <= 7 or rk_stage.fused_backend(y0, [k for k, _ in kept], error_pass=True) is None:
+            return None
+        ratio = rk_stage.rk_error_ratio(y0.detach(), y1.detach(), [k for k, _ in kept], [c for _, c in kept],
+                                        rtol=float(rtol), atol=float(atol))
+    return ratio.to(y0.dtype)

@@ -50,7 +50,7 @@ def test_clean_metrics_match_an_independent_recomputation(trained, tmp_path):
 
 
 def test_sweeps_are_complete_deterministic_and_written(trained, tmp_path):
-    cfg = _cfg(trained, tmp_path, noise=(0.0, 0.2, 0.4, 0.5), corruptions=tuple(CORRUPTIONS))
+    cfg = _cfg(trained, tmp_path, noise=(0.0, 0.2, 0.4, 0.5), corruptions=tuple(CORRUPTIONS), num_images=3)
     first = evaluation.run(cfg)
     second = evaluation.run(cfg)
     on_disk = json.loads((tmp_path / "eval.json").read_text())
@@ -139,3 +139,28 @@ def test_cli(trained, tmp_path, capsys):
         evaluation.main([str(tmp_path / "none.pt")])
     with pytest.raises(SystemExit, match="unknown corruption"):
         evaluation.main([str(trained), "--corruptions", "fog", "--no-progress"])
+
+
+def test_cnm_unet_duse_leaves_the_checkpoint_untouched(tmp_path):
+    options = {"encoder_widths": (4, 4, 8, 8, 8)}
+    try:
+        ckpt.build_network("cnm-unet", 3, 1, options, 32)
+    except NotImplementedError as exc:
+        pytest.skip(f"cnm-unet cannot be built yet: {exc}")
+    out = tmp_path / "cnm"
+    training.run(training.TrainConfig(**{**TINY, "model": "cnm-unet", "block": None, "model_options": options},
+                                      max_steps_per_epoch=1, out=str(out)))
+    before = (out / "last.pt").read_bytes()
+    results = evaluation.run(_cfg(out / "last.pt", tmp_path, duse=True, noise=(), corruptions=("contrast",),
+                                  num_images=2, solvers=("rk4",)))
+    assert results["duse"] == "on"
+    for entry in (results["clean"], results["corruptions"]["results"]["contrast"]):
+        assert entry["duse"]["num_images"] == 2 and 0.0 <= entry["duse"]["dice"] <= 1.0
+    assert results["solvers"]["rk4"]["num_images"] == 2
+    assert (out / "last.pt").read_bytes() == before
+    # adaptation must not leak: "contrast, source only" ran after DUSE on the clean images in
+    # the same process, and must equal the same setting scored by a run without DUSE
+    plain = evaluation.run(_cfg(out / "last.pt", tmp_path, noise=(), corruptions=("contrast",), num_images=2))
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert strip(plain["corruptions"]["results"]["contrast"]["source_only"]) == \
+        strip(results["corruptions"]["results"]["contrast"]["source_only"])

@@ -28,14 +28,15 @@ if backends.availability().get("triton") is not True:
 
 from odekern.ops.nmode_solve import triton as tri  # noqa: E402 - after the availability check
 
-DTYPES = [torch.float32, torch.float64]
 SHAPE = (2, 3, 5, 7)
-# (method, solve kwargs, t1). rk4 at dt=0.05 over [0, 1] and dopri5 on [0, 0.05] with
-# rtol 1e-7, atol 1e-9 are the issue's reference settings; the others are short and coarse.
+# (method, solve kwargs, t1). dopri5 on [0, 0.05] with rtol 1e-7, atol 1e-9 is CNM-UNet's
+# setting; fixed grids are short (the interpreter's cost is per step), except in
+# test_rk4_reference_setting_matches_torchdiffeq (dt = 0.05 over [0, 1]). Grids whose last
+# step is clipped (0.35 / 0.1, 1.0 / 0.3) are included on purpose.
 CASES = {
     "euler": ("euler", {"step_size": 0.1}, 0.35),
     "midpoint": ("midpoint", {"step_size": 0.1}, 0.3),
-    "rk4": ("rk4", {"step_size": 0.05}, 1.0),
+    "rk4": ("rk4", {"step_size": 0.05}, 0.2),
     "rk4_classic": ("rk4_classic", {"step_size": 0.3}, 1.0),
     "dopri5_global": ("dopri5", {"control": "global", "rtol": 1e-7, "atol": 1e-9}, 0.05),
     "dopri5_per_element": ("dopri5", {"control": "per_element", "rtol": 1e-7, "atol": 1e-9}, 0.05),
@@ -55,8 +56,11 @@ def _solve(backend, y0, g, case, **extra):
 
 # ----------------------------------------------------------------------------------- forward
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", list(CASES))
+FWD_PARAMS = ([(c, torch.float64) for c in CASES]
+              + [(c, torch.float32) for c in ("rk4", "dopri5_global", "dopri5_per_element")])
+
+
+@pytest.mark.parametrize("case,dtype", FWD_PARAMS, ids=lambda p: str(p))
 def test_forward_and_f_outputs_match_reference(case, dtype):
     y0, g = _inputs(dtype)
     got = _solve("triton", y0, g, case, return_f=True)
@@ -76,7 +80,9 @@ def test_direct_forward_stats_match_reference(case):
     r_y1, r_f0, r_f1, r_stats = reference.forward(y0, g, 0.0, t1, cfg, True)
     assert stats.dtype == torch.float64 and stats.device.type == "cpu"
     assert stats[:2].tolist() == r_stats[:2].tolist(), "accepted/rejected step counts differ"
-    assert_close(stats, r_stats)
+    # Step sizes come from the error estimate, a difference of nearly equal stage sums
+    # (~rtol of the state): last-bit differences in f grow by ~1/rtol there, hence 1e-6.
+    assert_close(stats, r_stats, rtol=1e-6, atol=0.0)
     for a, b in zip((y1, f0, f1), (r_y1, r_f0, r_f1)):
         assert_close(a, b)
     y1_nof, e0, e1, _ = tri.forward(y0, g, 0.0, t1, cfg, False)
@@ -89,14 +95,14 @@ def test_global_control_counts_steps_like_torchdiffeq():
     torchdiffeq = pytest.importorskip("torchdiffeq", reason="torchdiffeq not installed")
     y0, g = _inputs(torch.float64, g_shape=SHAPE)
     cfg = NmodeConfig(method="dopri5", control="global", rtol=1e-7, atol=1e-9)
-    y1, _, _, stats = tri.forward(y0.reshape(-1), g.reshape(-1), 0.0, 1.0, cfg, False)
+    y1, _, _, stats = tri.forward(y0.reshape(-1), g.reshape(-1), 0.0, 0.3, cfg, False)
     calls = []
 
     def f(t, y):
         calls.append(1)
         return reference.rhs(y, g)
 
-    want = torchdiffeq.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64),
+    want = torchdiffeq.odeint(f, y0, torch.tensor([0.0, 0.3], dtype=torch.float64),
                               method="dopri5", rtol=1e-7, atol=1e-9)[-1]
     assert_close(y1.view(SHAPE), want, kind="cross")
     # torchdiffeq: 2 evaluations for the initial step, then 6 per attempt.
@@ -104,7 +110,11 @@ def test_global_control_counts_steps_like_torchdiffeq():
 
 
 def test_odd_sizes_empty_and_single_element():
-    for n in (0, 1, 129):
+    for case in ("rk4_classic", "dopri5_global", "dopri5_per_element"):
+        empty = randn(0, dtype=torch.float64)
+        out = _solve("triton", empty, empty.clone(), case)
+        assert out.shape == (0,) and out.dtype == torch.float64
+    for n in (1, 129):
         y0 = randn(n, dtype=torch.float64, seed=5)
         g = randn(n, dtype=torch.float64, seed=6)
         for case in ("rk4_classic", "dopri5_global", "dopri5_per_element"):
@@ -121,18 +131,18 @@ def test_non_contiguous_input_and_full_g():
     assert_close(got, _solve("reference", y0, g, "rk4"))
 
 
-@pytest.mark.parametrize("case", ["rk4", "dopri5_global"])
-def test_forward_matches_torchdiffeq(case):
+def test_rk4_reference_setting_matches_torchdiffeq():
+    """The issue's fixed-step setting: rk4 (3/8 rule), dt = 0.05 over [0, 1], with f outputs."""
     torchdiffeq = pytest.importorskip("torchdiffeq", reason="torchdiffeq not installed")
-    method, kw, t1 = CASES[case]
     y0, g = _inputs(torch.float64)
-    got = _solve("triton", y0, g, case)
-    options = {"step_size": kw["step_size"]} if "step_size" in kw else {}
-    tol = {k: kw[k] for k in ("rtol", "atol") if k in kw}
+    y1, f0, f1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=0.05,
+                                     backend="triton", return_f=True)
     want = torchdiffeq.odeint(lambda t, y: reference.rhs(y, g), y0,
-                              torch.tensor([0.0, t1], dtype=torch.float64), method=method,
-                              options=options, **tol)[-1]
-    assert_close(got, want, kind="cross")
+                              torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4",
+                              options={"step_size": 0.05})[-1]
+    assert_close(y1, want, kind="cross")
+    assert_close(f0, reference.rhs(y0, g), kind="cross")
+    assert_close(f1, reference.rhs(want, g), kind="cross")
 
 
 # --------------------------------------------------------------------------------- gradients
@@ -145,9 +155,13 @@ def _grads(backend, case, dtype, gradient, g_shape=(1, 3, 5, 7)):
     return torch.autograd.grad(loss, (y0, g))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("gradient", ["exact", "adjoint"])
-@pytest.mark.parametrize("case", list(CASES))
+GRAD_PARAMS = ([(c, "exact", torch.float64) for c in CASES]
+               + [(c, "adjoint", torch.float64) for c in ("euler", "rk4", "dopri5_global",
+                                                          "dopri5_per_element")]
+               + [("dopri5_global", "exact", torch.float32), ("rk4_classic", "adjoint", torch.float32)])
+
+
+@pytest.mark.parametrize("case,gradient,dtype", GRAD_PARAMS, ids=lambda p: str(p))
 def test_gradients_match_reference(case, gradient, dtype):
     """grad wrt y0 and the broadcast g (summed over the batch), through y1, f0 and f1."""
     got = _grads("triton", case, dtype, gradient)

@@ -20,6 +20,20 @@
 #include <cmath>
 #endif
 
+// Hot per-element functions must inline into the vectorised CPU loops (a call inside
+// `#pragma omp simd` stops vectorisation) and their stage loops must unroll so the tableau
+// coefficients fold to constants.
+#if defined(ODEKERN_DEVICE_COMPILE)
+#define NMODE_HOT ODEKERN_HD
+#define NMODE_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define NMODE_HOT inline __attribute__((always_inline))
+#define NMODE_UNROLL _Pragma("GCC unroll 16")
+#else
+#define NMODE_HOT inline
+#define NMODE_UNROLL
+#endif
+
 namespace odekern {
 namespace nmode {
 
@@ -46,13 +60,13 @@ template <> struct TrigConst<double> {
 };
 
 // sin(r), cos(r) for |r| <= pi/4.
-ODEKERN_HD void sincos_kernel(float r, float* s, float* c) {
+NMODE_HOT void sincos_kernel(float r, float* s, float* c) {
   const float r2 = r * r;
   *s = r + r * r2 * (-1.0f / 6 + r2 * (1.0f / 120 + r2 * (-1.0f / 5040 + r2 * (1.0f / 362880))));
   *c = 1.0f - 0.5f * r2 +
        r2 * r2 * (1.0f / 24 + r2 * (-1.0f / 720 + r2 * (1.0f / 40320 + r2 * (-1.0f / 3628800))));
 }
-ODEKERN_HD void sincos_kernel(double r, double* s, double* c) {
+NMODE_HOT void sincos_kernel(double r, double* s, double* c) {
   const double r2 = r * r;
   *s = r + r * r2 *
                (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 +
@@ -67,7 +81,7 @@ ODEKERN_HD void sincos_kernel(double r, double* s, double* c) {
 // sin(x) and cos(x) together (one range reduction). Accurate for |x| < ~1e5 (float) and
 // ~1e9 (double); the nmODE state stays far inside that.
 template <typename T>
-ODEKERN_HD void fast_sincos(T x, T* s_out, T* c_out) {
+NMODE_HOT void fast_sincos(T x, T* s_out, T* c_out) {
   using C = TrigConst<T>;
   const T kf = (x * C::two_over_pi + C::magic) - C::magic;
   const int q = static_cast<int>(kf);
@@ -86,7 +100,7 @@ ODEKERN_HD void fast_sincos(T x, T* s_out, T* c_out) {
 }
 
 template <typename T>
-ODEKERN_HD T fast_cos(T x) {
+NMODE_HOT T fast_cos(T x) {
   T s, c;
   fast_sincos(x, &s, &c);
   return c;
@@ -96,13 +110,13 @@ ODEKERN_HD T fast_cos(T x) {
 // The right-hand side and its partial derivatives.
 // ------------------------------------------------------------------------------------------
 template <typename T>
-ODEKERN_HD T rhs(T y, T g) {
+NMODE_HOT T rhs(T y, T g) {
   return -y + (T(0.5) - T(0.5) * fast_cos(T(2) * (y + g)));
 }
 
 // f, and s2 = sin(2(y+g)) = df/dg (df/dy = s2 - 1), from one sincos.
 template <typename T>
-ODEKERN_HD T rhs_and_sin2(T y, T g, T* s2) {
+NMODE_HOT T rhs_and_sin2(T y, T g, T* s2) {
   T s, c;
   fast_sincos(T(2) * (y + g), &s, &c);
   *s2 = s;
@@ -180,14 +194,14 @@ template <> struct Tableau<kDopri5> {
 // linear in the stages: y(theta) = y0 + dt * sum_j w_j(theta) k_j. These are the w_j, so the
 // interpolated last step is just an RK step with other weights (and its reverse mode too).
 template <typename T>
-ODEKERN_HD void dopri5_dense_weights(double theta, T w[7]) {
+NMODE_HOT void dopri5_dense_weights(double theta, T w[7]) {
   const double x = theta, x2 = x * x, x3 = x2 * x, x4 = x3 * x;
   const double w_y1 = -5 * x2 + 14 * x3 - 8 * x4;
   const double w_mid = 16 * x2 - 32 * x3 + 16 * x4;
   const double w_f0 = x - 4 * x2 + 5 * x3 - 2 * x4;
   const double w_f1 = x2 - 3 * x3 + 2 * x4;
   using D = Tableau<kDopri5>;
-#pragma unroll
+NMODE_UNROLL
   for (int j = 0; j < 7; ++j) {
     w[j] = T(w_y1 * D::b(j) + w_mid * D::mid(j) + (j == 0 ? w_f0 : 0.0) + (j == 6 ? w_f1 : 0.0));
   }
@@ -195,50 +209,60 @@ ODEKERN_HD void dopri5_dense_weights(double theta, T w[7]) {
 
 // Step weights: the tableau's b, or (dopri5, last step) the dense-output weights at theta.
 template <typename T, int M>
-ODEKERN_HD void step_weights(double theta, T w[Tableau<M>::S]) {
+NMODE_HOT void step_weights(double theta, T w[Tableau<M>::S]) {
   if (M == kDopri5 && theta != 1.0) {
     dopri5_dense_weights<T>(theta, w);
   } else {
-#pragma unroll
+NMODE_UNROLL
     for (int j = 0; j < Tableau<M>::S; ++j) w[j] = T(Tableau<M>::b(j));
   }
 }
 
 // ------------------------------------------------------------------------------------------
-// One RK step of the scalar nmODE, forward. k1 = f(y) is passed in (FSAL reuse); k[] gets
-// all stages; the return value is y + dt * sum_j w_j k_j. Stage S-1 of dopri5 (the FSAL
-// stage) is evaluated only when kWithLast (error estimate / dense output need it).
+// One RK step of the scalar nmODE, forward. k1 = f(y) is passed in (FSAL reuse); the return
+// value is y + dt * sum_j w_j k_j. For dopri5 with kWithLast the FSAL stage is evaluated too
+// and the local error estimate and that stage are written to *err and *klast (the stages stay
+// in a local array: handing an array out of a function called in an omp simd loop defeats
+// GCC's vectoriser).
 // ------------------------------------------------------------------------------------------
+template <typename T>
+NMODE_HOT T dopri5_error(T dt, const T* k);
+
 template <typename T, int M, bool kWithLast = true>
-ODEKERN_HD T rk_step(T y, T g, T dt, T k1, const T* w, T* k) {
+NMODE_HOT T rk_step(T y, T g, T dt, T k1, const T* w, T* err = nullptr, T* klast = nullptr) {
   using Tab = Tableau<M>;
   constexpr int S = (M == kDopri5 && !kWithLast) ? Tab::S - 1 : Tab::S;
+  T k[S];
   k[0] = k1;
-#pragma unroll
+NMODE_UNROLL
   for (int i = 1; i < S; ++i) {
     T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
     for (int j = 0; j < i; ++j) acc += T(Tab::a(i, j)) * k[j];
     k[i] = rhs(y + dt * acc, g);
   }
   T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
   for (int j = 0; j < S; ++j) acc += w[j] * k[j];
+  if (M == kDopri5 && kWithLast && err != nullptr) {
+    *err = dopri5_error(dt, k);
+    *klast = k[S - 1];
+  }
   return y + dt * acc;
 }
 
 // dopri5 local error estimate from the stages of rk_step<..., true>.
 template <typename T>
-ODEKERN_HD T dopri5_error(T dt, const T* k) {
+NMODE_HOT T dopri5_error(T dt, const T* k) {
   T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
   for (int j = 0; j < 7; ++j) acc += T(Tableau<kDopri5>::e(j)) * k[j];
   return dt * acc;
 }
 
 // Error ratio of one element as torchdiffeq scales it: err / (atol + rtol * max(|y0|, |y1|)).
 template <typename T>
-ODEKERN_HD T error_ratio(T err, T y0, T y1, T rtol, T atol) {
+NMODE_HOT T error_ratio(T err, T y0, T y1, T rtol, T atol) {
   const T ay0 = y0 < T(0) ? -y0 : y0, ay1 = y1 < T(0) ? -y1 : y1;
   return err / (atol + rtol * (ay0 > ay1 ? ay0 : ay1));
 }
@@ -249,29 +273,29 @@ ODEKERN_HD T error_ratio(T err, T y0, T y1, T rtol, T atol) {
 // Costs S sincos (the forward stages and their derivatives come from one reduction each).
 // ------------------------------------------------------------------------------------------
 template <typename T, int M, bool kWithLast = true>
-ODEKERN_HD void rk_step_vjp(T y, T g, T dt, const T* w, T ybar1, T* ybar0, T* gbar) {
+NMODE_HOT void rk_step_vjp(T y, T g, T dt, const T* w, T ybar1, T* ybar0, T* gbar) {
   using Tab = Tableau<M>;
   // dopri5's FSAL stage only matters when its weight is nonzero (the interpolated last step).
   constexpr int S = (M == kDopri5 && !kWithLast) ? Tab::S - 1 : Tab::S;
   T k[S], s2[S];
-#pragma unroll
+NMODE_UNROLL
   for (int i = 0; i < S; ++i) {
     T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
     for (int j = 0; j < i; ++j) acc += T(Tab::a(i, j)) * k[j];
     k[i] = rhs_and_sin2(y + dt * acc, g, &s2[i]);
   }
   // kbar_j = dt * w_j * ybar1 + sum_{i > j} dt * a(i, j) * sbar_i;  sbar_i = kbar_i * f_y(s_i).
   T kbar[S];
-#pragma unroll
+NMODE_UNROLL
   for (int j = 0; j < S; ++j) kbar[j] = dt * w[j] * ybar1;
   T ybar = ybar1, gb = T(0);
-#pragma unroll
+NMODE_UNROLL
   for (int i = S - 1; i >= 0; --i) {
     const T sbar = kbar[i] * (s2[i] - T(1));
     gb += kbar[i] * s2[i];
     ybar += sbar;
-#pragma unroll
+NMODE_UNROLL
     for (int j = 0; j < i; ++j) kbar[j] += dt * T(Tab::a(i, j)) * sbar;
   }
   *ybar0 = ybar;
@@ -354,24 +378,24 @@ ODEKERN_HD void sys_rk_step(const Sys& sys, const T* y, T dt, const T* k1, const
                             T (*k)[Sys::D], T* y1) {
   using Tab = Tableau<M>;
   constexpr int D = Sys::D;
-#pragma unroll
+NMODE_UNROLL
   for (int d = 0; d < D; ++d) k[0][d] = k1[d];
-#pragma unroll
+NMODE_UNROLL
   for (int i = 1; i < Tab::S; ++i) {
     T yi[D];
-#pragma unroll
+NMODE_UNROLL
     for (int d = 0; d < D; ++d) {
       T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
       for (int j = 0; j < i; ++j) acc += T(Tab::a(i, j)) * k[j][d];
       yi[d] = y[d] + dt * acc;
     }
     sys.rhs(yi, k[i]);
   }
-#pragma unroll
+NMODE_UNROLL
   for (int d = 0; d < D; ++d) {
     T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
     for (int j = 0; j < Tab::S; ++j) acc += w[j] * k[j][d];
     y1[d] = y[d] + dt * acc;
   }
@@ -390,7 +414,7 @@ ODEKERN_HD void sys_solve_list(const Sys& sys, T* x, const double* dts, int n, d
     T k1[D], k[S][D], x1[D];
     sys.rhs(x, k1);
     sys_rk_step<T, M>(sys, x, T(dts[i]), k1, i == n - 1 ? wl : w, k, x1);
-#pragma unroll
+NMODE_UNROLL
     for (int d = 0; d < D; ++d) x[d] = x1[d];
   }
 }
@@ -419,7 +443,7 @@ ODEKERN_HD int sys_solve_dopri5(const Sys& sys, T* x, double t_end, double rtol,
     h = *h_start;
   } else {
     double d0 = 0, d1 = 0;
-#pragma unroll
+NMODE_UNROLL
     for (int d = 0; d < D; ++d) {
       const double scale = atol + fabs(double(x[d])) * rtol;
       d0 = fmax(d0, fabs(double(x[d])) / scale);
@@ -427,11 +451,11 @@ ODEKERN_HD int sys_solve_dopri5(const Sys& sys, T* x, double t_end, double rtol,
     }
     const double h0 = initial_step_h0(d0, d1);
     T x1[D], f1[D];
-#pragma unroll
+NMODE_UNROLL
     for (int d = 0; d < D; ++d) x1[d] = x[d] + T(h0) * f[d];
     sys.rhs(x1, f1);
     double d2 = 0;
-#pragma unroll
+NMODE_UNROLL
     for (int d = 0; d < D; ++d) {
       const double scale = atol + fabs(double(x[d])) * rtol;
       d2 = fmax(d2, fabs(double(f1[d] - f[d])) / scale / h0);
@@ -451,10 +475,10 @@ ODEKERN_HD int sys_solve_dopri5(const Sys& sys, T* x, double t_end, double rtol,
     T k[7][D], x1[D];
     sys_rk_step<T, kDopri5>(sys, x, T(dt), f, w, k, x1);
     double ratio = 0;
-#pragma unroll
+NMODE_UNROLL
     for (int d = 0; d < D; ++d) {
       T e = T(0);
-#pragma unroll
+NMODE_UNROLL
       for (int j = 0; j < 7; ++j) e += T(Tableau<kDopri5>::e(j)) * k[j][d];
       e = T(dt) * e;
       const T r = error_ratio(e, x[d], x1[d], T(rtol), T(atol));
@@ -468,17 +492,17 @@ ODEKERN_HD int sys_solve_dopri5(const Sys& sys, T* x, double t_end, double rtol,
         T wl[7];
         step_weights<T, kDopri5>(theta, wl);
         if (obs != nullptr) (*obs)(x, dt, theta);
-#pragma unroll
+NMODE_UNROLL
         for (int d = 0; d < D; ++d) {
           T acc = T(0);
-#pragma unroll
+NMODE_UNROLL
           for (int j = 0; j < 7; ++j) acc += wl[j] * k[j][d];
           x[d] = x[d] + T(dt) * acc;
         }
         break;
       }
       if (obs != nullptr && !(*obs)(x, dt, 1.0)) break;  // observer may stop early (replay)
-#pragma unroll
+NMODE_UNROLL
       for (int d = 0; d < D; ++d) {
         x[d] = x1[d];
         f[d] = k[6][d];
@@ -513,9 +537,9 @@ struct ListSteps {
 template <typename T, int M>
 ODEKERN_HD T step_fwd(T y, T g, double dt, double theta) {
   constexpr int S = Tableau<M>::S;
-  T w[S], k[S];
+  T w[S];
   step_weights<T, M>(theta, w);
-  return rk_step<T, M, true>(y, g, T(dt), rhs(y, g), w, k);
+  return rk_step<T, M, true>(y, g, T(dt), rhs(y, g), w);
 }
 
 template <typename T, int M>
@@ -679,7 +703,7 @@ ODEKERN_HD int adjoint_solve(T yT, T g, double t_span, const double* dts, long n
 
 // dL/dy0, dL/dg contributions of an f output: f = f(y, g) with cotangent fbar.
 template <typename T>
-ODEKERN_HD void rhs_vjp(T y, T g, T fbar, T* ybar, T* gbar) {
+NMODE_HOT void rhs_vjp(T y, T g, T fbar, T* ybar, T* gbar) {
   T s2;
   rhs_and_sin2(y, g, &s2);
   *ybar += fbar * (s2 - T(1));

@@ -50,13 +50,17 @@ def _triton():
 def _register() -> None:
     register(COMBINE, "reference", _reference_combine_out)
     register(FINAL_ERROR, "reference", _reference_final_error_out)
+    register(ERROR_RATIO, "reference", _reference_error_ratio)
     for name in ("cpu", "cuda"):
         register(COMBINE, name, cpp.combine_out, cpp.supports)
         register(FINAL_ERROR, name, cpp.final_error_out, cpp.supports_error)
+        register(ERROR_RATIO, name, cpp.error_ratio, cpp.supports_error)
     register(COMBINE, "triton", lambda *a: _triton().combine_out(*a),
-                      lambda **kw: _triton().supports(**kw))
+             lambda **kw: _triton().supports(**kw))
     register(FINAL_ERROR, "triton", lambda *a: _triton().final_error_out(*a),
-                      lambda **kw: _triton().supports_error(**kw))
+             lambda **kw: _triton().supports_error(**kw))
+    register(ERROR_RATIO, "triton", lambda *a: _triton().error_ratio(*a),
+             lambda **kw: _triton().supports_error(**kw))
 
 
 _register()

@@ -1,0 +1,173 @@
+"""Every bad input raises a clear exception: type AND message (naming the argument) asserted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from odekern import odeint
+from odekern.solvers import NonFiniteError
+from odekern.solvers.checks import check_params, check_state_matches_time
+
+F64 = torch.float64
+
+
+def _y0():
+    return torch.ones(2, 3, dtype=F64)
+
+
+def _t():
+    return torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+
+
+def _decay(t, y):
+    return -y
+
+
+@pytest.mark.parametrize("t, exc, match", [
+    ([0.0, 1.0], TypeError, r"t must be a torch.Tensor of time points, got list"),
+    (torch.tensor([0, 1]), TypeError, r"t must be a floating point tensor, got dtype torch.int64"),
+    (torch.zeros(2, 2, dtype=F64), ValueError, r"t must be 1-D .*got shape \(2, 2\)"),
+    (torch.zeros(0, dtype=F64), ValueError, r"t must contain at least one time point"),
+    (torch.tensor([0.0, float("nan")], dtype=F64), ValueError, r"t must be finite"),
+    (torch.tensor([0.0, 0.5, 0.2], dtype=F64), ValueError,
+     r"t must be strictly increasing or strictly decreasing, but t\[1\]=0.5 and t\[2\]=0.2"),
+    (torch.tensor([0.0, 0.5, 0.5], dtype=F64), ValueError, r"t must be strictly increasing or strictly decreasing"),
+], ids=["list", "int", "2d", "empty", "nan", "non-monotonic", "repeated"])
+def test_bad_t(t, exc, match):
+    with pytest.raises(exc, match=match):
+        odeint(_decay, _y0(), t)
+
+
+@pytest.mark.parametrize("y0, exc, match", [
+    ([1.0, 2.0], TypeError, r"y0 must be a torch.Tensor or a tuple of tensors, got list"),
+    (torch.ones(3, dtype=torch.int32), TypeError, r"y0 must be a floating point tensor .*got dtype torch.int32"),
+    (torch.tensor([1.0, float("inf")], dtype=F64), ValueError, r"y0 must be finite, but it contains NaN or inf"),
+    (torch.tensor([float("nan")], dtype=F64), ValueError, r"y0 must be finite"),
+    ((torch.ones(2, dtype=F64), torch.ones(2, dtype=torch.int64)), TypeError, r"y0\[1\] must be a floating point"),
+    ((), ValueError, r"y0 must be a tensor or a non-empty tuple"),
+], ids=["list", "int", "inf", "nan", "tuple-int", "tuple-empty"])
+def test_bad_y0(y0, exc, match):
+    with pytest.raises(exc, match=match):
+        odeint(_decay, y0, _t())
+
+
+def test_dtype_mismatch_between_y0_and_t():
+    with pytest.raises(TypeError, match=r"y0 and t must have the same dtype, got y0 torch.float32 and t torch.float64"):
+        odeint(_decay, torch.ones(3), _t())
+
+
+def test_device_mismatch_between_y0_and_t():
+    # No second real device on this machine: the meta device stands in for "another device".
+    with pytest.raises(ValueError, match=r"y0 and t must be on the same device, got y0 on cpu and t on meta"):
+        check_state_matches_time(_y0(), torch.empty(3, dtype=F64, device="meta"))
+
+
+def test_param_dtype_and_device_mismatch():
+    with pytest.raises(TypeError, match=r"params\[1\] has dtype torch.float32 but y0 has dtype torch.float64"):
+        check_params([torch.ones(2, dtype=F64), torch.ones(2)], _y0())
+    with pytest.raises(ValueError, match=r"params\[0\] is on meta but y0 is on cpu"):
+        check_params([torch.ones(2, dtype=F64, device="meta")], _y0())
+
+
+@pytest.mark.parametrize("step_size", [0.0, -0.1, float("nan")])
+def test_step_size_must_be_positive(step_size):
+    with pytest.raises(ValueError, match=r"options\['step_size'\] must be > 0"):
+        odeint(_decay, _y0(), _t(), method="rk4", options={"step_size": step_size})
+
+
+def test_step_size_wrong_type():
+    with pytest.raises(TypeError, match=r"options\['step_size'\] must be a positive number, got str"):
+        odeint(_decay, _y0(), _t(), method="euler", options={"step_size": "0.1"})
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"method 'rk45' is not a known solver; valid methods: 'dopri5', 'euler', "
+                                         r"'explicit_adams', 'implicit_adams', 'midpoint', 'rk4', 'rk4_classic'"):
+        odeint(_decay, _y0(), _t(), method="rk45")
+
+
+@pytest.mark.parametrize("method, option", [("rk4", "max_num_steps"), ("dopri5", "step_size"),
+                                            ("euler", "max_order"), ("explicit_adams", "max_iters"),
+                                            ("dopri5", "bogus")])
+def test_unknown_option_lists_valid_ones(method, option):
+    with pytest.raises(ValueError, match=rf"options '{option}' not recognised by method '{method}'; valid options: "):
+        odeint(_decay, _y0(), _t(), method=method, options={option: 1})
+
+
+@pytest.mark.parametrize("method, options, exc, match", [
+    ("rk4", {"step_size": 0.1, "grid_constructor": lambda f, y, t: t}, ValueError, r"mutually exclusive"),
+    ("rk4", {"interp": "quadratic"}, ValueError, r"options\['interp'\] must be 'linear' or 'cubic'"),
+    ("implicit_adams", {"max_order": 13}, ValueError, r"options\['max_order'\] must be an int in \[1, 12\]"),
+    ("implicit_adams", {"max_iters": 0}, ValueError, r"options\['max_iters'\] must be an int >= 1"),
+    ("dopri5", {"max_num_steps": 0}, ValueError, r"options\['max_num_steps'\] must be an int >= 1"),
+    ("dopri5", {"min_step": 0.5, "max_step": 0.1}, ValueError, r"options\['min_step'\] \(0.5\) must not exceed"),
+    ("dopri5", {"first_step": -1.0}, ValueError, r"options\['first_step'\] must be > 0"),
+    ("dopri5", {"on_max_steps": "ignore"}, ValueError, r"options\['on_max_steps'\] must be one of \['raise', 'return'\]"),
+    ("dopri5", {"norm": "l1"}, ValueError, r"options\['norm'\] must be a callable or one of \['rms', 'max', 'per_sample'\]"),
+    ("rk4", {"norm": "per_sample"}, ValueError, r"options\['norm'\]='per_sample' only applies to adaptive methods"),
+    ("dopri5", {"step_t": [0.3], "jump_t": [0.3]}, ValueError, r"must not share any time point"),
+], ids=["exclusive", "interp", "max_order", "max_iters", "max_num_steps", "min>max", "first_step", "on_max_steps",
+        "norm", "per_sample-fixed", "step_t-jump_t"])
+def test_bad_option_values(method, options, exc, match):
+    with pytest.raises(exc, match=match):
+        odeint(_decay, _y0(), _t(), method=method, options=options)
+
+
+@pytest.mark.parametrize("name, value, exc, match", [
+    ("rtol", -1e-3, ValueError, r"rtol must be finite and >= 0, got -0.001"),
+    ("atol", float("inf"), ValueError, r"atol must be finite and >= 0"),
+    ("rtol", "tight", TypeError, r"rtol must be a float or a tensor, got str"),
+    ("atol", torch.tensor(1e-6, requires_grad=True), ValueError, r"atol must not require grad"),
+])
+def test_bad_tolerances(name, value, exc, match):
+    with pytest.raises(exc, match=match):
+        odeint(_decay, _y0(), _t(), **{name: value})
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "implicit_adams"])
+def test_rhs_returning_wrong_shape(method):
+    with pytest.raises(ValueError, match=r"func\(t, y\) returned shape \(3,\) but the state y has shape \(2, 3\)"):
+        odeint(lambda t, y: y[0], _y0(), _t(), method=method)
+
+
+def test_rhs_returning_wrong_dtype_or_type():
+    with pytest.raises(TypeError, match=r"func\(t, y\) returned dtype torch.float32 but the state y has dtype "
+                                        r"torch.float64"):
+        odeint(lambda t, y: y.float(), _y0(), _t())
+    with pytest.raises(TypeError, match=r"func\(t, y\) must return a torch.Tensor \(dy/dt\), got float"):
+        odeint(lambda t, y: 1.0, _y0(), _t(), method="euler")
+    with pytest.raises(TypeError, match=r"func\(t, y\) must return a tuple of 2 tensors for a tuple state y0"):
+        odeint(lambda t, y: y[0], (torch.ones(2, dtype=F64), torch.ones(1, dtype=F64)), _t())
+
+
+# f is NaN for t > 0.5. With step 0.125, Euler and Adams-Bashforth evaluate f only at step starts,
+# so the first NaN comes from the step starting at 0.625; RK4 / the corrector evaluate at the step
+# end, so it comes from the step starting at 0.5; dopri5 closes in on 0.5 until dt underflows.
+NAN_REACHED = {"dopri5": "0.5", "euler": "0.625", "rk4": "0.5", "explicit_adams": "0.625", "implicit_adams": "0.5"}
+
+
+@pytest.mark.parametrize("method", sorted(NAN_REACHED))
+def test_non_finite_mid_solve_names_the_time(method):
+    def blows_up(t, y):
+        return torch.where(t > 0.5, torch.full_like(y, float("nan")), -y)
+
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=F64)
+    reached = NAN_REACHED[method].replace(".", r"\.")
+    with pytest.raises(NonFiniteError, match=rf"odeint\(method='{method}'\): the solution became non-finite "
+                                             rf"\(NaN or inf\) after t={reached}:"):
+        odeint(blows_up, _y0(), t, method=method, options=None if method == "dopri5" else {"step_size": 0.125})
+    # NonFiniteError is a RuntimeError too, so generic solver-failure handlers catch it.
+    assert issubclass(NonFiniteError, RuntimeError)
+
+
+def test_overflow_to_inf_is_reported_with_time():
+    # y' = y^2 from y0 = 1 with Euler steps of 0.1: the iterates overflow to inf in finitely many
+    # steps. Independent reference: the same recursion in Python floats.
+    y, k = 1.0, 0
+    while y * y < float("inf") and y + 0.1 * y * y < float("inf"):
+        y, k = y + 0.1 * y * y, k + 1
+    t_last_finite = round(0.1 * k, 10)
+    with pytest.raises(NonFiniteError, match=rf"after t={t_last_finite:g}: the step to t="):
+        odeint(lambda t, y: y * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 5.0], dtype=F64),
+               method="euler", options={"step_size": 0.1})
