@@ -24,10 +24,10 @@ import odekern
 from odekern.backends import BACKEND_NAMES, availability, registered, use_backend
 
 SHAPE = (4, 32, 64, 64)
-ROUNDS = 3
-DOPRI5_TOL = dict(rtol=1e-3, atol=1e-5)
+ROUNDS = 2  # + the untimed nfe-counting call, which doubles as warm-up: ~2 min in all
+DOPRI5_TOL = {"rtol": 1e-3, "atol": 1e-5}
 METHODS = {
-    "rk4": dict(method="rk4", options={"step_size": 0.25}),
+    "rk4": {"method": "rk4", "options": {"step_size": 0.25}},
     "dopri5": dict(method="dopri5", **DOPRI5_TOL),
 }
 MODES = ("fwd", "fwd+bwd:backprop", "fwd+bwd:adjoint")
@@ -118,7 +118,16 @@ def test_odeint_conv(run_bench, benchmark, provider, method, mode):
     run = _runner(provider, method, mode, func, y0, t)
     run()  # one call to count RHS evaluations (and to fail fast before timing)
     nfe, func.nfe = func.nfe, 0
-    run_bench(run, provider=provider, rounds=ROUNDS, method=method, mode=mode, shape=list(SHAPE), nfe=nfe)
+    run_bench(
+        run,
+        provider=provider,
+        rounds=ROUNDS,
+        warmup_rounds=0,
+        method=method,
+        mode=mode,
+        shape=list(SHAPE),
+        nfe=nfe,
+    )
     _record_ratio(benchmark, (method, mode, "conv"), provider)
 
 
@@ -159,5 +168,14 @@ def test_torchode_dopri5_conv(run_bench, benchmark, mode):
     run()
     nfe, func.nfe = func.nfe, 0
     # torchode steps every sample separately (its own controller): nfe counts batched calls.
-    run_bench(run, provider="torchode", rounds=ROUNDS, method="dopri5", mode=mode, shape=list(SHAPE), nfe=nfe)
+    run_bench(
+        run,
+        provider="torchode",
+        rounds=ROUNDS,
+        warmup_rounds=0,
+        method="dopri5",
+        mode=mode,
+        shape=list(SHAPE),
+        nfe=nfe,
+    )
     _record_ratio(benchmark, ("dopri5", mode, "conv"), "torchode")

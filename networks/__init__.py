@@ -4,4 +4,4 @@ CNM-UNet with DUSE test-time adaptation. ``build_model`` is the entry point."""
 from networks.duse import DUSEConfig
 from networks.models import MODEL_NAMES, build_model
 
-__all__ = ["DUSEConfig", "MODEL_NAMES", "build_model"]
+__all__ = ["MODEL_NAMES", "DUSEConfig", "build_model"]

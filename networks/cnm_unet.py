@@ -44,8 +44,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.duse import DUSEConfig, DUSEState, adapt_images
-from networks.layers import (activation, check_channel_list, check_images, check_positive_int,
-                             image_size_pair)
+from networks.layers import (
+    activation,
+    check_channel_list,
+    check_images,
+    check_positive_int,
+    image_size_pair,
+)
 from networks.unet import UNetEncoder
 
 ENCODER_WIDTHS = (64, 128, 256, 512, 512)
@@ -210,6 +215,8 @@ class CNMUNet(nn.Module):
     def adapt(self, images: torch.Tensor) -> torch.Tensor:
         """DUSE (paper Algorithm 1) on each image separately; returns logits [B, num_classes, H, W]."""
         self.check_images(images)
+        # One image at a time: per-image statistics need >= 2 pixels at the deepest level.
+        check_images(images, "CNMUNet.adapt", self.in_channels, min_size=2 ** (self.LEVELS + 1))
         return adapt_images(self, images, self.duse_config, self.duse_state)
 
     def reset_adaptation(self) -> None:

@@ -64,7 +64,9 @@ class DynamicBlock(nn.Module):
                  atol: float = 1e-3, gradient: str = "backprop", act: str = "softplus", backend: str = "auto",
                  t: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
-        from odekern import ODEBlock  # late: the networks package stays importable without the solver stack
+        from odekern import (
+            ODEBlock,  # late: the networks package stays importable without the solver stack
+        )
 
         self.channels = channels
         self.ode = ODEBlock(AccelerationField(channels, act), t=t, method=method, step_size=step_size, rtol=rtol,
@@ -90,8 +92,8 @@ class ContinuousUNet(nn.Module):
         if method not in SOLVER_CHOICES:
             raise ValueError(f"ContinuousUNet: method must be one of {SOLVER_CHOICES}, got {method!r}")
         self.in_channels, self.num_classes, self.levels = in_channels, num_classes, levels
-        ode = dict(method=method, step_size=step_size, rtol=rtol, atol=atol, gradient=gradient, act=act,
-                   backend=backend)
+        ode = {"method": method, "step_size": step_size, "rtol": rtol, "atol": atol, "gradient": gradient,
+               "act": act, "backend": backend}
         pos = [base_filters * 2**i for i in range(levels + 1)]  # position widths; state = 2x
         self.stem = nn.Conv2d(in_channels, pos[0], 1)
         self.down_blocks = nn.ModuleList(DynamicBlock(pos[i], **ode) for i in range(levels))

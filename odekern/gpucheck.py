@@ -216,8 +216,9 @@ def _describe_exception(exc: BaseException) -> str:
     return f"{type(root).__name__}: {_short_error(str(root), 600)} [{where}]"
 
 
-def _compile_triton_here(target: str) -> list[KernelResult]:
-    """Compile every Triton variant for ``target`` in this process (needs TRITON_INTERPRET=0)."""
+def _compile_triton_here(target: str, quick: bool = False) -> list[KernelResult]:
+    """Compile every Triton variant for ``target`` in this process (needs TRITON_INTERPRET=0);
+    ``quick``: only the first variant listed for each kernel."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("Triton AOT compilation needs TRITON_INTERPRET=0 in this process")
     import triton
@@ -241,6 +242,11 @@ def _compile_triton_here(target: str) -> list[KernelResult]:
                    and name.endswith("_kernel")}
         variants = list(mod.aot_variants()) if hasattr(mod, "aot_variants") else []
         covered = {v["kernel"].__name__ for v in variants}
+        if quick:
+            firsts: dict[str, dict] = {}
+            for v in variants:
+                firsts.setdefault(v["kernel"].__name__, v)
+            variants = list(firsts.values())
         for name in sorted(set(kernels) - covered):
             results.append(KernelResult("triton", name, target, modname,
                                         error=f"{modname}.aot_variants() lists no variant for it"))
@@ -271,7 +277,7 @@ def _compile_triton_here(target: str) -> list[KernelResult]:
     return results
 
 
-def compile_triton(target: str) -> list[KernelResult]:
+def compile_triton(target: str, quick: bool = False) -> list[KernelResult]:
     """Compile all Triton variants for ``target`` in a child interpreter (TRITON_INTERPRET=0)."""
     with tempfile.TemporaryDirectory(prefix="odekern_gpucheck_triton_") as tmp:
         out = os.path.join(tmp, "results.json")
@@ -284,6 +290,8 @@ def compile_triton(target: str) -> list[KernelResult]:
             "TRITON_DEFAULT_FP_FUSION": env.get("TRITON_DEFAULT_FP_FUSION", "1"),
         })
         cmd = [sys.executable, "-m", "odekern.gpucheck", "--_triton-worker", target, out]
+        if quick:
+            cmd.append("--quick")
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
                                  timeout=TIMEOUT_S)
@@ -299,15 +307,17 @@ def compile_triton(target: str) -> list[KernelResult]:
 # -------------------------------------------------------------------------------------- report
 
 def run(targets: list[str] | None = None, *, triton: bool = True, cuda: bool = True,
-        csrc: str | None = None, nvcc: str = DEFAULT_NVCC, jobs: int | None = None) -> list[KernelResult]:
-    """Compile everything for every target; compiles run in parallel (``jobs`` processes)."""
+        csrc: str | None = None, nvcc: str = DEFAULT_NVCC, jobs: int | None = None,
+        quick: bool = False) -> list[KernelResult]:
+    """Compile everything for every target; compiles run in parallel (``jobs`` processes).
+    ``quick``: one variant per Triton kernel (every kernel still compiles for every target)."""
     targets = targets or list(TARGETS)
     for t in targets:
         if t not in TARGETS:
             raise ValueError(f"targets must be among {sorted(TARGETS)}, got {t!r}")
     tasks = []
     if triton:
-        tasks += [(compile_triton, (t,), {}) for t in targets]
+        tasks += [(compile_triton, (t,), {"quick": quick}) for t in targets]
     if cuda:
         include = None if csrc is None else [os.path.join(ROOT, "csrc", "include"), csrc]
         tasks += [(compile_cuda, (src, t), {"nvcc": nvcc, "include_dirs": include})
@@ -370,18 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csrc", help="directory of .cu files to check instead of the repo's csrc/")
     p.add_argument("--nvcc", default=DEFAULT_NVCC, help="nvcc to use (default %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: #cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="one variant (the first listed) per Triton kernel instead of all")
     p.add_argument("--_triton-worker", nargs=2, metavar=("TARGET", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     worker = getattr(args, "_triton_worker")
     if worker:
         target, out = worker
-        write_json(out, _compile_triton_here(target))
+        write_json(out, _compile_triton_here(target, quick=args.quick))
         return 0
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     results = run(targets, triton=args.only in (None, "triton"), cuda=args.only in (None, "cuda"),
-                  csrc=args.csrc, nvcc=args.nvcc, jobs=args.jobs)
+                  csrc=args.csrc, nvcc=args.nvcc, jobs=args.jobs, quick=args.quick)
     print(format_table(results))
     if args.json:
         write_json(args.json, results)

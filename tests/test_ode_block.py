@@ -55,7 +55,7 @@ def hand_built_system(accel: nn.Module, order: int):
     """The first-order system of Proposition 1, written out independently of ODEBlock."""
 
     def rhs(t, z):
-        parts = [z[:, i * C:(i + 1) * C] for i in range(order)]
+        parts = [z[:, i * C : (i + 1) * C] for i in range(order)]
         return torch.cat(parts[1:] + [accel(t, *parts)], dim=1)
 
     return rhs
@@ -66,15 +66,15 @@ def _x(seed=0, dtype=torch.float32, shape=(2, C, 5, 7)):
 
 
 SOLVERS = {
-    "rk4": dict(method="rk4", step_size=0.25),
-    "dopri5": dict(method="dopri5"),
+    "rk4": {"method": "rk4", "step_size": 0.25},
+    "dopri5": {"method": "dopri5"},
 }
 
 
 def _reference_kwargs(cfg):
     method = cfg["method"]
     options = {"step_size": cfg["step_size"]} if "step_size" in cfg else None
-    return dict(method=method, options=options)
+    return {"method": method, "options": options}
 
 
 # --------------------------------------------------------------------------- against torchdiffeq
@@ -86,7 +86,9 @@ def test_order1_matches_torchdiffeq(solver):
     block = ODEBlock(func, **SOLVERS[solver])
     x = _x()
     out = block(x)
-    ref = torchdiffeq.odeint(func, x, torch.tensor([0.0, 1.0]), **_reference_kwargs(SOLVERS[solver]))[-1]
+    ref = torchdiffeq.odeint(
+        func, x, torch.tensor([0.0, 1.0]), **_reference_kwargs(SOLVERS[solver])
+    )[-1]
     assert_close(out, ref, kind="cross")
     grads = torch.autograd.grad(out.square().sum(), (x, *func.parameters()))
     ref_grads = torch.autograd.grad(ref.square().sum(), (x, *func.parameters()))
@@ -95,7 +97,9 @@ def test_order1_matches_torchdiffeq(solver):
 
 
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-@pytest.mark.parametrize("with_velocity_init", [False, True], ids=["zero_velocity", "velocity_init"])
+@pytest.mark.parametrize(
+    "with_velocity_init", [False, True], ids=["zero_velocity", "velocity_init"]
+)
 def test_order2_matches_hand_built_system(solver, with_velocity_init):
     accel = Accel()
     g = nn.Conv2d(C, C, 1) if with_velocity_init else None
@@ -104,14 +108,20 @@ def test_order2_matches_hand_built_system(solver, with_velocity_init):
     state = block(x)
 
     v0 = g(x) if g is not None else torch.zeros_like(x)
-    ref = torchdiffeq.odeint(hand_built_system(accel, 2), torch.cat([x, v0], dim=1), torch.tensor([0.0, 1.0]),
-                             **_reference_kwargs(SOLVERS[solver]))[-1]
+    ref = torchdiffeq.odeint(
+        hand_built_system(accel, 2),
+        torch.cat([x, v0], dim=1),
+        torch.tensor([0.0, 1.0]),
+        **_reference_kwargs(SOLVERS[solver]),
+    )[-1]
     assert state.shape == (2, 2 * C, 5, 7)
     assert_close(state, ref, kind="cross")
 
     wrt = (x, *accel.parameters()) + (tuple(g.parameters()) if g is not None else ())
-    loss = lambda s: (s[:, :C] ** 2).sum() + s[:, C:].sum()  # noqa: E731
-    for name, a, b in zip(range(len(wrt)), torch.autograd.grad(loss(state), wrt), torch.autograd.grad(loss(ref), wrt)):
+    loss = lambda s: (s[:, :C] ** 2).sum() + s[:, C:].sum()
+    for name, a, b in zip(
+        range(len(wrt)), torch.autograd.grad(loss(state), wrt), torch.autograd.grad(loss(ref), wrt)
+    ):
         assert_close(a, b, kind="cross", msg=f"gradient {name}")
 
 
@@ -129,8 +139,13 @@ def test_order3_matches_hand_built_system():
     x = _x(seed=3)
     init = nn.Conv2d(C, 2 * C, 1)  # x'(t0) and x''(t0), concatenated
     state = ODEBlock(accel, order=3, velocity_init=init, return_state=True, step_size=0.25)(x)
-    ref = torchdiffeq.odeint(hand_built_system(accel, 3), torch.cat([x, init(x)], dim=1), torch.tensor([0.0, 1.0]),
-                             method="rk4", options={"step_size": 0.25})[-1]
+    ref = torchdiffeq.odeint(
+        hand_built_system(accel, 3),
+        torch.cat([x, init(x)], dim=1),
+        torch.tensor([0.0, 1.0]),
+        method="rk4",
+        options={"step_size": 0.25},
+    )[-1]
     assert_close(state, ref, kind="cross")
 
 
@@ -153,8 +168,16 @@ def test_harmonic_oscillator_closed_form(gradient):
     g = nn.Conv1d(1, 1, 1, bias=False).double()
     with torch.no_grad():
         g.weight.fill_(w)
-    block = ODEBlock(spring, t=(0.0, T), method="dopri5", rtol=1e-10, atol=1e-12, order=2, velocity_init=g,
-                     gradient=gradient)
+    block = ODEBlock(
+        spring,
+        t=(0.0, T),
+        method="dopri5",
+        rtol=1e-10,
+        atol=1e-12,
+        order=2,
+        velocity_init=g,
+        gradient=gradient,
+    )
     x0 = randn(2, 1, 4, dtype=F64, seed=4, requires_grad=True)
     out = block(x0)
 
@@ -179,14 +202,14 @@ def test_adjoint_mode_matches_backprop(order):
     torch.manual_seed(0)
     func = (Accel() if order == 2 else FirstOrder()).double()
     g = nn.Conv2d(C, C, 1).double() if order == 2 else None
-    kwargs = dict(order=order, velocity_init=g, method="dopri5", rtol=1e-10, atol=1e-12)
+    kwargs = {"order": order, "velocity_init": g, "method": "dopri5", "rtol": 1e-10, "atol": 1e-12}
     x = _x(seed=5, dtype=F64, shape=(1, C, 4, 5))
     outs, grads = [], []
     params = tuple(func.parameters()) + (tuple(g.parameters()) if g is not None else ())
     for gradient in ("backprop", "adjoint"):
         out = ODEBlock(func, gradient=gradient, **kwargs)(x)
         outs.append(out)
-        grads.append(torch.autograd.grad((out ** 2).sum(), (x, *params)))
+        grads.append(torch.autograd.grad((out**2).sum(), (x, *params)))
     assert_close(outs[1], outs[0], kind="rounding", msg="same forward solve")
     for i, (a, b) in enumerate(zip(*grads)):
         assert_close(a, b, kind="cross", msg=f"gradient {i}")
@@ -197,11 +220,13 @@ def test_gradcheck_order2(gradient):
     torch.manual_seed(0)
     accel = Accel().double()
     g = nn.Conv2d(C, C, 1).double()
-    block = ODEBlock(accel, order=2, velocity_init=g, method="rk4", step_size=0.1, gradient=gradient)
+    block = ODEBlock(
+        accel, order=2, velocity_init=g, method="rk4", step_size=0.1, gradient=gradient
+    )
     x = _x(seed=6, dtype=F64, shape=(1, C, 3, 3))
     params = tuple(block.parameters())
     # rk4 at h=0.1: the continuous adjoint is within O(h^4) ~ 1e-5 of the discrete gradient.
-    tol = dict(atol=1e-5, rtol=1e-3) if gradient == "adjoint" else {}
+    tol = {"atol": 1e-5, "rtol": 1e-3} if gradient == "adjoint" else {}
     assert torch.autograd.gradcheck(lambda x_, *p: block(x_), (x, *params), fast_mode=True, **tol)
 
 
@@ -227,8 +252,11 @@ def test_intermediate_times_and_reverse_time():
 def test_backend_reference_matches_auto():
     func = FirstOrder()
     x = _x(seed=9)
-    assert_close(ODEBlock(func, backend="reference", step_size=0.5)(x), ODEBlock(func, step_size=0.5)(x),
-                 kind="rounding")
+    assert_close(
+        ODEBlock(func, backend="reference", step_size=0.5)(x),
+        ODEBlock(func, step_size=0.5)(x),
+        kind="rounding",
+    )
 
 
 def test_float64_module():
@@ -259,7 +287,9 @@ def test_unknown_gradient_mode_lists_valid_ones():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="method 'rk5' is not a known solver; valid methods: .*'rk4'"):
+    with pytest.raises(
+        ValueError, match="method 'rk5' is not a known solver; valid methods: .*'rk4'"
+    ):
         ODEBlock(FirstOrder(), method="rk5")
 
 
@@ -311,8 +341,12 @@ def test_velocity_init_needs_order2():
 
 
 def test_velocity_init_wrong_shape():
-    block = ODEBlock(Accel(order=3), order=3, velocity_init=nn.Identity())  # gives C, needs 2*C channels
-    with pytest.raises(ValueError, match=r"velocity_init\(x\) must return the 2 initial derivative"):
+    block = ODEBlock(
+        Accel(order=3), order=3, velocity_init=nn.Identity()
+    )  # gives C, needs 2*C channels
+    with pytest.raises(
+        ValueError, match=r"velocity_init\(x\) must return the 2 initial derivative"
+    ):
         block(_x())
 
 

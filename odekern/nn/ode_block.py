@@ -8,7 +8,7 @@ channel dimension (dim 1) and ``z' = [x', ..., x^(m-1), func(t, x, ..., x^(m-1))
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,18 +18,23 @@ from odekern.odeint import odeint, odeint_adjoint
 from odekern.solvers.checks import check_method, check_options, check_state, check_time
 from odekern.solvers.registry import METHODS
 
-
 # --------------------------------------------------------------------------- gradient modes
 # One entry per mode: ``solve(dynamics, z0, t, **solver_kwargs) -> solution at every t``.
 # ``dynamics`` is an nn.Module whose parameters are exactly those of the RHS.
 
 
-def _solve_backprop(dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs) -> torch.Tensor:
+def _solve_backprop(
+    dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs
+) -> torch.Tensor:
     return odeint(dynamics, z0, t, **solver_kwargs)
 
 
-def _solve_adjoint(dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs) -> torch.Tensor:
-    return odeint_adjoint(dynamics, z0, t, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs)
+def _solve_adjoint(
+    dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs
+) -> torch.Tensor:
+    return odeint_adjoint(
+        dynamics, z0, t, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs
+    )
 
 
 GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {
@@ -54,7 +59,11 @@ class _HigherOrderDynamics(nn.Module):
         parts = torch.chunk(z, self.order, dim=1)
         highest = self.func(t, *parts)
         if not isinstance(highest, torch.Tensor) or highest.shape != parts[0].shape:
-            got = tuple(highest.shape) if isinstance(highest, torch.Tensor) else type(highest).__name__
+            got = (
+                tuple(highest.shape)
+                if isinstance(highest, torch.Tensor)
+                else type(highest).__name__
+            )
             raise RuntimeError(
                 f"ODEBlock: func must return x^({self.order}) shaped like x {tuple(parts[0].shape)}, got {got}"
             )
@@ -68,7 +77,9 @@ def _as_time_grid(t) -> torch.Tensor:
         try:
             grid = torch.tensor([float(v) for v in t], dtype=torch.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"ODEBlock: t must be a 1-D sequence or tensor of times, got {t!r}") from None
+            raise TypeError(
+                f"ODEBlock: t must be a 1-D sequence or tensor of times, got {t!r}"
+            ) from None
     if not grid.is_floating_point():
         grid = grid.to(torch.float64)
     check_time(grid, "t")
@@ -113,27 +124,45 @@ class ODEBlock(nn.Module):
         torch.Size([2, 8, 16, 16])
     """
 
-    def __init__(self, func: Callable, t: Sequence[float] | torch.Tensor = (0.0, 1.0), method: str = "rk4",
-                 step_size: float | None = None, rtol: float = 1e-7, atol: float = 1e-9,
-                 gradient: str = "backprop", order: int = 1, velocity_init: Callable | None = None,
-                 return_state: bool = False, options: dict | None = None, backend: str = "auto"):
+    def __init__(
+        self,
+        func: Callable,
+        t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+        method: str = "rk4",
+        step_size: float | None = None,
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+        gradient: str = "backprop",
+        order: int = 1,
+        velocity_init: Callable | None = None,
+        return_state: bool = False,
+        options: dict | None = None,
+        backend: str = "auto",
+    ):
         super().__init__()
         if not callable(func):
             raise TypeError(f"ODEBlock: func must be callable, got {type(func).__name__}")
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"ODEBlock: order must be an integer >= 1, got {order!r}")
         if gradient not in GRADIENT_MODES:
-            raise ValueError(f"ODEBlock: gradient must be one of {sorted(GRADIENT_MODES)}, got {gradient!r}")
+            raise ValueError(
+                f"ODEBlock: gradient must be one of {sorted(GRADIENT_MODES)}, got {gradient!r}"
+            )
         if gradient == "adjoint" and not isinstance(func, nn.Module):
             raise ValueError(
                 "ODEBlock: gradient='adjoint' needs func to be an nn.Module, so that its parameters "
                 f"receive gradients; got {type(func).__name__}"
             )
         method = check_method(method, METHODS)
-        if step_size is not None:
-            if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0 \
-                    or not math.isfinite(step_size):
-                raise ValueError(f"ODEBlock: step_size must be a finite number > 0 or None, got {step_size!r}")
+        if step_size is not None and (
+            isinstance(step_size, bool)
+            or not isinstance(step_size, (int, float))
+            or not step_size > 0
+            or not math.isfinite(step_size)
+        ):
+            raise ValueError(
+                f"ODEBlock: step_size must be a finite number > 0 or None, got {step_size!r}"
+            )
         options = dict(options or {})
         if step_size is not None:
             if "step_size" in options and options["step_size"] != step_size:
@@ -144,9 +173,13 @@ class ODEBlock(nn.Module):
         options = check_options(method, options, METHODS[method].OPTIONS)
         if velocity_init is not None:
             if order < 2:
-                raise ValueError("ODEBlock: velocity_init needs order >= 2 (an order-1 block has no velocity)")
+                raise ValueError(
+                    "ODEBlock: velocity_init needs order >= 2 (an order-1 block has no velocity)"
+                )
             if not callable(velocity_init):
-                raise TypeError(f"ODEBlock: velocity_init must be callable, got {type(velocity_init).__name__}")
+                raise TypeError(
+                    f"ODEBlock: velocity_init must be callable, got {type(velocity_init).__name__}"
+                )
         check_backend_name(backend)
 
         self.dynamics = func if order == 1 else _HigherOrderDynamics(func, order)
@@ -156,7 +189,12 @@ class ODEBlock(nn.Module):
         self.register_buffer("t", _as_time_grid(t), persistent=False)
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = options
-        self.gradient, self.order, self.return_state, self.backend = gradient, order, return_state, backend
+        self.gradient, self.order, self.return_state, self.backend = (
+            gradient,
+            order,
+            return_state,
+            backend,
+        )
 
     @property
     def func(self) -> Callable:
@@ -165,8 +203,10 @@ class ODEBlock(nn.Module):
         return dyn.func if isinstance(dyn, (_HigherOrderDynamics, _FunctionAsModule)) else dyn
 
     def extra_repr(self) -> str:
-        return (f"order={self.order}, method={self.method!r}, gradient={self.gradient!r}, "
-                f"t=({self.t[0].item():g}, {self.t[-1].item():g}), options={self.options}, backend={self.backend!r}")
+        return (
+            f"order={self.order}, method={self.method!r}, gradient={self.gradient!r}, "
+            f"t=({self.t[0].item():g}, {self.t[-1].item():g}), options={self.options}, backend={self.backend!r}"
+        )
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """``[x, x'(t0), ..., x^(m-1)(t0)]`` concatenated along dim 1 (``x`` itself for order 1)."""
@@ -179,7 +219,11 @@ class ODEBlock(nn.Module):
             derivatives = self.velocity_init(x)
             expected = (x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
             if not isinstance(derivatives, torch.Tensor) or tuple(derivatives.shape) != expected:
-                got = tuple(derivatives.shape) if isinstance(derivatives, torch.Tensor) else type(derivatives).__name__
+                got = (
+                    tuple(derivatives.shape)
+                    if isinstance(derivatives, torch.Tensor)
+                    else type(derivatives).__name__
+                )
                 raise ValueError(
                     f"ODEBlock: velocity_init(x) must return the {self.order - 1} initial derivative(s) "
                     f"concatenated along dim 1, shape {expected}; got {got}"
@@ -195,7 +239,12 @@ class ODEBlock(nn.Module):
             )
         t = self.t.to(device=z0.device, dtype=z0.dtype)
         solve = GRADIENT_MODES[self.gradient]
-        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self.options))
+        kwargs = {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "method": self.method,
+            "options": dict(self.options),
+        }
         if self.backend == "auto":  # leave the choice to use_backend contexts / ODEKERN_BACKEND
             return solve(self.dynamics, z0, t, **kwargs)[-1]
         with use_backend(self.backend):

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
-from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_tolerance, tuple_to_flat
+from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat, tuple_tolerance
 
 
 def _solver() -> Callable:
@@ -55,8 +56,13 @@ class _AugmentedLayout:
     def sizes(self) -> list[int]:
         return [1, self.y_numel, self.y_numel] + [math.prod(s) for s in self.param_shapes]
 
-    def pack(self, adj_t: torch.Tensor, y: torch.Tensor, adj_y: torch.Tensor,
-             adj_params: Sequence[torch.Tensor]) -> torch.Tensor:
+    def pack(
+        self,
+        adj_t: torch.Tensor,
+        y: torch.Tensor,
+        adj_y: torch.Tensor,
+        adj_params: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
         parts = [adj_t.reshape(1), y.reshape(-1), adj_y.reshape(-1)]
         parts += [p.reshape(-1).to(y.dtype) for p in adj_params]
         return torch.cat(parts)
@@ -75,13 +81,19 @@ class _AdjointNorm:
     diluting the error of the state, and equals torchdiffeq's default adjoint norm.
     """
 
-    def __init__(self, layout: _AugmentedLayout, state_norm: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self, layout: _AugmentedLayout, state_norm: Callable[[torch.Tensor], torch.Tensor]
+    ):
         self.layout = layout
         self.state_norm = state_norm
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
         adj_t, y, adj_y, adj_params = self.layout.unpack(flat)
-        norms = [adj_t.abs(), torch.as_tensor(self.state_norm(y)), torch.as_tensor(self.state_norm(adj_y))]
+        norms = [
+            adj_t.abs(),
+            torch.as_tensor(self.state_norm(y)),
+            torch.as_tensor(self.state_norm(adj_y)),
+        ]
         norms += [rms_norm(p) for p in adj_params if p.numel()]
         return torch.stack([n.to(flat.dtype) for n in norms]).max()
 
@@ -89,8 +101,13 @@ class _AdjointNorm:
 class _AugmentedDynamics:
     """Right-hand side of the augmented backward ODE on the flat state."""
 
-    def __init__(self, func: Callable, layout: _AugmentedLayout, params: tuple[torch.Tensor, ...],
-                 t_requires_grad: bool):
+    def __init__(
+        self,
+        func: Callable,
+        layout: _AugmentedLayout,
+        params: tuple[torch.Tensor, ...],
+        t_requires_grad: bool,
+    ):
         self.func = func
         self.layout = layout
         self.params = params
@@ -114,7 +131,9 @@ class _AugmentedDynamics:
         vjp_t, vjp_y, *vjp_params = vjps
         vjp_t = torch.zeros((), dtype=flat.dtype, device=flat.device) if vjp_t is None else vjp_t
         vjp_y = torch.zeros_like(y) if vjp_y is None else vjp_y
-        vjp_params = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, vjp_params)]
+        vjp_params = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(self.params, vjp_params)
+        ]
         return self.layout.pack(vjp_t.to(flat.dtype), f.detach(), vjp_y, vjp_params)
 
 
@@ -143,8 +162,15 @@ class _OdeintAdjoint(torch.autograd.Function):
         # no_grad: nothing of the solver's steps is recorded, so memory is flat in the step count.
         with torch.no_grad():
             state = y0 if cfg.tuple_shapes is None else flat_to_tuple(y0, cfg.tuple_shapes)
-            ys = _solver()(cfg.func, state, t, rtol=cfg.rtol, atol=cfg.atol, method=cfg.method,
-                           options=cfg.options)
+            ys = _solver()(
+                cfg.func,
+                state,
+                t,
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+                method=cfg.method,
+                options=cfg.options,
+            )
             if cfg.tuple_shapes is not None:
                 ys = torch.cat([part.reshape(len(t), -1) for part in ys], dim=1)
         ctx.cfg = cfg
@@ -168,17 +194,28 @@ class _OdeintAdjoint(torch.autograd.Function):
             adj_t = torch.zeros((), dtype=ys.dtype, device=ys.device)
             adj_y = grad_ys[-1].clone()
             adj_params = [torch.zeros_like(p, dtype=ys.dtype) for p in params]
-            time_grads = torch.zeros(len(t), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
+            time_grads = (
+                torch.zeros(len(t), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
+            )
 
             for i in range(len(t) - 1, 0, -1):
                 if ctx.t_requires_grad:
                     # dL/dt_i from the output itself: the solution moves with velocity f(t_i, y_i).
-                    direct = (cfg.backward_func(t[i], ys[i]).reshape(-1) * grad_ys[i].reshape(-1)).sum()
+                    direct = (
+                        cfg.backward_func(t[i], ys[i]).reshape(-1) * grad_ys[i].reshape(-1)
+                    ).sum()
                     time_grads[i] = direct.to(t.dtype)
                     adj_t = adj_t - direct
                 flat = layout.pack(adj_t, ys[i], adj_y, adj_params)
-                flat = solve(dynamics, flat, t[i - 1:i + 1].flip(0), rtol=cfg.adjoint_rtol,
-                             atol=cfg.adjoint_atol, method=cfg.adjoint_method, options=adjoint_options)[1]
+                flat = solve(
+                    dynamics,
+                    flat,
+                    t[i - 1 : i + 1].flip(0),
+                    rtol=cfg.adjoint_rtol,
+                    atol=cfg.adjoint_atol,
+                    method=cfg.adjoint_method,
+                    options=adjoint_options,
+                )[1]
                 adj_t, _, adj_y, adj_params = layout.unpack(flat)
                 adj_y = adj_y + grad_ys[i - 1]
 
@@ -203,7 +240,9 @@ def _find_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...]
     params = tuple(adjoint_params)
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
-            raise TypeError(f"odeint_adjoint: adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+            raise TypeError(
+                f"odeint_adjoint: adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}"
+            )
     # Parameters that need no gradient are left out of the backward state entirely.
     return tuple(p for p in params if p.requires_grad)
 
@@ -215,8 +254,12 @@ def _state_norm(options: dict | None, shapes) -> Callable[[torch.Tensor], torch.
 
 
 def _adjoint_options(method, options, adjoint_method, adjoint_options) -> dict:
-    if adjoint_method is not None and adjoint_method != method and options is not None \
-            and adjoint_options is None:
+    if (
+        adjoint_method is not None
+        and adjoint_method != method
+        and options is not None
+        and adjoint_options is None
+    ):
         raise ValueError(
             "odeint_adjoint: adjoint_method differs from method, so adjoint_options cannot be taken "
             "from options; pass adjoint_options explicitly (e.g. adjoint_options={})"
@@ -224,21 +267,39 @@ def _adjoint_options(method, options, adjoint_method, adjoint_options) -> dict:
     if adjoint_options is None:
         # The forward's norm measures y only; the backward state is [a_t, y, a_y, a_theta].
         # on_max_steps="return" would hand the backward a (solution, status) pair: not inherited.
-        adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "on_max_steps")}
+        adjoint_options = {
+            k: v for k, v in (options or {}).items() if k not in ("norm", "on_max_steps")
+        }
     else:
         adjoint_options = dict(adjoint_options)
     if adjoint_options.get("norm") == PER_SAMPLE:
-        raise ValueError("adjoint_options['norm']='per_sample' is not supported: the backward state "
-                         "[a_t, y, a_y, a_theta] has no batch dimension")
+        raise ValueError(
+            "adjoint_options['norm']='per_sample' is not supported: the backward state "
+            "[a_t, y, a_y, a_theta] has no batch dimension"
+        )
     if adjoint_options.get("on_max_steps", "raise") != "raise":
-        raise ValueError("adjoint_options['on_max_steps'] must be 'raise': a backward pass cannot return "
-                         "a partial gradient")
+        raise ValueError(
+            "adjoint_options['on_max_steps'] must be 'raise': a backward pass cannot return "
+            "a partial gradient"
+        )
     return adjoint_options
 
 
-def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None,
-                   adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
-                   adjoint_params=None):
+def odeint_adjoint(
+    func,
+    y0,
+    t,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    method=None,
+    options=None,
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_method=None,
+    adjoint_options=None,
+    adjoint_params=None,
+):
     """Solve ``dy/dt = func(t, y)`` like ``odekern.odeint``; backward by the continuous adjoint.
 
     Drop-in for ``torchdiffeq.odeint_adjoint`` (same arguments, defaults and output shape
@@ -267,8 +328,10 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     params = _find_parameters(func, adjoint_params)
     check_params(params, y0[0] if isinstance(y0, tuple) else y0, "adjoint_params")
     if (options or {}).get("on_max_steps", "raise") != "raise":
-        raise ValueError("odeint_adjoint: options['on_max_steps'] must be 'raise' (the default); "
-                         "a (solution, status) result cannot be differentiated by the adjoint")
+        raise ValueError(
+            "odeint_adjoint: options['on_max_steps'] must be 'raise' (the default); "
+            "a (solution, status) result cannot be differentiated by the adjoint"
+        )
 
     adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     adjoint_atol = atol if adjoint_atol is None else adjoint_atol
@@ -280,12 +343,29 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
         y0_flat, backward_func = y0, func
     else:
         y0_flat, backward_func = tuple_to_flat(y0), TupleRHS(func, shapes)
-        adjoint_rtol, adjoint_atol = tuple_tolerance(adjoint_rtol, shapes), tuple_tolerance(adjoint_atol, shapes)
+        adjoint_rtol, adjoint_atol = (
+            tuple_tolerance(adjoint_rtol, shapes),
+            tuple_tolerance(adjoint_atol, shapes),
+        )
         if isinstance(adjoint_rtol, torch.Tensor) or isinstance(adjoint_atol, torch.Tensor):
-            raise ValueError("odeint_adjoint: per-component tolerances of a tuple y0 need explicit scalar "
-                             "adjoint_rtol / adjoint_atol (the backward state is not a tuple)")
+            raise ValueError(
+                "odeint_adjoint: per-component tolerances of a tuple y0 need explicit scalar "
+                "adjoint_rtol / adjoint_atol (the backward state is not a tuple)"
+            )
 
-    cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
-                         adjoint_options, _state_norm(options, shapes), shapes, backward_func)
+    cfg = _AdjointConfig(
+        func,
+        rtol,
+        atol,
+        method,
+        options,
+        adjoint_rtol,
+        adjoint_atol,
+        adjoint_method,
+        adjoint_options,
+        _state_norm(options, shapes),
+        shapes,
+        backward_func,
+    )
     ys = _OdeintAdjoint.apply(cfg, y0_flat, t, *params)
     return ys if shapes is None else flat_to_tuple(ys, shapes, lead=(len(t),))

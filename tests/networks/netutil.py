@@ -6,8 +6,8 @@ import pytest
 import torch
 
 # CNM-UNet small enough for CPU tests: narrow encoder, 32x32 images, looser solver tolerance.
-TINY_CNM = dict(image_size=32, encoder_widths=(4, 8, 8, 8, 8), rtol=1e-5, atol=1e-7)
-TINY_CONTINUOUS = dict(base_filters=2)
+TINY_CNM = {"image_size": 32, "encoder_widths": (4, 8, 8, 8, 8), "rtol": 1e-5, "atol": 1e-7}
+TINY_CONTINUOUS = {"base_filters": 2}
 
 
 def require_nmode() -> None:

@@ -71,7 +71,7 @@ def solve_nmode(gamma, conv, y0, t1, method, rtol, atol, adjoint, options=None, 
     field = _NmodeField(g)
     t = torch.tensor([0.0, t1], dtype=y0.dtype)
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
-    extra = dict(adjoint_params=(g,)) if adjoint else {}
+    extra = {"adjoint_params": (g,)} if adjoint else {}
     y1 = solve(field, y0, t, rtol=rtol, atol=atol, method=method, options=dict(options or {}), **extra)[-1]
     if not return_f:
         return y1

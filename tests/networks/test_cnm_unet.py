@@ -30,11 +30,13 @@ def _tiny(**kw):
     return model
 
 
+PAPER_TOL = {"rtol": 1e-7, "atol": 1e-9}  # the paper's / torchdiffeq's default tolerances
+
+
 def _with_torchdiffeq(model):
     reference = copy.deepcopy(model)
     block = reference.cnm_block
-    block.nmode = TorchdiffeqNmODE(block.nmode, t1=0.05, method="dopri5", rtol=TINY_CNM["rtol"],
-                                   atol=TINY_CNM["atol"], adjoint=True)
+    block.nmode = TorchdiffeqNmODE(block.nmode, t1=0.05, method="dopri5", adjoint=True, **PAPER_TOL)
     return reference
 
 
@@ -45,26 +47,33 @@ def _run(model, x):
     return y.detach(), x.grad.clone(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_matches_torchdiffeq_odeint_adjoint(mode):
-    """Same weights, ODE part by torchdiffeq.odeint_adjoint (the authors' call): logits, input
-    gradient and every parameter gradient (encoder, fusion, gamma, C, BNs, head) agree."""
-    model = _tiny().double().train(mode == "train")
+@pytest.mark.parametrize("mode, gradient", [("train", "adjoint"), ("eval", "adjoint"), ("train", "exact")])
+def test_matches_torchdiffeq_odeint_adjoint(mode, gradient):
+    """Same weights, ODE part by torchdiffeq.odeint_adjoint (the authors' call) at the paper's
+    tolerances: logits, input gradient and every parameter gradient (encoder, fusion, gamma, C,
+    BNs, head) agree. Both our gradient modes (continuous adjoint; exact gradient of the
+    discrete solve) approximate the true gradient to O(rtol), as does torchdiffeq's adjoint."""
+    model = _tiny(gradient=gradient, **PAPER_TOL).double().train(mode == "train")
     reference = _with_torchdiffeq(model)
     x = images(2, dtype=torch.float64).requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
     y, gx, grads = _run(model, x)
     y_ref, gx_ref, grads_ref = _run(reference, x_ref)
-    # Two adaptive solvers to rtol 1e-5: the forward takes the same steps (torchdiffeq's
-    # controller), the adjoints integrate backward with their own step choices.
-    over = {"rtol": 1e-5, "atol": 1e-7}
-    assert_close(y, y_ref, "cross", "logits", **over)
-    assert_close(gx, gx_ref, "cross", "input gradient", **over)
+    # The forward takes the same steps as torchdiffeq (same controller): outputs agree to
+    # rounding; the adjoints integrate backward with their own step choices (odekern per
+    # element, torchdiffeq per tensor), so gradients agree to the solve tolerance relative to
+    # each tensor's scale (atol = 1e-5 * max |reference|, at least 1e-9: a conv bias before a
+    # train-mode BN has a true gradient of 0, both sides give rounding noise).
+    def close(actual, expected, what):
+        assert_close(actual, expected, "cross", what, rtol=1e-5, atol=max(1e-5 * expected.abs().max().item(), 1e-9))
+
+    close(y, y_ref, "logits")
+    close(gx, gx_ref, "input gradient")
     for (name, _), g, g_ref in zip(model.named_parameters(), grads, grads_ref, strict=True):
-        assert_close(g, g_ref, "cross", f"gradient of {name}", **over)
+        close(g, g_ref, f"gradient of {name}")
     if mode == "train":
         for name in ("f_running_mean", "f_running_var"):
-            assert_close(getattr(model.cnm_block, name), getattr(reference.cnm_block, name), "cross", name, **over)
+            close(getattr(model.cnm_block, name), getattr(reference.cnm_block, name), name)
 
 
 def test_running_f_statistics_follow_eq3_in_train_mode_only():

@@ -110,8 +110,8 @@ def test_cnm_unet_flops_at_256():
     with torch.device("meta"):
         model = build_model("cnm-unet", image_size=256).eval()
     block = model.cnm_block
-    conv = [m for m in block.nmode.modules() if isinstance(m, torch.nn.Conv2d)][0]
-    gamma = [p for p in block.nmode.parameters(recurse=False) if p.dim() == 4][0]
+    conv = next(m for m in block.nmode.modules() if isinstance(m, torch.nn.Conv2d))
+    gamma = next(p for p in block.nmode.parameters(recurse=False) if p.dim() == 4)
 
     def forward_without_solve():
         fused = model.fusion(model.encoder(torch.empty(1, 3, 256, 256, device="meta")))

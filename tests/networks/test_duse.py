@@ -8,8 +8,14 @@ import torch
 from netutil import TINY_CNM, images, require_nmode
 
 from networks import DUSEConfig, build_model
-from networks.duse import (PromptMemory, adaptive_batch_norm, apply_prompt, f_statistics_loss,
-                           low_frequency_amplitude, prompt_shape)
+from networks.duse import (
+    PromptMemory,
+    adaptive_batch_norm,
+    apply_prompt,
+    f_statistics_loss,
+    low_frequency_amplitude,
+    prompt_shape,
+)
 from odekern.testing import assert_close
 
 # ---------------------------------------------------------------------------- pure pieces
@@ -144,8 +150,8 @@ def test_continual_state_lives_outside_the_weights(source_model):
     source_model.duse_config = DUSEConfig(memory_size=2, neighbours=1)
     before = _snapshot(source_model)
     first = source_model.adapt(images(1, seed=31))
-    source_model.adapt(images(3, seed=32))
-    assert source_model.duse_state.images_seen == 4 and len(source_model.duse_state.memory) == 2
+    source_model.adapt(images(2, seed=32))  # the second image's prompt starts from the bank
+    assert source_model.duse_state.images_seen == 3 and len(source_model.duse_state.memory) == 2
     _assert_same_state(source_model, before)
     source_model.reset_adaptation()
     assert source_model.duse_state.images_seen == 0 and len(source_model.duse_state.memory) == 0
@@ -198,3 +204,10 @@ def test_theta_gamma_and_prompt_both_take_part(source_model):
         outs[name] = source_model.adapt(x)
     assert not torch.equal(outs["both"], outs["no_theta"])
     assert not torch.equal(outs["both"], outs["no_prompt"])
+
+
+def test_adapt_needs_two_pixels_at_the_deepest_level():
+    require_nmode()
+    model = build_model("cnm-unet", image_size=16, encoder_widths=(2, 2, 2, 2, 2)).eval()
+    with pytest.raises(ValueError, match="at least 32"):
+        model.adapt(images(1, size=16))

@@ -184,52 +184,67 @@ def test_direct_backward_without_f_cotangents():
         assert_close(a, b)
 
 
-def test_exact_and_adjoint_gradients_match_torchdiffeq():
-    """exact ~ backprop through torchdiffeq's odeint; adjoint ~ odeint_adjoint (CNM setting)."""
-    torchdiffeq = pytest.importorskip("torchdiffeq", reason="torchdiffeq not installed")
+class _Rhs(torch.nn.Module):
+    def __init__(self, g):
+        super().__init__()
+        self.g = g
 
-    class Rhs(torch.nn.Module):
-        def __init__(self, g):
-            super().__init__()
-            self.g = g
+    def forward(self, t, y):
+        return reference.rhs(y, self.g)
 
-        def forward(self, t, y):
-            return reference.rhs(y, self.g)
 
+def _torchdiffeq_grads(solver, **options):
+    y0, g = _inputs(torch.float64, g_shape=SHAPE, requires_grad=True)
     t = torch.tensor([0.0, 0.05], dtype=torch.float64)
-    for gradient, solver in (("exact", torchdiffeq.odeint), ("adjoint", torchdiffeq.odeint_adjoint)):
-        got = _grads("triton", "dopri5_global", torch.float64, gradient, g_shape=SHAPE)
-        y0, g = _inputs(torch.float64, g_shape=SHAPE, requires_grad=True)
-        func = Rhs(g)
-        kw = {"adjoint_params": (g,)} if solver is torchdiffeq.odeint_adjoint else {}
-        y1 = solver(func, y0, t, method="dopri5", rtol=1e-7, atol=1e-9, **kw)[-1]
-        f0, f1 = reference.rhs(y0, g), reference.rhs(y1, g)
-        w = [randn(*SHAPE, dtype=torch.float64, seed=s) for s in (7, 8, 9)]
-        loss = (w[0] * y1).sum() + (w[1] * f0).sum() + (w[2] * f1).sum()
-        want = torch.autograd.grad(loss, (y0, g))
-        for name, a, b in zip(("grad_y0", "grad_g"), got, want):
-            assert_close(a, b, kind="cross", msg=f"{gradient} {name}")
+    kw = {"adjoint_params": (g,)} if solver.__name__ == "odeint_adjoint" else {}
+    y1 = solver(_Rhs(g), y0, t, method="dopri5", rtol=1e-7, atol=1e-9, options=options, **kw)[-1]
+    w = [randn(*SHAPE, dtype=torch.float64, seed=s) for s in (7, 8, 9)]
+    loss = (w[0] * y1).sum() + (w[1] * reference.rhs(y0, g)).sum() + (w[2] * reference.rhs(y1, g)).sum()
+    return torch.autograd.grad(loss, (y0, g))
 
 
-@pytest.mark.parametrize("case,gradient", [("rk4_classic", "exact"), ("dopri5_per_element", "exact"),
-                                           ("midpoint", "adjoint")])
-def test_gradcheck_float64(case, gradient):
-    """Analytic vs finite differences. Fixed grids: the exact gradient is exact. dopri5:
-    finite differences also see the step sizes move, which the exact gradient holds fixed by
-    design; that term is of the order of the local error (rtol), far below gradcheck's atol."""
+def test_exact_gradient_is_backprop_through_torchdiffeq():
+    """gradient="exact" is backprop through torchdiffeq's odeint on the same steps. torchdiffeq
+    also differentiates its initial step size (a function of y0); pinning first_step to ours
+    removes that term, and what remains must agree to rounding."""
+    torchdiffeq = pytest.importorskip("torchdiffeq", reason="torchdiffeq not installed")
+    y0, g = _inputs(torch.float64, g_shape=SHAPE)
+    cfg = NmodeConfig(method="dopri5", control="global", rtol=1e-7, atol=1e-9)
+    stats = tri.forward(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, cfg, False)[3]
+    assert stats[1] == 0, "the pinned first step must be our first accepted step"
+    want = _torchdiffeq_grads(torchdiffeq.odeint, first_step=float(stats[3]))
+    got = _grads("triton", "dopri5_global", torch.float64, "exact", g_shape=SHAPE)
+    for name, a, b in zip(("grad_y0", "grad_g"), got, want):
+        assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_adjoint_gradient_matches_torchdiffeq_odeint_adjoint():
+    """gradient="adjoint" vs odeint_adjoint (CNM setting): both solve the continuous adjoint
+    to rtol 1e-7 with different step control (torchdiffeq: one RMS norm over the whole
+    augmented state; here: per element), so they agree to the tolerance (measured: 7e-8
+    absolute, the same for the reference backend), not to rounding."""
+    torchdiffeq = pytest.importorskip("torchdiffeq", reason="torchdiffeq not installed")
+    want = _torchdiffeq_grads(torchdiffeq.odeint_adjoint)
+    got = _grads("triton", "dopri5_global", torch.float64, "adjoint", g_shape=SHAPE)
+    for name, a, b in zip(("grad_y0", "grad_g"), got, want):
+        assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("case", ["rk4_classic", "dopri5_global"])
+def test_gradcheck_float64(case):
+    """Analytic exact gradient vs finite differences (gradcheck's fast mode: one random
+    projection, so the interpreter stays quick). Fixed grids: exact. dopri5: finite
+    differences also see the step sizes move, which the exact gradient holds fixed by design;
+    that term is of the order of the local error (rtol 1e-7), far below atol."""
     method, kw, t1 = CASES[case]
     y0 = randn(2, 2, dtype=torch.float64, seed=13, requires_grad=True)
     g = randn(1, 2, dtype=torch.float64, seed=14, requires_grad=True)
 
     def fn(y0, g):
         return odekern.nmode_solve(y0, g, 0.0, t1, method=method, backend="triton",
-                                   gradient=gradient, return_f=True, **kw)
+                                   gradient="exact", return_f=True, **kw)
 
-    if gradient == "adjoint":
-        # The continuous adjoint differs from the discrete gradient by the method's error.
-        assert torch.autograd.gradcheck(fn, (y0, g), eps=1e-6, atol=1e-4, rtol=1e-3)
-    else:
-        assert torch.autograd.gradcheck(fn, (y0, g), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(fn, (y0, g), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 # ------------------------------------------------------------------------- refusals, errors

@@ -120,9 +120,9 @@ def test_final_error_grad_route(backend):
 def test_gradcheck_float64(backend):
     y, ks, coeffs = _inputs((2, 5), 3, torch.float64, seed=13)
     leaves = [t.requires_grad_() for t in [y, *ks]]
-    assert torch.autograd.gradcheck(lambda y_, *k_: op.rk_combine(y_, list(k_), coeffs, backend),
+    assert torch.autograd.gradcheck(lambda y_, *k_: op.rk_combine(y_, list(k_), coeffs, True, backend),
                                     tuple(leaves))
-    assert torch.autograd.gradcheck(lambda *k_: op.rk_combine(None, list(k_), coeffs, backend),
+    assert torch.autograd.gradcheck(lambda *k_: op.rk_combine(k_[0], list(k_), coeffs, False, backend),
                                     tuple(leaves[1:]))
 
 
@@ -141,8 +141,8 @@ def test_opcheck(backend):
                           (y, ks, coeffs, [0.1, -0.1], 1e-3, 1e-6, torch.empty_like(y), backend))
     torch.library.opcheck(op.rk_error_ratio, (y, y + 1, ks, [0.1, -0.1], 1e-3, 1e-6, backend))
     leaves = [t.clone().requires_grad_() for t in [y, *ks]]
-    torch.library.opcheck(op.rk_combine, (leaves[0], leaves[1:], coeffs, backend))
-    torch.library.opcheck(op.rk_combine, (None, leaves[1:], coeffs, backend))
+    torch.library.opcheck(op.rk_combine, (leaves[0], leaves[1:], coeffs, True, backend))
+    torch.library.opcheck(op.rk_combine, (leaves[1], leaves[1:], coeffs, False, backend))
 
 
 def test_bad_input():

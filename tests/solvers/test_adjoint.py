@@ -113,7 +113,9 @@ def test_matches_torchdiffeq_adjoint(problem, method_id):
     method, options, tols = METHODS[method_id]
     func, y0, t = _make(problem)
     ys, ours = _grads(odeint_adjoint, func, y0, t, method=method, options=options, **tols)
-    ys_ref, ref = _grads(torchdiffeq.odeint_adjoint, func, y0, t, method=method, options=options, **tols)
+    ys_ref, ref = _grads(
+        torchdiffeq.odeint_adjoint, func, y0, t, method=method, options=options, **tols
+    )
     assert_close(ys, ys_ref, kind="cross", msg="solution")
     for name, a, b in zip(_names(func), ours, ref):
         assert_close(a, b, kind="cross", msg=f"d loss / d {name}")
@@ -124,9 +126,9 @@ def test_matches_torchdiffeq_adjoint(problem, method_id):
 # problems (gradients of size ~3), so h=1/512 is compared at 2e-2 (and the O(h) rate is
 # checked separately by test_euler_gap_is_first_order).
 BACKPROP_CASES = {
-    "dopri5": ("dopri5", None, dict(rtol=1e-10, atol=1e-12), {}),
+    "dopri5": ("dopri5", None, {"rtol": 1e-10, "atol": 1e-12}, {}),
     "rk4": ("rk4", {"step_size": 1 / 32}, {}, {}),
-    "euler": ("euler", {"step_size": 1 / 512}, {}, dict(rtol=2e-2, atol=2e-2)),
+    "euler": ("euler", {"step_size": 1 / 512}, {}, {"rtol": 2e-2, "atol": 2e-2}),
 }
 
 
@@ -155,7 +157,9 @@ def test_euler_gap_is_first_order():
         func, y0, t = _make("linear")
         _, adj = _grads(odeint_adjoint, func, y0, t, method="euler", options={"step_size": h})
         _, bp = _grads(odeint, func, y0, t, method="euler", options={"step_size": h})
-        return max((a - b).abs().max().item() for name, a, b in zip(_names(func), adj, bp) if name != "t")
+        return max(
+            (a - b).abs().max().item() for name, a, b in zip(_names(func), adj, bp) if name != "t"
+        )
 
     coarse, fine = gap(1 / 64), gap(1 / 256)
     assert 3.0 < coarse / fine < 5.0, f"gap {coarse:.3e} -> {fine:.3e} is not first order in h"
@@ -181,7 +185,9 @@ def test_linear_problem_matches_matrix_exponential():
 def test_float32_matches_torchdiffeq():
     func, y0, t = _make("mlp", dtype=torch.float32)
     ys, ours = _grads(odeint_adjoint, func, y0, t, method="rk4", options={"step_size": 0.1})
-    ys_ref, ref = _grads(torchdiffeq.odeint_adjoint, func, y0, t, method="rk4", options={"step_size": 0.1})
+    ys_ref, ref = _grads(
+        torchdiffeq.odeint_adjoint, func, y0, t, method="rk4", options={"step_size": 0.1}
+    )
     assert ys.dtype == torch.float32 and all(g.dtype == torch.float32 for g in ours)
     assert_close(ys, ys_ref, kind="cross")
     for name, a, b in zip(_names(func), ours, ref):
@@ -191,7 +197,7 @@ def test_float32_matches_torchdiffeq():
 def test_reverse_time():
     func, y0, _ = _make("mlp")
     t = torch.tensor([1.0, 0.6, 0.0], dtype=F64, requires_grad=True)
-    tols = dict(method="dopri5", rtol=1e-10, atol=1e-12)
+    tols = {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12}
     _, ours = _grads(odeint_adjoint, func, y0, t, **tols)
     _, ref = _grads(torchdiffeq.odeint_adjoint, func, y0, t, **tols)
     for name, a, b in zip(_names(func), ours, ref):
@@ -206,11 +212,11 @@ def test_tuple_state_matches_single_tensor():
         full = func(t_, torch.cat(state, dim=-1))
         return full[..., :1], full[..., 1:]
 
-    tols = dict(method="rk4", options={"step_size": 0.05})
+    tols = {"method": "rk4", "options": {"step_size": 0.05}}
     a, b = y0[..., :1], y0[..., 1:]
     ya, yb = odeint_adjoint(tuple_func, (a, b), t, adjoint_params=tuple(func.parameters()), **tols)
     assert ya.shape == (3, 2, 1) and yb.shape == (3, 2, 2)
-    loss = (ya ** 2).sum() + yb.sum()
+    loss = (ya**2).sum() + yb.sum()
     grads = torch.autograd.grad(loss, (y0, t, func.A))
     ys = odeint_adjoint(func, y0, t, **tols)
     ref = torch.autograd.grad((ys[..., :1] ** 2).sum() + ys[..., 1:].sum(), (y0, t, func.A))
@@ -223,13 +229,17 @@ def test_adjoint_params_for_plain_function():
     A = randn(3, 3, dtype=F64, seed=4, scale=0.5, requires_grad=True)
     y0 = randn(3, dtype=F64, seed=5, requires_grad=True)
     t = torch.tensor([0.0, 0.5], dtype=F64)
-    tols = dict(method="rk4", options={"step_size": 0.05})
+    tols = {"method": "rk4", "options": {"step_size": 0.05}}
 
     def f(t_, y):
         return torch.tanh(A @ y)
 
-    g = torch.autograd.grad(odeint_adjoint(f, y0, t, adjoint_params=(A,), **tols)[-1].sum(), (y0, A))
-    r = torch.autograd.grad(torchdiffeq.odeint_adjoint(f, y0, t, adjoint_params=(A,), **tols)[-1].sum(), (y0, A))
+    g = torch.autograd.grad(
+        odeint_adjoint(f, y0, t, adjoint_params=(A,), **tols)[-1].sum(), (y0, A)
+    )
+    r = torch.autograd.grad(
+        torchdiffeq.odeint_adjoint(f, y0, t, adjoint_params=(A,), **tols)[-1].sum(), (y0, A)
+    )
     for a, b in zip(g, r):
         assert_close(a, b, kind="cross")
 
@@ -242,7 +252,7 @@ def test_adjoint_params_for_plain_function():
 @pytest.mark.parametrize(
     "method, t, tols",
     [
-        ("dopri5", [0.0, 0.35, 0.7], dict(rtol=1e-12, atol=1e-12)),
+        ("dopri5", [0.0, 0.35, 0.7], {"rtol": 1e-12, "atol": 1e-12}),
         ("rk4", torch.linspace(0.0, 0.7, 15).tolist(), {}),
     ],
     ids=["dopri5", "rk4"],
@@ -256,10 +266,14 @@ def test_gradcheck(method, t, tols):
 
     def run(y0_, t_, *params_):
         # gradcheck perturbs func's own parameters in place; adjoint_params are those tensors.
-        return odeint_adjoint(func, y0_, t_, method=method, options=options, adjoint_params=params_, **tols)
+        return odeint_adjoint(
+            func, y0_, t_, method=method, options=options, adjoint_params=params_, **tols
+        )
 
     # fast_mode checks random projections of the Jacobian: the same test at a fraction of the cost.
-    assert torch.autograd.gradcheck(run, (y0, t, *params), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+    assert torch.autograd.gradcheck(
+        run, (y0, t, *params), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True
+    )
 
 
 # --------------------------------------------------------------------------- memory
@@ -273,7 +287,7 @@ class SavedTensorMeter:
     """
 
     class _Held:
-        __slots__ = ("tensor", "__weakref__")
+        __slots__ = ("__weakref__", "tensor")
 
         def __init__(self, tensor):
             self.tensor = tensor
@@ -319,11 +333,15 @@ def test_adjoint_memory_flat_in_steps():
     fwd64, total64 = _peak_saved_bytes(odeint_adjoint, 64)
     assert fwd4 > 0, "the meter saw nothing: the proxy is broken"
     assert fwd64 == fwd4, f"adjoint forward holds {fwd4} B at 4 steps but {fwd64} B at 64"
-    assert total64 <= 1.1 * total4, f"adjoint peak grew from {total4} B (4 steps) to {total64} B (64)"
+    assert total64 <= 1.1 * total4, (
+        f"adjoint peak grew from {total4} B (4 steps) to {total64} B (64)"
+    )
     # The proxy does see step-proportional graphs: backprop through the same solve grows ~16x.
     bp4, _ = _peak_saved_bytes(odeint, 4)
     bp64, _ = _peak_saved_bytes(odeint, 64)
-    assert bp64 >= 8 * bp4, f"backprop saved bytes {bp4} -> {bp64}: the meter is not measuring the graph"
+    assert bp64 >= 8 * bp4, (
+        f"backprop saved bytes {bp4} -> {bp64}: the meter is not measuring the graph"
+    )
 
 
 # --------------------------------------------------------------------------- bad input
@@ -337,7 +355,9 @@ def test_plain_function_without_adjoint_params_raises():
 def test_adjoint_method_without_adjoint_options_raises():
     func, y0, t = _make("linear")
     with pytest.raises(ValueError, match="adjoint_options"):
-        odeint_adjoint(func, y0, t, method="rk4", options={"step_size": 0.1}, adjoint_method="dopri5")
+        odeint_adjoint(
+            func, y0, t, method="rk4", options={"step_size": 0.1}, adjoint_method="dopri5"
+        )
 
 
 def test_non_tensor_t_raises():

@@ -993,6 +993,8 @@ def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeC
     if reasons:
         raise RuntimeError("nmode_solve (triton): " + "; ".join(reasons))
     t0, t1 = float(t0), float(t1)
+    # The op layer hands over flat tensors; a strided view would be misread by the kernels.
+    y0, g = y0.contiguous(), g.contiguous()
     N, G = y0.numel(), g.numel()
     y1 = torch.empty_like(y0)
     f0 = torch.empty_like(y0) if need_f else y0.new_empty(0)
@@ -1036,6 +1038,7 @@ def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch
     if reasons:
         raise RuntimeError("nmode_solve (triton): " + "; ".join(reasons))
     t0, t1 = float(t0), float(t1)
+    y0, g = y0.contiguous(), g.contiguous()
     N, G, dev = y0.numel(), g.numel(), y0.device
     grad_y0 = torch.empty_like(y0)
     if N == 0:

@@ -65,6 +65,11 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _name(backend: Optional[str]) -> str:
+    # The custom ops take a plain str: torch's autograd wrapper mishandles a trailing None arg.
+    return "auto" if backend is None else backend
+
+
 def _floats(coeffs: Sequence) -> list[float]:
     return [float(c) for c in coeffs]
 
@@ -82,10 +87,10 @@ def rk_combine(y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Se
     if torch.is_grad_enabled() and _grad_coeffs(coeffs):
         return reference.rk_combine(y, ks, coeffs)
     if _needs_grad(*present):
-        return op.rk_combine(y, ks, _floats(coeffs), backend)
+        return op.rk_combine(like, ks, _floats(coeffs), y is not None, _name(backend))
     if out is None:
         out = torch.empty_like(like, memory_format=torch.contiguous_format)
-    op.rk_combine_out(y, ks, _floats(coeffs), out, backend)
+    op.rk_combine_out(y, ks, _floats(coeffs), out, _name(backend))
     return out
 
 
@@ -108,12 +113,12 @@ def rk_final_error(y0: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequenc
         with torch.no_grad():
             scratch = torch.empty_like(y0, memory_format=torch.contiguous_format)
             ratio = op.rk_final_error_out(y0.detach(), [k.detach() for k in ks], _floats(coeffs),
-                                          _floats(err_coeffs), float(rtol), float(atol), scratch, backend)
+                                          _floats(err_coeffs), float(rtol), float(atol), scratch, _name(backend))
         return y1, ratio
     if out is None:
         out = torch.empty_like(y0, memory_format=torch.contiguous_format)
     ratio = op.rk_final_error_out(y0, ks, _floats(coeffs), _floats(err_coeffs), float(rtol),
-                                  float(atol), out, backend)
+                                  float(atol), out, _name(backend))
     return out, ratio
 
 
@@ -129,4 +134,4 @@ def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor
         raise ValueError(f"rk_error_ratio: takes 1..7 k tensors, got {len(ks)}")
     with torch.no_grad():
         return op.rk_error_ratio(y0.detach(), y1.detach(), [k.detach() for k in ks],
-                                 _floats(err_coeffs), float(rtol), float(atol), backend)
+                                 _floats(err_coeffs), float(rtol), float(atol), _name(backend))

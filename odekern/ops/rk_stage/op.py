@@ -66,42 +66,46 @@ def _register() -> None:
 _register()
 
 
-def _kernel(op: str, y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], backend: Optional[str]):
+def _kernel(op: str, y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], backend: str):
     like = y if y is not None else ks[0]  # fixes dtype/device when there is no base term
     return select(op, like.device, backend, y=like, ks=ks).fn
 
 
 @torch.library.custom_op("odekern::rk_combine_out", mutates_args=("out",))
 def rk_combine_out(y: Optional[torch.Tensor], ks: list[torch.Tensor], coeffs: list[float], out: torch.Tensor,
-                   backend: Optional[str] = None) -> None:
+                   backend: str = "auto") -> None:
     _kernel(COMBINE, y, ks, backend)(y, ks, coeffs, out)
 
 
 @rk_combine_out.register_fake
-def _(y, ks, coeffs, out, backend=None):
+def _(y, ks, coeffs, out, backend="auto"):
     return None
 
 
 @torch.library.custom_op("odekern::rk_combine", mutates_args=())
-def rk_combine(y: Optional[torch.Tensor], ks: list[torch.Tensor], coeffs: list[float],
-               backend: Optional[str] = None) -> torch.Tensor:
-    out = torch.empty_like(y if y is not None else ks[0], memory_format=torch.contiguous_format)
-    _kernel(COMBINE, y, ks, backend)(y, ks, coeffs, out)
+def rk_combine(y: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float], has_base: bool,
+               backend: str) -> torch.Tensor:
+    """Functional form; ``has_base=False`` ignores ``y`` (pass any operand): torch's autograd
+    wrapper for custom ops mishandles a None tensor argument, so "no base" is a flag."""
+    out = torch.empty_like(y, memory_format=torch.contiguous_format)
+    _kernel(COMBINE, y, ks, backend)(y if has_base else None, ks, coeffs, out)
     return out
 
 
 @rk_combine.register_fake
-def _(y, ks, coeffs, backend=None):
-    return torch.empty_like(y if y is not None else ks[0], memory_format=torch.contiguous_format)
+def _(y, ks, coeffs, has_base, backend):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
 def _combine_setup(ctx, inputs, output):
     ctx.coeffs = list(inputs[2])
-    ctx.has_base = inputs[0] is not None
+    ctx.has_base = inputs[3]
 
 
+# No argument of rk_combine has a default: the dispatcher drops trailing arguments equal to
+# their defaults and the generated autograd.Function then expects fewer gradients.
 def _combine_backward(ctx, grad):
-    return (grad if ctx.has_base else None), [grad * c for c in ctx.coeffs], None, None
+    return (grad if ctx.has_base else None), [grad * c for c in ctx.coeffs], None, None, None
 
 
 rk_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
@@ -110,23 +114,23 @@ rk_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
 @torch.library.custom_op("odekern::rk_final_error_out", mutates_args=("y1",))
 def rk_final_error_out(y0: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float],
                        err_coeffs: list[float], rtol: float, atol: float, y1: torch.Tensor,
-                       backend: Optional[str] = None) -> torch.Tensor:
+                       backend: str = "auto") -> torch.Tensor:
     ratio = _kernel(FINAL_ERROR, y0, ks, backend)(y0, ks, coeffs, err_coeffs, rtol, atol, y1)
     return ratio.to(device=y0.device, dtype=torch.float64).reshape(()).clone()
 
 
 @rk_final_error_out.register_fake
-def _(y0, ks, coeffs, err_coeffs, rtol, atol, y1, backend=None):
+def _(y0, ks, coeffs, err_coeffs, rtol, atol, y1, backend="auto"):
     return y0.new_empty((), dtype=torch.float64)
 
 
 @torch.library.custom_op("odekern::rk_error_ratio", mutates_args=())
 def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], err_coeffs: list[float],
-                   rtol: float, atol: float, backend: Optional[str] = None) -> torch.Tensor:
+                   rtol: float, atol: float, backend: str = "auto") -> torch.Tensor:
     ratio = _kernel(ERROR_RATIO, y0, ks, backend)(y0, y1, ks, err_coeffs, rtol, atol)
     return ratio.to(device=y0.device, dtype=torch.float64).reshape(()).clone()
 
 
 @rk_error_ratio.register_fake
-def _(y0, y1, ks, err_coeffs, rtol, atol, backend=None):
+def _(y0, y1, ks, err_coeffs, rtol, atol, backend="auto"):
     return y0.new_empty((), dtype=torch.float64)

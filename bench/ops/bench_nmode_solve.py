@@ -1,0 +1,244 @@
+"""Benchmarks of nmode_solve: ``pytest bench/ops/bench_nmode_solve.py --benchmark-only``.
+
+Settings of issue 3 (float32, [8, 3, 128, 128] unless NMODE_BENCH_SHAPE=B,C,H,W):
+- "rk4": rk4, dt = 0.05 over [0, 1] (20 steps, 80 RHS evaluations), forward;
+- "cnm": dopri5, rtol 1e-7, atol 1e-9, t in [0, 0.05] (CNM-UNet), forward and fwd+bwd
+  (torchdiffeq with odeint_adjoint, as the CNM-UNet code does).
+Providers: odekern (each available CPU backend), torchdiffeq, torchode (dopri5 forward only:
+it has no rk4, and its adjoint is not a drop-in), and two floors: `floor-poly` runs our
+polynomial cos in a register-resident C++ loop (no memory traffic) as many times per element
+as the solve evaluates the RHS; `floor-torch.cos` does the same count with torch.cos over the
+tensor. Ratios to torchdiffeq and to the floor are recorded in extra_info of the odekern rows
+and printed by the last benchmark (they are measured in the same run).
+Peak memory vs steps: bytes autograd saves for the backward (deterministic), 4/16/64 steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import odekern
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+SHAPE = tuple(int(s) for s in os.environ.get("NMODE_BENCH_SHAPE", "8,3,128,128").split(","))
+G_SHAPE = (1,) + SHAPE[1:]
+RESULTS: dict[str, float] = {}
+
+
+def _inputs(dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    y0 = torch.randn(SHAPE, generator=gen).to(dtype)
+    g = (0.5 * torch.randn(G_SHAPE, generator=gen)).to(dtype)
+    return y0, g
+
+
+class _RHS(torch.nn.Module):
+    def __init__(self, g):
+        super().__init__()
+        self.g = torch.nn.Parameter(g.clone())
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return -y + torch.sin(y + self.g) ** 2
+
+
+def _cnm_rhs_evaluations() -> int:
+    """RHS evaluations per element of odekern's global-control dopri5 on the CNM setting."""
+    from odekern.ops.nmode_solve.config import NmodeConfig
+    from odekern.ops.nmode_solve.op import nmode_solve_op
+
+    y0, g = _inputs()
+    cfg = NmodeConfig()
+    _, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *cfg.to_args(), False, "auto")
+    attempts = int(stats[0] + stats[1])
+    return 2 + 6 * attempts  # initial-step selection (2) + 6 new stages per attempt (FSAL)
+
+
+def _record(run_bench, name, fn, rounds=3, **info):
+    run_bench(fn, provider=name.split(":")[1], setting=name.split(":")[0], shape=list(SHAPE), rounds=rounds, **info)
+    return name
+
+
+def _cpu_backends():
+    avail = odekern.backends()
+    return [b for b in ("cpu", "reference") if avail.get(b) is True]
+
+
+# ------------------------------------------------------------------------------------------
+# rk4, dt = 0.05 over [0, 1], forward.
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["cpu"])
+def bench_rk4_forward_odekern(benchmark, run_bench, backend):
+    if odekern.backends().get(backend) is not True:
+        pytest.skip(f"backend {backend}: {odekern.backends().get(backend)}")
+    y0, g = _inputs()
+    run_bench(lambda: odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=0.05, backend=backend),
+              provider=f"odekern-{backend}", setting="rk4-fwd", shape=list(SHAPE))
+    RESULTS[f"rk4-fwd:odekern-{backend}"] = benchmark.stats.stats.min
+
+
+def bench_rk4_forward_torchdiffeq(benchmark, run_bench):
+    y0, g = _inputs()
+    func = _RHS(g)
+    t = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        run_bench(lambda: torchdiffeq.odeint(func, y0, t, method="rk4", options=dict(step_size=0.05)),
+                  provider="torchdiffeq", setting="rk4-fwd", shape=list(SHAPE), rounds=2)
+    RESULTS["rk4-fwd:torchdiffeq"] = benchmark.stats.stats.min
+
+
+def _floor_poly(n_evals):
+    y0, _ = _inputs()
+    return lambda: torch.ops.odekern_C.nmode_cos_floor(y0.reshape(-1), n_evals)
+
+
+def bench_rk4_floor_poly(benchmark, run_bench):
+    if not hasattr(torch.ops.odekern_C, "nmode_cos_floor"):
+        pytest.skip("odekern._C built without nmode_cos_floor")
+    run_bench(_floor_poly(80), provider="floor-poly", setting="rk4-fwd", shape=list(SHAPE), cos_per_element=80)
+    RESULTS["rk4-fwd:floor-poly"] = benchmark.stats.stats.min
+
+
+def bench_rk4_floor_torch_cos(benchmark, run_bench):
+    x, _ = _inputs()
+    out = torch.empty_like(x)
+
+    def go():
+        for _ in range(80):
+            torch.cos(x, out=out)
+
+    run_bench(go, provider="floor-torch.cos", setting="rk4-fwd", shape=list(SHAPE), cos_per_element=80)
+    RESULTS["rk4-fwd:floor-torch.cos"] = benchmark.stats.stats.min
+
+
+# ------------------------------------------------------------------------------------------
+# dopri5, CNM-UNet setting: forward, and forward + backward.
+# ------------------------------------------------------------------------------------------
+CNM = dict(rtol=1e-7, atol=1e-9)
+
+
+def bench_cnm_forward_odekern(benchmark, run_bench):
+    y0, g = _inputs()
+    run_bench(lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, **CNM), provider="odekern-cpu-global",
+              setting="cnm-fwd", shape=list(SHAPE))
+    RESULTS["cnm-fwd:odekern"] = benchmark.stats.stats.min
+
+
+def bench_cnm_forward_odekern_per_element(benchmark, run_bench):
+    y0, g = _inputs()
+    run_bench(lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, control="per_element", **CNM),
+              provider="odekern-cpu-per_element", setting="cnm-fwd", shape=list(SHAPE))
+    RESULTS["cnm-fwd:odekern-per_element"] = benchmark.stats.stats.min
+
+
+def bench_cnm_forward_torchdiffeq(benchmark, run_bench):
+    y0, g = _inputs()
+    func = _RHS(g)
+    t = torch.tensor([0.0, 0.05])
+    with torch.no_grad():
+        run_bench(lambda: torchdiffeq.odeint(func, y0, t, method="dopri5", **CNM), provider="torchdiffeq",
+                  setting="cnm-fwd", shape=list(SHAPE), rounds=2)
+    RESULTS["cnm-fwd:torchdiffeq"] = benchmark.stats.stats.min
+
+
+def bench_cnm_forward_torchode(benchmark, run_bench):
+    to = pytest.importorskip("torchode")
+    y0, g = _inputs()
+    gflat = g.expand(SHAPE).reshape(SHAPE[0], -1)
+    term = to.ODETerm(lambda t, y: -y + torch.sin(y + gflat) ** 2)
+    solver = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=CNM["atol"], rtol=CNM["rtol"], term=term))
+    problem = to.InitialValueProblem(y0=y0.reshape(SHAPE[0], -1),
+                                     t_eval=torch.tensor([[0.0, 0.05]] * SHAPE[0]))
+    with torch.no_grad():
+        run_bench(lambda: solver.solve(problem), provider="torchode", setting="cnm-fwd", shape=list(SHAPE), rounds=2)
+    RESULTS["cnm-fwd:torchode"] = benchmark.stats.stats.min
+
+
+@pytest.mark.parametrize("gradient", ["exact", "adjoint"])
+def bench_cnm_fwd_bwd_odekern(benchmark, run_bench, gradient):
+    y0, g = _inputs()
+
+    def go():
+        a = y0.clone().requires_grad_(True)
+        b = g.clone().requires_grad_(True)
+        odekern.nmode_solve(a, b, 0.0, 0.05, gradient=gradient, **CNM).sum().backward()
+
+    run_bench(go, provider=f"odekern-cpu-{gradient}", setting="cnm-fwd+bwd", shape=list(SHAPE))
+    RESULTS[f"cnm-fwd+bwd:odekern-{gradient}"] = benchmark.stats.stats.min
+
+
+def bench_cnm_fwd_bwd_torchdiffeq_adjoint(benchmark, run_bench):
+    y0, g = _inputs()
+    func = _RHS(g)
+    t = torch.tensor([0.0, 0.05])
+
+    def go():
+        a = y0.clone().requires_grad_(True)
+        torchdiffeq.odeint_adjoint(func, a, t, method="dopri5", **CNM)[-1].sum().backward()
+
+    run_bench(go, provider="torchdiffeq-odeint_adjoint", setting="cnm-fwd+bwd", shape=list(SHAPE), rounds=2)
+    RESULTS["cnm-fwd+bwd:torchdiffeq"] = benchmark.stats.stats.min
+
+
+def bench_cnm_floor_poly(benchmark, run_bench):
+    if not hasattr(torch.ops.odekern_C, "nmode_cos_floor"):
+        pytest.skip("odekern._C built without nmode_cos_floor")
+    n = _cnm_rhs_evaluations()
+    run_bench(_floor_poly(n), provider="floor-poly", setting="cnm-fwd", shape=list(SHAPE), cos_per_element=n)
+    RESULTS["cnm-fwd:floor-poly"] = benchmark.stats.stats.min
+
+
+# ------------------------------------------------------------------------------------------
+# Peak memory vs steps (deterministic: bytes saved for backward), and the summary.
+# ------------------------------------------------------------------------------------------
+def _saved_bytes(n_steps, backend):
+    y0, g = _inputs()
+    y0.requires_grad_(True)
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=1.0 / n_steps, backend=backend)
+    del y1
+    return total[0]
+
+
+def bench_memory_vs_steps(benchmark, run_bench):
+    info = {f"saved_bytes_{n}_steps": _saved_bytes(n, "cpu") for n in (4, 16, 64)}
+    run_bench(lambda: _saved_bytes(16, "cpu"), provider="odekern-cpu", setting="memory", shape=list(SHAPE),
+              rounds=1, **info)
+    RESULTS.update({f"memory:{k}": float(v) for k, v in info.items()})
+
+
+def bench_zz_summary(benchmark, run_bench):
+    """Ratios between providers measured above (same run); printed and kept in extra_info."""
+    r = RESULTS
+    ratios = {}
+
+    def ratio(name, num, den):
+        if num in r and den in r:
+            ratios[name] = r[num] / r[den]
+
+    ratio("rk4 fwd: torchdiffeq / odekern", "rk4-fwd:torchdiffeq", "rk4-fwd:odekern-cpu")
+    ratio("rk4 fwd: odekern / floor-poly", "rk4-fwd:odekern-cpu", "rk4-fwd:floor-poly")
+    ratio("rk4 fwd: odekern / floor-torch.cos", "rk4-fwd:odekern-cpu", "rk4-fwd:floor-torch.cos")
+    ratio("cnm fwd: torchdiffeq / odekern", "cnm-fwd:torchdiffeq", "cnm-fwd:odekern")
+    ratio("cnm fwd: torchode / odekern", "cnm-fwd:torchode", "cnm-fwd:odekern")
+    ratio("cnm fwd: odekern / floor-poly", "cnm-fwd:odekern", "cnm-fwd:floor-poly")
+    ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern exact", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-exact")
+    ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern adjoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-adjoint")
+    lines = ["", "| measurement | seconds (min) |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in r.items() if not k.startswith("memory")]
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.1f}x |" for k, v in ratios.items()]
+    lines += [f"| {k} | {int(v)} bytes |" for k, v in r.items() if k.startswith("memory")]
+    print("\n".join(lines))
+    run_bench(lambda: None, provider="summary", setting="ratios", shape=list(SHAPE), rounds=1,
+              **{k: round(v, 3) for k, v in ratios.items()})

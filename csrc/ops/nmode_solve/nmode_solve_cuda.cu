@@ -1,0 +1,357 @@
+// CUDA kernels and launchers of nmode_solve. One thread per element (per g index in the
+// backward, looping over the repeats so grad_g needs no atomics); the math is the shared
+// header nmode_solve.h. No torch headers here: the launchers take raw pointers and a stream;
+// nmode_solve_cuda.cpp is the torch binding (allocation, checks, stats tensor).
+//
+// Global control (dopri5, one step size for the tensor) is host-driven like torchdiffeq: one
+// launch per attempted step computes all stages, the candidate state and per-block float64
+// partial sums of the squared error ratio; the host sums the partials (deterministically)
+// and decides accept / reject and the next step. Everything else is one launch.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_cuda.h"
+
+namespace odekern {
+namespace nmode {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+
+// Sum over the block of a per-thread double into part[blockIdx.x] (fixed order: deterministic).
+__device__ __forceinline__ void block_sum_to(double v, double* part) {
+  __shared__ double buf[kThreads];
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = buf[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels.
+// ---------------------------------------------------------------------------------------------
+template <typename T, int M>
+__global__ void list_fwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, int64_t N, int64_t G,
+                                const double* __restrict__ dts, int64_t n, double theta, T* __restrict__ y1,
+                                T* __restrict__ f0, T* __restrict__ f1) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= N) return;
+  const T gi = g[e % G];
+  T y = y0[e];
+  if (f0 != nullptr) f0[e] = rhs(y, gi);
+  for (int64_t i = 0; i < n; ++i) y = step_fwd<T, M>(y, gi, dts[i], i == n - 1 ? theta : 1.0);
+  y1[e] = y;
+  if (f1 != nullptr) f1[e] = rhs(y, gi);
+}
+
+template <typename T>
+__global__ void global_init_kernel(const T* __restrict__ y0, const T* __restrict__ g, int64_t N, int64_t G,
+                                   T rtol, T atol, T* __restrict__ f, double* part0, double* part1) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  double a2 = 0, b2 = 0;
+  if (e < N) {
+    const T y = y0[e];
+    const T fe = rhs(y, g[e % G]);
+    f[e] = fe;
+    const T scale = atol + fabs(y) * rtol;
+    const T a = y / scale, b = fe / scale;
+    a2 = double(a) * double(a);
+    b2 = double(b) * double(b);
+  }
+  block_sum_to(a2, part0);
+  block_sum_to(b2, part1);
+}
+
+template <typename T>
+__global__ void global_d2_kernel(const T* __restrict__ y0, const T* __restrict__ f, const T* __restrict__ g,
+                                 int64_t N, int64_t G, T h0, T rtol, T atol, double* part) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  double v2 = 0;
+  if (e < N) {
+    const T y = y0[e];
+    const T f1 = rhs(y + h0 * f[e], g[e % G]);
+    const T v = (f1 - f[e]) / (atol + fabs(y) * rtol);
+    v2 = double(v) * double(v);
+  }
+  block_sum_to(v2, part);
+}
+
+struct Dopri5Weights {
+  double w[7], wl[7];
+};
+
+template <typename T>
+__global__ void global_attempt_kernel(const T* __restrict__ y, const T* __restrict__ f, const T* __restrict__ g,
+                                      int64_t N, int64_t G, T dt, Dopri5Weights wts, bool finishing, T rtol,
+                                      T atol, T* __restrict__ ynew, T* __restrict__ fnew, T* __restrict__ out,
+                                      T* __restrict__ fout, double* part) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  double r2 = 0;
+  if (e < N) {
+    const T gi = g[e % G];
+    T w[7], wl[7];
+#pragma unroll
+    for (int j = 0; j < 7; ++j) {
+      w[j] = T(wts.w[j]);
+      wl[j] = T(wts.wl[j]);
+    }
+    T err, klast;
+    const T yn = rk_step<T, kDopri5, true>(y[e], gi, dt, f[e], w, &err, &klast);
+    const T r = error_ratio(err, y[e], yn, rtol, atol);
+    r2 = double(r) * double(r);
+    ynew[e] = yn;
+    fnew[e] = klast;
+    if (finishing) {
+      const T yo = rk_step<T, kDopri5, true>(y[e], gi, dt, f[e], wl);
+      out[e] = yo;
+      if (fout != nullptr) fout[e] = rhs(yo, gi);
+    }
+  }
+  block_sum_to(r2, part);
+}
+
+template <typename T>
+__global__ void pe_fwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, int64_t N, int64_t G,
+                              PerElementParams p, T* __restrict__ y1, T* __restrict__ f0, T* __restrict__ f1,
+                              int* status) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= N) return;
+  const T gi = g[e % G];
+  T y = y0[e];
+  if (f0 != nullptr) f0[e] = rhs(y, gi);
+  const int st = pe_solve<T>(&y, gi, p);
+  if (st != kOk) atomicMax(status, st);
+  y1[e] = y;
+  if (f1 != nullptr) f1[e] = rhs(y, gi);
+}
+
+// Backward kernels: thread = one index of g; it loops over the R = N / G repeats.
+struct BwdArgs {
+  int64_t N, G;
+  const double* dts;  // list steps (fixed grid / global control), device memory
+  int64_t n;
+  double theta;
+  const double* adj_dts;  // fixed-grid adjoint: grid on the reversed interval
+  int64_t adj_n;
+  PerElementParams p;
+  bool list_mode, adjoint;
+};
+
+template <typename T, int M>
+__global__ void bwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, const T* __restrict__ gy1,
+                           const T* __restrict__ gf0, const T* __restrict__ gf1, BwdArgs a,
+                           T* __restrict__ gy0, T* __restrict__ gg, int* status) {
+  const int64_t gi_idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (gi_idx >= a.G) return;
+  const T gi = g[gi_idx];
+  T gsum = T(0);
+  int worst = kOk;
+  for (int64_t e = gi_idx; e < a.N; e += a.G) {
+    const T y0e = y0[e];
+    // y(t1), needed for the f1 cotangent and as the adjoint's starting point.
+    T y1 = y0e;
+    if (a.list_mode) {
+      for (int64_t i = 0; i < a.n; ++i) y1 = step_fwd<T, M>(y1, gi, a.dts[i], i == a.n - 1 ? a.theta : 1.0);
+    } else {
+      const int st = pe_solve<T>(&y1, gi, a.p);
+      worst = st > worst ? st : worst;
+    }
+    T yb = gy1[e], gb = T(0);
+    if (gf1 != nullptr) rhs_vjp(y1, gi, gf1[e], &yb, &gb);
+    if (a.adjoint) {
+      const int st = adjoint_solve<T, M>(y1, gi, a.p.t_end, a.adj_dts, a.adj_n, a.p.rtol, a.p.atol,
+                                         a.p.max_steps, &yb, &gb);
+      worst = st > worst ? st : worst;
+    } else if (a.list_mode) {
+      const ListSteps steps{a.dts, a.n, a.theta};
+      list_solve_vjp<T, M>(y0e, gi, steps, &yb, &gb);
+    } else {
+      const int st = pe_solve_vjp<T>(y0e, gi, a.p, &yb, &gb);
+      worst = st > worst ? st : worst;
+    }
+    if (gf0 != nullptr) rhs_vjp(y0e, gi, gf0[e], &yb, &gb);
+    gy0[e] = yb;
+    gsum += gb;
+  }
+  gg[gi_idx] = gsum;
+  if (worst != kOk) atomicMax(status, worst);
+}
+
+template <class Fn>
+void dispatch_method(int method, Fn&& fn) {
+  switch (method) {
+    case kEuler: fn(std::integral_constant<int, kEuler>{}); break;
+    case kMidpoint: fn(std::integral_constant<int, kMidpoint>{}); break;
+    case kRk4: fn(std::integral_constant<int, kRk4>{}); break;
+    case kRk4Classic: fn(std::integral_constant<int, kRk4Classic>{}); break;
+    default: fn(std::integral_constant<int, kDopri5>{}); break;
+  }
+}
+
+std::string check(cudaError_t err, const char* what) {
+  return err == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(err);
+}
+
+// Host-side torchdiffeq controller over the device kernels.
+template <typename T>
+std::string global_forward(const ForwardArgs& a, cudaStream_t stream, std::vector<double>* dts,
+                           int64_t* n_rejected, double* theta) {
+  const T* y0 = static_cast<const T*>(a.y0);
+  const T* g = static_cast<const T*>(a.g);
+  T* scratch = static_cast<T*>(a.scratch);
+  T *ycur = scratch, *fcur = scratch + a.N, *ynew = scratch + 2 * a.N, *fnew = scratch + 3 * a.N;
+  const int nb = blocks_for(a.N);
+  std::vector<double> h0p(nb), h1p(nb);
+  double* part0 = a.partials;
+  double* part1 = a.partials + nb;
+  const T rt = T(a.rtol), at = T(a.atol);
+  std::string err;
+  if (!(err = check(cudaMemcpyAsync(ycur, y0, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream), "copy y0")).empty()) return err;
+  global_init_kernel<T><<<nb, kThreads, 0, stream>>>(y0, g, a.N, a.G, rt, at, fcur, part0, part1);
+  if (a.f0 != nullptr)
+    cudaMemcpyAsync(a.f0, fcur, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream);
+  cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
+  cudaMemcpyAsync(h1p.data(), part1, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
+  if (!(err = check(cudaStreamSynchronize(stream), "initial step")).empty()) return err;
+  double s0 = 0, s1 = 0;
+  for (int b = 0; b < nb; ++b) {
+    s0 += h0p[b];
+    s1 += h1p[b];
+  }
+  const double d0 = std::sqrt(s0 / double(a.N)), d1 = std::sqrt(s1 / double(a.N));
+  const double h0 = initial_step_h0(d0, d1);
+  global_d2_kernel<T><<<nb, kThreads, 0, stream>>>(y0, fcur, g, a.N, a.G, T(h0), rt, at, part0);
+  cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
+  if (!(err = check(cudaStreamSynchronize(stream), "initial step")).empty()) return err;
+  double s2 = 0;
+  for (int b = 0; b < nb; ++b) s2 += h0p[b];
+  double h = initial_step_final(h0, d1, std::sqrt(s2 / double(a.N)) / h0);
+
+  Dopri5Weights wts;
+  step_weights<double, kDopri5>(1.0, wts.w);
+  double t = a.t0;
+  int64_t attempts = 0;
+  *n_rejected = 0;
+  while (true) {
+    if (attempts++ >= a.max_steps)
+      return "nmode_solve: max_num_steps (" + std::to_string(a.max_steps) + ") exceeded at t = " +
+             std::to_string(t) + " with last dt = " + std::to_string(h);
+    if (!std::isfinite(h)) return "nmode_solve: non-finite step size (non-finite values in the state?)";
+    const double dt = h, t_next = t + dt;
+    if (!(t_next > t)) return "nmode_solve: step size underflow (dt = " + std::to_string(dt) + ")";
+    const bool finishing = t_next >= a.t1;
+    const double th = finishing ? (a.t1 - t) / (t_next - t) : 1.0;
+    step_weights<double, kDopri5>(th, wts.wl);
+    global_attempt_kernel<T><<<nb, kThreads, 0, stream>>>(ycur, fcur, g, a.N, a.G, T(dt), wts, finishing, rt, at,
+                                                          ynew, fnew, static_cast<T*>(a.y1),
+                                                          static_cast<T*>(a.f1), part0);
+    cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
+    if (!(err = check(cudaStreamSynchronize(stream), "dopri5 attempt")).empty()) return err;
+    double ss = 0;
+    for (int b = 0; b < nb; ++b) ss += h0p[b];
+    const double ratio = std::sqrt(ss / double(a.N));
+    if (std::isnan(ratio)) return "nmode_solve: non-finite values in the state";
+    if (ratio <= 1.0) {
+      dts->push_back(dt);
+      if (finishing) {
+        *theta = th;
+        break;
+      }
+      std::swap(ycur, ynew);
+      std::swap(fcur, fnew);
+      t = t_next;
+    } else {
+      ++*n_rejected;
+    }
+    h = optimal_step(dt, ratio);
+  }
+  return std::string();
+}
+
+template <typename T>
+std::string forward_t(const ForwardArgs& a, cudaStream_t stream, std::vector<double>* dts,
+                      int64_t* n_rejected, double* theta) {
+  const T* y0 = static_cast<const T*>(a.y0);
+  const T* g = static_cast<const T*>(a.g);
+  T* y1 = static_cast<T*>(a.y1);
+  T* f0 = static_cast<T*>(a.f0);
+  T* f1 = static_cast<T*>(a.f1);
+  const int nb = blocks_for(a.N);
+  if (a.method != kDopri5) {
+    dispatch_method(a.method, [&](auto M_) {
+      constexpr int M = decltype(M_)::value;
+      list_fwd_kernel<T, M><<<nb, kThreads, 0, stream>>>(y0, g, a.N, a.G, a.dts, a.n_fixed, 1.0, y1, f0, f1);
+    });
+    return check(cudaGetLastError(), "nmode_solve list forward");
+  }
+  if (a.global) return global_forward<T>(a, stream, dts, n_rejected, theta);
+  const PerElementParams p{a.t1 - a.t0, a.rtol, a.atol, a.max_steps};
+  cudaMemsetAsync(a.status, 0, sizeof(int), stream);
+  pe_fwd_kernel<T><<<nb, kThreads, 0, stream>>>(y0, g, a.N, a.G, p, y1, f0, f1, a.status);
+  int status = 0;
+  cudaMemcpyAsync(&status, a.status, sizeof(int), cudaMemcpyDeviceToHost, stream);
+  std::string err = check(cudaStreamSynchronize(stream), "nmode_solve per-element forward");
+  if (!err.empty()) return err;
+  return status_message(status, a.max_steps);
+}
+
+template <typename T>
+std::string backward_t(const BackwardArgs& a, cudaStream_t stream) {
+  BwdArgs k{a.N, a.G, a.dts, a.n, a.theta, a.adj_dts, a.adj_n,
+            PerElementParams{a.t1 - a.t0, a.rtol, a.atol, a.max_steps}, a.list_mode, a.adjoint};
+  cudaMemsetAsync(a.status, 0, sizeof(int), stream);
+  dispatch_method(a.method, [&](auto M_) {
+    constexpr int M = decltype(M_)::value;
+    bwd_kernel<T, M><<<blocks_for(a.G), kThreads, 0, stream>>>(
+        static_cast<const T*>(a.y0), static_cast<const T*>(a.g), static_cast<const T*>(a.gy1),
+        static_cast<const T*>(a.gf0), static_cast<const T*>(a.gf1), k, static_cast<T*>(a.gy0),
+        static_cast<T*>(a.gg), a.status);
+  });
+  int status = 0;
+  cudaMemcpyAsync(&status, a.status, sizeof(int), cudaMemcpyDeviceToHost, stream);
+  std::string err = check(cudaStreamSynchronize(stream), "nmode_solve backward");
+  if (!err.empty()) return err;
+  return status_message(status, a.max_steps);
+}
+
+}  // namespace
+
+std::string status_message(int status, int64_t max_steps) {
+  switch (status) {
+    case kOk: return std::string();
+    case kTooManySteps:
+      return "nmode_solve: max_num_steps (" + std::to_string(max_steps) +
+             ") exceeded by the per-element step size controller";
+    case kStepUnderflow: return "nmode_solve: step size underflow in the per-element controller";
+    default: return "nmode_solve: non-finite values in the state";
+  }
+}
+
+int64_t global_partials_needed(int64_t N) { return 2 * int64_t(blocks_for(N)); }
+
+std::string forward(const ForwardArgs& a, cudaStream_t stream, std::vector<double>* dts, int64_t* n_rejected,
+                    double* theta) {
+  if (a.N == 0) return std::string();
+  return a.is_double ? forward_t<double>(a, stream, dts, n_rejected, theta)
+                     : forward_t<float>(a, stream, dts, n_rejected, theta);
+}
+
+std::string backward(const BackwardArgs& a, cudaStream_t stream) {
+  if (a.N == 0) return std::string();
+  return a.is_double ? backward_t<double>(a, stream) : backward_t<float>(a, stream);
+}
+
+}  // namespace cuda
+}  // namespace nmode
+}  // namespace odekern
