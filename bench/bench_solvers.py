@@ -22,6 +22,7 @@ from torch import nn
 
 import odekern
 from odekern.backends import BACKEND_NAMES, availability, registered, use_backend
+from odekern.ops.rk_stage.op import COMBINE
 
 SHAPE = (4, 32, 64, 64)
 ROUNDS = 2  # + the untimed nfe-counting call, which doubles as warm-up: ~2 min in all
@@ -32,9 +33,9 @@ METHODS = {
 }
 MODES = ("fwd", "fwd+bwd:backprop", "fwd+bwd:adjoint")
 
-# Ops whose kernels make odeint run differently per backend. Until the fused solver stages
-# (issue 4) register here, only the reference backend changes nothing and is benchmarked.
-SOLVER_STAGE_OPS = ("rk_stages",)
+# A backend other than the reference changes odeint only through the fused solver-stage op
+# (issue 4); backends without a registered rk_combine kernel would just rerun the reference.
+SOLVER_STAGE_OP = COMBINE
 
 _medians: dict[tuple[str, str, str], float] = {}
 
@@ -67,8 +68,8 @@ def _odekern_providers():
         reason = None
         if avail[name] is not True:
             reason = f"backend {name} unavailable: {avail[name]}"
-        elif name != "reference" and not any(name in registered(op) for op in SOLVER_STAGE_OPS):
-            reason = f"odeint has no {name} kernels yet (fused solver stages: issue 4)"
+        elif name != "reference" and name not in registered(SOLVER_STAGE_OP):
+            reason = f"odeint has no {name} kernel of {SOLVER_STAGE_OP} (fused solver stages)"
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         out.append(pytest.param(f"odekern-{name}", id=f"odekern-{name}", marks=marks))
     return out

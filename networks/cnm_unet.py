@@ -16,7 +16,10 @@ output.
 Configuration (paper "Implementation Details" and the authors' published code, which the
 paper leaves open): decoder channels C = 3 (authors' ``y0_channel``); delta_t = 0.05; dopri5
 with rtol 1e-7 / atol 1e-9 (torchdiffeq's defaults, which the authors' ``odeint_adjoint`` call
-uses); gradient by the continuous adjoint (the paper's "augmented adjoint method");
+uses); gradient by the continuous adjoint (the paper's "augmented adjoint method";
+``gradient="exact"`` gives the exact gradient of the discrete solve, also O(1) memory);
+``method`` may be any fixed-step method of ``odekern.NmODE`` (euler, midpoint, rk4, ...) for a
+solver ablation, with ``step_size`` defaulting to one step over [0, delta_t] as torchdiffeq;
 activation GELU and dropout 0 (the authors' train/test scripts build
 ``CNM_UNet(activefunc='gelu', droprate=0)``); fusion convs 3x3 with padding 1.
 
@@ -94,13 +97,19 @@ class CNMBlock(nn.Module):
     """
 
     def __init__(self, channels: int, image_size: tuple[int, int], delta_t: float = 0.05, method: str = "dopri5",
-                 rtol: float = 1e-7, atol: float = 1e-9, gradient: str = "adjoint", backend: str = "auto"):
+                 rtol: float = 1e-7, atol: float = 1e-9, gradient: str = "adjoint", backend: str = "auto",
+                 step_size: float | None = None):
         super().__init__()
         from odekern import NmODE  # late: the networks package stays importable without the kernels
 
+        if method != "dopri5" and step_size is None:
+            # torchdiffeq's fixed-grid solvers step on the output grid [0, delta_t] when given no
+            # step_size: one step. Same here, so a solver ablation needs no extra option.
+            step_size = float(delta_t)
         self.input_norm = nn.BatchNorm2d(channels)
         self.nmode = NmODE(channels=channels, height=image_size[0], width=image_size[1], t1=delta_t,
-                           method=method, rtol=rtol, atol=atol, gradient=gradient, backend=backend)
+                           method=method, step_size=step_size, rtol=rtol, atol=atol, gradient=gradient,
+                           backend=backend)
         self.output_norm = nn.BatchNorm2d(channels)
         self.register_buffer("f_running_mean", torch.zeros(2, channels))
         self.register_buffer("f_running_var", torch.ones(2, channels))
@@ -159,7 +168,8 @@ class CNMUNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, image_size=256, channels: int = 3,
                  encoder_widths=ENCODER_WIDTHS, delta_t: float = 0.05, method: str = "dopri5",
-                 rtol: float = 1e-7, atol: float = 1e-9, gradient: str = "adjoint", act: str = "gelu",
+                 step_size: float | None = None, rtol: float = 1e-7, atol: float = 1e-9,
+                 gradient: str = "adjoint", act: str = "gelu",
                  dropout: float = 0.0, learnable_fusion: bool = True, backend: str = "auto",
                  duse_config: DUSEConfig | None = None):
         super().__init__()
@@ -177,7 +187,7 @@ class CNMUNet(nn.Module):
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, size
         self.encoder = UNetEncoder(in_channels, widths)
         self.fusion = MultiScaleFusion(widths, channels, size, learnable=learnable_fusion)
-        self.cnm_block = CNMBlock(channels, size, delta_t, method, rtol, atol, gradient, backend)
+        self.cnm_block = CNMBlock(channels, size, delta_t, method, rtol, atol, gradient, backend, step_size)
         self.head = nn.Sequential(activation(act), nn.Dropout(dropout), nn.Conv2d(channels, num_classes, 1))
         self.duse_config = duse_config if duse_config is not None else DUSEConfig()
         self.duse_state = DUSEState()

@@ -62,9 +62,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DUSEConfig:
     """DUSE hyper-parameters; defaults are the paper's Polyp configuration.
+
+    Immutable: set a new one on the model (``model.duse_config = dataclasses.replace(
+    model.duse_config, k=500.0, lr=0.005)`` for the paper's OD/OC setting), so the model always
+    sees a validated whole.
 
     alpha: prompt size as a fraction of the image side (paper 0.01).
     momentum: m of Eq. 3 for the running f-statistics (paper 0.2).

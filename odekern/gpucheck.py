@@ -118,6 +118,20 @@ def _demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, pretty))
 
 
+def _kernel_name(signature: str) -> str:
+    """A demangled kernel signature without its return type and parameter list (the last
+    top-level parenthesised group; "(anonymous namespace)" inside the name survives)."""
+    s = signature.strip()
+    if s.endswith(")"):
+        depth = 0
+        for i in range(len(s) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(s[i], 0)
+            if depth == 0:
+                s = s[:i]
+                break
+    return s.removeprefix("void ").replace("(anonymous namespace)::", "")
+
+
 def _short_error(text: str, limit: int = 1500) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower()] or lines
@@ -179,8 +193,7 @@ def compile_cuda(source: str, target: str, nvcc: str = DEFAULT_NVCC,
     pretty = _demangle(list(stats))
     results = []
     for mangled, s in stats.items():
-        # Template arguments are kept; the return type and parameter list are dropped.
-        name = pretty[mangled].split("(")[0].removeprefix("void ")
+        name = _kernel_name(pretty[mangled])
         err = None if s["regs"] >= 0 else "ptxas printed no register count"
         results.append(KernelResult("cuda", name, target, rel, s["regs"], s["spill_stores"],
                                     s["spill_loads"], s["stack"], s["smem"], err))

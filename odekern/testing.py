@@ -73,3 +73,70 @@ def non_contiguous(x: torch.Tensor) -> torch.Tensor:
     view.copy_(x.detach())
     assert not view.is_contiguous() or x.numel() <= 1
     return view.requires_grad_(x.requires_grad)
+
+
+# --- Peak memory on CPU (used by the gradient-mode memory tests and bench/bench_stages.py) ---
+# glibc's mallinfo2 counts every byte malloc has handed out and not taken back (torch's CPU
+# allocator is plain malloc/posix_memalign), so differences of it are deterministic for a
+# deterministic program: a memory measure that needs no wall clock and no GPU.
+
+
+def malloc_in_use_bytes() -> int | None:
+    """Bytes currently allocated through malloc in this process, or None off glibc."""
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class PeakMemory:
+    """Peak of ``malloc_in_use_bytes`` above its value at ``__enter__``, sampled before and after
+    every forward call of the watched modules (e.g. an ODE's RHS, which runs throughout forward,
+    backward recomputation and adjoint solves) and at ``__exit__``::
+
+        with PeakMemory() as mem:
+            mem.watch(rhs_module)
+            loss = odeint(rhs_module, y0, t).sum(); loss.backward()
+        mem.peak_bytes
+    """
+
+    def __init__(self):
+        self.baseline = 0
+        self.peak_bytes = 0
+        self._handles = []
+
+    @staticmethod
+    def available() -> bool:
+        return malloc_in_use_bytes() is not None
+
+    def sample(self, *_unused) -> None:
+        now = malloc_in_use_bytes()
+        if now is not None:
+            self.peak_bytes = max(self.peak_bytes, now - self.baseline)
+
+    def watch(self, module: torch.nn.Module) -> None:
+        self._handles.append(module.register_forward_pre_hook(lambda *a: self.sample()))
+        self._handles.append(module.register_forward_hook(lambda *a: self.sample()))
+
+    def __enter__(self) -> "PeakMemory":
+        import gc
+
+        gc.collect()
+        self.baseline = malloc_in_use_bytes() or 0
+        self.peak_bytes = 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sample()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

@@ -98,17 +98,17 @@ def test_broken_cu_fails_and_good_cu_is_measured(tmp_path, capsys):
         "  int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
         "  if (i < n) y[i] = 2.0f * sinf(x[i]);\n}\n")
     (tmp_path / "broken.cu").write_text("__global__ void broken_kernel(float* y) { y[0] = ; }\n")
-    results = gpucheck.run(["sm_80"], triton=False, csrc=str(tmp_path), nvcc=_nvcc())
-    by_file = {os.path.basename(r.variant): r for r in results}
-    assert by_file["broken.cu"].error and "nvcc exit" in by_file["broken.cu"].error
-    good = by_file["good.cu"]
-    assert good.error is None and good.kernel == "scale_kernel" and good.regs > 0
-    assert good.spills == 0
     code = gpucheck.main(["--only", "cuda", "--csrc", str(tmp_path), "--targets", "sm_80",
                           "--nvcc", _nvcc(), "--json", str(tmp_path / "r.json")])
     assert code == 1
     assert "FAILED" in capsys.readouterr().err
-    assert len(json.loads((tmp_path / "r.json").read_text())) == 2
+    rows = json.loads((tmp_path / "r.json").read_text())
+    by_file = {os.path.basename(r["variant"]): gpucheck.KernelResult(**r) for r in rows}
+    assert len(rows) == 2
+    assert by_file["broken.cu"].error and "nvcc exit" in by_file["broken.cu"].error
+    good = by_file["good.cu"]
+    assert good.error is None and good.kernel == "scale_kernel" and good.regs > 0
+    assert good.spills == 0
 
 
 # ------------------------------------------------------------------ the repository's kernels

@@ -164,9 +164,12 @@ class AdaptiveRK(Solver):
                     raise RuntimeError(f"odeint(method={self.method!r}): step size underflow at "
                                        f"t={rhs.user_time(t0f):.6g} (dt={dt:.3e}); the problem may be stiff or "
                                        "its solution non-finite here")
-                t1f, on_jump = self._landing_point(t0f, t1f)
-                t1 = t0 + dt if t1f == t0f + dt else torch.tensor(t1f, dtype=self.time_dtype, device=t.device)
-                dt = t1f - t0f
+                t_land, on_jump = self._landing_point(t0f, t1f)
+                if t_land == t1f:
+                    t1 = t0 + dt
+                else:  # shortened to hit a step_t / jump_t point exactly
+                    t1f, dt = t_land, t_land - t0f
+                    t1 = torch.tensor(t1f, dtype=self.time_dtype, device=t.device)
                 last_dt = dt
                 # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
                 t_end = _beside(t1, y0.dtype, -1) if on_jump else None

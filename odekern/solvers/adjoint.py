@@ -29,7 +29,7 @@ from torch import nn
 
 from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
-from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat, tuple_tolerance
+from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat
 
 
 def _solver() -> Callable:
@@ -125,7 +125,10 @@ class _AugmentedDynamics:
                     f"got {type(f).__name__ if not isinstance(f, torch.Tensor) else tuple(f.shape)}"
                 )
             wrt = ((t_in,) if self.t_requires_grad else ()) + (y_in,) + self.params
-            vjps = torch.autograd.grad(f, wrt, -adj_y, allow_unused=True)
+            if f.requires_grad:
+                vjps = torch.autograd.grad(f, wrt, -adj_y, allow_unused=True)
+            else:  # f depends on none of them (e.g. a constant field): every vjp is zero
+                vjps = (None,) * len(wrt)
         if not self.t_requires_grad:
             vjps = (None,) + tuple(vjps)
         vjp_t, vjp_y, *vjp_params = vjps
@@ -247,6 +250,19 @@ def _find_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...]
     return tuple(p for p in params if p.requires_grad)
 
 
+def _check_scalar_tolerance(value, name: str) -> None:
+    """Per-element or per-component tolerances fit y, not the backward state [a_t, y, a_y, a_theta]."""
+    per_element = isinstance(value, (tuple, list)) or (
+        isinstance(value, torch.Tensor) and value.numel() != 1
+    )
+    if per_element:
+        raise ValueError(
+            f"odeint_adjoint: {name} must be a scalar (it applies to the augmented backward "
+            f"state, not to y); rtol/atol given per element or per component need explicit "
+            f"scalar adjoint_rtol / adjoint_atol"
+        )
+
+
 def _state_norm(options: dict | None, shapes) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward's error norm as a callable on the flat state (``per_sample`` has none: RMS)."""
     norm = resolve_norm((options or {}).get("norm"), shapes)
@@ -338,20 +354,14 @@ def odeint_adjoint(
     adjoint_options = _adjoint_options(method, options, adjoint_method, adjoint_options)
     adjoint_method = method if adjoint_method is None else adjoint_method
 
+    _check_scalar_tolerance(adjoint_rtol, "adjoint_rtol")
+    _check_scalar_tolerance(adjoint_atol, "adjoint_atol")
+
     shapes = [part.shape for part in y0] if isinstance(y0, tuple) else None
     if shapes is None:
         y0_flat, backward_func = y0, func
     else:
         y0_flat, backward_func = tuple_to_flat(y0), TupleRHS(func, shapes)
-        adjoint_rtol, adjoint_atol = (
-            tuple_tolerance(adjoint_rtol, shapes),
-            tuple_tolerance(adjoint_atol, shapes),
-        )
-        if isinstance(adjoint_rtol, torch.Tensor) or isinstance(adjoint_atol, torch.Tensor):
-            raise ValueError(
-                "odeint_adjoint: per-component tolerances of a tuple y0 need explicit scalar "
-                "adjoint_rtol / adjoint_atol (the backward state is not a tuple)"
-            )
 
     cfg = _AdjointConfig(
         func,

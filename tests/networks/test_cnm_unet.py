@@ -142,3 +142,17 @@ def test_gradcheck_float64():
                         atol=1e-12).double().eval()
     x = images(1, size=16, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(model, (x,), fast_mode=True, eps=1e-6, atol=1e-5)
+
+
+def test_fixed_step_solver_for_the_ablation_matches_torchdiffeq():
+    """method="rk4" without step_size: one step over [0, delta_t], as torchdiffeq's rk4 takes on
+    the grid [0, 0.05] when given no step_size (the authors' call with another method)."""
+    model = _tiny(method="rk4").double().eval()
+    reference = copy.deepcopy(model)
+    reference.cnm_block.nmode = TorchdiffeqNmODE(reference.cnm_block.nmode, t1=0.05, method="rk4", adjoint=False)
+    x = images(2, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close(model(x), reference(x), "cross", "rk4 logits", rtol=1e-9, atol=1e-11)
+        euler = copy.deepcopy(model)
+        euler.cnm_block.nmode = TorchdiffeqNmODE(euler.cnm_block.nmode, t1=0.05, method="euler", adjoint=False)
+        assert not torch.allclose(model(x), euler(x), rtol=0, atol=1e-12)

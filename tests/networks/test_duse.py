@@ -1,6 +1,7 @@
 """DUSE: the Fourier prompt, the memory bank, the losses, and adapt()'s guarantees (weights
 restored bit-exactly, nothing leaking between images, checkpoints untouched)."""
 
+import dataclasses
 import io
 
 import pytest
@@ -80,6 +81,8 @@ def test_config_validation():
     with pytest.raises(ValueError, match="momentum must be in"):
         DUSEConfig(momentum=1.5)
     assert DUSEConfig() == DUSEConfig(alpha=0.01, momentum=0.2, h_base=0.5, k=1000.0, lr=0.01)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DUSEConfig().lr = 0.1  # replace the whole config on the model instead
 
 
 # ---------------------------------------------------------------------------- on the model

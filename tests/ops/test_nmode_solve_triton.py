@@ -171,15 +171,33 @@ def test_gradients_match_reference(case, gradient, dtype):
         assert_close(a, b, msg=f"{case} {gradient} {name}")
 
 
+@pytest.mark.parametrize("checkpoints", [2, 4])
+def test_exact_backward_recomputation_paths(monkeypatch, checkpoints):
+    """Few register checkpoints force every recomputation path of the exact backward: with
+    C = 2, euler's 7 steps make segments longer than C (each state recomputed from its
+    checkpoint); with C = 4, several short segments; per-element dopri5 replays its
+    controller once per C accepted steps. Results must not depend on C."""
+    monkeypatch.setattr(tri, "CHECKPOINTS", checkpoints)
+    y0, g = randn(70, dtype=torch.float64, seed=15), randn(70, dtype=torch.float64, seed=16)
+    gy1, gf1 = randn(70, dtype=torch.float64, seed=17), randn(70, dtype=torch.float64, seed=18)
+    for cfg, t1 in ((NmodeConfig(method="euler", step_size=0.05), 0.35),
+                    (NmodeConfig(method="dopri5", control="per_element", rtol=1e-9, atol=1e-11), 0.1)):
+        stats = tri.forward(y0, g, 0.0, t1, cfg, False)[3]
+        got = tri.backward(gy1, None, gf1, y0, g, stats, 0.0, t1, cfg)
+        want = reference.backward(gy1, None, gf1, y0, g, stats, 0.0, t1, cfg)
+        for a, b in zip(got, want):
+            assert_close(a, b, msg=f"{cfg.method} C={checkpoints}")
+
+
 def test_direct_backward_without_f_cotangents():
     """grad_f0/grad_f1 may be None; saved state is y0, g and the stats only."""
     cfg = NmodeConfig(method="dopri5", control="per_element")
-    y0, g = randn(140, dtype=torch.float64, seed=10), randn(35, dtype=torch.float64, seed=11)
-    gy1 = randn(140, dtype=torch.float64, seed=12)
+    y0, g = randn(70, dtype=torch.float64, seed=10), randn(35, dtype=torch.float64, seed=11)
+    gy1 = randn(70, dtype=torch.float64, seed=12)
     _, _, _, stats = tri.forward(y0, g, 0.0, 0.05, cfg, False)
     got = tri.backward(gy1, None, None, y0, g, stats, 0.0, 0.05, cfg)
     want = reference.backward(gy1, None, None, y0, g, stats, 0.0, 0.05, cfg)
-    assert got[0].shape == (140,) and got[1].shape == (35,)
+    assert got[0].shape == (70,) and got[1].shape == (35,)
     for a, b in zip(got, want):
         assert_close(a, b)
 
@@ -230,6 +248,7 @@ def test_adjoint_gradient_matches_torchdiffeq_odeint_adjoint():
         assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["rk4_classic", "dopri5_global"])
 def test_gradcheck_float64(case):
     """Analytic exact gradient vs finite differences (gradcheck's fast mode: one random

@@ -244,6 +244,36 @@ def test_adjoint_params_for_plain_function():
         assert_close(a, b, kind="cross")
 
 
+def test_per_sample_norm_and_other_adjoint_method():
+    """Forward with options norm='per_sample'; backward with a different method (dopri5)."""
+    func, y0, t = _make("mlp")
+    tols = {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12, "options": {"norm": "per_sample"}}
+    _, adj = _grads(odeint_adjoint, func, y0, t, **tols)
+    _, bp = _grads(odeint, func, y0, t, **tols)
+    for name, a, b in zip(_names(func), adj, bp):
+        assert_close(a, b, kind="cross", msg=name)
+    _, mixed = _grads(
+        odeint_adjoint, func, y0, t, method="rk4", options={"step_size": 1 / 64},
+        adjoint_method="dopri5", adjoint_options={}, adjoint_rtol=1e-10, adjoint_atol=1e-12,
+    )  # fmt: skip
+    for name, a, b in zip(_names(func), mixed, bp):
+        if name != "t":  # backprop's dL/dt on a step_size grid: see test_adjoint_matches_backprop
+            assert_close(a, b, kind="cross", msg=name)
+
+
+def test_constant_field_gives_zero_vjps():
+    """f independent of y, t and parameters: dL/dy0 = dL/dy(T), no autograd.grad error."""
+
+    class Drift(nn.Module):
+        def forward(self, t, y):
+            return torch.ones_like(y)
+
+    y0 = randn(4, dtype=F64, seed=7, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    (g,) = torch.autograd.grad(odeint_adjoint(Drift(), y0, t, method="rk4")[-1].sum(), (y0,))
+    assert_close(g, torch.ones_like(y0))
+
+
 # --------------------------------------------------------------------------- gradcheck (float64)
 
 
@@ -370,6 +400,18 @@ def test_bad_adjoint_params_raises():
     func, y0, t = _make("linear")
     with pytest.raises(TypeError, match=r"adjoint_params\[0\] must be a torch.Tensor"):
         odeint_adjoint(func, y0, t, adjoint_params=(1.0,))
+
+
+def test_per_element_tolerance_needs_scalar_adjoint_tolerance():
+    func, y0, t = _make("linear")
+    with pytest.raises(ValueError, match="adjoint_rtol must be a scalar"):
+        odeint_adjoint(func, y0, t, rtol=torch.full_like(y0, 1e-6).detach())
+
+
+def test_on_max_steps_return_raises():
+    func, y0, t = _make("linear")
+    with pytest.raises(ValueError, match="on_max_steps'] must be 'raise'"):
+        odeint_adjoint(func, y0, t, options={"on_max_steps": "return"})
 
 
 def test_rhs_wrong_shape_in_backward_raises():

@@ -195,6 +195,20 @@ ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __r
   }
 }
 
+// The speed floor of the solve: `reps` chained evaluations of the same polynomial cos per
+// element, block-resident (no memory traffic). bench/ops/bench_nmode_solve.py compares the
+// solve against it at the solve's RHS-evaluation count.
+template <typename T>
+ODEKERN_ISA_CLONES void cos_floor_block(const T* __restrict x, int64_t len, int64_t reps, T* __restrict out) {
+  alignas(64) T v[kBlock];
+  for (int64_t e = 0; e < len; ++e) v[e] = x[e];
+  for (int64_t r = 0; r < reps; ++r) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) v[e] = fast_cos(v[e]);
+  }
+  for (int64_t e = 0; e < len; ++e) out[e] = v[e];
+}
+
 }  // namespace cpu
 }  // namespace nmode
 }  // namespace odekern

@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig
+from odekern.ops.nmode_solve.op import nmode_solve_op  # registers the op and its backends
 
 __all__ = ["nmode_solve", "NmodeConfig"]
 
@@ -111,8 +112,6 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
             raise ValueError("y0 contains non-finite values (inf or nan)")
         if g.numel() and not bool(torch.isfinite(g).all()):
             raise ValueError("g contains non-finite values (inf or nan)")
-
-    from odekern.ops.nmode_solve.op import nmode_solve_op
 
     y_flat = y0.reshape(-1)
     g_flat = _leading_broadcast(g, y0.shape) if y0.numel() else g.reshape(-1)[:0]

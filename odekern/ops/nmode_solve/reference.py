@@ -223,9 +223,8 @@ def _solve(y0, gf, t0, t1, cfg: NmodeConfig, stats=None):
 def forward(y0, g, t0, t1, cfg: NmodeConfig, need_f: bool):
     gf = _expand_g(g, y0.numel())
     if y0.numel() == 0:
-        empty = y0.new_empty(0)
         dts = fixed_grid_steps(t0, t1, cfg.step_size) if not cfg.adaptive else []
-        return y0.clone(), empty, empty, torch.tensor([len(dts), 0, 1.0, *dts], dtype=torch.float64)
+        return y0.clone(), y0.new_empty(0), y0.new_empty(0), torch.tensor([len(dts), 0, 1.0, *dts], dtype=torch.float64)
     y1, stats = _solve(y0, gf, t0, t1, cfg)
     if not cfg.adaptive:
         dts = fixed_grid_steps(t0, t1, cfg.step_size)

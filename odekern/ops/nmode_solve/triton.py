@@ -462,7 +462,6 @@ def _pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
     buf_y = tl.zeros([C, BLOCK], T)
     buf_dt = tl.zeros([C, BLOCK], T)
     rows = tl.arange(0, C)[:, None]
-    b1 = tl.full([BLOCK], 1.0, T)
     while tl.max((done == 0).to(tl.int32), axis=0) > 0:
         act = done == 0
         over = act & (attempts >= max_steps)

@@ -1,0 +1,94 @@
+"""The fused-kernel seam (odekern.solvers.stages): in-place ``out=`` path == functional path,
+autograd never sees in-place writes, and solvers stay correct when the RHS aliases its input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from odekern import odeint
+from odekern.solvers import stages
+from odekern.testing import assert_close, randn
+from solver_problems import ALL_METHODS
+
+F64 = torch.float64
+
+
+def _ks(n=3, shape=(4, 5), dtype=F64):
+    return [randn(*shape, dtype=dtype, seed=10 + j) for j in range(n)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_linear_combination_out_path_matches_plain_formula(dtype):
+    ks, base = _ks(dtype=dtype), randn(4, 5, dtype=dtype, seed=1)
+    coeffs, dt = (0.5, 0.0, -1.25), 0.3
+    expected = base.double() + dt * sum(c * k.double() for c, k in zip(coeffs, ks))
+    out = torch.empty_like(base)
+    with torch.no_grad():
+        got = stages.linear_combination(coeffs, ks, scale=dt, base=base, out=out)
+    assert got is out  # written in place
+    assert_close(got, expected.to(dtype))
+    assert_close(stages.linear_combination(coeffs, ks, scale=dt, base=base), expected.to(dtype))
+    assert_close(stages.error_estimate(dt, coeffs, ks), (expected - base.double()).to(dtype))
+
+
+def test_zero_coefficients_are_skipped():
+    ks = _ks()
+    ks[1] = torch.full_like(ks[1], float("inf"))
+    y = stages.stage_state(ks[0], 0.1, (1.0, 0.0), ks[:2])
+    assert torch.isfinite(y).all()
+
+
+def test_out_is_ignored_when_autograd_records():
+    ks = [k.requires_grad_() for k in _ks()]
+    out = torch.zeros(4, 5, dtype=F64)
+    y = stages.step_solution(ks[0], 0.2, (0.25, 0.5, 0.25), ks, out=out)
+    assert y is not out and torch.count_nonzero(out) == 0 and y.requires_grad
+    (g,) = torch.autograd.grad(y.sum(), ks[1])
+    assert_close(g, torch.full_like(g, 0.2 * 0.5))
+
+
+def test_time_tensor_dt_is_differentiable():
+    ks, base = _ks(1), randn(4, 5, dtype=F64, seed=2)
+    dt = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    y = stages.stage_state(base, dt, (2.0,), ks)
+    (g,) = torch.autograd.grad(y.sum(), dt)
+    assert_close(g, 2.0 * ks[0].sum())
+
+
+def test_error_ratio_is_rms_of_scaled_error():
+    err, y0, y1 = _ks()
+    rtol, atol = 1e-3, 1e-6
+    expected = (err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()))).pow(2).mean().sqrt()
+    assert_close(stages.error_ratio(err, y0, y1, rtol, atol, lambda x: x.pow(2).mean().sqrt()), expected)
+
+
+def test_interpolants_match_plain_formulas():
+    y0, f0, y1, f1 = _ks(4)
+    out = torch.empty_like(y0)
+    theta, dt = 0.3, 0.7
+    with torch.no_grad():
+        assert_close(stages.lerp(y0, y1, theta, out=out), y0 + theta * (y1 - y0))
+        h = theta
+        hermite = ((1 + 2 * h) * (1 - h) ** 2 * y0 + h * (1 - h) ** 2 * dt * f0 + h * h * (3 - 2 * h) * y1
+                   + h * h * (h - 1) * dt * f1)
+        assert_close(stages.hermite(y0, f0, y1, f1, dt, theta, out=out), hermite)
+        assert_close(stages.polynomial([y0, f0, y1], 0.5, out=out), y0 + 0.5 * f0 + 0.25 * y1)
+    assert_close(stages.polynomial([y0, f0, y1], 0.5), y0 + 0.5 * f0 + 0.25 * y1)
+
+
+@pytest.mark.filterwarnings("ignore:.*did not converge")
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_rhs_returning_its_input_is_safe_with_reused_buffers(method):
+    # f(t, y) = y returns the very buffer the solver wrote the stage into: the solver must not
+    # overwrite a k it still needs. Exact solution: y0 * exp(t).
+    y0 = torch.tensor([1.0, -2.0], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    opts = None if method == "dopri5" else {"step_size": 1 / 64, "max_order": 5} if "adams" in method else {
+        "step_size": 1 / 64}
+    with torch.no_grad():
+        y = odeint(lambda t, y: y, y0, t, method=method, options=opts)
+        y_fresh = odeint(lambda t, y: y.clone(), y0, t, method=method, options=opts)
+    assert torch.equal(y, y_fresh)
+    tol = 2e-2 if method == "euler" else 1e-4
+    assert_close(y, y0 * torch.exp(t)[:, None], rtol=tol, atol=tol)
