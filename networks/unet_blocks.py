@@ -9,8 +9,8 @@ any of them drops into the one U-Net skeleton of ``networks.unet.UNet``:
   everything before them, then a 1x1 transition to ``out_channels``.
 - ``INC`` inception: parallel 1x1, 1x1->3x3, 1x1->5x5 and 3x3-max-pool->1x1 branches.
 - ``PSP`` pyramid pooling (Zhao et al.): average-pool to 1x1, 2x2, 3x3, 6x6, 1x1 conv each,
-  upsample back, concatenate with the input, 1x1 bottleneck -> ReLU (the authors' PSP block has
-  no 3x3 convolution either, which is why it trails in their tables).
+  upsample back, concatenate with the input, 1x1 bottleneck -> ReLU (as the authors' PSP block:
+  no 3x3 convolution).
 - ``FO`` first-order ODE block (Pinckaers & Litjens): 1x1 conv to ``out_channels``, then
   ``x' = ConvField(x)`` integrated over t in [0, 1] with ``odekern.ODEBlock(order=1)``.
 

@@ -97,7 +97,11 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         t = -t
         _flip_time_options(options)
 
-    if norm == PER_SAMPLE:
+    if y0.numel() == 0:
+        # Nothing to integrate (and an RMS norm of no elements is NaN): the state stays empty.
+        solution = y0.unsqueeze(0).expand(len(t), *y0.shape).clone()
+        status = SolveStatus(True, "empty state", float(t[-1].detach()) * (-1.0 if reverse else 1.0), len(t), 0.0)
+    elif norm == PER_SAMPLE:
         solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, shapes)
     else:
         solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,

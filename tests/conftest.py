@@ -4,6 +4,7 @@
 with its reason* (never silently passed), so the test report shows exactly what ran.
 """
 
+import importlib
 import os
 
 # Triton kernels run in its interpreter on CPU tensors; this must be set before triton.jit
@@ -14,7 +15,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from odekern import backends as _backends
+# The module, not the odekern.backends() function the package re-exports under that name.
+_backends = importlib.import_module("odekern.backends")
 
 
 @pytest.fixture(autouse=True)

@@ -200,9 +200,13 @@ def _saved_bytes(n_steps, backend):
     y0, g = _inputs()
     y0.requires_grad_(True)
     total = [0]
+    seen = set()
 
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
+    def pack(t):  # bytes of distinct storages (views of one tensor count once)
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total[0] += st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -106,19 +106,3 @@ class TorchdiffeqNmODE(nn.Module):
         gamma, conv = nmode_gamma_and_conv(self.inner)
         return solve_nmode(gamma, conv, y0, self.t1, self.method, self.rtol, self.atol, self.adjoint,
                            self.options, return_f)
-
-
-class DevNmODE(nn.Module):
-    """A torchdiffeq NmODE with the documented constructor; used only while the fused one is absent."""
-
-    def __init__(self, channels, height, width, t1=0.05, method="dopri5", rtol=1e-7, atol=1e-9,
-                 gradient="adjoint", backend="auto"):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1, channels, height, width))
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.t1, self.method, self.rtol, self.atol = t1, method, rtol, atol
-        self.adjoint = gradient == "adjoint"
-
-    def forward(self, y0, return_f=False):
-        return solve_nmode(self.gamma, self.conv, y0, self.t1, self.method, self.rtol, self.atol, self.adjoint,
-                           return_f=return_f)

@@ -330,9 +330,13 @@ def _saved_bytes(backend, n_steps):
     y0, g = _inputs(torch.float32, (2, 3, 16, 16), (1, 3, 16, 16))
     y0.requires_grad_(True)
     total = [0]
+    seen = set()
 
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
+    def pack(t):  # bytes of distinct storages (views of one tensor count once)
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total[0] += st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

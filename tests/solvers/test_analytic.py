@@ -119,3 +119,19 @@ def test_dopri5_dense_output_between_steps_is_accurate():
     with torch.no_grad():
         y = odeint(func, y0, t, rtol=1e-9, atol=1e-11)
     assert_close(y, func.exact(y0, t), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_edge_shapes_single_time_empty_state_non_contiguous(method):
+    from odekern.testing import non_contiguous
+
+    func = LinearODE(3, scale=0.5)
+    y0 = randn(2, 3, dtype=torch.float64, seed=11)
+    one_t = torch.tensor([0.25], dtype=torch.float64)
+    assert torch.equal(_solve(func, y0, one_t, method), y0[None])
+    empty = torch.zeros(0, 3, dtype=torch.float64)
+    assert _solve(func, empty, torch.tensor([0.0, 1.0], dtype=torch.float64), method).shape == (2, 0, 3)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    y_nc = _solve(func, non_contiguous(y0), t, method)
+    assert_close(y_nc, _solve(func, y0.contiguous(), t, method))
+    assert_close(y_nc, func.exact(y0, t), rtol=ANALYTIC_TOL[method], atol=ANALYTIC_TOL[method])

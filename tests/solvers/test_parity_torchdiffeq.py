@@ -2,8 +2,10 @@
 
 Fixed-grid methods run the same algorithm as torchdiffeq, so they must agree to rounding
 (``ROUNDING_TOL``) with exactly the same number of RHS evaluations. ``dopri5`` must take the same
-steps (+-1 step = 6 evaluations) and agree within ``CROSS_LIBRARY_TOL`` (float32 error estimates
-are rounding-noisy, so there the step sequences may differ slightly within the tolerance).
+steps (+-1 step = 6 evaluations) and agree within ``CROSS_LIBRARY_TOL`` in float64. In float32 the
+error estimates are rounding-noisy in both libraries, so step sizes differ slightly and the two
+solutions are instead each checked for accuracy against a float64 solution
+(``assert_adaptive_accuracy_ok``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torchdiffeq
 
 from odekern import odeint
-from odekern.testing import assert_close, randn
+from odekern.testing import assert_adaptive_accuracy_ok, assert_close, randn
 from solver_problems import SHARED_METHODS, Counting, LinearODE, MLPODE
 
 DTYPES = [torch.float32, torch.float64]
@@ -44,12 +46,17 @@ def _setup(method, dtype, reverse):
     return t, opts, tol
 
 
-def _kind(method):
-    return "cross" if method == "dopri5" else "rounding"
+def _kind(method, dtype=torch.float64):
+    # implicit_adams in float32: a corrector convergence test within rounding of its threshold
+    # may take one more or one fewer iteration (a difference below the corrector tolerance).
+    noisy = method == "dopri5" or (method == "implicit_adams" and dtype == torch.float32)
+    return "cross" if noisy else "rounding"
 
 
-def _assert_same_nfe(method, ours, theirs):
+def _assert_same_nfe(method, ours, theirs, dtype=torch.float64):
     slack = DOPRI5_NFE_PER_STEP if method == "dopri5" else 0
+    if method == "implicit_adams" and dtype == torch.float32:
+        slack = 2  # see _kind: at most a couple of corrector iterations flip
     assert abs(ours - theirs) <= slack, f"{method}: odekern used {ours} RHS evaluations, torchdiffeq {theirs}"
 
 
@@ -66,8 +73,16 @@ def test_outputs_and_step_counts_match(method, dtype, shape, reverse):
         y = odeint(ours, y0, t, method=method, options=opts, **tol)
         y_ref = torchdiffeq.odeint(theirs, y0, t, method=method, options=opts, **tol)
     assert y.shape == (len(t), *shape) and y.dtype == dtype
-    assert_close(y, y_ref, kind=_kind(method), msg=f"{method} {dtype} {shape} reverse={reverse}")
-    _assert_same_nfe(method, ours.n, theirs.n)
+    if dtype == torch.float32 and method == "dopri5":
+        # float32 step control is rounding-noisy in both libraries: compare accuracy vs float64.
+        func64 = MLPODE(shape[-1], dtype=torch.float64)
+        with torch.no_grad():
+            exact = odeint(func64, y0.double(), t.double(), rtol=1e-12, atol=1e-14)
+        assert_adaptive_accuracy_ok(y, y_ref, exact, **tol)
+        assert_adaptive_accuracy_ok(y_ref, y, exact, **tol)  # symmetric: neither is off
+    else:
+        assert_close(y, y_ref, kind=_kind(method, dtype), msg=f"{method} {dtype} {shape} reverse={reverse}")
+    _assert_same_nfe(method, ours.n, theirs.n, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

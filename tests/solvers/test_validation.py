@@ -147,6 +147,7 @@ def test_rhs_returning_wrong_dtype_or_type():
 NAN_REACHED = {"dopri5": "0.5", "euler": "0.625", "rk4": "0.5", "explicit_adams": "0.625", "implicit_adams": "0.5"}
 
 
+@pytest.mark.filterwarnings("ignore:.*did not converge")
 @pytest.mark.parametrize("method", sorted(NAN_REACHED))
 def test_non_finite_mid_solve_names_the_time(method):
     def blows_up(t, y):
