@@ -6,7 +6,8 @@ Modes: fwd; fwd+bwd through backprop; fwd+bwd through the adjoint.
 
 Ratios: the torchdiffeq case of each (method, mode) runs first; later providers record
 ``speedup_vs_torchdiffeq`` (torchdiffeq median / own median, > 1 means faster) in extra_info,
-with the RHS evaluation count ``nfe`` so unequal step counts are visible.
+with the RHS evaluation count ``nfe`` so unequal step counts are visible, and ``peak_bytes``
+(odekern.testing.PeakMemory: malloc bytes in use above the start, one untimed call).
 
     cd /work/main && python -m pytest bench/bench_solvers.py --benchmark-only -q
 """
@@ -23,6 +24,7 @@ from torch import nn
 import odekern
 from odekern.backends import BACKEND_NAMES, availability, registered, use_backend
 from odekern.ops.rk_stage.op import COMBINE
+from odekern.testing import PeakMemory
 
 SHAPE = (4, 32, 64, 64)
 ROUNDS = 2  # + the untimed nfe-counting call, which doubles as warm-up: ~2 min in all
@@ -100,6 +102,19 @@ def _runner(provider: str, method: str, mode: str, func, y0, t):
     return run
 
 
+def _untimed_call(run, func: ConvRHS) -> tuple[int, int | None]:
+    """One call before timing (it doubles as warm-up): RHS evaluations and peak malloc bytes."""
+    func.nfe = 0
+    if not PeakMemory.available():
+        run()
+        return func.nfe, None
+    with PeakMemory() as mem:
+        mem.watch(func)
+        run()
+    nfe, func.nfe = func.nfe, 0
+    return nfe, mem.peak_bytes
+
+
 def _record_ratio(benchmark, key: tuple[str, str, str], provider: str) -> None:
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable
@@ -117,8 +132,7 @@ def _record_ratio(benchmark, key: tuple[str, str, str], provider: str) -> None:
 def test_odeint_conv(run_bench, benchmark, provider, method, mode):
     func, y0, t = _problem()
     run = _runner(provider, method, mode, func, y0, t)
-    run()  # one call to count RHS evaluations (and to fail fast before timing)
-    nfe, func.nfe = func.nfe, 0
+    nfe, peak = _untimed_call(run, func)
     run_bench(
         run,
         provider=provider,
@@ -128,6 +142,7 @@ def test_odeint_conv(run_bench, benchmark, provider, method, mode):
         mode=mode,
         shape=list(SHAPE),
         nfe=nfe,
+        peak_bytes=peak,
     )
     _record_ratio(benchmark, (method, mode, "conv"), provider)
 
@@ -166,8 +181,7 @@ def test_torchode_dopri5_conv(run_bench, benchmark, mode):
         out.square().mean().backward()
         return out
 
-    run()
-    nfe, func.nfe = func.nfe, 0
+    nfe, peak = _untimed_call(run, func)
     # torchode steps every sample separately (its own controller): nfe counts batched calls.
     run_bench(
         run,
@@ -178,5 +192,6 @@ def test_torchode_dopri5_conv(run_bench, benchmark, mode):
         mode=mode,
         shape=list(SHAPE),
         nfe=nfe,
+        peak_bytes=peak,
     )
     _record_ratio(benchmark, ("dopri5", mode, "conv"), "torchode")

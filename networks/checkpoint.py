@@ -16,8 +16,9 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,10 +71,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``writer(file_object)`` on a temporary file, then atomically move it to ``path``."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            writer(fh)
-            fh.flush()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        writer(fh)
+        fh.flush()
     return Path(path)
 
 

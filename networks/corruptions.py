@@ -14,7 +14,7 @@ Random corruptions (noise) draw from an explicit ``torch.Generator`` so sweeps r
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

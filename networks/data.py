@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -311,7 +311,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
     return sorted(perm[n_val:]), sorted(perm[:n_val])

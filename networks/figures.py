@@ -18,17 +18,18 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless servers and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from networks import checkpoint as ckpt  # noqa: E402
+from networks import checkpoint as ckpt
 
 OVERLAY_COLOUR = np.array([1.0, 0.9, 0.0])  # yellow, as the paper's Figure 2
 
@@ -138,7 +139,7 @@ def overlays_for_checkpoint(checkpoint: str, path: str | os.PathLike, num_images
     from networks.evaluate import EvalConfig, evaluation_dataset, predict_logits
 
     model, state = ckpt.load_model(checkpoint)
-    dataset, desc = evaluation_dataset(EvalConfig(checkpoint=checkpoint, data=data, max_images=num_images),
+    dataset, _ = evaluation_dataset(EvalConfig(checkpoint=checkpoint, data=data, max_images=num_images),
                                        state["config"])
     pairs = [dataset[i] for i in range(len(dataset))]
     images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

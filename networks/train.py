@@ -28,17 +28,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from networks import checkpoint as ckpt
 from networks import ddp
-from networks.data import (FolderSegmentation, SyntheticLesions, augment_batch, augment_generator, epoch_order,
-                           split_indices)
+from networks.data import (
+    FolderSegmentation,
+    SyntheticLesions,
+    augment_batch,
+    augment_generator,
+    epoch_order,
+    split_indices,
+)
 from networks.metrics import binarize, dice_per_image
 
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -100,7 +107,7 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: int | None = None
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Fill every ``None`` hyper-parameter from the paper defaults of this model."""
         defaults = {**SCHEDULE_DEFAULTS, **PAPER_DEFAULTS.get(self.model, FALLBACK_DEFAULTS)}
         updates = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
@@ -134,14 +141,14 @@ class StopOnInterrupt:
         self.requested = False
         self._previous = None
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+    def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
         print("\n[odekern-train] Ctrl-C: finishing this step and saving a checkpoint "
               "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "StopOnInterrupt":
+    def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

@@ -6,23 +6,30 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from odekern.solvers.base import RHS, SolveStatus
-from odekern.solvers.checks import (check_method, check_options, check_state, check_state_matches_time,
-                                    check_time, check_tolerance)
+from odekern.solvers.checks import (
+    check_method,
+    check_options,
+    check_state,
+    check_state_matches_time,
+    check_time,
+    check_tolerance,
+)
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat, tuple_tolerance
 
 Tensor = torch.Tensor
-State = Union[Tensor, tuple]
+State = Tensor | tuple
 
 
 def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any = 1e-9,
-           method: Optional[str] = None, options: Optional[dict] = None):
+           method: str | None = None, options: dict | None = None):
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
     Same signature, defaults, option names and return value as ``torchdiffeq.odeint``.
@@ -163,6 +170,6 @@ def _sample_tol(tol: Any, y0: Tensor, b: int) -> Any:
 
 # Re-exported here so ``from odekern.odeint import odeint_adjoint`` works; imported last because
 # the adjoint module calls back into ``odeint`` above.
-from odekern.solvers.adjoint import odeint_adjoint  # noqa: E402
+from odekern.solvers.adjoint import odeint_adjoint
 
 __all__ = ["odeint", "odeint_adjoint"]

@@ -113,6 +113,7 @@ def test_broken_cu_fails_and_good_cu_is_measured(tmp_path, capsys):
 
 # ------------------------------------------------------------------ the repository's kernels
 
+@pytest.mark.slow
 @needs_nvcc
 def test_repository_cuda_kernels_compile_for_sm80_and_sm90_without_spills():
     sources = gpucheck.cuda_sources()

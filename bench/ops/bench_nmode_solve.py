@@ -9,7 +9,7 @@ it has no rk4, and its adjoint is not a drop-in), and two floors: `floor-poly` r
 polynomial cos in a register-resident C++ loop (no memory traffic) as many times per element
 as the solve evaluates the RHS; `floor-torch.cos` does the same count with torch.cos over the
 tensor. Ratios to torchdiffeq and to the floor are recorded in extra_info of the odekern rows
-and printed by the last benchmark (they are measured in the same run).
+and printed by the last benchmark (test_zz_summary) (they are measured in the same run).
 Peak memory vs steps: bytes autograd saves for the backward (deterministic), 4/16/64 steps.
 """
 
@@ -73,7 +73,7 @@ def _cpu_backends():
 # rk4, dt = 0.05 over [0, 1], forward.
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["cpu"])
-def bench_rk4_forward_odekern(benchmark, run_bench, backend):
+def test_rk4_forward_odekern(benchmark, run_bench, backend):
     if odekern.backends().get(backend) is not True:
         pytest.skip(f"backend {backend}: {odekern.backends().get(backend)}")
     y0, g = _inputs()
@@ -82,7 +82,7 @@ def bench_rk4_forward_odekern(benchmark, run_bench, backend):
     RESULTS[f"rk4-fwd:odekern-{backend}"] = benchmark.stats.stats.min
 
 
-def bench_rk4_forward_torchdiffeq(benchmark, run_bench):
+def test_rk4_forward_torchdiffeq(benchmark, run_bench):
     y0, g = _inputs()
     func = _RHS(g)
     t = torch.tensor([0.0, 1.0])
@@ -97,14 +97,14 @@ def _floor_poly(n_evals):
     return lambda: torch.ops.odekern_C.nmode_cos_floor(y0.reshape(-1), n_evals)
 
 
-def bench_rk4_floor_poly(benchmark, run_bench):
+def test_rk4_floor_poly(benchmark, run_bench):
     if not hasattr(torch.ops.odekern_C, "nmode_cos_floor"):
         pytest.skip("odekern._C built without nmode_cos_floor")
     run_bench(_floor_poly(80), provider="floor-poly", setting="rk4-fwd", shape=list(SHAPE), cos_per_element=80)
     RESULTS["rk4-fwd:floor-poly"] = benchmark.stats.stats.min
 
 
-def bench_rk4_floor_torch_cos(benchmark, run_bench):
+def test_rk4_floor_torch_cos(benchmark, run_bench):
     x, _ = _inputs()
     out = torch.empty_like(x)
 
@@ -122,21 +122,21 @@ def bench_rk4_floor_torch_cos(benchmark, run_bench):
 CNM = dict(rtol=1e-7, atol=1e-9)
 
 
-def bench_cnm_forward_odekern(benchmark, run_bench):
+def test_cnm_forward_odekern(benchmark, run_bench):
     y0, g = _inputs()
     run_bench(lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, **CNM), provider="odekern-cpu-global",
               setting="cnm-fwd", shape=list(SHAPE))
     RESULTS["cnm-fwd:odekern"] = benchmark.stats.stats.min
 
 
-def bench_cnm_forward_odekern_per_element(benchmark, run_bench):
+def test_cnm_forward_odekern_per_element(benchmark, run_bench):
     y0, g = _inputs()
     run_bench(lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, control="per_element", **CNM),
               provider="odekern-cpu-per_element", setting="cnm-fwd", shape=list(SHAPE))
     RESULTS["cnm-fwd:odekern-per_element"] = benchmark.stats.stats.min
 
 
-def bench_cnm_forward_torchdiffeq(benchmark, run_bench):
+def test_cnm_forward_torchdiffeq(benchmark, run_bench):
     y0, g = _inputs()
     func = _RHS(g)
     t = torch.tensor([0.0, 0.05])
@@ -146,7 +146,7 @@ def bench_cnm_forward_torchdiffeq(benchmark, run_bench):
     RESULTS["cnm-fwd:torchdiffeq"] = benchmark.stats.stats.min
 
 
-def bench_cnm_forward_torchode(benchmark, run_bench):
+def test_cnm_forward_torchode(benchmark, run_bench):
     to = pytest.importorskip("torchode")
     y0, g = _inputs()
     gflat = g.expand(SHAPE).reshape(SHAPE[0], -1)
@@ -160,7 +160,7 @@ def bench_cnm_forward_torchode(benchmark, run_bench):
 
 
 @pytest.mark.parametrize("gradient", ["exact", "adjoint"])
-def bench_cnm_fwd_bwd_odekern(benchmark, run_bench, gradient):
+def test_cnm_fwd_bwd_odekern(benchmark, run_bench, gradient):
     y0, g = _inputs()
 
     def go():
@@ -172,7 +172,7 @@ def bench_cnm_fwd_bwd_odekern(benchmark, run_bench, gradient):
     RESULTS[f"cnm-fwd+bwd:odekern-{gradient}"] = benchmark.stats.stats.min
 
 
-def bench_cnm_fwd_bwd_torchdiffeq_adjoint(benchmark, run_bench):
+def test_cnm_fwd_bwd_torchdiffeq_adjoint(benchmark, run_bench):
     y0, g = _inputs()
     func = _RHS(g)
     t = torch.tensor([0.0, 0.05])
@@ -185,7 +185,7 @@ def bench_cnm_fwd_bwd_torchdiffeq_adjoint(benchmark, run_bench):
     RESULTS["cnm-fwd+bwd:torchdiffeq"] = benchmark.stats.stats.min
 
 
-def bench_cnm_floor_poly(benchmark, run_bench):
+def test_cnm_floor_poly(benchmark, run_bench):
     if not hasattr(torch.ops.odekern_C, "nmode_cos_floor"):
         pytest.skip("odekern._C built without nmode_cos_floor")
     n = _cnm_rhs_evaluations()
@@ -215,14 +215,14 @@ def _saved_bytes(n_steps, backend):
     return total[0]
 
 
-def bench_memory_vs_steps(benchmark, run_bench):
+def test_memory_vs_steps(benchmark, run_bench):
     info = {f"saved_bytes_{n}_steps": _saved_bytes(n, "cpu") for n in (4, 16, 64)}
     run_bench(lambda: _saved_bytes(16, "cpu"), provider="odekern-cpu", setting="memory", shape=list(SHAPE),
               rounds=1, **info)
     RESULTS.update({f"memory:{k}": float(v) for k, v in info.items()})
 
 
-def bench_zz_summary(benchmark, run_bench):
+def test_zz_summary(benchmark, run_bench):
     """Ratios between providers measured above (same run); printed and kept in extra_info."""
     r = RESULTS
     ratios = {}

@@ -182,19 +182,20 @@ class ODEBlock(nn.Module):
                 )
         check_backend_name(backend)
 
-        self.dynamics = func if order == 1 else _HigherOrderDynamics(func, order)
-        if order == 1 and not isinstance(func, nn.Module):
-            self.dynamics = _FunctionAsModule(func)
+        if order > 1:
+            self.dynamics = _HigherOrderDynamics(func, order)
+        else:
+            self.dynamics = func if isinstance(func, nn.Module) else _FunctionAsModule(func)
         self.velocity_init = velocity_init
         self.register_buffer("t", _as_time_grid(t), persistent=False)
-        self.method, self.rtol, self.atol = method, rtol, atol
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
         self.options = options
-        self.gradient, self.order, self.return_state, self.backend = (
-            gradient,
-            order,
-            return_state,
-            backend,
-        )
+        self.gradient = gradient
+        self.order = order
+        self.return_state = return_state
+        self.backend = backend
 
     @property
     def func(self) -> Callable:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 MAX_ORDER = 12
 
@@ -63,14 +63,14 @@ class AdamsRule:
         return tuple(float(w) for w in self.weights)
 
 
-@lru_cache(maxsize=None)
+@cache
 def bashforth(k: int) -> AdamsRule:
     """Explicit k-step rule on slopes at ``t_n, t_{n-1}, ..., t_{n-k+1}`` (newest first)."""
     nodes = tuple(-j for j in range(k))
     return AdamsRule(nodes, quadrature_weights(nodes))
 
 
-@lru_cache(maxsize=None)
+@cache
 def moulton(k: int) -> AdamsRule:
     """Implicit rule on ``k`` slopes: ``t_{n+1}`` then ``t_n, ..., t_{n-k+2}`` (newest first)."""
     nodes = tuple(1 - j for j in range(k))

@@ -20,13 +20,14 @@ Beyond torchdiffeq:
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
 from odekern.solvers import interpolation, stages
-from odekern.solvers.base import RHS, SolveStatus, Solver, store
+from odekern.solvers.base import RHS, Solver, SolveStatus, store
 from odekern.solvers.checks import check_positive, check_step_bounds, raise_non_finite
 from odekern.solvers.controllers import IntegralController, select_initial_step
 from odekern.solvers.explicit_rk import RKStepper
@@ -71,7 +72,7 @@ class AdaptiveRK(Solver):
     time_dtype = torch.float64
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str, norm: Any = None,
-                 first_step: Optional[float] = None, safety: float = 0.9, ifactor: float = 10.0,
+                 first_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0,
                  dfactor: float = 0.2, min_step: float = 0.0, max_step: float = math.inf,
                  max_num_steps: int = 2 ** 31 - 1, step_t: Any = None, jump_t: Any = None,
                  on_max_steps: str = "raise"):
@@ -100,7 +101,7 @@ class AdaptiveRK(Solver):
         reuse = not torch.is_grad_enabled()
         # The error estimate is computed without autograd, so its buffer is always reusable.
         self._stepper = RKStepper(self.tableau, y0, reuse)
-        buf = (lambda: torch.empty_like(y0)) if reuse else (lambda: None)  # noqa: E731
+        buf = (lambda: torch.empty_like(y0)) if reuse else (lambda: None)
         self._y_buffers = [buf(), buf()]
         self._err_buffer = torch.empty_like(y0)
         self._coeff_buffers = [None, buf(), buf(), buf(), buf()]
@@ -109,7 +110,7 @@ class AdaptiveRK(Solver):
     def order(self) -> int:  # type: ignore[override]
         return self.tableau.order
 
-    def _next_y_buffer(self, current: Tensor) -> Optional[Tensor]:
+    def _next_y_buffer(self, current: Tensor) -> Tensor | None:
         a, b = self._y_buffers
         return b if current is a else a
 
@@ -126,83 +127,99 @@ class AdaptiveRK(Solver):
         t = t.to(self.time_dtype)
         tv = t.tolist()
         solution = self._new_solution(len(t))
-        rhs, ctrl, tab = self.rhs, self.controller, self.tab
-        t0, t0f, y0 = t[0], tv[0], self.y0
-        f0 = rhs(t0, y0)
+        rhs = self.rhs
+        f0 = rhs(t[0], self.y0)
         if self.first_step is None:
-            dt = select_initial_step(rhs, t0, y0, f0, self.order - 1, self.rtol, self.atol, self.norm)
+            dt = select_initial_step(rhs, t[0], self.y0, f0, self.order - 1, self.rtol, self.atol, self.norm)
         else:
             dt = self.first_step
-        coeffs, t_prev = None, t0
-        n_accepted = n_rejected = 0
-        last_dt = dt
-        last_ratio_non_finite = False
+        s = _State(t=t[0], tf=tv[0], y=self.y0, f=f0, dt=dt, t_prev=t[0])
         for i in range(1, len(tv)):
             attempts = 0
-            while tv[i] > t0f:
+            while tv[i] > s.tf:
                 if attempts >= self.max_num_steps:
                     msg = (f"odeint(method={self.method!r}): max_num_steps={self.max_num_steps} exceeded while "
-                           f"integrating towards t={rhs.user_time(tv[i]):.6g}; reached t={rhs.user_time(t0f):.6g} "
-                           f"with last dt={last_dt:.3e} ({n_accepted} accepted, {n_rejected} rejected steps). "
+                           f"integrating towards t={rhs.user_time(tv[i]):.6g}; reached t={rhs.user_time(s.tf):.6g} "
+                           f"with last dt={s.last_dt:.3e} ({s.n_accepted} accepted, {s.n_rejected} rejected steps). "
                            "Increase options['max_num_steps'], loosen rtol/atol, or pass "
                            "options={'on_max_steps': 'return'} to get the partial solution and a SolveStatus.")
                     if self.on_max_steps == "raise":
                         raise RuntimeError(msg)
                     for j in range(i, len(tv)):
-                        store(solution, j, None, y0)
-                    return solution, SolveStatus(False, msg, rhs.user_time(t0f), i, last_dt, n_accepted,
-                                                 n_rejected, rhs.nfe)
+                        store(solution, j, None, s.y)
+                    return solution, self._status(s, False, msg, s.tf, i)
                 attempts += 1
-                if not math.isfinite(dt):
-                    dt = ctrl.min_step
-                dt = ctrl.clamp(dt)
-                t1f = t0f + dt
-                if not t1f > t0f:
-                    if last_ratio_non_finite:
-                        raise_non_finite(self.method, rhs.user_time(t0f), "every step beyond this time, down to "
-                                         f"dt={dt:.3e}, gave a non-finite error estimate (func returns NaN/inf?)")
-                    raise RuntimeError(f"odeint(method={self.method!r}): step size underflow at "
-                                       f"t={rhs.user_time(t0f):.6g} (dt={dt:.3e}); the problem may be stiff or "
-                                       "its solution non-finite here")
-                t_land, on_jump = self._landing_point(t0f, t1f)
-                if t_land == t1f:
-                    t1 = t0 + dt
-                else:  # shortened to hit a step_t / jump_t point exactly
-                    t1f, dt = t_land, t_land - t0f
-                    t1 = torch.tensor(t1f, dtype=self.time_dtype, device=t.device)
-                last_dt = dt
-                # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
-                t_end = _beside(t1, y0.dtype, -1) if on_jump else None
-                y1, ks = self._stepper.step(rhs, t0, dt, t1, y0, f0, out=self._next_y_buffer(y0),
-                                            t_end_stages=t_end)
-                ratio = float(stages.embedded_error_ratio(y0, y1, dt, tab.b_err, ks, self.rtol, self.atol,
-                                                          self.norm, err_out=self._err_buffer))
-                last_ratio_non_finite = not math.isfinite(ratio)
-                if last_ratio_non_finite:
-                    if dt <= ctrl.min_step:
-                        raise_non_finite(self.method, rhs.user_time(t0f),
-                                         f"a step of dt={dt:.3e} (min_step) gave a non-finite error estimate")
-                    n_rejected += 1
-                    dt = ctrl.clamp(dt * ctrl.dfactor)
-                    continue
-                accept = (ratio <= 1 and dt <= ctrl.max_step) or dt <= ctrl.min_step
-                if accept:
-                    if not bool(torch.isfinite(y1).all()):
-                        raise_non_finite(self.method, rhs.user_time(t0f), f"the accepted step to "
-                                         f"t={rhs.user_time(t1f):.6g} produced NaN/inf")
-                    coeffs = self.dense.fit(y0, y1, ks, dt, out=self._coeff_buffers)
-                    t_prev, t0, t0f, y0, f0 = t0, t1, t1f, y1, ks[-1]
-                    if on_jump:
-                        # Past a discontinuity of f: take the slope from its far side.
-                        f0 = rhs(_beside(t1, y0.dtype, +1), y1)
-                    n_accepted += 1
-                else:
-                    n_rejected += 1
-                dt = ctrl.next_step(dt, ratio)
+                self._attempt(s, t.device)
             row = solution[i]
-            store(solution, i, row, interpolation.evaluate(coeffs, t_prev, t0, t[i], out=row))
-        return solution, SolveStatus(True, "reached the last output time", rhs.user_time(tv[-1]), len(tv),
-                                     last_dt, n_accepted, n_rejected, rhs.nfe)
+            store(solution, i, row, interpolation.evaluate(s.coeffs, s.t_prev, s.t, t[i], out=row))
+        return solution, self._status(s, True, "reached the last output time", tv[-1], len(tv))
+
+    def _status(self, s: _State, success: bool, message: str, t_reached: float, n_outputs: int) -> SolveStatus:
+        return SolveStatus(success, message, self.rhs.user_time(t_reached), n_outputs, s.last_dt, s.n_accepted,
+                           s.n_rejected, self.rhs.nfe)
+
+    def _attempt(self, s: _State, device: torch.device) -> None:
+        """One attempted step from ``s``; on acceptance ``s`` moves to the step's end."""
+        rhs, ctrl = self.rhs, self.controller
+        dt = ctrl.clamp(s.dt if math.isfinite(s.dt) else ctrl.min_step)
+        t1f = s.tf + dt
+        if not t1f > s.tf:
+            if s.last_ratio_non_finite:
+                raise_non_finite(self.method, rhs.user_time(s.tf), "every step beyond this time, down to "
+                                 f"dt={dt:.3e}, gave a non-finite error estimate (func returns NaN/inf?)")
+            raise RuntimeError(f"odeint(method={self.method!r}): step size underflow at t={rhs.user_time(s.tf):.6g} "
+                               f"(dt={dt:.3e}); the problem may be stiff or its solution non-finite here")
+        t_land, on_jump = self._landing_point(s.tf, t1f)
+        if t_land == t1f:
+            t1 = s.t + dt
+        else:  # shortened to hit a step_t / jump_t point exactly
+            t1f, dt = t_land, t_land - s.tf
+            t1 = torch.tensor(t1f, dtype=self.time_dtype, device=device)
+        s.last_dt = dt
+        # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
+        t_end = _beside(t1, s.y.dtype, -1) if on_jump else None
+        y1, ks = self._stepper.step(rhs, s.t, dt, t1, s.y, s.f, out=self._next_y_buffer(s.y), t_end_stages=t_end)
+        ratio = float(stages.embedded_error_ratio(s.y, y1, dt, self.tab.b_err, ks, self.rtol, self.atol,
+                                                  self.norm, err_out=self._err_buffer))
+        s.last_ratio_non_finite = not math.isfinite(ratio)
+        if s.last_ratio_non_finite:
+            # The trial step blew up: retry smaller, unless it cannot get smaller.
+            if dt <= ctrl.min_step:
+                raise_non_finite(self.method, rhs.user_time(s.tf),
+                                 f"a step of dt={dt:.3e} (min_step) gave a non-finite error estimate")
+            s.n_rejected += 1
+            s.dt = ctrl.clamp(dt * ctrl.dfactor)
+            return
+        if (ratio <= 1 and dt <= ctrl.max_step) or dt <= ctrl.min_step:
+            if not bool(torch.isfinite(y1).all()):
+                raise_non_finite(self.method, rhs.user_time(s.tf),
+                                 f"the accepted step to t={rhs.user_time(t1f):.6g} produced NaN/inf")
+            s.coeffs = self.dense.fit(s.y, y1, ks, dt, out=self._coeff_buffers)
+            s.t_prev, s.t, s.tf, s.y, s.f = s.t, t1, t1f, y1, ks[-1]
+            if on_jump:
+                # Past a discontinuity of f: take the slope from its far side.
+                s.f = rhs(_beside(t1, y1.dtype, +1), y1)
+            s.n_accepted += 1
+        else:
+            s.n_rejected += 1
+        s.dt = ctrl.next_step(dt, ratio)
+
+
+@dataclasses.dataclass
+class _State:
+    """Where an adaptive solve stands: the last accepted point and the next step to try."""
+
+    t: Tensor  # time of the last accepted point (float64, may carry grad from the output times)
+    tf: float  # the same as a Python float, for control flow
+    y: Tensor
+    f: Tensor  # func(t, y), reused as the next step's first stage (FSAL)
+    dt: float  # next step size to try
+    t_prev: Tensor  # start of the last accepted step (the dense-output interval is [t_prev, t])
+    coeffs: list | None = None  # dense-output polynomial of the last accepted step
+    last_dt: float = 0.0
+    last_ratio_non_finite: bool = False
+    n_accepted: int = 0
+    n_rejected: int = 0
 
 
 class Dopri5(AdaptiveRK):

@@ -19,6 +19,7 @@ libraries take the same backward steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from odekern.backends import requested_backend, use_backend
 from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
 from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat
@@ -178,6 +180,8 @@ class _OdeintAdjoint(torch.autograd.Function):
                 ys = torch.cat([part.reshape(len(t), -1) for part in ys], dim=1)
         ctx.cfg = cfg
         ctx.t_requires_grad = t.requires_grad
+        # backward() runs after any use_backend(...) block has exited: remember the choice.
+        ctx.backend = requested_backend()
         ctx.save_for_backward(t, ys, *params)
         return ys
 
@@ -192,7 +196,8 @@ class _OdeintAdjoint(torch.autograd.Function):
         adjoint_options.setdefault("norm", _AdjointNorm(layout, cfg.state_norm))
         solve = _solver()
 
-        with torch.no_grad():
+        forced = use_backend(ctx.backend) if ctx.backend is not None else contextlib.nullcontext()
+        with torch.no_grad(), forced:
             grad_ys = grad_ys.to(ys.dtype)
             adj_t = torch.zeros((), dtype=ys.dtype, device=ys.device)
             adj_y = grad_ys[-1].clone()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, ClassVar, FrozenSet, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
@@ -64,14 +65,14 @@ class SolveStatus:
     n_steps: int = 0
     n_rejected: int = 0
     nfe: int = 0
-    per_sample: Optional[tuple["SolveStatus", ...]] = None
+    per_sample: tuple[SolveStatus, ...] | None = None
 
 
 class Solver(abc.ABC):
     """Base class: holds the RHS, initial state and tolerances; subclasses implement ``integrate``."""
 
     #: option names this solver accepts (``odeint`` rejects anything else, listing these)
-    OPTIONS: ClassVar[FrozenSet[str]] = frozenset()
+    OPTIONS: ClassVar[frozenset[str]] = frozenset()
     #: order of accuracy (used by the controller and documented per method)
     order: ClassVar[int]
 

@@ -7,7 +7,8 @@ value) whose message starts with the argument's name and says what was expected.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -67,7 +68,7 @@ def check_state(y0: Any, name: str = "y0") -> None:
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
 
 
-def check_state_matches_time(y0: Union[Tensor, Sequence[Tensor]], t: Tensor,
+def check_state_matches_time(y0: Tensor | Sequence[Tensor], t: Tensor,
                              y0_name: str = "y0", t_name: str = "t") -> None:
     """``y0`` and ``t`` must share dtype and device (no silent casts or transfers)."""
     ref = y0[0] if isinstance(y0, tuple) else y0
@@ -110,7 +111,7 @@ def check_tolerance(value: Any, name: str) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
-def check_method(method: Optional[str], valid: Iterable[str], default: str = "dopri5") -> str:
+def check_method(method: str | None, valid: Iterable[str], default: str = "dopri5") -> str:
     """The solver name (``None`` means ``default``); unknown names list the valid ones."""
     if method is None:
         return default
@@ -120,7 +121,7 @@ def check_method(method: Optional[str], valid: Iterable[str], default: str = "do
     return method
 
 
-def check_options(method: str, options: Optional[Mapping[str, Any]], valid: Iterable[str]) -> dict:
+def check_options(method: str, options: Mapping[str, Any] | None, valid: Iterable[str]) -> dict:
     """A copy of ``options``; unknown keys raise and list the options ``method`` accepts."""
     if options is None:
         return {}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -28,12 +29,12 @@ class RKStepper:
         n = tableau.num_stages
         # Stage i writes its input into its own buffer: an RHS that returns its input tensor
         # (e.g. f(t, y) = y) then still leaves earlier stages' k intact.
-        self._stage_buffers: Sequence[Optional[Tensor]] = (
+        self._stage_buffers: Sequence[Tensor | None] = (
             [None] + [torch.empty_like(y0) for _ in range(1, n - int(tableau.fsal))] + [None] * int(tableau.fsal)
             if reuse_buffers else [None] * n)
 
     def step(self, rhs: RHS, t0: Tensor, dt: Any, t1: Tensor, y0: Tensor, f0: Tensor,
-             out: Optional[Tensor], t_end_stages: Optional[Tensor] = None) -> tuple[Tensor, list[Tensor]]:
+             out: Tensor | None, t_end_stages: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         """``t_end_stages`` (default ``t1``) is where stages with ``c = 1`` evaluate; adaptive
         solvers pass the float just below ``t1`` when ``t1`` is a discontinuity of ``func``."""
         tab = self.tab

@@ -11,8 +11,8 @@ so they are computed once here and each coefficient is then one ``stages.linear_
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Optional, Sequence
 
 import torch
 
@@ -63,7 +63,7 @@ class QuarticDenseOutput:
     k_weights: tuple[tuple[float, ...], ...]
 
     @staticmethod
-    def for_tableau(tableau: ButcherTableau) -> "QuarticDenseOutput":
+    def for_tableau(tableau: ButcherTableau) -> QuarticDenseOutput:
         if tableau.b_mid is None or not tableau.fsal:
             raise ValueError(f"tableau {tableau.name!r}: quartic dense output needs b_mid and an FSAL last stage")
         s = tableau.num_stages
@@ -81,7 +81,7 @@ class QuarticDenseOutput:
                                   tuple(tuple(map(float, r)) for r in k_w))
 
     def fit(self, y0: Tensor, y1: Tensor, ks: Sequence[Tensor], dt: float,
-            out: Optional[Sequence[Optional[Tensor]]] = None) -> list[Tensor]:
+            out: Sequence[Tensor | None] | None = None) -> list[Tensor]:
         """The five polynomial coefficients (lowest power first) for one accepted step."""
         coeffs = [y0]
         for p in range(1, 5):
@@ -90,7 +90,7 @@ class QuarticDenseOutput:
         return coeffs
 
 
-def evaluate(coeffs: Sequence[Tensor], t0: Tensor, t1: Tensor, t: Tensor, out: Optional[Tensor] = None) -> Tensor:
+def evaluate(coeffs: Sequence[Tensor], t0: Tensor, t1: Tensor, t: Tensor, out: Tensor | None = None) -> Tensor:
     """The interpolant at time ``t`` in ``[t0, t1]``."""
     x = ((t - t0) / (t1 - t0)).to(coeffs[0].dtype)
     return stages.polynomial(coeffs, x, out=out)

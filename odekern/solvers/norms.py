@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ def mixed_norm(parts: Sequence[Tensor]) -> Tensor:
     return torch.stack([rms_norm(p) for p in parts]).max()
 
 
-def resolve_norm(norm: Union[None, str, Callable], shapes=None) -> Union[str, Callable[[Tensor], Tensor]]:
+def resolve_norm(norm: None | str | Callable, shapes=None) -> str | Callable[[Tensor], Tensor]:
     """The ``norm`` option as a callable on the flat state (or the string ``"per_sample"``).
 
     ``shapes`` is the list of component shapes of a tuple state; a user callable then receives

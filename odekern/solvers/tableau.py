@@ -9,10 +9,10 @@ small tolerance), and converted to Python floats once for the hot loop.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence, Union
 
-Number = Union[int, float, str, Fraction]
+Number = int | float | str | Fraction
 
 # Floats given as coefficients are compared with this slack; exact fractions compare exactly.
 _CHECK_SLACK = Fraction(1, 10**13)
@@ -112,9 +112,9 @@ class ButcherTableau:
     def adaptive(self) -> bool:
         return self.b_err is not None
 
-    def floats(self) -> "FloatTableau":
+    def floats(self) -> FloatTableau:
         """The coefficients as Python floats, for the stepping loop."""
-        f = lambda xs: tuple(float(x) for x in xs)  # noqa: E731
+        f = lambda xs: tuple(float(x) for x in xs)
         return FloatTableau(
             c=f(self.c), a=tuple(f(r) for r in self.a), b=f(self.b),
             b_err=None if self.b_err is None else f(self.b_err),
@@ -133,7 +133,7 @@ class ButcherTableau:
         Ac = [sum(A[i][j] * c[j] for j in range(s)) for i in range(s)]
         Ac2 = [sum(A[i][j] * c[j] ** 2 for j in range(s)) for i in range(s)]
         AAc = [sum(A[i][j] * Ac[j] for j in range(s)) for i in range(s)]
-        dot = lambda u, v: sum((x * y for x, y in zip(u, v)), Fraction(0))  # noqa: E731
+        dot = lambda u, v: sum((x * y for x, y in zip(u, v)), Fraction(0))
         conds = [(sum(b, Fraction(0)), Fraction(1))]
         if order >= 2:
             conds += [(dot(b, c), Fraction(1, 2))]

@@ -1,16 +1,21 @@
 """networks.data: synthetic data (deterministic, exact masks that match the image), folder
 datasets (pairing, resizing, bad files, mismatches), splits, sharding, augmentation."""
 
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from networks.data import (FolderSegmentation, SyntheticLesions, augment_batch, epoch_order, pair_images_and_masks,
-                           read_image_folder, split_indices)
-
+from networks.data import (
+    FolderSegmentation,
+    SyntheticLesions,
+    augment_batch,
+    epoch_order,
+    pair_images_and_masks,
+    read_image_folder,
+    split_indices,
+)
 
 # ---------------------------------------------------------------- synthetic
 

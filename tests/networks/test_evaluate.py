@@ -56,7 +56,7 @@ def test_sweeps_are_complete_deterministic_and_written(trained, tmp_path):
     on_disk = json.loads((tmp_path / "eval.json").read_text())
     assert set(on_disk["noise"]) == {"0", "0.2", "0.4", "0.5"}
     assert set(on_disk["corruptions"]["results"]) == set(CORRUPTIONS) and on_disk["corruptions"]["severity"] == 5
-    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
     for sigma in first["noise"]:
         assert strip(first["noise"][sigma]) == strip(second["noise"][sigma])
     for name in CORRUPTIONS:
@@ -125,7 +125,7 @@ def test_solver_ablation(trained, tmp_path):
     rk4, euler = results["solvers"]["rk4"], results["solvers"]["euler"]
     assert rk4["num_images"] == euler["num_images"] == 2
     # the checkpoint was trained with rk4 (the default), so its rk4 row is the clean row
-    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
     assert strip(rk4) == strip(results["clean"]["source_only"])
 
 
@@ -161,6 +161,6 @@ def test_cnm_unet_duse_leaves_the_checkpoint_untouched(tmp_path):
     # adaptation must not leak: "contrast, source only" ran after DUSE on the clean images in
     # the same process, and must equal the same setting scored by a run without DUSE
     plain = evaluation.run(_cfg(out / "last.pt", tmp_path, noise=(), corruptions=("contrast",), num_images=2))
-    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
     assert strip(plain["corruptions"]["results"]["contrast"]["source_only"]) == \
         strip(results["corruptions"]["results"]["contrast"]["source_only"])

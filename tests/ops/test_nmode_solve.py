@@ -388,3 +388,18 @@ def test_both_controls_are_accurate_to_the_tolerance(backend):
     assert err["global"] <= 1.01 * td_err + 1e-12, (err, td_err)
     # per_element: torchdiffeq's algorithm per scalar, measured ~3e-6 (see above).
     assert err["per_element"] < 1e-5, err
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_the_custom_op():
+    y0, g = _inputs(torch.float32, (2, 3, 4), (3, 4))
+    fn = torch.compile(lambda y, gg: odekern.nmode_solve(y, gg, 0.0, 0.05, return_f=True), fullgraph=False)
+    a = y0.clone().requires_grad_(True)
+    out = fn(a, g)
+    want = odekern.nmode_solve(y0, g, 0.0, 0.05, return_f=True, backend="reference")
+    for x, r in zip(out, want):
+        assert_close(x.detach(), r)
+    out[0].sum().backward()
+    b = y0.clone().requires_grad_(True)
+    odekern.nmode_solve(b, g, 0.0, 0.05, backend="reference").sum().backward()
+    assert_close(a.grad, b.grad)

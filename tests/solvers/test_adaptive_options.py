@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torchdiffeq
+from solver_problems import MLPODE, Counting
 
 from odekern import odeint
 from odekern.solvers import SolveStatus
 from odekern.testing import assert_close
-from solver_problems import Counting, MLPODE
 
 F64 = torch.float64
 
@@ -102,7 +102,7 @@ def test_max_num_steps_reverse_time_reports_user_time():
 
 
 def test_max_num_steps_return_gives_partial_solution_and_status():
-    func = lambda t, y: -y * torch.cos(4 * t)  # noqa: E731
+    func = lambda t, y: -y * torch.cos(4 * t)
     y0 = torch.ones(3, dtype=F64)
     t = torch.tensor([0.0, 0.05, 1.0, 2.0], dtype=F64)
     y, status = odeint(func, y0, t, options={"max_num_steps": 5, "on_max_steps": "return"})

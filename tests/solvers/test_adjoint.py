@@ -274,6 +274,26 @@ def test_constant_field_gives_zero_vjps():
     assert_close(g, torch.ones_like(y0))
 
 
+def test_backward_solve_keeps_the_forced_backend():
+    """backward() runs after the use_backend block exits; the backward solve must still use it."""
+    from odekern.backends import requested_backend, use_backend
+
+    seen = []
+
+    class Recorder(LinearRHS):
+        def forward(self, t, y):
+            if torch.is_grad_enabled():  # only the backward's augmented dynamics records a graph
+                seen.append(requested_backend())
+            return super().forward(t, y)
+
+    func = Recorder()
+    y0 = randn(2, 3, dtype=F64, seed=8, requires_grad=True)
+    with use_backend("reference"):
+        ys = odeint_adjoint(func, y0, torch.tensor([0.0, 0.5], dtype=F64), method="rk4")
+    ys.sum().backward()
+    assert seen and set(seen) == {"reference"}, seen
+
+
 # --------------------------------------------------------------------------- gradcheck (float64)
 
 

@@ -7,14 +7,15 @@ method's order within ``ORDER_SLACK``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
+from solver_problems import ALL_METHODS, FIXED_METHODS, MLPODE, LinearODE
 
 from odekern import odeint
 from odekern.testing import assert_close, randn
-from solver_problems import ALL_METHODS, FIXED_METHODS, LinearODE, MLPODE
 
 ORDER_SLACK = 0.2
 # Observed global order on a smooth problem. explicit_adams runs with max_order=5 (AB4 steady
@@ -102,7 +103,7 @@ def test_rk4_classic_matches_an_independent_classic_rk4():
     y0 = randn(2, 3, dtype=torch.float64, seed=9)
     grid = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
     y_ref = [y0]
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    for t0, t1 in itertools.pairwise(grid):
         y_ref.append(y_ref[-1] + rk4_step_func(lambda t, y, perturb=None: func(t, y), t0, t1 - t0, t1, y_ref[-1]))
     with torch.no_grad():
         y = odeint(func, y0, grid, method="rk4_classic")

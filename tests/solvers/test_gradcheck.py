@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from solver_problems import ALL_METHODS
 
 from odekern import odeint
 from odekern.testing import randn
-from solver_problems import ALL_METHODS
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
 

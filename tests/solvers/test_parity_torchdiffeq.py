@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchdiffeq
+from solver_problems import MLPODE, SHARED_METHODS, Counting, LinearODE
 
 from odekern import odeint
 from odekern.testing import assert_adaptive_accuracy_ok, assert_close, randn
-from solver_problems import SHARED_METHODS, Counting, LinearODE, MLPODE
 
 DTYPES = [torch.float32, torch.float64]
 # Both libraries warn identically when the implicit Adams corrector needs more iterations.
@@ -129,7 +129,7 @@ def test_grid_constructor_and_cubic_interp_match(method):
     func = MLPODE(3)
     y0 = randn(2, 3, dtype=torch.float64, seed=6)
     t = torch.tensor([0.0, 0.3, 0.45, 1.0], dtype=torch.float64)
-    grid = lambda f, y, tt: torch.linspace(float(tt[0]), float(tt[-1]), 17, dtype=tt.dtype)  # noqa: E731
+    grid = lambda f, y, tt: torch.linspace(float(tt[0]), float(tt[-1]), 17, dtype=tt.dtype)
     for opts in ({"grid_constructor": grid}, {"step_size": 0.07, "interp": "cubic"}):
         for tt in (t, t.flip(0)):
             with torch.no_grad():

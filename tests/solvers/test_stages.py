@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from solver_problems import ALL_METHODS
 
 from odekern import odeint
 from odekern.solvers import stages
 from odekern.testing import assert_close, randn
-from solver_problems import ALL_METHODS
 
 F64 = torch.float64
 

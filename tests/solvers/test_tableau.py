@@ -30,7 +30,7 @@ def test_low_order_tableau_does_not_satisfy_next_order(name):
 
 def test_dopri5_matches_torchdiffeq_coefficients():
     ref = tdq_dopri5._DORMAND_PRINCE_SHAMPINE_TABLEAU
-    f64 = lambda xs: torch.tensor([float(x) for x in xs], dtype=torch.float64)  # noqa: E731
+    f64 = lambda xs: torch.tensor([float(x) for x in xs], dtype=torch.float64)
     torch.testing.assert_close(f64(DOPRI5.c[1:]), ref.alpha, rtol=0, atol=1e-16)
     for i, row in enumerate(ref.beta):
         torch.testing.assert_close(f64(DOPRI5.a[i + 1]), row, rtol=0, atol=1e-15)
@@ -46,15 +46,15 @@ def test_dopri5_matches_torchdiffeq_coefficients():
     ("c", (0, F(1, 3), F(1, 2), 1), r"row sum of a\[2\].*c\[2\]"),
 ])
 def test_broken_tableau_raises(field, broken, match):
-    good = dict(name="rk4_38", order=4, c=(0, F(1, 3), F(2, 3), 1),
-                a=((), (F(1, 3),), (F(-1, 3), 1), (1, -1, 1)), b=(F(1, 8), F(3, 8), F(3, 8), F(1, 8)))
+    good = {"name": "rk4_38", "order": 4, "c": (0, F(1, 3), F(2, 3), 1),
+                "a": ((), (F(1, 3),), (F(-1, 3), 1), (1, -1, 1)), "b": (F(1, 8), F(3, 8), F(3, 8), F(1, 8))}
     ButcherTableau(**good)  # the unbroken one is accepted
     with pytest.raises(ValueError, match=match):
         ButcherTableau(**{**good, field: broken})
 
 
 def test_broken_error_and_midpoint_weights_raise():
-    kw = dict(name="heun", order=2, c=(0, 1), a=((), (1,)), b=(F(1, 2), F(1, 2)))
+    kw = {"name": "heun", "order": 2, "c": (0, 1), "a": ((), (1,)), "b": (F(1, 2), F(1, 2))}
     with pytest.raises(ValueError, match=r"error weights b_err sum to .*expected 0"):
         ButcherTableau(**kw, b_err=(F(1, 2), F(1, 3)))
     with pytest.raises(ValueError, match=r"midpoint weights b_mid sum to .*expected 1/2"):
@@ -98,7 +98,7 @@ def test_dense_output_reproduces_endpoints_and_midpoint():
     y0, y1 = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
     dt = 0.3
     c = dense.fit(y0, y1, ks, dt)
-    p = lambda x: sum(ci * x ** i for i, ci in enumerate(c))  # noqa: E731
+    p = lambda x: sum(ci * x ** i for i, ci in enumerate(c))
     y_mid = y0 + dt * sum(float(w) * k for w, k in zip(DOPRI5.b_mid, ks))
     torch.testing.assert_close(p(0.0), y0)
     torch.testing.assert_close(p(1.0), y1)

@@ -588,8 +588,7 @@ ODEKERN_HD void list_solve_vjp(T y0, T g, const ListSteps& steps, T* ybar, T* gb
 }
 
 // Per-element adaptive control: the accepted (y, dt, theta) sequence is re-derived by
-// running the controller again. Checkpoints hold the controller state (y, f is recomputed,
-// t and the proposed h) at every seg-th accepted step.
+// running the same controller again from y0 (deterministic: same arithmetic, same order).
 struct PerElementParams {
   double t_end, rtol, atol;
   long max_steps;
@@ -601,8 +600,9 @@ struct AcceptedStep {
   double dt, theta;
 };
 
-// Records accepted steps with index in [lo, hi) into out[] (index - lo), and controller
-// checkpoints (y, t, h) every `seg` accepted steps.
+// Records accepted steps with index in [lo, hi) into out[] (index - lo) and stops the replay
+// after them. (ck_y / ck_t: optional controller checkpoints every `seg` accepted steps; the
+// kernels do not use them yet.)
 template <typename T>
 struct RecordObserver {
   long index = 0, lo = 0, hi = 0, seg = 0;
@@ -629,10 +629,11 @@ ODEKERN_HD int pe_solve(T* y, T g, const PerElementParams& p) {
   return sys_solve_dopri5<T>(sys, y, p.t_end, p.rtol, p.atol, p.max_steps);
 }
 
-// Exact backward of one element with per-element control. The controller is restarted from
-// a checkpoint by solving over the remaining interval [t_ck, t_end] with the step proposal
-// it had there, which reproduces the same accepted steps (same arithmetic, same order).
-// Time positions are tracked relative to t0 = 0 as in sys_solve_dopri5.
+// Exact backward of one element with per-element control. Pass 1 counts the n accepted
+// steps; then, segment by segment from the last, the controller is replayed from y0 and the
+// segment's (y, dt, theta) recorded into a local buffer of kCheckpoints entries, and reverse
+// mode runs through it. Cost: up to kCheckpoints replays of the solve (segments of
+// ceil(n / kCheckpoints) steps); memory: the fixed buffer. Time runs from 0 to t_end.
 template <typename T>
 ODEKERN_HD int pe_solve_vjp(T y0, T g, const PerElementParams& p, T* ybar, T* gbar) {
   NmodeSys<T> sys{g};
@@ -645,10 +646,7 @@ ODEKERN_HD int pe_solve_vjp(T y0, T g, const PerElementParams& p, T* ybar, T* gb
                                        (NoObserver*)nullptr, &n, &h0);
     if (st != kOk) return st;
   }
-  // Pass 2: the whole accepted sequence, recorded segment by segment from the start. To
-  // restart the controller mid-way we would need its proposal h at that point, which is
-  // (dt_prev-dependent); instead we replay from the start for each segment and record only
-  // that segment -- O(n * n / kCheckpoints) controller steps, bounded memory.
+  // Pass 2..: one replay from y0 per segment, recording only that segment.
   const long seg = (n + kCheckpoints - 1) / kCheckpoints;
   AcceptedStep<T> buf[kCheckpoints];
   T yb = *ybar;

@@ -39,6 +39,11 @@ from odekern.ops.nmode_solve.config import METHODS, NmodeConfig, fixed_grid_step
 
 BLOCK = 128
 NUM_WARPS = 4
+# maxnreg = the hardware cap, stated explicitly: left to its own heuristic, ptxas caps some
+# kernels below what they need and spills a few bytes (seen: the fp32 per-element adjoint on
+# sm_90, 80 registers + 4 B spilled; with the cap stated it uses 88 and spills nothing).
+MAXNREG = 255
+LAUNCH = {"num_warps": NUM_WARPS, "maxnreg": MAXNREG}
 # States per lane held by the backward kernels. Two-level checkpointing replays a shared step
 # sequence of up to CHECKPOINTS**2 steps once; 16 keeps the scratch in registers (no spills).
 CHECKPOINTS = 16
@@ -931,7 +936,7 @@ def _global_forward(y0, g, t0, t1, cfg, need_f, y1, f0, f1):
     ynew, fnew = torch.empty_like(y0), torch.empty_like(y0)
     part2 = torch.empty(2 * grid[0], dtype=torch.float64, device=dev)
     _nmode_global_init_kernel[grid](y0, g, fcur, part2, _params(dev, cfg.rtol, cfg.atol), N, G,
-                                    BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                    BLOCK=BLOCK, **LAUNCH)
     sums = part2.view(-1, 2).sum(0).tolist()
     if need_f:
         f0.copy_(fcur)
@@ -939,7 +944,7 @@ def _global_forward(y0, g, t0, t1, cfg, need_f, y1, f0, f1):
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     part = torch.empty(grid[0], dtype=torch.float64, device=dev)
     _nmode_global_d2_kernel[grid](y0, fcur, g, part, _params(dev, cfg.rtol, cfg.atol, h0), N, G,
-                                  BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                  BLOCK=BLOCK, **LAUNCH)
     d2 = math.sqrt(part.sum().item() / N) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h = max(1e-6, h0 * 1e-3)
@@ -964,7 +969,7 @@ def _global_forward(y0, g, t0, t1, cfg, need_f, y1, f0, f1):
         wl = _weights("dopri5", theta, dt_, dev) if finishing else w_one
         _nmode_global_attempt_kernel[grid](
             ycur, fcur, g, ynew, fnew, part, y1, f1 if need_f else y1, _params(dev, cfg.rtol, cfg.atol, dt),
-            wl, N, G, FINISHING=finishing, NEED_F=need_f, BLOCK=BLOCK, num_warps=NUM_WARPS)
+            wl, N, G, FINISHING=finishing, NEED_F=need_f, BLOCK=BLOCK, **LAUNCH)
         ratio = math.sqrt(part.sum().item() / N)
         if math.isnan(ratio):
             raise RuntimeError(f"nmode_solve: non-finite values in the state at t = {t}")
@@ -1009,7 +1014,7 @@ def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeC
             dts_t = torch.tensor(dts, dtype=torch.float64, device=y0.device)
             _nmode_list_fwd_kernel[_grid(N)](y0, g, y1, f0 if need_f else y1, f1 if need_f else y1,
                                              dts_t, w, w, len(dts), N, G, METHOD=METHOD_ID[cfg.method],
-                                             NEED_F=need_f, BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                             NEED_F=need_f, BLOCK=BLOCK, **LAUNCH)
         return y1, f0, f1, stats
     if N == 0:
         return y1, f0, f1, _stats(0, 0, 1.0, [])
@@ -1020,7 +1025,7 @@ def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeC
     status = torch.zeros(grid[0], dtype=torch.int32, device=y0.device)
     _nmode_pe_fwd_kernel[grid](y0, g, y1, f0 if need_f else y1, f1 if need_f else y1, status,
                                _params(y0.device, cfg.rtol, cfg.atol, t1 - t0), cfg.max_num_steps,
-                               N, G, NEED_F=need_f, C=CHECKPOINTS, BLOCK=BLOCK, num_warps=NUM_WARPS)
+                               N, G, NEED_F=need_f, C=CHECKPOINTS, BLOCK=BLOCK, **LAUNCH)
     _check_status(status, cfg)
     return y1, f0, f1, _stats(0, 0, 1.0, [])
 
@@ -1056,7 +1061,7 @@ def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch
     w = _weights(cfg.method, 1.0, y0.dtype, dev)
     wl = _weights(cfg.method, theta, y0.dtype, dev)
     par = _params(dev, cfg.rtol, cfg.atol, t1 - t0)
-    common = dict(HAS_GF0=has_gf0, HAS_GF1=has_gf1, C=CHECKPOINTS, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    common = dict(HAS_GF0=has_gf0, HAS_GF1=has_gf1, C=CHECKPOINTS, BLOCK=BLOCK, **LAUNCH)
     if cfg.gradient == "exact" and list_mode:
         _nmode_list_bwd_kernel[grid](y0, g, gy1, gf0, gf1, grad_y0, g_full, dts_t, w, wl, n_list, N, G,
                                      METHOD=METHOD_ID[cfg.method], **common)
@@ -1134,7 +1139,7 @@ def aot_variants() -> list[dict]:
                     "constexprs": {"HAS_GF0": True, "HAS_GF1": True, "C": CHECKPOINTS, **common},
                     "label": f"{dt} grad_f"})
     for v in out:
-        v["options"] = {"num_warps": NUM_WARPS}
+        v["options"] = dict(LAUNCH)
     return out
 
 
