@@ -4,9 +4,11 @@ This machine has no GPU, so the Triton interpreter and the CPU build of the shar
 all the tests can execute. What they cannot show is that the same code compiles for a real
 target and fits in registers. This module compiles it ahead of time for sm_80 and sm_90:
 
-* Triton: every ``triton.jit`` kernel defined in ``odekern/ops/*/triton.py`` is compiled with
-  ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` for each variant the
-  module lists in ``aot_variants()`` (dtypes x representative constexprs). A kernel with no
+* Triton: every ``triton.jit`` kernel (name ending in ``_kernel``, DESIGN.md's convention;
+  other jit functions are device helpers) defined in ``odekern/ops/*/triton.py`` is compiled
+  with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` for each variant
+  the module lists in ``aot_variants()``: a list of dicts ``{"kernel", "signature",
+  "constexprs", "label", "options"}`` (dtypes x representative constexprs). A kernel with no
   variant is itself a failure, so a new kernel cannot slip past the check. Compilation runs in
   a child interpreter with ``TRITON_INTERPRET=0`` (the tests run the interpreter, in which
   ``triton.jit`` does not produce compilable functions) and a fresh Triton cache, so ptxas
@@ -261,8 +263,10 @@ def _compile_triton_here(target: str, quick: bool = False) -> list[KernelResult]
                 firsts.setdefault(v["kernel"].__name__, v)
             variants = list(firsts.values())
         for name in sorted(set(kernels) - covered):
-            results.append(KernelResult("triton", name, target, modname,
-                                        error=f"{modname}.aot_variants() lists no variant for it"))
+            why = (f"{modname}.aot_variants() lists no variant for it" if hasattr(mod, "aot_variants")
+                   else f"{modname} defines no aot_variants() (the signatures and constexprs to "
+                        "compile; see odekern/ops/nmode_solve/triton.py)")
+            results.append(KernelResult("triton", name, target, modname, error=why))
         for v in variants:
             fn, sig, consts = v["kernel"], dict(v["signature"]), dict(v.get("constexprs", {}))
             label = v.get("label") or _describe_variant(sig, consts)

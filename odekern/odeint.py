@@ -45,10 +45,11 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             (step control) and ``implicit_adams`` (corrector convergence).
         method: one of ``odekern.solvers.METHODS``: ``"dopri5"`` (default), ``"euler"``,
             ``"midpoint"``, ``"rk4"`` (3/8 rule, as torchdiffeq), ``"rk4_classic"``,
-            ``"explicit_adams"``, ``"implicit_adams"``.
+            ``"explicit_adams"``, ``"implicit_adams"``; also torchdiffeq's ``"heun2"``,
+            ``"heun3"`` and ``"fixed_adams"`` (= implicit_adams).
         options: method options. Unknown names raise ``ValueError`` listing the valid ones.
 
-            Fixed-grid methods (euler, midpoint, rk4, rk4_classic, explicit/implicit_adams):
+            Fixed-grid methods (all but dopri5):
             ``step_size`` (grid ``t[0] + k*step_size``, last point clipped to ``t[-1]``; default:
             the grid is ``t``), ``grid_constructor(func, y0, t) -> grid``, ``interp`` (``"linear"``
             default, or ``"cubic"``) for outputs between grid points; Adams methods also take

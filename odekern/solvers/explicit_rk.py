@@ -11,7 +11,7 @@ from odekern.solvers import stages
 from odekern.solvers.base import RHS
 from odekern.solvers.fixed_grid import FixedGridSolver
 from odekern.solvers.tableau import ButcherTableau, FloatTableau
-from odekern.solvers.tableaus import EULER, MIDPOINT, RK4_38, RK4_CLASSIC
+from odekern.solvers.tableaus import EULER, HEUN2, HEUN3, MIDPOINT, RK4_38, RK4_CLASSIC
 
 Tensor = torch.Tensor
 
@@ -80,5 +80,7 @@ def fixed_grid_rk(tableau: ButcherTableau) -> type:
 
 Euler = fixed_grid_rk(EULER)
 Midpoint = fixed_grid_rk(MIDPOINT)
+Heun2 = fixed_grid_rk(HEUN2)
+Heun3 = fixed_grid_rk(HEUN3)
 RK4 = fixed_grid_rk(RK4_38)
 RK4Classic = fixed_grid_rk(RK4_CLASSIC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from odekern.solvers.adams import AdamsBashforth, AdamsBashforthMoulton
 from odekern.solvers.adaptive_rk import Dopri5
-from odekern.solvers.explicit_rk import RK4, Euler, Midpoint, RK4Classic
+from odekern.solvers.explicit_rk import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 
 METHODS = {
     "dopri5": Dopri5,
@@ -14,6 +14,10 @@ METHODS = {
     "rk4_classic": RK4Classic,
     "explicit_adams": AdamsBashforth,
     "implicit_adams": AdamsBashforthMoulton,
+    # Also in torchdiffeq, so that switching libraries needs no other change:
+    "heun2": Heun2,
+    "heun3": Heun3,
+    "fixed_adams": AdamsBashforthMoulton,  # torchdiffeq's older name for implicit_adams
 }
 
 DEFAULT_METHOD = "dopri5"

@@ -19,6 +19,15 @@ MIDPOINT = ButcherTableau(
     b=(0, 1),
 )
 
+# Heun's second- and third-order methods (torchdiffeq's ``heun2`` / ``heun3``).
+HEUN2 = ButcherTableau(name="heun2", order=2, c=(0, 1), a=((), (1,)), b=(F(1, 2), F(1, 2)))
+HEUN3 = ButcherTableau(
+    name="heun3", order=3,
+    c=(0, F(1, 3), F(2, 3)),
+    a=((), (F(1, 3),), (0, F(2, 3))),
+    b=(F(1, 4), 0, F(3, 4)),
+)
+
 # Kutta's 3/8 rule. torchdiffeq's ``rk4`` uses this one (``rk4_alt_step_func``), so odekern's
 # ``rk4`` does too and matches it.
 RK4_38 = ButcherTableau(
@@ -62,4 +71,4 @@ DOPRI5 = ButcherTableau(
            F(-1776094331, 19743644256) / 2, F(11237099, 235043384) / 2),
 )
 
-ALL_TABLEAUS = {t.name: t for t in (EULER, MIDPOINT, RK4_38, RK4_CLASSIC, DOPRI5)}
+ALL_TABLEAUS = {t.name: t for t in (EULER, MIDPOINT, HEUN2, HEUN3, RK4_38, RK4_CLASSIC, DOPRI5)}

@@ -21,7 +21,7 @@ ORDER_SLACK = 0.2
 # Observed global order on a smooth problem. explicit_adams runs with max_order=5 (AB4 steady
 # state; its default AB11 is unstable at these steps, in torchdiffeq too). implicit_adams with
 # defaults is order 5: AM5+ corrector, and its RK4 start-up steps have local error O(h^5).
-EXPECTED_ORDER = {"euler": 1, "midpoint": 2, "rk4": 4, "rk4_classic": 4, "explicit_adams": 4, "implicit_adams": 5}
+EXPECTED_ORDER = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4, "rk4_classic": 4, "explicit_adams": 4, "implicit_adams": 5}
 ORDER_OPTIONS = {"explicit_adams": {"max_order": 5}}
 # Fixed-grid step for the analytic problems: a power of two, so the output times (multiples of
 # 1/8) are exact grid points and no output is interpolated.
@@ -40,7 +40,7 @@ def _solve(func, y0, t, method, **extra):
         return odeint(func, y0, t, method=method, options=opts, **extra)
 
 
-@pytest.mark.parametrize("method", FIXED_METHODS)
+@pytest.mark.parametrize("method", [*FIXED_METHODS, "heun2", "heun3"])
 def test_convergence_order(method):
     func = LinearODE(3, scale=0.5)
     y0 = torch.tensor([[1.0, -0.5, 0.3]], dtype=torch.float64)

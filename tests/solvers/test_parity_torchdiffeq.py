@@ -169,3 +169,17 @@ def test_step_t_and_jump_t_match_torchdiffeq():
         y_ref = torchdiffeq.odeint(theirs, y0, tt, method="dopri5", options=dict(o))
         assert_close(y, y_ref, kind="cross")
         _assert_same_nfe("dopri5", ours.n, theirs.n)
+
+
+@pytest.mark.parametrize("method", ["heun2", "heun3", "fixed_adams"])
+def test_other_torchdiffeq_fixed_grid_names_match(method):
+    func = MLPODE(3)
+    y0 = randn(2, 3, dtype=torch.float64, seed=12)
+    t = torch.tensor([0.0, 0.33, 1.0], dtype=torch.float64)
+    for tt in (t, t.flip(0)):
+        ours, theirs = Counting(func), Counting(func)
+        with torch.no_grad():
+            y = odeint(ours, y0, tt, method=method, options={"step_size": 0.1})
+            y_ref = torchdiffeq.odeint(theirs, y0, tt, method=method, options={"step_size": 0.1})
+        assert_close(y, y_ref)
+        assert ours.n == theirs.n
