@@ -113,7 +113,8 @@ def _demangle(names: list[str]) -> dict[str, str]:
     tool = shutil.which("c++filt")
     if not tool or not names:
         return {n: n for n in names}
-    res = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True)
+    res = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True,
+                         check=False)
     pretty = res.stdout.splitlines()
     if res.returncode != 0 or len(pretty) != len(names):
         return {n: n for n in names}
@@ -183,7 +184,7 @@ def compile_cuda(source: str, target: str, nvcc: str = DEFAULT_NVCC,
         obj = os.path.join(tmp, os.path.basename(source) + f".{target}.o")
         cmd = [nvcc, *_nvcc_flags(target, include_dirs), "-c", source, "-o", obj]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             return [KernelResult("cuda", os.path.basename(source), target, rel,
                                  error=f"nvcc timed out after {TIMEOUT_S} s")]
@@ -311,7 +312,7 @@ def compile_triton(target: str, quick: bool = False) -> list[KernelResult]:
             cmd.append("--quick")
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
-                                 timeout=TIMEOUT_S)
+                                 timeout=TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             return [KernelResult("triton", "<all>", target, "", error=f"timed out after {TIMEOUT_S} s")]
         if res.returncode != 0 or not os.path.exists(out):
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_triton-worker", nargs=2, metavar=("TARGET", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    worker = getattr(args, "_triton_worker")
+    worker = args._triton_worker
     if worker:
         target, out = worker
         write_json(out, _compile_triton_here(target, quick=args.quick))

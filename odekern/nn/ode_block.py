@@ -124,6 +124,7 @@ class ODEBlock(nn.Module):
         options: extra solver options (torchdiffeq's names).
         backend: ``"auto"`` or a name from ``odekern.backends.BACKEND_NAMES``; forced via
             ``odekern.use_backend`` around the solve.
+        checkpoints: ``gradient="checkpoint"`` only: states the backward pass may hold (int >= 1).
 
     Example::
 

@@ -40,13 +40,30 @@ struct Blocking {
   int64_t len(int64_t task) const { return std::min(kBlock, G - (task % chunks) * kBlock); }
 };
 
+// Runs fn(t) for every task t in [0, tasks) on all threads, each thread taking the next
+// task from a shared counter. at::parallel_for alone splits the range into one static chunk
+// per thread; on a shared machine one descheduled thread then holds up the whole op, while
+// here the others take over its remaining blocks. Tasks are independent (disjoint outputs).
+template <class Fn>
+void parallel_tasks(int64_t tasks, Fn fn) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
+  if (threads <= 1 || at::in_parallel_region()) {
+    for (int64_t t = 0; t < tasks; ++t) fn(t);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+         t = next.fetch_add(1, std::memory_order_relaxed))
+      fn(t);
+  });
+}
+
 // Deterministic parallel sum over tasks: per-task partials, summed in task order.
 template <class Fn>
 double parallel_task_sum(int64_t tasks, Fn fn) {
   std::vector<double> part(static_cast<size_t>(tasks), 0.0);
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) part[t] = fn(t);
-  });
+  parallel_tasks(tasks, [&](int64_t t) { part[t] = fn(t); });
   double s = 0.0;
   for (double v : part) s += v;
   return s;
@@ -99,11 +116,9 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
   std::vector<T> ycur(y0, y0 + N), fcur(N), ynew(N), fnew(N);
   const T rt = T(rtol), at_ = T(atol);
   std::vector<double> p0(tasks), p1(tasks);
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t o = B.offset(t);
-      initial_norms_block<T>(y0 + o, g + B.goffset(t), B.len(t), rt, at_, fcur.data() + o, &p0[t], &p1[t]);
-    }
+  parallel_tasks(tasks, [&](int64_t t) {
+    const int64_t o = B.offset(t);
+    initial_norms_block<T>(y0 + o, g + B.goffset(t), B.len(t), rt, at_, fcur.data() + o, &p0[t], &p1[t]);
   });
   double s0 = 0, s1 = 0;
   for (int64_t t = 0; t < tasks; ++t) {
@@ -220,13 +235,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
         constexpr int S = Tableau<M>::S;
         scalar_t w[S];
         step_weights<scalar_t, M>(1.0, w);
-        at::parallel_for(0, B.tasks(), 1, [&](int64_t b, int64_t e) {
-          for (int64_t t = b; t < e; ++t) {
-            const int64_t o = B.offset(t);
-            list_forward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts.data(),
-                                            int64_t(dts.size()), w, w, py1 + o,
-                                            pf0 ? pf0 + o : nullptr, pf1 ? pf1 + o : nullptr);
-          }
+        parallel_tasks(B.tasks(), [&](int64_t t) {
+          const int64_t o = B.offset(t);
+          list_forward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts.data(),
+                                          int64_t(dts.size()), w, w, py1 + o,
+                                          pf0 ? pf0 + o : nullptr, pf1 ? pf1 + o : nullptr);
         });
       });
     } else if (global) {
@@ -297,14 +310,11 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
                                            pgy0 + o, by_chunk ? pgg + B.goffset(t) : pgg + o, acc);
         };
         if (by_chunk) {
-          at::parallel_for(0, B.chunks, 1, [&](int64_t b, int64_t e) {
-            for (int64_t c = b; c < e; ++c)
-              for (int64_t r = 0; r < B.R; ++r) run(r * B.chunks + c, r > 0);
+          parallel_tasks(B.chunks, [&](int64_t c) {
+            for (int64_t r = 0; r < B.R; ++r) run(r * B.chunks + c, r > 0);
           });
         } else {
-          at::parallel_for(0, B.tasks(), 1, [&](int64_t b, int64_t e) {
-            for (int64_t t = b; t < e; ++t) run(t, false);
-          });
+          parallel_tasks(B.tasks(), [&](int64_t t) { run(t, false); });
         }
       });
       if (!by_chunk) gg.copy_(gfull.view({B.R, G}).sum(0));
@@ -370,9 +380,8 @@ at::Tensor nmode_cos_floor_cpu(const at::Tensor& x_, int64_t reps) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_cos_floor_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k)
-        cos_floor_block<scalar_t>(px + k * kBlock, std::min(kBlock, N - k * kBlock), reps, po + k * kBlock);
+    parallel_tasks(blocks, [&](int64_t k) {
+      cos_floor_block<scalar_t>(px + k * kBlock, std::min(kBlock, N - k * kBlock), reps, po + k * kBlock);
     });
   });
   return out;

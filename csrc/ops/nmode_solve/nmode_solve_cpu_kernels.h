@@ -15,17 +15,83 @@ namespace cpu {
 
 constexpr int64_t kBlock = 64;
 
-// One step of every element of a block, in place. dopri5's FSAL stage is evaluated only on
-// the interpolated last step (its weight is zero otherwise).
+#define NMODE_INLINE __attribute__((always_inline)) inline
+
+// Stage-major layout. One RK step of a block runs stage by stage, each stage an `omp simd`
+// loop over the block with the stages kept in a block-local k[S][kBlock] (L1-resident). The
+// element-major alternative (one loop iteration = a whole step of one vector) is a single
+// dependency chain of S polynomial cos evaluations per iteration; the out-of-order window
+// cannot overlap enough iterations to hide it, and it ran at half the instruction rate of
+// the cos floor. Per stage the iterations are independent and short, like the floor's.
+// Arithmetic is that of rk_step / rk_step_vjp in the header, term by term and in the same
+// order; terms with a zero tableau coefficient are skipped (bit-identical for finite values).
+template <typename T>
+using StageArray = T[kBlock];
+
+// k[I][e] = f(y + dt * sum_{j<I} a(I, j) k[j][e]) for one stage I.
+template <typename T, int M, int I>
+NMODE_INLINE void stage_block(const T* __restrict y, const T* __restrict g, int64_t len, T dt,
+                              StageArray<T>* __restrict k) {
+  using Tab = Tableau<M>;
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    T acc = T(0);
+NMODE_UNROLL
+    for (int j = 0; j < I; ++j)
+      if (Tab::a(I, j) != 0.0) acc += T(Tab::a(I, j)) * k[j][e];
+    k[I][e] = rhs(y[e] + dt * acc, g[e]);
+  }
+}
+
+// Stages I .. S-1 (k[0] given), unrolled at compile time so the coefficients are constants.
+template <typename T, int M, int I, int S>
+struct StageSweep {
+  static NMODE_INLINE void run(const T* y, const T* g, int64_t len, T dt, StageArray<T>* k) {
+    stage_block<T, M, I>(y, g, len, dt, k);
+    StageSweep<T, M, I + 1, S>::run(y, g, len, dt, k);
+  }
+};
+template <typename T, int M, int S>
+struct StageSweep<T, M, S, S> {
+  static NMODE_INLINE void run(const T*, const T*, int64_t, T, StageArray<T>*) {}
+};
+
+// y + dt * sum_j b_j k_j with the tableau's (constant) weights.
 template <typename T, int M>
-__attribute__((always_inline)) inline void advance_block(T* __restrict y, const T* __restrict g,
-                                                         int64_t len, T dt, const T* w, bool last) {
+NMODE_INLINE T combine_b(T y, T dt, const StageArray<T>* k, int64_t e) {
+  T acc = T(0);
+NMODE_UNROLL
+  for (int j = 0; j < Tableau<M>::S; ++j)
+    if (Tableau<M>::b(j) != 0.0) acc += T(Tableau<M>::b(j)) * k[j][e];
+  return y + dt * acc;
+}
+
+// y + dt * sum_j w_j k_j with run-time weights (dopri5's dense output on the last step).
+template <typename T, int S>
+NMODE_INLINE T combine_w(T y, T dt, const T* w, const StageArray<T>* k, int64_t e) {
+  T acc = T(0);
+NMODE_UNROLL
+  for (int j = 0; j < S; ++j) acc += w[j] * k[j][e];
+  return y + dt * acc;
+}
+
+// One step of every element of a block, in place. dopri5's FSAL stage is evaluated only on
+// the interpolated last step (its weight is zero otherwise); other steps use the constant b.
+template <typename T, int M>
+NMODE_INLINE void advance_block(T* __restrict y, const T* __restrict g, int64_t len, T dt, const T* w,
+                                bool last) {
+  constexpr int S = Tableau<M>::S;
+  alignas(64) T k[S][kBlock];
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) k[0][e] = rhs(y[e], g[e]);
   if (M == kDopri5 && last) {
+    StageSweep<T, M, 1, S>::run(y, g, len, dt, k);
 #pragma omp simd
-    for (int64_t e = 0; e < len; ++e) y[e] = rk_step<T, M, true>(y[e], g[e], dt, rhs(y[e], g[e]), w);
+    for (int64_t e = 0; e < len; ++e) y[e] = combine_w<T, S>(y[e], dt, w, k, e);
   } else {
+    StageSweep<T, M, 1, (M == kDopri5 ? S - 1 : S)>::run(y, g, len, dt, k);
 #pragma omp simd
-    for (int64_t e = 0; e < len; ++e) y[e] = rk_step<T, M, false>(y[e], g[e], dt, rhs(y[e], g[e]), w);
+    for (int64_t e = 0; e < len; ++e) y[e] = combine_b<T, M>(y[e], dt, k, e);
   }
 }
 
@@ -59,7 +125,7 @@ ODEKERN_ISA_CLONES void list_forward_block(const T* __restrict y0, const T* __re
 // ------------------------------------------------------------------------------------------
 // Global control: one dopri5 attempt over a block. Writes the candidate state and FSAL
 // stage, returns sum of squared error ratios; on the finishing attempt also writes the
-// interpolated output (and f there).
+// interpolated output (and f there) from the same stages (no second evaluation).
 // ------------------------------------------------------------------------------------------
 template <typename T>
 ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* __restrict f,
@@ -67,22 +133,27 @@ ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* _
                                                bool finishing, const T* wl, T rtol, T atol,
                                                T* __restrict ynew, T* __restrict fnew,
                                                T* __restrict out, T* __restrict fout) {
+  (void)w;  // the attempt's weights are the tableau's b, folded in as constants
+  using D = Tableau<kDopri5>;
+  alignas(64) T k[7][kBlock];
+  for (int64_t e = 0; e < len; ++e) k[0][e] = f[e];
+  StageSweep<T, kDopri5, 1, 7>::run(y, g, len, dt, k);
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t e = 0; e < len; ++e) {
-    T err, klast;
-    const T yn = rk_step<T, kDopri5, true>(y[e], g[e], dt, f[e], w, &err, &klast);
-    const T r = error_ratio(err, y[e], yn, rtol, atol);
+    const T yn = combine_b<T, kDopri5>(y[e], dt, k, e);
+    T acc = T(0);
+NMODE_UNROLL
+    for (int j = 0; j < 7; ++j)
+      if (D::e(j) != 0.0) acc += T(D::e(j)) * k[j][e];
+    const T r = error_ratio(dt * acc, y[e], yn, rtol, atol);
     sum += double(r) * double(r);
     ynew[e] = yn;
-    fnew[e] = klast;
+    fnew[e] = k[6][e];
   }
   if (finishing) {
 #pragma omp simd
-    for (int64_t e = 0; e < len; ++e) {
-      // Re-deriving the stages keeps the common (non-finishing) attempt lean.
-      out[e] = rk_step<T, kDopri5, true>(y[e], g[e], dt, f[e], wl);
-    }
+    for (int64_t e = 0; e < len; ++e) out[e] = combine_w<T, 7>(y[e], dt, wl, k, e);
     if (fout != nullptr) {
 #pragma omp simd
       for (int64_t e = 0; e < len; ++e) fout[e] = rhs(out[e], g[e]);
@@ -125,8 +196,69 @@ ODEKERN_ISA_CLONES double initial_d2_block(const T* __restrict y, const T* __res
 }
 
 // ------------------------------------------------------------------------------------------
+// Reverse mode of one step for a block (rk_step_vjp of the header, stage-major): stages and
+// sin(2(y+g)) recomputed from ys into block-local arrays, then the reverse sweep per element.
+// kDense: dopri5's interpolated last step (run-time weights w over all 7 stages); otherwise
+// the tableau's b (dopri5 without its FSAL stage).
+// ------------------------------------------------------------------------------------------
+template <typename T, int M, int I>
+NMODE_INLINE void stage_sin2_block(const T* __restrict y, const T* __restrict g, int64_t len, T dt,
+                                   StageArray<T>* __restrict k, StageArray<T>* __restrict s2) {
+  using Tab = Tableau<M>;
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    T acc = T(0);
+NMODE_UNROLL
+    for (int j = 0; j < I; ++j)
+      if (Tab::a(I, j) != 0.0) acc += T(Tab::a(I, j)) * k[j][e];
+    k[I][e] = rhs_and_sin2(y[e] + dt * acc, g[e], &s2[I][e]);
+  }
+}
+template <typename T, int M, int I, int S>
+struct Sin2Sweep {
+  static NMODE_INLINE void run(const T* y, const T* g, int64_t len, T dt, StageArray<T>* k, StageArray<T>* s2) {
+    stage_sin2_block<T, M, I>(y, g, len, dt, k, s2);
+    Sin2Sweep<T, M, I + 1, S>::run(y, g, len, dt, k, s2);
+  }
+};
+template <typename T, int M, int S>
+struct Sin2Sweep<T, M, S, S> {
+  static NMODE_INLINE void run(const T*, const T*, int64_t, T, StageArray<T>*, StageArray<T>*) {}
+};
+
+template <typename T, int M, bool kDense>
+NMODE_INLINE void step_vjp_block(const T* __restrict ys, const T* __restrict g, int64_t len, T dt,
+                                 const T* w, T* __restrict yb, T* __restrict gb) {
+  using Tab = Tableau<M>;
+  constexpr int S = (M == kDopri5 && !kDense) ? Tab::S - 1 : Tab::S;
+  alignas(64) T k[S][kBlock], s2[S][kBlock];
+  Sin2Sweep<T, M, 0, S>::run(ys, g, len, dt, k, s2);
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    const T ybar1 = yb[e];
+    T kbar[S];
+NMODE_UNROLL
+    for (int j = 0; j < S; ++j) kbar[j] = dt * (kDense ? w[j] : T(Tab::b(j))) * ybar1;
+    T ybar = ybar1, gacc = T(0);
+NMODE_UNROLL
+    for (int i = S - 1; i >= 0; --i) {
+      const T sbar = kbar[i] * (s2[i][e] - T(1));
+      gacc += kbar[i] * s2[i][e];
+      ybar += sbar;
+NMODE_UNROLL
+      for (int j = 0; j < i; ++j)
+        if (Tab::a(i, j) != 0.0) kbar[j] += dt * T(Tab::a(i, j)) * sbar;
+    }
+    yb[e] = ybar;
+    gb[e] += gacc;
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // Exact backward over a list of dts, one block: two-level checkpointing as list_solve_vjp
-// in the header, vectorised across the block.
+// in the header, vectorised across the block. Up to kCheckpoints steps every state is a
+// checkpoint, so the cost is one forward pass (n - 1 steps; n with an f1 cotangent, which
+// needs y(t1)) plus n reverse steps.
 // ------------------------------------------------------------------------------------------
 template <typename T, int M>
 ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __restrict g, int64_t len,
@@ -134,6 +266,7 @@ ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __r
                                             const T* __restrict gy1, const T* __restrict gf0,
                                             const T* __restrict gf1, T* __restrict gy0,
                                             T* __restrict gg_out, bool accumulate_g) {
+  (void)w;
   alignas(64) T ck[kCheckpoints][kBlock];
   alignas(64) T buf[kCheckpoints][kBlock];
   alignas(64) T y[kBlock], gg[kBlock], yb[kBlock], gb[kBlock];
@@ -145,10 +278,9 @@ ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __r
   const int64_t seg = n > 0 ? (n + kCheckpoints - 1) / kCheckpoints : 1;
   for (int64_t i = 0; i < n; ++i) {
     if (i % seg == 0) std::copy(y, y + len, ck[i / seg]);
-    const T dt = T(dts[i]);
-    advance_block<T, M>(y, gg, len, dt, (i == n - 1) ? wl : w, i == n - 1);
+    if (i + 1 < n || gf1 != nullptr) advance_block<T, M>(y, gg, len, T(dts[i]), wl, i == n - 1);
   }
-  // y is now y(t1): seed the cotangent with the f1 output's contribution.
+  // y is now y(t1) (if needed): seed the cotangent with the f1 output's contribution.
   for (int64_t e = 0; e < len; ++e) yb[e] = gy1[e];
   if (gf1 != nullptr) {
 #pragma omp simd
@@ -156,31 +288,24 @@ ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __r
   }
   auto step_back = [&](const T* ys, int64_t i) {
     const T dt = T(dts[i]);
-    if (i == n - 1 && M == kDopri5) {
-#pragma omp simd
-      for (int64_t e = 0; e < len; ++e) rk_step_vjp<T, M, true>(ys[e], gg[e], dt, wl, yb[e], &yb[e], &gb[e]);
-    } else {
-#pragma omp simd
-      for (int64_t e = 0; e < len; ++e) rk_step_vjp<T, M, false>(ys[e], gg[e], dt, w, yb[e], &yb[e], &gb[e]);
-    }
+    if (i == n - 1 && M == kDopri5) step_vjp_block<T, M, true>(ys, gg, len, dt, wl, yb, gb);
+    else step_vjp_block<T, M, false>(ys, gg, len, dt, wl, yb, gb);
   };
   for (int64_t s = n > 0 ? (n - 1) / seg : -1; s >= 0; --s) {
     const int64_t start = s * seg, end = std::min(start + seg, n);
-    if (end - start <= kCheckpoints) {
+    if (end - start == 1) {
+      step_back(ck[s], start);
+    } else if (end - start <= kCheckpoints) {
       std::copy(ck[s], ck[s] + len, y);
       for (int64_t i = start; i < end; ++i) {
         std::copy(y, y + len, buf[i - start]);
-        if (i + 1 < end) {
-          advance_block<T, M>(y, gg, len, T(dts[i]), w, false);
-        }
+        if (i + 1 < end) advance_block<T, M>(y, gg, len, T(dts[i]), wl, false);
       }
       for (int64_t i = end - 1; i >= start; --i) step_back(buf[i - start], i);
     } else {
       for (int64_t i = end - 1; i >= start; --i) {
         std::copy(ck[s], ck[s] + len, y);
-        for (int64_t j = start; j < i; ++j) {
-          advance_block<T, M>(y, gg, len, T(dts[j]), w, false);
-        }
+        for (int64_t j = start; j < i; ++j) advance_block<T, M>(y, gg, len, T(dts[j]), wl, false);
         step_back(y, i);
       }
     }

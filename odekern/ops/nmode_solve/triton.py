@@ -340,7 +340,7 @@ def _step_vjp(y, g, dt, w1, w2, w3, w4, w5, w6, w7, yb1, METHOD: tl.constexpr):
         k4, q4 = _rhs_sin2(_row(y, dt, k1, k2, k3, k3, k3, k3, 4, 3), g)
         k5, q5 = _rhs_sin2(_row(y, dt, k1, k2, k3, k4, k4, k4, 4, 4), g)
         k6, q6 = _rhs_sin2(_row(y, dt, k1, k2, k3, k4, k5, k5, 4, 5), g)
-        k7, q7 = _rhs_sin2(_row(y, dt, k1, k2, k3, k4, k5, k6, 4, 6), g)
+        _k7, q7 = _rhs_sin2(_row(y, dt, k1, k2, k3, k4, k5, k6, 4, 6), g)
         kb1 = dt * w1 * yb1
         kb2 = dt * w2 * yb1
         kb3 = dt * w3 * yb1
@@ -489,7 +489,7 @@ def _pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
                                              a, a1, rtol, atol))
             ratio = tl.maximum(ratio, _ratio(_dopri5_error(dtT, fb, k[13], k[14], k[15], k[16], k[17]),
                                              b, bb1, rtol, atol))
-        nonfinite = act & (ratio != ratio)
+        nonfinite = act & (ratio != ratio)  # noqa: PLR0124 - the NaN test
         status = tl.where(nonfinite, 3, status)
         act = act & (nonfinite == 0)
         accept = act & (ratio <= 1.0)
@@ -548,7 +548,7 @@ def _list_solve(y, g, dts_ptr, n, w_ptr, wl_ptr, METHOD: tl.constexpr):
     T = y.dtype
     w = _load_w(w_ptr, T)
     wl = _load_w(wl_ptr, T)
-    for i in range(0, n):
+    for i in range(n):
         dt = tl.load(dts_ptr + i).to(T)
         last = i == n - 1
         y = _step(y, g, dt, tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
@@ -562,7 +562,7 @@ def _list_solve(y, g, dts_ptr, n, w_ptr, wl_ptr, METHOD: tl.constexpr):
 def _list_solve_adjoint(y, a, b, g, dts_ptr, n, METHOD: tl.constexpr):
     """The adjoint system [y, a_y, a_g] along a step list (fixed grid, weights b)."""
     T = y.dtype
-    for i in range(0, n):
+    for i in range(n):
         dt = tl.load(dts_ptr + i).to(T)
         fy, fa, fb = _sys_f(y, a, g, True)
         k = _sys_stages(y, a, g, dt, fy, fa, fb, METHOD, True)
@@ -712,7 +712,7 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
     seg = tl.maximum((n + C - 1) // C, 1)
     ck = tl.zeros([C, BLOCK], T)
     y = y0
-    for i in range(0, n):
+    for i in range(n):
         ck = tl.where((rows == i // seg) & (i % seg == 0), y[None, :], ck)
         dt = tl.load(dts_ptr + i).to(T)
         last = i == n - 1
@@ -728,7 +728,7 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
         gb += dg
     n_seg = (n + seg - 1) // seg
     buf = tl.zeros([C, BLOCK], T)
-    for j in range(0, n_seg):
+    for j in range(n_seg):
         s = n_seg - 1 - j
         start = s * seg
         end = tl.minimum(start + seg, n)
@@ -739,7 +739,7 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
                 if i + 1 < end:
                     yy = _step(yy, g, tl.load(dts_ptr + i).to(T), w[0], w[1], w[2], w[3], w[4],
                                w[5], w[6], METHOD)
-            for jj in range(0, end - start):
+            for jj in range(end - start):
                 i = end - 1 - jj
                 last = i == n - 1
                 yb, dg = _step_vjp(_pick(buf, rows, i - start), g, tl.load(dts_ptr + i).to(T),
@@ -749,7 +749,7 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
                                    tl.where(last, wl[6], w[6]), yb, METHOD)
                 gb += dg
         else:
-            for jj in range(0, end - start):
+            for jj in range(end - start):
                 i = end - 1 - jj
                 yi = yy
                 for m in range(start, i):
@@ -800,12 +800,12 @@ def _nmode_pe_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg_p
         gb += dg
     n_max = tl.max(n, axis=0)
     n_seg = (n_max + C - 1) // C
-    for j in range(0, n_seg):
+    for j in range(n_seg):
         lo = (n_seg - 1 - j) * C
         _y, _a2, _b2, _n2, _t2, _s2, buf_y, buf_dt = _pe_dopri5(
             y0, y0, y0, g, h0, lane_i & (n > lo).to(tl.int32), t_end, rtol, atol, max_steps,
             lo, lo + C, False, True, C, BLOCK)
-        for jj in range(0, C):
+        for jj in range(C):
             i = lo + C - 1 - jj
             valid = i < n
             th = tl.where(i == n - 1, theta, 1.0)

@@ -1,0 +1,133 @@
+"""Gradient mode "checkpoint": exact discrete gradients (== backprop), gradcheck, memory flat in
+the number of steps, ODEBlock integration, bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+import odekern
+from odekern import ODEBlock, odeint, testing
+from odekern.solvers.checkpoint import odeint_checkpointed
+
+
+class ConvRHS(nn.Module):
+    def __init__(self, channels=3, dtype=torch.float64):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1).to(dtype)
+
+    def forward(self, t, y):
+        return torch.tanh(self.conv(y)) * torch.cos(t) - 0.3 * y
+
+
+def _grads(out, leaves):
+    weight = testing.randn(*out.shape, dtype=out.dtype, seed=99)
+    return torch.autograd.grad((out * weight).sum(), leaves)
+
+
+@pytest.mark.parametrize("method", ["rk4", "midpoint", "euler"])
+@pytest.mark.parametrize("checkpoints", [1, 2, 3, 16])
+def test_equals_backprop(method, checkpoints):
+    func = ConvRHS()
+    y0 = testing.randn(2, 3, 4, 5, dtype=torch.float64, seed=1, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 0.5, 1.0], dtype=torch.float64)
+    opts = {"step_size": 0.1}
+    leaves = (y0, *func.parameters())
+    got = odeint_checkpointed(func, y0, t, checkpoints=checkpoints, method=method, options=opts)
+    ref = odeint(func, y0, t, method=method, options=opts)
+    testing.assert_close(got, ref)
+    for g, r in zip(_grads(got, leaves), _grads(ref, leaves)):
+        testing.assert_close(g, r)
+
+
+def test_reverse_time_and_repeated_output_times():
+    func = ConvRHS()
+    y0 = testing.randn(1, 3, 3, 3, dtype=torch.float64, seed=2, requires_grad=True)
+    t = torch.tensor([1.0, 0.75, 0.25], dtype=torch.float64)
+    leaves = (y0, *func.parameters())
+    got = odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"step_size": 0.25})
+    ref = odeint(func, y0, t, method="rk4", options={"step_size": 0.25})
+    testing.assert_close(got, ref)
+    for g, r in zip(_grads(got, leaves), _grads(ref, leaves)):
+        testing.assert_close(g, r)
+
+
+def test_gradcheck_float64():
+    func = ConvRHS(channels=1)
+    params = tuple(func.parameters())
+    y0 = testing.randn(1, 1, 3, 3, dtype=torch.float64, seed=3, requires_grad=True)
+    t = torch.tensor([0.0, 0.4], dtype=torch.float64)
+
+    def solve(y, *ps):
+        return odeint_checkpointed(func, y, t, checkpoints=2, method="rk4", options={"step_size": 0.1},
+                                   adjoint_params=ps)
+
+    assert torch.autograd.gradcheck(solve, (y0, *params))
+
+
+def _peak(mode, n_steps, checkpoints=2):
+    func = ConvRHS(channels=4, dtype=torch.float32)
+    y0 = testing.randn(2, 4, 64, 64, seed=4, requires_grad=True)  # 128 KiB state
+    t = torch.tensor([0.0, 1.0])
+    opts = {"step_size": 1.0 / n_steps}
+    with testing.PeakMemory() as mem:
+        mem.watch(func)
+        if mode == "checkpoint":
+            out = odeint_checkpointed(func, y0, t, checkpoints=checkpoints, method="rk4", options=opts)
+        else:
+            out = odeint(func, y0, t, method="rk4", options=opts)
+        out[-1].square().sum().backward()
+        del out
+    return mem.peak_bytes
+
+
+@pytest.mark.skipif(not testing.PeakMemory.available(), reason="needs glibc mallinfo2 to measure memory")
+def test_memory_flat_in_steps_while_backprop_grows():
+    _peak("checkpoint", 4)  # warm-up: one-time allocations of the first solve
+    ck4, ck64 = _peak("checkpoint", 4), _peak("checkpoint", 64)
+    bp4, bp64 = _peak("backprop", 4), _peak("backprop", 64)
+    assert bp64 > 8 * bp4, (bp4, bp64)  # backprop keeps every step's graph
+    # checkpoints=2: both solves hold the same number of states; the one-step graph dominates.
+    assert ck64 <= 1.25 * ck4, (ck4, ck64)
+    assert ck64 < bp64 / 8
+
+
+def test_ode_block_checkpoint_mode_matches_backprop():
+    torch.manual_seed(0)
+    func = ConvRHS()
+    x = testing.randn(2, 3, 4, 4, dtype=torch.float64, seed=5, requires_grad=True)
+    ref_block = ODEBlock(func, method="rk4", step_size=0.125, gradient="backprop")
+    ck_block = ODEBlock(func, method="rk4", step_size=0.125, gradient="checkpoint", checkpoints=3)
+    leaves = (x, *func.parameters())
+    got, ref = ck_block(x), ref_block(x)
+    testing.assert_close(got, ref)
+    for g, r in zip(_grads(got, leaves), _grads(ref, leaves)):
+        testing.assert_close(g, r)
+
+
+def test_bad_input():
+    func = ConvRHS()
+    y0 = testing.randn(1, 3, 3, 3, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="checkpoints must be an int >= 1"):
+            odeint_checkpointed(func, y0, t, checkpoints=bad, method="rk4")
+        with pytest.raises(ValueError, match="checkpoints must be an int >= 1"):
+            ODEBlock(func, method="rk4", gradient="checkpoint", checkpoints=bad)
+    with pytest.raises(ValueError, match="method must be one of"):
+        odeint_checkpointed(func, y0, t, checkpoints=2, method="dopri5")
+    with pytest.raises(ValueError, match="method must be one of"):
+        ODEBlock(func, method="dopri5", gradient="checkpoint")
+    with pytest.raises(ValueError, match="falls between grid points"):
+        odeint_checkpointed(func, y0, torch.tensor([0.0, 0.33, 1.0], dtype=torch.float64), checkpoints=2,
+                            method="rk4", options={"step_size": 0.25})
+    with pytest.raises(ValueError, match="shape"):
+        odeint_checkpointed(lambda t, y: y[..., :1], y0, t, checkpoints=2, method="rk4")
+
+
+def test_nan_mid_solve_names_the_time():
+    def blows_up(t, y):
+        return torch.where(t > 0.45, torch.full_like(y, float("nan")), -y)
+
+    with pytest.raises(odekern.solvers.NonFiniteError, match=r"t=0\.[45]"):
+        odeint_checkpointed(blows_up, torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                            checkpoints=2, method="rk4", options={"step_size": 0.1})
