@@ -20,7 +20,7 @@ def _inputs(shape, nk, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nk", [1, 4, 7, 9])  # 9 > kMaxK: folded in two chunks
+@pytest.mark.parametrize("nk", [1, 7, 9])  # 9 > kMaxK: folded in two chunks
 def test_combine_matches_reference(backend, dtype, shape, nk):
     y, ks, coeffs = _inputs(shape, nk, dtype)
     out = torch.full_like(y, float("nan"))
@@ -39,7 +39,7 @@ def test_combine_without_base(backend, dtype, nk):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nk", [1, 6])
+@pytest.mark.parametrize("nk", [6])
 def test_error_ratio_matches_reference(backend, dtype, shape, nk):
     y0, ks, coeffs = _inputs(shape, nk, dtype, seed=29)
     y1 = reference.rk_combine(y0, ks, coeffs)

@@ -16,9 +16,8 @@ from odekern import odeint, testing
 from odekern.backends import _REGISTRY
 from odekern.solvers.checks import NonFiniteError
 
-METHODS = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("midpoint", {"step_size": 0.1}),
-           ("euler", {"step_size": 0.05}), ("explicit_adams", {"step_size": 0.1}),
-           ("implicit_adams", {"step_size": 0.1})]
+METHODS = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("euler", {"step_size": 0.05}),
+           ("implicit_adams", {"step_size": 0.1})]  # every stages.py entry point: RK, error, Adams
 
 
 class ConvRHS(nn.Module):
@@ -58,7 +57,7 @@ def test_forward_equals_reference_core(backend, method, options, dtype):
     testing.assert_close(got, ref, msg=f"{method} with backend {backend}")
 
 
-@pytest.mark.parametrize("method,options", [METHODS[0], METHODS[1], METHODS[5]], ids=["dopri5", "rk4", "implicit_adams"])
+@pytest.mark.parametrize("method,options", [METHODS[0], METHODS[1], METHODS[3]], ids=["dopri5", "rk4", "implicit_adams"])
 def test_backprop_gradients_equal_reference_core(backend, method, options):
     _fused_only(backend)
     func = ConvRHS()
