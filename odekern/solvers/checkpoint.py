@@ -105,14 +105,23 @@ class _Plan:
         return odeint(self.func, y, self.grid[i:i + 2], rtol=self.rtol, atol=self.atol, method=self.method)[1]
 
     def advance(self, i0: int, y: Tensor, i1: int) -> Tensor:
-        """The state at node ``i1`` from the state at ``i0``, as a compact tensor: a row of the
-        two-row odeint solution would pin both rows for as long as the checkpoint lives."""
+        """The state at node ``i1`` from the state at ``i0``, unrecorded. One odeint call over the
+        segment with the grid handed in (grid_constructor): the solver double-buffers its state,
+        so a long segment costs no more memory than one step, and the arithmetic is the same."""
+        from odekern.odeint import odeint
+
         if i1 == i0:
             return y
+        segment = self.grid[i0:i1 + 1]
+
+        def grid_constructor(func, y0, t_internal):
+            # odeint runs a decreasing t as the increasing -t and hands us that.
+            return segment if bool(t_internal[0] == segment[0]) else -segment
+
         with torch.no_grad():
-            for i in range(i0, i1):
-                y = self.step(i, y)
-            return y.clone()
+            out = odeint(self.func, y, segment[[0, -1]], rtol=self.rtol, atol=self.atol, method=self.method,
+                         options={"grid_constructor": grid_constructor})
+            return out[1].clone()
 
 
 def _split(n: int) -> int:
@@ -160,20 +169,14 @@ class _Backward:
 class _CheckpointedSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: _Plan, y0: Tensor, *params: Tensor) -> Tensor:
-        rows: list[Optional[Tensor]] = [None] * len(plan.nodes)
-        wanted: dict[int, list[int]] = {}
-        for j, node in enumerate(plan.nodes):
-            wanted.setdefault(node, []).append(j)
+        nodes = sorted(set(plan.nodes))
+        states = {nodes[0]: y0}
         y = y0
-        last = max(plan.nodes)
-        for i in range(last + 1):
-            for j in wanted.get(i, ()):
-                rows[j] = y.clone()
-            if i < last:
-                y = plan.step(i, y)
+        for a, b in zip(nodes[:-1], nodes[1:]):
+            y = states[b] = plan.advance(a, y, b)
         ctx.plan = plan
         ctx.save_for_backward(y0)
-        return torch.stack(rows)
+        return torch.stack([states[node] for node in plan.nodes])
 
     @staticmethod
     def backward(ctx, grad_solution: Tensor):

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 import odekern
-from odekern import backends as _unused  # noqa: F401  (keeps import order identical to users')
 from odekern import odeint, testing
 from odekern.backends import _REGISTRY
 from odekern.solvers.checks import NonFiniteError
