@@ -193,3 +193,26 @@ def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
                                      *_padded(chunk, y0c), n, float(rtol), float(atol),
                                      NK=len(chunk), BLOCK=BLOCK)
     return (partial.sum() / n).sqrt()
+
+
+def aot_variants() -> list[dict]:
+    """What ``python -m odekern.gpucheck`` compiles for sm_80/sm_90: each kernel in float32 and
+    float64 at the widest stage count (NK=7, dopri5), the register-heaviest production launch."""
+    out = []
+    for dt in ("fp32", "fp64"):
+        p = f"*{dt}"
+        ks = {f"k{i}": p for i in range(7)}
+        tols = {"rtol": "fp32", "atol": "fp32"}
+        out.append({"kernel": _rk_combine_fwd_kernel,
+                    "signature": {"y_ptr": p, "out_ptr": p, "c_ptr": p, **ks, "n": "i32"},
+                    "constexprs": {"NK": 7, "HAS_BASE": True, "BLOCK": BLOCK},
+                    "label": f"{dt} NK=7"})
+        out.append({"kernel": _rk_final_error_fwd_kernel,
+                    "signature": {"y0_ptr": p, "y1_ptr": p, "c_ptr": p, "d_ptr": p,
+                                  "partial_ptr": "*fp64", **ks, "n": "i32", **tols},
+                    "constexprs": {"NK": 7, "BLOCK": BLOCK}, "label": f"{dt} NK=7"})
+        out.append({"kernel": _rk_error_ratio_fwd_kernel,
+                    "signature": {"y0_ptr": p, "y1_ptr": p, "d_ptr": p, "partial_ptr": "*fp64",
+                                  **ks, "n": "i32", **tols},
+                    "constexprs": {"NK": 7, "BLOCK": BLOCK}, "label": f"{dt} NK=7"})
+    return out
