@@ -30,9 +30,6 @@ from networks import evaluate as evaluation
 from networks import figures
 from networks import train as training
 
-FALLBACK_ORDER = ("cnm-unet", "continuous-unet", "unet")
-
-
 def fused_backend_report() -> dict[str, Any]:
     """Which backend runs nmode_solve on CPU tensors here, and what exists."""
     import importlib
@@ -58,26 +55,12 @@ def model_options(model: str, width: int) -> dict[str, Any]:
     return {"block": "pln", "base_filters": max(1, width // 2)}
 
 
-def pick_model(requested: str, width: int, size: int) -> tuple[str, str | None]:
-    """``requested`` if it can be built here, else the first of FALLBACK_ORDER that can."""
-    failures = []
-    for name in (requested,) + tuple(n for n in FALLBACK_ORDER if n != requested):
-        try:
-            ckpt.build_network(name, 3, 1, model_options(name, width), size)
-            return name, ("; ".join(failures) or None)
-        except (ImportError, NotImplementedError, RuntimeError) as exc:
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
-    raise RuntimeError("no model can be built here:\n  " + "\n  ".join(failures))
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    model, fallback_reason = pick_model(args.model, args.width, args.size)
-    if fallback_reason:
-        print(f"[demo] NOTE: using {model} because: {fallback_reason}", flush=True)
+    model = args.model
     backend = fused_backend_report()
     print(f"[demo] training {model} on synthetic {args.size}x{args.size} lesions "
           f"({args.num_train} train / {args.num_val} val), {args.epochs} epochs; "
@@ -105,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     clean = results["clean"]["source_only"]
     summary = {
-        "model": model, "fallback_reason": fallback_reason, "model_options": model_options(model, args.width),
+        "model": model, "model_options": model_options(model, args.width),
         "image_size": args.size, "epochs": args.epochs, "num_train": args.num_train, "num_val": args.num_val,
         "num_test": results["num_images"], "backend": backend, "torch_threads": torch.get_num_threads(),
         "best_val_dice": max(e.get("val_dice", float("nan")) for e in history["epochs"]),

@@ -5,7 +5,6 @@ import json
 from PIL import Image
 
 from networks import demo
-from networks.models import MODEL_NAMES
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -15,9 +14,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                       "--corruptions", "contrast", "--no-progress", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] in MODEL_NAMES
-    if summary["model"] != "cnm-unet":  # a fallback must say why
-        assert summary["fallback_reason"] and "cnm-unet" in summary["fallback_reason"]
+    assert summary["model"] == "cnm-unet"
+    assert summary["backend"]["nmode_solve_cpu"] == "cpu"  # the fused kernel, not the reference
     assert f"test Dice {summary['test_dice']:.4f}" in printed
     for name in ("train/last.pt", "train/best.pt", "train/history.json", "evaluation.json"):
         assert (out / name).is_file(), name
@@ -28,5 +26,4 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert results["clean"]["source_only"]["dice"] == summary["test_dice"]
     assert set(results["corruptions"]["results"]) == {"contrast"}
     assert set(results["noise"]) == {"0.2", "0.4", "0.5"}
-    if summary["model"] == "cnm-unet":
-        assert "duse" in results["clean"] and "duse" in results["corruptions"]["results"]["contrast"]
+    assert "duse" in results["clean"] and "duse" in results["corruptions"]["results"]["contrast"]

@@ -1,7 +1,7 @@
 // Per-element math of the fused nmODE solve, shared by the CPU loops (nmode_solve_cpu.cpp),
 // the CUDA kernels (nmode_solve_cuda.cu) and mirrored by the Triton kernels.
 //
-//   dy/dt = f(y, g) = -y + sin^2(y + g) = -y + (1 - cos(2 (y + g))) / 2
+//   dy/dt = f(y, g) = -y + sin^2(y + g)
 //   df/dy = -1 + sin(2 (y + g)),   df/dg = sin(2 (y + g))
 //
 // Everything here is branch-free where it sits in a hot loop (selects, not ifs) so GCC can
@@ -99,20 +99,21 @@ NMODE_HOT void fast_sincos(T x, T* s_out, T* c_out) {
   *c_out = cos_v * T(1 - ((q + 1) & 2));
 }
 
-// cos(x) alone, for the forward RHS (the hot path: one call per element and stage). Half the
-// work of fast_sincos: x = (2n + 1) pi/2 + r with |r| <= pi/2, cos(x) = (-1)^(n+1) sin(r), one
-// odd polynomial and no quadrant blend. Float: least-squares fit on [-pi/2, pi/2] in relative
-// error (max error 1.1e-7 evaluated in float, i.e. rounding level); double: Taylor to r^21
-// (truncation < 2e-18). Agrees with fast_sincos's cos to rounding.
-template <typename T> struct CosPoly;
-template <> struct CosPoly<float> {
+// sin^2(x) alone, for the forward RHS (the hot path: one call per element and stage). With
+// x = n pi + r, |r| <= pi/2, sin^2(x) = sin^2(r): no quadrant selection and no sign, one odd
+// polynomial; about half the work of fast_sincos, and unlike (1 - cos 2x) / 2 it keeps its
+// relative accuracy near x = 0. Float: least-squares fit on [-pi/2, pi/2] in relative error
+// (max error of sin 1.1e-7 evaluated in float, rounding level); double: Taylor to r^21
+// (truncation < 2e-18).
+template <typename T> struct SinPoly;
+template <> struct SinPoly<float> {
   static constexpr float inv_pi = 0.318309886183790672f;
   NMODE_HOT static float sin_over_r_m1(float z) {  // (sin(r)/r - 1) / r^2 as a poly in z = r^2
     return -0.16666659712791443f + z * (0.00833306647837162f + z * (-0.00019809605146292597f +
            z * 2.6057839477289235e-06f));
   }
 };
-template <> struct CosPoly<double> {
+template <> struct SinPoly<double> {
   static constexpr double inv_pi = 0.31830988618379067154;
   NMODE_HOT static double sin_over_r_m1(double z) {
     return -1.0 / 6 + z * (1.0 / 120 + z * (-1.0 / 5040 + z * (1.0 / 362880 + z * (-1.0 / 39916800 +
@@ -122,17 +123,16 @@ template <> struct CosPoly<double> {
 };
 
 template <typename T>
-NMODE_HOT T fast_cos(T x) {
+NMODE_HOT T fast_sin_sq(T x) {
   using C = TrigConst<T>;
-  const T n = (x * CosPoly<T>::inv_pi - T(0.5) + C::magic) - C::magic;  // round(x/pi - 1/2)
-  const T m = T(2) * n + T(1);                                          // odd multiple of pi/2
-  T r = x - m * C::pio2_hi;
-  r = r - m * C::pio2_mid;
-  r = r - m * C::pio2_lo;
+  const T n = (x * SinPoly<T>::inv_pi + C::magic) - C::magic;  // round(x / pi)
+  // pi in three parts: twice pi/2's (exact), so n * part stays exact as in fast_sincos.
+  T r = x - n * (T(2) * C::pio2_hi);
+  r = r - n * (T(2) * C::pio2_mid);
+  r = r - n * (T(2) * C::pio2_lo);
   const T z = r * r;
-  const T s = r + (r * z) * CosPoly<T>::sin_over_r_m1(z);
-  const int q = static_cast<int>(n);
-  return s * T(2 * (q & 1) - 1);  // (-1)^(n+1)
+  const T s = r + (r * z) * SinPoly<T>::sin_over_r_m1(z);
+  return s * s;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -140,16 +140,16 @@ NMODE_HOT T fast_cos(T x) {
 // ------------------------------------------------------------------------------------------
 template <typename T>
 NMODE_HOT T rhs(T y, T g) {
-  return -y + (T(0.5) - T(0.5) * fast_cos(T(2) * (y + g)));
+  return -y + fast_sin_sq(y + g);
 }
 
-// f, and s2 = sin(2(y+g)) = df/dg (df/dy = s2 - 1), from one sincos.
+// f, and s2 = sin(2(y+g)) = 2 sin(y+g) cos(y+g) = df/dg (df/dy = s2 - 1), from one sincos.
 template <typename T>
 NMODE_HOT T rhs_and_sin2(T y, T g, T* s2) {
   T s, c;
-  fast_sincos(T(2) * (y + g), &s, &c);
-  *s2 = s;
-  return -y + (T(0.5) - T(0.5) * c);
+  fast_sincos(y + g, &s, &c);
+  *s2 = T(2) * s * c;
+  return -y + s * s;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -113,24 +114,31 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
                     double atol, int64_t max_steps, T* y1, T* f0, T* f1, std::vector<double>& dts,
                     int64_t& n_rej, double& theta) {
   const int64_t N = B.N, tasks = B.tasks();
-  std::vector<T> ycur(y0, y0 + N), fcur(N), ynew(N), fnew(N);
+  // Uninitialised work buffers (every element is written before it is read); the current
+  // state starts as y0 itself and is swapped with ynew on acceptance.
+  std::unique_ptr<T[]> fbuf(new T[N]), ybuf(new T[N]), fbuf2(new T[N]), ybuf2(new T[N]);
+  const T* ycur = y0;
+  T* fcur = fbuf.get();
+  T* ynew = ybuf.get();
+  T* fnew = fbuf2.get();
+  T* yspare = ybuf2.get();
   const T rt = T(rtol), at_ = T(atol);
   std::vector<double> p0(tasks), p1(tasks);
   parallel_tasks(tasks, [&](int64_t t) {
     const int64_t o = B.offset(t);
-    initial_norms_block<T>(y0 + o, g + B.goffset(t), B.len(t), rt, at_, fcur.data() + o, &p0[t], &p1[t]);
+    initial_norms_block<T>(y0 + o, g + B.goffset(t), B.len(t), rt, at_, fcur + o, &p0[t], &p1[t]);
   });
   double s0 = 0, s1 = 0;
   for (int64_t t = 0; t < tasks; ++t) {
     s0 += p0[t];
     s1 += p1[t];
   }
-  if (f0 != nullptr) std::copy(fcur.begin(), fcur.end(), f0);
+  if (f0 != nullptr) std::copy(fcur, fcur + N, f0);
   const double d0 = std::sqrt(s0 / double(N)), d1 = std::sqrt(s1 / double(N));
   const double h0 = initial_step_h0(d0, d1);
   const double s2 = parallel_task_sum(tasks, [&](int64_t t) {
     const int64_t o = B.offset(t);
-    return initial_d2_block<T>(y0 + o, fcur.data() + o, g + B.goffset(t), B.len(t), T(h0), rt, at_);
+    return initial_d2_block<T>(y0 + o, fcur + o, g + B.goffset(t), B.len(t), T(h0), rt, at_);
   });
   const double d2 = std::sqrt(s2 / double(N)) / h0;
   double h = initial_step_final(h0, d1, d2);
@@ -152,9 +160,9 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
     step_weights<T, kDopri5>(th, wl);
     const double ssum = parallel_task_sum(tasks, [&](int64_t tk) {
       const int64_t o = B.offset(tk);
-      return global_attempt_block<T>(ycur.data() + o, fcur.data() + o, g + B.goffset(tk), B.len(tk),
-                                     T(dt), w, finishing, wl, rt, at_, ynew.data() + o,
-                                     fnew.data() + o, y1 + o, f1 != nullptr ? f1 + o : nullptr);
+      return global_attempt_block<T>(ycur + o, fcur + o, g + B.goffset(tk), B.len(tk),
+                                     T(dt), w, finishing, wl, rt, at_, ynew + o,
+                                     fnew + o, y1 + o, f1 != nullptr ? f1 + o : nullptr);
     });
     const double ratio = std::sqrt(ssum / double(N));
     TORCH_CHECK(!std::isnan(ratio), "nmode_solve: non-finite values in the state at t = ", t);
@@ -164,7 +172,11 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
         theta = th;
         break;
       }
-      std::swap(ycur, ynew);
+      // ynew becomes current; the old current (y0 on the first step) is not written again,
+      // so the next candidate goes to a buffer we own.
+      T* accepted = ynew;
+      ynew = (ycur == y0) ? yspare : const_cast<T*>(ycur);
+      ycur = accepted;
       std::swap(fcur, fnew);
       t = t_next;
     } else {

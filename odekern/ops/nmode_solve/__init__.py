@@ -112,9 +112,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     cfg = NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,
                       gradient=gradient, max_num_steps=max_num_steps)
     if not torch.compiler.is_compiling():
-        if y0.numel() and not bool(torch.isfinite(y0).all()):
+        # A finite sum proves all values finite in one reduction (no bool temporary); only a
+        # non-finite sum (also reachable by overflow of huge finite values) needs the full check.
+        if y0.numel() and not math.isfinite(y0.sum().item()) and not bool(torch.isfinite(y0).all()):
             raise ValueError("y0 contains non-finite values (inf or nan)")
-        if g.numel() and not bool(torch.isfinite(g).all()):
+        if g.numel() and not math.isfinite(g.sum().item()) and not bool(torch.isfinite(g).all()):
             raise ValueError("g contains non-finite values (inf or nan)")
 
     y_flat = y0.reshape(-1)
