@@ -290,30 +290,35 @@ ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __r
 #pragma omp simd
     for (int64_t e = 0; e < len; ++e) rhs_vjp(y[e], gg[e], gf1[e], &yb[e], &gb[e]);
   }
-  auto step_back = [&](const T* ys, int64_t i) {
-    const T dt = T(dts[i]);
-    if (i == n - 1 && M == kDopri5) step_vjp_block<T, M, true>(ys, gg, len, dt, wl, yb, gb);
-    else step_vjp_block<T, M, false>(ys, gg, len, dt, wl, yb, gb);
-  };
+  // A macro, not a lambda: a lambda is a separate function that target_clones does not
+  // clone, so its body (the whole reverse sweep) would run in the baseline ISA.
+#define NMODE_STEP_BACK(ys, i)                                                                 \
+  do {                                                                                         \
+    if ((i) == n - 1 && M == kDopri5)                                                          \
+      step_vjp_block<T, M, true>((ys), gg, len, T(dts[(i)]), wl, yb, gb);                      \
+    else                                                                                       \
+      step_vjp_block<T, M, false>((ys), gg, len, T(dts[(i)]), wl, yb, gb);                     \
+  } while (0)
   for (int64_t s = n > 0 ? (n - 1) / seg : -1; s >= 0; --s) {
     const int64_t start = s * seg, end = std::min(start + seg, n);
     if (end - start == 1) {
-      step_back(ck[s], start);
+      NMODE_STEP_BACK(ck[s], start);
     } else if (end - start <= kCheckpoints) {
       std::copy(ck[s], ck[s] + len, y);
       for (int64_t i = start; i < end; ++i) {
         std::copy(y, y + len, buf[i - start]);
         if (i + 1 < end) advance_block<T, M>(y, gg, len, T(dts[i]), wl, false);
       }
-      for (int64_t i = end - 1; i >= start; --i) step_back(buf[i - start], i);
+      for (int64_t i = end - 1; i >= start; --i) NMODE_STEP_BACK(buf[i - start], i);
     } else {
       for (int64_t i = end - 1; i >= start; --i) {
         std::copy(ck[s], ck[s] + len, y);
         for (int64_t j = start; j < i; ++j) advance_block<T, M>(y, gg, len, T(dts[j]), wl, false);
-        step_back(y, i);
+        NMODE_STEP_BACK(y, i);
       }
     }
   }
+#undef NMODE_STEP_BACK
   if (gf0 != nullptr) {
 #pragma omp simd
     for (int64_t e = 0; e < len; ++e) rhs_vjp(y0[e], gg[e], gf0[e], &yb[e], &gb[e]);
