@@ -18,6 +18,7 @@
 
 #ifndef ODEKERN_DEVICE_COMPILE
 #include <cmath>
+#include <type_traits>
 #endif
 
 // Hot per-element functions must inline into the vectorised CPU loops (a call inside
@@ -158,6 +159,19 @@ NMODE_HOT T rhs_and_sin2(T y, T g, T* s2) {
 // 7th (FSAL) stage feeding only the error estimate and the dense output.
 // ------------------------------------------------------------------------------------------
 enum Method : int { kEuler = 0, kMidpoint = 1, kRk4 = 2, kRk4Classic = 3, kDopri5 = 4 };
+
+// Host-side: turns the runtime method id into a compile-time constant, so each launcher (CPU
+// block loops, CUDA kernels) instantiates one specialised solver per method.
+template <class Fn>
+void dispatch_method(int method, Fn&& fn) {
+  switch (method) {
+    case kEuler: fn(std::integral_constant<int, kEuler>{}); break;
+    case kMidpoint: fn(std::integral_constant<int, kMidpoint>{}); break;
+    case kRk4: fn(std::integral_constant<int, kRk4>{}); break;
+    case kRk4Classic: fn(std::integral_constant<int, kRk4Classic>{}); break;
+    default: fn(std::integral_constant<int, kDopri5>{}); break;
+  }
+}
 
 template <int M> struct Tableau;
 

@@ -73,16 +73,6 @@ double parallel_task_sum(int64_t tasks, Fn fn) {
 // ------------------------------------------------------------------------------------------
 // Dispatch helpers.
 // ------------------------------------------------------------------------------------------
-template <class Fn>
-void dispatch_method(int method, Fn&& fn) {
-  switch (method) {
-    case kEuler: fn(std::integral_constant<int, kEuler>{}); break;
-    case kMidpoint: fn(std::integral_constant<int, kMidpoint>{}); break;
-    case kRk4: fn(std::integral_constant<int, kRk4>{}); break;
-    case kRk4Classic: fn(std::integral_constant<int, kRk4Classic>{}); break;
-    default: fn(std::integral_constant<int, kDopri5>{}); break;
-  }
-}
 
 void check_inputs(const at::Tensor& y0, const at::Tensor& g) {
   ODEKERN_CHECK_CPU(y0);

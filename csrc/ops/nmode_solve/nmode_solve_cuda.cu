@@ -188,16 +188,6 @@ __global__ void bwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, co
   if (worst != kOk) atomicMax(status, worst);
 }
 
-template <class Fn>
-void dispatch_method(int method, Fn&& fn) {
-  switch (method) {
-    case kEuler: fn(std::integral_constant<int, kEuler>{}); break;
-    case kMidpoint: fn(std::integral_constant<int, kMidpoint>{}); break;
-    case kRk4: fn(std::integral_constant<int, kRk4>{}); break;
-    case kRk4Classic: fn(std::integral_constant<int, kRk4Classic>{}); break;
-    default: fn(std::integral_constant<int, kDopri5>{}); break;
-  }
-}
 
 std::string check(cudaError_t err, const char* what) {
   return err == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(err);
