@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--num-train", type=int, default=320)
     p.add_argument("--num-val", type=int, default=64)
-    p.add_argument("--num-test", type=int, default=48)
+    p.add_argument("--num-test", type=int, default=24)
     p.add_argument("--num-overlays", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=None)
