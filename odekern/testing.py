@@ -159,3 +159,28 @@ def assert_adaptive_accuracy_ok(candidate: torch.Tensor, other: torch.Tensor, ex
         f"error {err:.3e} vs float64 exceeds both {LOW_PRECISION_FACTOR}x the other implementation's "
         f"{other_err:.3e} and the tolerance budget {budget:.3e}"
     )
+
+
+class SavedTensorBytes:
+    """``with SavedTensorBytes() as saved: ...`` then ``saved.nbytes``: bytes of the distinct
+    storages autograd saves for backward inside the block (views of one tensor count once).
+    A deterministic memory measure shared by tests and benchmarks."""
+
+    def __init__(self):
+        self.nbytes = 0
+        self._seen: set[int] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.nbytes += storage.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedTensorBytes":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import odekern
+from odekern.testing import SavedTensorBytes
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
@@ -199,20 +200,10 @@ def test_cnm_floor_poly(benchmark, run_bench):
 def _saved_bytes(n_steps, backend):
     y0, g = _inputs()
     y0.requires_grad_(True)
-    total = [0]
-    seen = set()
-
-    def pack(t):  # bytes of distinct storages (views of one tensor count once)
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total[0] += st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorBytes() as saved:
         y1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=1.0 / n_steps, backend=backend)
     del y1
-    return total[0]
+    return saved.nbytes
 
 
 def test_memory_vs_steps(benchmark, run_bench):

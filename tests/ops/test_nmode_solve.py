@@ -19,7 +19,7 @@ from torchdiffeq import odeint, odeint_adjoint
 import odekern
 from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import NmodeConfig
-from odekern.testing import assert_close, non_contiguous, randn
+from odekern.testing import SavedTensorBytes, assert_close, non_contiguous, randn
 
 backends = importlib.import_module("odekern.backends")  # the module, not odekern.backends()
 
@@ -334,20 +334,10 @@ def test_opcheck(case):
 def _saved_bytes(backend, n_steps):
     y0, g = _inputs(torch.float32, (2, 3, 16, 16), (1, 3, 16, 16))
     y0.requires_grad_(True)
-    total = [0]
-    seen = set()
-
-    def pack(t):  # bytes of distinct storages (views of one tensor count once)
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total[0] += st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorBytes() as saved:
         y1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=1.0 / n_steps, backend=backend)
     y1.sum().backward()
-    return total[0]
+    return saved.nbytes
 
 
 def test_saved_memory_is_constant_in_steps(backend):
