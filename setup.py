@@ -65,7 +65,9 @@ def _extension_modules():
     else:
         with_cuda, why = True, f"torch CUDA {torch.version.cuda}, nvcc at {nvcc}"
 
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    # Host code includes torch 2.13's headers, which use C++20 (bit-field initialisers); the .cu
+    # kernels include no torch headers and stay C++17 for nvcc.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     define_macros = [("ODEKERN_TORCH_VERSION", f'"{torch.__version__}"')]
     if with_cuda:
