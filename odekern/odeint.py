@@ -140,19 +140,26 @@ def _flip_time_options(options: dict) -> None:
 
 
 def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse):
-    """``norm="per_sample"``: solve each batch element (dim 0) with its own step-size control."""
-    if state.is_tuple(y0) or y0.dim() == 0 or y0.shape[0] == 0:
-        raise ValueError("options['norm']='per_sample' needs a tensor y0 with a non-empty batch dimension 0")
+    """``norm="per_sample"``: solve each batch element (dim 0) with its own step-size control.
+
+    A tuple state is sliced per component (all must share the batch size); each sample's error
+    is the RMS over all of its components."""
+    parts = state.components(y0)
+    batch = {p.shape[0] if p.dim() else 0 for p in parts}
+    if len(batch) != 1 or 0 in batch:
+        raise ValueError("options['norm']='per_sample' needs a y0 with a non-empty batch dimension 0 "
+                         "(the same for every component of a tuple state)")
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"options['norm']='per_sample' only applies to adaptive methods "
                          f"({sorted(ADAPTIVE_METHODS)}), not {method!r}")
     solver_cls = METHODS[method]
     outs, statuses = [], []
-    for b in range(y0.shape[0]):
-        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0[b:b + 1], _sample_tol(rtol, y0, b),
+    for b in range(batch.pop()):
+        sample = state.map_state(lambda c: c[b:b + 1], y0)
+        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), sample, _sample_tol(rtol, y0, b),
                             _sample_tol(atol, y0, b), method=method, norm=rms_norm, **options)
         sol, st = solver.integrate(t)
-        outs.append(sol)
+        outs.append(state.components(sol))
         statuses.append(st)
     failed = [s for s in statuses if not s.success]
     first = failed[0] if failed else statuses[-1]
@@ -163,11 +170,14 @@ def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse):
         last_dt=first.last_dt, n_steps=sum(s.n_steps for s in statuses),
         n_rejected=sum(s.n_rejected for s in statuses), nfe=sum(s.nfe for s in statuses),
         per_sample=tuple(statuses))
-    return torch.cat(outs, dim=1), status
+    return state.rebuild(y0, (torch.cat(rows, dim=1) for rows in zip(*outs))), status
 
 
-def _sample_tol(tol: Any, y0: Tensor, b: int) -> Any:
-    """A tolerance tensor with y0's full shape is sliced to sample ``b``; others broadcast as is."""
+def _sample_tol(tol: Any, y0: state.State, b: int) -> Any:
+    """A tolerance tensor with y0's full shape is sliced to sample ``b``; others broadcast as is
+    (a per-component tuple is handled entry by entry)."""
+    if isinstance(tol, tuple):
+        return tuple(_sample_tol(v, c, b) for v, c in zip(tol, y0))
     if isinstance(tol, Tensor) and tol.dim() == y0.dim() and tol.shape[0] == y0.shape[0] and y0.shape[0] > 1:
         return tol[b:b + 1]
     return tol

@@ -20,7 +20,7 @@ from torch import nn
 from odekern.backends import check_backend_name, use_backend
 from odekern.odeint import odeint, odeint_adjoint
 from odekern.solvers.checks import check_method, check_options, check_state, check_time
-from odekern.solvers.registry import METHODS
+from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
 from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat
 
 # --------------------------------------------------------------------------- gradient modes
@@ -291,11 +291,14 @@ class ODEBlock(nn.Module):
         like = z0 if self.order == 1 else z0[0]
         t = self.t.to(device=like.device, dtype=like.dtype)
         solve = GRADIENT_MODES[self.gradient]
+        options = dict(self.options)
+        if self.order > 1 and self.method in ADAPTIVE_METHODS:
+            options["norm"] = _norm_of_concatenation(options.get("norm"))
         kwargs = {
             "rtol": self.rtol,
             "atol": self.atol,
             "method": self.method,
-            "options": dict(self.options),
+            "options": options,
         }
         if self.gradient == "checkpoint":
             kwargs["checkpoints"] = self.checkpoints
@@ -313,6 +316,18 @@ class ODEBlock(nn.Module):
         if self.order == 1:
             return z1
         return torch.cat(z1, dim=1) if self.return_state else z1[0]
+
+
+def _norm_of_concatenation(norm):
+    """The error norm a higher-order block has always used: that of the state concatenated along
+    dim 1 (RMS by default, not the max-over-components default of tuple states), so the tuple
+    solve takes the same steps. A callable norm still receives the concatenated state (one
+    concatenation per error estimate, not per stage)."""
+    if norm is None:
+        return "rms"
+    if callable(norm):
+        return lambda z: norm(torch.cat(z, dim=1))
+    return norm  # "rms", "max", "per_sample": the same over the tuple as over the concatenation
 
 
 class _FunctionAsModule(nn.Module):
