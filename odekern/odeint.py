@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from odekern.solvers import state
 from odekern.solvers.base import RHS, SolveStatus
 from odekern.solvers.checks import (
     check_method,
@@ -20,7 +21,6 @@ from odekern.solvers.checks import (
     check_time,
     check_tolerance,
 )
-from odekern.solvers import state
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 
@@ -155,7 +155,7 @@ def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse):
     solver_cls = METHODS[method]
     outs, statuses = [], []
     for b in range(batch.pop()):
-        sample = state.map_state(lambda c: c[b:b + 1], y0)
+        sample = state.map_state(lambda c, b=b: c[b:b + 1], y0)
         solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), sample, _sample_tol(rtol, y0, b),
                             _sample_tol(atol, y0, b), method=method, norm=rms_norm, **options)
         sol, st = solver.integrate(t)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from odekern.backends import requested_backend, use_backend
-from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
 from odekern.solvers import state
+from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
 from odekern.solvers.norms import PER_SAMPLE, component_rms_combiner, resolve_norm, rms_norm
 
 

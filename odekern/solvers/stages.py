@@ -240,16 +240,13 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
         if not 1 <= len(kept) <= 7:
             return None
         weights = [c for _, c in kept]
-        rms, counts = [], []
-        for i, (a, b) in enumerate(zip(y0s, y1s)):
-            k_i = [k[i].detach() for k, _ in kept]
-            counts.append(a.numel())
-            if a.numel() == 0:
-                rms.append(torch.zeros((), dtype=torch.float64, device=a.device))
-                continue
-            if rk_stage.fused_backend(a, k_i, error_pass=True) is None:
-                return None
-            rms.append(rk_stage.rk_error_ratio(a.detach(), b.detach(), k_i, weights,
-                                               rtol=float(tols[i][0]), atol=float(tols[i][1])))
+        per_component = [(a.detach(), b.detach(), [k[i].detach() for k, _ in kept])
+                         for i, (a, b) in enumerate(zip(y0s, y1s))]
+        if any(a.numel() and rk_stage.fused_backend(a, k_i, error_pass=True) is None for a, _, k_i in per_component):
+            return None
+        counts = [a.numel() for a in y0s]
+        rms = [rk_stage.rk_error_ratio(a, b, k_i, weights, rtol=float(rt), atol=float(at)) if a.numel()
+               else torch.zeros((), dtype=torch.float64, device=a.device)  # skipped by the norm (count 0)
+               for (a, b, k_i), (rt, at) in zip(per_component, tols)]
         ratio = combine(rms, counts)
     return ratio.to(y0s[0].dtype)

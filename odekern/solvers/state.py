@@ -10,12 +10,12 @@ without any copy.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 Tensor = torch.Tensor
-State = Union[Tensor, tuple]
+State = Tensor | tuple
 
 
 def is_tuple(state: Any) -> bool:
