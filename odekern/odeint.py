@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from odekern.solvers import state
 from odekern.solvers.base import RHS, SolveStatus
 from odekern.solvers.checks import (
     check_method,
@@ -22,7 +23,6 @@ from odekern.solvers.checks import (
 )
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
-from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat, tuple_tolerance
 
 Tensor = torch.Tensor
 State = Tensor | tuple
@@ -36,7 +36,9 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
 
     Args:
         func: ``func(t, y) -> dy/dt``; ``t`` is a 0-dim tensor in ``y``'s dtype, the result must
-            have ``y``'s shape and dtype. For a tuple ``y0`` it takes and returns tuples.
+            have ``y``'s shape and dtype. For a tuple ``y0`` it takes and returns tuples; the
+            solvers keep the components apart (no concatenation), so ``func`` may return a
+            component of its input as is (e.g. ``(v, a)`` for the state ``(x, v)``).
         y0: initial state: a floating tensor of any shape, or a tuple of such tensors.
         t: 1-D tensor of output times, strictly increasing or strictly decreasing (a decreasing
             ``t`` integrates backward in time); same dtype and device as ``y0``.
@@ -92,37 +94,39 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
     check_state_matches_time(y0, t)
     return_status = options.get("on_max_steps", "raise") == "return"
 
-    shapes = None
-    if isinstance(y0, tuple):
-        shapes = [part.shape for part in y0]
-        func = TupleRHS(func, shapes)
-        y0 = tuple_to_flat(y0)
-        rtol, atol = tuple_tolerance(rtol, shapes), tuple_tolerance(atol, shapes)
-    rtol, atol = _as_state_tolerance(rtol, y0), _as_state_tolerance(atol, y0)
-    norm = resolve_norm(options.pop("norm", None), shapes)
+    tuple_state = state.is_tuple(y0)
+    rtol, atol = _as_state_tolerance(rtol, y0, "rtol"), _as_state_tolerance(atol, y0, "atol")
+    norm = resolve_norm(options.pop("norm", None), tuple_state)
 
     if reverse:
         t = -t
         _flip_time_options(options)
 
-    if y0.numel() == 0:
+    if state.numel(y0) == 0:
         # Nothing to integrate (and an RMS norm of no elements is NaN): the state stays empty.
-        solution = y0.unsqueeze(0).expand(len(t), *y0.shape).clone()
+        solution = state.map_state(lambda c: c.unsqueeze(0).expand(len(t), *c.shape).clone(), y0)
         status = SolveStatus(True, "empty state", float(t[-1].detach()) * (-1.0 if reverse else 1.0), len(t), 0.0)
     elif norm == PER_SAMPLE:
-        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, shapes)
+        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse)
     else:
         solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
                             **options)
         solution, status = solver.integrate(t)
-
-    if shapes is not None:
-        solution = flat_to_tuple(solution, shapes, lead=(solution.shape[0],))
     return (solution, status) if return_status else solution
 
 
-def _as_state_tolerance(tol: Any, y0: Tensor) -> Any:
-    return tol.to(dtype=y0.dtype, device=y0.device) if isinstance(tol, Tensor) else tol
+def _as_state_tolerance(tol: Any, y0: state.State, name: str) -> Any:
+    """A tolerance in the state's dtype/device; a tuple/list gives one entry per component of a
+    tuple state (kept as a tuple: the solvers apply entry ``i`` to component ``i``)."""
+    if isinstance(tol, (tuple, list)):
+        if not state.is_tuple(y0):
+            raise ValueError(f"{name} given per component (a {type(tol).__name__}) needs a tuple state y0; "
+                             "for a tensor y0 pass a float or a tensor broadcastable to y0")
+        if len(tol) != len(y0):
+            raise ValueError(f"a tuple tolerance must have one entry per component of y0 ({len(y0)}), got {len(tol)}")
+        return tuple(_as_state_tolerance(v, c, name) for v, c in zip(tol, y0))
+    like = state.first(y0)
+    return tol.to(dtype=like.dtype, device=like.device) if isinstance(tol, Tensor) else tol
 
 
 def _flip_time_options(options: dict) -> None:
@@ -135,20 +139,27 @@ def _flip_time_options(options: dict) -> None:
         options["grid_constructor"] = lambda f, y, t_neg: -user_grid(f, y, -t_neg)
 
 
-def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, shapes):
-    """``norm="per_sample"``: solve each batch element (dim 0) with its own step-size control."""
-    if shapes is not None or y0.dim() == 0 or y0.shape[0] == 0:
-        raise ValueError("options['norm']='per_sample' needs a tensor y0 with a non-empty batch dimension 0")
+def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse):
+    """``norm="per_sample"``: solve each batch element (dim 0) with its own step-size control.
+
+    A tuple state is sliced per component (all must share the batch size); each sample's error
+    is the RMS over all of its components."""
+    parts = state.components(y0)
+    batch = {p.shape[0] if p.dim() else 0 for p in parts}
+    if len(batch) != 1 or 0 in batch:
+        raise ValueError("options['norm']='per_sample' needs a y0 with a non-empty batch dimension 0 "
+                         "(the same for every component of a tuple state)")
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"options['norm']='per_sample' only applies to adaptive methods "
                          f"({sorted(ADAPTIVE_METHODS)}), not {method!r}")
     solver_cls = METHODS[method]
     outs, statuses = [], []
-    for b in range(y0.shape[0]):
-        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0[b:b + 1], _sample_tol(rtol, y0, b),
+    for b in range(batch.pop()):
+        sample = state.map_state(lambda c, b=b: c[b:b + 1], y0)
+        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), sample, _sample_tol(rtol, y0, b),
                             _sample_tol(atol, y0, b), method=method, norm=rms_norm, **options)
         sol, st = solver.integrate(t)
-        outs.append(sol)
+        outs.append(state.components(sol))
         statuses.append(st)
     failed = [s for s in statuses if not s.success]
     first = failed[0] if failed else statuses[-1]
@@ -159,11 +170,14 @@ def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, shapes)
         last_dt=first.last_dt, n_steps=sum(s.n_steps for s in statuses),
         n_rejected=sum(s.n_rejected for s in statuses), nfe=sum(s.nfe for s in statuses),
         per_sample=tuple(statuses))
-    return torch.cat(outs, dim=1), status
+    return state.rebuild(y0, (torch.cat(rows, dim=1) for rows in zip(*outs))), status
 
 
-def _sample_tol(tol: Any, y0: Tensor, b: int) -> Any:
-    """A tolerance tensor with y0's full shape is sliced to sample ``b``; others broadcast as is."""
+def _sample_tol(tol: Any, y0: state.State, b: int) -> Any:
+    """A tolerance tensor with y0's full shape is sliced to sample ``b``; others broadcast as is
+    (a per-component tuple is handled entry by entry)."""
+    if isinstance(tol, tuple):
+        return tuple(_sample_tol(v, c, b) for v, c in zip(tol, y0))
     if isinstance(tol, Tensor) and tol.dim() == y0.dim() and tol.shape[0] == y0.shape[0] and y0.shape[0] > 1:
         return tol[b:b + 1]
     return tol

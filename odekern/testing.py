@@ -184,3 +184,38 @@ class SavedTensorBytes:
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+
+
+class OpCounter:
+    """``with OpCounter() as ops: ...`` then ``ops.counts["aten.cat"]`` (a Counter by op name,
+    e.g. ``"odekern.rk_combine_out"``) and ``ops.largest["aten.cat"]``: the most elements one call
+    of that op produced. Sees every op below autograd (TorchDispatchMode), so it tells whether a
+    solve concatenates its state, not just whether Python called torch.cat."""
+
+    def __init__(self):
+        import collections
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+        self.counts: collections.Counter = collections.Counter()
+        self.largest: collections.Counter = collections.Counter()
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = str(func.overloadpacket)
+                counter.counts[name] += 1
+                outs = out if isinstance(out, (tuple, list)) else (out,)
+                size = max((o.numel() for o in outs if isinstance(o, torch.Tensor)), default=0)
+                counter.largest[name] = max(counter.largest[name], size)
+                return out
+
+        self._mode = _Mode()
+
+    def __enter__(self) -> "OpCounter":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)

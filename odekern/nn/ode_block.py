@@ -1,8 +1,12 @@
 """``ODEBlock``: an nn.Module that integrates an ODE of any order with a chosen gradient mode.
 
 An order-``m`` block solves ``x^(m) = func(t, x, x', ..., x^(m-1))`` by the first-order system of
-continuous-unet Proposition 1: the state ``z = [x, x', ..., x^(m-1)]`` is concatenated along the
-channel dimension (dim 1) and ``z' = [x', ..., x^(m-1), func(t, x, ..., x^(m-1))]``.
+continuous-unet Proposition 1: the state ``z = (x, x', ..., x^(m-1))`` and
+``z' = (x', ..., x^(m-1), func(t, x, ..., x^(m-1)))``. The solvers take ``z`` as a tuple state
+(``odekern.solvers.state``), so no stage concatenates or splits it: the first ``m - 1``
+components of ``z'`` are the stage's own state tensors, passed on without a copy. Only the
+public whole-state interface (``return_state``, ``integrate_state``) uses the concatenation
+along the channel dimension (dim 1), once per solve.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from torch import nn
 from odekern.backends import check_backend_name, use_backend
 from odekern.odeint import odeint, odeint_adjoint
 from odekern.solvers.checks import check_method, check_options, check_state, check_time
-from odekern.solvers.registry import METHODS
+from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
+from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat
 
 # --------------------------------------------------------------------------- gradient modes
 # One entry per mode: ``solve(dynamics, z0, t, **solver_kwargs) -> solution at every t``.
-# ``dynamics`` is an nn.Module whose parameters are exactly those of the RHS.
+# ``dynamics`` is an nn.Module whose parameters are exactly those of the RHS; ``z0`` is a tensor
+# (order 1) or a tuple of tensors (higher orders), and the solution has the same structure.
 
 
 def _solve_backprop(
@@ -38,14 +44,23 @@ def _solve_adjoint(
 
 
 def _solve_checkpoint(
-    dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, *, checkpoints: int = 8, **solver_kwargs
-) -> torch.Tensor:
+    dynamics: nn.Module, z0, t: torch.Tensor, *, checkpoints: int = 8, **solver_kwargs
+):
     from odekern.solvers.checkpoint import odeint_checkpointed  # fixed-grid RK only (checked there)
 
-    return odeint_checkpointed(
-        dynamics, z0, t, checkpoints=checkpoints, adjoint_params=tuple(dynamics.parameters()),
-        **solver_kwargs
+    params = tuple(dynamics.parameters())
+    if not isinstance(z0, tuple):
+        return odeint_checkpointed(
+            dynamics, z0, t, checkpoints=checkpoints, adjoint_params=params, **solver_kwargs
+        )
+    # odeint_checkpointed takes tensor states only: this mode alone solves the flattened state
+    # (a concatenation per RHS call), the others solve the tuple itself.
+    shapes = [part.shape for part in z0]
+    flat = odeint_checkpointed(
+        TupleRHS(dynamics, shapes), tuple_to_flat(z0), t, checkpoints=checkpoints,
+        adjoint_params=params, **solver_kwargs
     )
+    return flat_to_tuple(flat, shapes, lead=(flat.shape[0],))
 
 
 GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {
@@ -59,27 +74,27 @@ GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {
 
 
 class _HigherOrderDynamics(nn.Module):
-    """``z' = [x', ..., x^(m-1), func(t, x, ..., x^(m-1))]`` on the channel-concatenated state."""
+    """``z' = (x', ..., x^(m-1), func(t, x, ..., x^(m-1)))`` on the tuple state ``z = (x, ..., x^(m-1))``.
+
+    The derivatives ``x', ..., x^(m-1)`` are returned as the very tensors of ``z``: no copy."""
 
     def __init__(self, func: Callable, order: int):
         super().__init__()
         self.func = func  # registered as a submodule when it is one: its parameters are ours
         self.order = order
 
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        # chunk returns views: the split costs no copy; only the output needs one cat.
-        parts = torch.chunk(z, self.order, dim=1)
-        highest = self.func(t, *parts)
-        if not isinstance(highest, torch.Tensor) or highest.shape != parts[0].shape:
+    def forward(self, t: torch.Tensor, z: tuple) -> tuple:
+        highest = self.func(t, *z)
+        if not isinstance(highest, torch.Tensor) or highest.shape != z[0].shape:
             got = (
                 tuple(highest.shape)
                 if isinstance(highest, torch.Tensor)
                 else type(highest).__name__
             )
             raise RuntimeError(
-                f"ODEBlock: func must return x^({self.order}) shaped like x {tuple(parts[0].shape)}, got {got}"
+                f"ODEBlock: func must return x^({self.order}) shaped like x {tuple(z[0].shape)}, got {got}"
             )
-        return torch.cat((*parts[1:], highest), dim=1)
+        return (*z[1:], highest)
 
 
 def _as_time_grid(t) -> torch.Tensor:
@@ -115,7 +130,8 @@ class ODEBlock(nn.Module):
             memory flat in the number of steps) or ``"checkpoint"`` (the exact "backprop" gradient,
             recomputing fixed-grid RK steps from at most ``checkpoints`` stored states). Modes are
             the keys of ``GRADIENT_MODES``.
-        order: ``m >= 1``. The state ``[x, x', ..., x^(m-1)]`` is concatenated along dim 1.
+        order: ``m >= 1``. The solvers keep the state ``(x, x', ..., x^(m-1))`` as a tuple (no
+            copy per stage); ``return_state`` / ``integrate_state`` concatenate it along dim 1.
         velocity_init: ``order >= 2``: module ``g`` with ``g(x) = [x'(t0), ..., x^(m-1)(t0)]``
             (concatenated along dim 1; for ``order=2`` just ``x'(t0)``, continuous-unet Eq. 1).
             ``None`` starts every derivative at zero.
@@ -233,53 +249,85 @@ class ODEBlock(nn.Module):
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """``[x, x'(t0), ..., x^(m-1)(t0)]`` concatenated along dim 1 (``x`` itself for order 1)."""
+        parts = self._initial_parts(x)
+        return parts if self.order == 1 else torch.cat(parts, dim=1)
+
+    def _initial_parts(self, x: torch.Tensor):
+        """``x`` (order 1) or the tuple ``(x, x'(t0), ..., x^(m-1)(t0))``."""
         _check_input(x, "x", min_dim=2 if self.order > 1 else 1)
         if self.order == 1:
             return x
         if self.velocity_init is None:
-            derivatives = x.new_zeros(x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
-        else:
-            derivatives = self.velocity_init(x)
-            expected = (x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
-            if not isinstance(derivatives, torch.Tensor) or tuple(derivatives.shape) != expected:
-                got = (
-                    tuple(derivatives.shape)
-                    if isinstance(derivatives, torch.Tensor)
-                    else type(derivatives).__name__
-                )
-                raise ValueError(
-                    f"ODEBlock: velocity_init(x) must return the {self.order - 1} initial derivative(s) "
-                    f"concatenated along dim 1, shape {expected}; got {got}"
-                )
-        return torch.cat((x, derivatives), dim=1)
+            return (x, *(torch.zeros_like(x) for _ in range(self.order - 1)))
+        derivatives = self.velocity_init(x)
+        expected = (x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
+        if not isinstance(derivatives, torch.Tensor) or tuple(derivatives.shape) != expected:
+            got = (
+                tuple(derivatives.shape)
+                if isinstance(derivatives, torch.Tensor)
+                else type(derivatives).__name__
+            )
+            raise ValueError(
+                f"ODEBlock: velocity_init(x) must return the {self.order - 1} initial derivative(s) "
+                f"concatenated along dim 1, shape {expected}; got {got}"
+            )
+        if self.order == 2:
+            return (x, derivatives)
+        return (x, *torch.chunk(derivatives, self.order - 1, dim=1))
 
     def integrate_state(self, z0: torch.Tensor) -> torch.Tensor:
         """Solve from a whole state ``z0 = [x, ..., x^(m-1)]`` (``m*C`` channels); returns ``z(t[-1])``."""
         _check_input(z0, "z0", min_dim=2 if self.order > 1 else 1)
-        if self.order > 1 and z0.shape[1] % self.order:
+        if self.order == 1:
+            return self._integrate(z0)
+        if z0.shape[1] % self.order:
             raise ValueError(
                 f"ODEBlock: the state's channels (dim 1, {z0.shape[1]}) must be divisible by order={self.order}"
             )
-        t = self.t.to(device=z0.device, dtype=z0.dtype)
+        return torch.cat(self._integrate(torch.chunk(z0, self.order, dim=1)), dim=1)
+
+    def _integrate(self, z0):
+        """``z(t[-1])`` from ``z0``: a tensor (order 1) or the tuple ``(x, ..., x^(m-1))``."""
+        like = z0 if self.order == 1 else z0[0]
+        t = self.t.to(device=like.device, dtype=like.dtype)
         solve = GRADIENT_MODES[self.gradient]
+        options = dict(self.options)
+        if self.order > 1 and self.method in ADAPTIVE_METHODS:
+            options["norm"] = _norm_of_concatenation(options.get("norm"))
         kwargs = {
             "rtol": self.rtol,
             "atol": self.atol,
             "method": self.method,
-            "options": dict(self.options),
+            "options": options,
         }
         if self.gradient == "checkpoint":
             kwargs["checkpoints"] = self.checkpoints
         if self.backend == "auto":  # leave the choice to use_backend contexts / ODEKERN_BACKEND
-            return solve(self.dynamics, z0, t, **kwargs)[-1]
-        with use_backend(self.backend):
-            return solve(self.dynamics, z0, t, **kwargs)[-1]
+            solution = solve(self.dynamics, z0, t, **kwargs)
+        else:
+            with use_backend(self.backend):
+                solution = solve(self.dynamics, z0, t, **kwargs)
+        if self.order == 1:
+            return solution[-1]
+        return tuple(part[-1] for part in solution)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z1 = self.integrate_state(self.initial_state(x))
-        if self.return_state or self.order == 1:
+        z1 = self._integrate(self._initial_parts(x))
+        if self.order == 1:
             return z1
-        return z1.narrow(1, 0, x.shape[1])
+        return torch.cat(z1, dim=1) if self.return_state else z1[0]
+
+
+def _norm_of_concatenation(norm):
+    """The error norm a higher-order block has always used: that of the state concatenated along
+    dim 1 (RMS by default, not the max-over-components default of tuple states), so the tuple
+    solve takes the same steps. A callable norm still receives the concatenated state (one
+    concatenation per error estimate, not per stage)."""
+    if norm is None:
+        return "rms"
+    if callable(norm):
+        return lambda z: norm(torch.cat(z, dim=1))
+    return norm  # "rms", "max", "per_sample": the same over the tuple as over the concatenation
 
 
 class _FunctionAsModule(nn.Module):

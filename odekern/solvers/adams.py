@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from odekern.solvers import stages
+from odekern.solvers import stages, state
 from odekern.solvers.adams_coefficients import MAX_ORDER, bashforth, moulton
 from odekern.solvers.base import RHS
 from odekern.solvers.explicit_rk import RKStepper
@@ -57,10 +57,11 @@ class AdamsBashforthMoulton(FixedGridSolver):
         self._bashforth = {m: bashforth(m).floats() for m in range(1, max_order)}
         self._moulton = {m + 1: moulton(m + 1).floats() for m in range(1, max_order)}
         self._rk4 = RKStepper(RK4_38, y0, self._reuse_buffers)
-        self._dy_buffers = [torch.empty_like(y0), torch.empty_like(y0)] if self._reuse_buffers else [None, None]
-        self._corrector_input = torch.empty_like(y0) if self._reuse_buffers else None
-        self._known_buffer = torch.empty_like(y0) if self._reuse_buffers else None
-        self._diff_buffer = torch.empty_like(y0) if self._reuse_buffers else None
+        buffer = state.empty_like if self._reuse_buffers else (lambda _: None)
+        self._dy_buffers = [buffer(y0), buffer(y0)]
+        self._corrector_input = buffer(y0)
+        self._known_buffer = buffer(y0)
+        self._diff_buffer = buffer(y0)
         self._history: collections.deque = collections.deque(maxlen=max_order - 1)
 
     def _before_integrate(self) -> None:
@@ -68,8 +69,10 @@ class AdamsBashforthMoulton(FixedGridSolver):
 
     def _step(self, t0, dt, t1, y0):
         f0 = self.rhs(t0, y0)
-        if self._reuse_buffers and f0.data_ptr() == y0.data_ptr():
-            f0 = f0.clone()  # the RHS returned (a view of) its input, whose buffer is reused soon
+        if self._reuse_buffers:
+            # The history outlives the state buffers: a slope that is (a view of) the RHS's input
+            # (e.g. the velocity of a second-order state) must be copied before they are reused.
+            f0 = state.map_state(lambda f: f.clone() if state.shares_storage(f, y0) else f, f0)
         self._history.appendleft(f0)
         m = min(len(self._history), self.max_order - 1)
         if m < _MIN_HISTORY:

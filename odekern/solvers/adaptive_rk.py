@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from odekern.solvers import interpolation, stages
+from odekern.solvers import interpolation, stages, state
 from odekern.solvers.base import RHS, Solver, SolveStatus, store
 from odekern.solvers.checks import check_positive, check_step_bounds, raise_non_finite
 from odekern.solvers.controllers import IntegralController, select_initial_step
@@ -101,9 +101,9 @@ class AdaptiveRK(Solver):
         reuse = not torch.is_grad_enabled()
         # The error estimate is computed without autograd, so its buffer is always reusable.
         self._stepper = RKStepper(self.tableau, y0, reuse)
-        buf = (lambda: torch.empty_like(y0)) if reuse else (lambda: None)
+        buf = (lambda: state.empty_like(y0)) if reuse else (lambda: None)
         self._y_buffers = [buf(), buf()]
-        self._err_buffer = torch.empty_like(y0)
+        self._err_buffer = state.empty_like(y0)
         self._coeff_buffers = [None, buf(), buf(), buf(), buf()]
 
     @property
@@ -150,7 +150,7 @@ class AdaptiveRK(Solver):
                     return solution, self._status(s, False, msg, s.tf, i)
                 attempts += 1
                 self._attempt(s, t.device)
-            row = solution[i]
+            row = state.row(solution, i)
             store(solution, i, row, interpolation.evaluate(s.coeffs, s.t_prev, s.t, t[i], out=row))
         return solution, self._status(s, True, "reached the last output time", tv[-1], len(tv))
 
@@ -177,7 +177,7 @@ class AdaptiveRK(Solver):
             t1 = torch.tensor(t1f, dtype=self.time_dtype, device=device)
         s.last_dt = dt
         # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
-        t_end = _beside(t1, s.y.dtype, -1) if on_jump else None
+        t_end = _beside(t1, state.first(s.y).dtype, -1) if on_jump else None
         y1, ks = self._stepper.step(rhs, s.t, dt, t1, s.y, s.f, out=self._next_y_buffer(s.y), t_end_stages=t_end)
         ratio = float(stages.embedded_error_ratio(s.y, y1, dt, self.tab.b_err, ks, self.rtol, self.atol,
                                                   self.norm, err_out=self._err_buffer))
@@ -191,14 +191,14 @@ class AdaptiveRK(Solver):
             s.dt = ctrl.clamp(dt * ctrl.dfactor)
             return
         if (ratio <= 1 and dt <= ctrl.max_step) or dt <= ctrl.min_step:
-            if not bool(torch.isfinite(y1).all()):
+            if not state.all_finite(y1):
                 raise_non_finite(self.method, rhs.user_time(s.tf),
                                  f"the accepted step to t={rhs.user_time(t1f):.6g} produced NaN/inf")
             s.coeffs = self.dense.fit(s.y, y1, ks, dt, out=self._coeff_buffers)
             s.t_prev, s.t, s.tf, s.y, s.f = s.t, t1, t1f, y1, ks[-1]
             if on_jump:
                 # Past a discontinuity of f: take the slope from its far side.
-                s.f = rhs(_beside(t1, y1.dtype, +1), y1)
+                s.f = rhs(_beside(t1, state.first(y1).dtype, +1), y1)
             s.n_accepted += 1
         else:
             s.n_rejected += 1

@@ -11,17 +11,17 @@ augmented state
 from each output time back to the previous one with ``odekern.odeint``, restarting ``y`` from
 the stored forward value and adding the incoming ``dL/dy(t_i)`` at every output time.
 
-The augmented state is packed into one flat tensor (``_AugmentedLayout``) so the backward
-solve needs nothing beyond plain-tensor support from the solver; the adaptive error norm is
-the same as torchdiffeq's default adjoint norm (max over the RMS norms of the parts), so both
-libraries take the same backward steps.
+The augmented state is a tuple ``(a_t, *y, *a_y, *a_theta)`` solved natively by the solvers
+(``odekern.solvers.state``): nothing is concatenated, and the dynamics hand back ``f(t, y)``
+and the vector-Jacobian products as they come out of autograd. The adaptive error norm is the
+same as torchdiffeq's default adjoint norm (max over the norms of the parts), so both libraries
+take the same backward steps; it is computed from one fused RMS per component.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from odekern.backends import requested_backend, use_backend
+from odekern.solvers import state
 from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
-from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
-from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat
+from odekern.solvers.norms import PER_SAMPLE, component_rms_combiner, resolve_norm, rms_norm
 
 
 def _solver() -> Callable:
@@ -41,105 +41,108 @@ def _solver() -> Callable:
     return odeint
 
 
-# --------------------------------------------------------------------------- flat augmented state
+# --------------------------------------------------------------------------- augmented state
 
 
 @dataclasses.dataclass(frozen=True)
 class _AugmentedLayout:
-    """Where each part of the augmented backward state lives inside one flat 1-D tensor."""
+    """Which components of the augmented backward state ``(a_t, *y, *a_y, *a_theta)`` are which.
 
-    y_shape: torch.Size
-    param_shapes: tuple[torch.Size, ...]
+    ``y`` and ``a_y`` are tuples of components (one for a tensor state)."""
 
-    @property
-    def y_numel(self) -> int:
-        return math.prod(self.y_shape)
+    n_y: int
+    tuple_y: bool  # whether the user's state is a tuple (func then takes and returns tuples)
 
-    def sizes(self) -> list[int]:
-        return [1, self.y_numel, self.y_numel] + [math.prod(s) for s in self.param_shapes]
+    def pack(self, adj_t: torch.Tensor, y: Sequence[torch.Tensor], adj_y: Sequence[torch.Tensor],
+             adj_params: Sequence[torch.Tensor]) -> tuple:
+        return (adj_t.reshape(()), *y, *adj_y, *adj_params)
 
-    def pack(
-        self,
-        adj_t: torch.Tensor,
-        y: torch.Tensor,
-        adj_y: torch.Tensor,
-        adj_params: Sequence[torch.Tensor],
-    ) -> torch.Tensor:
-        parts = [adj_t.reshape(1), y.reshape(-1), adj_y.reshape(-1)]
-        parts += [p.reshape(-1).to(y.dtype) for p in adj_params]
-        return torch.cat(parts)
+    def unpack(self, aug: Sequence[torch.Tensor]):
+        n = self.n_y
+        return aug[0], tuple(aug[1:1 + n]), tuple(aug[1 + n:1 + 2 * n]), list(aug[1 + 2 * n:])
 
-    def unpack(self, flat: torch.Tensor):
-        """Views (no copies) of ``flat`` as ``(adj_t, y, adj_y, [adj_param, ...])``."""
-        adj_t, y, adj_y, *adj_params = torch.split(flat, self.sizes())
-        adj_params = [p.view(s) for p, s in zip(adj_params, self.param_shapes)]
-        return adj_t.view(()), y.view(self.y_shape), adj_y.view(self.y_shape), adj_params
+    def user_state(self, parts: Sequence[torch.Tensor]):
+        """Components of y as the user's func takes them."""
+        return tuple(parts) if self.tuple_y else parts[0]
 
 
 class _AdjointNorm:
-    """Error norm of the backward solve: max of the RMS norms of t-, y-, a_y- and each a_theta part.
+    """Error norm of the backward solve: max of |a_t|, the state norm of y and of a_y, and the RMS
+    norm of each a_theta.
 
     Taking the max per part (not one RMS over everything) stops a huge parameter vector from
     diluting the error of the state, and equals torchdiffeq's default adjoint norm.
     """
 
-    def __init__(
-        self, layout: _AugmentedLayout, state_norm: Callable[[torch.Tensor], torch.Tensor]
-    ):
+    def __init__(self, layout: _AugmentedLayout, state_norm: Callable):
         self.layout = layout
         self.state_norm = state_norm
+        # Fusable (see norms.component_rms_combiner) exactly when the state norm is.
+        self._combine_state = component_rms_combiner(state_norm)
+        self.from_component_rms = self._from_component_rms if self._combine_state is not None else None
 
-    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        adj_t, y, adj_y, adj_params = self.layout.unpack(flat)
+    def __call__(self, aug: Sequence[torch.Tensor]) -> torch.Tensor:
+        adj_t, y, adj_y, adj_params = self.layout.unpack(aug)
         norms = [
             adj_t.abs(),
-            torch.as_tensor(self.state_norm(y)),
-            torch.as_tensor(self.state_norm(adj_y)),
+            torch.as_tensor(self.state_norm(self.layout.user_state(y))),
+            torch.as_tensor(self.state_norm(self.layout.user_state(adj_y))),
         ]
         norms += [rms_norm(p) for p in adj_params if p.numel()]
-        return torch.stack([n.to(flat.dtype) for n in norms]).max()
+        return torch.stack([n.to(adj_t.dtype) for n in norms]).max()
+
+    def _from_component_rms(self, rms: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
+        """The same norm from per-component RMS values (the RMS of the scalar a_t is |a_t|)."""
+        n, combine = self.layout.n_y, self._combine_state
+        norms = [rms[0], combine(rms[1:1 + n], counts[1:1 + n]), combine(rms[1 + n:1 + 2 * n], counts[1 + n:1 + 2 * n])]
+        norms += [r for r, c in zip(rms[1 + 2 * n:], counts[1 + 2 * n:]) if c]
+        return torch.stack(norms).max()
 
 
 class _AugmentedDynamics:
-    """Right-hand side of the augmented backward ODE on the flat state."""
+    """Right-hand side of the augmented backward ODE on the tuple state (no concatenation)."""
 
-    def __init__(
-        self,
-        func: Callable,
-        layout: _AugmentedLayout,
-        params: tuple[torch.Tensor, ...],
-        t_requires_grad: bool,
-    ):
+    def __init__(self, func: Callable, layout: _AugmentedLayout, params: tuple[torch.Tensor, ...],
+                 t_requires_grad: bool):
         self.func = func
         self.layout = layout
         self.params = params
         self.t_requires_grad = t_requires_grad
 
-    def __call__(self, t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        _, y, adj_y, _ = self.layout.unpack(flat)
+    def __call__(self, t: torch.Tensor, aug: tuple) -> tuple:
+        _, y, adj_y, _ = self.layout.unpack(aug)
         with torch.enable_grad():
             t_in = t.detach().requires_grad_(self.t_requires_grad)
-            y_in = y.detach().requires_grad_(True)
-            f = self.func(t_in, y_in)
-            if not isinstance(f, torch.Tensor) or f.shape != y_in.shape:
-                raise RuntimeError(
-                    f"odeint_adjoint: func must return a tensor shaped like the state {tuple(y_in.shape)}, "
-                    f"got {type(f).__name__ if not isinstance(f, torch.Tensor) else tuple(f.shape)}"
-                )
-            wrt = ((t_in,) if self.t_requires_grad else ()) + (y_in,) + self.params
-            if f.requires_grad:
-                vjps = torch.autograd.grad(f, wrt, -adj_y, allow_unused=True)
+            y_in = tuple(c.detach().requires_grad_(True) for c in y)
+            f = _components_of_output(self.func(t_in, self.layout.user_state(y_in)), y_in)
+            wrt = ((t_in,) if self.t_requires_grad else ()) + y_in + self.params
+            # A component of f that is an input component itself (a second-order block's
+            # velocity) is a graph leaf: autograd handles it like any other output.
+            outputs = [(fc, -a) for fc, a in zip(f, adj_y) if fc.requires_grad]
+            if outputs:
+                vjps = torch.autograd.grad([o for o, _ in outputs], wrt, [g for _, g in outputs], allow_unused=True)
             else:  # f depends on none of them (e.g. a constant field): every vjp is zero
                 vjps = (None,) * len(wrt)
         if not self.t_requires_grad:
             vjps = (None,) + tuple(vjps)
-        vjp_t, vjp_y, *vjp_params = vjps
-        vjp_t = torch.zeros((), dtype=flat.dtype, device=flat.device) if vjp_t is None else vjp_t
-        vjp_y = torch.zeros_like(y) if vjp_y is None else vjp_y
-        vjp_params = [
-            torch.zeros_like(p) if g is None else g for p, g in zip(self.params, vjp_params)
-        ]
-        return self.layout.pack(vjp_t.to(flat.dtype), f.detach(), vjp_y, vjp_params)
+        n = self.layout.n_y
+        vjp_t, vjp_y, vjp_params = vjps[0], vjps[1:1 + n], vjps[1 + n:]
+        like = y[0]
+        vjp_t = torch.zeros((), dtype=like.dtype, device=like.device) if vjp_t is None else vjp_t.to(like.dtype)
+        vjp_y = [torch.zeros_like(c) if g is None else g for c, g in zip(y, vjp_y)]
+        vjp_params = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, vjp_params)]
+        return self.layout.pack(vjp_t, [fc.detach() for fc in f], vjp_y, vjp_params)
+
+
+def _components_of_output(f: Any, y: Sequence[torch.Tensor]) -> tuple:
+    """``func``'s output as components, checked against the state's components."""
+    parts = tuple(f) if isinstance(f, (tuple, list)) else (f,)
+    if len(parts) != len(y) or any(not isinstance(p, torch.Tensor) or p.shape != c.shape for p, c in zip(parts, y)):
+        want = tuple(tuple(c.shape) for c in y) if len(y) > 1 else tuple(y[0].shape)
+        got = (tuple(tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in parts)
+               if isinstance(f, (tuple, list)) else (tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__))
+        raise RuntimeError(f"odeint_adjoint: func must return a tensor shaped like the state {want}, got {got}")
+    return parts
 
 
 # --------------------------------------------------------------------------- autograd.Function
@@ -156,82 +159,66 @@ class _AdjointConfig:
     adjoint_atol: Any
     adjoint_method: str | None
     adjoint_options: dict
-    state_norm: Callable[[torch.Tensor], torch.Tensor]
-    tuple_shapes: list[torch.Size] | None  # the forward solves the tuple; backward sees it flat
-    backward_func: Callable  # func on the flat state
+    state_norm: Callable
+    layout: _AugmentedLayout
 
 
 class _OdeintAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cfg: _AdjointConfig, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
+    def forward(ctx, cfg: _AdjointConfig, t: torch.Tensor, *tensors: torch.Tensor):
+        layout = cfg.layout
+        y0, params = tensors[:layout.n_y], tensors[layout.n_y:]
         # no_grad: nothing of the solver's steps is recorded, so memory is flat in the step count.
         with torch.no_grad():
-            state = y0 if cfg.tuple_shapes is None else flat_to_tuple(y0, cfg.tuple_shapes)
-            ys = _solver()(
-                cfg.func,
-                state,
-                t,
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                method=cfg.method,
-                options=cfg.options,
-            )
-            if cfg.tuple_shapes is not None:
-                ys = torch.cat([part.reshape(len(t), -1) for part in ys], dim=1)
+            ys = _solver()(cfg.func, layout.user_state(y0), t, rtol=cfg.rtol, atol=cfg.atol,
+                           method=cfg.method, options=cfg.options)
+        ys = state.components(ys)
         ctx.cfg = cfg
         ctx.t_requires_grad = t.requires_grad
         # backward() runs after any use_backend(...) block has exited: remember the choice.
         ctx.backend = requested_backend()
-        ctx.save_for_backward(t, ys, *params)
+        ctx.save_for_backward(t, *ys, *params)
         return ys
 
     @staticmethod
-    def backward(ctx, grad_ys: torch.Tensor):
+    def backward(ctx, *grad_ys: torch.Tensor):
         cfg: _AdjointConfig = ctx.cfg
-        t, ys, *params = ctx.saved_tensors
-        params = tuple(params)
-        layout = _AugmentedLayout(ys.shape[1:], tuple(p.shape for p in params))
-        dynamics = _AugmentedDynamics(cfg.backward_func, layout, params, ctx.t_requires_grad)
+        layout = cfg.layout
+        t, *saved = ctx.saved_tensors
+        ys, params = tuple(saved[:layout.n_y]), tuple(saved[layout.n_y:])
+        dynamics = _AugmentedDynamics(cfg.func, layout, params, ctx.t_requires_grad)
         adjoint_options = dict(cfg.adjoint_options)
         adjoint_options.setdefault("norm", _AdjointNorm(layout, cfg.state_norm))
         solve = _solver()
 
         forced = use_backend(ctx.backend) if ctx.backend is not None else contextlib.nullcontext()
         with torch.no_grad(), forced:
-            grad_ys = grad_ys.to(ys.dtype)
-            adj_t = torch.zeros((), dtype=ys.dtype, device=ys.device)
-            adj_y = grad_ys[-1].clone()
-            adj_params = [torch.zeros_like(p, dtype=ys.dtype) for p in params]
-            time_grads = (
-                torch.zeros(len(t), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
-            )
+            like = ys[0]
+            grad_ys = [g.to(like.dtype) for g in grad_ys]
+            adj_t = torch.zeros((), dtype=like.dtype, device=like.device)
+            adj_y = tuple(g[-1].clone() for g in grad_ys)
+            adj_params = [torch.zeros_like(p, dtype=like.dtype) for p in params]
+            time_grads = torch.zeros(len(t), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
 
             for i in range(len(t) - 1, 0, -1):
+                y_i = tuple(c[i] for c in ys)
                 if ctx.t_requires_grad:
                     # dL/dt_i from the output itself: the solution moves with velocity f(t_i, y_i).
-                    direct = (
-                        cfg.backward_func(t[i], ys[i]).reshape(-1) * grad_ys[i].reshape(-1)
-                    ).sum()
+                    f_i = _components_of_output(cfg.func(t[i], layout.user_state(y_i)), y_i)
+                    direct = sum((fc * g[i]).sum() for fc, g in zip(f_i, grad_ys))
                     time_grads[i] = direct.to(t.dtype)
                     adj_t = adj_t - direct
-                flat = layout.pack(adj_t, ys[i], adj_y, adj_params)
-                flat = solve(
-                    dynamics,
-                    flat,
-                    t[i - 1 : i + 1].flip(0),
-                    rtol=cfg.adjoint_rtol,
-                    atol=cfg.adjoint_atol,
-                    method=cfg.adjoint_method,
-                    options=adjoint_options,
-                )[1]
-                adj_t, _, adj_y, adj_params = layout.unpack(flat)
-                adj_y = adj_y + grad_ys[i - 1]
+                solution = solve(dynamics, layout.pack(adj_t, y_i, adj_y, adj_params), t[i - 1:i + 1].flip(0),
+                                 rtol=cfg.adjoint_rtol, atol=cfg.adjoint_atol, method=cfg.adjoint_method,
+                                 options=adjoint_options)
+                adj_t, _, adj_y, adj_params = layout.unpack(state.row(solution, 1))
+                adj_y = tuple(a + g[i - 1] for a, g in zip(adj_y, grad_ys))
 
             if ctx.t_requires_grad:
                 time_grads[0] = adj_t.to(t.dtype)
 
         param_grads = [g.to(p.dtype) for g, p in zip(adj_params, params)]
-        return (None, adj_y, time_grads, *param_grads)
+        return (None, time_grads, *adj_y, *param_grads)
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -268,9 +255,9 @@ def _check_scalar_tolerance(value, name: str) -> None:
         )
 
 
-def _state_norm(options: dict | None, shapes) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward's error norm as a callable on the flat state (``per_sample`` has none: RMS)."""
-    norm = resolve_norm((options or {}).get("norm"), shapes)
+def _state_norm(options: dict | None, tuple_state: bool) -> Callable:
+    """The forward's error norm as a callable on the state (``per_sample`` has none: RMS)."""
+    norm = resolve_norm((options or {}).get("norm"), tuple_state)
     return rms_norm if norm == PER_SAMPLE else norm
 
 
@@ -347,7 +334,7 @@ def odeint_adjoint(
     check_time(t)
     check_state_matches_time(y0, t)
     params = _find_parameters(func, adjoint_params)
-    check_params(params, y0[0] if isinstance(y0, tuple) else y0, "adjoint_params")
+    check_params(params, state.first(y0), "adjoint_params")
     if (options or {}).get("on_max_steps", "raise") != "raise":
         raise ValueError(
             "odeint_adjoint: options['on_max_steps'] must be 'raise' (the default); "
@@ -362,25 +349,9 @@ def odeint_adjoint(
     _check_scalar_tolerance(adjoint_rtol, "adjoint_rtol")
     _check_scalar_tolerance(adjoint_atol, "adjoint_atol")
 
-    shapes = [part.shape for part in y0] if isinstance(y0, tuple) else None
-    if shapes is None:
-        y0_flat, backward_func = y0, func
-    else:
-        y0_flat, backward_func = tuple_to_flat(y0), TupleRHS(func, shapes)
-
-    cfg = _AdjointConfig(
-        func,
-        rtol,
-        atol,
-        method,
-        options,
-        adjoint_rtol,
-        adjoint_atol,
-        adjoint_method,
-        adjoint_options,
-        _state_norm(options, shapes),
-        shapes,
-        backward_func,
-    )
-    ys = _OdeintAdjoint.apply(cfg, y0_flat, t, *params)
-    return ys if shapes is None else flat_to_tuple(ys, shapes, lead=(len(t),))
+    tuple_state = state.is_tuple(y0)
+    cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
+                         adjoint_options, _state_norm(options, tuple_state),
+                         _AugmentedLayout(len(state.components(y0)), tuple_state))
+    ys = _OdeintAdjoint.apply(cfg, t, *state.components(y0), *params)
+    return state.rebuild(y0, ys)

@@ -3,7 +3,8 @@
 A solver is built as ``Solver(rhs, y0, rtol, atol, **options)`` and run with
 ``solver.integrate(t) -> (solution, SolveStatus)``, where ``t`` is increasing (``odeint`` turns
 a decreasing ``t`` into an increasing one by negating time, like torchdiffeq) and ``solution``
-has shape ``[len(t), *y0.shape]``.
+has shape ``[len(t), *y0.shape]`` (for a tuple state ``y0``: a tuple of such tensors, one per
+component; see ``odekern.solvers.state``).
 """
 
 from __future__ import annotations
@@ -15,29 +16,35 @@ from typing import Any, ClassVar
 
 import torch
 
-from odekern.solvers.checks import check_rhs_output
+from odekern.solvers import state
+from odekern.solvers.checks import check_rhs_output, check_tuple_rhs_output
 
 Tensor = torch.Tensor
 
 
 class RHS:
     """``func`` as the solvers call it: time cast to the state's dtype, time reversal applied,
-    output checked (shape / dtype / device) and evaluations counted in ``nfe``."""
+    output checked (shape / dtype / device) and evaluations counted in ``nfe``.
+
+    For a tuple state ``func`` takes and returns tuples; the components it returns are passed
+    on as they are (a component of its input included), so the solver sees no copy."""
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], time_sign: float = 1.0):
         self.func = func
         self.time_sign = time_sign
         self.nfe = 0
 
-    def __call__(self, t: Any, y: Tensor) -> Tensor:
-        t = t.to(y.dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=y.dtype, device=y.device)
+    def __call__(self, t: Any, y: state.State) -> state.State:
+        like = state.first(y)
+        t = t.to(like.dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=like.dtype, device=like.device)
+        check = check_tuple_rhs_output if state.is_tuple(y) else check_rhs_output
         if self.time_sign < 0:
-            dy = self.func(-t, y)
-            check_rhs_output(dy, y, -t)
-            dy = -dy
+            dy = state.as_state(self.func(-t, y))
+            check(dy, y, -t)
+            dy = state.map_state(torch.neg, dy)
         else:
-            dy = self.func(t, y)
-            check_rhs_output(dy, y, t)
+            dy = state.as_state(self.func(t, y))
+            check(dy, y, t)
         self.nfe += 1
         return dy
 
@@ -88,15 +95,8 @@ class Solver(abc.ABC):
     def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
         """Solve on increasing output times ``t``; see module docstring."""
 
-    def _new_solution(self, n: int) -> Tensor:
-        solution = torch.empty(n, *self.y0.shape, dtype=self.y0.dtype, device=self.y0.device)
-        solution[0] = self.y0
-        return solution
+    def _new_solution(self, n: int) -> state.State:
+        return state.new_solution(self.y0, n)
 
 
-def store(solution: Tensor, index: int, row: Tensor, value: Tensor) -> Tensor:
-    """Put ``value`` in ``solution[index]`` unless a stage function already wrote it into ``row``
-    (the preallocated view); an autograd-recorded value is copied in differentiably."""
-    if value is not row:
-        solution[index] = value
-    return solution
+store = state.store

@@ -168,6 +168,22 @@ def check_rhs_output(out: Any, y: Tensor, t: Any) -> None:
         raise ValueError(f"func(t, y) returned a tensor on {out.device} but the state y is on {y.device}")
 
 
+def check_tuple_rhs_output(out: Any, y: tuple, t: Any) -> None:
+    """For a tuple state the RHS must return a tuple of tensors shaped like the state's components."""
+    if not isinstance(out, tuple) or len(out) != len(y):
+        raise TypeError(f"func(t, y) must return a tuple of {len(y)} tensors for a tuple state y0, "
+                        f"got {type(out).__name__} at t={_t(t)}")
+    for i, (d, c) in enumerate(zip(out, y)):
+        if not isinstance(d, Tensor) or d.shape != c.shape:
+            got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
+            raise ValueError(f"func(t, y)[{i}] must have shape {tuple(c.shape)} like y0[{i}], got {got}")
+        if d.dtype != c.dtype:
+            raise TypeError(f"func(t, y)[{i}] returned dtype {d.dtype} but y0[{i}] has dtype {c.dtype}; "
+                            "dy/dt must have the same dtype as y")
+        if d.device != c.device:
+            raise ValueError(f"func(t, y)[{i}] returned a tensor on {d.device} but y0[{i}] is on {c.device}")
+
+
 def _t(t: Any) -> str:
     return f"{t.item():.6g}" if isinstance(t, Tensor) and t.numel() == 1 else str(t)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from odekern.solvers import stages
+from odekern.solvers import stages, state
 from odekern.solvers.base import RHS
 from odekern.solvers.fixed_grid import FixedGridSolver
 from odekern.solvers.tableau import ButcherTableau, FloatTableau
@@ -30,7 +30,7 @@ class RKStepper:
         # Stage i writes its input into its own buffer: an RHS that returns its input tensor
         # (e.g. f(t, y) = y) then still leaves earlier stages' k intact.
         self._stage_buffers: Sequence[Tensor | None] = (
-            [None] + [torch.empty_like(y0) for _ in range(1, n - int(tableau.fsal))] + [None] * int(tableau.fsal)
+            [None] + [state.empty_like(y0) for _ in range(1, n - int(tableau.fsal))] + [None] * int(tableau.fsal)
             if reuse_buffers else [None] * n)
 
     def step(self, rhs: RHS, t0: Tensor, dt: Any, t1: Tensor, y0: Tensor, f0: Tensor,

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from odekern.solvers import stages
+from odekern.solvers import stages, state
 from odekern.solvers.base import RHS, Solver, SolveStatus, store
 from odekern.solvers.checks import check_positive, raise_non_finite
 
@@ -61,7 +61,7 @@ class FixedGridSolver(Solver):
         self.interp = interp
         # Preallocated buffers only when autograd cannot need the intermediate values.
         self._reuse_buffers = not torch.is_grad_enabled()
-        self._y_buffers = [torch.empty_like(y0), torch.empty_like(y0)] if self._reuse_buffers else None
+        self._y_buffers = [state.empty_like(y0), state.empty_like(y0)] if self._reuse_buffers else None
 
     def _grid(self, t: Tensor) -> Tensor:
         if self.step_size is not None:
@@ -101,7 +101,7 @@ class FixedGridSolver(Solver):
         self._before_integrate()
         t_vals, grid_vals = t.tolist(), grid.tolist()
         j, y0, n_steps, dt = 1, self.y0, 0, 0.0
-        check_every_step, last_checked = checks_every_step(self.y0.device), grid_vals[0]
+        check_every_step, last_checked = checks_every_step(state.first(self.y0).device), grid_vals[0]
         for i in range(len(grid_vals) - 1):
             if j >= len(t_vals):
                 break
@@ -112,7 +112,7 @@ class FixedGridSolver(Solver):
             at_output = grid_vals[i + 1] >= t_vals[j]
             # On CPU every step is checked (cheap) so the error names the exact step. On an
             # accelerator the check is a host sync, so it runs only where outputs are written.
-            if (check_every_step or at_output) and not bool(torch.isfinite(y1).all()):
+            if (check_every_step or at_output) and not state.all_finite(y1):
                 reached = self.rhs.user_time(grid_vals[i + 1])
                 if check_every_step:
                     since, where = grid_vals[i], f"the step to t={reached:.6g} produced NaN/inf"
@@ -124,7 +124,7 @@ class FixedGridSolver(Solver):
                 last_checked = grid_vals[i + 1]
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
-                row = solution[j]
+                row = state.row(solution, j)
                 if t_vals[j] == grid_vals[i + 1]:
                     value = y1
                 elif t_vals[j] == grid_vals[i]:

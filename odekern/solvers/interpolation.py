@@ -17,6 +17,7 @@ from fractions import Fraction
 import torch
 
 from odekern.solvers import stages
+from odekern.solvers.state import first
 from odekern.solvers.tableau import ButcherTableau
 
 Tensor = torch.Tensor
@@ -92,5 +93,5 @@ class QuarticDenseOutput:
 
 def evaluate(coeffs: Sequence[Tensor], t0: Tensor, t1: Tensor, t: Tensor, out: Tensor | None = None) -> Tensor:
     """The interpolant at time ``t`` in ``[t0, t1]``."""
-    x = ((t - t0) / (t1 - t0)).to(coeffs[0].dtype)
+    x = ((t - t0) / (t1 - t0)).to(first(coeffs[0]).dtype)
     return stages.polynomial(coeffs, x, out=out)

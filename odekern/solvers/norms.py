@@ -1,4 +1,10 @@
-"""Error norms for adaptive step-size control (torchdiffeq's defaults) and the ``norm`` option."""
+"""Error norms for adaptive step-size control (torchdiffeq's defaults) and the ``norm`` option.
+
+A norm takes a state (tensor or tuple of tensors). The built-in norms also say how to combine
+per-component RMS values into the norm (``from_component_rms``): the fused error pass computes
+one RMS per component without materialising the error, and the norm of the whole state follows
+from those (None when it cannot, e.g. the max norm: the error is then materialised).
+"""
 
 from __future__ import annotations
 
@@ -6,39 +12,75 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from odekern.solvers.state import components, is_tuple
+
 Tensor = torch.Tensor
 PER_SAMPLE = "per_sample"
 NAMED_NORMS = ("rms", "max", PER_SAMPLE)
 
 
-def rms_norm(x: Tensor) -> Tensor:
-    """Root mean square over all elements (torchdiffeq's default)."""
-    return x.abs().pow(2).mean().sqrt()
+def rms_of(rms: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
+    """RMS of a concatenation from the RMS of its pieces (pieces of no elements are skipped)."""
+    kept = [(r, n) for r, n in zip(rms, counts) if n]
+    if len(kept) == 1:
+        return kept[0][0]
+    total = sum(n for _, n in kept)
+    return torch.sqrt(sum(r.square() * n for r, n in kept) / total)
 
 
-def max_norm(x: Tensor) -> Tensor:
-    return x.abs().max()
+class RMSNorm:
+    """Root mean square over all elements of all components: the RMS of their concatenation
+    (torchdiffeq's default for a tensor state)."""
+
+    def __call__(self, state) -> Tensor:
+        if not is_tuple(state):
+            return state.abs().pow(2).mean().sqrt()
+        parts = [c for c in state if c.numel()]
+        total = sum(c.numel() for c in parts)
+        return torch.sqrt(sum(c.abs().pow(2).sum() for c in parts) / total)
+
+    def from_component_rms(self, rms: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
+        return rms_of(rms, counts)
 
 
-def mixed_norm(parts: Sequence[Tensor]) -> Tensor:
-    """Max over the parts of each part's RMS: torchdiffeq's default for a tuple state."""
-    if len(parts) == 0:
-        return torch.zeros(())
-    return torch.stack([rms_norm(p) for p in parts]).max()
+class MaxNorm:
+    """Largest absolute element over all components."""
+
+    def __call__(self, state) -> Tensor:
+        return torch.stack([c.abs().max() for c in components(state) if c.numel()]).max()
 
 
-def resolve_norm(norm: None | str | Callable, shapes=None) -> str | Callable[[Tensor], Tensor]:
-    """The ``norm`` option as a callable on the flat state (or the string ``"per_sample"``).
+class MixedNorm:
+    """Max over the components of each one's RMS: torchdiffeq's default for a tuple state."""
 
-    ``shapes`` is the list of component shapes of a tuple state; a user callable then receives
-    the tuple, exactly as in torchdiffeq.
+    def __call__(self, state) -> Tensor:
+        parts = [rms_norm(c) for c in components(state) if c.numel()]
+        if not parts:
+            return torch.zeros(())
+        return torch.stack(parts).max()
+
+    def from_component_rms(self, rms: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
+        return torch.stack([r for r, n in zip(rms, counts) if n]).max()
+
+
+rms_norm = RMSNorm()
+max_norm = MaxNorm()
+mixed_norm = MixedNorm()
+
+
+def component_rms_combiner(norm) -> Callable | None:
+    """``norm.from_component_rms`` when ``norm`` can be computed from per-component RMS values."""
+    return getattr(norm, "from_component_rms", None)
+
+
+def resolve_norm(norm: None | str | Callable, tuple_state: bool = False) -> str | Callable:
+    """The ``norm`` option as a callable on the state (or the string ``"per_sample"``).
+
+    For a tuple state the default is torchdiffeq's mixed norm and a user callable receives the
+    tuple, exactly as in torchdiffeq; ``"rms"`` is the RMS over all components together.
     """
-    from odekern.solvers.tuples import flat_to_tuple
-
     if norm is None:
-        if shapes is None:
-            return rms_norm
-        return lambda flat: mixed_norm(flat_to_tuple(flat, shapes))
+        return mixed_norm if tuple_state else rms_norm
     if isinstance(norm, str):
         if norm == PER_SAMPLE:
             return PER_SAMPLE
@@ -49,6 +91,4 @@ def resolve_norm(norm: None | str | Callable, shapes=None) -> str | Callable[[Te
         raise ValueError(f"options['norm'] must be a callable or one of {list(NAMED_NORMS)}, got {norm!r}")
     if not callable(norm):
         raise TypeError(f"options['norm'] must be a callable or one of {list(NAMED_NORMS)}, got {type(norm).__name__}")
-    if shapes is None:
-        return norm
-    return lambda flat: norm(flat_to_tuple(flat, shapes))
+    return norm

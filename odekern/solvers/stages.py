@@ -7,6 +7,10 @@ below are plain PyTorch.
 
 Conventions shared by all functions:
 
+- A state is a tensor or a tuple of tensors (``odekern.solvers.state``). For a tuple state every
+  combination is applied per component (each component through the fused kernels when a
+  backend fits) and the components are never concatenated; error ratios reduce over all
+  components with the norm, from one fused RMS per component when the norm allows it.
 - ``ks`` is a sequence of tensors shaped like the state; ``coeffs`` a sequence of Python floats
   of the same length. Zero coefficients are skipped (no work, and ``0 * inf`` never appears).
 - ``dt`` is a Python float or a 0-dim tensor. A tensor ``dt`` that requires grad keeps the
@@ -23,8 +27,15 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from odekern.solvers.state import component, components, is_tuple, join
+
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
+
+
+def _each(seq: Sequence, i: int) -> list:
+    """Component ``i`` of every state in ``seq``."""
+    return [x[i] for x in seq]
 
 
 def _records_grad(tensors: Sequence[Optional[Tensor]], dt: TimeLike = 0.0) -> bool:
@@ -38,6 +49,10 @@ def _records_grad(tensors: Sequence[Optional[Tensor]], dt: TimeLike = 0.0) -> bo
 def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: TimeLike = 1.0,
                        base: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
     """``base + scale * sum_j coeffs[j] * ks[j]`` (``base`` defaults to zero)."""
+    if is_tuple(base if base is not None else ks[0]):
+        n = len(base if base is not None else ks[0])
+        return join((linear_combination(coeffs, _each(ks, i), scale=scale, base=component(base, i),
+                                        out=component(out, i)) for i in range(n)), out)
     fused = _fused_linear_combination(coeffs, ks, scale, base, out)  # rk_stage kernels (issue 4)
     if fused is not None:
         return fused
@@ -85,12 +100,20 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeL
     """``norm(err / (atol + rtol * max(|y0|, |y1|)))``: <= 1 means the step is accepted.
 
     A fused kernel computes the RMS case in one pass without materialising the quotient.
+    ``rtol`` / ``atol`` may be tuples with one entry per component of a tuple state.
     """
     fused = _fused_error_ratio(y0, y1, (err,), (1.0,), 1.0, rtol, atol, norm)  # rk_stage (issue 4)
     if fused is not None:
         return fused
-    tol = atol + rtol * torch.maximum(y0.abs(), y1.abs())
-    return norm(err / tol).abs()
+    return norm(_scaled_error(err, y0, y1, rtol, atol)).abs()
+
+
+def _scaled_error(err, y0, y1, rtol, atol):
+    """``err / (atol + rtol * max(|y0|, |y1|))`` per component."""
+    if is_tuple(err):
+        return tuple(_scaled_error(e, a, b, component(rtol, i), component(atol, i))
+                     for i, (e, a, b) in enumerate(zip(err, y0, y1)))
+    return err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()))
 
 
 def embedded_error_ratio(y0: Tensor, y1: Tensor, dt: TimeLike, b_err: Sequence[float], ks: Sequence[Tensor],
@@ -123,6 +146,8 @@ def add(y0: Tensor, dy: Tensor, out: Optional[Tensor] = None) -> Tensor:
 
 def lerp(y0: Tensor, y1: Tensor, theta: TimeLike, out: Optional[Tensor] = None) -> Tensor:
     """Linear interpolation ``y0 + theta * (y1 - y0)`` between grid values (0 <= theta <= 1)."""
+    if is_tuple(y0):
+        return join((lerp(a, b, theta, out=component(out, i)) for i, (a, b) in enumerate(zip(y0, y1))), out)
     if _records_grad([y0, y1], theta) or out is None:
         return y0 + theta * (y1 - y0)
     return torch.lerp(y0, y1, float(theta), out=out)
@@ -130,6 +155,8 @@ def lerp(y0: Tensor, y1: Tensor, theta: TimeLike, out: Optional[Tensor] = None) 
 
 def polynomial(coeffs: Sequence[Tensor], x: TimeLike, out: Optional[Tensor] = None) -> Tensor:
     """Dense output ``sum_p coeffs[p] * x**p`` (coefficients lowest power first)."""
+    if is_tuple(coeffs[0]):
+        return join((polynomial(_each(coeffs, i), x, out=component(out, i)) for i in range(len(coeffs[0]))), out)
     if _records_grad(coeffs, x) or out is None:
         total = coeffs[0] + x * coeffs[1]
         power = x
@@ -144,6 +171,9 @@ def polynomial(coeffs: Sequence[Tensor], x: TimeLike, out: Optional[Tensor] = No
 def hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, dt: TimeLike, theta: TimeLike,
             out: Optional[Tensor] = None) -> Tensor:
     """Cubic Hermite interpolation on ``[t0, t0 + dt]`` at fraction ``theta`` from values and slopes."""
+    if is_tuple(y0):
+        return join((hermite(*parts, dt, theta, out=component(out, i))
+                     for i, parts in enumerate(zip(y0, f0, y1, f1))), out)
     h00 = (1 + 2 * theta) * (1 - theta) ** 2
     h10 = theta * (1 - theta) ** 2
     h01 = theta * theta * (3 - 2 * theta)
@@ -187,24 +217,36 @@ def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
     return rk_stage.rk_combine(base, terms[0], terms[1], out=out)
 
 
-def _fused_error_ratio(y0: Tensor, y1: Tensor, ks: Sequence[Tensor], coeffs: Sequence[float],
-                       scale: TimeLike, rtol: TimeLike, atol: TimeLike,
-                       norm: Callable[[Tensor], Tensor]) -> Optional[Tensor]:
-    """RMS of ``scale * sum_j coeffs[j] ks[j] / (atol + rtol max(|y0|, |y1|))`` in one read-only
-    pass (the error is never materialised), or None to use the code above (another norm,
-    per-element tolerances, more than 7 terms, or only the reference backend fits)."""
+def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: TimeLike, rtol, atol,
+                       norm: Callable) -> Optional[Tensor]:
+    """The error ratio from one read-only fused pass per component (the error is never
+    materialised): each pass gives the RMS of ``scale * sum_j coeffs[j] ks[j] / (atol + rtol
+    max(|y0|, |y1|))`` over its component and the norm combines them. None to use the code above
+    (a norm not built from RMS values, per-element tolerances, more than 7 terms, or only the
+    reference backend fits)."""
     from odekern.ops import rk_stage
-    from odekern.solvers.norms import rms_norm
+    from odekern.solvers.norms import component_rms_combiner
 
-    if norm is not rms_norm:
+    combine = component_rms_combiner(norm)
+    if combine is None:
         return None
-    if any(isinstance(v, Tensor) and v.numel() != 1 for v in (rtol, atol)):
+    y0s, y1s = components(y0), components(y1)
+    tols = [(component(rtol, i), component(atol, i)) for i in range(len(y0s))]
+    if any(isinstance(v, Tensor) and v.numel() != 1 for pair in tols for v in pair):
         return None
     with torch.no_grad():
         h = float(scale)
-        kept = [(k.detach(), h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
-        if not 1 <= len(kept) <= 7 or rk_stage.fused_backend(y0, [k for k, _ in kept], error_pass=True) is None:
+        kept = [(components(k), h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
+        if not 1 <= len(kept) <= 7:
             return None
-        ratio = rk_stage.rk_error_ratio(y0.detach(), y1.detach(), [k for k, _ in kept], [c for _, c in kept],
-                                        rtol=float(rtol), atol=float(atol))
-    return ratio.to(y0.dtype)
+        weights = [c for _, c in kept]
+        per_component = [(a.detach(), b.detach(), [k[i].detach() for k, _ in kept])
+                         for i, (a, b) in enumerate(zip(y0s, y1s))]
+        if any(a.numel() and rk_stage.fused_backend(a, k_i, error_pass=True) is None for a, _, k_i in per_component):
+            return None
+        counts = [a.numel() for a in y0s]
+        rms = [rk_stage.rk_error_ratio(a, b, k_i, weights, rtol=float(rt), atol=float(at)) if a.numel()
+               else torch.zeros((), dtype=torch.float64, device=a.device)  # skipped by the norm (count 0)
+               for (a, b, k_i), (rt, at) in zip(per_component, tols)]
+        ratio = combine(rms, counts)
+    return ratio.to(y0s[0].dtype)

@@ -1,4 +1,8 @@
-"""Tuple-of-tensors states: flattened to one 1-D tensor for the solvers, restored on the way out."""
+"""Flattening a tuple-of-tensors state into one 1-D tensor, for code that takes tensor states only.
+
+The solvers take tuple states natively (``odekern.solvers.state``); this is only the fallback
+of ``ODEBlock(gradient="checkpoint")``, whose replay (``solvers/checkpoint.py``) needs a tensor.
+"""
 
 from __future__ import annotations
 
@@ -40,12 +44,3 @@ class TupleRHS:
                 got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
                 raise ValueError(f"func(t, y)[{i}] must have shape {tuple(s)} like y0[{i}], got {got}")
         return tuple_to_flat(dy)
-
-
-def tuple_tolerance(tol, shapes: Sequence[torch.Size]):
-    """A per-component tolerance tuple expanded to the flat state (scalars pass through)."""
-    if not isinstance(tol, (tuple, list)):
-        return tol
-    if len(tol) != len(shapes):
-        raise ValueError(f"a tuple tolerance must have one entry per component of y0 ({len(shapes)}), got {len(tol)}")
-    return torch.cat([torch.as_tensor(v, dtype=torch.float64).expand(s.numel()) for v, s in zip(tol, shapes)])

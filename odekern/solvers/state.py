@@ -1,0 +1,121 @@
+"""A solver state is a tensor or a tuple of tensors; this module is the one place that tells them apart.
+
+Tuple states (a second-order block's ``(x, v)``, the adjoint's ``(a_t, y, a_y, a_theta...)``)
+are never concatenated: every operation the solvers do on a state goes through the helpers below
+(or through ``stages``, which applies each combination per component), so each component keeps
+its own storage and an RHS may return a component of its input as a component of its output
+without any copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+State = Tensor | tuple
+
+
+def is_tuple(state: Any) -> bool:
+    """Whether ``state`` is a tuple state (the only test of it in the solvers)."""
+    return isinstance(state, tuple)
+
+
+def components(state: State) -> tuple[Tensor, ...]:
+    """The component tensors of ``state`` (a plain tensor is its own single component)."""
+    return state if is_tuple(state) else (state,)
+
+
+def rebuild(like: State, parts: Iterable[Tensor]) -> State:
+    """``parts`` shaped as ``like``: a tuple for a tuple state, the single tensor otherwise."""
+    parts = tuple(parts)
+    return parts if is_tuple(like) else parts[0]
+
+
+def map_state(fn: Callable[..., Tensor], state: State, *others: Any) -> State:
+    """``fn`` applied per component; ``others`` are states split alongside ``state``."""
+    if is_tuple(state):
+        return tuple(fn(*args) for args in zip(state, *others))
+    return fn(state, *others)
+
+
+def component(value: Any, i: int) -> Any:
+    """Component ``i`` of a tuple state or per-component tuple (tolerances); anything else as is."""
+    return value[i] if isinstance(value, (tuple, list)) else value
+
+
+def join(parts: Iterable[Tensor], out: State | None) -> tuple:
+    """Per-component results as a tuple state: ``out`` itself when every part was written into it,
+    so callers can keep recognising their preallocated buffers by identity."""
+    parts = tuple(parts)
+    if out is not None and all(p is o for p, o in zip(parts, out)):
+        return out
+    return parts
+
+
+def first(state: State) -> Tensor:
+    """A component fixing the state's dtype and device (all components share them)."""
+    return components(state)[0]
+
+
+def numel(state: State) -> int:
+    return sum(c.numel() for c in components(state))
+
+
+def empty_like(state: State) -> State:
+    return map_state(torch.empty_like, state)
+
+
+def detach(state: State) -> State:
+    return map_state(Tensor.detach, state)
+
+
+def all_finite(state: State) -> bool:
+    return all(bool(torch.isfinite(c).all()) for c in components(state))
+
+
+def new_solution(y0: State, n: int) -> State:
+    """``n`` rows per component, row 0 holding ``y0``."""
+
+    def rows(c: Tensor) -> Tensor:
+        out = torch.empty(n, *c.shape, dtype=c.dtype, device=c.device)
+        out[0] = c
+        return out
+
+    return map_state(rows, y0)
+
+
+def row(solution: State, index: int) -> State:
+    """Row ``index`` of a solution (views, writable in place)."""
+    return map_state(lambda c: c[index], solution)
+
+
+def store(solution: State, index: int, row_view: State | None, value: State) -> State:
+    """Put ``value`` in row ``index`` unless a stage function already wrote it into ``row_view``
+    (the preallocated views); an autograd-recorded value is copied in differentiably."""
+    if value is not row_view:
+        for c, v in zip(components(solution), components(value)):
+            c[index] = v
+    return solution
+
+
+def shares_storage(a: Tensor, state: State) -> bool:
+    """Whether tensor ``a`` starts where a component of ``state`` does (an RHS returned its input)."""
+    return any(a.data_ptr() == c.data_ptr() for c in components(state))
+
+
+def shapes(state: State) -> list[torch.Size]:
+    return [c.shape for c in components(state)]
+
+
+def describe(state: State) -> str:
+    if is_tuple(state):
+        return "(" + ", ".join(str(tuple(c.shape)) for c in state) + ")"
+    return str(tuple(state.shape))
+
+
+def as_state(value: Sequence[Tensor] | Tensor) -> State:
+    """An RHS result as a state: lists become tuples."""
+    return tuple(value) if isinstance(value, list) else value
