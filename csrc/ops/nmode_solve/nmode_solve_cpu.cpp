@@ -22,6 +22,7 @@
 
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
+#include "ops/nmode_solve/nmode_solve_cpu_per_element.h"
 #include "ops/nmode_solve/nmode_solve_host.h"
 
 namespace odekern {
@@ -176,22 +177,50 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
   }
 }
 
+// Per-element control: blocks of cpu_pe::kLanes elements, each lane its own controller
+// (nmode_solve_cpu_per_element.h).
 template <typename T>
 void per_element_forward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
                          double rtol, double atol, int64_t max_steps, T* y1, T* f0, T* f1) {
-  std::vector<int> status(static_cast<size_t>(at::get_num_threads()) + 1, 0);
+  const int64_t blocks = (N + cpu_pe::kLanes - 1) / cpu_pe::kLanes;
   std::atomic<int> worst{0};
-  at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
-    const PerElementParams p{t1 - t0, rtol, atol, max_steps};
-    int bad = 0;
-    for (int64_t i = b; i < e; ++i) {
-      const T gi = g[i % G];
-      T y = y0[i];
-      if (f0 != nullptr) f0[i] = rhs(y, gi);
-      const int st = pe_solve<T>(&y, gi, p);
-      bad = std::max(bad, st);
-      y1[i] = y;
-      if (f1 != nullptr) f1[i] = rhs(y, gi);
+  parallel_tasks(blocks, [&](int64_t b) {
+    const int64_t o = b * cpu_pe::kLanes, len = std::min(cpu_pe::kLanes, N - o);
+    const int bad = cpu_pe::forward_block<T>(y0 + o, g, o, G, len, t1 - t0, rtol, atol, double(max_steps),
+                                             y1 + o, f0 ? f0 + o : nullptr, f1 ? f1 + o : nullptr);
+    int cur = worst.load();
+    while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
+    }
+  });
+  check_status(worst.load(), max_steps);
+}
+
+// Exact backward of per-element control, block-vectorised; a block whose lanes need more
+// attempts than its fixed record holds runs the header's scalar pe_solve_vjp per element.
+template <typename T>
+void per_element_backward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
+                          double rtol, double atol, int64_t max_steps, const T* gy1, const T* gf0,
+                          const T* gf1, T* gy0, T* gfull) {
+  const int64_t blocks = (N + cpu_pe::kLanes - 1) / cpu_pe::kLanes;
+  std::atomic<int> worst{0};
+  parallel_tasks(blocks, [&](int64_t b) {
+    const int64_t o = b * cpu_pe::kLanes, len = std::min(cpu_pe::kLanes, N - o);
+    int bad = cpu_pe::backward_block<T>(y0 + o, g, o, G, len, t1 - t0, rtol, atol, double(max_steps),
+                                        gy1 + o, gf0 ? gf0 + o : nullptr, gf1 ? gf1 + o : nullptr,
+                                        gy0 + o, gfull + o);
+    if (bad < 0) {
+      bad = kOk;
+      const PerElementParams p{t1 - t0, rtol, atol, max_steps};
+      for (int64_t i = o; i < o + len; ++i) {
+        const T gi = g[i % G];
+        T yb = gy1[i], gb = T(0), y1v = y0[i];
+        bad = std::max(bad, pe_solve<T>(&y1v, gi, p));
+        if (gf1) rhs_vjp(y1v, gi, gf1[i], &yb, &gb);
+        bad = std::max(bad, pe_solve_vjp<T>(y0[i], gi, p, &yb, &gb));
+        if (gf0) rhs_vjp(y0[i], gi, gf0[i], &yb, &gb);
+        gy0[i] = yb;
+        gfull[i] = gb;
+      }
     }
     int cur = worst.load();
     while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
@@ -320,6 +349,13 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
         }
       });
       if (!by_chunk) gg.copy_(gfull.view({B.R, G}).sum(0));
+      return;
+    }
+    if (!list_mode && !adjoint) {
+      at::Tensor gfull = at::empty_like(y0);
+      per_element_backward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, pgy1, pgf0, pgf1,
+                                     pgy0, gfull.data_ptr<scalar_t>());
+      gg.copy_(gfull.view({B.R, G}).sum(0));
       return;
     }
     // Scalar per-element paths: per-element control (exact) and the continuous adjoint.

@@ -1,0 +1,74 @@
+// Test oracle for the vectorised per-element control (nmode_solve_cpu_per_element.h): the
+// header's scalar per-element solver (pe_solve / pe_solve_vjp), one element at a time, as the
+// CPU backend ran it before the lanes. tests/ops/test_nmode_solve_per_element.py compares the
+// two; nothing else calls it.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_host.h"
+
+namespace odekern {
+namespace nmode {
+namespace {
+
+// y1, dL/dy0 and the per-element dL/dg (not yet summed over g's broadcast) for flat y0 [N],
+// g [G] (N % G == 0), cotangents grad_y1 and optionally grad_f0 / grad_f1 (each [N]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nmode_pe_scalar_reference_cpu(
+    const at::Tensor& y0_, const at::Tensor& g_, double t0, double t1, double rtol, double atol,
+    int64_t max_num_steps, const at::Tensor& grad_y1_, const c10::optional<at::Tensor>& grad_f0_,
+    const c10::optional<at::Tensor>& grad_f1_) {
+  ODEKERN_CHECK_CPU(y0_);
+  ODEKERN_CHECK_FLOATING(y0_);
+  TORCH_CHECK(g_.scalar_type() == y0_.scalar_type() && grad_y1_.scalar_type() == y0_.scalar_type(),
+              "g and grad_y1 must have y0's dtype");
+  TORCH_CHECK(y0_.dim() == 1 && g_.dim() == 1 && g_.numel() > 0 && y0_.numel() % g_.numel() == 0,
+              "y0 [N] and g [G] must be 1-D with N % G == 0");
+  TORCH_CHECK(grad_y1_.sizes() == y0_.sizes(), "grad_y1 must have y0's shape");
+  const at::Tensor y0 = y0_.contiguous(), g = g_.contiguous(), gy1 = grad_y1_.contiguous();
+  const bool has_f0 = grad_f0_.has_value() && grad_f0_->defined();
+  const bool has_f1 = grad_f1_.has_value() && grad_f1_->defined();
+  const at::Tensor gf0 = has_f0 ? grad_f0_->contiguous() : at::Tensor();
+  const at::Tensor gf1 = has_f1 ? grad_f1_->contiguous() : at::Tensor();
+  at::Tensor y1 = at::empty_like(y0), gy0 = at::empty_like(y0), gg = at::empty_like(y0);
+  const int64_t N = y0.numel(), G = g.numel();
+  int worst = kOk;
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "nmode_pe_scalar_reference", [&] {
+    const scalar_t* py0 = y0.data_ptr<scalar_t>();
+    const scalar_t* pg = g.data_ptr<scalar_t>();
+    const scalar_t* pgy1 = gy1.data_ptr<scalar_t>();
+    const scalar_t* pgf0 = has_f0 ? gf0.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pgf1 = has_f1 ? gf1.data_ptr<scalar_t>() : nullptr;
+    const PerElementParams p{t1 - t0, rtol, atol, max_num_steps};
+    for (int64_t i = 0; i < N; ++i) {
+      const scalar_t gi = pg[i % G];
+      scalar_t y = py0[i], yb = pgy1[i], gb = scalar_t(0);
+      worst = std::max(worst, pe_solve<scalar_t>(&y, gi, p));
+      y1.data_ptr<scalar_t>()[i] = y;
+      if (pgf1) rhs_vjp(y, gi, pgf1[i], &yb, &gb);
+      worst = std::max(worst, pe_solve_vjp<scalar_t>(py0[i], gi, p, &yb, &gb));
+      if (pgf0) rhs_vjp(py0[i], gi, pgf0[i], &yb, &gb);
+      gy0.data_ptr<scalar_t>()[i] = yb;
+      gg.data_ptr<scalar_t>()[i] = gb;
+    }
+  });
+  check_status(worst, max_num_steps);
+  return {y1, gy0, gg};
+}
+
+}  // namespace
+}  // namespace nmode
+}  // namespace odekern
+
+TORCH_LIBRARY_FRAGMENT(odekern_C, m) {
+  m.def(
+      "nmode_pe_scalar_reference(Tensor y0, Tensor g, float t0, float t1, float rtol, float atol, "
+      "int max_num_steps, Tensor grad_y1, Tensor? grad_f0, Tensor? grad_f1) "
+      "-> (Tensor y1, Tensor grad_y0, Tensor grad_g)");
+}
+
+TORCH_LIBRARY_IMPL(odekern_C, CPU, m) {
+  m.impl("nmode_pe_scalar_reference", &odekern::nmode::nmode_pe_scalar_reference_cpu);
+}
