@@ -184,3 +184,49 @@ class SavedTensorBytes:
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+
+
+class LiveTensorBytes:
+    """``with LiveTensorBytes() as live: ...`` then ``live.peak_bytes``: the most bytes of tensor
+    storage created inside the block and alive at the same time, exact at operator granularity
+    (a TorchDispatchMode sees every op, autograd's backward ops included, and a weak reference
+    tells when each storage is freed). Deterministic, unlike sampling malloc; it misses only
+    scratch memory a kernel allocates and frees internally (e.g. a convolution's workspace)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._observe(out)
+                return out
+
+        self._mode = _Mode()
+        self._live: dict[int, tuple] = {}
+        self.now_bytes = 0
+        self.peak_bytes = 0
+
+    def _observe(self, out) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_flatten
+
+        for key in [k for k, (ref, _) in self._live.items() if ref.expired()]:
+            self.now_bytes -= self._live.pop(key)[1]
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self._live and storage.nbytes() > 0:
+                    self._live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.now_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.now_bytes)
+
+    def __enter__(self) -> "LiveTensorBytes":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
