@@ -174,17 +174,17 @@ def _fused_terms(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike)
 
 def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
                               base: Optional[Tensor], out: Optional[Tensor]) -> Optional[Tensor]:
-    """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above."""
-    from odekern.ops import rk_stage
+    """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above
+    (also for states below ``rk_stage.dispatch.MIN_NUMEL``, where the dispatch costs more than
+    it saves; the backend decision is cached per device/dtype there)."""
+    from odekern.ops.rk_stage import dispatch
 
     if len(ks) == 0:
         return None
     terms = _fused_terms(coeffs, ks, scale)
     if terms is None or not terms[0]:
         return None
-    if rk_stage.fused_backend(base if base is not None else terms[0][0], terms[0]) is None:
-        return None
-    return rk_stage.rk_combine(base, terms[0], terms[1], out=out)
+    return dispatch.try_combine(base, terms[0], terms[1], out)
 
 
 def _fused_error_ratio(y0: Tensor, y1: Tensor, ks: Sequence[Tensor], coeffs: Sequence[float],
@@ -192,19 +192,15 @@ def _fused_error_ratio(y0: Tensor, y1: Tensor, ks: Sequence[Tensor], coeffs: Seq
                        norm: Callable[[Tensor], Tensor]) -> Optional[Tensor]:
     """RMS of ``scale * sum_j coeffs[j] ks[j] / (atol + rtol max(|y0|, |y1|))`` in one read-only
     pass (the error is never materialised), or None to use the code above (another norm,
-    per-element tolerances, more than 7 terms, or only the reference backend fits)."""
-    from odekern.ops import rk_stage
+    per-element tolerances, more than 7 terms, a small state, or only the reference fits)."""
+    from odekern.ops.rk_stage import dispatch
     from odekern.solvers.norms import rms_norm
 
     if norm is not rms_norm:
         return None
     if any(isinstance(v, Tensor) and v.numel() != 1 for v in (rtol, atol)):
         return None
-    with torch.no_grad():
-        h = float(scale)
-        kept = [(k.detach(), h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
-        if not 1 <= len(kept) <= 7 or rk_stage.fused_backend(y0, [k for k, _ in kept], error_pass=True) is None:
-            return None
-        ratio = rk_stage.rk_error_ratio(y0.detach(), y1.detach(), [k for k, _ in kept], [c for _, c in kept],
-                                        rtol=float(rtol), atol=float(atol))
-    return ratio.to(y0.dtype)
+    h = float(scale)
+    kept = [(k, h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
+    ratio = dispatch.try_error_ratio(y0, y1, [k for k, _ in kept], [c for _, c in kept], float(rtol), float(atol))
+    return None if ratio is None else ratio.to(y0.dtype)
