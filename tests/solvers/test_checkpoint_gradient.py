@@ -81,6 +81,19 @@ def _peak(mode, n_steps, checkpoints=4):
     return live.peak_bytes / (y0.numel() * y0.element_size())  # in states
 
 
+def test_live_tensor_bytes_measure():
+    """The measure the memory test relies on: peak of simultaneously live storages, views once."""
+    x = torch.ones(1000)  # created outside: not counted
+    with testing.LiveTensorBytes() as live:
+        a = x * 2  # 4000 B
+        b = a[::2] + 1  # 2000 B, a still alive: 6000
+        del a
+        c = b.view(2, 250) * 3  # 2000 B, a freed: 4000
+        d = c.view(-1)  # a view: no new storage
+    assert live.peak_bytes == 6000, live.peak_bytes
+    assert d.numel() == 500
+
+
 def test_memory_flat_in_steps_while_backprop_grows():
     ck4, ck64 = _peak("checkpoint", 4), _peak("checkpoint", 64)
     bp4, bp16 = _peak("backprop", 4), _peak("backprop", 16)
