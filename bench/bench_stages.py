@@ -239,3 +239,41 @@ def test_dispatch_crossover(run_bench, benchmark, log2_numel):
     benchmark.extra_info.update({f"{k}_us": v / calls * 1e6 for k, v in times.items()})
     benchmark.extra_info["fused_over_torch_no_grad"] = times["fused_no_grad"] / times["torch_no_grad"]
     benchmark.extra_info["fused_over_torch_grad"] = times["fused_grad"] / times["torch_grad"]
+
+
+def markdown_tables(benchmarks: list) -> str:
+    """README tables from pytest-benchmark's JSON (``--benchmark-json=FILE``), see ``__main__``."""
+    speed = ["| case | method | odekern s | torchdiffeq s | RHS-only s | speedup | ceiling | "
+             "overhead odekern s | overhead torchdiffeq s | overhead ratio | nfe (both) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    memory = ["| mode | exact peak, states: 4 / 16 / 64 steps | growth 4->64 | malloc peak (sampled): 4 / 16 / 64 | "
+              "malloc growth |", "|---|---|---|---|---|"]
+    dispatch = ["| elements | fused no-grad us | torch no-grad us | fused grad us | torch grad us |",
+                "|---|---|---|---|---|"]
+    for b in benchmarks:
+        e = b["extra_info"]
+        if "speedup_vs_torchdiffeq" in e:
+            case = f"{e['mode']} {'4x32x' + e['size'] + 'x' + e['size']}"
+            speed.append(f"| {case} | {e['method']} | {e['odekern_s']:.3f} | {e['torchdiffeq_s']:.3f} | "
+                         f"{e['rhs_only_s']:.3f} | {e['speedup_vs_torchdiffeq']:.2f}x | {e['speedup_ceiling']:.2f}x | "
+                         f"{e['overhead_odekern_s']:.3f} | {e['overhead_torchdiffeq_s']:.3f} | "
+                         f"{e['overhead_ratio']:.2f}x | {e['nfe_odekern']} |")
+        elif "growth_4_to_64" in e:
+            live = " / ".join(f"{e[f'live_peak_states_{n}_steps']:.1f}" for n in (4, 16, 64))
+            sampled = " / ".join(f"{e[f'malloc_peak_states_{n}_steps']:.1f}" for n in (4, 16, 64))
+            memory.append(f"| {e['mode']} | {live} | {e['growth_4_to_64']:.2f}x | {sampled} | "
+                          f"{e['malloc_growth_4_to_64']:.2f}x |")
+        elif e.get("mode") == "dispatch":
+            dispatch.append(f"| 2^{int(e['numel']).bit_length() - 1} | {e['fused_no_grad_us']:.0f} | "
+                            f"{e['torch_no_grad_us']:.0f} | {e['fused_grad_us']:.0f} | {e['torch_grad_us']:.0f} |")
+    return "\n\n".join("\n".join(t) for t in (speed, memory, dispatch) if len(t) > 2)
+
+
+if __name__ == "__main__":
+    # PYTHONPATH=$PWD python -m pytest bench/bench_stages.py --benchmark-only --benchmark-json=stages.json
+    # python bench/bench_stages.py stages.json      -> the README tables
+    import json
+    import sys
+
+    with open(sys.argv[1]) as f:
+        print(markdown_tables(json.load(f)["benchmarks"]))
