@@ -186,36 +186,79 @@ class SavedTensorBytes:
         self._hooks.__exit__(*exc)
 
 
-class OpCounter:
-    """``with OpCounter() as ops: ...`` then ``ops.counts["aten.cat"]`` (a Counter by op name,
-    e.g. ``"odekern.rk_combine_out"``) and ``ops.largest["aten.cat"]``: the most elements one call
-    of that op produced. Sees every op below autograd (TorchDispatchMode), so it tells whether a
-    solve concatenates its state, not just whether Python called torch.cat."""
+class _OpObserver:
+    """Base of the measures that watch every operator below autograd (a TorchDispatchMode, so
+    autograd's backward ops are seen too): subclasses implement ``_observe(func, out)``."""
 
     def __init__(self):
-        import collections
-
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        counter = self
-        self.counts: collections.Counter = collections.Counter()
-        self.largest: collections.Counter = collections.Counter()
+        observer = self
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                name = str(func.overloadpacket)
-                counter.counts[name] += 1
-                outs = out if isinstance(out, (tuple, list)) else (out,)
-                size = max((o.numel() for o in outs if isinstance(o, torch.Tensor)), default=0)
-                counter.largest[name] = max(counter.largest[name], size)
+                observer._observe(func, out)
                 return out
 
         self._mode = _Mode()
 
-    def __enter__(self) -> "OpCounter":
+    def _observe(self, func, out) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
+
+
+class OpCounter(_OpObserver):
+    """``with OpCounter() as ops: ...`` then ``ops.counts["aten.cat"]`` (a Counter by op name,
+    e.g. ``"odekern.rk_combine_out"``) and ``ops.largest["aten.cat"]``: the most elements one call
+    of that op produced. Tells whether a solve concatenates its state, not just whether Python
+    called torch.cat."""
+
+    def __init__(self):
+        import collections
+
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+        self.largest: collections.Counter = collections.Counter()
+
+    def _observe(self, func, out) -> None:
+        name = str(func.overloadpacket)
+        self.counts[name] += 1
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        size = max((o.numel() for o in outs if isinstance(o, torch.Tensor)), default=0)
+        self.largest[name] = max(self.largest[name], size)
+
+
+class LiveTensorBytes(_OpObserver):
+    """``with LiveTensorBytes() as live: ...`` then ``live.peak_bytes``: the most bytes of tensor
+    storage created inside the block and alive at the same time, exact at operator granularity
+    (every op is seen, and a weak reference tells when each storage is freed). Deterministic,
+    unlike sampling malloc; it misses only scratch memory a kernel allocates and frees
+    internally (e.g. a convolution's workspace)."""
+
+    def __init__(self):
+        super().__init__()
+        self._live: dict[int, tuple] = {}
+        self.now_bytes = 0
+        self.peak_bytes = 0
+
+    def _observe(self, func, out) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_flatten
+
+        for key in [k for k, (ref, _) in self._live.items() if ref.expired()]:
+            self.now_bytes -= self._live.pop(key)[1]
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self._live and storage.nbytes() > 0:
+                    self._live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.now_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.now_bytes)

@@ -70,7 +70,7 @@ def test_forward_makes_no_state_copy(method, grad):
     assert _state_copies(ops, x.numel()) == {}
 
 
-@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint", "checkpoint"])
 def test_forward_and_backward_make_no_state_copy(gradient):
     block = _block(gradient=gradient)
     x = randn(2, C, 6, 5, seed=2, requires_grad=True)

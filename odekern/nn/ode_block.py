@@ -21,7 +21,6 @@ from odekern.backends import check_backend_name, use_backend
 from odekern.odeint import odeint, odeint_adjoint
 from odekern.solvers.checks import check_method, check_options, check_state, check_time
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
-from odekern.solvers.tuples import TupleRHS, flat_to_tuple, tuple_to_flat
 
 # --------------------------------------------------------------------------- gradient modes
 # One entry per mode: ``solve(dynamics, z0, t, **solver_kwargs) -> solution at every t``.
@@ -48,19 +47,9 @@ def _solve_checkpoint(
 ):
     from odekern.solvers.checkpoint import odeint_checkpointed  # fixed-grid RK only (checked there)
 
-    params = tuple(dynamics.parameters())
-    if not isinstance(z0, tuple):
-        return odeint_checkpointed(
-            dynamics, z0, t, checkpoints=checkpoints, adjoint_params=params, **solver_kwargs
-        )
-    # odeint_checkpointed takes tensor states only: this mode alone solves the flattened state
-    # (a concatenation per RHS call), the others solve the tuple itself.
-    shapes = [part.shape for part in z0]
-    flat = odeint_checkpointed(
-        TupleRHS(dynamics, shapes), tuple_to_flat(z0), t, checkpoints=checkpoints,
-        adjoint_params=params, **solver_kwargs
+    return odeint_checkpointed(
+        dynamics, z0, t, checkpoints=checkpoints, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs
     )
-    return flat_to_tuple(flat, shapes, lead=(flat.shape[0],))
 
 
 GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {

@@ -2,19 +2,27 @@
 
 ``odeint_checkpointed`` returns the same solution as ``odeint`` and, in backward, the same
 gradients as backpropagating through it ("backprop"), but it never keeps the autograd graph of
-more than one step alive, and never more than ``checkpoints`` states of the trajectory: memory is
-O(checkpoints), flat in the number of steps (diffrax's RecursiveCheckpointAdjoint idea).
+more than one step alive, and never more than ``checkpoints`` states of the trajectory (the
+initial state included): memory is O(checkpoints), flat in the number of steps (diffrax's
+RecursiveCheckpointAdjoint idea).
 
-How: the forward pass runs without recording. The backward pass walks the steps in reverse; to
-get the state a step started from it recomputes forward from the nearest stored state. With
-``s`` slots for a segment of ``n`` steps it stores the state at the segment's midpoint (one
-slot), handles the right half recursively with ``s - 1`` slots, frees that state and handles
-the left half with ``s`` slots; with one slot left it recomputes from the segment start for every
-step. Recomputation costs O(n log n) steps while ``checkpoints > log2(n)``, growing towards
-O(n^2 / 2) as ``checkpoints`` approaches 1.
+How: the forward pass runs without recording and stores only the states the backward pass needs
+first. The backward pass reverses the steps one at a time (recording one step, backpropagating
+through it, dropping its graph); the state a step starts from is recomputed forward from the
+nearest stored state, following the binomial (revolve) schedule of
+``odekern/solvers/checkpoint_schedule.py``. Recompute cost, for ``n`` steps and ``c`` checkpoints:
+no step is recomputed more than ``r`` times, ``r`` the smallest integer with
+``C(c + r, c) >= n``; in total ``r * n - C(c + r, c + 1)`` recomputed steps minus the ones the
+forward pass already stored (``n <= c``: none; 64 steps: about 3.1n with c=4, 1.8n with c=10;
+c=1: ``n (n - 1) / 2``). Recomputation runs without autograd and holds, besides the state it
+stores, one scratch state and one step's stage values, freed before the next recorded step.
 
-Each step is one call of ``odeint`` on a two-point time grid, so the arithmetic (and the fused
-rk_stage kernels it dispatches to) is exactly that of the recorded solve.
+Every step, recorded or not, is the same ``RKStepper.step`` call with the same time tensors as
+``odeint``'s fixed-grid loop, so the arithmetic (and the fused rk_stage kernels it dispatches to)
+is exactly that of the recorded solve.
+
+The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
+component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
 
 Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic), output
 times on the step grid. Adaptive methods (dopri5) and multistep Adams methods are refused with
@@ -23,12 +31,20 @@ a message naming the alternatives ("backprop", "adjoint").
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from odekern.solvers.checks import check_state, check_time
+from odekern.solvers import checkpoint_schedule as schedule
+from odekern.solvers import state as st
+from odekern.solvers.checks import (
+    check_state,
+    check_state_matches_time,
+    check_time,
+    check_tolerance,
+)
 
 Tensor = torch.Tensor
 
@@ -47,7 +63,7 @@ def checkpointable_methods() -> list[str]:
     return sorted(name for name, cls in METHODS.items() if issubclass(cls, FixedGridRK))
 
 
-def check_method_checkpointable(method: Optional[str]) -> str:
+def check_method_checkpointable(method: str | None) -> str:
     methods = checkpointable_methods()
     if method not in methods:
         raise ValueError(
@@ -91,113 +107,170 @@ def _output_nodes(t: Tensor, grid: Tensor) -> list[int]:
     return nodes
 
 
-class _Plan:
-    """What the backward pass needs to replay steps."""
+class _Replay:
+    """Steps of the solve, recorded or not, as ``odeint``'s fixed-grid loop takes them."""
 
-    def __init__(self, func, grid, nodes, checkpoints, method, rtol, atol, params):
+    def __init__(self, func, grid: Tensor, nodes: list[int], checkpoints: int, method: str, params):
+        from odekern.solvers.base import RHS
+        from odekern.solvers.registry import METHODS
+
         self.func, self.grid, self.nodes = func, grid, nodes
-        self.checkpoints, self.method, self.rtol, self.atol = checkpoints, method, rtol, atol
-        self.params = params
+        self.checkpoints, self.method, self.params = checkpoints, method, params
+        # odeint solves a decreasing t as the increasing -t with a sign-flipping RHS; so do we.
+        reverse = grid.numel() > 1 and bool(grid[-1] < grid[0])
+        self.times = -grid if reverse else grid
+        self.rhs = RHS(func, -1.0 if reverse else 1.0)
+        self.tableau = METHODS[method].tableau
 
-    def step(self, i: int, y: Tensor) -> Tensor:
-        from odekern.odeint import odeint
+    def step(self, i: int, y: st.State) -> st.State:
+        """The state at node ``i + 1`` from ``y`` at node ``i``, recorded when grad is enabled."""
+        from odekern.solvers.explicit_rk import RKStepper
 
-        return odeint(self.func, y, self.grid[i:i + 2], rtol=self.rtol, atol=self.atol, method=self.method)[1]
+        t0, t1 = self.times[i], self.times[i + 1]
+        dt = t1 - t0
+        stepper = RKStepper(self.tableau, y, reuse_buffers=False)
+        return stepper.step(self.rhs, t0, dt, t1, y, self.rhs(t0, y), out=None)[0]
 
-    def advance(self, i0: int, y: Tensor, i1: int) -> Tensor:
-        """The state at node ``i1`` from the state at ``i0``, unrecorded. One odeint call over the
-        segment with the grid handed in (grid_constructor): the solver double-buffers its state,
-        so a long segment costs no more memory than one step, and the arithmetic is the same."""
-        from odekern.odeint import odeint
+    def advance(self, i0: int, y: st.State, i1: int) -> st.State:
+        """The state at node ``i1`` from ``y`` at node ``i0``, unrecorded, in a new tensor.
+
+        Memory: besides the result, one scratch state (the steps alternate between it and the
+        result so that the last lands in the result) and one step's stage values, all freed on
+        return: nothing stays allocated between the recorded steps of the backward pass. Stage
+        inputs are fresh tensors rather than reused buffers so that only the live ones exist.
+        """
+        from odekern.solvers.checks import raise_non_finite
+        from odekern.solvers.explicit_rk import RKStepper
+        from odekern.solvers.fixed_grid import checks_every_step
 
         if i1 == i0:
             return y
-        segment = self.grid[i0:i1 + 1]
-
-        def grid_constructor(func, y0, t_internal):
-            # odeint runs a decreasing t as the increasing -t and hands us that.
-            return segment if bool(t_internal[0] == segment[0]) else -segment
-
         with torch.no_grad():
-            out = odeint(self.func, y, segment[[0, -1]], rtol=self.rtol, atol=self.atol, method=self.method,
-                         options={"grid_constructor": grid_constructor})
-            return out[1].clone()
-
-
-def _split(n: int) -> int:
-    return max(1, n // 2)
+            stepper = RKStepper(self.tableau, y, reuse_buffers=False)
+            result = st.empty_like(y)
+            scratch = st.empty_like(y) if i1 - i0 > 1 else None
+            check_each = checks_every_step(st.first(y).device)
+            for i in range(i0, i1):
+                out = result if (i1 - 1 - i) % 2 == 0 else scratch
+                t0, t1 = self.times[i], self.times[i + 1]
+                y_next, _ = stepper.step(self.rhs, t0, t1 - t0, t1, y, self.rhs(t0, y), out=out)
+                for part, value in zip(st.components(out), st.components(y_next)):
+                    if value is not part:  # a stage function may hand back a fresh tensor
+                        part.copy_(value)
+                del y_next
+                if (check_each or i == i1 - 1) and not st.all_finite(out):
+                    raise_non_finite(self.method, self.rhs.user_time(self.times[i if check_each else i0]),
+                                     f"the step to t={self.rhs.user_time(t1):.6g} produced NaN/inf; the ODE may be "
+                                     "unstable at this step size (try a smaller step_size)")
+                y = out
+            return result
 
 
 class _Backward:
     """Reverse sweep over the steps with at most ``checkpoints`` stored states (see module doc)."""
 
-    def __init__(self, plan: _Plan, node_grads: dict[int, Tensor]):
-        self.plan = plan
+    def __init__(self, replay: _Replay, node_grads: dict[int, st.State], stored: dict[int, st.State]):
+        self.replay = replay
         self.node_grads = node_grads
-        self.param_grads: list[Optional[Tensor]] = [None] * len(plan.params)
+        self.stored = stored  # states the forward pass kept for the schedule's first sweep
+        self.param_grads: list[Tensor | None] = [None] * len(replay.params)
+        self.adjoint: st.State | None = None  # d loss / d state at the node the sweep has reached
 
-    def vjp_step(self, i: int, y_i: Tensor, a_next: Tensor) -> Tensor:
-        """Adjoint at node ``i`` from the adjoint at node ``i + 1``; accumulates parameter grads."""
-        params = self.plan.params
+    def vjp_step(self, i: int, y_i: st.State) -> None:
+        """Turns ``self.adjoint`` at node ``i + 1`` into the adjoint at node ``i``; accumulates
+        parameter gradients."""
+        params = self.replay.params
         with torch.enable_grad():
-            y = y_i.detach().requires_grad_()
-            y_next = self.plan.step(i, y)
-            grads = torch.autograd.grad(y_next, (y, *params), a_next, allow_unused=True)
-        for p, g in enumerate(grads[1:]):
+            y = st.map_state(lambda c: c.detach().requires_grad_(), y_i)
+            y_next = self.replay.step(i, y)
+            a_next, self.adjoint = self.adjoint, None
+            n_parts = len(st.components(y))
+            grads = torch.autograd.grad(st.components(y_next), (*st.components(y), *params),
+                                        st.components(a_next), allow_unused=True)
+        del y, y_next, a_next
+        for p, g in enumerate(grads[n_parts:]):
             if g is not None:
                 self.param_grads[p] = g if self.param_grads[p] is None else self.param_grads[p] + g
-        a = grads[0] if grads[0] is not None else torch.zeros_like(y_i)
+        a = st.rebuild(y_i, (g if g is not None else torch.zeros_like(c)
+                             for g, c in zip(grads[:n_parts], st.components(y_i))))
+        del grads
         extra = self.node_grads.get(i)
-        return a if extra is None else a + extra
+        self.adjoint = a if extra is None else st.map_state(torch.add, a, extra)
 
-    def sweep(self, i0: int, y0: Tensor, i1: int, slots: int, a: Tensor) -> Tensor:
-        """Adjoint at node ``i0`` given the adjoint ``a`` at node ``i1`` and the state ``y0`` at i0."""
+    def state_at(self, i0: int, y0: st.State, i: int) -> st.State:
+        stored = self.stored.pop(i, None)
+        return stored if stored is not None else self.replay.advance(i0, y0, i)
+
+    def sweep(self, i0: int, y0: st.State, i1: int, slots: int) -> None:
+        """Turns ``self.adjoint`` at node ``i1`` into the adjoint at node ``i0``, given the state
+        ``y0`` at ``i0``, holding ``y0`` plus at most ``slots - 1`` further states. (The adjoint
+        is an attribute, not an argument: a recursion frame must not keep an old one alive.)"""
         n = i1 - i0
         if n == 1:
-            return self.vjp_step(i0, y0, a)
-        if slots <= 1:
+            self.vjp_step(i0, y0)
+        elif slots <= 1:
             for i in range(i1 - 1, i0 - 1, -1):
-                a = self.vjp_step(i, self.plan.advance(i0, y0, i), a)
-            return a
-        m = i0 + _split(n)
-        y_m = self.plan.advance(i0, y0, m)
-        a = self.sweep(m, y_m, i1, slots - 1, a)
-        del y_m
-        return self.sweep(i0, y0, m, slots, a)
+                self.vjp_step(i, self.state_at(i0, y0, i))
+        else:
+            m = i0 + schedule.split(n, slots)
+            y_m = self.state_at(i0, y0, m)
+            self.sweep(m, y_m, i1, slots - 1)
+            del y_m
+            self.sweep(i0, y0, m, slots)
 
 
 class _CheckpointedSolve(torch.autograd.Function):
+    """Inputs ``(replay, is_tuple, n_parts, *state components, *params)``; one solution (rows =
+    output times) per state component."""
+
     @staticmethod
-    def forward(ctx, plan: _Plan, y0: Tensor, *params: Tensor) -> Tensor:
-        nodes = sorted(set(plan.nodes))
+    def forward(ctx, replay: _Replay, is_tuple: bool, n_parts: int, *inputs: Tensor) -> tuple[Tensor, ...]:
+        y0 = tuple(inputs[:n_parts]) if is_tuple else inputs[0]
+        nodes = sorted(set(replay.nodes))
+        last = nodes[-1]
+        first_sweep = schedule.first_sweep(last, replay.checkpoints)
         states = {nodes[0]: y0}
-        y = y0
-        for a, b in zip(nodes[:-1], nodes[1:]):
-            y = states[b] = plan.advance(a, y, b)
-        ctx.plan = plan
-        ctx.save_for_backward(y0)
-        return torch.stack([states[node] for node in plan.nodes])
+        y, at = y0, nodes[0]
+        for b in sorted(set(nodes[1:]) | set(first_sweep)):
+            y = states[b] = replay.advance(at, y, b)
+            at = b
+        ctx.replay = replay
+        ctx.stored = {i: states[i] for i in first_sweep}
+        ctx.is_tuple = is_tuple
+        ctx.save_for_backward(*st.components(y0))
+        solution = st.new_solution(y0, len(replay.nodes))
+        for j, node in enumerate(replay.nodes):
+            st.store(solution, j, None, states[node])
+        return st.components(solution)
 
     @staticmethod
-    def backward(ctx, grad_solution: Tensor):
-        plan: _Plan = ctx.plan
-        (y0,) = ctx.saved_tensors
-        node_grads: dict[int, Tensor] = {}
-        for j, node in enumerate(plan.nodes):
-            g = grad_solution[j]
-            node_grads[node] = g if node not in node_grads else node_grads[node] + g
-        last = max(plan.nodes)
-        a_last = node_grads.get(last, torch.zeros_like(y0))
+    def backward(ctx, *grad_solutions: Tensor | None):
+        replay: _Replay = ctx.replay
+        parts = ctx.saved_tensors
+        y0 = tuple(parts) if ctx.is_tuple else parts[0]
+        grad_solutions = [g if g is not None else torch.zeros(len(replay.nodes), *c.shape, dtype=c.dtype,
+                                                               device=c.device)
+                          for g, c in zip(grad_solutions, parts)]
+        stored, ctx.stored = ctx.stored, {}
+        node_grads: dict[int, st.State] = {}
+        for j, node in enumerate(replay.nodes):
+            g = st.rebuild(y0, (gs[j] for gs in grad_solutions))
+            node_grads[node] = g if node not in node_grads else st.map_state(torch.add, node_grads[node], g)
+        last = max(replay.nodes)
+        a_last = node_grads.get(last, st.map_state(torch.zeros_like, y0))
+        no_grads = (None, None, None)
         if last == 0:
-            return (None, a_last, *([None] * len(plan.params)))
-        sweeper = _Backward(plan, {k: v for k, v in node_grads.items() if k != last})
-        a0 = sweeper.sweep(0, y0, last, plan.checkpoints, a_last)
-        return (None, a0, *sweeper.param_grads)
+            return (*no_grads, *st.components(a_last), *([None] * len(replay.params)))
+        sweeper = _Backward(replay, {k: v for k, v in node_grads.items() if k != last}, stored)
+        sweeper.adjoint = a_last
+        del stored, a_last
+        sweeper.sweep(0, y0, last, replay.checkpoints)
+        return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
 
 
-def odeint_checkpointed(func: Callable, y0: Tensor, t: Tensor, *, checkpoints: int, rtol: Any = 1e-7,
-                        atol: Any = 1e-9, method: Optional[str] = "rk4", options: Optional[dict] = None,
-                        adjoint_params: Optional[Sequence[Tensor]] = None) -> Tensor:
+def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints: int, rtol: Any = 1e-7,
+                        atol: Any = 1e-9, method: str | None = "rk4", options: dict | None = None,
+                        adjoint_params: Sequence[Tensor] | None = None) -> st.State:
     """``odeint(func, y0, t, ...)`` whose backward recomputes steps from at most ``checkpoints``
     stored states: exact discrete gradients, memory flat in the number of steps.
 
@@ -206,10 +279,14 @@ def odeint_checkpointed(func: Callable, y0: Tensor, t: Tensor, *, checkpoints: i
     """
     checkpoints = check_checkpoints(checkpoints)
     method = check_method_checkpointable(method)
-    if not isinstance(y0, Tensor):
-        raise TypeError(f"y0 must be a tensor for gradient mode 'checkpoint', got {type(y0).__name__}")
+    if isinstance(y0, list):
+        y0 = tuple(y0)
     check_state(y0)
     check_time(t)
+    for part in st.components(y0):
+        check_state_matches_time(part, t)
+    check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
+    check_tolerance(atol, "atol")
     if t.requires_grad:
         raise ValueError("gradient mode 'checkpoint' does not differentiate with respect to t; "
                          "pass t without requires_grad or use gradient='backprop'")
@@ -219,5 +296,7 @@ def odeint_checkpointed(func: Callable, y0: Tensor, t: Tensor, *, checkpoints: i
     if adjoint_params is None:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
-    plan = _Plan(func, grid, nodes, checkpoints, method, rtol, atol, params)
-    return _CheckpointedSolve.apply(plan, y0, *params)
+    parts = st.components(y0)
+    solutions = _CheckpointedSolve.apply(_Replay(func, grid, nodes, checkpoints, method, params), st.is_tuple(y0),
+                                         len(parts), *parts, *params)
+    return st.rebuild(y0, solutions)

@@ -204,17 +204,17 @@ def _fused_terms(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike)
 
 def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
                               base: Optional[Tensor], out: Optional[Tensor]) -> Optional[Tensor]:
-    """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above."""
-    from odekern.ops import rk_stage
+    """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above
+    (also for states below ``rk_stage.dispatch.MIN_NUMEL``, where the dispatch costs more than
+    it saves; the backend decision is cached per device/dtype there)."""
+    from odekern.ops.rk_stage import dispatch
 
     if len(ks) == 0:
         return None
     terms = _fused_terms(coeffs, ks, scale)
     if terms is None or not terms[0]:
         return None
-    if rk_stage.fused_backend(base if base is not None else terms[0][0], terms[0]) is None:
-        return None
-    return rk_stage.rk_combine(base, terms[0], terms[1], out=out)
+    return dispatch.try_combine(base, terms[0], terms[1], out)
 
 
 def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: TimeLike, rtol, atol,
@@ -222,9 +222,9 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
     """The error ratio from one read-only fused pass per component (the error is never
     materialised): each pass gives the RMS of ``scale * sum_j coeffs[j] ks[j] / (atol + rtol
     max(|y0|, |y1|))`` over its component and the norm combines them. None to use the code above
-    (a norm not built from RMS values, per-element tolerances, more than 7 terms, or only the
-    reference backend fits)."""
-    from odekern.ops import rk_stage
+    (a norm not built from RMS values, per-element tolerances, more than 7 terms, a small state,
+    or only the reference backend fits)."""
+    from odekern.ops.rk_stage import dispatch
     from odekern.solvers.norms import component_rms_combiner
 
     combine = component_rms_combiner(norm)
@@ -234,19 +234,16 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
     tols = [(component(rtol, i), component(atol, i)) for i in range(len(y0s))]
     if any(isinstance(v, Tensor) and v.numel() != 1 for pair in tols for v in pair):
         return None
+    h = float(scale)
+    kept = [(components(k), h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
+    weights = [c for _, c in kept]
+    per_component = [(a, b, [k[i] for k, _ in kept]) for i, (a, b) in enumerate(zip(y0s, y1s))]
+    # Decide for every component before any pass, so a state that cannot fuse costs nothing.
+    if any(a.numel() and not dispatch.can_error_ratio(a, k_i) for a, _, k_i in per_component):
+        return None
+    rms = [dispatch.try_error_ratio(a, b, k_i, weights, float(rt), float(at)) if a.numel()
+           else torch.zeros((), dtype=torch.float64, device=a.device)  # skipped by the norm (count 0)
+           for (a, b, k_i), (rt, at) in zip(per_component, tols)]
     with torch.no_grad():
-        h = float(scale)
-        kept = [(components(k), h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
-        if not 1 <= len(kept) <= 7:
-            return None
-        weights = [c for _, c in kept]
-        per_component = [(a.detach(), b.detach(), [k[i].detach() for k, _ in kept])
-                         for i, (a, b) in enumerate(zip(y0s, y1s))]
-        if any(a.numel() and rk_stage.fused_backend(a, k_i, error_pass=True) is None for a, _, k_i in per_component):
-            return None
-        counts = [a.numel() for a in y0s]
-        rms = [rk_stage.rk_error_ratio(a, b, k_i, weights, rtol=float(rt), atol=float(at)) if a.numel()
-               else torch.zeros((), dtype=torch.float64, device=a.device)  # skipped by the norm (count 0)
-               for (a, b, k_i), (rt, at) in zip(per_component, tols)]
-        ratio = combine(rms, counts)
+        ratio = combine(rms, [a.numel() for a in y0s])
     return ratio.to(y0s[0].dtype)

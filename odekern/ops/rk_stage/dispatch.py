@@ -1,0 +1,122 @@
+"""The solvers' hot-loop route into rk_stage: cheap per call, and only where fusing pays.
+
+A solver forms several linear combinations per step. Going through the public functions costs a
+backend selection (``backends.select``: availability, override, ``supports``) and a
+``torch.library`` custom-op call per combination, ~0.2-0.3 ms of Python: more than the
+arithmetic on a small state. So, for the solvers only (``odekern/solvers/stages.py``):
+
+- the backend decision is cached per (op, device, dtype, forced backend, Triton interpreter
+  flag): everything ``supports`` looks at besides operand dtypes/devices, which are checked
+  inline; operands that differ fall back to the full selection;
+- without autograd recording, the chosen backend's kernel is called directly (the function
+  registered with ``backends``, i.e. for ``cpu`` the extension op plus contiguity handling),
+  skipping the custom-op wrapper. Under ``torch.compile`` tracing the custom op stays, so
+  graphs see ``odekern::rk_combine_out`` as before;
+- in automatic selection, states smaller than ``MIN_NUMEL`` keep the plain PyTorch path.
+  A forced backend (``backend=``, ``use_backend``, ``ODEKERN_BACKEND``) is always honoured.
+
+The public ``rk_combine`` / ``rk_error_ratio`` keep their full checks; this module assumes the
+solver's operands (same shape as the state, float coefficients).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from odekern.backends import registered, requested_backend, select, triton_interpret
+from odekern.ops.rk_stage import op
+
+# Smallest state (elements) for which automatic selection uses the fused kernels, per route.
+# Measured with ``bench/bench_stages.py::test_dispatch_crossover`` (stages.linear_combination,
+# base + 3 k tensors, float32, 1 thread, minima over rounds, fused forced vs reference forced,
+# 2-core x86 shared with other jobs): with the direct call above the fused out= route beats
+# torch's mul/add_ chain at every size from 2^6 elements on (one kernel against four ops:
+# 2^6: 41 vs 57 us, 2^20: 0.79 vs 1.6 ms), so it gets no threshold. The autograd route pays
+# the custom op's Python wrapper and autograd node (~0.35 ms) against four small autograd ops
+# (~0.12 ms): 2^16: 447 vs 214 us, 2^18: 473 vs 546 us, so it starts at 2^17 elements.
+# Override by assigning to this dict (tests do); 0 disables the threshold.
+MIN_NUMEL = {"no_grad": 0, "grad": 1 << 17}
+
+_decisions: dict[tuple, Optional[str]] = {}
+
+
+def backend_for(which: str, like: torch.Tensor, ks: Sequence[torch.Tensor],
+                forced: Optional[str] = None) -> Optional[str]:
+    """The non-reference backend that runs ``which`` (op.COMBINE / op.ERROR_RATIO) on these
+    operands, or None (then the solver's PyTorch code runs). ``forced``: the backend override in
+    effect (``requested_backend()``). Cached; see module docstring."""
+    key = (which, like.device, like.dtype, forced, triton_interpret(),
+           which == op.ERROR_RATIO and not 1 <= len(ks) <= 7)
+    uniform = all(k.dtype == like.dtype and k.device == like.device for k in ks)
+    if uniform and key in _decisions:
+        return _decisions[key]
+    try:
+        chosen = select(which, like.device, forced, y=like, ks=list(ks)).name
+    except RuntimeError:
+        chosen = None
+    name = None if chosen in (None, "reference") else chosen
+    if uniform:
+        _decisions[key] = name
+    return name
+
+
+def _worth_fusing(numel: int, recording: bool, forced: Optional[str]) -> bool:
+    return forced is not None or numel >= MIN_NUMEL["grad" if recording else "no_grad"]
+
+
+def _kernel(which: str, name: str):
+    # Looked up per call (a dict copy of a few entries), so re-registration is honoured.
+    return registered(which)[name].fn
+
+
+def try_combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Sequence[float],
+                out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``base + sum_j coeffs[j] ks[j]`` fused (``out`` written when nothing records a gradient),
+    or None when the solver should use its PyTorch code."""
+    like = base if base is not None else ks[0]
+    recording = torch.is_grad_enabled() and (like.requires_grad or any(k.requires_grad for k in ks))
+    forced = requested_backend(None)
+    if not _worth_fusing(like.numel(), recording, forced):
+        return None
+    name = backend_for(op.COMBINE, like, ks, forced)
+    if name is None:
+        return None
+    coeffs = [float(c) for c in coeffs]
+    if recording:
+        return op.rk_combine(like, list(ks), coeffs, base is not None, name)
+    if out is None:
+        out = torch.empty_like(like, memory_format=torch.contiguous_format)
+    if torch.compiler.is_compiling():
+        op.rk_combine_out(base, list(ks), coeffs, out, name)
+    else:
+        _kernel(op.COMBINE, name)(base, list(ks), coeffs, out)
+    return out
+
+
+def _error_ratio_backend(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> Optional[str]:
+    forced = requested_backend(None)
+    if not _worth_fusing(y0.numel(), False, forced) or not 1 <= len(ks) <= 7:
+        return None
+    return backend_for(op.ERROR_RATIO, y0, ks, forced)
+
+
+def can_error_ratio(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> bool:
+    """Whether ``try_error_ratio`` would run a fused pass on these operands."""
+    return _error_ratio_backend(y0, ks) is not None
+
+
+def try_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence[float],
+                    rtol: float, atol: float) -> Optional[torch.Tensor]:
+    """The fused RMS error ratio (0-dim float64, no gradient) or None; operands are detached."""
+    name = _error_ratio_backend(y0, ks)
+    if name is None:
+        return None
+    with torch.no_grad():
+        args = (y0.detach(), y1.detach(), [k.detach() for k in ks], [float(c) for c in coeffs],
+                float(rtol), float(atol))
+        if torch.compiler.is_compiling():
+            return op.rk_error_ratio(*args, name)
+        ratio = _kernel(op.ERROR_RATIO, name)(*args)
+        return ratio.to(device=y0.device, dtype=torch.float64).reshape(())

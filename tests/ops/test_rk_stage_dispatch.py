@@ -1,0 +1,136 @@
+"""rk_stage's solver route (odekern/ops/rk_stage/dispatch.py): size threshold, cached backend
+decision, direct kernel call without autograd; values against the plain formulas."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import odekern
+from odekern import testing
+from odekern.backends import _REGISTRY
+from odekern.ops.rk_stage import dispatch, op, reference
+from odekern.solvers import stages
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts calls of the registered rk_stage kernels (what the fused path runs)."""
+    calls = {op.COMBINE: 0, op.ERROR_RATIO: 0}
+    for which in calls:
+        for name, entry in list(_REGISTRY[which].items()):
+            def fn(*a, _fn=entry.fn, _which=which):
+                calls[_which] += 1
+                return _fn(*a)
+
+            monkeypatch.setitem(_REGISTRY[which], name, dataclasses.replace(entry, fn=fn))
+    return calls
+
+
+def _operands(n, requires_grad=False, dtype=torch.float64):
+    y = testing.randn(n, dtype=dtype, seed=1, requires_grad=requires_grad)
+    ks = [testing.randn(n, dtype=dtype, seed=2 + j, requires_grad=requires_grad) for j in range(3)]
+    return y, ks
+
+
+def _expected(y, ks, coeffs, scale):
+    return reference.rk_combine(y.detach(), [k.detach() for k in ks], [scale * c for c in coeffs])
+
+
+def _needs_cpu():
+    if odekern.backends()["cpu"] is not True:
+        pytest.skip(f"backend cpu unavailable: {odekern.backends()['cpu']}")
+
+
+@pytest.mark.parametrize("recording", [False, True])
+def test_threshold_picks_pytorch_below_and_fused_above(counted, monkeypatch, recording):
+    _needs_cpu()
+    monkeypatch.setitem(dispatch.MIN_NUMEL, "grad" if recording else "no_grad", 100)
+    coeffs = [0.5, -0.25, 0.125]
+    for n, fused in ((99, False), (100, True), (257, True)):
+        y, ks = _operands(n, requires_grad=recording)
+        before = counted[op.COMBINE]
+        with torch.set_grad_enabled(recording):
+            got = stages.linear_combination(coeffs, ks, scale=0.3, base=y, out=torch.empty(n, dtype=y.dtype))
+        assert (counted[op.COMBINE] > before) == fused, (n, fused)
+        testing.assert_close(got.detach(), _expected(y, ks, coeffs, 0.3))
+        if recording:  # both routes keep the gradient
+            (gy, gk0) = torch.autograd.grad(got.sum(), (y, ks[0]))
+            testing.assert_close(gy, torch.ones_like(gy))
+            testing.assert_close(gk0, torch.full_like(gk0, 0.3 * 0.5))
+
+
+def test_forced_backend_ignores_threshold(counted, monkeypatch):
+    _needs_cpu()
+    monkeypatch.setitem(dispatch.MIN_NUMEL, "no_grad", 10**9)
+    y, ks = _operands(17)
+    with torch.no_grad(), odekern.use_backend("cpu"):
+        got = stages.linear_combination([1.0, 2.0, 3.0], ks, scale=0.1, base=y)
+    assert counted[op.COMBINE] == 1
+    testing.assert_close(got, _expected(y, ks, [1.0, 2.0, 3.0], 0.1))
+    with torch.no_grad():
+        stages.linear_combination([1.0, 2.0, 3.0], ks, scale=0.1, base=y)
+    assert counted[op.COMBINE] == 1  # auto: below the threshold, plain PyTorch
+
+
+def test_backend_decision_is_cached_per_device_and_dtype(monkeypatch):
+    _needs_cpu()
+    dispatch._decisions.clear()
+    selections = []
+    real_select = dispatch.select
+
+    def select(*a, **kw):
+        selections.append(kw["y"].dtype)
+        return real_select(*a, **kw)
+
+    monkeypatch.setattr(dispatch, "select", select)
+    y, ks = _operands(8)
+    for _ in range(3):
+        assert dispatch.backend_for(op.COMBINE, y, ks) == "cpu"
+    assert selections == [torch.float64]
+    y32, ks32 = _operands(8, dtype=torch.float32)
+    assert dispatch.backend_for(op.COMBINE, y32, ks32) == "cpu"
+    assert selections == [torch.float64, torch.float32]
+    # A forced reference backend is part of the key: no fused kernel for it.
+    assert dispatch.backend_for(op.COMBINE, y, ks, forced="reference") is None
+    # Mixed operand dtypes are not cached and take the full selection (which refuses them).
+    assert dispatch.backend_for(op.COMBINE, y, [ks[0], ks32[1]]) is None
+    assert len(selections) == 4
+
+
+def test_no_grad_route_skips_the_custom_op(monkeypatch):
+    _needs_cpu()
+
+    def boom(*a, **kw):
+        raise AssertionError("the eager no-grad route must call the kernel directly")
+
+    monkeypatch.setattr(op, "rk_combine_out", boom)
+    monkeypatch.setattr(op, "rk_error_ratio", boom)
+    monkeypatch.setitem(dispatch.MIN_NUMEL, "no_grad", 0)
+    y, ks = _operands(33)
+    out = torch.empty_like(y)
+    with torch.no_grad():
+        got = dispatch.try_combine(y, ks, [0.1, 0.2, 0.3], out)
+        ratio = dispatch.try_error_ratio(y, got, ks, [0.1, -0.2, 0.1], 1e-3, 1e-6)
+    assert got is out
+    testing.assert_close(got, reference.rk_combine(y, ks, [0.1, 0.2, 0.3]))
+    testing.assert_close(ratio, reference.rk_error_ratio(y, got, ks, [0.1, -0.2, 0.1], 1e-3, 1e-6))
+    assert ratio.dtype == torch.float64 and ratio.dim() == 0
+
+
+def test_solver_results_identical_on_both_sides_of_the_threshold(monkeypatch):
+    """A whole dopri5 solve with the fused route forced on (threshold 0) and off (threshold
+    above the state) agrees within rounding."""
+    _needs_cpu()
+    y0 = testing.randn(2, 50, dtype=torch.float64, seed=9)
+    t = torch.tensor([0.0, 0.7], dtype=torch.float64)
+
+    def f(t, y):
+        return torch.tanh(y.flip(-1)) - 0.3 * y
+
+    results = []
+    for limit in (0, 10**9):
+        monkeypatch.setitem(dispatch.MIN_NUMEL, "no_grad", limit)
+        with torch.no_grad():
+            results.append(odekern.odeint(f, y0, t, method="dopri5", rtol=1e-7, atol=1e-9))
+    testing.assert_close(results[0], results[1])
