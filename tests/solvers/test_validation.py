@@ -188,3 +188,16 @@ def test_non_finite_on_accelerators_is_checked_at_output_times(monkeypatch):
     t = torch.tensor([0.0, 0.25, 1.0], dtype=F64)
     with pytest.raises(NonFiniteError, match=r"after t=0\.25: NaN/inf found at t=1 \(checked at output times only\)"):
         odeint(blows_up, _y0(), t, method="euler", options={"step_size": 0.125})
+
+
+def test_finiteness_check_is_exact_when_the_fast_sum_overflows_or_cancels():
+    from odekern.solvers.state import all_finite
+
+    big = torch.full((4,), 3e38)  # finite float32 values whose sum overflows to inf
+    assert all_finite(big) and all_finite((big, torch.zeros(2)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = torch.zeros(5)
+        y[3] = bad
+        assert not all_finite(y) and not all_finite((torch.ones(2), y))
+    both = torch.tensor([float("inf"), -float("inf"), 1.0])  # sum is NaN, not inf: still caught
+    assert not all_finite(both)
