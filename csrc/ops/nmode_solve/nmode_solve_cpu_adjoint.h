@@ -20,6 +20,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 
@@ -49,30 +50,45 @@ NMODE_UNROLL
   return z;
 }
 
-// x^(-1/5) for any x > 0 of practical size (2^-400 .. 2^400): exact power-of-two range
-// reduction into [2^-40, 2^40] (x 2^-50k <-> z 2^10k), then inv_fifth_root.
-NMODE_INLINE double inv_fifth_root_wide(double x) {
+// Range reduction for x^(-1/5) of any x > 0 of practical size (2^-400 .. 2^400): scales x
+// in place into [2^-40, 2^40] by exact powers of two (x 2^-50k <-> z 2^10k) and returns the
+// factor to multiply inv_fifth_root(x) by. GCC vectorises inv_fifth_root only in a loop whose
+// input comes from memory, not from a select (its float conversion then becomes a branch),
+// so callers reduce in one loop and take the root in another.
+NMODE_INLINE double fifth_root_reduce(double& x) {
   double s = 1.0;
 NMODE_UNROLL
   for (int it = 0; it < 8; ++it) {
     const bool big = x > 0x1p40, small = x < 0x1p-40;
-    x = big ? x * 0x1p-50 : (small ? x * 0x1p50 : x);
-    s = big ? s * 0x1p-10 : (small ? s * 0x1p10 : s);
+    double fx = 1.0, fs = 1.0;  // sequential selects: GCC does not if-convert nested ones
+    fx = small ? 0x1p50 : fx;
+    fx = big ? 0x1p-50 : fx;
+    fs = small ? 0x1p10 : fs;
+    fs = big ? 0x1p-10 : fs;
+    x *= fx;
+    s *= fs;
   }
-  return s * inv_fifth_root(x);
+  return s;
 }
 
 // optimal_step of the header (torchdiffeq's _optimal_step_size, order 5) with the root above.
+// (Here and below, arithmetic is done unconditionally and only results are selected: GCC
+// does not if-convert a conditional floating-point operation, which may trap, so a `c ? a / b
+// : d` keeps the loop from vectorising.)
 // The ratio is clamped to [1e-12, 1e12] first: outside, the factor is clamped to ifactor (10)
 // or dfactor (0.2) either way, so the result does not change.
-NMODE_INLINE double optimal_step_lanes(double dt, double ratio) {
+NMODE_INLINE double clamp_ratio(double ratio) {
+  const double rc = ratio < 1e-12 ? 1e-12 : ratio;
+  return rc > 1e12 ? 1e12 : rc;
+}
+// root = inv_fifth_root(clamp_ratio(ratio)), computed by the caller in its own loop.
+NMODE_INLINE double optimal_step_lanes(double dt, double ratio, double root) {
   const double safety = 0.9, ifactor = 10.0;
   const double dfactor = ratio < 1.0 ? 1.0 : 0.2;
-  const double rc = ratio < 1e-12 ? 1e-12 : (ratio > 1e12 ? 1e12 : ratio);
-  double factor = safety * inv_fifth_root(rc);
+  double factor = safety * root;
   factor = factor > dfactor ? factor : dfactor;
   factor = factor < ifactor ? factor : ifactor;
-  return ratio == 0.0 ? dt * ifactor : dt * factor;
+  return dt * (ratio == 0.0 ? ifactor : factor);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -149,12 +165,22 @@ struct AdjStart {
   alignas(64) T f[3][kBlock];
   alignas(64) T g[kBlock];
   alignas(64) double h[kBlock];
+  alignas(64) double h0[kBlock], h_small[kBlock], small[kBlock], root_arg[kBlock], root_scale[kBlock];
 };
 
 // torchdiffeq's initial step selection for each lane (sys_solve_dopri5's, norm = max over the
 // three components), f = AdjointSys rhs at x.
+// No floating-point traps are ever enabled here, and without -fno-trapping-math GCC will not
+// if-convert a select whose arm holds a division or multiply (code sinking moves them into
+// the arm), which keeps this loop from vectorising. Results are unchanged (same rounding;
+// only trap side effects are assumed absent). Only around the double-precision controller
+// loops: the stage loops vectorise as they are.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
 template <typename T>
 NMODE_INLINE void adj_initial_step_block(AdjStart<T>& s, int64_t len, double rtol, double atol) {
+  // (Split into loops at every double -> T conversion of a selected value and every
+  // select feeding inv_fifth_root: GCC 12 does not if-convert those, see fifth_root_reduce.)
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
     T s2;
@@ -162,17 +188,26 @@ NMODE_INLINE void adj_initial_step_block(AdjStart<T>& s, int64_t len, double rto
     s.f[0][e] = -fy;
     s.f[1][e] = s.x[1][e] * (s2 - T(1));
     s.f[2][e] = s.x[1][e] * s2;
-    double sc[3], d0 = 0, d1 = 0;
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    double d0 = 0, d1 = 0;
 NMODE_UNROLL
     for (int d = 0; d < 3; ++d) {
-      const double ax = s.x[d][e] < T(0) ? -double(s.x[d][e]) : double(s.x[d][e]);
-      const double af = s.f[d][e] < T(0) ? -double(s.f[d][e]) : double(s.f[d][e]);
-      sc[d] = atol + ax * rtol;
-      const double q0 = ax / sc[d], q1 = af / sc[d];
+      const double xd = double(s.x[d][e]), fd = double(s.f[d][e]);
+      const double ax = xd < 0 ? -xd : xd, af = fd < 0 ? -fd : fd;
+      const double sc = atol + ax * rtol;
+      const double q0 = ax / sc, q1 = af / sc;
       d0 = d0 > q0 ? d0 : q0;
       d1 = d1 > q1 ? d1 : q1;
     }
-    const double h0 = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
+    const double h0_ratio = 0.01 * d0 / d1;
+    s.h0[e] = ((d0 < 1e-5) | (d1 < 1e-5)) ? 1e-6 : h0_ratio;
+    s.h_small[e] = d1;  // d1 for now
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    const double h0 = s.h0[e], d1 = s.h_small[e];
     const T h0t = T(h0);
     const T y1 = s.x[0][e] + h0t * s.f[0][e], a1 = s.x[1][e] + h0t * s.f[1][e];
     T s2b;
@@ -181,90 +216,151 @@ NMODE_UNROLL
     double d2 = 0;
 NMODE_UNROLL
     for (int d = 0; d < 3; ++d) {
-      const T df = f1[d] - s.f[d][e];
-      const double q = (df < T(0) ? -double(df) : double(df)) / sc[d] / h0;
+      const double xd = double(s.x[d][e]);
+      const double sc = atol + (xd < 0 ? -xd : xd) * rtol;
+      const double df = double(f1[d] - s.f[d][e]);
+      const double q = (df < 0 ? -df : df) / sc / h0;
       d2 = d2 > q ? d2 : q;
     }
     const double dm = d1 > d2 ? d1 : d2;
-    const double hsmall = h0 * 1e-3 > 1e-6 ? h0 * 1e-3 : 1e-6;
-    // (0.01 / dm)^(1/5) = (100 dm)^(-1/5); dm > 1e-15 on this branch.
-    const double h1 = (d1 <= 1e-15 && d2 <= 1e-15) ? hsmall : inv_fifth_root_wide(100.0 * (dm > 1e-15 ? dm : 1e-15));
-    s.h[e] = 100 * h0 < h1 ? 100 * h0 : h1;
+    double xr = 100.0 * (dm > 1e-15 ? dm : 1e-15);
+    s.root_scale[e] = fifth_root_reduce(xr);
+    s.root_arg[e] = xr;
+    s.small[e] = ((d1 <= 1e-15) & (d2 <= 1e-15)) ? 1.0 : 0.0;
+    const double hs = h0 * 1e-3;
+    s.h_small[e] = hs > 1e-6 ? hs : 1e-6;
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) s.root_arg[e] = inv_fifth_root(s.root_arg[e]);
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    // (0.01 / dm)^(1/5) = (100 dm)^(-1/5); dm > 1e-15 where it is used.
+    const double hpow = s.root_scale[e] * s.root_arg[e], hs = s.h_small[e], sm = s.small[e];
+    const double h1 = sm != 0.0 ? hs : hpow;
+    const double h100 = 100 * s.h0[e];
+    s.h[e] = h100 < h1 ? h100 : h1;
   }
 }
+#pragma GCC pop_options
 
 // Lane outcome after an attempt.
 enum LaneOutcome : int32_t { kLaneRunning = 0, kLaneDone = 1, kLaneFailed = 2 };
 
 // The lanes: state, FSAL stage (k[d][0]), time, next step, attempts, and the element each
-// lane works on (-1: idle).
+// lane works on (elem; active = 0: idle).
 template <typename T>
 struct AdjLanes {
   alignas(64) T x[3][kBlock];
   alignas(64) AdjStages<T> k;
+  alignas(64) T x1[3][kBlock];   // candidate of the current attempt
   alignas(64) T g[kBlock];
-  alignas(64) T dt[kBlock];
+  alignas(64) T dt[kBlock], dt_step[kBlock];
+  alignas(64) T move[kBlock];    // 1: accepted and not finishing (take the candidate), else 0
   alignas(64) T out[2][kBlock];  // a_y(t0), a_g(t0) of lanes that finished in this attempt
-  alignas(64) double t[kBlock], h[kBlock], theta[kBlock];
-  alignas(64) int32_t outcome[kBlock];
-  alignas(64) int32_t status[kBlock];
-  int64_t attempts[kBlock];
+  alignas(64) double t[kBlock], h[kBlock], theta[kBlock], ratio[kBlock], root[kBlock];
+  alignas(64) double move_d[kBlock];
+  alignas(64) double outcome[kBlock];   // a LaneOutcome
+  alignas(64) double status[kBlock];    // a Status
+  alignas(64) double attempts[kBlock];
+  alignas(64) double active[kBlock];    // 1: working on elem, 0: idle
   int64_t elem[kBlock];
 };
 
-// One dopri5 attempt of every lane, then each lane's controller: accept / reject, move on,
-// or finish (dense output at theta into out). Idle lanes compute on stale finite data and
-// report kLaneRunning. Returns the number of lanes that finished or failed.
+// No floating-point traps are ever enabled here, and without -fno-trapping-math GCC will not
+// if-convert a select whose arm holds a division or multiply (code sinking moves them into
+// the arm), which keeps this loop from vectorising. Results are unchanged (same rounding;
+// only trap side effects are assumed absent). Only around the double-precision controller
+// loops: the stage loops vectorise as they are.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+// Each lane's controller after an attempt (error ratio in L.ratio, its root in L.root).
 template <typename T>
-NMODE_INLINE int64_t adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, int64_t max_steps) {
-  using D = Tableau<kDopri5>;
-  AdjSweep<T, kDopri5, 1, 7>::run(L.x, L.g, L.dt, kBlock, L.k);
-  int64_t ended = 0;
+NMODE_INLINE double adj_control_lanes(AdjLanes<T>& L, double t_end, double max_steps) {
+  // The controller in double only (GCC 12 does not vectorise selects that feed a double -> T
+  // conversion or an int32 result); codes as exact small doubles, converted afterwards.
+  double ended = 0;
 #pragma omp simd reduction(+ : ended)
   for (int64_t e = 0; e < kBlock; ++e) {
-    const T dt = L.dt[e];
-    T x1[3], rmax = T(0);
-NMODE_UNROLL
-    for (int d = 0; d < 3; ++d) {
-      x1[d] = combine_b<T, kDopri5>(L.x[d][e], dt, L.k[d], e);
-      const T err = dt * weighted_sum<T, 7>([](int j) { return D::e(j); }, L.k[d], e);
-      T r = error_ratio(err, L.x[d][e], x1[d], rtol, atol);
-      r = r < T(0) ? -r : r;
-      // max that lets a NaN through (the scalar path's fmax of doubles would drop it, but it
-      // tests the ratio for NaN before; here a NaN component must fail the lane).
-      rmax = (r > rmax || r != r) ? r : rmax;
-    }
-    const double ratio = double(rmax);
-    const bool active = L.elem[e] >= 0;
+    const double ratio = L.ratio[e], t = L.t[e], hcur = L.h[e], root = L.root[e];
+    const double att = L.attempts[e] + 1.0, active = L.active[e];
     const bool nan = !(ratio == ratio);
     const bool accept = ratio <= 1.0;
-    const double t_next = L.t[e] + L.h[e];
-    const bool fin = accept && t_next >= t_end;
-    const bool move = accept && !fin;
-    L.theta[e] = fin ? (t_end - L.t[e]) / (t_next - L.t[e]) : 1.0;
-NMODE_UNROLL
-    for (int d = 0; d < 3; ++d) {
-      L.x[d][e] = move ? x1[d] : L.x[d][e];
-      L.k[d][0][e] = move ? L.k[d][6][e] : L.k[d][0][e];
-    }
-    L.t[e] = move ? t_next : L.t[e];
-    const double h = optimal_step_lanes(L.h[e], ratio);
-    L.h[e] = fin ? L.h[e] : h;
-    L.dt[e] = T(L.h[e]);
-    const int64_t att = L.attempts[e] + 1;
+    const double t_next = t + hcur;
+    const bool fin = accept & (t_next >= t_end);
+    const bool move = accept & !fin;
+    // theta and the next step are stored for every lane (only finishing lanes use theta; a
+    // finishing lane's step for the dense output is in dt_step): no operation sits in the arm
+    // of a select.
+    L.theta[e] = (t_end - t) / (t_next - t);
+    L.move_d[e] = move ? 1.0 : 0.0;
+    const double tn = move ? t_next : t;
+    const double hn = optimal_step_lanes(hcur, ratio, root);
+    L.t[e] = tn;
+    L.h[e] = hn;
     L.attempts[e] = att;
-    // Checks the scalar solver makes before its next attempt.
-    const bool too_many = !fin && att >= max_steps;
-    const bool underflow = !fin && !(L.t[e] + L.h[e] > L.t[e]);
-    const int32_t st = nan ? int32_t(kNonFinite) : too_many ? int32_t(kTooManySteps)
-                     : underflow ? int32_t(kStepUnderflow) : int32_t(kOk);
+    // The checks the scalar solver makes before its next attempt, in its order.
+    const bool too_many = !fin & (att >= max_steps);
+    const bool underflow = !fin & !(tn + hn > tn);
+    double st = underflow ? double(kStepUnderflow) : double(kOk);
+    st = too_many ? double(kTooManySteps) : st;
+    st = nan ? double(kNonFinite) : st;
     L.status[e] = st;
-    const int32_t oc = !active ? int32_t(kLaneRunning) : st != kOk ? int32_t(kLaneFailed)
-                     : fin ? int32_t(kLaneDone) : int32_t(kLaneRunning);
+    double oc = fin ? double(kLaneDone) : double(kLaneRunning);
+    oc = st != 0.0 ? double(kLaneFailed) : oc;
+    oc = active != 0.0 ? oc : double(kLaneRunning);
     L.outcome[e] = oc;
-    ended += oc != kLaneRunning ? 1 : 0;
+    ended += oc != 0.0 ? 1.0 : 0.0;
   }
   return ended;
+}
+#pragma GCC pop_options
+
+// One dopri5 attempt of every lane, then each lane's controller: accept / reject, move on,
+// or finish (the dense output is adj_dense_out_lanes). Idle lanes compute on stale finite
+// data and report kLaneRunning. Returns the number of lanes that finished or failed.
+// Three loops of one precision each (state in T, controller in double), each branch-free so
+// that it vectorises.
+template <typename T>
+NMODE_INLINE int64_t adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
+  using D = Tableau<kDopri5>;
+  AdjSweep<T, kDopri5, 1, 7>::run(L.x, L.g, L.dt, kBlock, L.k);
+#pragma omp simd
+  for (int64_t e = 0; e < kBlock; ++e) {
+    const T dt = L.dt[e];
+    T rmax = T(0);
+NMODE_UNROLL
+    for (int d = 0; d < 3; ++d) {
+      const T x1 = combine_b<T, kDopri5>(L.x[d][e], dt, L.k[d], e);
+      const T err = dt * weighted_sum<T, 7>([](int j) { return D::e(j); }, L.k[d], e);
+      T r = error_ratio(err, L.x[d][e], x1, rtol, atol);
+      r = r < T(0) ? -r : r;
+      // A NaN component must fail the lane: keep it (the scalar path tests for NaN).
+      rmax = ((r > rmax) | (r != r)) ? r : rmax;
+      L.x1[d][e] = x1;
+    }
+    L.ratio[e] = double(rmax);
+    L.dt_step[e] = dt;
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < kBlock; ++e) L.root[e] = clamp_ratio(L.ratio[e]);
+#pragma omp simd
+  for (int64_t e = 0; e < kBlock; ++e) L.root[e] = inv_fifth_root(L.root[e]);
+  const double ended = adj_control_lanes<T>(L, t_end, max_steps);
+#pragma omp simd
+  for (int64_t e = 0; e < kBlock; ++e) {
+    L.dt[e] = T(L.h[e]);
+    L.move[e] = T(L.move_d[e]);
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < kBlock; ++e) {
+    const bool move = L.move[e] != T(0);
+NMODE_UNROLL
+    for (int d = 0; d < 3; ++d) {
+      L.x[d][e] = move ? L.x1[d][e] : L.x[d][e];
+      L.k[d][0][e] = move ? L.k[d][6][e] : L.k[d][0][e];
+    }
+  }
+  return int64_t(ended);
 }
 
 // Dense output (torchdiffeq's, dopri5_dense_weights) of a_y and a_g at each lane's theta.
@@ -283,7 +379,7 @@ NMODE_INLINE void adj_dense_out_lanes(AdjLanes<T>& L) {
 NMODE_UNROLL
     for (int j = 0; j < 7; ++j)
       w[j] = T(w_y1 * D::b(j) + w_mid * D::mid(j) + (j == 0 ? w_f0 : 0.0) + (j == 6 ? w_f1 : 0.0));
-    const T dt = T(L.h[e]);
+    const T dt = L.dt_step[e];
 NMODE_UNROLL
     for (int d = 1; d < 3; ++d) {
       T acc = T(0);
@@ -381,6 +477,7 @@ NMODE_INLINE bool adj_load_lane(const AdjointTask<T>& A, AdjFeed& F, AdjStart<T>
   L.dt[l] = T(S.h[j]);
   L.t[l] = 0.0;
   L.attempts[l] = 0;
+  L.active[l] = 1;
   L.elem[l] = F.next++;
   return true;
 }
@@ -413,25 +510,27 @@ ODEKERN_ISA_CLONES int adjoint_backward_task(const AdjointTask<T>& A, int64_t b,
       L.dt[l] = T(1);
       L.theta[l] = 1.0;
       L.attempts[l] = 0;
+      L.active[l] = 0;
       L.elem[l] = -1;
     }
     AdjFeed F{b, end, b, 0};
+    const double max_steps = double(A.max_steps);  // exact (< 2^53)
     const T rt = T(A.rtol), at_ = T(A.atol);
     int64_t active = 0;
     for (int64_t l = 0; l < kBlock; ++l) active += adj_load_lane<T, M>(A, F, S, L, l, worst) ? 1 : 0;
     int64_t ended_lanes[kBlock];
     while (active > 0) {
-      const int64_t ended = adj_attempt_lanes<T>(L, A.t_span, rt, at_, A.max_steps);
+      const int64_t ended = adj_attempt_lanes<T>(L, A.t_span, rt, at_, max_steps);
       if (ended == 0) continue;
       adj_dense_out_lanes<T>(L);
       int64_t m = 0;
       for (int64_t l = 0; l < kBlock; ++l) {  // branch-free list of the lanes that ended
         ended_lanes[m] = l;
-        m += L.outcome[l] != kLaneRunning ? 1 : 0;
+        m += L.outcome[l] != 0.0 ? 1 : 0;
       }
       for (int64_t q = 0; q < m; ++q) {
         const int64_t l = ended_lanes[q], i = L.elem[l];
-        if (L.outcome[l] == kLaneDone) {
+        if (L.outcome[l] == double(kLaneDone)) {
           A.gy0[i] = L.out[0][l];
           A.gfull[i] = A.gfull[i] + L.out[1][l];
         } else {
@@ -439,6 +538,7 @@ ODEKERN_ISA_CLONES int adjoint_backward_task(const AdjointTask<T>& A, int64_t b,
           A.gy0[i] = T(0);
         }
         if (!adj_load_lane<T, M>(A, F, S, L, l, worst)) {
+          L.active[l] = 0;
           L.elem[l] = -1;
           --active;
         }
