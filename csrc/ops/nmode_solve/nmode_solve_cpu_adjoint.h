@@ -275,11 +275,11 @@ struct AdjLanes {
 #pragma GCC optimize("no-trapping-math")
 // Each lane's controller after an attempt (error ratio in L.ratio, its root in L.root).
 template <typename T>
-NMODE_INLINE double adj_control_lanes(AdjLanes<T>& L, double t_end, double max_steps) {
+NMODE_INLINE void adj_control_lanes(AdjLanes<T>& L, double t_end, double max_steps) {
   // The controller in double only (GCC 12 does not vectorise selects that feed a double -> T
   // conversion or an int32 result); codes as exact small doubles, converted afterwards.
-  double ended = 0;
-#pragma omp simd reduction(+ : ended)
+  // (No simd reduction here: under the optimize pragma GCC leaves its lane array unlowered.)
+#pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) {
     const double ratio = L.ratio[e], t = L.t[e], hcur = L.h[e], root = L.root[e];
     const double att = L.attempts[e] + 1.0, active = L.active[e];
@@ -309,19 +309,17 @@ NMODE_INLINE double adj_control_lanes(AdjLanes<T>& L, double t_end, double max_s
     oc = st != 0.0 ? double(kLaneFailed) : oc;
     oc = active != 0.0 ? oc : double(kLaneRunning);
     L.outcome[e] = oc;
-    ended += oc != 0.0 ? 1.0 : 0.0;
   }
-  return ended;
 }
 #pragma GCC pop_options
 
 // One dopri5 attempt of every lane, then each lane's controller: accept / reject, move on,
 // or finish (the dense output is adj_dense_out_lanes). Idle lanes compute on stale finite
-// data and report kLaneRunning. Returns the number of lanes that finished or failed.
+// data and report kLaneRunning.
 // Three loops of one precision each (state in T, controller in double), each branch-free so
 // that it vectorises.
 template <typename T>
-NMODE_INLINE int64_t adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
+NMODE_INLINE void adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
   using D = Tableau<kDopri5>;
   AdjSweep<T, kDopri5, 1, 7>::run(L.x, L.g, L.dt, kBlock, L.k);
 #pragma omp simd
@@ -345,7 +343,7 @@ NMODE_UNROLL
   for (int64_t e = 0; e < kBlock; ++e) L.root[e] = clamp_ratio(L.ratio[e]);
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) L.root[e] = inv_fifth_root(L.root[e]);
-  const double ended = adj_control_lanes<T>(L, t_end, max_steps);
+  adj_control_lanes<T>(L, t_end, max_steps);
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) {
     L.dt[e] = T(L.h[e]);
@@ -360,7 +358,6 @@ NMODE_UNROLL
       L.k[d][0][e] = move ? L.k[d][6][e] : L.k[d][0][e];
     }
   }
-  return int64_t(ended);
 }
 
 // Dense output (torchdiffeq's, dopri5_dense_weights) of a_y and a_g at each lane's theta.
@@ -520,14 +517,14 @@ ODEKERN_ISA_CLONES int adjoint_backward_task(const AdjointTask<T>& A, int64_t b,
     for (int64_t l = 0; l < kBlock; ++l) active += adj_load_lane<T, M>(A, F, S, L, l, worst) ? 1 : 0;
     int64_t ended_lanes[kBlock];
     while (active > 0) {
-      const int64_t ended = adj_attempt_lanes<T>(L, A.t_span, rt, at_, max_steps);
-      if (ended == 0) continue;
-      adj_dense_out_lanes<T>(L);
+      adj_attempt_lanes<T>(L, A.t_span, rt, at_, max_steps);
       int64_t m = 0;
       for (int64_t l = 0; l < kBlock; ++l) {  // branch-free list of the lanes that ended
         ended_lanes[m] = l;
         m += L.outcome[l] != 0.0 ? 1 : 0;
       }
+      if (m == 0) continue;
+      adj_dense_out_lanes<T>(L);
       for (int64_t q = 0; q < m; ++q) {
         const int64_t l = ended_lanes[q], i = L.elem[l];
         if (L.outcome[l] == double(kLaneDone)) {
