@@ -170,17 +170,11 @@ struct AdjStart {
 
 // torchdiffeq's initial step selection for each lane (sys_solve_dopri5's, norm = max over the
 // three components), f = AdjointSys rhs at x.
-// No floating-point traps are ever enabled here, and without -fno-trapping-math GCC will not
-// if-convert a select whose arm holds a division or multiply (code sinking moves them into
-// the arm), which keeps this loop from vectorising. Results are unchanged (same rounding;
-// only trap side effects are assumed absent). Only around the double-precision controller
-// loops: the stage loops vectorise as they are.
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
 template <typename T>
 NMODE_INLINE void adj_initial_step_block(AdjStart<T>& s, int64_t len, double rtol, double atol) {
-  // (Split into loops at every double -> T conversion of a selected value and every
-  // select feeding inv_fifth_root: GCC 12 does not if-convert those, see fifth_root_reduce.)
+  // Split into loops so that no select has an operation in its arms (GCC sinks it there and
+  // then, for a division or multiply that may trap, does not if-convert), and no selected
+  // value feeds a double -> T conversion or inv_fifth_root: each loop then vectorises.
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
     T s2;
@@ -201,9 +195,14 @@ NMODE_UNROLL
       d0 = d0 > q0 ? d0 : q0;
       d1 = d1 > q1 ? d1 : q1;
     }
-    const double h0_ratio = 0.01 * d0 / d1;
-    s.h0[e] = ((d0 < 1e-5) | (d1 < 1e-5)) ? 1e-6 : h0_ratio;
+    s.h0[e] = 0.01 * d0 / d1;
+    s.small[e] = ((d0 < 1e-5) | (d1 < 1e-5)) ? 1.0 : 0.0;
     s.h_small[e] = d1;  // d1 for now
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < len; ++e) {
+    const double h0 = s.h0[e], flag = s.small[e];
+    s.h0[e] = flag != 0.0 ? 1e-6 : h0;
   }
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
@@ -233,15 +232,16 @@ NMODE_UNROLL
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) s.root_arg[e] = inv_fifth_root(s.root_arg[e]);
 #pragma omp simd
+  for (int64_t e = 0; e < len; ++e) s.root_arg[e] = s.root_scale[e] * s.root_arg[e];
+#pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
     // (0.01 / dm)^(1/5) = (100 dm)^(-1/5); dm > 1e-15 where it is used.
-    const double hpow = s.root_scale[e] * s.root_arg[e], hs = s.h_small[e], sm = s.small[e];
+    const double hpow = s.root_arg[e], hs = s.h_small[e], sm = s.small[e];
     const double h1 = sm != 0.0 ? hs : hpow;
     const double h100 = 100 * s.h0[e];
     s.h[e] = h100 < h1 ? h100 : h1;
   }
 }
-#pragma GCC pop_options
 
 // Lane outcome after an attempt.
 enum LaneOutcome : int32_t { kLaneRunning = 0, kLaneDone = 1, kLaneFailed = 2 };
