@@ -237,3 +237,97 @@ def test_zz_summary(benchmark, run_bench):
     print("\n".join(lines))
     run_bench(lambda: None, provider="summary", setting="ratios", shape=list(SHAPE), rounds=1,
               **{k: round(v, 3) for k, v in ratios.items()})
+
+
+# ------------------------------------------------------------------------------------------
+# Interleaved timing outside pytest-benchmark (robust on a shared machine):
+#   PYTHONPATH=$PWD python bench/ops/bench_nmode_solve.py [--rounds 10] [--threads 1,2]
+# Each round times every provider once, in turn, in this one process; the table shows the
+# minimum over rounds per provider and thread count, and the ratios of those minima.
+# ------------------------------------------------------------------------------------------
+def _interleaved_providers():
+    import time
+
+    from torchdiffeq import odeint, odeint_adjoint
+
+    y0, g = _inputs()
+    func = _RHS(g)
+    t = torch.tensor([0.0, 0.05])
+    n_evals = _cnm_rhs_evaluations()
+    flat = y0.reshape(-1)
+
+    def fwd_bwd(gradient):
+        def go():
+            a = y0.clone().requires_grad_(True)
+            b = g.clone().requires_grad_(True)
+            odekern.nmode_solve(a, b, 0.0, 0.05, gradient=gradient, **CNM).sum().backward()
+        return go
+
+    def td_fwd():
+        with torch.no_grad():
+            odeint(func, y0, t, method="dopri5", **CNM)
+
+    def td_adjoint():
+        a = y0.clone().requires_grad_(True)
+        odeint_adjoint(func, a, t, method="dopri5", **CNM)[-1].sum().backward()
+
+    providers = {
+        "fwd:odekern": lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, **CNM),
+        "fwd:floor": lambda: torch.ops.odekern_C.nmode_cos_floor(flat, n_evals),
+        "fwd:torchdiffeq": td_fwd,
+        "fwd+bwd:odekern-adjoint": fwd_bwd("adjoint"),
+        "fwd+bwd:odekern-exact": fwd_bwd("exact"),
+        "fwd+bwd:torchdiffeq-adjoint": td_adjoint,
+    }
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return providers, timed, n_evals
+
+
+def _interleaved_main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="CNM-setting timings, providers interleaved, min over rounds")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--only", default="", help="comma-separated provider prefixes (default: all)")
+    args = ap.parse_args(argv)
+    providers, timed, n_evals = _interleaved_providers()
+    if args.only:
+        keep = tuple(args.only.split(","))
+        providers = {k: v for k, v in providers.items() if k.startswith(keep) or k == "fwd:floor"}
+    print(f"shape {list(SHAPE)} float32, CNM dopri5 global control, floor = {n_evals} sin^2 per element; "
+          f"{machine_description_short()}; min over {args.rounds} rounds")
+    for threads in (int(s) for s in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for fn in providers.values():  # warm-up
+            fn()
+        best = {k: float("inf") for k in providers}
+        for _ in range(args.rounds):
+            for k, fn in providers.items():
+                best[k] = min(best[k], timed(fn))
+        print(f"\n{threads} thread(s)")
+        for k, v in best.items():
+            print(f"  {k:32s} {v * 1e3:9.2f} ms")
+
+        def ratio(label, num, den):
+            if num in best and den in best:
+                print(f"  {label:44s} {best[num] / best[den]:6.2f}x")
+
+        ratio("fwd: odekern / floor", "fwd:odekern", "fwd:floor")
+        ratio("fwd: torchdiffeq / odekern", "fwd:torchdiffeq", "fwd:odekern")
+        ratio("fwd+bwd: td odeint_adjoint / odekern adjoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-adjoint")
+        ratio("fwd+bwd: td odeint_adjoint / odekern exact", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-exact")
+
+
+def machine_description_short() -> str:
+    import os as _os
+    return f"{_os.cpu_count()} cores, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    _interleaved_main()

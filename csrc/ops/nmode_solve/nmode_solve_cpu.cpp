@@ -7,8 +7,9 @@
 // baseline picked at load time).
 //
 // Paths: fixed-grid and global-control (shared dt sequence) forward and exact backward are
-// block-vectorised. Per-element control and the continuous adjoint (lane-varying step
-// counts) run the header's scalar per-element solvers, one element at a time.
+// block-vectorised; so are the continuous adjoint (nmode_solve_cpu_adjoint.h: lanes with
+// their own adaptive steps, refilled as elements finish) and per-element control, forward and
+// exact backward (nmode_solve_cpu_per_element.h: lanes with their own controller, masked).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,11 +17,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_cpu_adjoint.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
 #include "ops/nmode_solve/nmode_solve_cpu_per_element.h"
 #include "ops/nmode_solve/nmode_solve_host.h"
@@ -43,9 +46,12 @@ struct Blocking {
 };
 
 // Runs fn(t) for every task t in [0, tasks) on all threads, each thread taking the next
-// task from a shared counter. at::parallel_for alone splits the range into one static chunk
-// per thread; on a shared machine one descheduled thread then holds up the whole op, while
-// here the others take over its remaining blocks. Tasks are independent (disjoint outputs).
+// batch of tasks from a shared counter. at::parallel_for alone splits the range into one
+// static chunk per thread; on a shared machine one descheduled thread then holds up the whole
+// op, while here the others take over its remaining blocks. A batch is several blocks (a few
+// microseconds of work) so the shared counter's cache line is not bounced between cores on
+// every 64-element block, and per-task outputs written by one thread are mostly contiguous.
+// Tasks are independent (disjoint outputs).
 template <class Fn>
 void parallel_tasks(int64_t tasks, Fn fn) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
@@ -53,11 +59,15 @@ void parallel_tasks(int64_t tasks, Fn fn) {
     for (int64_t t = 0; t < tasks; ++t) fn(t);
     return;
   }
+  // At least ~16 batches per thread keep the tail short when a thread is descheduled.
+  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(16, tasks / (16 * threads)));
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
-         t = next.fetch_add(1, std::memory_order_relaxed))
-      fn(t);
+    for (int64_t b = next.fetch_add(batch, std::memory_order_relaxed); b < tasks;
+         b = next.fetch_add(batch, std::memory_order_relaxed)) {
+      const int64_t e = std::min(b + batch, tasks);
+      for (int64_t t = b; t < e; ++t) fn(t);
+    }
   });
 }
 
@@ -100,19 +110,63 @@ at::Tensor make_stats(int64_t n_acc, int64_t n_rej, double theta, const std::vec
 // ------------------------------------------------------------------------------------------
 // Forward.
 // ------------------------------------------------------------------------------------------
+// Scratch memory of global_forward, kept per calling thread between calls. Allocating it per
+// call made every call page-fault on ~4 N fresh elements (glibc returns large blocks to the
+// kernel on free): ~15% of a single-threaded CNM solve, and worse with 2 threads, which
+// contend on the page-fault path. Bounded: requests above kMaxCachedScratchBytes get memory
+// for that call only (so a one-off huge solve does not pin its scratch for the thread's life);
+// a smaller request reuses (or grows) the thread's one cached block.
+constexpr size_t kMaxCachedScratchBytes = size_t(64) << 20;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using ScratchPtr = std::unique_ptr<void, FreeDeleter>;
+
+ScratchPtr aligned_scratch(size_t bytes) {
+  void* p = nullptr;
+  TORCH_CHECK(posix_memalign(&p, 64, std::max<size_t>(bytes, 64)) == 0,
+              "nmode_solve: could not allocate ", bytes, " bytes of scratch");
+  return ScratchPtr(p);
+}
+
+// Returns `bytes` of 64-byte aligned scratch, valid until the next call on this thread (or
+// until `owned` dies, for oversized requests).
+void* thread_scratch(size_t bytes, ScratchPtr& owned) {
+  if (bytes > kMaxCachedScratchBytes) {
+    owned = aligned_scratch(bytes);
+    return owned.get();
+  }
+  thread_local ScratchPtr cached;
+  thread_local size_t cached_bytes = 0;
+  if (bytes > cached_bytes) {
+    cached.reset();
+    cached = aligned_scratch(bytes);
+    cached_bytes = bytes;
+  }
+  return cached.get();
+}
+
 template <typename T>
 void global_forward(const T* y0, const T* g, const Blocking& B, double t0, double t1, double rtol,
                     double atol, int64_t max_steps, T* y1, T* f0, T* f1, std::vector<double>& dts,
                     int64_t& n_rej, double& theta) {
   const int64_t N = B.N, tasks = B.tasks();
-  // Uninitialised work buffers (every element is written before it is read); the current
-  // state starts as y0 itself and is swapped with ynew on acceptance.
-  std::unique_ptr<T[]> fbuf(new T[N]), ybuf(new T[N]), fbuf2(new T[N]), ybuf2(new T[N]);
+  // Work buffers (every element is written before it is read): two for candidate states, two
+  // for FSAL stages, padded to whole cache lines so no two share one. The current state
+  // starts as y0 itself and f(y0) goes straight into the f0 output when it is asked for;
+  // candidates always go to a scratch buffer other than the current one (y0 and f0 are never
+  // overwritten). Finishing attempts write only the outputs (their candidate is not needed:
+  // accepted means done, rejected means discarded).
+  const int64_t stride = (N + 15) / 16 * 16;
+  ScratchPtr owned;
+  T* scratch = static_cast<T*>(thread_scratch(sizeof(T) * 4 * size_t(stride), owned));
+  T* ya = scratch;
+  T* yb = scratch + stride;
+  T* fa = scratch + 2 * stride;
+  T* fb = scratch + 3 * stride;
   const T* ycur = y0;
-  T* fcur = fbuf.get();
-  T* ynew = ybuf.get();
-  T* fnew = fbuf2.get();
-  T* yspare = ybuf2.get();
+  T* fcur = f0 != nullptr ? f0 : fa;
   const T rt = T(rtol), at_ = T(atol);
   std::vector<double> p0(tasks), p1(tasks);
   parallel_tasks(tasks, [&](int64_t t) {
@@ -124,7 +178,6 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
     s0 += p0[t];
     s1 += p1[t];
   }
-  if (f0 != nullptr) std::copy(fcur, fcur + N, f0);
   const double d0 = std::sqrt(s0 / double(N)), d1 = std::sqrt(s1 / double(N));
   const double h0 = initial_step_h0(d0, d1);
   const double s2 = parallel_task_sum(tasks, [&](int64_t t) {
@@ -134,8 +187,7 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
   const double d2 = std::sqrt(s2 / double(N)) / h0;
   double h = initial_step_final(h0, d1, d2);
 
-  T w[7], wl[7];
-  step_weights<T, kDopri5>(1.0, w);
+  T wl[7];
   double t = t0;
   int64_t attempts = 0;
   n_rej = 0;
@@ -149,11 +201,13 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
     const bool finishing = t_next >= t1;
     const double th = finishing ? (t1 - t) / (t_next - t) : 1.0;
     step_weights<T, kDopri5>(th, wl);
+    T* ynew = (ycur == ya) ? yb : ya;
+    T* fnew = (fcur == fa) ? fb : fa;
     const double ssum = parallel_task_sum(tasks, [&](int64_t tk) {
       const int64_t o = B.offset(tk);
-      return global_attempt_block<T>(ycur + o, fcur + o, g + B.goffset(tk), B.len(tk),
-                                     T(dt), w, finishing, wl, rt, at_, ynew + o,
-                                     fnew + o, y1 + o, f1 != nullptr ? f1 + o : nullptr);
+      return global_attempt_block<T>(ycur + o, fcur + o, g + B.goffset(tk), B.len(tk), T(dt),
+                                     finishing, wl, rt, at_, ynew + o, fnew + o, y1 + o,
+                                     f1 != nullptr ? f1 + o : nullptr);
     });
     const double ratio = std::sqrt(ssum / double(N));
     TORCH_CHECK(!std::isnan(ratio), "nmode_solve: non-finite values in the state at t = ", t);
@@ -163,12 +217,8 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
         theta = th;
         break;
       }
-      // ynew becomes current; the old current (y0 on the first step) is not written again,
-      // so the next candidate goes to a buffer we own.
-      T* accepted = ynew;
-      ynew = (ycur == y0) ? yspare : const_cast<T*>(ycur);
-      ycur = accepted;
-      std::swap(fcur, fnew);
+      ycur = ynew;
+      fcur = fnew;
       t = t_next;
     } else {
       ++n_rej;
@@ -351,59 +401,41 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
       if (!by_chunk) gg.copy_(gfull.view({B.R, G}).sum(0));
       return;
     }
-    if (!list_mode && !adjoint) {
+    if (adjoint) {
+      // Vectorised continuous adjoint (nmode_solve_cpu_adjoint.h): tasks of kAdjointTask
+      // consecutive elements, each refilling its lanes as elements finish; grad_g per element,
+      // summed over the repeats of g afterwards.
+      std::vector<double> adj_dts;
+      if (method != kDopri5) {
+        adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
+        fixed_grid(0.0, t1 - t0, step_size, adj_dts.data());
+      }
       at::Tensor gfull = at::empty_like(y0);
-      per_element_backward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, pgy1, pgf0, pgf1,
-                                     pgy0, gfull.data_ptr<scalar_t>());
+      constexpr int64_t kAdjointTask = 64 * kBlock;
+      const int64_t tasks = (N + kAdjointTask - 1) / kAdjointTask;
+      std::vector<int> status(static_cast<size_t>(tasks), kOk);
+      dispatch_method(method, [&](auto M_) {
+        constexpr int M = decltype(M_)::value;
+        constexpr int S = Tableau<M>::S;
+        scalar_t w[S], wl[S];
+        step_weights<scalar_t, M>(1.0, w);
+        step_weights<scalar_t, M>(theta, wl);
+        const AdjointTask<scalar_t> task{py0, pg, G, pgy1, pgf0, pgf1, pgy0, gfull.data_ptr<scalar_t>(),
+                                         dts, n_list, w, wl, !list_mode, t1 - t0, rtol, atol,
+                                         max_num_steps, adj_dts.data(), int64_t(adj_dts.size())};
+        parallel_tasks(tasks, [&](int64_t t) {
+          status[t] = adjoint_backward_task<scalar_t, M>(task, t * kAdjointTask,
+                                                         std::min(N, (t + 1) * kAdjointTask));
+        });
+      });
+      check_status(*std::max_element(status.begin(), status.end()), max_num_steps);
       gg.copy_(gfull.view({B.R, G}).sum(0));
       return;
     }
-    // Scalar per-element paths: per-element control (exact) and the continuous adjoint.
-    std::vector<double> adj_dts;
-    if (adjoint && method != kDopri5) {
-      adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
-      fixed_grid(0.0, t1 - t0, step_size, adj_dts.data());
-    }
+    // Per-element control, exact gradient (nmode_solve_cpu_per_element.h).
     at::Tensor gfull = at::empty_like(y0);
-    scalar_t* pgf = gfull.data_ptr<scalar_t>();
-    std::atomic<int> worst{0};
-    dispatch_method(method, [&](auto M_) {
-      constexpr int M = decltype(M_)::value;
-      at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
-        const PerElementParams p{t1 - t0, rtol, atol, max_num_steps};
-        int bad = 0;
-        for (int64_t i = b; i < e; ++i) {
-          const scalar_t gi = pg[i % G];
-          scalar_t yb = pgy1[i], gb = scalar_t(0);
-          if (!adjoint) {
-            // per-element control, exact gradient
-            scalar_t y1v = py0[i];
-            bad = std::max(bad, pe_solve<scalar_t>(&y1v, gi, p));
-            if (pgf1) rhs_vjp(y1v, gi, pgf1[i], &yb, &gb);
-            bad = std::max(bad, pe_solve_vjp<scalar_t>(py0[i], gi, p, &yb, &gb));
-          } else {
-            scalar_t y1v = py0[i];
-            if (list_mode) {
-              NmodeSys<scalar_t> sys{gi};
-              sys_solve_list<scalar_t, M>(sys, &y1v, dts, n_list, theta);
-            } else {
-              bad = std::max(bad, pe_solve<scalar_t>(&y1v, gi, p));
-            }
-            if (pgf1) rhs_vjp(y1v, gi, pgf1[i], &yb, &gb);
-            bad = std::max(bad, adjoint_solve<scalar_t, M>(y1v, gi, t1 - t0, adj_dts.data(),
-                                                           int64_t(adj_dts.size()), rtol, atol,
-                                                           max_num_steps, &yb, &gb));
-          }
-          if (pgf0) rhs_vjp(py0[i], gi, pgf0[i], &yb, &gb);
-          pgy0[i] = yb;
-          pgf[i] = gb;
-        }
-        int cur = worst.load();
-        while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
-        }
-      });
-    });
-    check_status(worst.load(), max_num_steps);
+    per_element_backward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, pgy1, pgf0, pgf1,
+                                   pgy0, gfull.data_ptr<scalar_t>());
     gg.copy_(gfull.view({B.R, G}).sum(0));
   });
   return {gy0, gg};
