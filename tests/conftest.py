@@ -12,8 +12,8 @@ import os
 # real GPUs (odekern.gpucheck) runs in a subprocess with TRITON_INTERPRET=0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # The module, not the odekern.backends() function the package re-exports under that name.
 _backends = importlib.import_module("odekern.backends")
@@ -39,3 +39,14 @@ def backend(request):
     if name == "cuda":
         pytest.skip("backend cuda: no CUDA device on this machine")
     return name
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    intra-op threads only add spin/wake-up cost, badly so on a loaded machine (a 2x5x5 conv took
+    14 ms with 2 threads vs 0.2 ms with 1 under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,12 +24,7 @@ COPY_OPS = ("aten.cat", "aten.stack")
 SPLIT_OPS = ("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 class TwoConvAccel(nn.Module):

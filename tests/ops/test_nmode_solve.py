@@ -14,10 +14,10 @@ import importlib
 
 import pytest
 import torch
+from nmode_skips import require_backend
 from torchdiffeq import odeint, odeint_adjoint
 
 import odekern
-from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import NmodeConfig
 from odekern.testing import SavedTensorBytes, assert_close, non_contiguous, randn
 
@@ -38,17 +38,7 @@ CASES = {
 }
 
 
-def _require(backend: str, y0: torch.Tensor, g: torch.Tensor, **kw):
-    """Skip (with the reasons) if this backend refuses these inputs."""
-    if backend == "triton":
-        # The interpreter takes about a minute per case at these sizes; the Triton backend is
-        # held to the same reference, torchdiffeq and gradient checks in
-        # test_nmode_solve_triton.py, at interpreter-friendly sizes.
-        pytest.skip("triton (interpreted) is tested in tests/ops/test_nmode_solve_triton.py")
-    cfg = NmodeConfig(**{k: v for k, v in kw.items() if k in NmodeConfig.__dataclass_fields__})
-    reasons = backends.refusals("nmode_solve", backend, y0.device, y0=y0.reshape(-1), g=g.reshape(-1), cfg=cfg)
-    if reasons:
-        pytest.skip(f"backend {backend} refuses nmode_solve here: {'; '.join(reasons)}")
+_require = require_backend
 
 
 def _inputs(dtype, shape=SHAPE, g_shape=G_SHAPE, seed=0):

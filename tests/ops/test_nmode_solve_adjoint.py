@@ -14,9 +14,9 @@ import importlib
 
 import pytest
 import torch
+from nmode_skips import require_backend
 
 import odekern
-from odekern.ops.nmode_solve.config import NmodeConfig
 from odekern.testing import assert_close, randn
 
 backends = importlib.import_module("odekern.backends")
@@ -27,12 +27,7 @@ CNM = dict(method="dopri5", rtol=1e-7, atol=1e-9)
 def _require(backend, y0, g, **kw):
     if backend == "reference":
         pytest.skip("the reference is the oracle of these tests")
-    if backend == "triton":
-        pytest.skip("triton (interpreted) is tested in tests/ops/test_nmode_solve_triton.py")
-    cfg = NmodeConfig(**{k: v for k, v in kw.items() if k in NmodeConfig.__dataclass_fields__})
-    reasons = backends.refusals("nmode_solve", backend, y0.device, y0=y0.reshape(-1), g=g.reshape(-1), cfg=cfg)
-    if reasons:
-        pytest.skip(f"backend {backend} refuses nmode_solve here: {'; '.join(reasons)}")
+    require_backend(backend, y0, g, **kw)
 
 
 def _inputs(shape, g_shape, dtype, seed=0, y_scale=1.0):

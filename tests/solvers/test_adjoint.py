@@ -22,14 +22,7 @@ from odekern.testing import assert_close, randn
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add spin/wake-up cost, badly so on a loaded machine
-    (a 2x5x5 conv took 14 ms with 2 threads vs 0.2 ms with 1 under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 # --------------------------------------------------------------------------- right-hand sides
