@@ -81,6 +81,19 @@ double parallel_task_sum(int64_t tasks, Fn fn) {
   return s;
 }
 
+// fn(M, w, wl) for the method as a compile-time constant M (std::integral_constant) with its
+// step weights: w for full steps, wl for the last step (dopri5's dense output at theta).
+template <typename T, class Fn>
+void with_step_weights(int method, double theta, Fn&& fn) {
+  dispatch_method(method, [&](auto M_) {
+    constexpr int M = decltype(M_)::value;
+    T w[Tableau<M>::S], wl[Tableau<M>::S];
+    step_weights<T, M>(1.0, w);
+    step_weights<T, M>(theta, wl);
+    fn(M_, w, wl);
+  });
+}
+
 // ------------------------------------------------------------------------------------------
 // Dispatch helpers.
 // ------------------------------------------------------------------------------------------
@@ -311,11 +324,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
     scalar_t* pf0 = need_f ? f0.data_ptr<scalar_t>() : nullptr;
     scalar_t* pf1 = need_f ? f1.data_ptr<scalar_t>() : nullptr;
     if (method != kDopri5) {
-      dispatch_method(method, [&](auto M_) {
+      with_step_weights<scalar_t>(method, 1.0, [&](auto M_, const scalar_t* w, const scalar_t*) {
         constexpr int M = decltype(M_)::value;
-        constexpr int S = Tableau<M>::S;
-        scalar_t w[S];
-        step_weights<scalar_t, M>(1.0, w);
         parallel_tasks(B.tasks(), [&](int64_t t) {
           const int64_t o = B.offset(t);
           list_forward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts.data(),
@@ -378,12 +388,8 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
       const bool by_chunk = B.chunks >= 2 * at::get_num_threads() || B.R == 1;
       at::Tensor gfull = by_chunk ? at::Tensor() : at::empty_like(y0);
       scalar_t* pgg = by_chunk ? gg.data_ptr<scalar_t>() : gfull.data_ptr<scalar_t>();
-      dispatch_method(method, [&](auto M_) {
+      with_step_weights<scalar_t>(method, theta, [&](auto M_, const scalar_t* w, const scalar_t* wl) {
         constexpr int M = decltype(M_)::value;
-        constexpr int S = Tableau<M>::S;
-        scalar_t w[S], wl[S];
-        step_weights<scalar_t, M>(1.0, w);
-        step_weights<scalar_t, M>(theta, wl);
         auto run = [&](int64_t t, bool acc) {
           const int64_t o = B.offset(t);
           list_backward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts, n_list, w, wl,
@@ -414,12 +420,8 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
       constexpr int64_t kAdjointTask = 64 * kBlock;
       const int64_t tasks = (N + kAdjointTask - 1) / kAdjointTask;
       std::vector<int> status(static_cast<size_t>(tasks), kOk);
-      dispatch_method(method, [&](auto M_) {
+      with_step_weights<scalar_t>(method, theta, [&](auto M_, const scalar_t* w, const scalar_t* wl) {
         constexpr int M = decltype(M_)::value;
-        constexpr int S = Tableau<M>::S;
-        scalar_t w[S], wl[S];
-        step_weights<scalar_t, M>(1.0, w);
-        step_weights<scalar_t, M>(theta, wl);
         const AdjointTask<scalar_t> task{py0, pg, G, pgy1, pgf0, pgf1, pgy0, gfull.data_ptr<scalar_t>(),
                                          dts, n_list, w, wl, !list_mode, t1 - t0, rtol, atol,
                                          max_num_steps, adj_dts.data(), int64_t(adj_dts.size())};

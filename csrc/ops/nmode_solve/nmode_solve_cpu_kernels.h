@@ -138,13 +138,23 @@ ODEKERN_ISA_CLONES void list_forward_block(const T* __restrict y0, const T* __re
 // (t + dt >= t1) writes only the interpolated output (and f there) from the same stages (no
 // second evaluation): its candidate is never needed (accepted = done, rejected = discarded).
 // ------------------------------------------------------------------------------------------
+// Element e of a dopri5 attempt: the candidate y (through yn) and its squared error ratio.
+template <typename T>
+NMODE_INLINE double squared_error_ratio(const T* __restrict y, const StageArray<T>* k, int64_t e, T dt,
+                                        T rtol, T atol, T* yn) {
+  using D = Tableau<kDopri5>;
+  *yn = combine_b<T, kDopri5>(y[e], dt, k, e);
+  const T acc = weighted_sum<T, 7>([](int j) { return D::e(j); }, k, e);
+  const T r = error_ratio(dt * acc, y[e], *yn, rtol, atol);
+  return double(r) * double(r);
+}
+
 template <typename T>
 ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* __restrict f,
                                                const T* __restrict g, int64_t len, T dt,
                                                bool finishing, const T* wl, T rtol, T atol,
                                                T* __restrict ynew, T* __restrict fnew,
                                                T* __restrict out, T* __restrict fout) {
-  using D = Tableau<kDopri5>;
   alignas(64) T k[7][kBlock];
   for (int64_t e = 0; e < len; ++e) k[0][e] = f[e];
   StageSweep<T, kDopri5, 1, 7>::run(y, g, len, dt, k);
@@ -152,10 +162,8 @@ ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* _
   if (!finishing) {
 #pragma omp simd reduction(+ : sum)
     for (int64_t e = 0; e < len; ++e) {
-      const T yn = combine_b<T, kDopri5>(y[e], dt, k, e);
-      const T acc = weighted_sum<T, 7>([](int j) { return D::e(j); }, k, e);
-      const T r = error_ratio(dt * acc, y[e], yn, rtol, atol);
-      sum += double(r) * double(r);
+      T yn;
+      sum += squared_error_ratio(y, k, e, dt, rtol, atol, &yn);
       ynew[e] = yn;
       fnew[e] = k[6][e];
     }
@@ -163,10 +171,8 @@ ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* _
   }
 #pragma omp simd reduction(+ : sum)
   for (int64_t e = 0; e < len; ++e) {
-    const T yn = combine_b<T, kDopri5>(y[e], dt, k, e);
-    const T acc = weighted_sum<T, 7>([](int j) { return D::e(j); }, k, e);
-    const T r = error_ratio(dt * acc, y[e], yn, rtol, atol);
-    sum += double(r) * double(r);
+    T yn;
+    sum += squared_error_ratio(y, k, e, dt, rtol, atol, &yn);
     out[e] = combine_w<T, 7>(y[e], dt, wl, k, e);
   }
   if (fout != nullptr) {
