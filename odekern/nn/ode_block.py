@@ -19,7 +19,7 @@ from torch import nn
 
 from odekern.backends import check_backend_name, use_backend
 from odekern.odeint import odeint, odeint_adjoint
-from odekern.solvers.checks import check_method, check_options, check_state, check_time
+from odekern.solvers.checks import check_method, check_options, check_state, check_time, shape_or_type
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
 
 # --------------------------------------------------------------------------- gradient modes
@@ -75,13 +75,9 @@ class _HigherOrderDynamics(nn.Module):
     def forward(self, t: torch.Tensor, z: tuple) -> tuple:
         highest = self.func(t, *z)
         if not isinstance(highest, torch.Tensor) or highest.shape != z[0].shape:
-            got = (
-                tuple(highest.shape)
-                if isinstance(highest, torch.Tensor)
-                else type(highest).__name__
-            )
             raise RuntimeError(
-                f"ODEBlock: func must return x^({self.order}) shaped like x {tuple(z[0].shape)}, got {got}"
+                f"ODEBlock: func must return x^({self.order}) shaped like x {tuple(z[0].shape)}, "
+                f"got {shape_or_type(highest)}"
             )
         return (*z[1:], highest)
 
@@ -251,14 +247,9 @@ class ODEBlock(nn.Module):
         derivatives = self.velocity_init(x)
         expected = (x.shape[0], (self.order - 1) * x.shape[1], *x.shape[2:])
         if not isinstance(derivatives, torch.Tensor) or tuple(derivatives.shape) != expected:
-            got = (
-                tuple(derivatives.shape)
-                if isinstance(derivatives, torch.Tensor)
-                else type(derivatives).__name__
-            )
             raise ValueError(
                 f"ODEBlock: velocity_init(x) must return the {self.order - 1} initial derivative(s) "
-                f"concatenated along dim 1, shape {expected}; got {got}"
+                f"concatenated along dim 1, shape {expected}; got {shape_or_type(derivatives)}"
             )
         if self.order == 2:
             return (x, derivatives)

@@ -30,7 +30,7 @@ from torch import nn
 
 from odekern.backends import requested_backend, use_backend
 from odekern.solvers import state
-from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time
+from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time, shape_or_type
 from odekern.solvers.norms import PER_SAMPLE, component_rms_combiner, resolve_norm, rms_norm
 
 
@@ -139,8 +139,7 @@ def _components_of_output(f: Any, y: Sequence[torch.Tensor]) -> tuple:
     parts = tuple(f) if isinstance(f, (tuple, list)) else (f,)
     if len(parts) != len(y) or any(not isinstance(p, torch.Tensor) or p.shape != c.shape for p, c in zip(parts, y)):
         want = tuple(tuple(c.shape) for c in y) if len(y) > 1 else tuple(y[0].shape)
-        got = (tuple(tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in parts)
-               if isinstance(f, (tuple, list)) else (tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__))
+        got = tuple(shape_or_type(p) for p in parts) if isinstance(f, (tuple, list)) else shape_or_type(f)
         raise RuntimeError(f"odeint_adjoint: func must return a tensor shaped like the state {want}, got {got}")
     return parts
 

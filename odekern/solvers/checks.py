@@ -15,6 +15,11 @@ import torch
 Tensor = torch.Tensor
 
 
+def shape_or_type(value: Any) -> Any:
+    """What an error message reports for a value that should have been a tensor of some shape."""
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
 def _fmt_list(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in sorted(names))
 
@@ -175,8 +180,8 @@ def check_tuple_rhs_output(out: Any, y: tuple, t: Any) -> None:
                         f"got {type(out).__name__} at t={_t(t)}")
     for i, (d, c) in enumerate(zip(out, y)):
         if not isinstance(d, Tensor) or d.shape != c.shape:
-            got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
-            raise ValueError(f"func(t, y)[{i}] must have shape {tuple(c.shape)} like y0[{i}], got {got}")
+            raise ValueError(f"func(t, y)[{i}] must have shape {tuple(c.shape)} like y0[{i}], "
+                             f"got {shape_or_type(d)}")
         if d.dtype != c.dtype:
             raise TypeError(f"func(t, y)[{i}] returned dtype {d.dtype} but y0[{i}] has dtype {c.dtype}; "
                             "dy/dt must have the same dtype as y")
