@@ -9,6 +9,7 @@ import torch
 
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig
 from odekern.ops.nmode_solve.op import nmode_solve_op  # registers the op and its backends
+from odekern.solvers.state import all_finite  # one sum, exact check only if that is non-finite
 
 __all__ = ["nmode_solve", "NmodeConfig"]
 
@@ -37,16 +38,10 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
     return all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
-def _has_non_finite(x: torch.Tensor) -> bool:
-    # One sum decides in the common case (a NaN/inf element makes it non-finite); the exact
-    # elementwise test only runs when the sum is non-finite (NaN/inf or overflow).
-    return bool(x.numel()) and not math.isfinite(x.sum().item()) and not bool(torch.isfinite(x).all())
-
-
 def _check_finite_inputs(y0: torch.Tensor, g: torch.Tensor) -> None:
-    if _has_non_finite(y0):
+    if not all_finite(y0):
         raise ValueError("y0 contains non-finite values (inf or nan)")
-    if _has_non_finite(g):
+    if not all_finite(g):
         raise ValueError("g contains non-finite values (inf or nan)")
 
 
@@ -145,7 +140,7 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
         if checking:
             _check_finite_inputs(y0, g)
         raise
-    if checking and _has_non_finite(y1.detach()):
+    if checking and not all_finite(y1):
         _check_finite_inputs(y0, g)
     y1 = y1.view(y0.shape)
     if return_f:
