@@ -242,7 +242,7 @@ def test_zz_summary(benchmark, run_bench):
 # ------------------------------------------------------------------------------------------
 # Interleaved timing outside pytest-benchmark (robust on a shared machine):
 #   PYTHONPATH=$PWD python bench/ops/bench_nmode_solve.py [--rounds 10] [--threads 1,2]
-# Each round times every provider once, in turn, in this one process; the table shows the
+# Each round times every provider once, in a shuffled order, in this one process; the table shows the
 # minimum over rounds per provider and thread count, and the ratios of those minima.
 # ------------------------------------------------------------------------------------------
 def _interleaved_providers():
@@ -290,6 +290,7 @@ def _interleaved_providers():
 
 def _interleaved_main(argv=None):
     import argparse
+    import random
 
     ap = argparse.ArgumentParser(description="CNM-setting timings, providers interleaved, min over rounds")
     ap.add_argument("--rounds", type=int, default=10)
@@ -307,9 +308,14 @@ def _interleaved_main(argv=None):
         for fn in providers.values():  # warm-up
             fn()
         best = {k: float("inf") for k in providers}
+        # A fresh order each round: a call right after torchdiffeq's (cold caches, allocator
+        # churn) is slower, and a fixed order would hand that to the same provider every round.
+        order = random.Random(threads)
+        names = list(providers)
         for _ in range(args.rounds):
-            for k, fn in providers.items():
-                best[k] = min(best[k], timed(fn))
+            order.shuffle(names)
+            for k in names:
+                best[k] = min(best[k], timed(providers[k]))
         print(f"\n{threads} thread(s)")
         for k, v in best.items():
             print(f"  {k:32s} {v * 1e3:9.2f} ms")

@@ -1,5 +1,5 @@
-// CPU backend of odekern_C::nmode_solve_{fwd,bwd}: checks, allocation, at::parallel_for, and
-// the vectorised block loops. The math is csrc/ops/nmode_solve/nmode_solve.h.
+// CPU backend of odekern_C::nmode_solve_{fwd,bwd}: checks, allocation and dispatch, and the
+// fixed-grid and global-control paths. The math is csrc/ops/nmode_solve/nmode_solve.h.
 //
 // Vectorisation: elements are processed in blocks of kBlock held in local arrays; steps are
 // the outer loop and elements the inner `#pragma omp simd` loop, so the polynomial sincos of
@@ -7,15 +7,15 @@
 // baseline picked at load time).
 //
 // Paths: fixed-grid and global-control (shared dt sequence) forward and exact backward are
-// block-vectorised; so are the continuous adjoint (nmode_solve_cpu_adjoint.h: lanes with
-// their own adaptive steps, refilled as elements finish) and per-element control, forward and
-// exact backward (nmode_solve_cpu_per_element.h: lanes with their own controller, masked).
+// block-vectorised here (nmode_solve_cpu_kernels.h); the continuous adjoint
+// (nmode_solve_cpu_adjoint.cpp: lanes with their own adaptive steps, refilled as elements
+// finish) and per-element control (nmode_solve_cpu_per_element.cpp: lanes with their own
+// controller, masked) are their own translation units (nmode_solve_cpu_paths.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -23,76 +23,16 @@
 #include <vector>
 
 #include "ops/nmode_solve/nmode_solve.h"
-#include "ops/nmode_solve/nmode_solve_cpu_adjoint.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
-#include "ops/nmode_solve/nmode_solve_cpu_per_element.h"
+#include "ops/nmode_solve/nmode_solve_cpu_parallel.h"
+#include "ops/nmode_solve/nmode_solve_cpu_paths.h"
 #include "ops/nmode_solve/nmode_solve_host.h"
 
 namespace odekern {
 namespace nmode {
 namespace {
 
-using namespace cpu;  // NOLINT: the block loops
-
-// A block never straddles two repeats of g: task -> (repeat r, chunk c) -> elements
-// [r*G + c*kBlock, ... + len).
-struct Blocking {
-  int64_t N, G, R, chunks;
-  explicit Blocking(int64_t n, int64_t g) : N(n), G(g), R(g > 0 ? n / g : 0), chunks((g + kBlock - 1) / kBlock) {}
-  int64_t tasks() const { return R * chunks; }
-  int64_t offset(int64_t task) const { return (task / chunks) * G + (task % chunks) * kBlock; }
-  int64_t goffset(int64_t task) const { return (task % chunks) * kBlock; }
-  int64_t len(int64_t task) const { return std::min(kBlock, G - (task % chunks) * kBlock); }
-};
-
-// Runs fn(t) for every task t in [0, tasks) on all threads, each thread taking the next
-// batch of tasks from a shared counter. at::parallel_for alone splits the range into one
-// static chunk per thread; on a shared machine one descheduled thread then holds up the whole
-// op, while here the others take over its remaining blocks. A batch is several blocks (a few
-// microseconds of work) so the shared counter's cache line is not bounced between cores on
-// every 64-element block, and per-task outputs written by one thread are mostly contiguous.
-// Tasks are independent (disjoint outputs).
-template <class Fn>
-void parallel_tasks(int64_t tasks, Fn fn) {
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
-  if (threads <= 1 || at::in_parallel_region()) {
-    for (int64_t t = 0; t < tasks; ++t) fn(t);
-    return;
-  }
-  // At least ~16 batches per thread keep the tail short when a thread is descheduled.
-  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(16, tasks / (16 * threads)));
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t b = next.fetch_add(batch, std::memory_order_relaxed); b < tasks;
-         b = next.fetch_add(batch, std::memory_order_relaxed)) {
-      const int64_t e = std::min(b + batch, tasks);
-      for (int64_t t = b; t < e; ++t) fn(t);
-    }
-  });
-}
-
-// Deterministic parallel sum over tasks: per-task partials, summed in task order.
-template <class Fn>
-double parallel_task_sum(int64_t tasks, Fn fn) {
-  std::vector<double> part(static_cast<size_t>(tasks), 0.0);
-  parallel_tasks(tasks, [&](int64_t t) { part[t] = fn(t); });
-  double s = 0.0;
-  for (double v : part) s += v;
-  return s;
-}
-
-// fn(M, w, wl) for the method as a compile-time constant M (std::integral_constant) with its
-// step weights: w for full steps, wl for the last step (dopri5's dense output at theta).
-template <typename T, class Fn>
-void with_step_weights(int method, double theta, Fn&& fn) {
-  dispatch_method(method, [&](auto M_) {
-    constexpr int M = decltype(M_)::value;
-    T w[Tableau<M>::S], wl[Tableau<M>::S];
-    step_weights<T, M>(1.0, w);
-    step_weights<T, M>(theta, wl);
-    fn(M_, w, wl);
-  });
-}
+using namespace cpu;  // NOLINT: the block loops and the other CPU paths
 
 // ------------------------------------------------------------------------------------------
 // Dispatch helpers.
@@ -223,7 +163,8 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
                                      f1 != nullptr ? f1 + o : nullptr);
     });
     const double ratio = std::sqrt(ssum / double(N));
-    TORCH_CHECK(!std::isnan(ratio), "nmode_solve: non-finite values in the state at t = ", t);
+    TORCH_CHECK(!std::isnan(ratio), "nmode_solve: non-finite values in the state at t = ", t,
+                finishing ? " (in the attempt that reaches t1)" : "");
     if (ratio <= 1.0) {
       dts.push_back(dt);
       if (finishing) {
@@ -238,58 +179,6 @@ void global_forward(const T* y0, const T* g, const Blocking& B, double t0, doubl
     }
     h = optimal_step(dt, ratio);
   }
-}
-
-// Per-element control: blocks of cpu_pe::kLanes elements, each lane its own controller
-// (nmode_solve_cpu_per_element.h).
-template <typename T>
-void per_element_forward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
-                         double rtol, double atol, int64_t max_steps, T* y1, T* f0, T* f1) {
-  const int64_t blocks = (N + cpu_pe::kLanes - 1) / cpu_pe::kLanes;
-  std::atomic<int> worst{0};
-  parallel_tasks(blocks, [&](int64_t b) {
-    const int64_t o = b * cpu_pe::kLanes, len = std::min(cpu_pe::kLanes, N - o);
-    const int bad = cpu_pe::forward_block<T>(y0 + o, g, o, G, len, t1 - t0, rtol, atol, double(max_steps),
-                                             y1 + o, f0 ? f0 + o : nullptr, f1 ? f1 + o : nullptr);
-    int cur = worst.load();
-    while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
-    }
-  });
-  check_status(worst.load(), max_steps);
-}
-
-// Exact backward of per-element control, block-vectorised; a block whose lanes need more
-// attempts than its fixed record holds runs the header's scalar pe_solve_vjp per element.
-template <typename T>
-void per_element_backward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
-                          double rtol, double atol, int64_t max_steps, const T* gy1, const T* gf0,
-                          const T* gf1, T* gy0, T* gfull) {
-  const int64_t blocks = (N + cpu_pe::kLanes - 1) / cpu_pe::kLanes;
-  std::atomic<int> worst{0};
-  parallel_tasks(blocks, [&](int64_t b) {
-    const int64_t o = b * cpu_pe::kLanes, len = std::min(cpu_pe::kLanes, N - o);
-    int bad = cpu_pe::backward_block<T>(y0 + o, g, o, G, len, t1 - t0, rtol, atol, double(max_steps),
-                                        gy1 + o, gf0 ? gf0 + o : nullptr, gf1 ? gf1 + o : nullptr,
-                                        gy0 + o, gfull + o);
-    if (bad < 0) {
-      bad = kOk;
-      const PerElementParams p{t1 - t0, rtol, atol, max_steps};
-      for (int64_t i = o; i < o + len; ++i) {
-        const T gi = g[i % G];
-        T yb = gy1[i], gb = T(0), y1v = y0[i];
-        bad = std::max(bad, pe_solve<T>(&y1v, gi, p));
-        if (gf1) rhs_vjp(y1v, gi, gf1[i], &yb, &gb);
-        bad = std::max(bad, pe_solve_vjp<T>(y0[i], gi, p, &yb, &gb));
-        if (gf0) rhs_vjp(y0[i], gi, gf0[i], &yb, &gb);
-        gy0[i] = yb;
-        gfull[i] = gb;
-      }
-    }
-    int cur = worst.load();
-    while (bad > cur && !worst.compare_exchange_weak(cur, bad)) {
-    }
-  });
-  check_status(worst.load(), max_steps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
@@ -323,22 +212,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
     scalar_t* py1 = y1.data_ptr<scalar_t>();
     scalar_t* pf0 = need_f ? f0.data_ptr<scalar_t>() : nullptr;
     scalar_t* pf1 = need_f ? f1.data_ptr<scalar_t>() : nullptr;
+    // Every path refuses a non-finite y1 (non-finite inputs, or an explicit method unstable at
+    // its step size overflowing), so callers need no pass of their own over the output.
+    double probe = 0.0;
     if (method != kDopri5) {
       with_step_weights<scalar_t>(method, 1.0, [&](auto M_, const scalar_t* w, const scalar_t*) {
         constexpr int M = decltype(M_)::value;
-        parallel_tasks(B.tasks(), [&](int64_t t) {
+        probe = parallel_task_sum(B.tasks(), [&](int64_t t) {
           const int64_t o = B.offset(t);
-          list_forward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts.data(),
-                                          int64_t(dts.size()), w, w, py1 + o,
-                                          pf0 ? pf0 + o : nullptr, pf1 ? pf1 + o : nullptr);
+          return double(list_forward_block<scalar_t, M>(py0 + o, pg + B.goffset(t), B.len(t), dts.data(),
+                                                        int64_t(dts.size()), w, w, py1 + o,
+                                                        pf0 ? pf0 + o : nullptr, pf1 ? pf1 + o : nullptr));
         });
       });
     } else if (global) {
+      // The finishing attempt's error sum carries y1's probe: it raises inside on a NaN sum.
       global_forward<scalar_t>(py0, pg, B, t0, t1, rtol, atol, max_num_steps, py1, pf0, pf1, dts,
                                n_rej, theta);
     } else {
       per_element_forward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, py1, pf0, pf1);
+      probe = parallel_task_sum(B.tasks(), [&](int64_t t) {
+        return double(nonfinite_probe_block<scalar_t>(py1 + B.offset(t), B.len(t)));
+      });
     }
+    TORCH_CHECK(probe == 0.0, "nmode_solve: y(t1) has non-finite values (inf or nan): non-finite "
+                "inputs, or the solve overflowed (an explicit method unstable at this step_size)");
   });
   const int64_t n_acc = (method == kDopri5 && !global) ? 0 : int64_t(dts.size());
   if (method == kDopri5 && !global) dts.clear();
@@ -407,37 +305,14 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
       if (!by_chunk) gg.copy_(gfull.view({B.R, G}).sum(0));
       return;
     }
-    if (adjoint) {
-      // Vectorised continuous adjoint (nmode_solve_cpu_adjoint.h): tasks of kAdjointTask
-      // consecutive elements, each refilling its lanes as elements finish; grad_g per element,
-      // summed over the repeats of g afterwards.
-      std::vector<double> adj_dts;
-      if (method != kDopri5) {
-        adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
-        fixed_grid(0.0, t1 - t0, step_size, adj_dts.data());
-      }
-      at::Tensor gfull = at::empty_like(y0);
-      constexpr int64_t kAdjointTask = 64 * kBlock;
-      const int64_t tasks = (N + kAdjointTask - 1) / kAdjointTask;
-      std::vector<int> status(static_cast<size_t>(tasks), kOk);
-      with_step_weights<scalar_t>(method, theta, [&](auto M_, const scalar_t* w, const scalar_t* wl) {
-        constexpr int M = decltype(M_)::value;
-        const AdjointTask<scalar_t> task{py0, pg, G, pgy1, pgf0, pgf1, pgy0, gfull.data_ptr<scalar_t>(),
-                                         dts, n_list, w, wl, !list_mode, t1 - t0, rtol, atol,
-                                         max_num_steps, adj_dts.data(), int64_t(adj_dts.size())};
-        parallel_tasks(tasks, [&](int64_t t) {
-          status[t] = adjoint_backward_task<scalar_t, M>(task, t * kAdjointTask,
-                                                         std::min(N, (t + 1) * kAdjointTask));
-        });
-      });
-      check_status(*std::max_element(status.begin(), status.end()), max_num_steps);
-      gg.copy_(gfull.view({B.R, G}).sum(0));
-      return;
-    }
-    // Per-element control, exact gradient (nmode_solve_cpu_per_element.h).
     at::Tensor gfull = at::empty_like(y0);
-    per_element_backward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, pgy1, pgf0, pgf1,
-                                   pgy0, gfull.data_ptr<scalar_t>());
+    if (adjoint) {
+      adjoint_backward<scalar_t>(py0, pg, N, G, pgy1, pgf0, pgf1, method, dts, n_list, theta, !list_mode, t0,
+                                 t1, step_size, rtol, atol, max_num_steps, pgy0, gfull.data_ptr<scalar_t>());
+    } else {
+      per_element_backward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, pgy1, pgf0, pgf1,
+                                     pgy0, gfull.data_ptr<scalar_t>());
+    }
     gg.copy_(gfull.view({B.R, G}).sum(0));
   });
   return {gy0, gg};

@@ -105,11 +105,27 @@ NMODE_INLINE void advance_block(T* __restrict y, const T* __restrict g, int64_t 
   }
 }
 
+// Finiteness probe, summed over a block: y - y is 0 for finite y and NaN for inf/NaN, so the
+// sum is 0 exactly when every element is finite. Forward block loops add it while the output
+// is still in registers, so the op can refuse a non-finite y(t1) without a second pass over it.
+template <typename T>
+NMODE_INLINE T nonfinite_probe(T y) {
+  return y - y;
+}
+
+template <typename T>
+ODEKERN_ISA_CLONES T nonfinite_probe_block(const T* __restrict y, int64_t len) {
+  T probe = T(0);
+#pragma omp simd reduction(+ : probe)
+  for (int64_t e = 0; e < len; ++e) probe += nonfinite_probe(y[e]);
+  return probe;
+}
+
 // ------------------------------------------------------------------------------------------
-// Forward over a list of dts (fixed grids), one block.
+// Forward over a list of dts (fixed grids), one block; returns the finiteness probe of y1.
 // ------------------------------------------------------------------------------------------
 template <typename T, int M>
-ODEKERN_ISA_CLONES void list_forward_block(const T* __restrict y0, const T* __restrict g, int64_t len,
+ODEKERN_ISA_CLONES T list_forward_block(const T* __restrict y0, const T* __restrict g, int64_t len,
                                            const double* dts, int64_t n, const T* w, const T* wl,
                                            T* __restrict y1, T* __restrict f0, T* __restrict f1) {
   alignas(64) T y[kBlock], gg[kBlock];
@@ -125,18 +141,25 @@ ODEKERN_ISA_CLONES void list_forward_block(const T* __restrict y0, const T* __re
     const T dt = T(dts[i]);
     advance_block<T, M>(y, gg, len, dt, (i == n - 1) ? wl : w, i == n - 1);
   }
-  for (int64_t e = 0; e < len; ++e) y1[e] = y[e];
+  T probe = T(0);
+#pragma omp simd reduction(+ : probe)
+  for (int64_t e = 0; e < len; ++e) {
+    y1[e] = y[e];
+    probe += nonfinite_probe(y[e]);
+  }
   if (f1 != nullptr) {
 #pragma omp simd
     for (int64_t e = 0; e < len; ++e) f1[e] = rhs(y[e], gg[e]);
   }
+  return probe;
 }
 
 // ------------------------------------------------------------------------------------------
 // Global control: one dopri5 attempt over a block; returns the sum of squared error ratios.
 // A non-finishing attempt writes the candidate state and FSAL stage; the finishing attempt
 // (t + dt >= t1) writes only the interpolated output (and f there) from the same stages (no
-// second evaluation): its candidate is never needed (accepted = done, rejected = discarded).
+// second evaluation): its candidate is never needed (accepted = done, rejected = discarded);
+// its sum also carries the output's finiteness probe (NaN if any output is inf or NaN).
 // ------------------------------------------------------------------------------------------
 // Element e of a dopri5 attempt: the candidate y (through yn) and its squared error ratio.
 template <typename T>
@@ -174,6 +197,7 @@ ODEKERN_ISA_CLONES double global_attempt_block(const T* __restrict y, const T* _
     T yn;
     sum += squared_error_ratio(y, k, e, dt, rtol, atol, &yn);
     out[e] = combine_w<T, 7>(y[e], dt, wl, k, e);
+    sum += double(nonfinite_probe(out[e]));
   }
   if (fout != nullptr) {
 #pragma omp simd

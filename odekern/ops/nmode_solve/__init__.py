@@ -8,7 +8,8 @@ import numbers
 import torch
 
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig
-from odekern.ops.nmode_solve.op import nmode_solve_op  # registers the op and its backends
+from odekern.ops.nmode_solve.op import (  # registers the op and its backends
+    nmode_solve_op, select_backend, solve_without_graph)
 from odekern.solvers.state import all_finite  # one sum, exact check only if that is non-finite
 
 __all__ = ["nmode_solve", "NmodeConfig"]
@@ -28,6 +29,11 @@ def _as_time(name: str, t) -> float:
     if not math.isfinite(t):
         raise ValueError(f"{name} must be finite, got {t}")
     return t
+
+
+# Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
+_NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, or the solve "
+                "overflowed (an explicit method unstable at this step_size)")
 
 
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
@@ -99,6 +105,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
             ``"cuda"``, ``"triton"``.
         max_num_steps: cap on step attempts; exceeding it raises RuntimeError.
 
+    Raises:
+        ValueError for bad arguments and non-finite y0 or g; RuntimeError when the solve fails
+        (step budget exhausted, step size underflow, or a non-finite y(t1), e.g. an explicit
+        method overflowing at an unstable step size).
+
     Returns:
         ``y1`` shaped like ``y0``, or ``(y1, f0, f1)`` with ``return_f=True``.
     """
@@ -131,17 +142,25 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     if not g_flat.is_contiguous():
         g_flat = g_flat.contiguous()
     # Non-finite inputs always give a non-finite y1 (NaN/inf propagate through every stage) or
-    # make the adaptive kernels raise, so the inputs are only inspected in those cases: a
-    # finite solve pays one sum of y1 instead of sums of y0 and g.
-    checking = not torch.compiler.is_compiling()
-    try:
+    # make the kernels raise, so the inputs are only inspected in those cases. The C++ CPU
+    # kernels refuse a non-finite y1 themselves; other backends' y1 costs one sum here.
+    if torch.compiler.is_compiling():
         y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend)
-    except RuntimeError:
-        if checking:
+    else:
+        needs_graph = torch.is_grad_enabled() and (y0.requires_grad or g.requires_grad)
+        try:
+            impl = select_backend(y_flat, g_flat, cfg, backend)
+            if needs_graph:
+                y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend)
+            else:
+                y1, f0, f1, _stats = solve_without_graph(impl, y_flat, g_flat, t0, t1, cfg, return_f)
+        except RuntimeError:
             _check_finite_inputs(y0, g)
-        raise
-    if checking and not all_finite(y1):
-        _check_finite_inputs(y0, g)
+            raise
+        checked = getattr(impl, "checks_output_finite", None)
+        if not (checked is not None and checked(y_flat)) and not all_finite(y1):
+            _check_finite_inputs(y0, g)
+            raise RuntimeError(_NONFINITE_Y1)
     y1 = y1.view(y0.shape)
     if return_f:
         return y1, f0.view(y0.shape), f1.view(y0.shape)

@@ -6,10 +6,12 @@ The ODE, per element::
     df/dy = -1 + sin(2 (y + g))          df/dg = sin(2 (y + g))
 
 Backend contract (``reference``, ``cpu``, ``cuda``, ``triton`` all implement exactly this;
-``odekern/ops/nmode_solve/op.py`` is the only caller)::
+``odekern/ops/nmode_solve/op.py`` and ``__init__.py`` are the only callers)::
 
     forward(y0, g, t0, t1, cfg, need_f) -> (y1, f0, f1, stats)
     backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg) -> (grad_y0, grad_g)
+    checks_output_finite(y0) -> bool      (optional) True if forward raises RuntimeError
+                                          rather than return a non-finite y1 for these inputs
 
 Tensors handed to a backend (the op layer prepares them; backends may assume all of it):
 

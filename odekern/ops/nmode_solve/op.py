@@ -62,7 +62,8 @@ _register_backend(OP, "cuda", cpp, cpp.supports)
 _register_backend(OP, "triton", _TritonBackend, _triton_supports)
 
 
-def _select(y0, g, cfg, backend):
+def select_backend(y0, g, cfg, backend):
+    """The backend module (config.py's contract) that runs these inputs."""
     return _select_backend(OP, y0.device, backend, y0=y0, g=g, cfg=cfg).fn
 
 
@@ -75,7 +76,14 @@ def nmode_solve_op(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, meth
                    max_num_steps: int, need_f: bool, backend: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
-    impl = _select(y0, g, cfg, backend)
+    return solve_without_graph(select_backend(y0, g, cfg, backend), y0, g, t0, t1, cfg, need_f)
+
+
+def solve_without_graph(impl, y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeConfig,
+                        need_f: bool):
+    """The forward op's body on backend ``impl``. Also called directly (not through the op) when
+    nothing needs a gradient and nothing is being compiled: the custom op's Python dispatch
+    costs ~0.15 ms per call, ~5% of a CNM-sized solve."""
     y1, f0, f1, stats = impl.forward(y0, g, t0, t1, cfg, need_f)
     return y1, f0, f1, stats.to("cpu", torch.float64)
 
@@ -99,7 +107,7 @@ def nmode_solve_backward_op(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None,
                             gradient: str, max_num_steps: int, backend: str
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
-    impl = _select(y0, g, cfg, backend)
+    impl = select_backend(y0, g, cfg, backend)
     gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, stats, t0, t1, cfg)
     return gy0, gg
 

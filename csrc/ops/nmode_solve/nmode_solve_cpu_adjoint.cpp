@@ -1,0 +1,51 @@
+// Continuous adjoint backward of nmode_solve on CPU: tasks of consecutive elements, each
+// refilling its lanes as elements finish (the block loops are nmode_solve_cpu_adjoint.h).
+#include <algorithm>
+#include <vector>
+
+#include "ops/nmode_solve/nmode_solve_cpu_adjoint.h"
+#include "ops/nmode_solve/nmode_solve_cpu_parallel.h"
+#include "ops/nmode_solve/nmode_solve_cpu_paths.h"
+#include "ops/nmode_solve/nmode_solve_host.h"
+
+namespace odekern {
+namespace nmode {
+namespace cpu {
+
+template <typename T>
+void adjoint_backward(const T* y0, const T* g, int64_t N, int64_t G, const T* gy1, const T* gf0,
+                      const T* gf1, int method, const double* dts, int64_t n_list, double theta,
+                      bool per_element_y1, double t0, double t1, double step_size, double rtol,
+                      double atol, int64_t max_steps, T* gy0, T* gfull) {
+  std::vector<double> adj_dts;
+  if (method != kDopri5) {
+    adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
+    fixed_grid(0.0, t1 - t0, step_size, adj_dts.data());
+  }
+  // Tasks of many blocks: a task's lanes are refilled from its own elements, so long tasks keep
+  // the lanes busy; 64 blocks still leave enough tasks to balance two threads.
+  constexpr int64_t kAdjointTask = 64 * kBlock;
+  const int64_t tasks = (N + kAdjointTask - 1) / kAdjointTask;
+  int worst = kOk;
+  with_step_weights<T>(method, theta, [&](auto M_, const T* w, const T* wl) {
+    constexpr int M = decltype(M_)::value;
+    const AdjointTask<T> task{y0, g, G, gy1, gf0, gf1, gy0, gfull, dts, n_list, w, wl, per_element_y1,
+                              t1 - t0, rtol, atol, max_steps, adj_dts.data(), int64_t(adj_dts.size())};
+    worst = parallel_worst_status(tasks, [&](int64_t t) {
+      return adjoint_backward_task<T, M>(task, t * kAdjointTask, std::min(N, (t + 1) * kAdjointTask));
+    });
+  });
+  check_status(worst, max_steps);
+}
+
+template void adjoint_backward<float>(const float*, const float*, int64_t, int64_t, const float*, const float*,
+                                      const float*, int, const double*, int64_t, double, bool, double,
+                                      double, double, double, double, int64_t, float*, float*);
+template void adjoint_backward<double>(const double*, const double*, int64_t, int64_t, const double*,
+                                       const double*, const double*, int, const double*, int64_t, double,
+                                       bool, double, double, double, double, double, int64_t, double*,
+                                       double*);
+
+}  // namespace cpu
+}  // namespace nmode
+}  // namespace odekern
