@@ -132,7 +132,9 @@ NMODE_PE_INLINE double initial_step_h0_lane(double d0, double d1) {
 }
 
 // fmax(0, v) for v >= 0 or NaN, as the scalar solver's running max starting at 0 computes it.
-NMODE_PE_INLINE double max0(double v) { return v == v ? v : 0.0; }
+// `zero` is 0.0 computed at run time (Params::zero): with a literal 0 GCC rewrites each later
+// comparison of the result as a select between booleans, which it cannot vectorise.
+NMODE_PE_INLINE double max0(double v, double zero) { return v == v ? v : zero; }
 
 // ------------------------------------------------------------------------------------------
 // Lane state of a block (structure of arrays; copying it is a controller snapshot).
@@ -151,6 +153,7 @@ struct Lanes {
 
 struct Params {
   double t_end, rtol, atol, max_steps;
+  double zero;  // 0.0, computed at run time so the compiler cannot fold it (see max0)
 };
 
 // Loads up to kLanes elements (y0[i], g[(first + i) % G]) and picks each lane's initial step
@@ -174,11 +177,11 @@ NMODE_PE_INLINE void init_lanes(Lanes<T>& L, const T* y0, const T* g, int64_t fi
     const double ax = double(x) < 0 ? -double(x) : double(x);
     const double scale = p.atol + ax * p.rtol;
     const double af = double(f) < 0 ? -double(f) : double(f);
-    const double d0 = max0(ax / scale), d1 = max0(af / scale);
+    const double d0 = max0(ax / scale, p.zero), d1 = max0(af / scale, p.zero);
     const double h0 = initial_step_h0_lane(d0, d1);
     const T f1 = rhs(x + T(h0) * f, L.g[e]);
     const double df = double(f1 - f);
-    const double d2 = max0((df < 0 ? -df : df) / scale / h0);
+    const double d2 = max0((df < 0 ? -df : df) / scale / h0, p.zero);
     const double h = initial_step_final_lane(h0, d1, d2);
     L.f[e] = f;
     L.h[e] = h;
@@ -291,7 +294,7 @@ NMODE_PE_INLINE int64_t attempt(const Lanes<T>& L, Lanes<T>& N, const Params& p,
     const T y1 = y + dtT * lane_sum<T, RowB, 7>(k, e);
     const T err = dtT * lane_sum<T, RowE, 7>(k, e);
     const T r = error_ratio(err, y, y1, rtol, atol);
-    const double ratio = max0(double(r) < 0 ? -double(r) : double(r));
+    const double ratio = max0(double(r) < 0 ? -double(r) : double(r), p.zero);
     const bool accept = ratio <= 1.0;
     const bool finish = accept & (t_next >= p.t_end);
     // Dense output at theta (dopri5_dense_weights, lane-wise).
@@ -344,7 +347,7 @@ ODEKERN_ISA_CLONES int forward_block(const T* __restrict y0, const T* __restrict
                                      int64_t G, int64_t len, double t_end, double rtol, double atol,
                                      double max_steps, T* __restrict y1, T* __restrict f0,
                                      T* __restrict f1) {
-  const Params p{t_end, rtol, atol, max_steps};
+  const Params p{t_end, rtol, atol, max_steps, t_end * 0.0};  // t_end is finite: zero is 0.0
   // Two named states, stepped A -> B -> A: with distinct local objects (not buf[cur]) GCC can
   // prove every lane access in bounds, which the vectoriser's if-conversion needs.
   Lanes<T> A, B;
@@ -385,35 +388,39 @@ NMODE_PE_INLINE void stage_sin2(const T* __restrict y, const T* __restrict dt, c
   }
 }
 
+// The stage cotangents kbar live in a block-level kbar[7][kLanes] indexed [j][e], like the
+// stages: a per-lane local array inside the lane loop makes GCC's simd privatisation emit
+// scatter stores, and the loop stays scalar.
 // kbar_j = dt * w_j * ybar1 with w the dense weights (last) or b; j = J .. 6.
 template <typename T, int J>
-NMODE_PE_INLINE void kbar_init(T* kbar, bool last, T dt, T ybar1, double w_y1, double w_mid, double w_f0,
-                               double w_f1) {
+NMODE_PE_INLINE void kbar_init(LaneArray<T>* kbar, int64_t e, bool last, T dt, T ybar1, double w_y1,
+                               double w_mid, double w_f0, double w_f1) {
   if constexpr (J < 7) {
     const T wd = dense_weight<T, J>(w_y1, w_mid, w_f0, w_f1);
     const T w = last ? wd : T(Tableau<kDopri5>::b(J));
-    kbar[J] = dt * w * ybar1;
-    kbar_init<T, J + 1>(kbar, last, dt, ybar1, w_y1, w_mid, w_f0, w_f1);
+    kbar[J][e] = dt * w * ybar1;
+    kbar_init<T, J + 1>(kbar, e, last, dt, ybar1, w_y1, w_mid, w_f0, w_f1);
   }
 }
 
 // kbar_j += dt * a(I, j) * sbar for j = J .. I-1 with a(I, j) != 0.
 template <typename T, int I, int J>
-NMODE_PE_INLINE void kbar_scatter(T* kbar, T dt, T sbar) {
+NMODE_PE_INLINE void kbar_scatter(LaneArray<T>* kbar, int64_t e, T dt, T sbar) {
   if constexpr (J < I) {
-    if constexpr (Tableau<kDopri5>::a(I, J) != 0.0) kbar[J] += dt * T(Tableau<kDopri5>::a(I, J)) * sbar;
-    kbar_scatter<T, I, J + 1>(kbar, dt, sbar);
+    if constexpr (Tableau<kDopri5>::a(I, J) != 0.0) kbar[J][e] += dt * T(Tableau<kDopri5>::a(I, J)) * sbar;
+    kbar_scatter<T, I, J + 1>(kbar, e, dt, sbar);
   }
 }
 
 // Reverse sweep over stages I, I-1, ..., 0 (rk_step_vjp's loop body).
 template <typename T, int I>
-NMODE_PE_INLINE void reverse_stages(T* kbar, const LaneArray<T>* s2, int64_t e, T dt, T& ybar, T& gacc) {
+NMODE_PE_INLINE void reverse_stages(LaneArray<T>* kbar, const LaneArray<T>* s2, int64_t e, T dt, T& ybar,
+                                    T& gacc) {
   if constexpr (I >= 0) {
-    const T sbar = kbar[I] * (s2[I][e] - T(1));
-    gacc += kbar[I] * s2[I][e];
+    const T sbar = kbar[I][e] * (s2[I][e] - T(1));
+    gacc += kbar[I][e] * s2[I][e];
     ybar += sbar;
-    kbar_scatter<T, I, 0>(kbar, dt, sbar);
+    kbar_scatter<T, I, 0>(kbar, e, dt, sbar);
     reverse_stages<T, I - 1>(kbar, s2, e, dt, ybar, gacc);
   }
 }
@@ -424,7 +431,7 @@ NMODE_PE_INLINE void reverse_attempt(const AttemptRecord<T>& rec, int slot, cons
                                      const T* __restrict gb, T* __restrict yb_out, T* __restrict gb_out) {
   const T* y = rec.y[slot];
   const T* dt = rec.dt[slot];
-  alignas(64) T k[7][kLanes], s2[7][kLanes];
+  alignas(64) T k[7][kLanes], s2[7][kLanes], kbar[7][kLanes];
   stage_sin2<T, 0>(y, dt, g, k, s2);
   stage_sin2<T, 1>(y, dt, g, k, s2);
   stage_sin2<T, 2>(y, dt, g, k, s2);
@@ -442,8 +449,7 @@ NMODE_PE_INLINE void reverse_attempt(const AttemptRecord<T>& rec, int slot, cons
     const double w_f0 = x - 4 * x2 + 5 * x3 - 2 * x4;
     const double w_f1 = x2 - 3 * x3 + 2 * x4;
     const T ybar1 = yb[e], dte = dt[e];
-    T kbar[7];
-    kbar_init<T, 0>(kbar, last, dte, ybar1, w_y1, w_mid, w_f0, w_f1);
+    kbar_init<T, 0>(kbar, e, last, dte, ybar1, w_y1, w_mid, w_f0, w_f1);
     T ybar = ybar1, gacc = T(0);
     reverse_stages<T, 6>(kbar, s2, e, dte, ybar, gacc);
     const bool on = kind != T(0);
@@ -464,7 +470,7 @@ ODEKERN_ISA_CLONES int backward_block(const T* __restrict y0, const T* __restric
                                       int64_t G, int64_t len, double t_end, double rtol, double atol,
                                       double max_steps, const T* __restrict gy1, const T* __restrict gf0,
                                       const T* __restrict gf1, T* __restrict gy0, T* __restrict gg) {
-  const Params p{t_end, rtol, atol, max_steps};
+  const Params p{t_end, rtol, atol, max_steps, t_end * 0.0};  // t_end is finite: zero is 0.0
   Lanes<T> A, B;  // stepped A -> B -> A as in forward_block
   init_lanes(A, y0, g, first, G, len, p);
   Lanes<T> snap[kSegments];
