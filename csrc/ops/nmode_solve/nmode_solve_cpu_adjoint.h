@@ -226,7 +226,7 @@ NMODE_UNROLL
     }
     s.root_arg[e] = d2;
   }
-#pragma omp simd
+#pragma omp simd  // left scalar by GCC 12 ("control flow in loop"); a few selects per element
   for (int64_t e = 0; e < len; ++e) {
     const double h0 = s.h0[e], d1 = s.h_small[e], d2 = s.root_arg[e];
     const double dm = d1 > d2 ? d1 : d2;
@@ -444,7 +444,7 @@ NMODE_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, int64_t l
       advance_block<T, M>(S.x[0], S.g, len, T(A.dts[i]), (i == A.n - 1) ? A.wl : A.w, i == A.n - 1);
   }
   T* gb = A.gfull + s;
-#pragma omp simd
+#pragma omp simd  // left scalar by GCC 12 (the grad_f1 test); once per element
   for (int64_t e = 0; e < len; ++e) {
     T a = A.gy1[s + e], v = T(0);
     if (A.gf1 != nullptr) rhs_vjp(S.x[0][e], S.g[e], A.gf1[s + e], &a, &v);
