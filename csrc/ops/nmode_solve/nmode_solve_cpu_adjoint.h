@@ -439,7 +439,8 @@ NMODE_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, int64_t l
   int status = kOk;
   if (A.pe_y1) {
     // y(t1) of per-element control: the forward's own lane solver, so it is the forward's y1
-    // bit for bit (and vectorised; the scalar pe_solve per element cost 4x the adjoint itself).
+    // bit for bit (and vectorised: the scalar pe_solve per element cost as much as the rest of
+    // the adjoint).
     for (int64_t o = 0; o < len; o += cpu_pe::kLanes) {
       const int64_t n = std::min(cpu_pe::kLanes, len - o);
       status = std::max(status, cpu_pe::forward_block<T>(A.y0 + s + o, A.g, s + o, A.G, n, A.t_span, A.rtol,
