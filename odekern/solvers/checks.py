@@ -166,11 +166,19 @@ def check_rhs_output(out: Any, y: Tensor, t: Any) -> None:
     if out.shape != y.shape:
         raise ValueError(f"func(t, y) returned shape {tuple(out.shape)} but the state y has shape "
                          f"{tuple(y.shape)}; dy/dt must have the same shape as y")
+    _check_dtype_and_device(out, y)
+
+
+def _check_dtype_and_device(out: Tensor, y: Tensor, index: int | None = None) -> None:
+    """dy/dt (component ``index`` of a tuple state) has the state's dtype and device; the names
+    are formatted only on failure (this runs on every RHS call)."""
+    if out.dtype == y.dtype and out.device == y.device:
+        return
+    out_name, y_name = ("func(t, y)", "the state y") if index is None else (f"func(t, y)[{index}]", f"y0[{index}]")
     if out.dtype != y.dtype:
-        raise TypeError(f"func(t, y) returned dtype {out.dtype} but the state y has dtype {y.dtype}; "
+        raise TypeError(f"{out_name} returned dtype {out.dtype} but {y_name} has dtype {y.dtype}; "
                         "dy/dt must have the same dtype as y")
-    if out.device != y.device:
-        raise ValueError(f"func(t, y) returned a tensor on {out.device} but the state y is on {y.device}")
+    raise ValueError(f"{out_name} returned a tensor on {out.device} but {y_name} is on {y.device}")
 
 
 def check_tuple_rhs_output(out: Any, y: tuple, t: Any) -> None:
@@ -182,11 +190,7 @@ def check_tuple_rhs_output(out: Any, y: tuple, t: Any) -> None:
         if not isinstance(d, Tensor) or d.shape != c.shape:
             raise ValueError(f"func(t, y)[{i}] must have shape {tuple(c.shape)} like y0[{i}], "
                              f"got {shape_or_type(d)}")
-        if d.dtype != c.dtype:
-            raise TypeError(f"func(t, y)[{i}] returned dtype {d.dtype} but y0[{i}] has dtype {c.dtype}; "
-                            "dy/dt must have the same dtype as y")
-        if d.device != c.device:
-            raise ValueError(f"func(t, y)[{i}] returned a tensor on {d.device} but y0[{i}] is on {c.device}")
+        _check_dtype_and_device(d, c, i)
 
 
 def _t(t: Any) -> str:
