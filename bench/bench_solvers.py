@@ -22,7 +22,7 @@ import torchdiffeq
 from torch import nn
 
 import odekern
-from odekern.backends import BACKEND_NAMES, availability, registered, use_backend
+from odekern.dispatch import BACKEND_NAMES, availability, registered, use_backend
 from odekern.ops.rk_stage.op import COMBINE
 from odekern.testing import PeakMemory
 

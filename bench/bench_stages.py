@@ -38,7 +38,7 @@ from torch import nn
 import odekern
 from odekern import testing
 from odekern.solvers import stages
-from odekern.solvers.checkpoint import odeint_checkpointed
+from odekern.checkpoint import odeint_checkpointed
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 

@@ -32,16 +32,11 @@ from networks import train as training
 
 def fused_backend_report() -> dict[str, Any]:
     """Which backend runs nmode_solve on CPU tensors here, and what exists."""
-    import importlib
+    from odekern import dispatch
 
-    # import_module, not "from odekern import backends": the package re-exports a function
-    # of that name which shadows the submodule.
-    backends = importlib.import_module("odekern.backends")
-    report: dict[str, Any] = {"available": {k: (v if v is True else str(v)) for k, v in backends.backends().items()}}
+    report: dict[str, Any] = {"available": {k: (v if v is True else str(v)) for k, v in dispatch.backends().items()}}
     try:
-        import odekern.ops.nmode_solve  # noqa: F401  (registers the op's backends)
-
-        report["nmode_solve_cpu"] = backends.select("nmode_solve", torch.device("cpu")).name
+        report["nmode_solve_cpu"] = dispatch.select("nmode_solve", torch.device("cpu")).name
     except Exception as exc:  # noqa: BLE001 - report, never fail the demo over a diagnostic
         report["nmode_solve_cpu"] = f"unknown ({type(exc).__name__}: {exc})"
     return report

@@ -12,9 +12,10 @@ Public API (explicit re-exports only):
 """
 
 from odekern._ext import build_info
-from odekern.backends import backends, use_backend
+from odekern.dispatch import backends, use_backend
 from odekern.nn import NmODE, ODEBlock
-from odekern.odeint import odeint, odeint_adjoint
+from odekern.adjoint import odeint_adjoint
+from odekern.odeint import odeint
 from odekern.ops.nmode_solve import nmode_solve
 
 __version__ = "0.1.0"

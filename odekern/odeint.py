@@ -1,7 +1,7 @@
 """``odeint``: the single entry point to odekern's solvers, call-compatible with torchdiffeq.
 
-``from odekern import odeint`` replaces ``from torchdiffeq import odeint``; ``odeint_adjoint``
-(continuous adjoint, ``odekern/solvers/adjoint.py``) is re-exported from here as well.
+``from odekern import odeint`` replaces ``from torchdiffeq import odeint``; the gradient modes
+built on it live one layer up (``odekern/adjoint.py``, ``odekern/checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -183,8 +183,4 @@ def _sample_tol(tol: Any, y0: state.State, b: int) -> Any:
     return tol
 
 
-# Re-exported here so ``from odekern.odeint import odeint_adjoint`` works; imported last because
-# the adjoint module calls back into ``odeint`` above.
-from odekern.solvers.adjoint import odeint_adjoint
-
-__all__ = ["odeint", "odeint_adjoint"]
+__all__ = ["odeint"]

@@ -4,7 +4,6 @@
 with its reason* (never silently passed), so the test report shows exactly what ran.
 """
 
-import importlib
 import os
 
 # Triton kernels run in its interpreter on CPU tensors; this must be set before triton.jit
@@ -15,8 +14,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-# The module, not the odekern.backends() function the package re-exports under that name.
-_backends = importlib.import_module("odekern.backends")
+from odekern import dispatch as _backends
 
 
 @pytest.fixture(autouse=True)

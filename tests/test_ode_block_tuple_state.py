@@ -15,7 +15,7 @@ import torchdiffeq
 from torch import nn
 
 from odekern import ODEBlock
-from odekern.solvers.adjoint import _AugmentedDynamics, _AugmentedLayout
+from odekern.adjoint import _AugmentedDynamics, _AugmentedLayout
 from odekern.testing import OpCounter, assert_close, randn
 
 F64 = torch.float64

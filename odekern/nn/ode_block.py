@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from odekern.backends import check_backend_name, use_backend
-from odekern.odeint import odeint, odeint_adjoint
+from odekern.dispatch import check_backend_name, use_backend
+from odekern.adjoint import odeint_adjoint
+from odekern.checkpoint import check_checkpoints, check_method_checkpointable, odeint_checkpointed
+from odekern.odeint import odeint
 from odekern.solvers.checks import check_method, check_options, check_state, check_time, shape_or_type
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
 
@@ -45,8 +47,6 @@ def _solve_adjoint(
 def _solve_checkpoint(
     dynamics: nn.Module, z0, t: torch.Tensor, *, checkpoints: int = 8, **solver_kwargs
 ):
-    from odekern.solvers.checkpoint import odeint_checkpointed  # fixed-grid RK only (checked there)
-
     return odeint_checkpointed(
         dynamics, z0, t, checkpoints=checkpoints, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs
     )
@@ -123,7 +123,7 @@ class ODEBlock(nn.Module):
         return_state: return the whole state ``[x, ..., x^(m-1)](t[-1])`` (``m*C`` channels)
             instead of ``x(t[-1])``; ``integrate_state`` continues from such a state.
         options: extra solver options (torchdiffeq's names).
-        backend: ``"auto"`` or a name from ``odekern.backends.BACKEND_NAMES``; forced via
+        backend: ``"auto"`` or a name from ``odekern.dispatch.BACKEND_NAMES``; forced via
             ``odekern.use_backend`` around the solve.
         checkpoints: ``gradient="checkpoint"`` only: states the backward pass may hold (int >= 1).
 
@@ -199,8 +199,6 @@ class ODEBlock(nn.Module):
                 )
         check_backend_name(backend)
         if gradient == "checkpoint":
-            from odekern.solvers.checkpoint import check_checkpoints, check_method_checkpointable
-
             check_checkpoints(checkpoints, "ODEBlock: checkpoints")
             check_method_checkpointable(method)
         self.checkpoints = checkpoints

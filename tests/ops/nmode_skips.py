@@ -1,13 +1,12 @@
 """Shared skip rule of the nmode_solve backend tests (imported by the test modules here)."""
 
-import importlib
 
 import pytest
 import torch
 
 from odekern.ops.nmode_solve.config import NmodeConfig
 
-backends = importlib.import_module("odekern.backends")  # the module; ``odekern.backends`` is the function
+from odekern import dispatch as backends
 
 
 def require_backend(backend: str, y0: torch.Tensor, g: torch.Tensor, **kw) -> None:

@@ -21,7 +21,7 @@ import odekern
 from odekern.ops.nmode_solve.config import NmodeConfig
 from odekern.testing import SavedTensorBytes, assert_close, non_contiguous, randn
 
-backends = importlib.import_module("odekern.backends")  # the module, not odekern.backends()
+from odekern import dispatch as backends
 
 SHAPE = (2, 3, 5, 7)          # 210 elements
 G_SHAPE = (1, 3, 5, 7)        # broadcast over the batch, as CNM-UNet's C(gamma)

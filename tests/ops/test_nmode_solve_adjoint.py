@@ -10,7 +10,6 @@ scaled by the gradient's size as in test_nmode_solve.py; torch.autograd.gradchec
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from nmode_skips import require_backend
 import odekern
 from odekern.testing import assert_close, randn
 
-backends = importlib.import_module("odekern.backends")
+from odekern import dispatch as backends
 
 CNM = dict(method="dopri5", rtol=1e-7, atol=1e-9)
 

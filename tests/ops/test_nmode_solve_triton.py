@@ -9,7 +9,6 @@ runs every lane of every block step by step.
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -19,8 +18,7 @@ from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import NmodeConfig
 from odekern.testing import assert_close, non_contiguous, randn
 
-# The module, not the odekern.backends() function that odekern/__init__.py re-exports.
-backends = importlib.import_module("odekern.backends")
+from odekern import dispatch as backends
 
 if backends.availability().get("triton") is not True:
     pytest.skip(f"triton backend unavailable: {backends.availability().get('triton')}",

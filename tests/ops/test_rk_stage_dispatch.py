@@ -8,7 +8,7 @@ import torch
 
 import odekern
 from odekern import testing
-from odekern.backends import _REGISTRY
+from odekern.dispatch import _REGISTRY
 from odekern.ops.rk_stage import dispatch, op, reference
 from odekern.solvers import stages
 

@@ -1,4 +1,4 @@
-"""Continuous adjoint (odekern.solvers.adjoint.odeint_adjoint).
+"""Continuous adjoint (odekern.adjoint.odeint_adjoint).
 
 References: torchdiffeq.odeint_adjoint (same algorithm: agreement within CROSS_LIBRARY_TOL),
 discrete backprop through odekern.odeint (differs by the solver's truncation error, so the
@@ -16,7 +16,7 @@ import torchdiffeq
 from torch import nn
 
 from odekern import odeint
-from odekern.solvers.adjoint import odeint_adjoint
+from odekern.adjoint import odeint_adjoint
 from odekern.testing import assert_close, randn
 
 F64 = torch.float64
@@ -269,7 +269,7 @@ def test_constant_field_gives_zero_vjps():
 
 def test_backward_solve_keeps_the_forced_backend():
     """backward() runs after the use_backend block exits; the backward solve must still use it."""
-    from odekern.backends import requested_backend, use_backend
+    from odekern.dispatch import requested_backend, use_backend
 
     seen = []
 

@@ -8,7 +8,7 @@ from torch import nn
 import odekern
 from odekern import ODEBlock, odeint, testing
 from odekern.solvers import checkpoint_schedule as schedule
-from odekern.solvers.checkpoint import odeint_checkpointed
+from odekern.checkpoint import odeint_checkpointed
 
 
 class ConvRHS(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 
 import odekern
 from odekern import odeint, testing
-from odekern.backends import _REGISTRY
+from odekern.dispatch import _REGISTRY
 from odekern.solvers.checks import NonFiniteError
 
 METHODS = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("euler", {"step_size": 0.05}),

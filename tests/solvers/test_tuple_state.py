@@ -162,7 +162,7 @@ def test_norms_of_tuple_equal_norms_of_concatenation():
 def test_fused_error_ratio_of_tuple_equals_reference(backend, norm_name, monkeypatch):
     """One fused RMS per component, combined by the norm == the norm of the materialised error."""
     from odekern.ops.rk_stage import dispatch
-    from odekern.solvers.adjoint import _AdjointNorm, _AugmentedLayout
+    from odekern.adjoint import _AdjointNorm, _AugmentedLayout
 
     passes = []
     kernel = dispatch._kernel

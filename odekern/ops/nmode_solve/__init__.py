@@ -132,7 +132,7 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
         raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}")
     if not isinstance(return_f, bool):
         raise TypeError(f"return_f must be a bool, got {type(return_f).__name__}")
-    from odekern.backends import check_backend_name
+    from odekern.dispatch import check_backend_name
 
     check_backend_name(backend)
     cfg = NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,

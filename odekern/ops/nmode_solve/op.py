@@ -1,7 +1,7 @@
 """The torch.library custom op ``odekern::nmode_solve`` and its backward op.
 
 One autograd route for every backend (DESIGN principle 6): the forward op's body asks
-``odekern.backends.select`` which backend runs, ``register_fake`` gives shapes for
+``odekern.dispatch.select`` which backend runs, ``register_fake`` gives shapes for
 torch.compile, and ``register_autograd`` calls ``odekern::nmode_solve_backward``, itself a
 custom op (whose own backward refuses: double backward is not supported).
 
@@ -14,8 +14,8 @@ import importlib
 
 import torch
 
-from odekern.backends import register as _register_backend
-from odekern.backends import select as _select_backend
+from odekern.dispatch import register as _register_backend
+from odekern.dispatch import select as _select_backend
 from odekern.ops.nmode_solve import cpp, reference
 from odekern.ops.nmode_solve.config import NmodeConfig
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from odekern.backends import check_backend_name, register, select
+from odekern.dispatch import check_backend_name, register, select
 from odekern.ops.rk_stage import op, reference
 
 __all__ = ["fused_backend", "rk_combine", "rk_error_ratio", "rk_final_error"]

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from odekern.backends import registered, requested_backend, select, triton_interpret
+from odekern.dispatch import registered, requested_backend, select, triton_interpret
 from odekern.ops.rk_stage import op
 
 # Smallest state (elements) for which automatic selection uses the fused kernels, per route.

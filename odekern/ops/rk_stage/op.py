@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from odekern.backends import check_backend_name, register, select
+from odekern.dispatch import check_backend_name, register, select
 from odekern.ops.rk_stage import cpp, reference
 
 COMBINE, FINAL_ERROR, ERROR_RATIO = "rk_combine", "rk_final_error", "rk_error_ratio"

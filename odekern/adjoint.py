@@ -28,17 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from odekern.backends import requested_backend, use_backend
+from odekern.dispatch import requested_backend, use_backend
+from odekern.odeint import odeint
 from odekern.solvers import state
 from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time, shape_or_type
 from odekern.solvers.norms import PER_SAMPLE, component_rms_combiner, resolve_norm, rms_norm
-
-
-def _solver() -> Callable:
-    """The forward solver: ``odekern.odeint`` (imported late: odeint.py re-exports this module)."""
-    from odekern.odeint import odeint
-
-    return odeint
 
 
 # --------------------------------------------------------------------------- augmented state
@@ -169,7 +163,7 @@ class _OdeintAdjoint(torch.autograd.Function):
         y0, params = tensors[:layout.n_y], tensors[layout.n_y:]
         # no_grad: nothing of the solver's steps is recorded, so memory is flat in the step count.
         with torch.no_grad():
-            ys = _solver()(cfg.func, layout.user_state(y0), t, rtol=cfg.rtol, atol=cfg.atol,
+            ys = odeint(cfg.func, layout.user_state(y0), t, rtol=cfg.rtol, atol=cfg.atol,
                            method=cfg.method, options=cfg.options)
         ys = state.components(ys)
         ctx.cfg = cfg
@@ -188,7 +182,7 @@ class _OdeintAdjoint(torch.autograd.Function):
         dynamics = _AugmentedDynamics(cfg.func, layout, params, ctx.t_requires_grad)
         adjoint_options = dict(cfg.adjoint_options)
         adjoint_options.setdefault("norm", _AdjointNorm(layout, cfg.state_norm))
-        solve = _solver()
+        solve = odeint
 
         forced = use_backend(ctx.backend) if ctx.backend is not None else contextlib.nullcontext()
         with torch.no_grad(), forced:

@@ -39,12 +39,17 @@ from torch import nn
 
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
+from odekern.solvers.base import RHS
 from odekern.solvers.checks import (
     check_state,
     check_state_matches_time,
     check_time,
     check_tolerance,
+    raise_non_finite,
 )
+from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
+from odekern.solvers.fixed_grid import checks_every_step, grid_from_step_size
+from odekern.solvers.registry import METHODS
 
 Tensor = torch.Tensor
 
@@ -57,9 +62,6 @@ def check_checkpoints(checkpoints: Any, name: str = "checkpoints") -> int:
 
 
 def checkpointable_methods() -> list[str]:
-    from odekern.solvers.explicit_rk import FixedGridRK
-    from odekern.solvers.registry import METHODS
-
     return sorted(name for name, cls in METHODS.items() if issubclass(cls, FixedGridRK))
 
 
@@ -74,8 +76,6 @@ def check_method_checkpointable(method: str | None) -> str:
 
 
 def _step_grid(t: Tensor, options: dict) -> Tensor:
-    from odekern.solvers.fixed_grid import grid_from_step_size
-
     unsupported = sorted(set(options) - {"step_size", "interp", "norm"})
     if unsupported:
         raise ValueError(f"gradient mode 'checkpoint' does not support options {unsupported}; "
@@ -111,9 +111,6 @@ class _Replay:
     """Steps of the solve, recorded or not, as ``odeint``'s fixed-grid loop takes them."""
 
     def __init__(self, func, grid: Tensor, nodes: list[int], checkpoints: int, method: str, params):
-        from odekern.solvers.base import RHS
-        from odekern.solvers.registry import METHODS
-
         self.func, self.grid, self.nodes = func, grid, nodes
         self.checkpoints, self.method, self.params = checkpoints, method, params
         # odeint solves a decreasing t as the increasing -t with a sign-flipping RHS; so do we.
@@ -124,8 +121,6 @@ class _Replay:
 
     def step(self, i: int, y: st.State) -> st.State:
         """The state at node ``i + 1`` from ``y`` at node ``i``, recorded when grad is enabled."""
-        from odekern.solvers.explicit_rk import RKStepper
-
         t0, t1 = self.times[i], self.times[i + 1]
         dt = t1 - t0
         stepper = RKStepper(self.tableau, y, reuse_buffers=False)
@@ -139,10 +134,6 @@ class _Replay:
         return: nothing stays allocated between the recorded steps of the backward pass. Stage
         inputs are fresh tensors rather than reused buffers so that only the live ones exist.
         """
-        from odekern.solvers.checks import raise_non_finite
-        from odekern.solvers.explicit_rk import RKStepper
-        from odekern.solvers.fixed_grid import checks_every_step
-
         if i1 == i0:
             return y
         with torch.no_grad():
