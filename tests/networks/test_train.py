@@ -62,12 +62,13 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_exactly(tmp_path, monkeypatch):
         if info["epoch"] == 1 and info["step"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT through the handler
 
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when run under nohup
     with pytest.raises(TrainingInterrupted) as stopped:
         training.run(_cfg(tmp_path, "cut", epochs=2, **base), step_callback=press_ctrl_c)
     saved = ckpt.torch_load(stopped.value.checkpoint_path)
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
     assert json.loads((tmp_path / "cut" / "history.json").read_text())["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
     resumed = training.run(_cfg(tmp_path, "cut", epochs=2, resume=str(stopped.value.checkpoint_path), **base))
     assert resumed["step_losses"] == straight["step_losses"]
