@@ -157,21 +157,25 @@ class _AdjointConfig:
 
 
 class _OdeintAdjoint(torch.autograd.Function):
+    # forward and setup_context apart (not forward(ctx, ...)): torch.func transforms (grad,
+    # jacrev, vmap of a gradient) only accept autograd.Functions written this way.
     @staticmethod
-    def forward(ctx, cfg: _AdjointConfig, t: torch.Tensor, *tensors: torch.Tensor):
+    def forward(cfg: _AdjointConfig, t: torch.Tensor, *tensors: torch.Tensor):
         layout = cfg.layout
-        y0, params = tensors[:layout.n_y], tensors[layout.n_y:]
         # no_grad: nothing of the solver's steps is recorded, so memory is flat in the step count.
         with torch.no_grad():
-            ys = odeint(cfg.func, layout.user_state(y0), t, rtol=cfg.rtol, atol=cfg.atol,
-                           method=cfg.method, options=cfg.options)
-        ys = state.components(ys)
+            ys = odeint(cfg.func, layout.user_state(tensors[:layout.n_y]), t, rtol=cfg.rtol,
+                        atol=cfg.atol, method=cfg.method, options=cfg.options)
+        return state.components(ys)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cfg, t, *tensors = inputs
         ctx.cfg = cfg
         ctx.t_requires_grad = t.requires_grad
         # backward() runs after any use_backend(...) block has exited: remember the choice.
         ctx.backend = requested_backend()
-        ctx.save_for_backward(t, *ys, *params)
-        return ys
+        ctx.save_for_backward(t, *output, *tensors[cfg.layout.n_y:])
 
     @staticmethod
     def backward(ctx, *grad_ys: torch.Tensor):
@@ -310,7 +314,8 @@ def odeint_adjoint(
     ``adjoint_options`` defaults to ``options`` without ``norm`` when the methods agree.
 
     Memory: the forward keeps only the outputs at ``t`` (no autograd graph), so it is flat in
-    the number of solver steps. The gradient is the continuous one, equal to backprop's up to
+    the number of solver steps. Inside torch.func transforms (grad, jacrev, jvp, ...) and with
+    forward-mode tangents the solve is differentiated as a discrete one, as ``odeint`` does. The gradient is the continuous one, equal to backprop's up to
     the solvers' truncation error (exactly so only as the tolerance/step size goes to zero).
 
     Example::
@@ -346,5 +351,10 @@ def odeint_adjoint(
     cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
                          adjoint_options, _state_norm(options, tuple_state),
                          _AugmentedLayout(len(state.components(y0)), tuple_state))
+    if state.any_carries_tangent([t, *state.components(y0), *params]):
+        # Inside a torch.func transform, or with forward-mode tangents, the adjoint's backward
+        # (autograd.grad over func at every step) cannot run; the solve is differentiated as a
+        # discrete one instead, which agrees with the adjoint to within the solver tolerance.
+        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
     ys = _OdeintAdjoint.apply(cfg, t, *state.components(y0), *params)
     return state.rebuild(y0, ys)

@@ -84,6 +84,13 @@ def _device_reason(name: str, device: torch.device) -> str | None:
     return f"unknown backend {name!r}"
 
 
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run anything on tensors of ``device`` here (None = it can).
+    A forced backend that fails this is an error, never a silent fallback."""
+    avail = availability().get(name, f"unknown backend {name!r}")
+    return str(avail) if avail is not True else _device_reason(name, device)
+
+
 @dataclasses.dataclass(frozen=True)
 class OpBackend:
     op: str

@@ -20,6 +20,7 @@ from odekern.solvers.checks import (
     check_state_matches_time,
     check_time,
     check_tolerance,
+    check_tolerances_not_both_zero,
 )
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
@@ -85,11 +86,18 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
     """
     method = check_method(method, METHODS, DEFAULT_METHOD)
+    if method in ADAPTIVE_METHODS and state.inside_vmap():
+        raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "
+                         "method's step sizes depend on the state's values. Use a fixed-grid method "
+                         "(e.g. method='rk4' with options={'step_size': ...}) inside vmap, or solve the "
+                         "batch directly with options={'norm': 'per_sample'}")
     solver_cls = METHODS[method]
     options = check_options(method, options, solver_cls.OPTIONS)
     check_state(y0)
     check_tolerance(rtol, "rtol")
     check_tolerance(atol, "atol")
+    if method in ADAPTIVE_METHODS:
+        check_tolerances_not_both_zero(rtol, atol, method)
     reverse = check_time(t)
     check_state_matches_time(y0, t)
     return_status = options.get("on_max_steps", "raise") == "return"

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from odekern.solvers.state import all_finite
+
 Tensor = torch.Tensor
 
 
@@ -69,7 +71,7 @@ def check_state(y0: Any, name: str = "y0") -> None:
     if not torch.is_floating_point(y0):
         raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64), "
                         f"got dtype {y0.dtype}")
-    if not bool(torch.isfinite(y0).all()):
+    if not all_finite(y0):
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
 
 
@@ -116,6 +118,17 @@ def check_tolerance(value: Any, name: str) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
+def check_tolerances_not_both_zero(rtol: Any, atol: Any, method: str) -> None:
+    """An adaptive method with rtol = atol = 0 would shrink its step to nothing."""
+    def zero(v: Any) -> bool:
+        if isinstance(v, (tuple, list)):
+            return all(zero(x) for x in v)
+        return bool((v == 0).all()) if isinstance(v, Tensor) else v == 0
+    if zero(rtol) and zero(atol):
+        raise ValueError(f"rtol and atol cannot both be zero for the adaptive method {method!r}: no step "
+                         "would meet that tolerance; set one of them > 0")
+
+
 def check_method(method: str | None, valid: Iterable[str], default: str = "dopri5") -> str:
     """The solver name (``None`` means ``default``); unknown names list the valid ones."""
     if method is None:
@@ -148,7 +161,7 @@ def check_positive(value: Any, name: str, allow_none: bool = True) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"options['{name}'] must be a positive number, got {type(value).__name__}")
     if not (v > 0 and math.isfinite(v)) and not (name == "max_step" and v == math.inf):
-        raise ValueError(f"options['{name}'] must be > 0, got {v}")
+        raise ValueError(f"options['{name}'] must be > 0 and finite, got {v}")
 
 
 def check_step_bounds(min_step: float, max_step: float) -> None:

@@ -24,9 +24,20 @@ Tensor = torch.Tensor
 FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "norm"})
 
 
+# A grid longer than this is refused before it is allocated: at one RHS call per step it would
+# run for hours, and a step size that small is almost always a mistake (a huge span or a tiny
+# step would otherwise overflow the point count or exhaust memory).
+MAX_GRID_STEPS = 10_000_000
+
+
 def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
     """``t[0], t[0] + h, ...`` up to and including ``t[-1]`` (the last point is set to ``t[-1]``)."""
     start, end = t[0], t[-1]
+    n_steps = float((end - start).detach()) / step_size
+    if not math.isfinite(n_steps) or n_steps > MAX_GRID_STEPS:
+        raise ValueError(f"options['step_size']={step_size!r} over [{float(start):.6g}, {float(end):.6g}] "
+                         f"needs {n_steps:.3g} steps, more than the fixed-grid budget of "
+                         f"{MAX_GRID_STEPS:,} steps; use a larger step_size")
     n_points = math.ceil(((end - start) / step_size + 1).item())
     grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
     grid[-1] = end

@@ -27,7 +27,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from odekern.solvers.state import component, components, is_tuple, join
+from odekern.solvers.state import (any_carries_tangent, component, components, is_tuple, join,
+                                   records_derivatives)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
@@ -39,11 +40,7 @@ def _each(seq: Sequence, i: int) -> list:
 
 
 def _records_grad(tensors: Sequence[Optional[Tensor]], dt: TimeLike = 0.0) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    if isinstance(dt, Tensor) and dt.requires_grad:
-        return True
-    return any(x is not None and x.requires_grad for x in tensors)
+    return records_derivatives([*tensors, dt] if isinstance(dt, Tensor) else tensors)
 
 
 def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: TimeLike = 1.0,
@@ -209,7 +206,7 @@ def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
     it saves; the backend decision is cached per device/dtype there)."""
     from odekern.ops.rk_stage import dispatch
 
-    if len(ks) == 0:
+    if len(ks) == 0 or any_carries_tangent([base, *ks]):
         return None
     terms = _fused_terms(coeffs, ks, scale)
     if terms is None or not terms[0]:
@@ -228,7 +225,7 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
     from odekern.solvers.norms import component_rms_combiner
 
     combine = component_rms_combiner(norm)
-    if combine is None:
+    if combine is None or any_carries_tangent([*components(y0), *components(y1)]):
         return None
     y0s, y1s = components(y0), components(y1)
     tols = [(component(rtol, i), component(atol, i)) for i in range(len(y0s))]

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 Tensor = torch.Tensor
 State = Tensor | tuple
@@ -73,12 +74,48 @@ def detach(state: State) -> State:
     return map_state(Tensor.detach, state)
 
 
+def carries_tangent(x: Tensor) -> bool:
+    """Whether ``x`` is inside a torch.func transform (grad, jvp, vmap, ...) or carries a
+    forward-mode tangent. Such tensors must only meet plain differentiable torch ops: an
+    ``out=`` write or a fused kernel would silently drop the tangent or the batch dimension."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return True
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None
+
+
+def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
+    """``carries_tangent`` for any of ``tensors``; two global flags answer it outside transforms."""
+    if forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None:
+        return False
+    return any(x is not None and carries_tangent(x) for x in tensors)
+
+
+def inside_vmap() -> bool:
+    """Whether the caller runs under ``torch.func.vmap`` (possibly nested in other transforms),
+    where no value may decide control flow (no ``.item()``, no data-dependent branch)."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+
+
+def records_derivatives(tensors: Sequence[Tensor | None]) -> bool:
+    """Whether a result computed from ``tensors`` must keep derivatives: autograd records it, or
+    an input carries a tangent (``carries_tangent``). Solvers and ops then use plain torch ops
+    and fresh tensors instead of preallocated buffers and fused kernels."""
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+        return True
+    return any_carries_tangent(tensors)
+
+
 def all_finite(state: State) -> bool:
     """No NaN/inf in any component. Solvers call this every step, so it first tries one sum per
     component (a single reduction pass, ~9x cheaper than ``isfinite(c).all()`` on a 2M-element
     state): a NaN or inf element makes the sum non-finite, so a finite sum proves the component
     finite; a non-finite sum (a NaN/inf, or an overflow of finite values) is decided exactly.
-    The sum is tested as a Python float: a tensor isfinite + bool costs two more dispatches."""
+    The sum is tested as a Python float: a tensor isfinite + bool costs two more dispatches.
+    Under ``torch.func.vmap`` no value can be read, so the check cannot run and answers True:
+    a non-finite result then shows as NaN/inf in the output (only fixed-grid solves run there)."""
+    if inside_vmap():
+        return True
     with torch.no_grad():
         return all(math.isfinite(c.sum().item()) or bool(torch.isfinite(c).all()) for c in components(state))
 
@@ -87,7 +124,9 @@ def new_solution(y0: State, n: int) -> State:
     """``n`` rows per component, row 0 holding ``y0``."""
 
     def rows(c: Tensor) -> Tensor:
-        out = torch.empty(n, *c.shape, dtype=c.dtype, device=c.device)
+        # new_empty, not torch.empty: inside a torch.func transform the rows must live at the
+        # transform's level, or writing a row would silently drop its tangent / batch dims.
+        out = c.new_empty((n, *c.shape))
         out[0] = c
         return out
 

@@ -201,3 +201,32 @@ def test_finiteness_check_is_exact_when_the_fast_sum_overflows_or_cancels():
         assert not all_finite(y) and not all_finite((torch.ones(2), y))
     both = torch.tensor([float("inf"), -float("inf"), 1.0])  # sum is NaN, not inf: still caught
     assert not all_finite(both)
+
+
+@pytest.mark.parametrize("step_size", [1e-300, 1e-9])
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_fixed_grid_beyond_the_step_budget_raises_before_allocating(step_size, method):
+    # 1e-300 overflowed the point count; 1e-9 tried to allocate a 1e9-point grid.
+    with pytest.raises(ValueError, match="fixed-grid budget"):
+        odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), method=method,
+               options={"step_size": step_size})
+
+
+def test_step_size_inf_is_refused():
+    with pytest.raises(ValueError, match=r"options\['step_size'\] must be > 0 and finite, got inf"):
+        odeint(_decay, _y0(), _t(), method="rk4", options={"step_size": float("inf")})
+
+
+def test_adaptive_method_refuses_zero_rtol_and_atol_but_fixed_grids_ignore_them():
+    with pytest.raises(ValueError, match="rtol and atol cannot both be zero"):
+        odeint(_decay, _y0(), _t(), rtol=0.0, atol=0.0)
+    odeint(_decay, _y0(), _t(), rtol=0.0, atol=0.0, method="rk4")  # unused there, as torchdiffeq
+
+
+def test_a_forced_backend_that_cannot_run_here_is_an_error_not_a_fallback():
+    import odekern
+
+    if odekern.backends()["cuda"] is True:
+        pytest.skip("CUDA is available here")
+    with odekern.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
+        odeint(_decay, torch.ones(300_000, dtype=F64), _t(), method="rk4", options={"step_size": 0.5})

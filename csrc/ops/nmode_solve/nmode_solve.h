@@ -18,6 +18,7 @@
 
 #ifndef ODEKERN_DEVICE_COMPILE
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #endif
 
@@ -51,6 +52,7 @@ template <> struct TrigConst<float> {
   static constexpr float pio2_mid = 4.837512969970703125e-4f;
   static constexpr float pio2_lo = 7.549790126404332e-08f;
   static constexpr float magic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float max_arg = 32768.0f;    // see fast_sincos
 };
 template <> struct TrigConst<double> {
   static constexpr double two_over_pi = 0.63661977236758134308;
@@ -58,6 +60,7 @@ template <> struct TrigConst<double> {
   static constexpr double pio2_mid = 6.077100506303966e-11;
   static constexpr double pio2_lo = 2.0222662487959506e-21;
   static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double max_arg = 1e7;
 };
 
 // sin(r), cos(r) for |r| <= pi/4.
@@ -79,8 +82,20 @@ NMODE_HOT void sincos_kernel(double r, double* s, double* c) {
        r2 * (-1.0 / 6402373705728000.0))))))));
 }
 
-// sin(x) and cos(x) together (one range reduction). Accurate for |x| < ~1e5 (float) and
-// ~1e9 (double); the nmODE state stays far inside that.
+// sin(x) and cos(x) together (one range reduction). The reduction keeps full accuracy for
+// |x| <= max_arg (2^15 float, 1e7 double; measured against exact sines); beyond that k*part is
+// no longer exact and the result would be silently wrong, so it becomes inf instead, which
+// every caller reports as a failed solve. The nmODE state stays far inside that range; only
+// the continuous adjoint's backward re-solve, which grows like e^(t1 - t0), can leave it.
+// The test is on the rounded multiple k of pi/2 (or pi) with integer ops and the poison is
+// added, not selected: GCC keeps the lane loops vectorised that way (a select on |x| made it
+// refuse), and bad * max * max is 0 or inf (no reassociation without -ffast-math).
+template <typename T>
+NMODE_HOT T poison_beyond(int k, int kmax) {
+  const T bad = T((((kmax - k) | (k + kmax)) >> 31) & 1);  // 1 iff |k| > kmax (or k = INT_MIN)
+  return (bad * std::numeric_limits<T>::max()) * std::numeric_limits<T>::max();
+}
+
 template <typename T>
 NMODE_HOT void fast_sincos(T x, T* s_out, T* c_out) {
   using C = TrigConst<T>;
@@ -96,16 +111,17 @@ NMODE_HOT void fast_sincos(T x, T* s_out, T* c_out) {
   const T odd = T(q & 1), even = T(1) - odd;
   const T sin_v = odd * c + even * s;
   const T cos_v = odd * s + even * c;
-  *s_out = sin_v * T(1 - (q & 2));
-  *c_out = cos_v * T(1 - ((q + 1) & 2));
+  const T poison = poison_beyond<T>(q, static_cast<int>(C::max_arg * C::two_over_pi));
+  *s_out = sin_v * T(1 - (q & 2)) + poison;
+  *c_out = cos_v * T(1 - ((q + 1) & 2)) + poison;
 }
 
 // sin^2(x) alone, for the forward RHS (the hot path: one call per element and stage). With
 // x = n pi + r, |r| <= pi/2, sin^2(x) = sin^2(r): no quadrant selection and no sign, one odd
 // polynomial; about half the work of fast_sincos, and unlike (1 - cos 2x) / 2 it keeps its
-// relative accuracy near x = 0. Float: least-squares fit on [-pi/2, pi/2] in relative error
-// (max error of sin 1.1e-7 evaluated in float, rounding level); double: Taylor to r^21
-// (truncation < 2e-18).
+// relative accuracy near x = 0. Same range as fast_sincos (inf beyond max_arg). Float:
+// least-squares fit on [-pi/2, pi/2] in relative error (max error of sin 1.1e-7 evaluated in
+// float, rounding level); double: Taylor to r^21 (truncation < 2e-18).
 template <typename T> struct SinPoly;
 template <> struct SinPoly<float> {
   static constexpr float inv_pi = 0.318309886183790672f;
@@ -133,7 +149,8 @@ NMODE_HOT T fast_sin_sq(T x) {
   r = r - n * (T(2) * C::pio2_lo);
   const T z = r * r;
   const T s = r + (r * z) * SinPoly<T>::sin_over_r_m1(z);
-  return s * s;
+  const int max_turns = static_cast<int>(C::max_arg * SinPoly<T>::inv_pi);
+  return s * s + poison_beyond<T>(static_cast<int>(n), max_turns);
 }
 
 // ------------------------------------------------------------------------------------------

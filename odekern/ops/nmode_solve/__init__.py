@@ -7,10 +7,12 @@ import numbers
 
 import torch
 
-from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig
+from odekern.dispatch import check_backend_name
+from odekern.ops.nmode_solve import reference
+from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig, fixed_grid_step_count
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph)
-from odekern.solvers.state import all_finite  # one sum, exact check only if that is non-finite
+from odekern.solvers.state import all_finite, any_carries_tangent, inside_vmap
 
 __all__ = ["nmode_solve", "NmodeConfig"]
 
@@ -32,8 +34,9 @@ def _as_time(name: str, t) -> float:
 
 
 # Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
-_NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, or the solve "
-                "overflowed (an explicit method unstable at this step_size)")
+_NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve "
+                 "overflowed (an explicit method unstable at this step_size), or |y + g| left the fast "
+                 "sin^2 range (2^15 float32, 1e7 float64)")
 
 
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
@@ -74,7 +77,9 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
         g: the phase term (CNM-UNet's ``C(gamma)``), broadcastable to ``y0`` without changing
             its shape (e.g. ``[1, C, H, W]`` against ``[B, C, H, W]``); same dtype and device.
             Its gradient is summed over the broadcast dimensions.
-        t0, t1: integration interval, ``t1 > t0`` (numbers or one-element tensors).
+        t0, t1: integration interval, ``t1 > t0`` (numbers or one-element tensors). Time
+            tensors that require grad get the gradient of the exact solution (the ODE is
+            autonomous: ``dy1/dt1 = f(y1) = -dy1/dt0``), as torchdiffeq's adjoint gives it.
         method: ``"dopri5"`` (adaptive, default) or a fixed-step method ``"rk4"`` (torchdiffeq's
             3/8 rule), ``"rk4_classic"``, ``"midpoint"``, ``"euler"`` (these need ``step_size``;
             the grid is torchdiffeq's: ``t0 + k*step_size``, the last point clipped to t1).
@@ -103,7 +108,13 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
         backend: ``"auto"`` (CPU tensors: C++ kernels, else the reference; CUDA tensors: CUDA
             kernels, else Triton, else the reference), or ``"reference"``, ``"cpu"``,
             ``"cuda"``, ``"triton"``.
-        max_num_steps: cap on step attempts; exceeding it raises RuntimeError.
+        max_num_steps: cap on step attempts; exceeding it raises RuntimeError (fixed-step
+            methods: checked before anything is allocated).
+
+    Composes with torch.func (grad, jacrev, jvp, jacfwd, hessian, vmap for fixed-step methods)
+    and forward-mode AD: inputs inside a transform or carrying tangents are solved by the
+    reference in plain differentiable torch ops. Outputs keep ``y0``'s memory format (e.g.
+    channels_last).
 
     Raises:
         ValueError for bad arguments and non-finite y0 or g; RuntimeError when the solve fails
@@ -126,17 +137,23 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     if not _broadcasts_to(g.shape, y0.shape):
         raise ValueError(f"g of shape {tuple(g.shape)} must be broadcastable to y0's shape "
                          f"{tuple(y0.shape)} (without changing it)")
+    t0_in, t1_in = t0, t1
     t0 = _as_time("t0", t0)
     t1 = _as_time("t1", t1)
     if not t1 > t0:
         raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}")
     if not isinstance(return_f, bool):
         raise TypeError(f"return_f must be a bool, got {type(return_f).__name__}")
-    from odekern.dispatch import check_backend_name
-
     check_backend_name(backend)
     cfg = NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,
                       gradient=gradient, max_num_steps=max_num_steps)
+    if not cfg.adaptive:  # the step budget, before any backend allocates the grid
+        fixed_grid_step_count(t0, t1, cfg.step_size, cfg.max_num_steps)
+    order = _memory_order(y0)
+    if order is not None:
+        return _solve_in_memory_order(order, y0, g, t0_in, t1_in, method=method, step_size=step_size,
+                                      rtol=rtol, atol=atol, control=control, gradient=gradient,
+                                      return_f=return_f, backend=backend, max_num_steps=max_num_steps)
     y_flat = y0.reshape(-1)
     g_flat = _leading_broadcast(g, y0.shape) if y0.numel() else g.reshape(-1)[:0]
     if not g_flat.is_contiguous():
@@ -146,6 +163,8 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     # kernels refuse a non-finite y1 themselves; other backends' y1 costs one sum here.
     if torch.compiler.is_compiling():
         y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend)
+    elif any_carries_tangent([y0, g]):
+        y1, f0, f1 = _solve_differentiably(y0, g, y_flat, g_flat, t0, t1, cfg, return_f)
     else:
         needs_graph = torch.is_grad_enabled() and (y0.requires_grad or g.requires_grad)
         try:
@@ -162,6 +181,61 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
             _check_finite_inputs(y0, g)
             raise RuntimeError(_NONFINITE_Y1)
     y1 = y1.view(y0.shape)
-    if return_f:
-        return y1, f0.view(y0.shape), f1.view(y0.shape)
-    return y1
+    f0, f1 = (f0.view(y0.shape), f1.view(y0.shape)) if return_f else (None, None)
+    shift = _time_shift(t0_in, t0, t1_in, t1, y0)
+    if shift is not None:
+        # The solution depends on time only through t1 - t0 (the ODE is autonomous), so
+        # dy1/dt1 = f(y1) = -dy1/dt0, the gradient of the exact solution that torchdiffeq's
+        # adjoint gives; f1 = f(y1) moves with df/dy(y1) * f(y1).
+        rate = reference.rhs(y1.detach(), g.detach())
+        if return_f:
+            f1 = f1 + shift * ((torch.sin(2 * (y1.detach() + g.detach())) - 1) * rate)
+        y1 = y1 + shift * rate
+    return (y1, f0, f1) if return_f else y1
+
+
+def _time_shift(t0_in, t0: float, t1_in, t1: float, like: torch.Tensor) -> torch.Tensor | None:
+    """``(t1 - t0) - (t1 - t0).detach()`` from the caller's time tensors that require grad (a
+    zero carrying their gradient), or None when neither does."""
+    shift = None
+    for t_in, t, sign in ((t1_in, t1, 1.0), (t0_in, t0, -1.0)):
+        if isinstance(t_in, torch.Tensor) and t_in.requires_grad and torch.is_grad_enabled():
+            term = sign * (t_in.reshape(()) - t).to(like.dtype)
+            shift = term if shift is None else shift + term
+    return shift
+
+
+def _solve_differentiably(y0, g, y_flat, g_flat, t0: float, t1: float, cfg: NmodeConfig, need_f: bool):
+    """The reference solve in plain differentiable torch ops, for inputs inside a torch.func
+    transform or carrying forward-mode tangents: every transform and forward-mode AD then see
+    ordinary ops (the fused kernels and the custom op would drop tangents or batch dims)."""
+    if inside_vmap() and cfg.adaptive:
+        raise ValueError("nmode_solve(method='dopri5') cannot run under torch.func.vmap: its step "
+                         "sizes depend on the state's values. Use a fixed-step method (e.g. "
+                         "method='rk4', step_size=...) inside vmap, or solve the batch directly")
+    y1, f0, f1, _stats = reference.forward(y_flat, g_flat, t0, t1, cfg, need_f)
+    if not all_finite(y1):
+        _check_finite_inputs(y0, g)
+        raise RuntimeError(_NONFINITE_Y1)
+    return y1, f0, f1
+
+
+def _memory_order(y0: torch.Tensor) -> list[int] | None:
+    """The dimension order in which a dense but permuted ``y0`` (e.g. channels_last) is
+    contiguous, or None when ``y0`` is contiguous or not dense. Solving in that order keeps the
+    caller's memory format and avoids a copy."""
+    if y0.dim() < 2 or y0.is_contiguous():
+        return None
+    order = sorted(range(y0.dim()), key=lambda d: -y0.stride(d))
+    return order if y0.permute(order).is_contiguous() else None
+
+
+def _solve_in_memory_order(order: list[int], y0: torch.Tensor, g: torch.Tensor, t0, t1, **kwargs):
+    """``nmode_solve`` on ``y0`` and ``g`` permuted to ``order`` (elementwise, so the same
+    solve), results permuted back: outputs have ``y0``'s shape and memory format."""
+    g_full = g.reshape((1,) * (y0.dim() - g.dim()) + tuple(g.shape))
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    out = nmode_solve(y0.permute(order), g_full.permute(order), t0, t1, **kwargs)
+    if kwargs["return_f"]:
+        return tuple(o.permute(inverse) for o in out)
+    return out.permute(inverse)

@@ -71,6 +71,7 @@ checkpointing; see csrc/ops/nmode_solve/nmode_solve.h).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 METHODS = ("dopri5", "rk4", "rk4_classic", "midpoint", "euler")
 ADAPTIVE_METHODS = ("dopri5",)
@@ -116,12 +117,12 @@ class NmodeConfig:
         if self.method not in ADAPTIVE_METHODS:
             if self.step_size is None:
                 raise ValueError(f"step_size is required for the fixed-step method {self.method!r}")
-        if self.step_size is not None and not (float(self.step_size) > 0.0):
-            raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
+        if self.step_size is not None and not (0.0 < float(self.step_size) < math.inf):
+            raise ValueError(f"step_size must be a finite number > 0, got {self.step_size!r}")
         for name in ("rtol", "atol"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0.0) or v != v:
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+            if not (isinstance(v, (int, float)) and 0.0 <= v < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.rtol == 0.0 and self.atol == 0.0:
             raise ValueError("rtol and atol cannot both be zero")
         if not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
@@ -143,12 +144,24 @@ class NmodeConfig:
                    max_num_steps)
 
 
-def fixed_grid_steps(t0: float, t1: float, step_size: float) -> list[float]:
-    """torchdiffeq's fixed grid: t0 + k*step_size for k < n, last point clipped to t1."""
+def fixed_grid_step_count(t0: float, t1: float, step_size: float, max_num_steps: int) -> int:
+    """The number of steps of torchdiffeq's fixed grid over [t0, t1], checked against the step
+    budget before anything is allocated (a huge span or a tiny step would otherwise overflow the
+    count or exhaust memory). Raises RuntimeError naming the count and the budget."""
     import math
 
-    n_points = int(math.ceil((t1 - t0) / step_size + 1.0))
-    n_points = max(n_points, 2)
-    ts = [t0 + k * step_size for k in range(n_points - 1)] + [t1]
+    count = (t1 - t0) / step_size
+    if not math.isfinite(count) or math.ceil(count) > max_num_steps:
+        raise RuntimeError(f"nmode_solve: step_size={step_size!r} over [{t0!r}, {t1!r}] needs {count:.3g} "
+                           f"steps, more than max_num_steps={max_num_steps}; use a larger step_size "
+                           f"or raise max_num_steps")
+    return max(int(math.ceil(count + 1.0)) - 1, 1)
+
+
+def fixed_grid_steps(t0: float, t1: float, step_size: float,
+                     max_num_steps: int = DEFAULT_MAX_NUM_STEPS) -> list[float]:
+    """torchdiffeq's fixed grid: t0 + k*step_size for k < n, last point clipped to t1."""
+    n_steps = fixed_grid_step_count(t0, t1, step_size, max_num_steps)
+    ts = [t0 + k * step_size for k in range(n_steps)] + [t1]
     # torchdiffeq keeps a final point even if it lands (almost) on the previous one.
-    return [ts[k + 1] - ts[k] for k in range(n_points - 1)]
+    return [ts[k + 1] - ts[k] for k in range(n_steps)]

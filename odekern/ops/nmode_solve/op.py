@@ -11,6 +11,7 @@ Both ops take the flat layout of the backend contract (config.py): y0 [N], g [G]
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 
@@ -18,6 +19,8 @@ from odekern.dispatch import register as _register_backend
 from odekern.dispatch import select as _select_backend
 from odekern.ops.nmode_solve import cpp, reference
 from odekern.ops.nmode_solve.config import NmodeConfig
+from odekern.solvers.checks import NonFiniteError
+from odekern.solvers.state import all_finite
 
 OP = "nmode_solve"
 
@@ -108,8 +111,30 @@ def nmode_solve_backward_op(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None,
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
     impl = select_backend(y0, g, cfg, backend)
-    gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, stats, t0, t1, cfg)
+    if not all(x is None or all_finite(x) for x in (grad_y1, grad_f0, grad_f1)):
+        # A non-finite incoming gradient (e.g. AMP's loss scaling overflowing on purpose) makes
+        # the gradient non-finite; it is passed on without solving, for the scaler to see.
+        return torch.full_like(y0, math.nan), torch.full_like(g, math.nan)
+    try:
+        gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, stats, t0, t1, cfg)
+    except RuntimeError as exc:
+        if cfg.gradient != "adjoint":
+            raise
+        raise NonFiniteError(_adjoint_diverged(t0, t1, str(exc))) from exc
+    if not (all_finite(gy0) and all_finite(gg)):  # from finite inputs: a failed backward solve
+        if cfg.gradient == "adjoint":
+            raise NonFiniteError(_adjoint_diverged(t0, t1, "its result is NaN/inf"))
+        raise NonFiniteError("nmode_solve: the gradient is non-finite (NaN/inf) although the inputs "
+                             "and the incoming gradient are finite")
     return gy0, gg
+
+
+def _adjoint_diverged(t0: float, t1: float, detail: str) -> str:
+    growth = math.exp(min(t1 - t0, 700.0))
+    return (f"nmode_solve(gradient='adjoint'): the backward solve failed ({detail}). The continuous "
+            f"adjoint re-solves y backward in time, which amplifies rounding errors like "
+            f"e^(t1 - t0) = {growth:.3g} over this span, so y leaves the range where it is "
+            f"meaningful; use gradient='exact' (also O(1) memory) or a shorter span")
 
 
 @nmode_solve_backward_op.register_fake

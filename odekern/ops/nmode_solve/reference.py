@@ -207,7 +207,7 @@ def _solve(y0, gf, t0, t1, cfg: NmodeConfig, stats=None):
     """y(t1) for flat y0 and per-element gf; stats (global control) fixes the dt sequence."""
     fn = lambda x: (rhs(x[0], gf),)  # noqa: E731
     if not cfg.adaptive:
-        return solve_list(fn, (y0,), fixed_grid_steps(t0, t1, cfg.step_size), 1.0, cfg.method)[0], None
+        return solve_list(fn, (y0,), fixed_grid_steps(t0, t1, cfg.step_size, cfg.max_num_steps), 1.0, cfg.method)[0], None
     if cfg.control == "global":
         if stats is None:
             dts, n_rej, theta = global_step_sequence(y0.detach(), gf.detach(), t1 - t0, cfg.rtol,
@@ -223,11 +223,11 @@ def _solve(y0, gf, t0, t1, cfg: NmodeConfig, stats=None):
 def forward(y0, g, t0, t1, cfg: NmodeConfig, need_f: bool):
     gf = _expand_g(g, y0.numel())
     if y0.numel() == 0:
-        dts = fixed_grid_steps(t0, t1, cfg.step_size) if not cfg.adaptive else []
+        dts = fixed_grid_steps(t0, t1, cfg.step_size, cfg.max_num_steps) if not cfg.adaptive else []
         return y0.clone(), y0.new_empty(0), y0.new_empty(0), torch.tensor([len(dts), 0, 1.0, *dts], dtype=torch.float64)
     y1, stats = _solve(y0, gf, t0, t1, cfg)
     if not cfg.adaptive:
-        dts = fixed_grid_steps(t0, t1, cfg.step_size)
+        dts = fixed_grid_steps(t0, t1, cfg.step_size, cfg.max_num_steps)
         stats = torch.tensor([len(dts), 0.0, 1.0, *dts], dtype=torch.float64)
     f0 = rhs(y0, gf) if need_f else y0.new_empty(0)
     f1 = rhs(y1, gf) if need_f else y0.new_empty(0)
@@ -268,7 +268,7 @@ def _adjoint_backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg):
     if cfg.adaptive:
         x = solve_per_element(fn, x, t1 - t0, cfg.rtol, cfg.atol, cfg.max_num_steps)
     else:
-        x = solve_list(fn, x, fixed_grid_steps(0.0, t1 - t0, cfg.step_size), 1.0, cfg.method)
+        x = solve_list(fn, x, fixed_grid_steps(0.0, t1 - t0, cfg.step_size, cfg.max_num_steps), 1.0, cfg.method)
     gy0, ag = x[1], ag + x[2]
     if grad_f0 is not None:
         s2 = torch.sin(2 * (y0 + gf))

@@ -1004,7 +1004,7 @@ def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeC
     f0 = torch.empty_like(y0) if need_f else y0.new_empty(0)
     f1 = torch.empty_like(y0) if need_f else y0.new_empty(0)
     if not cfg.adaptive:
-        dts = fixed_grid_steps(t0, t1, float(cfg.step_size))
+        dts = fixed_grid_steps(t0, t1, float(cfg.step_size), cfg.max_num_steps)
         if len(dts) > cfg.max_num_steps:
             raise RuntimeError(f"nmode_solve: the fixed grid needs {len(dts)} steps, more than "
                                f"max_num_steps={cfg.max_num_steps}")
@@ -1069,7 +1069,7 @@ def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch
         _nmode_pe_bwd_kernel[grid](y0, g, gy1, gf0, gf1, grad_y0, g_full, status, par,
                                    cfg.max_num_steps, N, G, **common)
     else:
-        adj = [] if cfg.adaptive else fixed_grid_steps(0.0, t1 - t0, float(cfg.step_size))
+        adj = [] if cfg.adaptive else fixed_grid_steps(0.0, t1 - t0, float(cfg.step_size), cfg.max_num_steps)
         adj_t = torch.tensor(adj or [0.0], dtype=torch.float64, device=dev)
         _nmode_adjoint_bwd_kernel[grid](y0, g, gy1, gf0, gf1, grad_y0, g_full, status, par, dts_t if n_list else adj_t,
                                         w, wl, n_list, adj_t, len(adj), cfg.max_num_steps, N, G,

@@ -24,6 +24,7 @@ import torch
 
 from odekern.dispatch import check_backend_name, register, select
 from odekern.ops.rk_stage import op, reference
+from odekern.solvers.state import any_carries_tangent
 
 __all__ = ["fused_backend", "rk_combine", "rk_error_ratio", "rk_final_error"]
 
@@ -65,6 +66,12 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _plain_torch_only(coeffs: Sequence, tensors: Sequence[torch.Tensor]) -> bool:
+    """Time-grid coefficients that require grad, or inputs carrying a forward-mode tangent or
+    inside a torch.func transform: only the differentiable reference keeps those derivatives."""
+    return (torch.is_grad_enabled() and _grad_coeffs(coeffs)) or any_carries_tangent(tensors)
+
+
 def _name(backend: Optional[str]) -> str:
     # The custom ops take a plain str: torch's autograd wrapper mishandles a trailing None arg.
     return "auto" if backend is None else backend
@@ -84,7 +91,7 @@ def rk_combine(y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Se
     like = y if y is not None else ks[0]
     _check("rk_combine", like, ks, coeffs, out, "out")
     present = [t for t in (y, *ks) if t is not None]
-    if torch.is_grad_enabled() and _grad_coeffs(coeffs):
+    if _plain_torch_only(coeffs, present):
         return reference.rk_combine(y, ks, coeffs)
     if _needs_grad(*present):
         return op.rk_combine(like, ks, _floats(coeffs), y is not None, _name(backend))
@@ -107,7 +114,9 @@ def rk_final_error(y0: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequenc
     for argname, v in (("rtol", rtol), ("atol", atol)):
         if isinstance(v, torch.Tensor) and v.numel() != 1:
             raise ValueError(f"rk_final_error: {argname} must be a scalar for the fused pass, got shape {tuple(v.shape)}")
-    if (torch.is_grad_enabled() and _grad_coeffs(coeffs)) or _needs_grad(y0, *ks):
+    if _plain_torch_only(coeffs, [y0, *ks]):
+        return reference.rk_final_error(y0, ks, coeffs, err_coeffs, rtol=rtol, atol=atol)
+    if _needs_grad(y0, *ks):
         # y1 must carry the graph; the fused error pass then only feeds the step controller.
         y1 = rk_combine(y0, ks, coeffs, backend=backend)
         with torch.no_grad():
@@ -132,6 +141,8 @@ def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor
     _check("rk_error_ratio", y0, ks, err_coeffs, y1, "y1")
     if not 1 <= len(ks) <= 7:
         raise ValueError(f"rk_error_ratio: takes 1..7 k tensors, got {len(ks)}")
+    if any_carries_tangent([y0, y1, *ks]):
+        return reference.rk_error_ratio(y0, y1, ks, err_coeffs, rtol=rtol, atol=atol)
     with torch.no_grad():
         return op.rk_error_ratio(y0.detach(), y1.detach(), [k.detach() for k in ks],
                                  _floats(err_coeffs), float(rtol), float(atol), _name(backend))

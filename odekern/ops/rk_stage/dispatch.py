@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from odekern.dispatch import registered, requested_backend, select, triton_interpret
+from odekern.dispatch import registered, requested_backend, select, triton_interpret, unavailable_reason
 from odekern.ops.rk_stage import op
 
 # Smallest state (elements) for which automatic selection uses the fused kernels, per route.
@@ -52,9 +52,14 @@ def backend_for(which: str, like: torch.Tensor, ks: Sequence[torch.Tensor],
     uniform = all(k.dtype == like.dtype and k.device == like.device for k in ks)
     if uniform and key in _decisions:
         return _decisions[key]
+    if forced is not None:
+        reason = unavailable_reason(forced, like.device)
+        if reason is not None:
+            raise RuntimeError(f"odekern: backend {forced!r} was requested but cannot run on "
+                               f"{like.device} tensors here: {reason}")
     try:
         chosen = select(which, like.device, forced, y=like, ks=list(ks)).name
-    except RuntimeError:
+    except RuntimeError:  # this combination only (e.g. more terms than a kernel takes)
         chosen = None
     name = None if chosen in (None, "reference") else chosen
     if uniform:

@@ -1,0 +1,90 @@
+"""odeint / odeint_adjoint / ODEBlock under torch.func and forward-mode AD.
+
+The fused stage kernels and the solvers' preallocated buffers would drop tangents and batch
+dimensions; the solvers must see such inputs and use plain differentiable ops. Oracles: reverse
+mode through the same solve (the inner-product identity <u, J v> = <J^T u, v>), central finite
+differences in float64, and a Python loop for vmap. States are large enough that the fused
+kernels would otherwise run (above rk_stage.dispatch.MIN_NUMEL for no-grad solves).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+
+import odekern
+from odekern.nn import ODEBlock
+from odekern.testing import assert_close, randn
+
+F64 = torch.float64
+T = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+FIXED = dict(method="rk4", options=dict(step_size=0.1))
+ADAPTIVE = dict(method="dopri5")
+
+
+class Decay(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.7, dtype=F64))
+
+    def forward(self, t, y):
+        return -self.w * torch.tanh(y) + 0.1 * torch.cos(t)
+
+
+@pytest.mark.parametrize("kw", [FIXED, ADAPTIVE], ids=["rk4", "dopri5"])
+def test_jvp_matches_reverse_mode(kw):
+    func = Decay()
+    y0, v, u = (randn(64, 40, dtype=F64, seed=s) for s in (0, 1, 2))
+    solve = lambda y: odekern.odeint(func, y, T, **kw)[-1]  # noqa: E731
+    _, tangent = torch.func.jvp(solve, (y0,), (v,))
+    assert tangent.abs().max() > 0.1
+    y = y0.clone().requires_grad_()
+    vjp, = torch.autograd.grad(solve(y), y, u)
+    assert_close((u * tangent).sum(), (vjp * v).sum())
+
+
+def test_forward_ad_matches_finite_differences():
+    func = Decay()
+    y0, v = randn(64, 40, dtype=F64, seed=3), randn(64, 40, dtype=F64, seed=4)
+    with fwAD.dual_level():
+        out = odekern.odeint(func, fwAD.make_dual(y0, v), T, **FIXED)
+        tangent = fwAD.unpack_dual(out).tangent
+    eps = 1e-6
+    fd = (odekern.odeint(func, y0 + eps * v, T, **FIXED) - odekern.odeint(func, y0 - eps * v, T, **FIXED)) / (2 * eps)
+    assert_close(tangent, fd, kind="cross")
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jacfwd"])
+@pytest.mark.parametrize("solver", ["odeint", "odeint_adjoint"])
+def test_func_transforms_agree_with_autograd(transform, solver):
+    func = Decay()
+    y0 = randn(6, dtype=F64, seed=5)
+    solve = getattr(odekern, solver)
+    loss = lambda y: (solve(func, y, T, **FIXED)[-1] ** 2).sum()  # noqa: E731
+    result = getattr(torch.func, transform)(loss)(y0)
+    y = y0.clone().requires_grad_()
+    grad, = torch.autograd.grad(loss(y), y)
+    assert_close(result.reshape(-1), grad, kind="cross")
+
+
+def test_vmap_matches_a_loop_for_fixed_grids_and_refuses_adaptive_methods():
+    func = Decay()
+    ys = randn(5, 30, dtype=F64, seed=6)
+    solve = lambda y: odekern.odeint(func, y, T, **FIXED)  # noqa: E731
+    assert_close(torch.func.vmap(solve)(ys), torch.stack([solve(y) for y in ys], dim=0))
+    with pytest.raises(ValueError, match="vmap"):
+        torch.func.vmap(lambda y: odekern.odeint(func, y, T, **ADAPTIVE))(ys)
+
+
+def test_ode_block_jvp_with_respect_to_parameters():
+    block = ODEBlock(Decay(), method="rk4", options=dict(step_size=0.1)).double()
+    x = randn(64, 40, dtype=F64, seed=7)
+    params = dict(block.named_parameters())
+    direction = {k: torch.ones_like(p) for k, p in params.items()}
+    run = lambda p: torch.func.functional_call(block, p, (x,))  # noqa: E731
+    _, tangent = torch.func.jvp(run, (params,), (direction,))
+    u = randn(*tangent.shape, dtype=F64, seed=8)
+    out = block(x)
+    grads = torch.autograd.grad(out, list(params.values()), u)
+    assert_close((u * tangent).sum(), sum(g.sum() for g in grads))
