@@ -46,11 +46,16 @@ class RHS:
             dy = state.as_state(self.func(t, y))
             check(dy, y, t)
         self.nfe += 1
-        return dy
+        return state.map_state(_as_dtype_of, dy, y)
 
     def user_time(self, t: Any) -> float:
         """A solver-internal time as the caller sees it (undoing the reversal)."""
         return self.time_sign * float(t.detach() if isinstance(t, Tensor) else t)
+
+
+def _as_dtype_of(dy: Tensor, y: Tensor) -> Tensor:
+    """dy/dt in the state's dtype (a lower-precision RHS output, e.g. under autocast, cast up)."""
+    return dy if dy.dtype == y.dtype else dy.to(y.dtype)
 
 
 @dataclasses.dataclass

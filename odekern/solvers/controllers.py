@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from odekern.solvers import stages
-from odekern.solvers.state import component, first, is_tuple, map_state
+from odekern.solvers.state import component, first, is_tuple, map_state, widened
 
 Tensor = torch.Tensor
 
@@ -51,14 +51,14 @@ def select_initial_step(rhs: Callable[[Tensor, Tensor], Tensor], t0: Tensor, y0:
     """Hairer's starting step: an Euler step sized from |y0| and |f0|, refined by the change in
     f over that trial step. One extra RHS evaluation. ``order`` is the error estimator's order."""
     scale = _tolerance_scale(y0, rtol, atol)
-    d0 = float(norm(map_state(torch.div, y0, scale)).abs())
-    d1 = float(norm(map_state(torch.div, f0, scale)).abs())
+    d0 = float(norm(map_state(lambda a, s: widened(a) / s, y0, scale)).abs())
+    d1 = float(norm(map_state(lambda a, s: widened(a) / s, f0, scale)).abs())
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     # Evaluate in the state's precision, as torchdiffeq does (so the same h0 is found).
     h0 = float(torch.tensor(h0, dtype=first(y0).dtype))
     y1 = stages.stage_state(y0, h0, (1.0,), (f0,))
     f1 = rhs(t0 + h0, y1)
-    d2 = float(norm(map_state(lambda a, b, s: (a - b) / s, f1, f0, scale)).abs()) / h0
+    d2 = float(norm(map_state(lambda a, b, s: (widened(a) - widened(b)) / s, f1, f0, scale)).abs()) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
@@ -69,5 +69,5 @@ def select_initial_step(rhs: Callable[[Tensor, Tensor], Tensor], t0: Tensor, y0:
 def _tolerance_scale(y0, rtol: Any, atol: Any):
     """``atol + |y0| * rtol`` per component (tolerances may be given per component)."""
     if is_tuple(y0):
-        return tuple(component(atol, i) + torch.abs(c) * component(rtol, i) for i, c in enumerate(y0))
-    return atol + torch.abs(y0) * rtol
+        return tuple(component(atol, i) + torch.abs(widened(c)) * component(rtol, i) for i, c in enumerate(y0))
+    return atol + torch.abs(widened(y0)) * rtol

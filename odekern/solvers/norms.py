@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import math
+
 import torch
 
 from odekern.solvers.state import components, is_tuple
@@ -28,16 +30,23 @@ def rms_of(rms: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
     return torch.sqrt(sum(r.square() * n for r, n in kept) / total)
 
 
+def _sum_of_squares(x: Tensor) -> Tensor:
+    """Sum of |x|^2 accumulated in float64 (0-dim float64). A float32 sum's rounding depends on
+    how the reduction is split across threads, which made step sizes, and so results, depend
+    on the thread count; float64 partial sums round to the same float32 decisions."""
+    return torch.linalg.vector_norm(x, dtype=torch.float64).square()
+
+
 class RMSNorm:
     """Root mean square over all elements of all components: the RMS of their concatenation
     (torchdiffeq's default for a tensor state)."""
 
     def __call__(self, state) -> Tensor:
-        if not is_tuple(state):
-            return state.abs().pow(2).mean().sqrt()
-        parts = [c for c in state if c.numel()]
+        parts = [c for c in components(state) if c.numel()]
+        if not parts:
+            return torch.full((), math.nan, dtype=torch.float64)  # the mean of nothing
         total = sum(c.numel() for c in parts)
-        return torch.sqrt(sum(c.abs().pow(2).sum() for c in parts) / total)
+        return torch.sqrt(sum(_sum_of_squares(c) for c in parts) / total)
 
     def from_component_rms(self, rms: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
         return rms_of(rms, counts)

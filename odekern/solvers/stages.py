@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from odekern.solvers.state import (any_carries_tangent, component, components, is_tuple, join,
-                                   records_derivatives)
+                                   records_derivatives, widened)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
@@ -110,7 +110,7 @@ def _scaled_error(err, y0, y1, rtol, atol):
     if is_tuple(err):
         return tuple(_scaled_error(e, a, b, component(rtol, i), component(atol, i))
                      for i, (e, a, b) in enumerate(zip(err, y0, y1)))
-    return err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()))
+    return widened(err) / (atol + rtol * torch.maximum(widened(y0).abs(), widened(y1).abs()))
 
 
 def embedded_error_ratio(y0: Tensor, y1: Tensor, dt: TimeLike, b_err: Sequence[float], ks: Sequence[Tensor],

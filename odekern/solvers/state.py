@@ -106,6 +106,16 @@ def records_derivatives(tensors: Sequence[Tensor | None]) -> bool:
     return any_carries_tangent(tensors)
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def widened(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is float16/bfloat16, else ``x`` itself: the step-size controller
+    works at least in float32 (tolerances such as 1e-7 underflow in float16, and the error
+    ratio would divide by zero there)."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
 def all_finite(state: State) -> bool:
     """No NaN/inf in any component. Solvers call this every step, so it first tries one sum per
     component (a single reduction pass, ~9x cheaper than ``isfinite(c).all()`` on a 2M-element

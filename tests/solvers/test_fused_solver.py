@@ -96,7 +96,7 @@ def test_bad_rhs_output_still_rejected_on_fused_path(backend):
     with pytest.raises(ValueError, match="shape"):
         _solve(backend, lambda t, y: torch.zeros(3), y0, t, "rk4", {"step_size": 0.5})
     with pytest.raises(TypeError, match="dtype"):
-        _solve(backend, lambda t, y: y.float(), y0, t, "dopri5", None)
+        _solve(backend, lambda t, y: y.long(), y0, t, "dopri5", None)
 
 
 @pytest.mark.parametrize("method,options", [("rk4", {"step_size": 0.1}), ("dopri5", None)])

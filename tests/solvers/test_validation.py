@@ -133,9 +133,11 @@ def test_rhs_returning_wrong_shape(method):
 
 
 def test_rhs_returning_wrong_dtype_or_type():
-    with pytest.raises(TypeError, match=r"func\(t, y\) returned dtype torch.float32 but the state y has dtype "
-                                        r"torch.float64"):
-        odeint(lambda t, y: y.float(), _y0(), _t())
+    with pytest.raises(TypeError, match=r"func\(t, y\) returned dtype torch.float64 but the state y has dtype "
+                                        r"torch.float32"):
+        odeint(lambda t, y: y.double(), _y0().float(), _t().float())
+    with pytest.raises(TypeError, match=r"returned dtype torch.int64"):
+        odeint(lambda t, y: y.long(), _y0(), _t())
     with pytest.raises(TypeError, match=r"func\(t, y\) must return a torch.Tensor \(dy/dt\), got float"):
         odeint(lambda t, y: 1.0, _y0(), _t(), method="euler")
     with pytest.raises(TypeError, match=r"func\(t, y\) must return a tuple of 2 tensors for a tuple state y0"):

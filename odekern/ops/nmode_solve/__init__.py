@@ -12,7 +12,7 @@ from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig, fixed_grid_step_count
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph)
-from odekern.solvers.state import all_finite, any_carries_tangent, inside_vmap
+from odekern.solvers.state import LOW_PRECISION, all_finite, any_carries_tangent, inside_vmap
 
 __all__ = ["nmode_solve", "NmodeConfig"]
 
@@ -73,9 +73,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     """Solve ``dy/dt = -y + sin^2(y + g)`` from ``t0`` to ``t1``, elementwise, in one fused pass.
 
     Args:
-        y0: initial state, any shape, float32 or float64.
+        y0: initial state, any shape, float32 or float64; float16/bfloat16 inputs are solved in
+            float32 and the results rounded back to their dtype.
         g: the phase term (CNM-UNet's ``C(gamma)``), broadcastable to ``y0`` without changing
-            its shape (e.g. ``[1, C, H, W]`` against ``[B, C, H, W]``); same dtype and device.
+            its shape (e.g. ``[1, C, H, W]`` against ``[B, C, H, W]``); same dtype and device
+            (a float16/bfloat16 ``g``, as autocast gives, is cast up to ``y0``'s dtype).
             Its gradient is summed over the broadcast dimensions.
         t0, t1: integration interval, ``t1 > t0`` (numbers or one-element tensors). Time
             tensors that require grad get the gradient of the exact solution (the ODE is
@@ -128,10 +130,12 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
         raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
     if not isinstance(g, torch.Tensor):
         raise TypeError(f"g must be a torch.Tensor, got {type(g).__name__}")
-    if y0.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"y0 must be float32 or float64, got {y0.dtype}")
+    if y0.dtype not in (torch.float32, torch.float64, *LOW_PRECISION):
+        raise TypeError(f"y0 must be float32, float64, float16 or bfloat16, got {y0.dtype}")
+    if g.dtype != y0.dtype and g.dtype in LOW_PRECISION and y0.dtype not in LOW_PRECISION:
+        g = g.to(y0.dtype)  # e.g. C(gamma) computed under autocast for a float32 state
     if g.dtype != y0.dtype:
-        raise TypeError(f"g must have y0's dtype {y0.dtype}, got {g.dtype}")
+        raise TypeError(f"g must have y0's dtype {y0.dtype} (or a lower precision, cast up), got {g.dtype}")
     if g.device != y0.device:
         raise ValueError(f"g must be on y0's device {y0.device}, got {g.device}")
     if not _broadcasts_to(g.shape, y0.shape):
@@ -149,6 +153,13 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
                       gradient=gradient, max_num_steps=max_num_steps)
     if not cfg.adaptive:  # the step budget, before any backend allocates the grid
         fixed_grid_step_count(t0, t1, cfg.step_size, cfg.max_num_steps)
+    if y0.dtype in LOW_PRECISION:
+        # Solved in float32 (the controller and the stages need its range and precision), the
+        # results rounded back to the inputs' dtype, as autocast does for precision-sensitive ops.
+        out = nmode_solve(y0.float(), g.float(), t0_in, t1_in, method=method, step_size=step_size,
+                          rtol=rtol, atol=atol, control=control, gradient=gradient, return_f=return_f,
+                          backend=backend, max_num_steps=max_num_steps)
+        return tuple(o.to(y0.dtype) for o in out) if return_f else out.to(y0.dtype)
     order = _memory_order(y0)
     if order is not None:
         return _solve_in_memory_order(order, y0, g, t0_in, t1_in, method=method, step_size=step_size,
