@@ -55,7 +55,7 @@ def _cnm_rhs_evaluations() -> int:
 
     y0, g = _inputs()
     cfg = NmodeConfig()
-    _, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *cfg.to_args(), False, "auto")
+    _, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *cfg.to_args(), False, "auto", -1)
     attempts = int(stats[0] + stats[1])
     return 2 + 6 * attempts  # initial-step selection (2) + 6 new stages per attempt (FSAL)
 

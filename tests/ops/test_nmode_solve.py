@@ -106,7 +106,7 @@ def test_cnm_setting_matches_torchdiffeq_odeint_and_step_count(backend, dtype):
 
     cfg = NmodeConfig(**CNM)
     y1, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1),
-                                     0.0, 0.05, *cfg.to_args(), False, backend)
+                                     0.0, 0.05, *cfg.to_args(), False, backend, -1)
     assert int(stats[0] + stats[1]) == td_attempts, f"attempts: ours {stats[:2].tolist()}, torchdiffeq {td_attempts}"
     assert_close(y1.view_as(y0), want, kind="rounding" if dtype == torch.float64 else "cross")
 
@@ -296,23 +296,22 @@ def test_double_backward_is_refused():
 # ------------------------------------------------------------------------------------------
 # The custom ops are well-formed (schema, fake, autograd registration).
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["rk4", "dopri5-per_element"])
+@pytest.mark.parametrize("case", ["rk4", "dopri5-per_element", "dopri5-global"])
 def test_opcheck(case):
-    from odekern.ops.nmode_solve.op import nmode_solve_backward_op, nmode_solve_op
+    from odekern.ops.nmode_solve.op import nmode_solve_backward_op, nmode_solve_op, stats_capacity
 
     kw, t1 = CASES[case]
-    cfg = NmodeConfig(**kw)
+    cfg = NmodeConfig(**{**kw, "max_num_steps": 50})
     y0 = randn(12, dtype=torch.float64, requires_grad=True)
     g = randn(6, dtype=torch.float64, seed=2, requires_grad=True)
-    # Data-dependent output size (stats) makes the fake-tensor/aot checks need a ShapeEnv;
-    # schema and autograd registration are checked here.
-    tests = ("test_schema", "test_autograd_registration")
-    torch.library.opcheck(nmode_solve_op, (y0, g, 0.0, t1, *cfg.to_args(), True, "auto"), test_utils=tests)
-    y1, f0, f1, stats = nmode_solve_op(y0.detach(), g.detach(), 0.0, t1, *cfg.to_args(), True, "auto")
+    # With a static stats capacity (as torch.compile calls it) every opcheck test runs: schema,
+    # fake tensors, autograd registration and AOT dispatch.
+    args = (y0, g, 0.0, t1, *cfg.to_args(), True, "auto", stats_capacity(0.0, t1, cfg))
+    torch.library.opcheck(nmode_solve_op, args)
+    y1, f0, f1, stats = nmode_solve_op(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
     torch.library.opcheck(nmode_solve_backward_op,
                           (torch.ones(12, dtype=torch.float64), None, torch.ones(12, dtype=torch.float64),
-                           y0.detach(), g.detach(), stats, 0.0, t1, *cfg.to_args(), "auto"),
-                          test_utils=("test_schema",))
+                           y0.detach(), g.detach(), stats, 0.0, t1, *cfg.to_args(), "auto"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -418,7 +417,7 @@ def test_custom_op_is_skipped_only_when_nothing_needs_a_gradient(monkeypatch, ne
         return real_op(*args)
 
     y0, g = _inputs(torch.float32)
-    expected = real_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *NmodeConfig(**CNM).to_args(), False, "auto")[0]
+    expected = real_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *NmodeConfig(**CNM).to_args(), False, "auto", -1)[0]
     monkeypatch.setattr(solve_module, "nmode_solve_op", spy)
     y1 = odekern.nmode_solve(y0.clone().requires_grad_(needs_grad), g, 0.0, 0.05, **CNM)
     assert len(calls) == (1 if needs_grad else 0)

@@ -11,8 +11,8 @@ from odekern.dispatch import check_backend_name
 from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig, fixed_grid_step_count
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
-    nmode_solve_op, select_backend, solve_without_graph)
-from odekern.solvers.state import LOW_PRECISION, all_finite, any_carries_tangent, inside_vmap
+    nmode_solve_op, select_backend, solve_without_graph, stats_capacity)
+from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap
 
 __all__ = ["nmode_solve", "NmodeConfig"]
 
@@ -33,25 +33,12 @@ def _as_time(name: str, t) -> float:
     return t
 
 
-# Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
-_NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve "
-                 "overflowed (an explicit method unstable at this step_size), or |y + g| left the fast "
-                 "sin^2 range (2^15 float32, 1e7 float64)")
-
-
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
     """Whether ``shape`` broadcasts to ``target`` without changing it (torch.broadcast_shapes
     costs ~0.1 ms per call through torch._refs; this is the hot path of every solve)."""
     if len(shape) > len(target):
         return False
     return all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
-
-
-def _check_finite_inputs(y0: torch.Tensor, g: torch.Tensor) -> None:
-    if not all_finite(y0):
-        raise ValueError("y0 contains non-finite values (inf or nan)")
-    if not all_finite(g):
-        raise ValueError("g contains non-finite values (inf or nan)")
 
 
 def _leading_broadcast(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -169,28 +156,23 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     g_flat = _leading_broadcast(g, y0.shape) if y0.numel() else g.reshape(-1)[:0]
     if not g_flat.is_contiguous():
         g_flat = g_flat.contiguous()
-    # Non-finite inputs always give a non-finite y1 (NaN/inf propagate through every stage) or
-    # make the kernels raise, so the inputs are only inspected in those cases. The C++ CPU
-    # kernels refuse a non-finite y1 themselves; other backends' y1 costs one sum here.
     if torch.compiler.is_compiling():
-        y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend)
+        y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend,
+                                            stats_capacity(t0, t1, cfg))
     elif any_carries_tangent([y0, g]):
-        y1, f0, f1 = _solve_differentiably(y0, g, y_flat, g_flat, t0, t1, cfg, return_f)
+        if inside_vmap() and cfg.adaptive:
+            raise ValueError("nmode_solve(method='dopri5') cannot run under torch.func.vmap: its step "
+                             "sizes depend on the state's values. Use a fixed-step method (e.g. "
+                             "method='rk4', step_size=...) inside vmap, or solve the batch directly")
+        # The reference in plain differentiable torch ops: every torch.func transform and
+        # forward-mode AD see ordinary ops (the fused kernels and the custom op would drop
+        # tangents or batch dimensions).
+        y1, f0, f1, _stats = solve_without_graph(reference, y_flat, g_flat, t0, t1, cfg, return_f)
+    elif torch.is_grad_enabled() and (y0.requires_grad or g.requires_grad):
+        y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend, -1)
     else:
-        needs_graph = torch.is_grad_enabled() and (y0.requires_grad or g.requires_grad)
-        try:
-            impl = select_backend(y_flat, g_flat, cfg, backend)
-            if needs_graph:
-                y1, f0, f1, _stats = nmode_solve_op(y_flat, g_flat, t0, t1, *cfg.to_args(), return_f, backend)
-            else:
-                y1, f0, f1, _stats = solve_without_graph(impl, y_flat, g_flat, t0, t1, cfg, return_f)
-        except RuntimeError:
-            _check_finite_inputs(y0, g)
-            raise
-        checked = getattr(impl, "checks_output_finite", None)
-        if not (checked is not None and checked(y_flat)) and not all_finite(y1):
-            _check_finite_inputs(y0, g)
-            raise RuntimeError(_NONFINITE_Y1)
+        impl = select_backend(y_flat, g_flat, cfg, backend)
+        y1, f0, f1, _stats = solve_without_graph(impl, y_flat, g_flat, t0, t1, cfg, return_f)
     y1 = y1.view(y0.shape)
     f0, f1 = (f0.view(y0.shape), f1.view(y0.shape)) if return_f else (None, None)
     shift = _time_shift(t0_in, t0, t1_in, t1, y0)
@@ -214,21 +196,6 @@ def _time_shift(t0_in, t0: float, t1_in, t1: float, like: torch.Tensor) -> torch
             term = sign * (t_in.reshape(()) - t).to(like.dtype)
             shift = term if shift is None else shift + term
     return shift
-
-
-def _solve_differentiably(y0, g, y_flat, g_flat, t0: float, t1: float, cfg: NmodeConfig, need_f: bool):
-    """The reference solve in plain differentiable torch ops, for inputs inside a torch.func
-    transform or carrying forward-mode tangents: every transform and forward-mode AD then see
-    ordinary ops (the fused kernels and the custom op would drop tangents or batch dims)."""
-    if inside_vmap() and cfg.adaptive:
-        raise ValueError("nmode_solve(method='dopri5') cannot run under torch.func.vmap: its step "
-                         "sizes depend on the state's values. Use a fixed-step method (e.g. "
-                         "method='rk4', step_size=...) inside vmap, or solve the batch directly")
-    y1, f0, f1, _stats = reference.forward(y_flat, g_flat, t0, t1, cfg, need_f)
-    if not all_finite(y1):
-        _check_finite_inputs(y0, g)
-        raise RuntimeError(_NONFINITE_Y1)
-    return y1, f0, f1
 
 
 def _memory_order(y0: torch.Tensor) -> list[int] | None:

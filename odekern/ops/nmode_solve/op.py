@@ -18,7 +18,7 @@ import torch
 from odekern.dispatch import register as _register_backend
 from odekern.dispatch import select as _select_backend
 from odekern.ops.nmode_solve import cpp, reference
-from odekern.ops.nmode_solve.config import NmodeConfig
+from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_step_count
 from odekern.solvers.checks import NonFiniteError
 from odekern.solvers.state import all_finite
 
@@ -76,25 +76,64 @@ def select_backend(y0, g, cfg, backend):
 @torch.library.custom_op("odekern::nmode_solve", mutates_args=())
 def nmode_solve_op(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, method: str,
                    step_size: float, rtol: float, atol: float, control: str, gradient: str,
-                   max_num_steps: int, need_f: bool, backend: str
+                   max_num_steps: int, need_f: bool, backend: str, stats_capacity: int
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
-    return solve_without_graph(select_backend(y0, g, cfg, backend), y0, g, t0, t1, cfg, need_f)
+    y1, f0, f1, stats = solve_without_graph(select_backend(y0, g, cfg, backend), y0, g, t0, t1, cfg, need_f)
+    if stats_capacity >= 0:  # a static shape for torch.compile; the backward reads stats[0]
+        stats = torch.cat([stats, stats.new_zeros(stats_capacity - len(stats))])
+    return y1, f0, f1, stats
+
+
+def stats_capacity(t0: float, t1: float, cfg: NmodeConfig) -> int:
+    """An upper bound on the length of ``stats`` known before solving, which torch.compile needs
+    to trace the op without a graph break: exact for fixed grids, 3 for per-element control,
+    room for ``max_num_steps`` step sizes for global dopri5 control."""
+    if not cfg.adaptive:
+        return 3 + fixed_grid_step_count(t0, t1, cfg.step_size, cfg.max_num_steps)
+    return 3 if cfg.control == "per_element" else 3 + cfg.max_num_steps
 
 
 def solve_without_graph(impl, y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeConfig,
                         need_f: bool):
     """The forward op's body on backend ``impl``. Also called directly (not through the op) when
     nothing needs a gradient and nothing is being compiled: the custom op's Python dispatch
-    costs ~0.15 ms per call, ~5% of a CNM-sized solve."""
-    y1, f0, f1, stats = impl.forward(y0, g, t0, t1, cfg, need_f)
+    costs ~0.15 ms per call, ~5% of a CNM-sized solve.
+
+    Refuses a non-finite y(t1) here, inside the op, so that eager and compiled calls raise alike
+    (the data-dependent check is opaque to torch.compile). Non-finite inputs always give a
+    non-finite y1 or make the kernels raise, so they are only inspected in those cases; the
+    C++ CPU kernels check y1 themselves (``checks_output_finite``)."""
+    try:
+        y1, f0, f1, stats = impl.forward(y0, g, t0, t1, cfg, need_f)
+    except RuntimeError:
+        check_finite_inputs(y0, g)
+        raise
+    checked = getattr(impl, "checks_output_finite", None)
+    if not (checked is not None and checked(y0)) and not all_finite(y1):
+        check_finite_inputs(y0, g)
+        raise RuntimeError(NONFINITE_Y1)
     return y1, f0, f1, stats.to("cpu", torch.float64)
 
 
+# Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
+NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve "
+                "overflowed (an explicit method unstable at this step_size), or |y + g| left the fast "
+                "sin^2 range (2^15 float32, 1e7 float64)")
+
+
+def check_finite_inputs(y0: torch.Tensor, g: torch.Tensor) -> None:
+    if not all_finite(y0):
+        raise ValueError("y0 contains non-finite values (inf or nan)")
+    if not all_finite(g):
+        raise ValueError("g contains non-finite values (inf or nan)")
+
+
 @nmode_solve_op.register_fake
-def _(y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend):
+def _(y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend,
+      stats_capacity):
     n_f = y0.numel() if need_f else 0
-    stats_len = torch.library.get_ctx().new_dynamic_size()
+    stats_len = stats_capacity if stats_capacity >= 0 else torch.library.get_ctx().new_dynamic_size()
     return (torch.empty_like(y0), y0.new_empty(n_f), y0.new_empty(n_f),
             torch.empty(stats_len, dtype=torch.float64, device="cpu"))
 
@@ -159,7 +198,7 @@ torch.library.register_autograd("odekern::nmode_solve_backward", _double_backwar
 # Autograd of the forward op.
 # ---------------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
-    y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend = inputs
+    y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend, _ = inputs
     stats = output[3]
     ctx.save_for_backward(y0, g, stats)
     ctx.args = (t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, backend)
@@ -175,7 +214,7 @@ def _backward(ctx, grad_y1, grad_f0, grad_f1, _grad_stats):
         grad_f0 = grad_f1 = None
     gy0, gg = nmode_solve_backward_op(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method,
                                       step_size, rtol, atol, control, gradient, max_num_steps, backend)
-    return gy0, gg, None, None, None, None, None, None, None, None, None, None, None
+    return gy0, gg, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("odekern::nmode_solve", _backward, setup_context=_setup_context)
