@@ -6,6 +6,7 @@ Drop-in for torchdiffeq::
 
 Public API (explicit re-exports only):
 - ``odeint`` / ``odeint_adjoint``: torchdiffeq-compatible solvers.
+- ``odeint_event``: solve until an event, with a differentiable event time (torchdiffeq's API).
 - ``ODEBlock``: an nn.Module solving an ODE of any order with a chosen gradient mode.
 - ``nmode_solve`` / ``NmODE``: the fused nmODE solve ``dy/dt = -y + sin^2(y + g)``.
 - ``backends()`` / ``use_backend()``: which kernel backends exist here and forcing one.
@@ -16,6 +17,7 @@ from odekern.dispatch import backends, use_backend
 from odekern.nn import NmODE, ODEBlock
 from odekern.adjoint import odeint_adjoint
 from odekern.odeint import odeint
+from odekern.events import odeint_event
 from odekern.ops.nmode_solve import nmode_solve
 
 __version__ = "0.1.0"
@@ -28,5 +30,6 @@ __all__ = [
     "nmode_solve",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "use_backend",
 ]

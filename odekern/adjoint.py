@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,10 +30,16 @@ import torch
 from torch import nn
 
 from odekern.dispatch import requested_backend, use_backend
-from odekern.odeint import odeint
+from odekern.odeint import odeint, promote_tuple_state
+from odekern.reachable import warn_unreached
 from odekern.solvers import state
-from odekern.solvers.checks import check_params, check_state, check_state_matches_time, check_time, shape_or_type
+from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+from odekern.solvers.checks import check_params, check_state, check_time, coerce_time, shape_or_type
 from odekern.solvers.norms import PER_SAMPLE, component_rms_combiner, resolve_norm, rms_norm
+
+#: ``adjoint_options["norm"]`` for torchdiffeq's seminorm: the backward error norm leaves out the
+#: parameter adjoints (they do not feed back into the dynamics), so fewer backward steps are taken.
+SEMINORM = "seminorm"
 
 
 # --------------------------------------------------------------------------- augmented state
@@ -62,15 +69,17 @@ class _AugmentedLayout:
 
 class _AdjointNorm:
     """Error norm of the backward solve: max of |a_t|, the state norm of y and of a_y, and the RMS
-    norm of each a_theta.
+    norm of each a_theta (left out for the seminorm).
 
     Taking the max per part (not one RMS over everything) stops a huge parameter vector from
-    diluting the error of the state, and equals torchdiffeq's default adjoint norm.
+    diluting the error of the state, and equals torchdiffeq's default adjoint norm (its
+    ``adjoint_seminorm`` with ``seminorm=True``).
     """
 
-    def __init__(self, layout: _AugmentedLayout, state_norm: Callable):
+    def __init__(self, layout: _AugmentedLayout, state_norm: Callable, seminorm: bool = False):
         self.layout = layout
         self.state_norm = state_norm
+        self.seminorm = seminorm
         # Fusable (see norms.component_rms_combiner) exactly when the state norm is.
         self._combine_state = component_rms_combiner(state_norm)
         self.from_component_rms = self._from_component_rms if self._combine_state is not None else None
@@ -82,14 +91,16 @@ class _AdjointNorm:
             torch.as_tensor(self.state_norm(self.layout.user_state(y))),
             torch.as_tensor(self.state_norm(self.layout.user_state(adj_y))),
         ]
-        norms += [rms_norm(p) for p in adj_params if p.numel()]
+        if not self.seminorm:
+            norms += [rms_norm(p) for p in adj_params if p.numel()]
         return torch.stack([n.to(adj_t.dtype) for n in norms]).max()
 
     def _from_component_rms(self, rms: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
         """The same norm from per-component RMS values (the RMS of the scalar a_t is |a_t|)."""
         n, combine = self.layout.n_y, self._combine_state
         norms = [rms[0], combine(rms[1:1 + n], counts[1:1 + n]), combine(rms[1 + n:1 + 2 * n], counts[1 + n:1 + 2 * n])]
-        norms += [r for r, c in zip(rms[1 + 2 * n:], counts[1 + 2 * n:]) if c]
+        if not self.seminorm:
+            norms += [r for r, c in zip(rms[1 + 2 * n:], counts[1 + 2 * n:]) if c]
         return torch.stack(norms).max()
 
 
@@ -102,6 +113,10 @@ class _AugmentedDynamics:
         self.layout = layout
         self.params = params
         self.t_requires_grad = t_requires_grad
+        # func.callback_*_adjoint are the backward solve's step callbacks (torchdiffeq's protocol).
+        for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
+            if hasattr(func, adjoint_name):
+                setattr(self, name, getattr(func, adjoint_name))
 
     def __call__(self, t: torch.Tensor, aug: tuple) -> tuple:
         _, y, adj_y, _ = self.layout.unpack(aug)
@@ -154,6 +169,7 @@ class _AdjointConfig:
     adjoint_options: dict
     state_norm: Callable
     layout: _AugmentedLayout
+    event_fn: Callable | None = None
 
 
 class _OdeintAdjoint(torch.autograd.Function):
@@ -164,9 +180,12 @@ class _OdeintAdjoint(torch.autograd.Function):
         layout = cfg.layout
         # no_grad: nothing of the solver's steps is recorded, so memory is flat in the step count.
         with torch.no_grad():
-            ys = odeint(cfg.func, layout.user_state(tensors[:layout.n_y]), t, rtol=cfg.rtol,
-                        atol=cfg.atol, method=cfg.method, options=cfg.options)
-        return state.components(ys)
+            out = odeint(cfg.func, layout.user_state(tensors[:layout.n_y]), t, rtol=cfg.rtol,
+                         atol=cfg.atol, method=cfg.method, options=cfg.options, event_fn=cfg.event_fn)
+        if cfg.event_fn is None:
+            return state.components(out)
+        event_t, ys = out
+        return (event_t, *state.components(ys))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -175,6 +194,10 @@ class _OdeintAdjoint(torch.autograd.Function):
         ctx.t_requires_grad = t.requires_grad
         # backward() runs after any use_backend(...) block has exited: remember the choice.
         ctx.backend = requested_backend()
+        if cfg.event_fn is not None:
+            # As torchdiffeq's adjoint, the solve is differentiated up to the event time but not
+            # through it; odeint_event adds the event time's own gradient.
+            ctx.mark_non_differentiable(output[0])
         ctx.save_for_backward(t, *output, *tensors[cfg.layout.n_y:])
 
     @staticmethod
@@ -182,9 +205,15 @@ class _OdeintAdjoint(torch.autograd.Function):
         cfg: _AdjointConfig = ctx.cfg
         layout = cfg.layout
         t, *saved = ctx.saved_tensors
+        t_given = t
+        if cfg.event_fn is not None:
+            event_t, saved, grad_ys = saved[0], saved[1:], grad_ys[1:]
+            t = torch.cat([t[:1], event_t.reshape(1).to(t)])
         ys, params = tuple(saved[:layout.n_y]), tuple(saved[layout.n_y:])
         dynamics = _AugmentedDynamics(cfg.func, layout, params, ctx.t_requires_grad)
         adjoint_options = dict(cfg.adjoint_options)
+        if adjoint_options.get("norm") == SEMINORM:
+            adjoint_options["norm"] = _AdjointNorm(layout, cfg.state_norm, seminorm=True)
         adjoint_options.setdefault("norm", _AdjointNorm(layout, cfg.state_norm))
         solve = odeint
 
@@ -201,7 +230,8 @@ class _OdeintAdjoint(torch.autograd.Function):
                 y_i = tuple(c[i] for c in ys)
                 if ctx.t_requires_grad:
                     # dL/dt_i from the output itself: the solution moves with velocity f(t_i, y_i).
-                    f_i = _components_of_output(cfg.func(t[i], layout.user_state(y_i)), y_i)
+                    # func sees time in the state's dtype, as in the forward solve.
+                    f_i = _components_of_output(cfg.func(t[i].to(like.dtype), layout.user_state(y_i)), y_i)
                     direct = sum((fc * g[i]).sum() for fc, g in zip(f_i, grad_ys))
                     time_grads[i] = direct.to(t.dtype)
                     adj_t = adj_t - direct
@@ -213,6 +243,8 @@ class _OdeintAdjoint(torch.autograd.Function):
 
             if ctx.t_requires_grad:
                 time_grads[0] = adj_t.to(t.dtype)
+                if cfg.event_fn is not None:  # only t[0] is a time of the event solve
+                    time_grads = torch.cat([time_grads[:1], torch.zeros_like(t_given[1:])])
 
         param_grads = [g.to(p.dtype) for g, p in zip(adj_params, params)]
         return (None, time_grads, *adj_y, *param_grads)
@@ -221,7 +253,7 @@ class _OdeintAdjoint(torch.autograd.Function):
 # --------------------------------------------------------------------------- public entry point
 
 
-def _find_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...]:
+def _given_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...]:
     if adjoint_params is None:
         if not isinstance(func, nn.Module):
             raise ValueError(
@@ -235,8 +267,7 @@ def _find_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...]
             raise TypeError(
                 f"odeint_adjoint: adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}"
             )
-    # Parameters that need no gradient are left out of the backward state entirely.
-    return tuple(p for p in params if p.requires_grad)
+    return params
 
 
 def _check_scalar_tolerance(value, name: str) -> None:
@@ -304,6 +335,7 @@ def odeint_adjoint(
     adjoint_method=None,
     adjoint_options=None,
     adjoint_params=None,
+    event_fn=None,
 ):
     """Solve ``dy/dt = func(t, y)`` like ``odekern.odeint``; backward by the continuous adjoint.
 
@@ -328,10 +360,16 @@ def odeint_adjoint(
     """
     if not callable(func):
         raise TypeError(f"odeint_adjoint: func must be callable, got {type(func).__name__}")
+    y0 = promote_tuple_state(y0)
     check_state(y0)
     check_time(t)
-    check_state_matches_time(y0, t)
-    params = _find_parameters(func, adjoint_params)
+    t = coerce_time(t, y0)
+    given_params = _given_parameters(func, adjoint_params)
+    params = tuple(p for p in given_params if p.requires_grad)
+    if len(params) != len(given_params) and callable((adjoint_options or {}).get("norm")):
+        warnings.warn("An adjoint parameter was passed without requiring gradient. For efficiency this will be "
+                      "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm.")
+    warn_unreached(func, given_params)
     check_params(params, state.first(y0), "adjoint_params")
     if (options or {}).get("on_max_steps", "raise") != "raise":
         raise ValueError(
@@ -350,11 +388,13 @@ def odeint_adjoint(
     tuple_state = state.is_tuple(y0)
     cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
                          adjoint_options, _state_norm(options, tuple_state),
-                         _AugmentedLayout(len(state.components(y0)), tuple_state))
+                         _AugmentedLayout(len(state.components(y0)), tuple_state), event_fn)
     if state.any_carries_tangent([t, *state.components(y0), *params]):
         # Inside a torch.func transform, or with forward-mode tangents, the adjoint's backward
         # (autograd.grad over func at every step) cannot run; the solve is differentiated as a
         # discrete one instead, which agrees with the adjoint to within the solver tolerance.
-        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
-    ys = _OdeintAdjoint.apply(cfg, t, *state.components(y0), *params)
-    return state.rebuild(y0, ys)
+        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn)
+    out = _OdeintAdjoint.apply(cfg, t, *state.components(y0), *params)
+    if event_fn is not None:
+        return out[0], state.rebuild(y0, out[1:])
+    return state.rebuild(y0, out)

@@ -6,21 +6,24 @@ built on it live one layer up (``odekern/adjoint.py``, ``odekern/checkpoint.py``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import warnings
+
 import torch
 
-from odekern.solvers import state
-from odekern.solvers.base import RHS, SolveStatus
+from odekern.solvers import events, state
+from odekern.solvers.base import CALLBACK_NAMES, RHS, SolveStatus
 from odekern.solvers.checks import (
     check_method,
     check_options,
     check_state,
-    check_state_matches_time,
     check_time,
     check_tolerance,
     check_tolerances_not_both_zero,
+    coerce_time,
 )
 from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
@@ -30,7 +33,7 @@ State = Tensor | tuple
 
 
 def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any = 1e-9,
-           method: str | None = None, options: dict | None = None):
+           method: str | None = None, options: dict | None = None, event_fn: Callable | None = None):
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
     Same signature, defaults, option names and return value as ``torchdiffeq.odeint``.
@@ -41,8 +44,11 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             solvers keep the components apart (no concatenation), so ``func`` may return a
             component of its input as is (e.g. ``(v, a)`` for the state ``(x, v)``).
         y0: initial state: a floating tensor of any shape, or a tuple of such tensors.
-        t: 1-D tensor of output times, strictly increasing or strictly decreasing (a decreasing
-            ``t`` integrates backward in time); same dtype and device as ``y0``.
+        t: 1-D floating tensor of output times, strictly increasing or strictly decreasing (a
+            decreasing ``t`` integrates backward in time). Any floating dtype (torchdiffeq's rules:
+            fixed grids step in ``t``'s precision, adaptive methods hold time in float64, ``func``
+            gets time in ``y0``'s dtype, the solution has ``y0``'s dtype); on another device than
+            ``y0`` it is moved there with torchdiffeq's warning.
         rtol, atol: relative / absolute error tolerances (floats, or tensors broadcastable to
             ``y0``; tuples with one entry per component for a tuple state). Used by ``dopri5``
             (step control) and ``implicit_adams`` (corrector convergence).
@@ -50,19 +56,22 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             ``"midpoint"``, ``"rk4"`` (3/8 rule, as torchdiffeq), ``"rk4_classic"``,
             ``"explicit_adams"``, ``"implicit_adams"``; also torchdiffeq's ``"heun2"``,
             ``"heun3"`` and ``"fixed_adams"`` (= implicit_adams).
-        options: method options. Unknown names raise ``ValueError`` listing the valid ones.
+        options: method options. A name the method does not take is dropped with torchdiffeq's
+            warning (``"RK4: Unexpected arguments {...}"``); a bad value raises.
 
             Fixed-grid methods (all but dopri5):
             ``step_size`` (grid ``t[0] + k*step_size``, last point clipped to ``t[-1]``; default:
             the grid is ``t``), ``grid_constructor(func, y0, t) -> grid``, ``interp`` (``"linear"``
-            default, or ``"cubic"``) for outputs between grid points; Adams methods also take
-            ``max_order`` (<= 12, default 12) and implicit_adams ``max_iters`` (default 4).
+            default, or ``"cubic"``) for outputs between grid points, ``perturb`` (default False:
+            True evaluates ``func`` just after each step's start and just before its end, for a
+            ``func`` discontinuous at grid points); Adams methods also take ``max_order`` (<= 12,
+            default 12), ``max_iters`` (default 4) and implicit_adams ``implicit`` (default True).
 
             ``dopri5``: ``first_step``, ``safety`` (0.9), ``ifactor`` (10), ``dfactor`` (0.2),
             ``min_step`` (0) / ``max_step`` (inf) bounds on the step size, ``max_num_steps``
             (attempts per output interval, as torchdiffeq), ``step_t`` / ``jump_t`` (times the
-            solver must step on; ``jump_t`` marks discontinuities of ``func``), ``norm`` and
-            ``on_max_steps``.
+            solver must step on; ``jump_t`` marks discontinuities of ``func``), ``dtype`` (of time,
+            float64; promoted with ``y0``'s), ``norm`` and ``on_max_steps`` (every method).
 
             ``norm``: a callable (as torchdiffeq), ``"rms"`` (default), ``"max"``, or
             ``"per_sample"``: every element along dim 0 of ``y0`` gets its own step sizes, as if
@@ -76,9 +85,20 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             ``n_outputs_reached``, step counts); rows of ``solution`` after ``n_outputs_reached``
             repeat the last state reached.
 
+        event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` until it crosses zero (any
+            element, for a multivariate one) and return ``(event_t, solution)`` with ``solution``
+            of length 2 (``y0`` and the state at the event). ``t`` must have 2 entries (only
+            ``t[0]`` and the direction count). Fixed-grid methods need ``step_size``. The event
+            time carries no gradient here: use ``odekern.odeint_event`` for that.
+
+        ``func`` may define torchdiffeq's step callbacks ``callback_step(t0, y0, dt)`` (every
+        method), ``callback_accept_step`` / ``callback_reject_step`` (adaptive methods); they are
+        called exactly where torchdiffeq calls them.
+
     Returns:
         ``solution`` of shape ``[len(t), *y0.shape]`` (a tuple of such tensors for a tuple
-        ``y0``); ``(solution, status)`` when ``options["on_max_steps"] == "return"``.
+        ``y0``); ``(solution, status)`` when ``options["on_max_steps"] == "return"``;
+        ``(event_t, solution)`` with ``event_fn``.
 
     Raises:
         TypeError / ValueError for bad arguments (the message names the argument);
@@ -93,14 +113,18 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
                          "batch directly with options={'norm': 'per_sample'}")
     solver_cls = METHODS[method]
     options = check_options(method, options, solver_cls.OPTIONS)
+    y0 = promote_tuple_state(y0)
     check_state(y0)
     check_tolerance(rtol, "rtol")
     check_tolerance(atol, "atol")
     if method in ADAPTIVE_METHODS:
         check_tolerances_not_both_zero(rtol, atol, method)
     reverse = check_time(t)
-    check_state_matches_time(y0, t)
+    t = coerce_time(t, y0)
+    warn_unsupported_callbacks(func, method, solver_cls.CALLBACKS)
     return_status = options.get("on_max_steps", "raise") == "return"
+    if event_fn is not None:
+        return _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status)
 
     tuple_state = state.is_tuple(y0)
     rtol, atol = _as_state_tolerance(rtol, y0, "rtol"), _as_state_tolerance(atol, y0, "atol")
@@ -121,6 +145,55 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
                             **options)
         solution, status = solver.integrate(t)
     return (solution, status) if return_status else solution
+
+
+def promote_tuple_state(y0: Any) -> Any:
+    """A tuple state whose components differ in floating dtype, all cast to the promoted dtype
+    (differentiably): torchdiffeq concatenates the components, so it solves and returns them in
+    that dtype too."""
+    if not isinstance(y0, tuple) or len(y0) < 2 or not all(isinstance(c, Tensor) and c.is_floating_point() for c in y0):
+        return y0
+    dtypes = {c.dtype for c in y0}
+    if len(dtypes) == 1:
+        return y0
+    common = functools.reduce(torch.promote_types, dtypes)
+    return tuple(c.to(common) for c in y0)
+
+
+def warn_unsupported_callbacks(func: Callable, method: str, supported: frozenset) -> None:
+    """torchdiffeq's warning when ``func`` has step callbacks the method never calls."""
+    present = {name for name in CALLBACK_NAMES if hasattr(func, name)}
+    unsupported = present - supported
+    if unsupported:
+        warnings.warn(f"Solver '{method}' does not support callbacks {unsupported}")
+
+
+def _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status):
+    """``odeint(..., event_fn=...)``: ``(event_t, [y0, y(event_t)])`` (see ``solvers.events``)."""
+    if len(t) != 2:
+        raise ValueError(f"We require len(t) == 2 when in event handling mode, but got len(t)={len(t)}.")
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
+    if return_status:
+        raise ValueError("options['on_max_steps']='return' cannot be combined with event_fn: the event search "
+                         "raises when max_num_steps is exceeded")
+    if options.get("norm") == PER_SAMPLE:
+        raise ValueError("options['norm']='per_sample' cannot be combined with event_fn: an event is one time "
+                         "for the whole state")
+    if state.numel(y0) == 0:
+        raise ValueError("odeint(event_fn=...) needs a non-empty state y0")
+    combined = events.combine_event_functions(event_fn, t[0], y0)
+    solver_event = (lambda s, y: combined(-s, y)) if reverse else combined
+    norm = resolve_norm(options.pop("norm", None), state.is_tuple(y0))
+    if reverse:
+        t = -t
+        _flip_time_options(options)
+    solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, _as_state_tolerance(rtol, y0, "rtol"),
+                             _as_state_tolerance(atol, y0, "atol"), method=method, norm=norm, **options)
+    event_t, y_event = events.until_event(solver, t[0], solver_event)
+    event_t = event_t.to(t)
+    solution = state.rebuild(y0, (torch.stack([a, b]) for a, b in zip(state.components(y0), state.components(y_event))))
+    return (-event_t if reverse else event_t), solution
 
 
 def _as_state_tolerance(tol: Any, y0: state.State, name: str) -> Any:

@@ -39,13 +39,19 @@ _MIN_HISTORY = 3
 
 
 class AdamsBashforthMoulton(FixedGridSolver):
-    OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters"}
+    OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters", "implicit"}
     order = 4
     implicit = True
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, max_order: int = MAX_ORDER,
-                 max_iters: int = 4, **options: Any):
+                 max_iters: int = 4, implicit: bool | None = None, **options: Any):
         super().__init__(rhs, y0, rtol, atol, **options)
+        if implicit is not None:
+            if type(self).implicit is False:
+                # torchdiffeq's explicit_adams passes implicit=False itself: a second value is a TypeError.
+                raise TypeError(f"options['implicit'] cannot be given to method {self.method!r}: "
+                                "it is always explicit; use method='implicit_adams' with implicit=True/False")
+            self.implicit = bool(implicit)
         if isinstance(max_order, bool) or not isinstance(max_order, int) or not 1 <= max_order <= MAX_ORDER:
             raise ValueError(f"options['max_order'] must be an int in [1, {MAX_ORDER}], got {max_order!r}")
         if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
@@ -68,7 +74,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
         self._history.clear()
 
     def _step(self, t0, dt, t1, y0):
-        f0 = self.rhs(t0, y0)
+        f0 = self.rhs(t0, y0, self._start_perturb())
         if self._reuse_buffers:
             # The history outlives the state buffers: a slope that is (a view of) the RHS's input
             # (e.g. the velocity of a second-order state) must be copied before they are reused.
@@ -76,7 +82,8 @@ class AdamsBashforthMoulton(FixedGridSolver):
         self._history.appendleft(f0)
         m = min(len(self._history), self.max_order - 1)
         if m < _MIN_HISTORY:
-            y1, _ = self._rk4.step(self.rhs, t0, dt, t1, y0, f0, out=self._next_buffer(y0))
+            y1, _ = self._rk4.step(self.rhs, t0, dt, t1, y0, f0, out=self._next_buffer(y0),
+                                   t_end_stages=self._end_time(t1))
             return y1, f0
         history = list(self._history)[:m]
         dy = stages.adams_increment(dt, self._bashforth[m], history, out=self._dy_buffers[0])
@@ -90,7 +97,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
         converged = False
         for it in range(self.max_iters):
             dy_old = dy
-            f1 = self.rhs(t1, stages.add(y0, dy_old, out=self._corrector_input))
+            f1 = self.rhs(t1, stages.add(y0, dy_old, out=self._corrector_input), self._end_perturb())
             dy = stages.linear_combination((weights[0],), (f1,), scale=dt, base=known,
                                            out=self._dy_buffers[(it + 1) % 2])
             diff = stages.linear_combination((1.0, -1.0), (dy_old, dy), out=self._diff_buffer)
@@ -107,5 +114,6 @@ class AdamsBashforthMoulton(FixedGridSolver):
 
 
 class AdamsBashforth(AdamsBashforthMoulton):
-    OPTIONS = FIXED_GRID_OPTIONS | {"max_order"}
+    # ``max_iters`` is accepted (and unused) as in torchdiffeq; ``implicit`` is refused (TypeError).
+    OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters", "implicit"}
     implicit = False

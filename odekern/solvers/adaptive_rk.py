@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from odekern.solvers import interpolation, stages, state
-from odekern.solvers.base import RHS, Solver, SolveStatus, store
-from odekern.solvers.checks import check_positive, check_step_bounds, raise_non_finite
+from odekern.solvers.base import CALLBACK_NAMES, RHS, Perturb, Solver, SolveStatus, beside, store
+from odekern.solvers.checks import check_on_max_steps, check_positive, check_step_bounds, raise_non_finite
 from odekern.solvers.controllers import IntegralController, select_initial_step
 from odekern.solvers.explicit_rk import RKStepper
 from odekern.solvers.norms import rms_norm
@@ -38,8 +38,7 @@ from odekern.solvers.tableaus import DOPRI5
 Tensor = torch.Tensor
 
 ADAPTIVE_OPTIONS = frozenset({"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
-                              "step_t", "jump_t", "norm", "on_max_steps"})
-ON_MAX_STEPS = ("raise", "return")
+                              "step_t", "jump_t", "norm", "dtype", "on_max_steps"})
 
 
 def _time_points(values: Any, name: str) -> list[float]:
@@ -54,20 +53,9 @@ def _time_points(values: Any, name: str) -> list[float]:
     return points
 
 
-def _beside(t: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
-    """The ``dtype`` float next to ``t`` (where ``func`` will see it), keeping d/dt = 1.
-
-    The nudge is done in the state's dtype because the RHS receives time in that dtype: a float64
-    nudge would round back onto the discontinuity for a float32 state.
-    """
-    t_y = t.to(dtype)
-    with torch.no_grad():
-        nudge = torch.nextafter(t_y, t_y + direction) - t_y
-    return t_y + nudge
-
-
 class AdaptiveRK(Solver):
     OPTIONS = ADAPTIVE_OPTIONS
+    CALLBACKS = frozenset(CALLBACK_NAMES)
     tableau: ButcherTableau = DOPRI5
     time_dtype = torch.float64
 
@@ -75,8 +63,12 @@ class AdaptiveRK(Solver):
                  first_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0,
                  dfactor: float = 0.2, min_step: float = 0.0, max_step: float = math.inf,
                  max_num_steps: int = 2 ** 31 - 1, step_t: Any = None, jump_t: Any = None,
-                 on_max_steps: str = "raise"):
+                 dtype: torch.dtype = torch.float64, on_max_steps: str = "raise"):
         super().__init__(rhs, y0, rtol, atol, method=method)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"options['dtype'] must be a floating torch.dtype (the dtype time is held in), got {dtype!r}")
+        # torchdiffeq: time in ``dtype`` promoted with the state's dtype (float64 by default).
+        self.time_dtype = torch.promote_types(dtype, state.first(y0).dtype)
         min_step, max_step = float(min_step), float(max_step)
         check_step_bounds(min_step, max_step)
         check_positive(first_step, "first_step")
@@ -84,8 +76,7 @@ class AdaptiveRK(Solver):
             check_positive(v, name, allow_none=False)
         if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
             raise ValueError(f"options['max_num_steps'] must be an int >= 1, got {max_num_steps!r}")
-        if on_max_steps not in ON_MAX_STEPS:
-            raise ValueError(f"options['on_max_steps'] must be one of {list(ON_MAX_STEPS)}, got {on_max_steps!r}")
+        check_on_max_steps(on_max_steps)
         self.norm = rms_norm if norm is None else norm
         self.first_step = None if first_step is None else float(first_step)
         self.controller = IntegralController(order=self.tableau.order, safety=float(safety), ifactor=float(ifactor),
@@ -128,12 +119,7 @@ class AdaptiveRK(Solver):
         tv = t.tolist()
         solution = self._new_solution(len(t))
         rhs = self.rhs
-        f0 = rhs(t[0], self.y0)
-        if self.first_step is None:
-            dt = select_initial_step(rhs, t[0], self.y0, f0, self.order - 1, self.rtol, self.atol, self.norm)
-        else:
-            dt = self.first_step
-        s = _State(t=t[0], tf=tv[0], y=self.y0, f=f0, dt=dt, t_prev=t[0])
+        s = self._start(t[0])
         for i in range(1, len(tv)):
             attempts = 0
             while tv[i] > s.tf:
@@ -154,6 +140,15 @@ class AdaptiveRK(Solver):
             store(solution, i, row, interpolation.evaluate(s.coeffs, s.t_prev, s.t, t[i], out=row))
         return solution, self._status(s, True, "reached the last output time", tv[-1], len(tv))
 
+    def _start(self, t0: Tensor) -> _State:
+        """The solve's state at ``t0`` (in ``time_dtype``): f(t0, y0) and the first step size."""
+        f0 = self.rhs(t0, self.y0)
+        if self.first_step is None:
+            dt = select_initial_step(self.rhs, t0, self.y0, f0, self.order - 1, self.rtol, self.atol, self.norm)
+        else:
+            dt = self.first_step
+        return _State(t=t0, tf=float(t0.detach()), y=self.y0, f=f0, dt=dt, t_prev=t0)
+
     def _status(self, s: _State, success: bool, message: str, t_reached: float, n_outputs: int) -> SolveStatus:
         return SolveStatus(success, message, self.rhs.user_time(t_reached), n_outputs, s.last_dt, s.n_accepted,
                            s.n_rejected, self.rhs.nfe)
@@ -162,6 +157,9 @@ class AdaptiveRK(Solver):
         """One attempted step from ``s``; on acceptance ``s`` moves to the step's end."""
         rhs, ctrl = self.rhs, self.controller
         dt = ctrl.clamp(s.dt if math.isfinite(s.dt) else ctrl.min_step)
+        callbacks = rhs.callbacks  # torchdiffeq's step callbacks: (t0, y0, dt) before / after each attempt
+        if callbacks:
+            rhs.callback("callback_step", s.t, s.y, torch.tensor(dt, dtype=self.time_dtype, device=device))
         t1f = s.tf + dt
         if not t1f > s.tf:
             if s.last_ratio_non_finite:
@@ -177,7 +175,7 @@ class AdaptiveRK(Solver):
             t1 = torch.tensor(t1f, dtype=self.time_dtype, device=device)
         s.last_dt = dt
         # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
-        t_end = _beside(t1, state.first(s.y).dtype, -1) if on_jump else None
+        t_end = beside(t1, state.first(s.y).dtype, -1) if on_jump else None
         y1, ks = self._stepper.step(rhs, s.t, dt, t1, s.y, s.f, out=self._next_y_buffer(s.y), t_end_stages=t_end)
         ratio = float(stages.embedded_error_ratio(s.y, y1, dt, self.tab.b_err, ks, self.rtol, self.atol,
                                                   self.norm, err_out=self._err_buffer))
@@ -188,9 +186,15 @@ class AdaptiveRK(Solver):
                 raise_non_finite(self.method, rhs.user_time(s.tf),
                                  f"a step of dt={dt:.3e} (min_step) gave a non-finite error estimate")
             s.n_rejected += 1
+            if callbacks:
+                rhs.callback("callback_reject_step", s.t, s.y, torch.tensor(dt, dtype=self.time_dtype, device=device))
             s.dt = ctrl.clamp(dt * ctrl.dfactor)
             return
-        if (ratio <= 1 and dt <= ctrl.max_step) or dt <= ctrl.min_step:
+        accepted = (ratio <= 1 and dt <= ctrl.max_step) or dt <= ctrl.min_step
+        if callbacks:
+            name = "callback_accept_step" if accepted else "callback_reject_step"
+            rhs.callback(name, s.t, s.y, torch.tensor(dt, dtype=self.time_dtype, device=device))
+        if accepted:
             if not state.all_finite(y1):
                 raise_non_finite(self.method, rhs.user_time(s.tf),
                                  f"the accepted step to t={rhs.user_time(t1f):.6g} produced NaN/inf")
@@ -198,7 +202,7 @@ class AdaptiveRK(Solver):
             s.t_prev, s.t, s.tf, s.y, s.f = s.t, t1, t1f, y1, ks[-1]
             if on_jump:
                 # Past a discontinuity of f: take the slope from its far side.
-                s.f = rhs(_beside(t1, state.first(y1).dtype, +1), y1)
+                s.f = rhs(t1, y1, Perturb.NEXT)
             s.n_accepted += 1
         else:
             s.n_rejected += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -22,21 +23,61 @@ from odekern.solvers.checks import check_rhs_output, check_tuple_rhs_output
 Tensor = torch.Tensor
 
 
+class Perturb(enum.Enum):
+    """Which side of a time point ``func`` is evaluated on (torchdiffeq's ``Perturb``): ``NEXT``
+    / ``PREV`` move ``t`` to the adjacent float of the state's dtype after / before it, so a
+    ``func`` that is discontinuous at a grid point is sampled on the side the step lies on."""
+
+    NONE = 0
+    PREV = 1
+    NEXT = 2
+
+
+#: Step callbacks torchdiffeq looks up on ``func`` (each called as ``callback(t0, y0, dt)``).
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+#: The same callbacks for the backward solve of the adjoint (looked up on the forward ``func``).
+ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
+
+
+def beside(t: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
+    """The ``dtype`` float next to ``t`` (``direction`` +1: above, -1: below), d/dt kept at 1.
+
+    Done in the state's dtype because ``func`` receives time in that dtype: a float64 nudge
+    would round back onto the point for a float32 state."""
+    t_y = t.to(dtype)
+    with torch.no_grad():
+        nudge = torch.nextafter(t_y, t_y + direction) - t_y
+    return t_y + nudge
+
+
 class RHS:
     """``func`` as the solvers call it: time cast to the state's dtype, time reversal applied,
     output checked (shape / dtype / device) and evaluations counted in ``nfe``.
 
     For a tuple state ``func`` takes and returns tuples; the components it returns are passed
-    on as they are (a component of its input included), so the solver sees no copy."""
+    on as they are (a component of its input included), so the solver sees no copy.
+
+    The step callbacks ``func.callback_step`` / ``callback_accept_step`` / ``callback_reject_step``
+    (torchdiffeq's protocol) are found here once and called through ``callback``."""
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], time_sign: float = 1.0):
         self.func = func
         self.time_sign = time_sign
         self.nfe = 0
+        self.callbacks = {name: getattr(func, name) for name in CALLBACK_NAMES if hasattr(func, name)}
 
-    def __call__(self, t: Any, y: state.State) -> state.State:
+    def callback(self, name: str, t0: Tensor, y0: state.State, dt: Any) -> None:
+        """Call ``func.<name>(t0, y0, dt)`` if ``func`` has it; ``t0`` in the caller's time
+        direction (a backward solve hands the user's time, as torchdiffeq does)."""
+        fn = self.callbacks.get(name)
+        if fn is not None:
+            fn(-t0 if self.time_sign < 0 else t0, y0, dt)
+
+    def __call__(self, t: Any, y: state.State, perturb: Perturb = Perturb.NONE) -> state.State:
         like = state.first(y)
         t = t.to(like.dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=like.dtype, device=like.device)
+        if perturb is not Perturb.NONE:
+            t = beside(t, like.dtype, 1 if perturb is Perturb.NEXT else -1)
         check = check_tuple_rhs_output if state.is_tuple(y) else check_rhs_output
         if self.time_sign < 0:
             dy = state.as_state(self.func(-t, y))
@@ -83,8 +124,10 @@ class SolveStatus:
 class Solver(abc.ABC):
     """Base class: holds the RHS, initial state and tolerances; subclasses implement ``integrate``."""
 
-    #: option names this solver accepts (``odeint`` rejects anything else, listing these)
+    #: option names this solver accepts (``odeint`` drops others with torchdiffeq's warning)
     OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    #: step callbacks (``CALLBACK_NAMES``) this solver calls; others on ``func`` are warned about
+    CALLBACKS: ClassVar[frozenset[str]] = frozenset()
     #: order of accuracy (used by the controller and documented per method)
     order: ClassVar[int]
 

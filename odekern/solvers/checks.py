@@ -7,11 +7,13 @@ value) whose message starts with the argument's name and says what was expected.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from odekern.solvers.compat import solver_class_name
 from odekern.solvers.state import all_finite
 
 Tensor = torch.Tensor
@@ -77,14 +79,25 @@ def check_state(y0: Any, name: str = "y0") -> None:
 
 def check_state_matches_time(y0: Tensor | Sequence[Tensor], t: Tensor,
                              y0_name: str = "y0", t_name: str = "t") -> None:
-    """``y0`` and ``t`` must share dtype and device (no silent casts or transfers)."""
+    """``y0`` and ``t`` must share the device (``coerce_time`` moves ``t`` instead, with a warning)."""
     ref = y0[0] if isinstance(y0, tuple) else y0
     if ref.device != t.device:
         raise ValueError(f"{y0_name} and {t_name} must be on the same device, got {y0_name} on {ref.device} "
                          f"and {t_name} on {t.device}")
-    if ref.dtype != t.dtype:
-        raise TypeError(f"{y0_name} and {t_name} must have the same dtype, got {y0_name} {ref.dtype} and "
-                        f"{t_name} {t.dtype}; convert one, e.g. t.to(y0.dtype)")
+
+
+def coerce_time(t: Tensor, y0: Tensor | Sequence[Tensor]) -> Tensor:
+    """``t`` on ``y0``'s device, as torchdiffeq does: moved with its warning, never refused.
+
+    The dtype is left alone: a fixed grid keeps ``t``'s precision for its step sizes, an adaptive
+    solver holds time in float64, ``func`` receives time in the state's dtype and the solution
+    has the state's dtype (torchdiffeq's rules, so a float64 NumPy time grid with a float32 state
+    gives what it gives there)."""
+    ref = y0[0] if isinstance(y0, tuple) else y0
+    if t.device != ref.device:
+        warnings.warn("t is not on the same device as y0. Coercing to y0.device.")
+        t = t.to(ref.device)
+    return t
 
 
 def check_params(params: Iterable[Tensor], y0: Tensor, name: str = "params") -> None:
@@ -140,17 +153,28 @@ def check_method(method: str | None, valid: Iterable[str], default: str = "dopri
 
 
 def check_options(method: str, options: Mapping[str, Any] | None, valid: Iterable[str]) -> dict:
-    """A copy of ``options``; unknown keys raise and list the options ``method`` accepts."""
+    """A copy of ``options`` without the names ``method`` does not take.
+
+    Those are dropped with torchdiffeq's warning (``"RK4: Unexpected arguments {...}"``), so code
+    that passes one option dict to every method (e.g. ``max_num_steps`` to ``rk4``) runs as it
+    does on torchdiffeq. A value a method cannot use still raises where the solver checks it."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
     valid = set(valid)
-    unknown = [k for k in options if k not in valid]
+    unknown = {k: v for k, v in options.items() if k not in valid}
     if unknown:
-        raise ValueError(f"options {_fmt_list(map(str, unknown))} not recognised by method {method!r}; "
-                         f"valid options: {_fmt_list(valid)}")
-    return dict(options)
+        warnings.warn(f"{solver_class_name(method)}: Unexpected arguments {unknown}")
+    return {k: v for k, v in options.items() if k in valid}
+
+
+ON_MAX_STEPS = ("raise", "return")
+
+
+def check_on_max_steps(value: Any) -> None:
+    if value not in ON_MAX_STEPS:
+        raise ValueError(f"options['on_max_steps'] must be one of {list(ON_MAX_STEPS)}, got {value!r}")
 
 
 def check_positive(value: Any, name: str, allow_none: bool = True) -> None:

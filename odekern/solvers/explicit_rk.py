@@ -67,8 +67,9 @@ class FixedGridRK(FixedGridSolver):
         return self.tableau.order
 
     def _step(self, t0, dt, t1, y0):
-        f0 = self.rhs(t0, y0)
-        y1, _ = self._stepper.step(self.rhs, t0, dt, t1, y0, f0, out=self._next_buffer(y0))
+        f0 = self.rhs(t0, y0, self._start_perturb())
+        y1, _ = self._stepper.step(self.rhs, t0, dt, t1, y0, f0, out=self._next_buffer(y0),
+                                   t_end_stages=self._end_time(t1))
         return y1, f0
 
 

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 
 from odekern.solvers import stages, state
-from odekern.solvers.base import RHS, Solver, SolveStatus, store
-from odekern.solvers.checks import check_positive, raise_non_finite
+from odekern.solvers.base import RHS, Perturb, Solver, SolveStatus, beside, store
+from odekern.solvers.checks import check_on_max_steps, check_positive, raise_non_finite
 
 Tensor = torch.Tensor
 
-FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "norm"})
+# torchdiffeq's fixed-grid options, plus ``on_max_steps`` so that a status-returning call keeps
+# its return type when only the method changes (a fixed grid never runs out of steps).
+FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "norm", "on_max_steps"})
 
 
 # A grid longer than this is refused before it is allocated: at one RHS call per step it would
@@ -53,14 +55,19 @@ class FixedGridSolver(Solver):
     """Steps along a grid; subclasses implement one step ``_step(t0, dt, t1, y0) -> (y1, f0)``."""
 
     OPTIONS = FIXED_GRID_OPTIONS
+    CALLBACKS = frozenset({"callback_step"})  # no accepted / rejected steps on a fixed grid
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str,
                  step_size: float | None = None, grid_constructor=None, interp: str = "linear",
-                 norm: Any = None, **options: Any):
+                 perturb: Any = False, norm: Any = None, on_max_steps: str = "raise", **options: Any):
         # ``norm`` is accepted and ignored: fixed grids have no error control (torchdiffeq does
         # the same), so switching ``method`` does not require editing ``options``.
         super().__init__(rhs, y0, rtol, atol, method=method, **options)
         check_positive(step_size, "step_size")
+        check_on_max_steps(on_max_steps)
+        # torchdiffeq's ``perturb``: the first stage sees ``func`` just after ``t0`` and stages at
+        # the step's end just before ``t1`` (the step lies between possible discontinuities).
+        self.perturb = bool(perturb)
         if step_size is not None and grid_constructor is not None:
             raise ValueError("options['step_size'] and options['grid_constructor'] are mutually exclusive; pass one")
         if grid_constructor is not None and not callable(grid_constructor):
@@ -99,6 +106,18 @@ class FixedGridSolver(Solver):
         a, b = self._y_buffers
         return b if current is a else a
 
+    def _start_perturb(self) -> Perturb:
+        """How the step's first evaluation (at ``t0``) is perturbed."""
+        return Perturb.NEXT if self.perturb else Perturb.NONE
+
+    def _end_perturb(self) -> Perturb:
+        """How evaluations at the step's end (``t1``) are perturbed."""
+        return Perturb.PREV if self.perturb else Perturb.NONE
+
+    def _end_time(self, t1: Tensor) -> Tensor | None:
+        """Where stages with ``c = 1`` evaluate (None: ``t1`` itself)."""
+        return beside(t1, state.first(self.y0).dtype, -1) if self.perturb else None
+
     @abc.abstractmethod
     def _step(self, t0: Tensor, dt: Tensor, t1: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:
         """One step from ``(t0, y0)``; returns ``(y1, f0)`` with ``f0 = func(t0, y0)``."""
@@ -118,6 +137,7 @@ class FixedGridSolver(Solver):
                 break
             t0, t1 = grid[i], grid[i + 1]
             dt = t1 - t0
+            self.rhs.callback("callback_step", t0, y0, dt)
             y1, f0 = self._step(t0, dt, t1, y0)
             n_steps += 1
             at_output = grid_vals[i + 1] >= t_vals[j]

@@ -1,0 +1,103 @@
+"""Tensors reachable from an ODE function that the adjoint would leave without a gradient.
+
+The continuous adjoint differentiates only ``y0``, ``t`` and ``adjoint_params``. A tensor that
+``func`` uses and that requires grad -- a plain tensor attribute, a submodule's parameter left
+out of an explicit ``adjoint_params``, a tensor captured by a closure -- silently gets no
+gradient (torchdiffeq gives none either), so a model part the user means to train never
+trains. ``odeint_adjoint`` warns once per such tensor, naming it.
+
+The search follows module parameters, buffers and submodules, plain attributes, bound
+methods' ``self``, closures, ``functools.partial`` and lists/tuples/dicts, a few levels deep;
+it never calls anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+_MAX_DEPTH = 6
+_MAX_OBJECTS = 10_000
+# Attributes every nn.Module has: its registries are walked explicitly, the rest is bookkeeping.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+# Tensors already warned about (by id; an entry disappears with its tensor).
+_warned: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
+def tensors_requiring_grad(func: Callable) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` for every tensor requiring grad reachable from ``func`` (see module doc)."""
+    seen: set[int] = set()
+    stack: list[tuple[object, str, int]] = [(func, "func", 0)]
+    while stack and len(seen) < _MAX_OBJECTS:
+        obj, name, depth = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            if obj.requires_grad:
+                yield name, obj
+            continue
+        if depth >= _MAX_DEPTH:
+            continue
+        stack.extend(reversed(list(_children(obj, name, depth + 1))))
+
+
+def _children(obj: object, name: str, depth: int) -> Iterable[tuple[object, str, int]]:
+    if isinstance(obj, nn.Module):
+        for key, value in (*obj._parameters.items(), *obj._buffers.items(), *obj._modules.items()):
+            if value is not None:
+                yield value, f"{name}.{key}", depth
+        for key, value in vars(obj).items():
+            if key not in _MODULE_INTERNALS:
+                yield value, f"{name}.{key}", depth
+    elif isinstance(obj, types.MethodType):
+        yield obj.__self__, f"{name}.__self__", depth
+    elif isinstance(obj, functools.partial):
+        yield obj.func, f"{name}.func", depth
+        for i, value in enumerate(obj.args):
+            yield value, f"{name}.args[{i}]", depth
+        for key, value in obj.keywords.items():
+            yield value, f"{name}.keywords[{key!r}]", depth
+    elif isinstance(obj, types.FunctionType):
+        for var, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
+            try:
+                yield cell.cell_contents, f"{name}.<closure {var}>", depth
+            except ValueError:  # an empty cell
+                continue
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield value, f"{name}[{i}]", depth
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(key, str):
+                yield value, f"{name}[{key!r}]", depth
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType)):
+        for key, value in vars(obj).items():
+            yield value, f"{name}.{key}", depth
+
+
+def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor]) -> None:
+    """Warn (once per tensor) about tensors requiring grad that ``func`` reaches but that are
+    not in ``adjoint_params``: the adjoint gives them no gradient."""
+    given = {id(p) for p in adjoint_params}
+    for name, tensor in tensors_requiring_grad(func):
+        if id(tensor) in given or id(tensor) in _warned:
+            continue
+        _warned[id(tensor)] = tensor
+        kind = "a parameter" if isinstance(tensor, nn.Parameter) else "a tensor"
+        warnings.warn(
+            f"odeint_adjoint: {name} ({kind} of shape {tuple(tensor.shape)}) requires grad and is reachable "
+            "from func, but it is not in adjoint_params, so the adjoint gives it no gradient and it will not "
+            "train. Pass it in adjoint_params, register it as an nn.Parameter of func, or detach it if it "
+            "should stay fixed.", stacklevel=3)
+
+
+__all__ = ["tensors_requiring_grad", "warn_unreached"]
