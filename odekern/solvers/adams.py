@@ -107,8 +107,10 @@ class AdamsBashforthMoulton(FixedGridSolver):
             if converged:
                 break
         if not converged:
-            warnings.warn(f"implicit_adams: the corrector did not converge in {self.max_iters} iterations at "
-                          f"t={self.rhs.user_time(t1):.6g}; lowering the order (solution may be inaccurate)")
+            # torchdiffeq's text first, so filters written for it match.
+            warnings.warn(f"Functional iteration did not converge. Solution may be incorrect. (implicit_adams: "
+                          f"the corrector did not converge in {self.max_iters} iterations at "
+                          f"t={self.rhs.user_time(t1):.6g}; lowering the order)")
             self._history.pop()
         return dy
 

@@ -55,6 +55,11 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
         return fused
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
     if _records_grad([base, *(k for _, k in terms)], scale) or out is None:
+        like = base if base is not None else (terms[0][1] if terms else None)
+        if isinstance(scale, Tensor) and like is not None and scale.dtype != like.dtype:
+            # A time step in another dtype than the state (a float32 grid for a float64 state):
+            # its value is used exactly, the products are formed in the state's precision.
+            scale = scale.to(like.dtype)
         acc = None
         for c, k in terms:
             term = k * (scale * c)
