@@ -1,0 +1,185 @@
+"""torchdiffeq drop-in: every option name torchdiffeq 0.2.5 takes, and its warnings for the rest.
+
+Code written for torchdiffeq passes one option dict to several methods (the continuous U-Net's
+``options={"max_num_steps": 1000}`` for rk4/euler/Adams) and relies on torchdiffeq warning
+"Unexpected arguments" instead of failing. Each case runs on both libraries: the same warnings,
+and the same solution (fixed grids to rounding, adaptive methods within ``CROSS_LIBRARY_TOL``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchdiffeq
+from solver_problems import Counting, MLPODE
+
+import odekern
+from odekern.testing import assert_close, randn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+F64 = torch.float64
+
+
+STEP = 0.125  # exact in binary: the grid points are exactly the jumps of _jumpy
+
+
+def _jumpy(t, y):
+    """A right-hand side with a jump at every grid point (``floor(t / STEP)``): ``perturb``
+    decides which side of it each stage sees."""
+    return torch.sin(y) + torch.floor(t / STEP)
+
+
+def _smooth(t, y):
+    return torch.sin(3 * t) * y - 0.5 * y ** 3
+
+
+def _run(lib, func, method, options, t=None, y0=None, **kw):
+    """The solution and the set of warning texts the call raised (not the Adams corrector's
+    convergence warnings: their texts differ, see test_adams_corrector_warning_starts_like_torchdiffeqs)."""
+    t = torch.tensor([0.0, 0.375, 0.75], dtype=F64) if t is None else t
+    y0 = randn(2, 3, dtype=F64, seed=3) if y0 is None else y0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = lib.odeint(func, y0, t, method=method, options=options, **kw)
+    return out, {str(w.message) for w in caught if "did not converge" not in str(w.message)}
+
+
+FIXED = {"euler": None, "midpoint": None, "rk4": None, "heun2": None, "heun3": None,
+         "explicit_adams": {"max_order": 4}, "implicit_adams": None}
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("rk4", {"max_num_steps": 1000}), ("euler", {"max_num_steps": 1000}),
+    ("implicit_adams", {"max_num_steps": 1000}), ("explicit_adams", {"max_num_steps": 1000, "max_order": 4}),
+    ("midpoint", {"first_step": 0.1}), ("dopri5", {"step_size": 0.1, "interp": "cubic"}),
+    ("dopri5", {"perturb": True}), ("heun3", {"jump_t": [0.5]}),
+], ids=lambda v: v if isinstance(v, str) else "-".join(v))
+def test_unexpected_options_warn_like_torchdiffeq(method, extra):
+    opts = ({"step_size": 0.05} if method != "dopri5" else {}) | extra
+    ours, our_warnings = _run(odekern, _smooth, method, opts)
+    theirs, their_warnings = _run(torchdiffeq, _smooth, method, opts)
+    assert our_warnings == their_warnings
+    unexpected = [w for w in our_warnings if "Unexpected arguments" in w]
+    assert len(unexpected) == 1 and all(repr(k) in unexpected[0] for k in extra if k != "max_order"), our_warnings
+    assert_close(ours, theirs, kind="cross" if method == "dopri5" else "rounding")
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler", "implicit_adams", "dopri5"])
+def test_options_every_method_takes_silently(method):
+    # torchdiffeq takes ``norm`` for every method (fixed grids ignore it); Adams take max_iters.
+    opts = {"norm": lambda y: y.abs().max()}
+    if method != "dopri5":
+        opts |= {"step_size": 0.1, "perturb": False}
+    if "adams" in method:
+        opts |= {"max_iters": 3, "max_order": 5}
+    ours, our_warnings = _run(odekern, _smooth, method, opts)
+    theirs, their_warnings = _run(torchdiffeq, _smooth, method, opts)
+    assert not our_warnings and not their_warnings
+    assert_close(ours, theirs, kind="cross" if method == "dopri5" else "rounding")
+
+
+@pytest.mark.parametrize("method", list(FIXED))
+@pytest.mark.parametrize("perturb", [False, True])
+def test_perturb_matches_torchdiffeq_on_a_discontinuous_rhs(method, perturb):
+    opts = {"step_size": STEP, "perturb": perturb} | (FIXED[method] or {})
+    ours, _ = _run(odekern, _jumpy, method, opts)
+    theirs, _ = _run(torchdiffeq, _jumpy, method, opts)
+    assert_close(ours, theirs)
+
+
+def test_perturb_changes_the_solution_of_a_discontinuous_rhs():
+    # The option is not a no-op: which side of each jump the stages see moves the result.
+    plain, _ = _run(odekern, _jumpy, "rk4", {"step_size": STEP})
+    nudged, _ = _run(odekern, _jumpy, "rk4", {"step_size": STEP, "perturb": True})
+    assert (plain - nudged).abs().max() > 1e-3
+
+
+def test_perturb_backward_in_time_matches_torchdiffeq():
+    t = torch.tensor([0.75, 0.375, 0.0], dtype=F64)
+    ours, _ = _run(odekern, _jumpy, "rk4", {"step_size": STEP, "perturb": True}, t=t)
+    theirs, _ = _run(torchdiffeq, _jumpy, "rk4", {"step_size": STEP, "perturb": True}, t=t)
+    assert_close(ours, theirs)
+
+
+def test_implicit_adams_implicit_false_is_explicit_adams():
+    opts = {"step_size": 0.1, "max_order": 4}
+    ours, _ = _run(odekern, _smooth, "implicit_adams", opts | {"implicit": False})
+    theirs, _ = _run(torchdiffeq, _smooth, "implicit_adams", opts | {"implicit": False})
+    explicit, _ = _run(odekern, _smooth, "explicit_adams", opts)
+    assert_close(ours, theirs)
+    assert_close(ours, explicit)
+
+
+def test_adams_corrector_warning_starts_like_torchdiffeqs():
+    # Filters written for torchdiffeq's text match odekern's (which adds where and why).
+    with pytest.warns(UserWarning, match=r"^Functional iteration did not converge\. Solution may be incorrect\. "
+                                         r"\(implicit_adams: .* at t="):
+        odekern.odeint(_smooth, randn(2, 3, dtype=F64, seed=3), torch.tensor([0.0, 1.0], dtype=F64),
+                       method="implicit_adams", options={"step_size": 0.1, "max_iters": 1})
+
+
+def test_explicit_adams_refuses_implicit_with_torchdiffeqs_exception_type():
+    opts = {"step_size": 0.1, "implicit": True}
+    with pytest.raises(TypeError):
+        _run(torchdiffeq, _smooth, "explicit_adams", opts)
+    with pytest.raises(TypeError, match=r"options\['implicit'\] cannot be given to method 'explicit_adams'"):
+        _run(odekern, _smooth, "explicit_adams", opts)
+
+
+@pytest.mark.parametrize("time_dtype", [torch.float32, torch.float64])
+def test_adaptive_time_dtype_option(time_dtype):
+    """``dtype`` is the dtype time is held in (promoted with the state's): both libraries take the
+    same steps."""
+    y0 = randn(2, 3, dtype=F64, seed=3)
+    f_ours, f_theirs = Counting(_smooth), Counting(_smooth)
+    ours, w = _run(odekern, f_ours, "dopri5", {"dtype": time_dtype}, y0=y0)
+    theirs, _ = _run(torchdiffeq, f_theirs, "dopri5", {"dtype": time_dtype}, y0=y0)
+    assert not w
+    assert_close(ours, theirs, kind="cross")
+    assert abs(f_ours.n - f_theirs.n) <= 6
+
+
+def test_adaptive_time_dtype_must_be_a_floating_dtype():
+    with pytest.raises(TypeError, match=r"options\['dtype'\] must be a floating torch.dtype"):
+        odekern.odeint(_smooth, torch.ones(2), torch.tensor([0.0, 1.0]), options={"dtype": torch.int32})
+
+
+def test_on_max_steps_is_accepted_by_fixed_grids():
+    # odekern's own option: a status-returning call keeps its return type when the method changes.
+    sol, status = odekern.odeint(_smooth, torch.ones(2), torch.tensor([0.0, 1.0]), method="rk4",
+                                 options={"step_size": 0.1, "on_max_steps": "return"})
+    assert status.success and status.n_steps == 10 and sol.shape == (2, 2)
+
+
+def test_fixed_grid_event_needs_step_size_with_torchdiffeqs_exception_type():
+    args = (lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]))
+    with pytest.raises(AssertionError):
+        torchdiffeq.odeint(*args, method="rk4", event_fn=lambda t, y: y - 0.5)
+    with pytest.raises(AssertionError, match=r"needs options\['step_size'\]"):
+        odekern.odeint(*args, method="rk4", event_fn=lambda t, y: y - 0.5)
+    with pytest.raises(ValueError, match=r"needs options\['step_size'\]"):
+        odekern.odeint(*args, method="rk4", event_fn=lambda t, y: y - 0.5)
+
+
+def _seminorm_case(lib, adjoint_options):
+    func = MLPODE(3, seed=2)
+    counting = Counting(func)
+    y0 = randn(4, 3, dtype=F64, seed=5).requires_grad_(True)
+    t = torch.tensor([0.0, 0.5, 1.5], dtype=F64)
+    ys = lib.odeint_adjoint(counting, y0, t, rtol=1e-9, atol=1e-11, adjoint_params=tuple(func.parameters()),
+                            adjoint_options=adjoint_options)
+    n_forward = counting.n
+    grads = torch.autograd.grad((ys ** 2).sum(), (y0, *func.parameters()))
+    return grads, counting.n - n_forward
+
+
+def test_adjoint_seminorm_matches_torchdiffeq_and_saves_backward_steps():
+    ours, our_nfe = _seminorm_case(odekern, {"norm": "seminorm"})
+    theirs, their_nfe = _seminorm_case(torchdiffeq, {"norm": "seminorm"})
+    _, full_nfe = _seminorm_case(odekern, None)
+    for a, b in zip(ours, theirs):
+        assert_close(a, b, kind="cross")
+    assert abs(our_nfe - their_nfe) <= 6  # one dopri5 step
+    assert our_nfe < full_nfe
