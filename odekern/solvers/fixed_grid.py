@@ -43,7 +43,11 @@ def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
     n_points = math.ceil(((end - start) / step_size + 1).item())
     grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
     grid[-1] = end
-    return grid
+    # ``start + k * step_size`` can round onto or past ``end`` one point early (0.3 + 6 * 0.1 >
+    # 0.9): torchdiffeq then takes a step of about -1e-16; that point is dropped instead.
+    keep = torch.ones(n_points, dtype=torch.bool, device=t.device)
+    keep[:-1] = grid[:-1] < end
+    return grid if bool(keep.all()) else grid[keep]
 
 
 def checks_every_step(device: torch.device) -> bool:

@@ -183,3 +183,12 @@ def test_adjoint_seminorm_matches_torchdiffeq_and_saves_backward_steps():
         assert_close(a, b, kind="cross")
     assert abs(our_nfe - their_nfe) <= 6  # one dopri5 step
     assert our_nfe < full_nfe
+
+
+@pytest.mark.parametrize("t0,t1", [(0.3, 0.9), (0.9, 0.3), (0.0, 0.7)])
+def test_step_size_grid_that_rounds_past_its_end_runs_like_torchdiffeq(t0, t1):
+    # 0.3 + 6 * 0.1 > 0.9 in float64: the grid's last two points would be out of order.
+    t = torch.tensor([t0, t1], dtype=F64)
+    ours, _ = _run(odekern, _smooth, "rk4", {"step_size": 0.1}, t=t)
+    theirs, _ = _run(torchdiffeq, _smooth, "rk4", {"step_size": 0.1}, t=t)
+    assert_close(ours, theirs)
