@@ -39,12 +39,13 @@ from torch import nn
 
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
-from odekern.solvers.base import RHS
+from odekern.odeint import warn_unsupported_callbacks
+from odekern.solvers.base import RHS, Perturb, beside
 from odekern.solvers.checks import (
     check_state,
-    check_state_matches_time,
     check_time,
     check_tolerance,
+    coerce_time,
     raise_non_finite,
 )
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
@@ -76,10 +77,10 @@ def check_method_checkpointable(method: str | None) -> str:
 
 
 def _step_grid(t: Tensor, options: dict) -> Tensor:
-    unsupported = sorted(set(options) - {"step_size", "interp", "norm"})
+    unsupported = sorted(set(options) - {"step_size", "interp", "norm", "perturb"})
     if unsupported:
         raise ValueError(f"gradient mode 'checkpoint' does not support options {unsupported}; "
-                         "it accepts 'step_size' (and ignores 'interp'/'norm', unused on the grid)")
+                         "it accepts 'step_size' and 'perturb' (and ignores 'interp'/'norm', unused on the grid)")
     step = options.get("step_size")
     if step is None:
         return t
@@ -110,9 +111,11 @@ def _output_nodes(t: Tensor, grid: Tensor) -> list[int]:
 class _Replay:
     """Steps of the solve, recorded or not, as ``odeint``'s fixed-grid loop takes them."""
 
-    def __init__(self, func, grid: Tensor, nodes: list[int], checkpoints: int, method: str, params):
+    def __init__(self, func, grid: Tensor, nodes: list[int], checkpoints: int, method: str, params,
+                 perturb: bool = False):
         self.func, self.grid, self.nodes = func, grid, nodes
         self.checkpoints, self.method, self.params = checkpoints, method, params
+        self.perturb = perturb
         # odeint solves a decreasing t as the increasing -t with a sign-flipping RHS; so do we.
         reverse = grid.numel() > 1 and bool(grid[-1] < grid[0])
         self.times = -grid if reverse else grid
@@ -124,10 +127,18 @@ class _Replay:
         t0, t1 = self.times[i], self.times[i + 1]
         dt = t1 - t0
         stepper = RKStepper(self.tableau, y, reuse_buffers=False)
-        return stepper.step(self.rhs, t0, dt, t1, y, self.rhs(t0, y), out=None)[0]
+        return self._step(stepper, t0, t1, y, None)
 
-    def advance(self, i0: int, y: st.State, i1: int) -> st.State:
+    def _step(self, stepper: RKStepper, t0: Tensor, t1: Tensor, y: st.State, out) -> st.State:
+        """One step as FixedGridRK takes it (``perturb`` included)."""
+        f0 = self.rhs(t0, y, Perturb.NEXT if self.perturb else Perturb.NONE)
+        t_end = beside(t1, st.first(y).dtype, -1) if self.perturb else None
+        return stepper.step(self.rhs, t0, t1 - t0, t1, y, f0, out=out, t_end_stages=t_end)[0]
+
+    def advance(self, i0: int, y: st.State, i1: int, callbacks: bool = False) -> st.State:
         """The state at node ``i1`` from ``y`` at node ``i0``, unrecorded, in a new tensor.
+        ``callbacks``: call ``func.callback_step`` before each step (the forward pass does; the
+        backward pass's recomputations do not, so the user sees each step once).
 
         Memory: besides the result, one scratch state (the steps alternate between it and the
         result so that the last lands in the result) and one step's stage values, all freed on
@@ -144,7 +155,9 @@ class _Replay:
             for i in range(i0, i1):
                 out = result if (i1 - 1 - i) % 2 == 0 else scratch
                 t0, t1 = self.times[i], self.times[i + 1]
-                y_next, _ = stepper.step(self.rhs, t0, t1 - t0, t1, y, self.rhs(t0, y), out=out)
+                if callbacks:
+                    self.rhs.callback("callback_step", t0, y, t1 - t0)
+                y_next = self._step(stepper, t0, t1, y, out)
                 for part, value in zip(st.components(out), st.components(y_next)):
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
@@ -223,7 +236,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         states = {nodes[0]: y0}
         y, at = y0, nodes[0]
         for b in sorted(set(nodes[1:]) | set(first_sweep)):
-            y = states[b] = replay.advance(at, y, b)
+            y = states[b] = replay.advance(at, y, b, callbacks=True)
             at = b
         ctx.replay = replay
         ctx.stored = {i: states[i] for i in first_sweep}
@@ -274,8 +287,8 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         y0 = tuple(y0)
     check_state(y0)
     check_time(t)
-    for part in st.components(y0):
-        check_state_matches_time(part, t)
+    t = coerce_time(t, y0)
+    warn_unsupported_callbacks(func, method, METHODS[method].CALLBACKS)
     check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
     check_tolerance(atol, "atol")
     if t.requires_grad:
@@ -288,6 +301,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
     parts = st.components(y0)
-    solutions = _CheckpointedSolve.apply(_Replay(func, grid, nodes, checkpoints, method, params), st.is_tuple(y0),
+    replay = _Replay(func, grid, nodes, checkpoints, method, params, perturb=bool(options.get("perturb", False)))
+    solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0),
                                          len(parts), *parts, *params)
     return st.rebuild(y0, solutions)

@@ -126,3 +126,12 @@ def test_callbacks_are_called_on_every_backend(backend):
         fused, _ = _run(odekern, "dopri5", None, names=CALLBACK_NAMES, n=16)
     assert [c[0] for c in fused] == [c[0] for c in reference]
     assert len(fused) > 0
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint", "checkpoint"])
+def test_ode_block_calls_step_callbacks_once_per_step_in_every_gradient_mode(gradient):
+    # The checkpoint mode recomputes steps in backward: those recomputations are not reported.
+    func = Logged(CALLBACK_NAMES[:1])
+    block = odekern.ODEBlock(func, t=(0.0, 1.0), method="rk4", step_size=0.125, gradient=gradient, checkpoints=2)
+    block(randn(2, 3, dtype=F64, seed=1)).sum().backward()
+    assert [c[1] for c in func.log] == [k * 0.125 for k in range(8)]

@@ -192,3 +192,20 @@ def test_step_size_grid_that_rounds_past_its_end_runs_like_torchdiffeq(t0, t1):
     ours, _ = _run(odekern, _smooth, "rk4", {"step_size": 0.1}, t=t)
     theirs, _ = _run(torchdiffeq, _smooth, "rk4", {"step_size": 0.1}, t=t)
     assert_close(ours, theirs)
+
+
+def test_perturb_in_gradient_mode_checkpoint_equals_backprop():
+    class JumpyMLP(MLPODE):
+        def forward(self, t, y):
+            return super().forward(t, y) + torch.floor(t / STEP)
+
+    func = JumpyMLP(3, seed=2)
+    grads = []
+    for gradient in ("backprop", "checkpoint"):
+        block = odekern.ODEBlock(func, t=(0.0, 0.75), method="rk4", step_size=STEP, gradient=gradient,
+                                 options={"perturb": True}, checkpoints=2)
+        x = randn(2, 3, dtype=F64, seed=4).requires_grad_(True)
+        out = block(x)
+        grads.append((out, *torch.autograd.grad(out.sum(), (x, *func.parameters()))))
+    for a, b in zip(*grads):
+        assert_close(a, b)
