@@ -7,6 +7,7 @@ Drop-in for torchdiffeq::
 Public API (explicit re-exports only):
 - ``odeint`` / ``odeint_adjoint``: torchdiffeq-compatible solvers.
 - ``odeint_event``: solve until an event, with a differentiable event time (torchdiffeq's API).
+- ``odeint_dense``: the dense output of a whole adaptive solve (torchdiffeq's API).
 - ``ODEBlock``: an nn.Module solving an ODE of any order with a chosen gradient mode.
 - ``nmode_solve`` / ``NmODE``: the fused nmODE solve ``dy/dt = -y + sin^2(y + g)``.
 - ``backends()`` / ``use_backend()``: which kernel backends exist here and forcing one.
@@ -18,6 +19,7 @@ from odekern.nn import NmODE, ODEBlock
 from odekern.adjoint import odeint_adjoint
 from odekern.odeint import odeint
 from odekern.events import odeint_event
+from odekern.dense import odeint_dense
 from odekern.ops.nmode_solve import nmode_solve
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __all__ = [
     "nmode_solve",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
     "odeint_event",
     "use_backend",
 ]

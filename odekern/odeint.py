@@ -105,23 +105,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         RuntimeError when ``max_num_steps`` is exceeded or the step size underflows;
         ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
     """
-    method = check_method(method, METHODS, DEFAULT_METHOD)
-    if method in ADAPTIVE_METHODS and state.inside_vmap():
-        raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "
-                         "method's step sizes depend on the state's values. Use a fixed-grid method "
-                         "(e.g. method='rk4' with options={'step_size': ...}) inside vmap, or solve the "
-                         "batch directly with options={'norm': 'per_sample'}")
-    solver_cls = METHODS[method]
-    options = check_options(method, options, solver_cls.OPTIONS)
-    y0 = promote_tuple_state(y0)
-    check_state(y0)
-    check_tolerance(rtol, "rtol")
-    check_tolerance(atol, "atol")
-    if method in ADAPTIVE_METHODS:
-        check_tolerances_not_both_zero(rtol, atol, method)
-    reverse = check_time(t)
-    t = coerce_time(t, y0)
-    warn_unsupported_callbacks(func, method, solver_cls.CALLBACKS)
+    method, y0, t, options, reverse = checked_inputs(func, y0, t, rtol, atol, method, options)
     return_status = options.get("on_max_steps", "raise") == "return"
     if event_fn is not None:
         return _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status)
@@ -141,10 +125,51 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
     elif norm == PER_SAMPLE:
         solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse)
     else:
-        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
-                            **options)
+        solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
+                                 **options)
         solution, status = solver.integrate(t)
     return (solution, status) if return_status else solution
+
+
+def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method: str | None,
+                   options: dict | None) -> tuple[str, State, Tensor, dict, bool]:
+    """odeint's argument checks and torchdiffeq's normalisations (options without the names the
+    method does not take, tuple state promoted, ``t`` on ``y0``'s device, callback warnings).
+
+    Returns ``(method, y0, t, options, reverse)``; ``reverse``: ``t`` decreases."""
+    method = check_method(method, METHODS, DEFAULT_METHOD)
+    if method in ADAPTIVE_METHODS and state.inside_vmap():
+        raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "
+                         "method's step sizes depend on the state's values. Use a fixed-grid method "
+                         "(e.g. method='rk4' with options={'step_size': ...}) inside vmap, or solve the "
+                         "batch directly with options={'norm': 'per_sample'}")
+    solver_cls = METHODS[method]
+    options = check_options(method, options, solver_cls.OPTIONS)
+    y0 = promote_tuple_state(y0)
+    check_state(y0)
+    check_tolerance(rtol, "rtol")
+    check_tolerance(atol, "atol")
+    if method in ADAPTIVE_METHODS:
+        check_tolerances_not_both_zero(rtol, atol, method)
+    reverse = check_time(t)
+    t = coerce_time(t, y0)
+    warn_unsupported_callbacks(func, method, solver_cls.CALLBACKS)
+    return method, y0, t, options, reverse
+
+
+def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, options: dict, reverse: bool):
+    """The solver for checked inputs; ``reverse``: it runs on negated time (``options`` are
+    re-expressed for that in place)."""
+    if options.get("norm") == PER_SAMPLE:
+        raise ValueError(f"options['norm']='per_sample' is not supported here (method {method!r}): it solves "
+                         "each sample separately")
+    if state.numel(y0) == 0:
+        raise ValueError("y0 must not be empty here")
+    norm = resolve_norm(options.pop("norm", None), state.is_tuple(y0))
+    if reverse:
+        _flip_time_options(options)
+    return METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, _as_state_tolerance(rtol, y0, "rtol"),
+                           _as_state_tolerance(atol, y0, "atol"), method=method, norm=norm, **options)
 
 
 def promote_tuple_state(y0: Any) -> Any:
@@ -180,16 +205,11 @@ def _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, rever
     if options.get("norm") == PER_SAMPLE:
         raise ValueError("options['norm']='per_sample' cannot be combined with event_fn: an event is one time "
                          "for the whole state")
-    if state.numel(y0) == 0:
-        raise ValueError("odeint(event_fn=...) needs a non-empty state y0")
     combined = events.combine_event_functions(event_fn, t[0], y0)
     solver_event = (lambda s, y: combined(-s, y)) if reverse else combined
-    norm = resolve_norm(options.pop("norm", None), state.is_tuple(y0))
+    solver = build_solver(func, y0, rtol, atol, method, options, reverse)
     if reverse:
         t = -t
-        _flip_time_options(options)
-    solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, _as_state_tolerance(rtol, y0, "rtol"),
-                             _as_state_tolerance(atol, y0, "atol"), method=method, norm=norm, **options)
     event_t, y_event = events.until_event(solver, t[0], solver_event)
     event_t = event_t.to(t)
     solution = state.rebuild(y0, (torch.stack([a, b]) for a, b in zip(state.components(y0), state.components(y_event))))
