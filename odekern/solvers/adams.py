@@ -27,6 +27,7 @@ import torch
 from odekern.solvers import stages, state
 from odekern.solvers.adams_coefficients import MAX_ORDER, bashforth, moulton
 from odekern.solvers.base import RHS
+from odekern.solvers.checks import AssertedValueError
 from odekern.solvers.explicit_rk import RKStepper
 from odekern.solvers.fixed_grid import FIXED_GRID_OPTIONS, FixedGridSolver
 from odekern.solvers.norms import max_norm
@@ -53,7 +54,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
                                 "it is always explicit; use method='implicit_adams' with implicit=True/False")
             self.implicit = bool(implicit)
         if isinstance(max_order, bool) or not isinstance(max_order, int) or not 1 <= max_order <= MAX_ORDER:
-            raise ValueError(f"options['max_order'] must be an int in [1, {MAX_ORDER}], got {max_order!r}")
+            raise AssertedValueError(f"options['max_order'] must be an int in [1, {MAX_ORDER}], got {max_order!r}")
         if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
             raise ValueError(f"options['max_iters'] must be an int >= 1, got {max_iters!r}")
         if max_order <= _MIN_HISTORY:

@@ -19,6 +19,12 @@ from odekern.solvers.state import all_finite
 Tensor = torch.Tensor
 
 
+class AssertedValueError(ValueError, AssertionError):
+    """A bad argument value that torchdiffeq reports with ``assert``: a ``ValueError`` here (the
+    argument is wrong), and an ``AssertionError`` too, so code that catches torchdiffeq's
+    exception keeps working."""
+
+
 def shape_or_type(value: Any) -> Any:
     """What an error message reports for a value that should have been a tensor of some shape."""
     return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -38,7 +44,7 @@ def check_time(t: Any, name: str = "t") -> bool:
     if not torch.is_floating_point(t):
         raise TypeError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
     if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D (a sequence of time points), got shape {tuple(t.shape)}")
+        raise AssertedValueError(f"{name} must be 1-D (a sequence of time points), got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name} must contain at least one time point, got an empty tensor")
     if not bool(torch.isfinite(t).all()):
@@ -51,7 +57,7 @@ def check_time(t: Any, name: str = "t") -> bool:
     if bool((diff < 0).all()):
         return True
     bad = int(torch.nonzero(diff * diff[0] <= 0)[0])
-    raise ValueError(f"{name} must be strictly increasing or strictly decreasing, but {name}[{bad}]="
+    raise AssertedValueError(f"{name} must be strictly increasing or strictly decreasing, but {name}[{bad}]="
                      f"{t[bad].item()} and {name}[{bad + 1}]={t[bad + 1].item()} break the order")
 
 
@@ -117,7 +123,7 @@ def check_tolerance(value: Any, name: str) -> None:
     """``rtol`` / ``atol``: a non-negative float or tensor that does not require grad."""
     if isinstance(value, Tensor):
         if value.requires_grad:
-            raise ValueError(f"{name} must not require grad")
+            raise AssertedValueError(f"{name} must not require grad")
         if not bool((value >= 0).all()) or not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} must be finite and >= 0, got {value.tolist()}")
         return

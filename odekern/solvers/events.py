@@ -16,18 +16,13 @@ from typing import Any
 import torch
 
 from odekern.solvers import interpolation, stages, state
-from odekern.solvers.checks import NonFiniteError
+from odekern.solvers.checks import AssertedValueError, NonFiniteError
 
 Tensor = torch.Tensor
 EventFn = Callable[[Tensor, Any], Tensor]
 
 # torchdiffeq's bound on a fixed-grid event search (steps of ``step_size``).
 MAX_FIXED_GRID_EVENT_STEPS = 20000
-
-
-class EventOptionError(ValueError, AssertionError):
-    """An event search the options cannot support. torchdiffeq asserts here; this is also a
-    ``ValueError`` so that it reads as the bad argument it is."""
 
 
 def combine_event_functions(event_fn: EventFn, t0: Tensor, y0: state.State) -> EventFn:
@@ -95,7 +90,7 @@ def fixed_grid_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float) ->
     """A fixed-grid solver stepped by ``step_size`` from ``t0`` until the event (at most
     ``MAX_FIXED_GRID_EVENT_STEPS`` steps, as torchdiffeq)."""
     if solver.step_size is None:
-        raise EventOptionError(f"odeint(method={solver.method!r}, event_fn=...): event handling on a fixed grid "
+        raise AssertedValueError(f"odeint(method={solver.method!r}, event_fn=...): event handling on a fixed grid "
                                "needs options['step_size'] (the grid is open-ended)")
     y_start = solver.y0
     t0 = t0.to(state.first(y_start).dtype)  # torchdiffeq steps time in the state's dtype here

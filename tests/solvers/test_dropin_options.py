@@ -209,3 +209,21 @@ def test_perturb_in_gradient_mode_checkpoint_equals_backprop():
         grads.append((out, *torch.autograd.grad(out.sum(), (x, *func.parameters()))))
     for a, b in zip(*grads):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("case", ["max_order", "t-order", "t-2d", "rtol-grad"])
+def test_values_torchdiffeq_asserts_on_raise_assertion_and_value_errors(case):
+    y0, t, kw = torch.ones(2), torch.tensor([0.0, 1.0]), {}
+    if case == "max_order":
+        kw = {"method": "implicit_adams", "options": {"max_order": 13}}
+    elif case == "t-order":
+        t = torch.tensor([0.0, 1.0, 0.5])
+    elif case == "t-2d":
+        t = torch.tensor([[0.0, 1.0]])
+    else:
+        kw = {"rtol": torch.tensor(1e-3, requires_grad=True)}
+    for lib in (torchdiffeq, odekern):
+        with pytest.raises(AssertionError):
+            lib.odeint(lambda s, y: -y, y0, t, **kw)
+    with pytest.raises(ValueError):
+        odekern.odeint(lambda s, y: -y, y0, t, **kw)
