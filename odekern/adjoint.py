@@ -93,7 +93,7 @@ class _AdjointNorm:
         ]
         if not self.seminorm:
             norms += [rms_norm(p) for p in adj_params if p.numel()]
-        return torch.stack([n.to(adj_t.dtype) for n in norms]).max()
+        return torch.stack([n.to(adj_t.dtype.to_real()) for n in norms]).max()
 
     def _from_component_rms(self, rms: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
         """The same norm from per-component RMS values (the RMS of the scalar a_t is |a_t|)."""
@@ -139,7 +139,9 @@ class _AugmentedDynamics:
         like = y[0]
         vjp_t = torch.zeros((), dtype=like.dtype, device=like.device) if vjp_t is None else vjp_t.to(like.dtype)
         vjp_y = [torch.zeros_like(c) if g is None else g for c, g in zip(y, vjp_y)]
-        vjp_params = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, vjp_params)]
+        # In the backward state's dtype (a real parameter of a complex ODE is carried as complex).
+        vjp_params = [torch.zeros_like(p, dtype=like.dtype) if g is None else g.to(like.dtype)
+                      for p, g in zip(self.params, vjp_params)]
         return self.layout.pack(vjp_t, [fc.detach() for fc in f], vjp_y, vjp_params)
 
 
@@ -246,7 +248,10 @@ class _OdeintAdjoint(torch.autograd.Function):
                 if cfg.event_fn is not None:  # only t[0] is a time of the event solve
                     time_grads = torch.cat([time_grads[:1], torch.zeros_like(t_given[1:])])
 
-        param_grads = [g.to(p.dtype) for g, p in zip(adj_params, params)]
+        # A real parameter of a complex ODE: its adjoint was carried in the state's complex dtype
+        # (one dtype for the whole backward state); the imaginary part is zero.
+        param_grads = [(g.real if g.is_complex() and not p.is_complex() else g).to(p.dtype)
+                       for g, p in zip(adj_params, params)]
         return (None, time_grads, *adj_y, *param_grads)
 
 
@@ -260,7 +265,7 @@ def _given_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...
                 "odeint_adjoint: func must be an nn.Module so its parameters can receive gradients; "
                 "otherwise pass them explicitly as adjoint_params=(...) (adjoint_params=() if there are none)"
             )
-        adjoint_params = func.parameters()
+        adjoint_params = _replica_parameters(func) if getattr(func, "_is_replica", False) else func.parameters()
     params = tuple(adjoint_params)
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
@@ -268,6 +273,15 @@ def _given_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...
                 f"odeint_adjoint: adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}"
             )
     return params
+
+
+def _replica_parameters(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters of a ``DataParallel`` replica: there they are plain tensor attributes, not
+    registered parameters, as torchdiffeq also handles (registered ones are kept too)."""
+    found = {id(p): p for p in module.parameters()}
+    for m in module.modules():
+        found.update({id(v): v for v in vars(m).values() if isinstance(v, torch.Tensor) and v.requires_grad})
+    return list(found.values())
 
 
 def _check_scalar_tolerance(value, name: str) -> None:

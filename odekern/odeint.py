@@ -176,7 +176,8 @@ def promote_tuple_state(y0: Any) -> Any:
     """A tuple state whose components differ in floating dtype, all cast to the promoted dtype
     (differentiably): torchdiffeq concatenates the components, so it solves and returns them in
     that dtype too."""
-    if not isinstance(y0, tuple) or len(y0) < 2 or not all(isinstance(c, Tensor) and c.is_floating_point() for c in y0):
+    if not isinstance(y0, tuple) or len(y0) < 2 or not all(
+            isinstance(c, Tensor) and (c.is_floating_point() or c.is_complex()) for c in y0):
         return y0
     dtypes = {c.dtype for c in y0}
     if len(dtypes) == 1:
@@ -227,7 +228,7 @@ def _as_state_tolerance(tol: Any, y0: state.State, name: str) -> Any:
             raise ValueError(f"a tuple tolerance must have one entry per component of y0 ({len(y0)}), got {len(tol)}")
         return tuple(_as_state_tolerance(v, c, name) for v, c in zip(tol, y0))
     like = state.first(y0)
-    return tol.to(dtype=like.dtype, device=like.device) if isinstance(tol, Tensor) else tol
+    return tol.to(dtype=like.dtype.to_real(), device=like.device) if isinstance(tol, Tensor) else tol
 
 
 def _flip_time_options(options: dict) -> None:

@@ -44,7 +44,7 @@ def beside(t: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
 
     Done in the state's dtype because ``func`` receives time in that dtype: a float64 nudge
     would round back onto the point for a float32 state."""
-    t_y = t.to(dtype)
+    t_y = t.to(dtype.to_real())  # a complex state's time is real
     with torch.no_grad():
         nudge = torch.nextafter(t_y, t_y + direction) - t_y
     return t_y + nudge
@@ -75,9 +75,10 @@ class RHS:
 
     def __call__(self, t: Any, y: state.State, perturb: Perturb = Perturb.NONE) -> state.State:
         like = state.first(y)
-        t = t.to(like.dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=like.dtype, device=like.device)
+        t_dtype = like.dtype.to_real()  # the state's dtype, or its real part's for a complex state
+        t = t.to(t_dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=t_dtype, device=like.device)
         if perturb is not Perturb.NONE:
-            t = beside(t, like.dtype, 1 if perturb is Perturb.NEXT else -1)
+            t = beside(t, t_dtype, 1 if perturb is Perturb.NEXT else -1)
         check = check_tuple_rhs_output if state.is_tuple(y) else check_rhs_output
         if self.time_sign < 0:
             dy = state.as_state(self.func(-t, y))

@@ -76,8 +76,9 @@ def check_state(y0: Any, name: str = "y0") -> None:
         return
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}")
-    if not torch.is_floating_point(y0):
-        raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64), "
+    if not (torch.is_floating_point(y0) or y0.is_complex()):
+        raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64) or a "
+                        "complex one (complex64/complex128), "
                         f"got dtype {y0.dtype}")
     if not all_finite(y0):
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
@@ -114,7 +115,7 @@ def check_params(params: Iterable[Tensor], y0: Tensor, name: str = "params") -> 
         if p.device != y0.device:
             raise ValueError(f"{name}[{i}] is on {p.device} but y0 is on {y0.device}; "
                              "the ODE's parameters and state must be on the same device")
-        if p.dtype != y0.dtype:
+        if p.dtype not in (y0.dtype, y0.dtype.to_real()):  # real parameters of a complex ODE are fine
             raise TypeError(f"{name}[{i}] has dtype {p.dtype} but y0 has dtype {y0.dtype}; "
                             "the ODE's parameters and state must share a dtype")
 

@@ -34,6 +34,7 @@ def _sum_of_squares(x: Tensor) -> Tensor:
     """Sum of |x|^2 accumulated in float64 (0-dim float64). A float32 sum's rounding depends on
     how the reduction is split across threads, which made step sizes, and so results, depend
     on the thread count; float64 partial sums round to the same float32 decisions."""
+    x = x.abs() if x.is_complex() else x
     return torch.linalg.vector_norm(x, dtype=torch.float64).square()
 
 

@@ -127,7 +127,8 @@ def all_finite(state: State) -> bool:
     if inside_vmap():
         return True
     with torch.no_grad():
-        return all(math.isfinite(c.sum().item()) or bool(torch.isfinite(c).all()) for c in components(state))
+        # abs(): the sum of a complex component is a Python complex.
+        return all(math.isfinite(abs(c.sum().item())) or bool(torch.isfinite(c).all()) for c in components(state))
 
 
 def new_solution(y0: State, n: int) -> State:

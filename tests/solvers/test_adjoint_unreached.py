@@ -90,3 +90,16 @@ def test_bound_methods_are_searched():
     messages = _unreached(model.dynamics, adjoint_params=(model.scale,))
     assert sorted(m.split(" (")[0] for m in messages) == [
         "odeint_adjoint: func.__self__.conv.bias", "odeint_adjoint: func.__self__.conv.weight"]
+
+
+def test_data_parallel_replica_parameters_are_its_tensor_attributes():
+    # In a DataParallel replica the parameters are plain tensor attributes (parameters() is empty);
+    # odeint_adjoint differentiates them as torchdiffeq does (and so has nothing to warn about).
+    func = Gamma()
+    func.gamma.requires_grad_(False)
+    weight = func.lin.weight
+    del func.lin._parameters["weight"]
+    func.lin.weight = weight.detach().clone().requires_grad_(True)  # a plain attribute now
+    func.lin._is_replica = func._is_replica = True
+    assert _unreached(func) == []
+    assert func.lin.weight.grad is not None
