@@ -85,6 +85,8 @@ def carries_tangent(x: Tensor) -> bool:
 
 def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
     """``carries_tangent`` for any of ``tensors``; two global flags answer it outside transforms."""
+    if torch.compiler.is_compiling():
+        return False  # torch.compile traces torch.func transforms itself, on fake tensors
     if forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None:
         return False
     return any(x is not None and carries_tangent(x) for x in tensors)
@@ -93,6 +95,8 @@ def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
 def inside_vmap() -> bool:
     """Whether the caller runs under ``torch.func.vmap`` (possibly nested in other transforms),
     where no value may decide control flow (no ``.item()``, no data-dependent branch)."""
+    if torch.compiler.is_compiling():
+        return False
     stack = torch._C._functorch.get_interpreter_stack()
     return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
 
@@ -130,6 +134,16 @@ def all_finite(state: State) -> bool:
         return all(math.isfinite(c.sum().item()) or bool(torch.isfinite(c).all()) for c in components(state))
 
 
+def assert_finite_traced(state: State, message: str) -> None:
+    """The finiteness check inside torch.compile, where no value can be read without a graph
+    break: an in-graph assertion that raises RuntimeError(message) when the compiled code runs
+    on CPU. On accelerators it would be a fatal device-side assert, so there the check is left
+    to the caller's output (documented in docs/composability.md)."""
+    for c in components(state):
+        if c.device.type == "cpu":
+            torch._assert_async(torch.isfinite(c).all(), message)
+
+
 def new_solution(y0: State, n: int) -> State:
     """``n`` rows per component, row 0 holding ``y0``."""
 
@@ -151,8 +165,10 @@ def row(solution: State, index: int) -> State:
 def store(solution: State, index: int, row_view: State | None, value: State) -> State:
     """Put ``value`` in row ``index`` unless a stage function already wrote it into ``row_view``
     (the preallocated views); an autograd-recorded value is copied in differentiably."""
-    if value is not row_view:
-        for c, v in zip(components(solution), components(value)):
+    # Compared per component (torch.compile cannot trace identity of tuples it rebuilt).
+    views = components(row_view) if row_view is not None else (None,) * len(components(solution))
+    for c, v, r in zip(components(solution), components(value), views):
+        if v is not r:
             c[index] = v
     return solution
 
