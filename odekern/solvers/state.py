@@ -127,9 +127,12 @@ def all_finite(state: State) -> bool:
     finite; a non-finite sum (a NaN/inf, or an overflow of finite values) is decided exactly.
     The sum is tested as a Python float: a tensor isfinite + bool costs two more dispatches.
     Under ``torch.func.vmap`` no value can be read, so the check cannot run and answers True:
-    a non-finite result then shows as NaN/inf in the output (only fixed-grid solves run there)."""
+    a non-finite result then shows as NaN/inf in the output (only fixed-grid solves run there).
+    Meta tensors have no values and pass."""
     if inside_vmap():
         return True
+    if any(c.is_meta for c in components(state)):
+        return True  # meta tensors have shapes only: nothing to check (shape inference)
     with torch.no_grad():
         return all(math.isfinite(c.sum().item()) or bool(torch.isfinite(c).all()) for c in components(state))
 

@@ -140,6 +140,8 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
                       gradient=gradient, max_num_steps=max_num_steps)
     if not cfg.adaptive:  # the step budget, before any backend allocates the grid
         fixed_grid_step_count(t0, t1, cfg.step_size, cfg.max_num_steps)
+    if y0.is_meta:  # shapes only (e.g. a model built on the meta device): nothing to solve
+        return (torch.empty_like(y0),) * 3 if return_f else torch.empty_like(y0)
     if y0.dtype in LOW_PRECISION:
         # Solved in float32 (the controller and the stages need its range and precision), the
         # results rounded back to the inputs' dtype, as autocast does for precision-sensitive ops.
