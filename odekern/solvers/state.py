@@ -147,13 +147,24 @@ def assert_finite_traced(state: State, message: str) -> None:
             torch._assert_async(torch.isfinite(c).all(), message)
 
 
+def is_dense(x: Tensor) -> bool:
+    """Whether ``x`` covers its storage without gaps or overlaps in some dimension order (a
+    contiguous or, e.g., channels_last tensor)."""
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return x.permute(order).is_contiguous()
+
+
 def new_solution(y0: State, n: int) -> State:
     """``n`` rows per component, row 0 holding ``y0``."""
 
     def rows(c: Tensor) -> Tensor:
         # new_empty, not torch.empty: inside a torch.func transform the rows must live at the
         # transform's level, or writing a row would silently drop its tangent / batch dims.
-        out = c.new_empty((n, *c.shape))
+        # Rows keep y0's memory format (channels_last stays channels_last) when y0 is dense.
+        if c.dim() > 1 and not c.is_contiguous() and is_dense(c):
+            out = c.new_empty_strided((n, *c.shape), (c.numel(), *c.stride()))
+        else:
+            out = c.new_empty((n, *c.shape))
         out[0] = c
         return out
 

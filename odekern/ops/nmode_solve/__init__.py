@@ -12,7 +12,7 @@ from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig, fixed_grid_step_count
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph, stats_capacity)
-from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap
+from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap, is_dense
 
 __all__ = ["nmode_solve", "NmodeConfig"]
 
@@ -204,10 +204,9 @@ def _memory_order(y0: torch.Tensor) -> list[int] | None:
     """The dimension order in which a dense but permuted ``y0`` (e.g. channels_last) is
     contiguous, or None when ``y0`` is contiguous or not dense. Solving in that order keeps the
     caller's memory format and avoids a copy."""
-    if y0.dim() < 2 or y0.is_contiguous():
+    if y0.dim() < 2 or y0.is_contiguous() or not is_dense(y0):
         return None
-    order = sorted(range(y0.dim()), key=lambda d: -y0.stride(d))
-    return order if y0.permute(order).is_contiguous() else None
+    return sorted(range(y0.dim()), key=lambda d: -y0.stride(d))
 
 
 def _solve_in_memory_order(order: list[int], y0: torch.Tensor, g: torch.Tensor, t0, t1, **kwargs):
