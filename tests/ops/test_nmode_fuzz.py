@@ -40,7 +40,7 @@ def problems(draw):
         kw["atol"] = kw["rtol"] * 1e-2
     else:
         kw["step_size"] = span / draw(st.integers(1, 40)) * draw(st.sampled_from([1.0, 0.77]))
-    kw["gradient"] = draw(st.sampled_from(["exact", "adjoint"]))
+    kw["gradient"] = draw(st.sampled_from(["checkpoint", "adjoint"]))
     seed = draw(st.integers(0, 2**16))
     scale = draw(st.sampled_from([0.1, 1.0, 5.0]))
     return shape, g_shape, span, kw, seed, scale
