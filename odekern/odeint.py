@@ -21,6 +21,7 @@ from odekern.solvers.checks import (
     check_options,
     check_state,
     check_time,
+    check_time_values,
     check_tolerance,
     check_tolerances_not_both_zero,
     coerce_time,
@@ -48,7 +49,9 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             decreasing ``t`` integrates backward in time). Any floating dtype (torchdiffeq's rules:
             fixed grids step in ``t``'s precision, adaptive methods hold time in float64, ``func``
             gets time in ``y0``'s dtype, the solution has ``y0``'s dtype); on another device than
-            ``y0`` it is moved there with torchdiffeq's warning.
+            ``y0`` it is moved there with torchdiffeq's warning. A list or tuple of Python numbers
+            is also accepted: fixed-grid methods then read no tensor for the time grid, so
+            ``torch.compile(fullgraph=True)`` traces the whole solve.
         rtol, atol: relative / absolute error tolerances (floats, or tensors broadcastable to
             ``y0``; tuples with one entry per component for a tuple state). Used by ``dopri5``
             (step control) and ``implicit_adams`` (corrector convergence).
@@ -105,7 +108,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         RuntimeError when ``max_num_steps`` is exceeded or the step size underflows;
         ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
     """
-    method, y0, t, options, reverse = checked_inputs(func, y0, t, rtol, atol, method, options)
+    method, y0, t, t_values, options, reverse = checked_inputs(func, y0, t, rtol, atol, method, options)
     return_status = options.get("on_max_steps", "raise") == "return"
     if event_fn is not None:
         return _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status)
@@ -116,6 +119,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
 
     if reverse:
         t = -t
+        t_values = None if t_values is None else [-v for v in t_values]
         _flip_time_options(options)
 
     if state.numel(y0) == 0:
@@ -127,16 +131,17 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
     else:
         solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
                                  **options)
-        solution, status = solver.integrate(t)
+        solution, status = solver.integrate(t, t_values)
     return (solution, status) if return_status else solution
 
 
 def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method: str | None,
-                   options: dict | None) -> tuple[str, State, Tensor, dict, bool]:
+                   options: dict | None) -> tuple[str, State, Tensor, list | None, dict, bool]:
     """odeint's argument checks and torchdiffeq's normalisations (options without the names the
     method does not take, tuple state promoted, ``t`` on ``y0``'s device, callback warnings).
 
-    Returns ``(method, y0, t, options, reverse)``; ``reverse``: ``t`` decreases."""
+    Returns ``(method, y0, t, t_values, options, reverse)``: ``t_values`` the times as Python
+    numbers when given so (else None), ``reverse``: ``t`` decreases."""
     method = check_method(method, METHODS, DEFAULT_METHOD)
     if method in ADAPTIVE_METHODS and state.inside_vmap():
         raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "
@@ -151,10 +156,19 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     check_tolerance(atol, "atol")
     if method in ADAPTIVE_METHODS:
         check_tolerances_not_both_zero(rtol, atol, method)
-    reverse = check_time(t)
-    t = coerce_time(t, y0)
+    t_values = None
+    if isinstance(t, (list, tuple)):
+        # Times as Python numbers: fixed-grid solves then never read a tensor, so
+        # torch.compile(fullgraph=True) traces them whole.
+        reverse = check_time_values(t)
+        t_values = [float(v) for v in t]
+        like = state.first(y0)
+        t = torch.tensor(t_values, dtype=like.dtype.to_real(), device=like.device)
+    else:
+        reverse = check_time(t)
+        t = coerce_time(t, y0)
     warn_unsupported_callbacks(func, method, solver_cls.CALLBACKS)
-    return method, y0, t, options, reverse
+    return method, y0, t, t_values, options, reverse
 
 
 def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, options: dict, reverse: bool):

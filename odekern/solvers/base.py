@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -39,12 +39,14 @@ CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
 
 
-def beside(t: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
+def beside(t: Tensor | float, dtype: torch.dtype, direction: int, device: torch.device | None = None) -> Tensor:
     """The ``dtype`` float next to ``t`` (``direction`` +1: above, -1: below), d/dt kept at 1.
+    ``device``: where a ``t`` given as a Python number goes.
 
     Done in the state's dtype because ``func`` receives time in that dtype: a float64 nudge
     would round back onto the point for a float32 state."""
-    t_y = t.to(dtype.to_real())  # a complex state's time is real
+    real = dtype.to_real()  # a complex state's time is real
+    t_y = t.to(real) if isinstance(t, Tensor) else torch.tensor(t, dtype=real, device=device)
     with torch.no_grad():
         nudge = torch.nextafter(t_y, t_y + direction) - t_y
     return t_y + nudge
@@ -141,8 +143,10 @@ class Solver(abc.ABC):
         self.options = options
 
     @abc.abstractmethod
-    def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
-        """Solve on increasing output times ``t``; see module docstring."""
+    def integrate(self, t: Tensor, t_values: Sequence[float] | None = None) -> tuple[Tensor, SolveStatus]:
+        """Solve on increasing output times ``t``; see module docstring. ``t_values``: the same
+        times as Python floats when the caller knows them (solvers that can then avoid reading
+        ``t``, which torch.compile could not trace, use them)."""
 
     def _new_solution(self, n: int) -> state.State:
         return state.new_solution(self.y0, n)
