@@ -93,7 +93,7 @@ class _AdjointNorm:
         ]
         if not self.seminorm:
             norms += [rms_norm(p) for p in adj_params if p.numel()]
-        return torch.stack([n.to(adj_t.dtype.to_real()) for n in norms]).max()
+        return torch.stack([n.to(state.real_dtype(adj_t.dtype)) for n in norms]).max()
 
     def _from_component_rms(self, rms: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
         """The same norm from per-component RMS values (the RMS of the scalar a_t is |a_t|)."""

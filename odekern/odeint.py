@@ -163,7 +163,7 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
         reverse = check_time_values(t)
         t_values = [float(v) for v in t]
         like = state.first(y0)
-        t = torch.tensor(t_values, dtype=like.dtype.to_real(), device=like.device)
+        t = torch.tensor(t_values, dtype=state.real_dtype(like.dtype), device=like.device)
     else:
         reverse = check_time(t)
         t = coerce_time(t, y0)
@@ -242,7 +242,7 @@ def _as_state_tolerance(tol: Any, y0: state.State, name: str) -> Any:
             raise ValueError(f"a tuple tolerance must have one entry per component of y0 ({len(y0)}), got {len(tol)}")
         return tuple(_as_state_tolerance(v, c, name) for v, c in zip(tol, y0))
     like = state.first(y0)
-    return tol.to(dtype=like.dtype.to_real(), device=like.device) if isinstance(tol, Tensor) else tol
+    return tol.to(dtype=state.real_dtype(like.dtype), device=like.device) if isinstance(tol, Tensor) else tol
 
 
 def _flip_time_options(options: dict) -> None:

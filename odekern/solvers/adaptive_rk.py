@@ -68,7 +68,7 @@ class AdaptiveRK(Solver):
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"options['dtype'] must be a floating torch.dtype (the dtype time is held in), got {dtype!r}")
         # torchdiffeq: time in ``dtype`` promoted with the state's dtype (float64 by default).
-        self.time_dtype = torch.promote_types(dtype, state.first(y0).dtype.to_real())
+        self.time_dtype = torch.promote_types(dtype, state.real_dtype(state.first(y0).dtype))
         min_step, max_step = float(min_step), float(max_step)
         check_step_bounds(min_step, max_step)
         check_positive(first_step, "first_step")

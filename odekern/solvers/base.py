@@ -45,7 +45,7 @@ def beside(t: Tensor | float, dtype: torch.dtype, direction: int, device: torch.
 
     Done in the state's dtype because ``func`` receives time in that dtype: a float64 nudge
     would round back onto the point for a float32 state."""
-    real = dtype.to_real()  # a complex state's time is real
+    real = state.real_dtype(dtype)  # a complex state's time is real
     t_y = t.to(real) if isinstance(t, Tensor) else torch.tensor(t, dtype=real, device=device)
     with torch.no_grad():
         nudge = torch.nextafter(t_y, t_y + direction) - t_y
@@ -77,7 +77,7 @@ class RHS:
 
     def __call__(self, t: Any, y: state.State, perturb: Perturb = Perturb.NONE) -> state.State:
         like = state.first(y)
-        t_dtype = like.dtype.to_real()  # the state's dtype, or its real part's for a complex state
+        t_dtype = state.real_dtype(like.dtype)  # the state's dtype, or its real part's for a complex state
         t = t.to(t_dtype) if isinstance(t, Tensor) else torch.tensor(t, dtype=t_dtype, device=like.device)
         if perturb is not Perturb.NONE:
             t = beside(t, t_dtype, 1 if perturb is Perturb.NEXT else -1)

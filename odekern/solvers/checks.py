@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from odekern.solvers.compat import solver_class_name
-from odekern.solvers.state import all_finite, assert_finite_traced
+from odekern.solvers.state import all_finite, assert_finite_traced, real_dtype
 
 Tensor = torch.Tensor
 
@@ -118,7 +118,7 @@ def check_params(params: Iterable[Tensor], y0: Tensor, name: str = "params") -> 
         if p.device != y0.device:
             raise ValueError(f"{name}[{i}] is on {p.device} but y0 is on {y0.device}; "
                              "the ODE's parameters and state must be on the same device")
-        if p.dtype not in (y0.dtype, y0.dtype.to_real()):  # real parameters of a complex ODE are fine
+        if p.dtype not in (y0.dtype, real_dtype(y0.dtype)):  # real parameters of a complex ODE are fine
             raise TypeError(f"{name}[{i}] has dtype {p.dtype} but y0 has dtype {y0.dtype}; "
                             "the ODE's parameters and state must share a dtype")
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from odekern.solvers import stages
-from odekern.solvers.state import component, first, is_tuple, map_state, widened
+from odekern.solvers.state import component, first, is_tuple, map_state, real_dtype, widened
 
 Tensor = torch.Tensor
 
@@ -55,7 +55,7 @@ def select_initial_step(rhs: Callable[[Tensor, Tensor], Tensor], t0: Tensor, y0:
     d1 = float(norm(map_state(lambda a, s: widened(a) / s, f0, scale)).abs())
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     # Evaluate in the state's precision, as torchdiffeq does (so the same h0 is found).
-    h0 = float(torch.tensor(h0, dtype=first(y0).dtype.to_real()))
+    h0 = float(torch.tensor(h0, dtype=real_dtype(first(y0).dtype)))
     y1 = stages.stage_state(y0, h0, (1.0,), (f0,))
     f1 = rhs(t0 + h0, y1)
     d2 = float(norm(map_state(lambda a, b, s: (widened(a) - widened(b)) / s, f1, f0, scale)).abs()) / h0

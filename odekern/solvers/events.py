@@ -93,7 +93,7 @@ def fixed_grid_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float) ->
         raise AssertedValueError(f"odeint(method={solver.method!r}, event_fn=...): event handling on a fixed grid "
                                "needs options['step_size'] (the grid is open-ended)")
     y_start = solver.y0
-    t0 = t0.to(state.first(y_start).dtype.to_real())  # torchdiffeq steps time in the state's (real) dtype here
+    t0 = t0.to(state.real_dtype(state.first(y_start).dtype))  # torchdiffeq steps time in the state's (real) dtype here
     dt = solver.step_size
     y0 = y_start
     sign0 = torch.sign(event_fn(t0, y0))

@@ -113,6 +113,16 @@ def records_derivatives(tensors: Sequence[Tensor | None]) -> bool:
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+# A complex state's time, tolerances and norms are real. (A table, not ``dtype.to_real()``:
+# torch.compile traces a dict lookup but not that method.)
+_REAL_OF_COMPLEX = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``dtype`` itself, or for a complex dtype the dtype of its real part."""
+    return _REAL_OF_COMPLEX.get(dtype, dtype)
+
+
 def widened(x: Tensor) -> Tensor:
     """``x`` in float32 when it is float16/bfloat16, else ``x`` itself: the step-size controller
     works at least in float32 (tolerances such as 1e-7 underflow in float16, and the error
