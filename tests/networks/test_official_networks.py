@@ -146,3 +146,39 @@ def test_variant_mismatch_is_named_when_loading_our_own_state_dicts():
         build_model("continuous-unet").load_state_dict(second.state_dict())
     with pytest.raises(ValueError, match="load_official"):
         build_model("continuous-unet").load_state_dict(AuthorsContinuousUNet(num_filters=3).state_dict())
+
+
+def test_training_checkpoints_of_the_second_order_variant_still_load(tmp_path):
+    """A run recorded without a variant option (all runs before the official variant existed)
+    is rebuilt as the variant its weights belong to."""
+    from networks import checkpoint as ckpt
+
+    model = build_model("continuous-unet", variant="second-order", base_filters=2, levels=1)
+    payload = {"format": ckpt.TRAIN_FORMAT, "model_state": model.state_dict(),
+               "model": {"name": "continuous-unet", "in_channels": 3, "num_classes": 1,
+                         "options": {"base_filters": 2, "levels": 1}, "image_size": 16}}
+    ckpt.atomic_torch_save(payload, tmp_path / "old.pt")
+    loaded, _ = ckpt.load_model(tmp_path / "old.pt")
+    assert loaded.variant == "second-order"
+    x = images(1, size=16)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_official_duse_procedure_carries_adam_across_images():
+    require_nmode()
+    assert DUSEConfig().momentum == 0.2 and DUSEConfig(procedure="official").momentum == 0.8
+    assert DUSEConfig(procedure="official", momentum=0.5).momentum == 0.5
+    with pytest.raises(ValueError, match="procedure"):
+        DUSEConfig(procedure="authors")
+    torch.manual_seed(0)
+    model = build_model("cnm-unet", **TINY_CNM, duse_config=DUSEConfig(procedure="official", memory_size=0))
+    assert model.cnm_block.momentum == 0.8
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.adapt(images(2))
+    states = model.duse_state.optimizer_states
+    # One Adam step on theta_gamma and one on the prompt per image, state kept across images.
+    assert [s["step"].item() for s in states["theta"]["state"].values()] == [2.0, 2.0]
+    assert [s["step"].item() for s in states["prompt"]["state"].values()] == [2.0]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.reset_adaptation()
+    assert model.duse_state.optimizer_states == {}
