@@ -176,7 +176,7 @@ class CNMUNet(nn.Module):
                  step_size: float | None = None, rtol: float = 1e-7, atol: float = 1e-9,
                  gradient: str = "adjoint", act: str = "gelu",
                  dropout: float = 0.0, learnable_fusion: bool = True, backend: str = "auto",
-                 duse_config: DUSEConfig | None = None, train_gamma: bool = True):
+                 duse_config: DUSEConfig | dict | None = None, train_gamma: bool = True):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(num_classes, "num_classes")
@@ -198,6 +198,8 @@ class CNMUNet(nn.Module):
         if not self.train_gamma:  # the authors' runs: gamma and C stay at their initial values
             for p in (self.cnm_block.nmode.gamma, *self.cnm_block.gamma_conv_parameters().values()):
                 p.requires_grad_(False)
+        if isinstance(duse_config, dict):  # the form a training run records (JSON-friendly)
+            duse_config = DUSEConfig(**duse_config)
         self.duse_config = duse_config if duse_config is not None else DUSEConfig()
         self.duse_state = DUSEState()
         self.use_duse = False
