@@ -6,7 +6,11 @@ Dice) and ``history.json`` — all atomically. ``--resume`` continues from ``las
 (or a given file) bit-exactly: same batches, same augmentations, same dropout, same
 losses as a run that was never interrupted, even when stopped mid-epoch.
 
-Paper defaults (used unless overridden on the command line):
+``--preset NAME`` sets one of the papers' experiments (``networks.presets``, listed in
+docs/reproducing.md); flags given explicitly win over it. ``--data`` takes a dataset folder as
+its public release lays it out (``networks.layouts``, docs/datasets.md).
+
+Paper defaults (used unless overridden on the command line; ``networks.presets.PAPER_TRAINING``):
 
 * CNM-UNet / vanilla U-Net (cnm-unet.txt, Implementation Details): AdamW,
   CosineAnnealingLR(T_max=50, eta_min=1e-5) stepped per epoch, batch size 8, flips and
