@@ -35,8 +35,8 @@ METHODS = {
 }
 MODES = ("fwd", "fwd+bwd:backprop", "fwd+bwd:adjoint")
 
-# A backend other than the reference changes odeint only through the fused solver-stage op
-# (issue 4); backends without a registered rk_combine kernel would just rerun the reference.
+# A backend other than the reference changes odeint only through the fused solver-stage op;
+# backends without a registered rk_combine kernel would just rerun the reference.
 SOLVER_STAGE_OP = COMBINE
 
 _medians: dict[tuple[str, str, str], float] = {}

@@ -1,4 +1,4 @@
-"""Fused solver stages on a conv-RHS block (issue 4): odekern vs torchdiffeq, same run.
+"""Fused solver stages on a conv-RHS block: odekern vs torchdiffeq, same run.
 
     PYTHONPATH=$PWD python -m pytest bench/bench_stages.py --benchmark-only
 
@@ -12,7 +12,7 @@ own statistics are one extra run of odekern; the numbers to read are in ``extra_
   the same RHS calls as the solve, nothing else (fwd+bwd adjoint: the forward's RHS calls plus
   one RHS call and one vector-Jacobian product per RHS call of the backward solve): the floor no
   solver can beat, since the conv dominates.
-- ``speedup_vs_torchdiffeq`` = torchdiffeq_s / odekern_s (issue targets: forward >= 1.6,
+- ``speedup_vs_torchdiffeq`` = torchdiffeq_s / odekern_s (targets: forward >= 1.6,
   fwd+bwd adjoint >= 2.5), and ``speedup_ceiling`` = torchdiffeq_s / rhs_only_s: the most any
   solver could reach against torchdiffeq on this RHS.
 - ``overhead_odekern_s`` / ``overhead_torchdiffeq_s``: time outside the RHS (total - rhs_only)

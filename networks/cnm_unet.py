@@ -17,7 +17,7 @@ Configuration (paper "Implementation Details" and the authors' published code, w
 paper leaves open): decoder channels C = 3 (authors' ``y0_channel``); delta_t = 0.05; dopri5
 with rtol 1e-7 / atol 1e-9 (torchdiffeq's defaults, which the authors' ``odeint_adjoint`` call
 uses); gradient by the continuous adjoint (the paper's "augmented adjoint method";
-``gradient="exact"`` gives the exact gradient of the discrete solve, also O(1) memory);
+``gradient="checkpoint"`` gives the exact gradient of the discrete solve, also O(1) memory);
 ``method`` may be any fixed-step method of ``odekern.NmODE`` (euler, midpoint, rk4, ...) for a
 solver ablation, with ``step_size`` defaulting to one step over [0, delta_t] as torchdiffeq;
 activation GELU and dropout 0 (the authors' train/test scripts build

@@ -9,9 +9,9 @@ Names and their options (all optional; defaults are the papers' / authors' confi
 - ``"cnm-unet"`` -> ``CNMUNet``: image_size=256 (int or (H, W); the model is built for one
   size), channels=3, encoder_widths=(64, 128, 256, 512, 512), delta_t=0.05, method="dopri5"
   (or a fixed-step method of odekern.NmODE: euler, midpoint, rk4, rk4_classic), step_size=None
-  (fixed-step: one step over [0, delta_t]), rtol=1e-7, atol=1e-9, gradient="adjoint" | "exact",
-  act="gelu", dropout=0.0, learnable_fusion=True, backend="auto", duse_config=DUSEConfig() (or a dict of its fields),
-  train_gamma=True (False: gamma and its conv frozen, as the authors' runs).
+  (fixed-step: one step over [0, delta_t]), rtol=1e-7, atol=1e-9, gradient="adjoint" | "checkpoint",
+  act="gelu", dropout=0.0, learnable_fusion=True, backend="auto", duse_config=DUSEConfig() (or a
+  dict of its fields), train_gamma=True (False: gamma and its conv frozen, as the authors' runs).
   Has ``adapt(images)``, ``use_duse``, ``duse_state`` and ``reset_adaptation()``.
 - ``"continuous-unet"`` -> ``ContinuousUNet``: variant="official" (the authors' network and
   training settings: act="lrelu", gradient="adjoint", rtol=atol=1e-6) | "second-order" (Eq. 1

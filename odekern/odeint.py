@@ -19,6 +19,7 @@ from odekern.solvers.checks import (
     check_state,
     check_state_matches_time,
     check_time,
+    check_time_values,
     check_tolerance,
     check_tolerances_not_both_zero,
 )
@@ -42,7 +43,9 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             component of its input as is (e.g. ``(v, a)`` for the state ``(x, v)``).
         y0: initial state: a floating tensor of any shape, or a tuple of such tensors.
         t: 1-D tensor of output times, strictly increasing or strictly decreasing (a decreasing
-            ``t`` integrates backward in time); same dtype and device as ``y0``.
+            ``t`` integrates backward in time); same dtype and device as ``y0``. A list or tuple of
+            Python numbers is also accepted: fixed-grid methods then read no tensor for the
+            time grid, so ``torch.compile(fullgraph=True)`` traces the whole solve.
         rtol, atol: relative / absolute error tolerances (floats, or tensors broadcastable to
             ``y0``; tuples with one entry per component for a tuple state). Used by ``dopri5``
             (step control) and ``implicit_adams`` (corrector convergence).
@@ -98,7 +101,16 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
     check_tolerance(atol, "atol")
     if method in ADAPTIVE_METHODS:
         check_tolerances_not_both_zero(rtol, atol, method)
-    reverse = check_time(t)
+    t_values = None
+    if isinstance(t, (list, tuple)):
+        # Times as Python numbers: fixed-grid solves then never read a tensor, so
+        # torch.compile(fullgraph=True) traces them whole.
+        reverse = check_time_values(t)
+        t_values = [float(v) for v in t]
+        like = state.first(y0)
+        t = torch.tensor(t_values, dtype=like.dtype, device=like.device)
+    else:
+        reverse = check_time(t)
     check_state_matches_time(y0, t)
     return_status = options.get("on_max_steps", "raise") == "return"
 
@@ -108,6 +120,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
 
     if reverse:
         t = -t
+        t_values = None if t_values is None else [-v for v in t_values]
         _flip_time_options(options)
 
     if state.numel(y0) == 0:
@@ -119,7 +132,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
     else:
         solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
                             **options)
-        solution, status = solver.integrate(t)
+        solution, status = solver.integrate(t, t_values)
     return (solution, status) if return_status else solution
 
 

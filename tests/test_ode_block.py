@@ -398,3 +398,17 @@ def test_rhs_of_wrong_shape():
 
     with pytest.raises(RuntimeError, match=r"func must return x\^\(2\) shaped like x"):
         ODEBlock(Wrong(), order=2)(_x())
+
+
+@pytest.mark.parametrize("method, kw", [("rk4", {"step_size": 0.25}), ("dopri5", {})])
+@pytest.mark.parametrize("grad", [False, True])
+def test_channels_last_input_keeps_its_memory_format(method, kw, grad):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    block = ODEBlock(lambda t, y: torch.tanh(conv(y)), method=method, **kw)
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.set_grad_enabled(grad):
+        out = block(x)
+        expected = block(x.contiguous())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected)

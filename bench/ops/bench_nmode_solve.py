@@ -1,6 +1,6 @@
 """Benchmarks of nmode_solve: ``pytest bench/ops/bench_nmode_solve.py --benchmark-only``.
 
-Settings of issue 3 (float32, [8, 3, 128, 128] unless NMODE_BENCH_SHAPE=B,C,H,W):
+The CNM-UNet setting (float32, [8, 3, 128, 128] unless NMODE_BENCH_SHAPE=B,C,H,W):
 - "rk4": rk4, dt = 0.05 over [0, 1] (20 steps, 80 RHS evaluations), forward;
 - "cnm": dopri5, rtol 1e-7, atol 1e-9, t in [0, 0.05] (CNM-UNet), forward and fwd+bwd
   (torchdiffeq with odeint_adjoint, as the CNM-UNet code does).
@@ -160,7 +160,7 @@ def test_cnm_forward_torchode(benchmark, run_bench):
     RESULTS["cnm-fwd:torchode"] = benchmark.stats.stats.min
 
 
-@pytest.mark.parametrize("gradient", ["exact", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
 def test_cnm_fwd_bwd_odekern(benchmark, run_bench, gradient):
     y0, g = _inputs()
 
@@ -228,7 +228,7 @@ def test_zz_summary(benchmark, run_bench):
     ratio("cnm fwd: torchdiffeq / odekern", "cnm-fwd:torchdiffeq", "cnm-fwd:odekern")
     ratio("cnm fwd: torchode / odekern", "cnm-fwd:torchode", "cnm-fwd:odekern")
     ratio("cnm fwd: odekern / floor-poly", "cnm-fwd:odekern", "cnm-fwd:floor-poly")
-    ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern exact", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-exact")
+    ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern checkpoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-checkpoint")
     ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern adjoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-adjoint")
     lines = ["", "| measurement | seconds (min) |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in r.items() if not k.startswith("memory")]
@@ -276,7 +276,7 @@ def _interleaved_providers():
         "fwd:floor": lambda: torch.ops.odekern_C.nmode_cos_floor(flat, n_evals),
         "fwd:torchdiffeq": td_fwd,
         "fwd+bwd:odekern-adjoint": fwd_bwd("adjoint"),
-        "fwd+bwd:odekern-exact": fwd_bwd("exact"),
+        "fwd+bwd:odekern-checkpoint": fwd_bwd("checkpoint"),
         "fwd+bwd:torchdiffeq-adjoint": td_adjoint,
     }
 
@@ -327,7 +327,7 @@ def _interleaved_main(argv=None):
         ratio("fwd: odekern / floor", "fwd:odekern", "fwd:floor")
         ratio("fwd: torchdiffeq / odekern", "fwd:torchdiffeq", "fwd:odekern")
         ratio("fwd+bwd: td odeint_adjoint / odekern adjoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-adjoint")
-        ratio("fwd+bwd: td odeint_adjoint / odekern exact", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-exact")
+        ratio("fwd+bwd: td odeint_adjoint / odekern checkpoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-checkpoint")
 
 
 def machine_description_short() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from odekern.ops.nmode_solve import nmode_solve
+from odekern.ops.nmode_solve import canonical_gradient, nmode_solve
 from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig
 
 
@@ -24,13 +24,13 @@ class NmODE(nn.Module):
         t1: end time (CNM-UNet uses 0.05).
         method, step_size, rtol, atol, control, gradient, backend, max_num_steps: as
             :func:`odekern.nmode_solve` (defaults: dopri5, rtol 1e-7, atol 1e-9, global step
-            control as torchdiffeq, exact O(1)-memory gradient).
+            control as torchdiffeq, the exact gradient in O(1) memory: ``gradient="checkpoint"``).
         kernel_size: of the conv C (3 in the paper; padding keeps H, W).
     """
 
     def __init__(self, channels: int, height: int, width: int, t1: float = 0.05, *,
                  method: str = "dopri5", step_size: float | None = None, rtol: float = 1e-7,
-                 atol: float = 1e-9, control: str = "global", gradient: str = "exact",
+                 atol: float = 1e-9, control: str = "global", gradient: str = "checkpoint",
                  backend: str = "auto", max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
                  kernel_size: int = 3):
         super().__init__()
@@ -39,6 +39,7 @@ class NmODE(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not float(t1) > 0.0:
             raise ValueError(f"t1 must be > 0, got {t1!r}")
+        gradient = canonical_gradient(gradient)
         NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,
                     gradient=gradient, max_num_steps=max_num_steps)  # validates the options
         self.t1 = float(t1)

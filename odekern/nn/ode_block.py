@@ -209,6 +209,7 @@ class ODEBlock(nn.Module):
             self.dynamics = func if isinstance(func, nn.Module) else _FunctionAsModule(func)
         self.velocity_init = velocity_init
         self.register_buffer("t", _as_time_grid(t), persistent=False)
+        self._t_values = tuple(self.t.tolist())  # see _times
         self.method = method
         self.rtol = rtol
         self.atol = atol
@@ -267,7 +268,7 @@ class ODEBlock(nn.Module):
     def _integrate(self, z0):
         """``z(t[-1])`` from ``z0``: a tensor (order 1) or the tuple ``(x, ..., x^(m-1))``."""
         like = z0 if self.order == 1 else z0[0]
-        t = self.t.to(device=like.device, dtype=like.dtype)
+        t = self._times(like)
         solve = GRADIENT_MODES[self.gradient]
         options = dict(self.options)
         if self.order > 1 and self.method in ADAPTIVE_METHODS:
@@ -288,6 +289,18 @@ class ODEBlock(nn.Module):
         if self.order == 1:
             return solution[-1]
         return tuple(part[-1] for part in solution)
+
+    def _times(self, like: torch.Tensor):
+        """The output times for the solve: as Python floats for backprop through a fixed-grid
+        solve (odeint then reads no tensor, so torch.compile(fullgraph=True) traces the block
+        whole), else the ``t`` buffer in the state's dtype and device. The floats are refreshed
+        from the buffer on every eager call; a compiled call (or a block moved to the meta
+        device) uses those of the last eager call, or of construction."""
+        if self.gradient != "backprop" or self.method in ADAPTIVE_METHODS or self.t.requires_grad:
+            return self.t.to(device=like.device, dtype=like.dtype)
+        if not (torch.compiler.is_compiling() or self.t.is_meta):
+            self._t_values = tuple(self.t.tolist())
+        return self._t_values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z1 = self._integrate(self._initial_parts(x))

@@ -123,7 +123,7 @@ class AdaptiveRK(Solver):
                 target, is_jump = points[k], jump
         return target, is_jump
 
-    def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
+    def integrate(self, t: Tensor, t_values: Any = None) -> tuple[Tensor, SolveStatus]:
         t = t.to(self.time_dtype)
         tv = t.tolist()
         solution = self._new_solution(len(t))

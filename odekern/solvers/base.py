@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -97,8 +97,10 @@ class Solver(abc.ABC):
         self.options = options
 
     @abc.abstractmethod
-    def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
-        """Solve on increasing output times ``t``; see module docstring."""
+    def integrate(self, t: Tensor, t_values: Sequence[float] | None = None) -> tuple[Tensor, SolveStatus]:
+        """Solve on increasing output times ``t``; see module docstring. ``t_values``: the same
+        times as Python floats when the caller knows them (solvers that can then avoid reading
+        ``t``, which torch.compile could not trace, use them)."""
 
     def _new_solution(self, n: int) -> state.State:
         return state.new_solution(self.y0, n)

@@ -7,12 +7,13 @@ value) whose message starts with the argument's name and says what was expected.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from odekern.solvers.state import all_finite
+from odekern.solvers.state import all_finite, assert_finite_traced
 
 Tensor = torch.Tensor
 
@@ -71,7 +72,9 @@ def check_state(y0: Any, name: str = "y0") -> None:
     if not torch.is_floating_point(y0):
         raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64), "
                         f"got dtype {y0.dtype}")
-    if not all_finite(y0):
+    if torch.compiler.is_compiling():
+        assert_finite_traced(y0, f"{name} must be finite, but it contains NaN or inf")
+    elif not all_finite(y0):
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
 
 
@@ -127,6 +130,21 @@ def check_tolerances_not_both_zero(rtol: Any, atol: Any, method: str) -> None:
     if zero(rtol) and zero(atol):
         raise ValueError(f"rtol and atol cannot both be zero for the adaptive method {method!r}: no step "
                          "would meet that tolerance; set one of them > 0")
+
+
+def check_time_values(values: Sequence[float], name: str = "t") -> bool:
+    """``check_time`` for times given as Python numbers (no tensor read: torch.compile traces
+    through). Returns True when they decrease."""
+    if len(values) == 0:
+        raise ValueError(f"{name} must contain at least one time point, got an empty sequence")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must be finite real numbers, got {list(values)}")
+    diffs = [b - a for a, b in zip(values[:-1], values[1:])]
+    if all(d > 0 for d in diffs):
+        return False
+    if all(d < 0 for d in diffs):
+        return True
+    raise ValueError(f"{name} must be strictly increasing or strictly decreasing, got {list(values)}")
 
 
 def check_method(method: str | None, valid: Iterable[str], default: str = "dopri5") -> str:

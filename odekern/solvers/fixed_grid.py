@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,18 +31,29 @@ FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "norm
 MAX_GRID_STEPS = 10_000_000
 
 
+def _check_grid_budget(start: float, end: float, step_size: float) -> None:
+    n_steps = (end - start) / step_size
+    if not math.isfinite(n_steps) or n_steps > MAX_GRID_STEPS:
+        raise ValueError(f"options['step_size']={step_size!r} over [{start:.6g}, {end:.6g}] needs {n_steps:.3g} "
+                         f"steps, more than the fixed-grid budget of {MAX_GRID_STEPS:,} steps; use a larger "
+                         "step_size")
+
+
 def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
     """``t[0], t[0] + h, ...`` up to and including ``t[-1]`` (the last point is set to ``t[-1]``)."""
     start, end = t[0], t[-1]
-    n_steps = float((end - start).detach()) / step_size
-    if not math.isfinite(n_steps) or n_steps > MAX_GRID_STEPS:
-        raise ValueError(f"options['step_size']={step_size!r} over [{float(start):.6g}, {float(end):.6g}] "
-                         f"needs {n_steps:.3g} steps, more than the fixed-grid budget of "
-                         f"{MAX_GRID_STEPS:,} steps; use a larger step_size")
+    _check_grid_budget(float(start.detach()), float(end.detach()), step_size)
     n_points = math.ceil(((end - start) / step_size + 1).item())
     grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
     grid[-1] = end
     return grid
+
+
+def grid_values_from_step_size(start: float, end: float, step_size: float) -> list[float]:
+    """``grid_from_step_size`` on Python floats (times known without reading a tensor)."""
+    _check_grid_budget(start, end, step_size)
+    n_points = math.ceil((end - start) / step_size + 1)
+    return [start + k * step_size for k in range(n_points - 1)] + [end]
 
 
 def checks_every_step(device: torch.device) -> bool:
@@ -106,11 +118,20 @@ class FixedGridSolver(Solver):
     def _before_integrate(self) -> None:
         """Reset per-solve state (e.g. the Adams history)."""
 
-    def integrate(self, t: Tensor) -> tuple[Tensor, SolveStatus]:
+    def integrate(self, t: Tensor, t_values: Sequence[float] | None = None) -> tuple[Tensor, SolveStatus]:
         solution = self._new_solution(len(t))
-        grid = self._grid(t)
+        # Times known as Python floats (and t not differentiated): the grid is built and walked
+        # in Python, so nothing reads a tensor and torch.compile traces the whole solve.
+        known = t_values is not None and self.grid_constructor is None and not t.requires_grad
+        if known:
+            t_vals = list(t_values)
+            grid_vals = (grid_values_from_step_size(t_vals[0], t_vals[-1], self.step_size)
+                         if self.step_size is not None else t_vals)
+            grid = grid_vals
+        else:
+            grid = self._grid(t)
+            t_vals, grid_vals = t.tolist(), grid.tolist()
         self._before_integrate()
-        t_vals, grid_vals = t.tolist(), grid.tolist()
         j, y0, n_steps, dt = 1, self.y0, 0, 0.0
         check_every_step, last_checked = checks_every_step(state.first(self.y0).device), grid_vals[0]
         for i in range(len(grid_vals) - 1):
@@ -123,7 +144,11 @@ class FixedGridSolver(Solver):
             at_output = grid_vals[i + 1] >= t_vals[j]
             # On CPU every step is checked (cheap) so the error names the exact step. On an
             # accelerator the check is a host sync, so it runs only where outputs are written.
-            if (check_every_step or at_output) and not state.all_finite(y1):
+            if torch.compiler.is_compiling():
+                if check_every_step or at_output:
+                    state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
+                                               f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
+            elif (check_every_step or at_output) and not state.all_finite(y1):
                 reached = self.rhs.user_time(grid_vals[i + 1])
                 if check_every_step:
                     since, where = grid_vals[i], f"the step to t={reached:.6g} produced NaN/inf"
@@ -141,10 +166,10 @@ class FixedGridSolver(Solver):
                 elif t_vals[j] == grid_vals[i]:
                     value = y0
                 elif self.interp == "linear":
-                    value = stages.lerp(y0, y1, (t[j] - t0) / dt, out=row)
+                    value = stages.lerp(y0, y1, ((t_vals[j] if known else t[j]) - t0) / dt, out=row)
                 else:
                     f1 = self.rhs(t1, y1) if f1 is None else f1
-                    value = stages.hermite(y0, f0, y1, f1, dt, (t[j] - t0) / dt, out=row)
+                    value = stages.hermite(y0, f0, y1, f1, dt, ((t_vals[j] if known else t[j]) - t0) / dt, out=row)
                 store(solution, j, row, value)
                 j += 1
             y0 = y1

@@ -1,6 +1,6 @@
 """Every linear combination a solver forms between right-hand-side evaluations.
 
-This module is the seam for fused kernels (issue 4): the solvers call only these functions for
+This module is the seam for fused kernels: the solvers call only these functions for
 stage inputs, step solutions, embedded error estimates, error ratios, Adams history sums and
 output interpolation, so a faster backend replaces them here and nowhere else. The versions
 below are plain PyTorch.
@@ -50,7 +50,7 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
         n = len(base if base is not None else ks[0])
         return join((linear_combination(coeffs, _each(ks, i), scale=scale, base=component(base, i),
                                         out=component(out, i)) for i in range(n)), out)
-    fused = _fused_linear_combination(coeffs, ks, scale, base, out)  # rk_stage kernels (issue 4)
+    fused = _fused_linear_combination(coeffs, ks, scale, base, out)  # rk_stage kernels
     if fused is not None:
         return fused
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
@@ -99,7 +99,7 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeL
     A fused kernel computes the RMS case in one pass without materialising the quotient.
     ``rtol`` / ``atol`` may be tuples with one entry per component of a tuple state.
     """
-    fused = _fused_error_ratio(y0, y1, (err,), (1.0,), 1.0, rtol, atol, norm)  # rk_stage (issue 4)
+    fused = _fused_error_ratio(y0, y1, (err,), (1.0,), 1.0, rtol, atol, norm)  # rk_stage
     if fused is not None:
         return fused
     return norm(_scaled_error(err, y0, y1, rtol, atol)).abs()
@@ -122,7 +122,7 @@ def embedded_error_ratio(y0: Tensor, y1: Tensor, dt: TimeLike, b_err: Sequence[f
     reduce (RMS) in a single pass; this reference does ``error_estimate`` then ``error_ratio``.
     The result never requires grad (it only steers the controller).
     """
-    fused = _fused_error_ratio(y0, y1, ks, b_err, dt, rtol, atol, norm)  # rk_stage (issue 4)
+    fused = _fused_error_ratio(y0, y1, ks, b_err, dt, rtol, atol, norm)  # rk_stage
     if fused is not None:
         return fused
     with torch.no_grad():
@@ -182,7 +182,7 @@ def hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, dt: TimeLike, theta:
 
 
 # ------------------------------------------------------------------------------------------------
-# Fused-kernel dispatch (issue 4): the rk_stage op (odekern/ops/rk_stage) takes over the
+# Fused-kernel dispatch: the rk_stage op (odekern/ops/rk_stage) takes over the
 # combinations above whenever a non-reference backend fits the operands; when none does (or
 # the reference is forced) the plain PyTorch code above runs unchanged, so it stays the
 # reference core. Same conventions as above: use the returned tensor; ``out`` is a hint.

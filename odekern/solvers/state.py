@@ -85,6 +85,8 @@ def carries_tangent(x: Tensor) -> bool:
 
 def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
     """``carries_tangent`` for any of ``tensors``; two global flags answer it outside transforms."""
+    if torch.compiler.is_compiling():
+        return False  # torch.compile traces torch.func transforms itself, on fake tensors
     if forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None:
         return False
     return any(x is not None and carries_tangent(x) for x in tensors)
@@ -93,6 +95,8 @@ def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
 def inside_vmap() -> bool:
     """Whether the caller runs under ``torch.func.vmap`` (possibly nested in other transforms),
     where no value may decide control flow (no ``.item()``, no data-dependent branch)."""
+    if torch.compiler.is_compiling():
+        return False
     stack = torch._C._functorch.get_interpreter_stack()
     return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
 
@@ -123,11 +127,31 @@ def all_finite(state: State) -> bool:
     finite; a non-finite sum (a NaN/inf, or an overflow of finite values) is decided exactly.
     The sum is tested as a Python float: a tensor isfinite + bool costs two more dispatches.
     Under ``torch.func.vmap`` no value can be read, so the check cannot run and answers True:
-    a non-finite result then shows as NaN/inf in the output (only fixed-grid solves run there)."""
+    a non-finite result then shows as NaN/inf in the output (only fixed-grid solves run there).
+    Meta tensors have no values and pass."""
     if inside_vmap():
         return True
+    if any(c.is_meta for c in components(state)):
+        return True  # meta tensors have shapes only: nothing to check (shape inference)
     with torch.no_grad():
         return all(math.isfinite(c.sum().item()) or bool(torch.isfinite(c).all()) for c in components(state))
+
+
+def assert_finite_traced(state: State, message: str) -> None:
+    """The finiteness check inside torch.compile, where no value can be read without a graph
+    break: an in-graph assertion that raises RuntimeError(message) when the compiled code runs
+    on CPU. On accelerators it would be a fatal device-side assert, so there the check is left
+    to the caller's output (documented in docs/composability.md)."""
+    for c in components(state):
+        if c.device.type == "cpu":
+            torch._assert_async(torch.isfinite(c).all(), message)
+
+
+def is_dense(x: Tensor) -> bool:
+    """Whether ``x`` covers its storage without gaps or overlaps in some dimension order (a
+    contiguous or, e.g., channels_last tensor)."""
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return x.permute(order).is_contiguous()
 
 
 def new_solution(y0: State, n: int) -> State:
@@ -136,7 +160,11 @@ def new_solution(y0: State, n: int) -> State:
     def rows(c: Tensor) -> Tensor:
         # new_empty, not torch.empty: inside a torch.func transform the rows must live at the
         # transform's level, or writing a row would silently drop its tangent / batch dims.
-        out = c.new_empty((n, *c.shape))
+        # Rows keep y0's memory format (channels_last stays channels_last) when y0 is dense.
+        if c.dim() > 1 and not c.is_contiguous() and is_dense(c):
+            out = c.new_empty_strided((n, *c.shape), (c.numel(), *c.stride()))
+        else:
+            out = c.new_empty((n, *c.shape))
         out[0] = c
         return out
 
@@ -151,8 +179,10 @@ def row(solution: State, index: int) -> State:
 def store(solution: State, index: int, row_view: State | None, value: State) -> State:
     """Put ``value`` in row ``index`` unless a stage function already wrote it into ``row_view``
     (the preallocated views); an autograd-recorded value is copied in differentiably."""
-    if value is not row_view:
-        for c, v in zip(components(solution), components(value)):
+    # Compared per component (torch.compile cannot trace identity of tuples it rebuilt).
+    views = components(row_view) if row_view is not None else (None,) * len(components(solution))
+    for c, v, r in zip(components(solution), components(value), views):
+        if v is not r:
             c[index] = v
     return solution
 

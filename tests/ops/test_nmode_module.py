@@ -12,7 +12,7 @@ import odekern
 from odekern.testing import assert_close, randn
 
 
-def _module(gradient="exact", control="global", dtype=torch.float64):
+def _module(gradient="checkpoint", control="global", dtype=torch.float64):
     torch.manual_seed(0)
     m = odekern.NmODE(3, 6, 5, gradient=gradient, control=control).to(dtype)
     with torch.no_grad():
@@ -25,7 +25,7 @@ def _grads(m, loss):
     return torch.autograd.grad(loss, params)
 
 
-@pytest.mark.parametrize("gradient", ["exact", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
 def test_nmode_matches_torchdiffeq_odeint_adjoint(gradient):
     m = _module(gradient)
     y0 = randn(2, 3, 6, 5, dtype=torch.float64, seed=1, requires_grad=True)
@@ -40,7 +40,7 @@ def test_nmode_matches_torchdiffeq_odeint_adjoint(gradient):
     # "exact" differentiates the forward solve, whose own error here is 1.5e-6 (|y0| up to 3.7,
     # rtol 1e-7); the adjoint takes its own backward steps and lands closer to the true
     # gradient (1.7e-8, like torchdiffeq's). Measured: exact 2.6e-6 off the true gradient.
-    atol = 1e-5 if gradient == "exact" else 1e-6
+    atol = 1e-5 if gradient == "checkpoint" else 1e-6
     for name, a, b in zip(("y0", "gamma", "conv.weight", "conv.bias"), got_grads, want_grads):
         assert_close(a, b, kind="cross", atol=atol, msg=name)
 
@@ -76,3 +76,14 @@ def test_module_defaults_and_validation():
         odekern.NmODE(4, 8, 8, method="rk45")
     with pytest.raises(ValueError, match="g of shape"):
         m(torch.zeros(2, 4, 8, 9))
+
+
+def test_former_gradient_name_still_works_with_a_deprecation_warning():
+    y0, g = torch.rand(2, 3, dtype=torch.float64, requires_grad=True), torch.rand(3, dtype=torch.float64)
+    with pytest.warns(DeprecationWarning, match="gradient='exact' is now called gradient='checkpoint'"):
+        old = odekern.nmode_solve(y0, g, 0.0, 0.5, gradient="exact")
+    new = odekern.nmode_solve(y0, g, 0.0, 0.5, gradient="checkpoint")
+    assert torch.equal(old, new)
+    assert torch.equal(*(torch.autograd.grad(y.sum(), y0)[0] for y in (old, new)))
+    with pytest.warns(DeprecationWarning):
+        odekern.NmODE(3, 1, 1, gradient="exact")

@@ -66,7 +66,7 @@ def _rhs(g):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("gradient", ["exact", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
 def test_forward_and_gradients_match_reference(backend, case, dtype, gradient):
     kw, t1 = CASES[case]
     y0, g = _inputs(dtype)
@@ -136,7 +136,7 @@ def _solve_with_grads_y_only(y0, g, t1, backend, w, **kw):
 
 
 @pytest.mark.parametrize("control", ["global", "per_element"])
-@pytest.mark.parametrize("gradient", ["adjoint", "exact"])
+@pytest.mark.parametrize("gradient", ["adjoint", "checkpoint"])
 def test_cnm_gradients_match_torchdiffeq_odeint_adjoint(backend, control, gradient):
     dtype = torch.float64
     y0, g = _inputs(dtype)
@@ -187,7 +187,7 @@ GRADCHECK = {
 
 
 @pytest.mark.parametrize("case", list(GRADCHECK))
-@pytest.mark.parametrize("gradient", ["exact", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
 def test_gradcheck(backend, case, gradient):
     kw, t1 = GRADCHECK[case]
     y0 = randn(2, 3, dtype=torch.float64, seed=3, requires_grad=True)
@@ -199,7 +199,7 @@ def test_gradcheck(backend, case, gradient):
 
     # The adjoint is the gradient of the ODE, not of the discrete solve: it matches finite
     # differences to the discretisation error.
-    tol = dict(atol=1e-5, rtol=1e-3) if gradient == "exact" else dict(atol=5e-4, rtol=5e-3)
+    tol = dict(atol=1e-5, rtol=1e-3) if gradient == "checkpoint" else dict(atol=5e-4, rtol=5e-3)
     assert torch.autograd.gradcheck(fn, (y0, g), **tol)
 
 

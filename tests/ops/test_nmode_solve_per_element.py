@@ -51,7 +51,7 @@ def _vectorised(y0, g, t1, rtol, atol, gy1, gf0=None, gf1=None):
     a = y0.view(-1, g.numel()).clone().requires_grad_(True)  # [R, G] against g [1, G]
     b = g.view(1, -1).clone().requires_grad_(True)
     y1, f0, f1 = odekern.nmode_solve(a, b, 0.0, t1, method="dopri5", control="per_element", rtol=rtol,
-                                     atol=atol, gradient="exact", return_f=True, backend="cpu")
+                                     atol=atol, gradient="checkpoint", return_f=True, backend="cpu")
     y1, f0, f1 = y1.reshape(-1), f0.reshape(-1), f1.reshape(-1)
     loss = (y1 * gy1).sum()
     if gf0 is not None:

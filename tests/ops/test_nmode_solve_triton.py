@@ -158,10 +158,10 @@ def _grads(backend, case, dtype, gradient, g_shape=(1, 3, 5, 7)):
     return torch.autograd.grad(loss, (y0, g))
 
 
-GRAD_PARAMS = ([(c, "exact", torch.float64) for c in CASES]
+GRAD_PARAMS = ([(c, "checkpoint", torch.float64) for c in CASES]
                + [(c, "adjoint", torch.float64) for c in ("euler", "rk4", "dopri5_global",
                                                           "dopri5_per_element")]
-               + [("dopri5_global", "exact", torch.float32), ("rk4_classic", "adjoint", torch.float32)])
+               + [("dopri5_global", "checkpoint", torch.float32), ("rk4_classic", "adjoint", torch.float32)])
 
 
 @pytest.mark.parametrize("case,gradient,dtype", GRAD_PARAMS, ids=lambda p: str(p))
@@ -225,7 +225,7 @@ def _torchdiffeq_grads(solver, **options):
 
 
 def test_exact_gradient_is_backprop_through_torchdiffeq():
-    """gradient="exact" is backprop through torchdiffeq's odeint on the same steps. torchdiffeq
+    """gradient="checkpoint" is backprop through torchdiffeq's odeint on the same steps. torchdiffeq
     also differentiates its initial step size (a function of y0); pinning first_step to ours
     removes that term, and what remains must agree to rounding."""
     torchdiffeq = pytest.importorskip("torchdiffeq", reason="torchdiffeq not installed")
@@ -234,7 +234,7 @@ def test_exact_gradient_is_backprop_through_torchdiffeq():
     stats = tri.forward(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, cfg, False)[3]
     assert stats[1] == 0, "the pinned first step must be our first accepted step"
     want = _torchdiffeq_grads(torchdiffeq.odeint, first_step=float(stats[3]))
-    got = _grads("triton", "dopri5_global", torch.float64, "exact", g_shape=SHAPE)
+    got = _grads("triton", "dopri5_global", torch.float64, "checkpoint", g_shape=SHAPE)
     for name, a, b in zip(("grad_y0", "grad_g"), got, want):
         assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
 
@@ -264,7 +264,7 @@ def test_gradcheck_float64(case):
 
     def fn(y0, g):
         return odekern.nmode_solve(y0, g, 0.0, t1, method=method, backend="triton",
-                                   gradient="exact", return_f=True, **kw)
+                                   gradient="checkpoint", return_f=True, **kw)
 
     assert torch.autograd.gradcheck(fn, (y0, g), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 

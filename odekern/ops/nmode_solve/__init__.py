@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 
 from odekern.dispatch import check_backend_name
 from odekern.ops.nmode_solve import reference
-from odekern.ops.nmode_solve.config import DEFAULT_MAX_NUM_STEPS, NmodeConfig, fixed_grid_step_count
+from odekern.ops.nmode_solve.config import (DEFAULT_MAX_NUM_STEPS, DEPRECATED_GRADIENTS, NmodeConfig,
+                                            fixed_grid_step_count)
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph, stats_capacity)
-from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap
+from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap, is_dense
 
-__all__ = ["nmode_solve", "NmodeConfig"]
+__all__ = ["nmode_solve", "NmodeConfig", "canonical_gradient"]
 
 
 def _as_time(name: str, t) -> float:
@@ -31,6 +33,16 @@ def _as_time(name: str, t) -> float:
     if not math.isfinite(t):
         raise ValueError(f"{name} must be finite, got {t}")
     return t
+
+
+def canonical_gradient(gradient):
+    """The gradient mode's current name; the former ones still work, with a warning."""
+    if isinstance(gradient, str) and gradient in DEPRECATED_GRADIENTS:
+        new = DEPRECATED_GRADIENTS[gradient]
+        warnings.warn(f"gradient={gradient!r} is now called gradient={new!r} (the same gradient)",
+                      DeprecationWarning, stacklevel=3)
+        return new
+    return gradient
 
 
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
@@ -55,7 +67,7 @@ def _leading_broadcast(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: str = "dopri5",
                 step_size: float | None = None, rtol: float = 1e-7, atol: float = 1e-9,
-                control: str = "global", gradient: str = "exact", return_f: bool = False,
+                control: str = "global", gradient: str = "checkpoint", return_f: bool = False,
                 backend: str = "auto", max_num_steps: int = DEFAULT_MAX_NUM_STEPS):
     """Solve ``dy/dt = -y + sin^2(y + g)`` from ``t0`` to ``t1``, elementwise, in one fused pass.
 
@@ -87,11 +99,13 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
             lanes), ~6x slower than "global" here: a block runs until its slowest element is
             done, and every element pays its own initial-step probe and controller. Fixed-step
             methods ignore ``control``.
-        gradient: ``"exact"``: the gradient of the discrete solve (as backprop through the
-            solver, step sizes held constant), recomputed per element: only y0 and g are
-            saved, memory is O(1) in the number of steps. ``"adjoint"``: the continuous adjoint
-            (Chen et al. 2018) per element, as torchdiffeq's ``odeint_adjoint`` (agrees with
-            "exact" to within the solver tolerance). Double backward is not supported.
+        gradient: ``"checkpoint"`` (default): the gradient of the discrete solve (as backprop
+            through the solver, step sizes held constant), recomputed per element from a few
+            checkpoints: only y0 and g are saved, memory is O(1) in the number of steps.
+            ``"adjoint"``: the continuous adjoint (Chen et al. 2018) per element, as
+            torchdiffeq's ``odeint_adjoint`` (agrees with "checkpoint" to within the solver
+            tolerance; unstable over long spans, where it raises). ``"exact"`` is the former
+            name of ``"checkpoint"`` (deprecated). Double backward is not supported.
         return_f: also return ``f0 = f(y0)`` and ``f1 = f(y(t1))`` (DUSE's statistics, cnm-unet
             Eq. 3-4), computed in the same pass and differentiable.
         backend: ``"auto"`` (CPU tensors: C++ kernels, else the reference; CUDA tensors: CUDA
@@ -136,10 +150,13 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     if not isinstance(return_f, bool):
         raise TypeError(f"return_f must be a bool, got {type(return_f).__name__}")
     check_backend_name(backend)
+    gradient = canonical_gradient(gradient)
     cfg = NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,
                       gradient=gradient, max_num_steps=max_num_steps)
     if not cfg.adaptive:  # the step budget, before any backend allocates the grid
         fixed_grid_step_count(t0, t1, cfg.step_size, cfg.max_num_steps)
+    if y0.is_meta:  # shapes only (e.g. a model built on the meta device): nothing to solve
+        return (torch.empty_like(y0),) * 3 if return_f else torch.empty_like(y0)
     if y0.dtype in LOW_PRECISION:
         # Solved in float32 (the controller and the stages need its range and precision), the
         # results rounded back to the inputs' dtype, as autocast does for precision-sensitive ops.
@@ -202,10 +219,9 @@ def _memory_order(y0: torch.Tensor) -> list[int] | None:
     """The dimension order in which a dense but permuted ``y0`` (e.g. channels_last) is
     contiguous, or None when ``y0`` is contiguous or not dense. Solving in that order keeps the
     caller's memory format and avoids a copy."""
-    if y0.dim() < 2 or y0.is_contiguous():
+    if y0.dim() < 2 or y0.is_contiguous() or not is_dense(y0):
         return None
-    order = sorted(range(y0.dim()), key=lambda d: -y0.stride(d))
-    return order if y0.permute(order).is_contiguous() else None
+    return sorted(range(y0.dim()), key=lambda d: -y0.stride(d))
 
 
 def _solve_in_memory_order(order: list[int], y0: torch.Tensor, g: torch.Tensor, t0, t1, **kwargs):

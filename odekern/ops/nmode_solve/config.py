@@ -49,7 +49,7 @@ Forward outputs:
 
 Backward (``cfg.gradient``):
 
-- ``"exact"``: the gradient of the discrete solve above (y1, f0, f1 as functions of y0, g)
+- ``"checkpoint"`` (formerly ``"exact"``): the gradient of the discrete solve above (y1, f0, f1 as functions of y0, g)
   with the step sizes held constant (the usual convention: step-size selection is not
   differentiated). Computed per element by replaying the steps and running reverse mode
   through the stages (and through the dense-output interpolation of the last step).
@@ -76,7 +76,9 @@ import math
 METHODS = ("dopri5", "rk4", "rk4_classic", "midpoint", "euler")
 ADAPTIVE_METHODS = ("dopri5",)
 CONTROLS = ("global", "per_element")
-GRADIENTS = ("exact", "adjoint")
+GRADIENTS = ("checkpoint", "adjoint")
+# The former name of "checkpoint", still accepted (the public entry points warn).
+DEPRECATED_GRADIENTS = {"exact": "checkpoint"}
 
 # Default cap on steps. Exceeding it raises a RuntimeError (with the t reached and last dt).
 DEFAULT_MAX_NUM_STEPS = 100_000
@@ -104,7 +106,7 @@ class NmodeConfig:
     rtol: float = 1e-7
     atol: float = 1e-9
     control: str = "global"
-    gradient: str = "exact"
+    gradient: str = "checkpoint"
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
 
     def __post_init__(self):
@@ -112,6 +114,8 @@ class NmodeConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
+        if self.gradient in DEPRECATED_GRADIENTS:
+            object.__setattr__(self, "gradient", DEPRECATED_GRADIENTS[self.gradient])
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if self.method not in ADAPTIVE_METHODS:

@@ -34,3 +34,26 @@ def supports(y0=None, g=None, cfg=None, **_) -> list[str]:
     if not hasattr(torch.ops.odekern_C, "nmode_solve_fwd"):
         reasons.append("odekern._C was built without nmode_solve (rebuild the extension)")
     return reasons
+
+
+# Fake (meta) kernels of the C++ ops, so torch.compile, meta tensors and opcheck can trace them.
+if hasattr(torch.ops.odekern_C, "nmode_solve_fwd"):
+    @torch.library.register_fake("odekern_C::nmode_solve_fwd")
+    def _(y0, g, t0, t1, method, step_size, rtol, atol, control, max_num_steps, need_f):
+        n_f = y0.numel() if need_f else 0
+        stats_len = torch.library.get_ctx().new_dynamic_size()
+        return (torch.empty_like(y0), y0.new_empty(n_f), y0.new_empty(n_f),
+                torch.empty(stats_len, dtype=torch.float64, device="cpu"))
+
+    @torch.library.register_fake("odekern_C::nmode_solve_bwd")
+    def _(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method, step_size, rtol, atol, control,
+          gradient, max_num_steps):
+        return torch.empty_like(y0), torch.empty_like(g)
+
+    @torch.library.register_fake("odekern_C::nmode_pe_scalar_reference")
+    def _(y0, g, t0, t1, rtol, atol, max_num_steps, grad_y1, grad_f0, grad_f1):
+        return torch.empty_like(y0), torch.empty_like(y0), torch.empty_like(y0)
+
+    @torch.library.register_fake("odekern_C::nmode_cos_floor")
+    def _(x, reps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -26,7 +26,7 @@ OP = "nmode_solve"
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends. Triton is H4's odekern/ops/nmode_solve/triton.py, imported lazily so that a broken
+# Backends. Triton (odekern/ops/nmode_solve/triton.py) is imported lazily so that a broken
 # or missing file makes the triton backend refuse with the reason instead of breaking import.
 # ---------------------------------------------------------------------------------------------
 _triton_cache: dict[str, object] = {}
@@ -173,7 +173,7 @@ def _adjoint_diverged(t0: float, t1: float, detail: str) -> str:
     return (f"nmode_solve(gradient='adjoint'): the backward solve failed ({detail}). The continuous "
             f"adjoint re-solves y backward in time, which amplifies rounding errors like "
             f"e^(t1 - t0) = {growth:.3g} over this span, so y leaves the range where it is "
-            f"meaningful; use gradient='exact' (also O(1) memory) or a shorter span")
+            f"meaningful; use gradient='checkpoint' (also O(1) memory) or a shorter span")
 
 
 @nmode_solve_backward_op.register_fake

@@ -237,7 +237,7 @@ def forward(y0, g, t0, t1, cfg: NmodeConfig, need_f: bool):
 def backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg: NmodeConfig):
     if y0.numel() == 0:
         return torch.zeros_like(y0), torch.zeros_like(g)
-    if cfg.gradient == "exact":
+    if cfg.gradient == "checkpoint":
         # torch.func.vjp: works inside a custom op's body, where the autograd keys are excluded.
         fixed = stats if cfg.adaptive and cfg.control == "global" else None
 

@@ -1062,10 +1062,10 @@ def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch
     wl = _weights(cfg.method, theta, y0.dtype, dev)
     par = _params(dev, cfg.rtol, cfg.atol, t1 - t0)
     common = dict(HAS_GF0=has_gf0, HAS_GF1=has_gf1, C=CHECKPOINTS, BLOCK=BLOCK, **LAUNCH)
-    if cfg.gradient == "exact" and list_mode:
+    if cfg.gradient == "checkpoint" and list_mode:
         _nmode_list_bwd_kernel[grid](y0, g, gy1, gf0, gf1, grad_y0, g_full, dts_t, w, wl, n_list, N, G,
                                      METHOD=METHOD_ID[cfg.method], **common)
-    elif cfg.gradient == "exact":
+    elif cfg.gradient == "checkpoint":
         _nmode_pe_bwd_kernel[grid](y0, g, gy1, gf0, gf1, grad_y0, g_full, status, par,
                                    cfg.max_num_steps, N, G, **common)
     else:

@@ -68,3 +68,18 @@ def final_error_out(y0, ks, coeffs, err_coeffs, rtol, atol, y1) -> torch.Tensor:
 def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
     return _ops().rk_error_ratio(y0.contiguous(), y1.contiguous(), [k.contiguous() for k in ks],
                                  [float(d) for d in err_coeffs], float(rtol), float(atol))
+
+
+# Fake (meta) kernels of the C++ ops, so torch.compile, meta tensors and opcheck can trace them.
+if hasattr(torch.ops.odekern_C, "rk_error_ratio"):
+    @torch.library.register_fake("odekern_C::rk_combine_out")
+    def _(y, ks, coeffs, out):
+        return None
+
+    @torch.library.register_fake("odekern_C::rk_final_error_out")
+    def _(y0, ks, coeffs, err_coeffs, rtol, atol, y1):
+        return y0.new_empty((), dtype=torch.float64)
+
+    @torch.library.register_fake("odekern_C::rk_error_ratio")
+    def _(y0, y1, ks, err_coeffs, rtol, atol):
+        return y0.new_empty((), dtype=torch.float64)

@@ -31,7 +31,7 @@ from odekern.ops.rk_stage import op
 # Smallest state (elements) for which automatic selection uses the fused kernels, per route.
 # Measured with ``bench/bench_stages.py::test_dispatch_crossover`` (stages.linear_combination,
 # base + 3 k tensors, float32, 1 thread, minima over rounds, fused forced vs reference forced,
-# 2-core x86 shared with other jobs): with the direct call above the fused out= route beats
+# on a 2-core x86 machine): with the direct call above the fused out= route beats
 # torch's mul/add_ chain at every size from 2^6 elements on (one kernel against four ops:
 # 2^6: 41 vs 57 us, 2^20: 0.79 vs 1.6 ms), so it gets no threshold. The autograd route pays
 # the custom op's Python wrapper and autograd node (~0.35 ms) against four small autograd ops
