@@ -110,31 +110,24 @@ def _continuous_name(name: str) -> str | None:
 
 _DOUBLE_CONV = r"double_conv\.([0-9])\.(.+)"
 
+# The authors' CNM-UNet parameter names (a regular expression) and ours (a function of the match).
+_CNM_NAMES = (
+    (r"inc\." + _DOUBLE_CONV, lambda m: f"encoder.stages.0.{m[1]}.{m[2]}"),
+    (r"down([1-4])\.maxpool_conv\.1\." + _DOUBLE_CONV, lambda m: f"encoder.stages.{m[1]}.{m[2]}.{m[3]}"),
+    (r"Mult_up\.g([1-5])\.(weight|bias)", lambda m: f"fusion.projections.{int(m[1]) - 1}.{m[2]}"),
+    (r"Mult_up\.sigma\.1\.(.+)", lambda m: f"cnm_block.input_norm.{m[1]}"),
+    (r"Mult_up\.sigma2\.0\.(.+)", lambda m: f"cnm_block.output_norm.{m[1]}"),
+    (r"Mult_up\.Con_solver\.conv1\.(weight|bias)", lambda m: f"cnm_block.nmode.conv.{m[1]}"),
+    (r"Gamma", lambda m: "cnm_block.nmode.gamma"),
+    (r"outc\.conv\.(weight|bias)", lambda m: f"head.2.{m[1]}"),
+)
+
 
 def _cnm_name(name: str) -> str | None:
-    m = re.fullmatch(r"inc\." + _DOUBLE_CONV, name)
-    if m:
-        return f"encoder.stages.0.{m[1]}.{m[2]}"
-    m = re.fullmatch(r"down([1-4])\.maxpool_conv\.1\." + _DOUBLE_CONV, name)
-    if m:
-        return f"encoder.stages.{m[1]}.{m[2]}.{m[3]}"
-    m = re.fullmatch(r"Mult_up\.g([1-5])\.(weight|bias)", name)
-    if m:
-        return f"fusion.projections.{int(m[1]) - 1}.{m[2]}"
-    m = re.fullmatch(r"Mult_up\.sigma\.1\.(.+)", name)
-    if m:
-        return f"cnm_block.input_norm.{m[1]}"
-    m = re.fullmatch(r"Mult_up\.sigma2\.0\.(.+)", name)
-    if m:
-        return f"cnm_block.output_norm.{m[1]}"
-    m = re.fullmatch(r"Mult_up\.Con_solver\.conv1\.(weight|bias)", name)
-    if m:
-        return f"cnm_block.nmode.conv.{m[1]}"
-    if name == "Gamma":
-        return "cnm_block.nmode.gamma"
-    m = re.fullmatch(r"outc\.conv\.(weight|bias)", name)
-    if m:
-        return f"head.2.{m[1]}"
+    for pattern, ours in _CNM_NAMES:
+        m = re.fullmatch(pattern, name)
+        if m:
+            return ours(m)
     return None
 
 
