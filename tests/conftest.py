@@ -8,7 +8,7 @@ import os
 
 # Triton kernels run in its interpreter on CPU tensors; this must be set before triton.jit
 # decorates anything, i.e. before odekern's Triton modules are imported. AOT compilation for
-# real GPUs (odekern.gpucheck) runs in a subprocess with TRITON_INTERPRET=0.
+# real GPUs (tools/gpucheck.py) runs in a subprocess with TRITON_INTERPRET=0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
