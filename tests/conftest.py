@@ -48,3 +48,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """Records every interpreted Triton kernel launch as (kernel name, dtypes of its tensor
+    arguments), so a test can show that Triton kernels really ran (not a fallback)."""
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    launches: list[tuple[str, frozenset]] = []
+    original = interpreter.InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        dtypes = frozenset(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
+        launches.append((self.fn.__name__, dtypes))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", run)
+    return launches
