@@ -52,11 +52,11 @@ class checked_ptr {
     } else if (lo < alloc_.begin || lo + sizeof(T) > alloc_.end) {
       const int64_t elem = (static_cast<int64_t>(lo) - static_cast<int64_t>(alloc_.begin)) / int64_t(sizeof(T));
       fault(cudaErrorIllegalAddress,
-            "out-of-bounds " + std::string(access) + " at index " + std::to_string(i) + " of a pointer " +
-                std::to_string((reinterpret_cast<uintptr_t>(p_) - alloc_.begin) / sizeof(T)) +
-                " elements into its allocation = element " + std::to_string(elem) + " of an allocation of " +
+            "out-of-bounds " + std::string(access) + " at index " + std::to_string(i) + " = element " +
+                std::to_string(elem) + " of an allocation of " +
                 std::to_string((alloc_.end - alloc_.begin) / sizeof(T)) + " elements of " +
-                std::to_string(sizeof(T)) + " bytes");
+                std::to_string(sizeof(T)) + " bytes (the pointer starts at element " +
+                std::to_string((reinterpret_cast<uintptr_t>(p_) - alloc_.begin) / sizeof(T)) + ")");
     }
     return a;
   }
