@@ -22,6 +22,7 @@ def _tracked(emu):
     try:
         yield
         leftover = emu.emu_take_errors()
-        assert not leftover, "emulated kernels reported errors nobody raised:\n" + leftover.replace("\x1e", "\n")
+        assert not leftover, ("emulated kernels logged errors (host code that ignored them, or a test "
+                              "expecting one without emu_take_errors()):\n" + leftover.replace("\x1e", "\n"))
     finally:
         emu.emu_track_allocations(False)
