@@ -86,16 +86,16 @@ step "GPU test subset (tests/gpu)"
 export TRITON_INTERPRET=0
 # Without a GPU (dry run) every test of the subset is collected and skipped with its reason.
 test_args=(-q -rs -p no:cacheprovider tests/gpu "--junitxml=$OUT/gpu-tests.xml")
-if ! timeout 300 "$PY" -m pytest "${test_args[@]}" > "$OUT/gpu-tests.log" 2>&1; then
+if ! timeout 240 "$PY" -m pytest "${test_args[@]}" > "$OUT/gpu-tests.log" 2>&1; then
     echo "gpu-check: GPU TESTS FAILED, see $OUT/gpu-tests.log" >&2
     status=1
 fi
 tail -5 "$OUT/gpu-tests.log"
 
 step "benchmarks (bench/gpu_check.py)"
-bench_args=(--out "$OUT" --budget-s "${BUDGET_S:-180}")
+bench_args=(--out "$OUT" --budget-s "${BUDGET_S:-150}")
 [ "$DRY" = 1 ] && bench_args+=(--dry-run)
-if ! timeout 360 "$PY" bench/gpu_check.py "${bench_args[@]}" > "$OUT/benchmarks.log" 2>&1; then
+if ! timeout 240 "$PY" bench/gpu_check.py "${bench_args[@]}" > "$OUT/benchmarks.log" 2>&1; then
     echo "gpu-check: BENCHMARKS FAILED, see $OUT/benchmarks.log" >&2
     status=1
 fi

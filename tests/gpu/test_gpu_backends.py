@@ -14,6 +14,7 @@ import torch
 
 import odekern
 from odekern import dispatch
+from odekern.checkpoint import checkpointable_methods
 from odekern.ops.rk_stage import reference as rk_ref
 from odekern.ops.rk_stage import rk_combine, rk_error_ratio, rk_final_error
 from odekern.testing import assert_close, randn
@@ -100,15 +101,15 @@ class _ConvRHS(torch.nn.Module):
 
 
 @pytest.mark.parametrize("gradient", ["backprop", "adjoint", "checkpoint"])
-@pytest.mark.parametrize("method", ["dopri5", "rk4", "midpoint", "euler", "bosh3"])
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "midpoint", "euler", "heun3", "fixed_adams"])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_ode_block_fused_stages_match_reference_on_gpu(backend, method, gradient):
-    if gradient == "checkpoint" and method in ("dopri5", "bosh3"):
-        pytest.skip("checkpoint needs a fixed grid")
+    if gradient == "checkpoint" and method not in checkpointable_methods():
+        pytest.skip(f"checkpoint supports {checkpointable_methods()}")
     torch.manual_seed(0)
     func = _ConvRHS(4).to(DEV).double()
     kw = dict(method=method, gradient=gradient, rtol=1e-6, atol=1e-8)
-    if method not in ("dopri5", "bosh3"):
+    if method != "dopri5":
         kw["step_size"] = 0.125
     outs = []
     for be in (backend, "reference"):
