@@ -8,7 +8,7 @@ import os
 
 # Triton kernels run in its interpreter on CPU tensors; this must be set before triton.jit
 # decorates anything, i.e. before odekern's Triton modules are imported. AOT compilation for
-# real GPUs (odekern.gpucheck) runs in a subprocess with TRITON_INTERPRET=0.
+# real GPUs (tools/gpucheck.py) runs in a subprocess with TRITON_INTERPRET=0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
@@ -48,3 +48,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """Records every interpreted Triton kernel launch as (kernel name, dtypes of its tensor
+    arguments), so a test can show that Triton kernels really ran (not a fallback)."""
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    launches: list[tuple[str, frozenset]] = []
+    original = interpreter.InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        dtypes = frozenset(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
+        launches.append((self.fn.__name__, dtypes))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", run)
+    return launches

@@ -1,4 +1,4 @@
-"""``odekern.gpucheck``: odekern's GPU code lowers for sm_80 and sm_90 without spills, and the
+"""``tools.gpucheck``: odekern's GPU code lowers for sm_80 and sm_90 without spills, and the
 check itself can fail (a broken .cu, a spilling kernel, an unlisted Triton kernel).
 
 The repository checks compile for real: nvcc for every csrc/**/*.cu, and Triton's AOT
@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from odekern import gpucheck
+from tools import gpucheck
 
 TARGETS = ["sm_80", "sm_90"]
 NMODE_TRITON_KERNELS = {

@@ -17,12 +17,24 @@
 #define ODEKERN_ISA_CLONES
 #endif
 
+// The torch.library namespace the ops' schemas are defined in: odekern_C, or the test-only
+// odekern_cuda_emu of the CUDA emulation build (tests/cuda_emulation), which loads next to
+// odekern._C in the same process.
+#ifndef ODEKERN_LIBRARY_NS
+#define ODEKERN_LIBRARY_NS odekern_C
+#endif
+
 // Input checks for the C++ entry points. Python validates first with friendlier messages;
 // these guard direct torch.ops calls so bad input never reaches a kernel.
 #ifndef ODEKERN_DEVICE_COMPILE
 #define ODEKERN_CHECK(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
 #define ODEKERN_CHECK_CPU(x) TORCH_CHECK((x).device().is_cpu(), #x " must be a CPU tensor")
+#if defined(ODEKERN_CUDA_EMULATION)
+// The emulation's device memory is host memory: its "CUDA" tensors are CPU tensors.
+#define ODEKERN_CHECK_CUDA(x) TORCH_CHECK((x).device().is_cpu(), #x " must be a CPU tensor (CUDA emulation)")
+#else
 #define ODEKERN_CHECK_CUDA(x) TORCH_CHECK((x).device().is_cuda(), #x " must be a CUDA tensor")
+#endif
 #define ODEKERN_CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")
 #define ODEKERN_CHECK_FLOATING(x) \
   TORCH_CHECK((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kDouble, \

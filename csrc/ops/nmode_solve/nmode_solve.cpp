@@ -7,7 +7,9 @@
 // [n_accepted, n_rejected, theta, dt_0, ..., dt_{n-1}].
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(odekern_C, m) {
+#include <odekern/macros.h>
+
+TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
   m.def(
       "nmode_solve_fwd(Tensor y0, Tensor g, float t0, float t1, str method, float step_size, "
       "float rtol, float atol, str control, int max_num_steps, bool need_f) "

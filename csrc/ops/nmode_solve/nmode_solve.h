@@ -463,8 +463,9 @@ NMODE_UNROLL
 
 // Fixed-grid solve of a D-dim system over a list of dts (last step may carry dense weights
 // for dopri5 at theta). x is updated in place.
-template <typename T, int M, class Sys>
-ODEKERN_HD void sys_solve_list(const Sys& sys, T* x, const double* dts, int n, double theta) {
+// DtsPtr: `const double*`, or the bounds-checked pointer of the CUDA emulation (global_ptr.h).
+template <typename T, int M, class Sys, typename DtsPtr>
+ODEKERN_HD void sys_solve_list(const Sys& sys, T* x, DtsPtr dts, int n, double theta) {
   constexpr int D = Sys::D;
   constexpr int S = Tableau<M>::S;
   T w[S], wl[S];
@@ -585,9 +586,11 @@ NMODE_UNROLL
 constexpr int kCheckpoints = 32;
 
 // A step sequence that can be replayed from any of its steps: fixed list of dts (fixed-grid
-// methods and global control) -- step i has dt = dts[i], last step at theta.
+// methods and global control) -- step i has dt = dts[i], last step at theta. DtsPtr as in
+// sys_solve_list.
+template <typename DtsPtr = const double*>
 struct ListSteps {
-  const double* dts;
+  DtsPtr dts;
   long n;
   double theta;
   ODEKERN_HD double dt(long i) const { return dts[i]; }
@@ -612,8 +615,8 @@ ODEKERN_HD void step_bwd(T y, T g, double dt, double theta, T ybar1, T* ybar0, T
 }
 
 // Reverse sweep over a ListSteps sequence. ybar enters as dL/dy(t1) and leaves as dL/dy0.
-template <typename T, int M>
-ODEKERN_HD void list_solve_vjp(T y0, T g, const ListSteps& steps, T* ybar, T* gbar) {
+template <typename T, int M, typename DtsPtr>
+ODEKERN_HD void list_solve_vjp(T y0, T g, const ListSteps<DtsPtr>& steps, T* ybar, T* gbar) {
   const long n = steps.n;
   if (n == 0) return;
   const long seg = (n + kCheckpoints - 1) / kCheckpoints;
@@ -743,8 +746,8 @@ ODEKERN_HD int pe_solve_vjp(T y0, T g, const PerElementParams& p, T* ybar, T* gb
 // Continuous adjoint of one element. yT = y(t1) (recomputed by the caller), ybar = dL/dy(t1)
 // (with the f1 contribution already added), gbar accumulates; both leave at t0.
 // Fixed-step methods use torchdiffeq's grid on the reversed interval (`dts`, n steps).
-template <typename T, int M>
-ODEKERN_HD int adjoint_solve(T yT, T g, double t_span, const double* dts, long n,
+template <typename T, int M, typename DtsPtr>
+ODEKERN_HD int adjoint_solve(T yT, T g, double t_span, DtsPtr dts, long n,
                              double rtol, double atol, long max_steps, T* ybar, T* gbar) {
   AdjointSys<T> sys{g};
   T x[3] = {yT, *ybar, T(0)};

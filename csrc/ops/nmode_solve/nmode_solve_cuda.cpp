@@ -1,9 +1,7 @@
 // Torch binding of the CUDA kernels (nmode_solve_cuda.cu): checks, allocation, the stats
 // tensor. Compiled only in CUDA builds (setup.py adds *_cuda.cpp with the .cu files).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <odekern/cuda_binding.h>
 
 #include <string>
 #include <vector>
@@ -158,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cuda(
 }  // namespace nmode
 }  // namespace odekern
 
-TORCH_LIBRARY_IMPL(odekern_C, CUDA, m) {
+ODEKERN_CUDA_IMPL(m) {
   m.impl("nmode_solve_fwd", &odekern::nmode::nmode_solve_fwd_cuda);
   m.impl("nmode_solve_bwd", &odekern::nmode::nmode_solve_bwd_cuda);
 }

@@ -7,12 +7,12 @@
 // launch per attempted step computes all stages, the candidate state and per-block float64
 // partial sums of the squared error ratio; the host sums the partials (deterministically)
 // and decides accept / reject and the next step. Everything else is one launch.
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <odekern/cuda_launch.h>
 
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cuda.h"
@@ -27,8 +27,8 @@ constexpr int kThreads = 128;
 inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
 // Sum over the block of a per-thread double into part[blockIdx.x] (fixed order: deterministic).
-__device__ __forceinline__ void block_sum_to(double v, double* part) {
-  __shared__ double buf[kThreads];
+__device__ __forceinline__ void block_sum_to(double v, global_ptr<double> part) {
+  ODEKERN_SHARED_ARRAY(double, buf, kThreads);
   buf[threadIdx.x] = v;
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
@@ -42,9 +42,9 @@ __device__ __forceinline__ void block_sum_to(double v, double* part) {
 // Kernels.
 // ---------------------------------------------------------------------------------------------
 template <typename T, int M>
-__global__ void list_fwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, int64_t N, int64_t G,
-                                const double* __restrict__ dts, int64_t n, double theta, T* __restrict__ y1,
-                                T* __restrict__ f0, T* __restrict__ f1) {
+__global__ void list_fwd_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT g, int64_t N, int64_t G,
+                                global_ptr<const double> ODEKERN_RESTRICT dts, int64_t n, double theta, global_ptr<T> ODEKERN_RESTRICT y1,
+                                global_ptr<T> ODEKERN_RESTRICT f0, global_ptr<T> ODEKERN_RESTRICT f1) {
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (e >= N) return;
   const T gi = g[e % G];
@@ -56,8 +56,8 @@ __global__ void list_fwd_kernel(const T* __restrict__ y0, const T* __restrict__ 
 }
 
 template <typename T>
-__global__ void global_init_kernel(const T* __restrict__ y0, const T* __restrict__ g, int64_t N, int64_t G,
-                                   T rtol, T atol, T* __restrict__ f, double* part0, double* part1) {
+__global__ void global_init_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT g, int64_t N, int64_t G,
+                                   T rtol, T atol, global_ptr<T> ODEKERN_RESTRICT f, global_ptr<double> part0, global_ptr<double> part1) {
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   double a2 = 0, b2 = 0;
   if (e < N) {
@@ -74,8 +74,8 @@ __global__ void global_init_kernel(const T* __restrict__ y0, const T* __restrict
 }
 
 template <typename T>
-__global__ void global_d2_kernel(const T* __restrict__ y0, const T* __restrict__ f, const T* __restrict__ g,
-                                 int64_t N, int64_t G, T h0, T rtol, T atol, double* part) {
+__global__ void global_d2_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT f, global_ptr<const T> ODEKERN_RESTRICT g,
+                                 int64_t N, int64_t G, T h0, T rtol, T atol, global_ptr<double> part) {
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   double v2 = 0;
   if (e < N) {
@@ -92,10 +92,10 @@ struct Dopri5Weights {
 };
 
 template <typename T>
-__global__ void global_attempt_kernel(const T* __restrict__ y, const T* __restrict__ f, const T* __restrict__ g,
+__global__ void global_attempt_kernel(global_ptr<const T> ODEKERN_RESTRICT y, global_ptr<const T> ODEKERN_RESTRICT f, global_ptr<const T> ODEKERN_RESTRICT g,
                                       int64_t N, int64_t G, T dt, Dopri5Weights wts, bool finishing, T rtol,
-                                      T atol, T* __restrict__ ynew, T* __restrict__ fnew, T* __restrict__ out,
-                                      T* __restrict__ fout, double* part) {
+                                      T atol, global_ptr<T> ODEKERN_RESTRICT ynew, global_ptr<T> ODEKERN_RESTRICT fnew, global_ptr<T> ODEKERN_RESTRICT out,
+                                      global_ptr<T> ODEKERN_RESTRICT fout, global_ptr<double> part) {
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   double r2 = 0;
   if (e < N) {
@@ -122,9 +122,9 @@ __global__ void global_attempt_kernel(const T* __restrict__ y, const T* __restri
 }
 
 template <typename T>
-__global__ void pe_fwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, int64_t N, int64_t G,
-                              PerElementParams p, T* __restrict__ y1, T* __restrict__ f0, T* __restrict__ f1,
-                              int* status) {
+__global__ void pe_fwd_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT g, int64_t N, int64_t G,
+                              PerElementParams p, global_ptr<T> ODEKERN_RESTRICT y1, global_ptr<T> ODEKERN_RESTRICT f0, global_ptr<T> ODEKERN_RESTRICT f1,
+                              global_ptr<int> status) {
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (e >= N) return;
   const T gi = g[e % G];
@@ -139,19 +139,19 @@ __global__ void pe_fwd_kernel(const T* __restrict__ y0, const T* __restrict__ g,
 // Backward kernels: thread = one index of g; it loops over the R = N / G repeats.
 struct BwdArgs {
   int64_t N, G;
-  const double* dts;  // list steps (fixed grid / global control), device memory
+  global_ptr<const double> dts;  // list steps (fixed grid / global control), device memory
   int64_t n;
   double theta;
-  const double* adj_dts;  // fixed-grid adjoint: grid on the reversed interval
+  global_ptr<const double> adj_dts;  // fixed-grid adjoint: grid on the reversed interval
   int64_t adj_n;
   PerElementParams p;
   bool list_mode, adjoint;
 };
 
 template <typename T, int M>
-__global__ void bwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, const T* __restrict__ gy1,
-                           const T* __restrict__ gf0, const T* __restrict__ gf1, BwdArgs a,
-                           T* __restrict__ gy0, T* __restrict__ gg, int* status) {
+__global__ void bwd_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT g, global_ptr<const T> ODEKERN_RESTRICT gy1,
+                           global_ptr<const T> ODEKERN_RESTRICT gf0, global_ptr<const T> ODEKERN_RESTRICT gf1, BwdArgs a,
+                           global_ptr<T> ODEKERN_RESTRICT gy0, global_ptr<T> ODEKERN_RESTRICT gg, global_ptr<int> status) {
   const int64_t gi_idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (gi_idx >= a.G) return;
   const T gi = g[gi_idx];
@@ -174,7 +174,7 @@ __global__ void bwd_kernel(const T* __restrict__ y0, const T* __restrict__ g, co
                                          a.p.max_steps, &yb, &gb);
       worst = st > worst ? st : worst;
     } else if (a.list_mode) {
-      const ListSteps steps{a.dts, a.n, a.theta};
+      const ListSteps<global_ptr<const double>> steps{a.dts, a.n, a.theta};
       list_solve_vjp<T, M>(y0e, gi, steps, &yb, &gb);
     } else {
       const int st = pe_solve_vjp<T>(y0e, gi, a.p, &yb, &gb);
@@ -208,7 +208,7 @@ std::string global_forward(const ForwardArgs& a, cudaStream_t stream, std::vecto
   const T rt = T(a.rtol), at = T(a.atol);
   std::string err;
   if (!(err = check(cudaMemcpyAsync(ycur, y0, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream), "copy y0")).empty()) return err;
-  global_init_kernel<T><<<nb, kThreads, 0, stream>>>(y0, g, a.N, a.G, rt, at, fcur, part0, part1);
+  launch_kernel<global_init_kernel<T>>(nb, kThreads, 0, stream, y0, g, a.N, a.G, rt, at, fcur, part0, part1);
   if (a.f0 != nullptr)
     cudaMemcpyAsync(a.f0, fcur, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream);
   cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
@@ -221,7 +221,7 @@ std::string global_forward(const ForwardArgs& a, cudaStream_t stream, std::vecto
   }
   const double d0 = std::sqrt(s0 / double(a.N)), d1 = std::sqrt(s1 / double(a.N));
   const double h0 = initial_step_h0(d0, d1);
-  global_d2_kernel<T><<<nb, kThreads, 0, stream>>>(y0, fcur, g, a.N, a.G, T(h0), rt, at, part0);
+  launch_kernel<global_d2_kernel<T>>(nb, kThreads, 0, stream, y0, fcur, g, a.N, a.G, T(h0), rt, at, part0);
   cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
   if (!(err = check(cudaStreamSynchronize(stream), "initial step")).empty()) return err;
   double s2 = 0;
@@ -243,7 +243,7 @@ std::string global_forward(const ForwardArgs& a, cudaStream_t stream, std::vecto
     const bool finishing = t_next >= a.t1;
     const double th = finishing ? (a.t1 - t) / (t_next - t) : 1.0;
     step_weights<double, kDopri5>(th, wts.wl);
-    global_attempt_kernel<T><<<nb, kThreads, 0, stream>>>(ycur, fcur, g, a.N, a.G, T(dt), wts, finishing, rt, at,
+    launch_kernel<global_attempt_kernel<T>>(nb, kThreads, 0, stream, ycur, fcur, g, a.N, a.G, T(dt), wts, finishing, rt, at,
                                                           ynew, fnew, static_cast<T*>(a.y1),
                                                           static_cast<T*>(a.f1), part0);
     cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
@@ -281,14 +281,14 @@ std::string forward_t(const ForwardArgs& a, cudaStream_t stream, std::vector<dou
   if (a.method != kDopri5) {
     dispatch_method(a.method, [&](auto M_) {
       constexpr int M = decltype(M_)::value;
-      list_fwd_kernel<T, M><<<nb, kThreads, 0, stream>>>(y0, g, a.N, a.G, a.dts, a.n_fixed, 1.0, y1, f0, f1);
+      launch_kernel<list_fwd_kernel<T, M>>(nb, kThreads, 0, stream, y0, g, a.N, a.G, a.dts, a.n_fixed, 1.0, y1, f0, f1);
     });
     return check(cudaGetLastError(), "nmode_solve list forward");
   }
   if (a.global) return global_forward<T>(a, stream, dts, n_rejected, theta);
   const PerElementParams p{a.t1 - a.t0, a.rtol, a.atol, a.max_steps};
   cudaMemsetAsync(a.status, 0, sizeof(int), stream);
-  pe_fwd_kernel<T><<<nb, kThreads, 0, stream>>>(y0, g, a.N, a.G, p, y1, f0, f1, a.status);
+  launch_kernel<pe_fwd_kernel<T>>(nb, kThreads, 0, stream, y0, g, a.N, a.G, p, y1, f0, f1, a.status);
   int status = 0;
   cudaMemcpyAsync(&status, a.status, sizeof(int), cudaMemcpyDeviceToHost, stream);
   std::string err = check(cudaStreamSynchronize(stream), "nmode_solve per-element forward");
@@ -303,7 +303,7 @@ std::string backward_t(const BackwardArgs& a, cudaStream_t stream) {
   cudaMemsetAsync(a.status, 0, sizeof(int), stream);
   dispatch_method(a.method, [&](auto M_) {
     constexpr int M = decltype(M_)::value;
-    bwd_kernel<T, M><<<blocks_for(a.G), kThreads, 0, stream>>>(
+    launch_kernel<bwd_kernel<T, M>>(blocks_for(a.G), kThreads, 0, stream, 
         static_cast<const T*>(a.y0), static_cast<const T*>(a.g), static_cast<const T*>(a.gy1),
         static_cast<const T*>(a.gf0), static_cast<const T*>(a.gf1), k, static_cast<T*>(a.gy0),
         static_cast<T*>(a.gg), a.status);

@@ -3,7 +3,7 @@
 // (empty = success) instead of exceptions.
 #pragma once
 
-#include <cuda_runtime.h>
+#include <odekern/cuda_runtime_api.h>
 
 #include <cstdint>
 #include <string>

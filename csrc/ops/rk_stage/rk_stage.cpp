@@ -5,7 +5,9 @@
 // is accepted (the kernels fold them in chunks of rk_stage::kMaxK).
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(odekern_C, m) {
+#include <odekern/macros.h>
+
+TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
   // out = y + sum_j coeffs[j] * ks[j] (y = None: out = sum_j coeffs[j] * ks[j]); out may be y
   // itself (in-place update).
   m.def("rk_combine_out(Tensor? y, Tensor[] ks, float[] coeffs, Tensor(a!) out) -> ()");

@@ -1,15 +1,11 @@
 // CUDA binding of the rk_stage op family: checks, buffers, current stream; the kernels and
 // their launchers live in rk_stage_cuda.cu (no torch headers there).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 #include <torch/types.h>
 
 #include <optional>
 #include <vector>
 
-#include <odekern/macros.h>
+#include <odekern/cuda_binding.h>
 
 namespace odekern {
 namespace rk_stage {
@@ -122,7 +118,7 @@ at::Tensor rk_error_ratio_cuda(const at::Tensor& y0, const at::Tensor& y1, at::T
 }  // namespace rk_stage
 }  // namespace odekern
 
-TORCH_LIBRARY_IMPL(odekern_C, CUDA, m) {
+ODEKERN_CUDA_IMPL(m) {
   m.impl("rk_combine_out", &odekern::rk_stage::rk_combine_out_cuda);
   m.impl("rk_final_error_out", &odekern::rk_stage::rk_final_error_out_cuda);
   m.impl("rk_error_ratio", &odekern::rk_stage::rk_error_ratio_cuda);

@@ -1,9 +1,10 @@
 // CUDA kernels + launchers of the rk_stage op family. Raw pointers and a cudaStream_t only (no
 // torch headers), so this file is compiled and register-checked by plain nvcc
-// (python -m odekern.gpucheck). The per-element math is rk_stage.h, shared with the CPU loop.
-#include <cuda_runtime.h>
-
+// (python -m tools.gpucheck) and run on CPU by the CUDA emulation of tests/cuda_emulation. The
+// per-element math is rk_stage.h, shared with the CPU loop.
 #include <cstdint>
+
+#include <odekern/cuda_launch.h>
 
 #include "rk_stage.h"
 
@@ -17,15 +18,15 @@ constexpr int kMaxBlocks = 4096;  // grid-stride beyond this; also bounds the pa
 // Pointers and dt-scaled coefficients travel by value in kernel parameter space.
 template <typename T>
 struct Stages {
-  const T* k[kMaxK];
+  global_ptr<const T> k[kMaxK];
   T c[kMaxK];
   T d[kMaxK];
 };
 
 // BASE = false: out = sum_j c_j k_j (y is unused).
 template <typename T, int NK, bool BASE>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const T* y, Stages<T> s,
-                                                           T* out, int64_t n) {
+__global__ void __launch_bounds__(kThreads) combine_kernel(global_ptr<const T> y, Stages<T> s,
+                                                           global_ptr<T> out, int64_t n) {
   T c[NK];
 #pragma unroll
   for (int j = 0; j < NK; ++j) c[j] = s.c[j];
@@ -39,8 +40,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const T* y, Stages<T>
 }
 
 // Block-level sum of `acc` into partial[blockIdx.x] (warp shuffles, then one warp's worth).
-__device__ __forceinline__ void store_block_sum(double acc, double* partial) {
-  __shared__ double warp_sums[kThreads / 32];
+__device__ __forceinline__ void store_block_sum(double acc, global_ptr<double> partial) {
+  ODEKERN_SHARED_ARRAY(double, warp_sums, kThreads / 32);
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = acc;
@@ -55,8 +56,9 @@ __device__ __forceinline__ void store_block_sum(double acc, double* partial) {
 // Each block writes one float64 partial sum of squared error ratios; finalize_kernel adds
 // them in block order (deterministic, no atomics).
 template <typename T, int NK>
-__global__ void __launch_bounds__(kThreads) final_error_kernel(const T* y0, Stages<T> s, T rtol,
-                                                               T atol, T* y1, double* partial,
+__global__ void __launch_bounds__(kThreads) final_error_kernel(global_ptr<const T> y0, Stages<T> s, T rtol,
+                                                               T atol, global_ptr<T> y1,
+                                                               global_ptr<double> partial,
                                                                int64_t n) {
   T c[NK], d[NK];
 #pragma unroll
@@ -79,9 +81,10 @@ __global__ void __launch_bounds__(kThreads) final_error_kernel(const T* y0, Stag
 }
 
 template <typename T, int NK>
-__global__ void __launch_bounds__(kThreads) error_ratio_kernel(const T* y0, const T* y1,
+__global__ void __launch_bounds__(kThreads) error_ratio_kernel(global_ptr<const T> y0,
+                                                               global_ptr<const T> y1,
                                                                Stages<T> s, T rtol, T atol,
-                                                               double* partial, int64_t n) {
+                                                               global_ptr<double> partial, int64_t n) {
   T d[NK];
 #pragma unroll
   for (int j = 0; j < NK; ++j) d[j] = s.d[j];
@@ -96,8 +99,9 @@ __global__ void __launch_bounds__(kThreads) error_ratio_kernel(const T* y0, cons
   store_block_sum(acc, partial);
 }
 
-__global__ void finalize_kernel(const double* partial, int nblocks, int64_t n, double* result) {
-  __shared__ double sums[kThreads];
+__global__ void finalize_kernel(global_ptr<const double> partial, int nblocks, int64_t n,
+                                global_ptr<double> result) {
+  ODEKERN_SHARED_ARRAY(double, sums, kThreads);
   double acc = 0.0;
   for (int b = threadIdx.x; b < nblocks; b += blockDim.x) acc += partial[b];
   sums[threadIdx.x] = acc;
@@ -130,13 +134,13 @@ void combine_switch(const T* yp, const Stages<T>& s, int nk, T* op, int64_t n,
                     cudaStream_t stream) {
   const dim3 grid(blocks_for(n)), block(kThreads);
   switch (nk) {
-    case 1: combine_kernel<T, 1, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
-    case 2: combine_kernel<T, 2, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
-    case 3: combine_kernel<T, 3, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
-    case 4: combine_kernel<T, 4, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
-    case 5: combine_kernel<T, 5, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
-    case 6: combine_kernel<T, 6, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
-    default: combine_kernel<T, 7, BASE><<<grid, block, 0, stream>>>(yp, s, op, n); break;
+    case 1: launch_kernel<combine_kernel<T, 1, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 2: launch_kernel<combine_kernel<T, 2, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 3: launch_kernel<combine_kernel<T, 3, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 4: launch_kernel<combine_kernel<T, 4, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 5: launch_kernel<combine_kernel<T, 5, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 6: launch_kernel<combine_kernel<T, 6, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    default: launch_kernel<combine_kernel<T, 7, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
   }
 }
 
@@ -164,15 +168,15 @@ void error_ratio_typed(const void* y0, const void* y1, const void* const* ks, co
   const int nblocks = blocks_for(n);
   const dim3 grid(nblocks), block(kThreads);
   switch (nk) {
-    case 1: error_ratio_kernel<T, 1><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
-    case 2: error_ratio_kernel<T, 2><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
-    case 3: error_ratio_kernel<T, 3><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
-    case 4: error_ratio_kernel<T, 4><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
-    case 5: error_ratio_kernel<T, 5><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
-    case 6: error_ratio_kernel<T, 6><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
-    default: error_ratio_kernel<T, 7><<<grid, block, 0, stream>>>(a, b, s, rt, at, partial, n); break;
+    case 1: launch_kernel<error_ratio_kernel<T, 1>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 2: launch_kernel<error_ratio_kernel<T, 2>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 3: launch_kernel<error_ratio_kernel<T, 3>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 4: launch_kernel<error_ratio_kernel<T, 4>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 5: launch_kernel<error_ratio_kernel<T, 5>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 6: launch_kernel<error_ratio_kernel<T, 6>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    default: launch_kernel<error_ratio_kernel<T, 7>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
   }
-  finalize_kernel<<<1, kThreads, 0, stream>>>(partial, nblocks, n, result);
+  launch_kernel<finalize_kernel>(1, kThreads, 0, stream, partial, nblocks, n, result);
 }
 
 template <typename T>
@@ -186,15 +190,15 @@ void final_error_typed(const void* y0, const void* const* ks, const double* c, c
   const int nblocks = blocks_for(n);
   const dim3 grid(nblocks), block(kThreads);
   switch (nk) {
-    case 1: final_error_kernel<T, 1><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
-    case 2: final_error_kernel<T, 2><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
-    case 3: final_error_kernel<T, 3><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
-    case 4: final_error_kernel<T, 4><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
-    case 5: final_error_kernel<T, 5><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
-    case 6: final_error_kernel<T, 6><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
-    default: final_error_kernel<T, 7><<<grid, block, 0, stream>>>(yp, s, rt, at, op, partial, n); break;
+    case 1: launch_kernel<final_error_kernel<T, 1>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 2: launch_kernel<final_error_kernel<T, 2>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 3: launch_kernel<final_error_kernel<T, 3>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 4: launch_kernel<final_error_kernel<T, 4>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 5: launch_kernel<final_error_kernel<T, 5>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 6: launch_kernel<final_error_kernel<T, 6>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    default: launch_kernel<final_error_kernel<T, 7>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
   }
-  finalize_kernel<<<1, kThreads, 0, stream>>>(partial, nblocks, n, result);
+  launch_kernel<finalize_kernel>(1, kThreads, 0, stream, partial, nblocks, n, result);
 }
 
 }  // namespace

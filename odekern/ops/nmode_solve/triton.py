@@ -1082,7 +1082,7 @@ def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch
 # ================================================================ ahead-of-time compilation
 
 def aot_variants() -> list[dict]:
-    """What ``python -m odekern.gpucheck`` compiles for sm_80/sm_90: every kernel, in float32
+    """What ``python -m tools.gpucheck`` compiles for sm_80/sm_90: every kernel, in float32
     and float64, with the constexprs production launches use (the heaviest method per kernel;
     per-method variants of the list kernels for rk4 and dopri5)."""
     out = []

@@ -196,7 +196,7 @@ def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
 
 
 def aot_variants() -> list[dict]:
-    """What ``python -m odekern.gpucheck`` compiles for sm_80/sm_90: each kernel in float32 and
+    """What ``python -m tools.gpucheck`` compiles for sm_80/sm_90: each kernel in float32 and
     float64 at the widest stage count (NK=7, dopri5), the register-heaviest production launch."""
     out = []
     for dt in ("fp32", "fp64"):

@@ -1,4 +1,4 @@
-"""``python -m odekern.gpucheck``: prove odekern's GPU code lowers for real GPUs, on any machine.
+"""``python -m tools.gpucheck`` (from the repository root): prove odekern's GPU code lowers for real GPUs, on any machine.
 
 This machine has no GPU, so the Triton interpreter and the CPU build of the shared math are
 all the tests can execute. What they cannot show is that the same code compiles for a real
@@ -307,7 +307,7 @@ def compile_triton(target: str, quick: bool = False) -> list[KernelResult]:
             # Keep Triton 3.9's current default (fused multiply-add on) and silence its warning.
             "TRITON_DEFAULT_FP_FUSION": env.get("TRITON_DEFAULT_FP_FUSION", "1"),
         })
-        cmd = [sys.executable, "-m", "odekern.gpucheck", "--_triton-worker", target, out]
+        cmd = [sys.executable, "-m", "tools.gpucheck", "--_triton-worker", target, out]
         if quick:
             cmd.append("--quick")
         try:
@@ -390,7 +390,7 @@ def write_json(path: str, results: list[KernelResult]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m odekern.gpucheck", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.gpucheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--targets", default=",".join(TARGETS), help="comma list among sm_80,sm_90")
     p.add_argument("--allow-spills", action="store_true", help="report spills but do not fail")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
