@@ -5,6 +5,7 @@ from __future__ import annotations
 from odekern.solvers.adams import AdamsBashforth, AdamsBashforthMoulton
 from odekern.solvers.adaptive_rk import AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5
 from odekern.solvers.explicit_rk import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from odekern.solvers.scipy_solver import ScipySolver
 
 METHODS = {
     "dopri5": Dopri5,
@@ -22,6 +23,7 @@ METHODS = {
     "bosh3": Bosh3,
     "fehlberg2": Fehlberg2,
     "adaptive_heun": AdaptiveHeun,
+    "scipy_solver": ScipySolver,  # scipy.integrate.solve_ivp, forward only
     # Beyond torchdiffeq: Tsitouras 5(4), with dopri5's controller and its own interpolant.
     "tsit5": Tsit5,
 }
