@@ -70,7 +70,7 @@ class ScipySolver(Solver):
     def _unflatten(self, flat: Tensor, lead: tuple[int, ...]) -> state.State:
         """Rows of ``flat`` (``[*lead, n]``, float64 CPU) as the state's components."""
         pieces = torch.split(flat, self._sizes, dim=-1)
-        return state.rebuild(self.y0, (piece.reshape(*lead, *p.shape).to(p.device, p.dtype)
+        return state.rebuild(self.y0, (piece.reshape((*lead, *p.shape)).to(p.device, p.dtype)
                                        for piece, p in zip(pieces, self._parts)))
 
     def _numpy_rhs(self, t: float, y: np.ndarray) -> np.ndarray:
@@ -96,7 +96,7 @@ class ScipySolver(Solver):
         if not sol.success or sol.y.shape[1] != len(tv):
             reached = self.rhs.user_time(sol.t[-1]) if len(sol.t) else self.rhs.user_time(tv[0])
             raise RuntimeError(f"odeint(method='scipy_solver'): scipy.integrate.solve_ivp(method={self.solver!r}) "
-                               f"failed after t={reached:.6g}: {sol.message}")
+                               f"failed after the output time t={reached:.6g}: {sol.message}")
         solution = self._unflatten(torch.from_numpy(np.ascontiguousarray(sol.y.T)), (len(tv),))
         return solution, SolveStatus(True, str(sol.message), self.rhs.user_time(tv[-1]), len(tv), 0.0,
                                      nfe=int(sol.nfev))
