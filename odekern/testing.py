@@ -33,6 +33,10 @@ LOW_PRECISION_SOLVE_TOL: dict[torch.dtype, tuple[float, float]] = {
 
 LOW_PRECISION_FACTOR = 2.0
 
+# Order conditions of a tableau published as decimals or as rational approximations (tsit5,
+# dopri8): they hold to the digits given, not exactly. (Exact-fraction tableaus must give 0.)
+ORDER_CONDITION_TOL = 1e-13
+
 
 def tol(dtype: torch.dtype, kind: str = "rounding") -> dict[str, float]:
     table = {"rounding": ROUNDING_TOL, "cross": CROSS_LIBRARY_TOL, "solve": LOW_PRECISION_SOLVE_TOL}[kind]

@@ -1,11 +1,16 @@
-"""Adaptive embedded Runge-Kutta (Dormand-Prince 5(4)) with dense output.
+"""Adaptive embedded Runge-Kutta methods with dense output, each one a tableau (``tableaus.py``).
 
-Step semantics match torchdiffeq's ``dopri5`` so the same problem takes the same steps:
+A method is data: its ``ButcherTableau`` gives the stages, the solution, the embedded error
+weights and the dense output (``interpolation.DenseOutput.for_tableau``); ``adaptive_rk(tableau)``
+makes its solver class. Step semantics match torchdiffeq's adaptive methods (``dopri5``,
+``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) so the same problem takes the same steps:
 time is held in float64; the first step comes from ``controllers.select_initial_step``; steps are
 never clipped to the output times (outputs come from the quartic dense output of the step that
 covers them); the error ratio is ``norm(err / (atol + rtol * max(|y0|, |y1|)))`` and a step is
 accepted when it is <= 1 (or when ``dt <= min_step``); the next step comes from
-``controllers.IntegralController``; ``max_num_steps`` bounds the attempts per output interval.
+``controllers.IntegralController`` with the tableau's order; the last stage of an accepted step is
+the next step's first (exact for FSAL tableaus, torchdiffeq's choice for the others);
+``max_num_steps`` bounds the attempts per output interval.
 
 Beyond torchdiffeq:
 
@@ -33,7 +38,7 @@ from odekern.solvers.controllers import IntegralController, select_initial_step
 from odekern.solvers.explicit_rk import RKStepper
 from odekern.solvers.norms import rms_norm
 from odekern.solvers.tableau import ButcherTableau
-from odekern.solvers.tableaus import DOPRI5
+from odekern.solvers.tableaus import ADAPTIVE_HEUN, BOSH3, DOPRI5, DOPRI8, FEHLBERG2, TSIT5
 
 Tensor = torch.Tensor
 
@@ -54,9 +59,11 @@ def _time_points(values: Any, name: str) -> list[float]:
 
 
 class AdaptiveRK(Solver):
+    """An adaptive solver for the embedded tableau in the class attribute ``tableau``."""
+
     OPTIONS = ADAPTIVE_OPTIONS
     CALLBACKS = frozenset(CALLBACK_NAMES)
-    tableau: ButcherTableau = DOPRI5
+    tableau: ButcherTableau
     time_dtype = torch.float64
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str, norm: Any = None,
@@ -87,15 +94,15 @@ class AdaptiveRK(Solver):
         self.jump_t = _time_points(jump_t, "jump_t")
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("options['step_t'] and options['jump_t'] must not share any time point")
-        self.dense = interpolation.QuarticDenseOutput.for_tableau(self.tableau)
+        self.dense = interpolation.DenseOutput.for_tableau(self.tableau)
         self.tab = self.tableau.floats()
         reuse = not torch.is_grad_enabled()
         # The error estimate is computed without autograd, so its buffer is always reusable.
-        self._stepper = RKStepper(self.tableau, y0, reuse)
+        self._stepper = RKStepper(self.tableau, y0, reuse, carry_last_stage=True)
         buf = (lambda: state.empty_like(y0)) if reuse else (lambda: None)
         self._y_buffers = [buf(), buf()]
         self._err_buffer = state.empty_like(y0)
-        self._coeff_buffers = [None, buf(), buf(), buf(), buf()]
+        self._coeff_buffers = [None] + [buf() for _ in range(self.dense.degree)]
 
     @property
     def order(self) -> int:  # type: ignore[override]
@@ -227,7 +234,18 @@ class _State:
     n_rejected: int = 0
 
 
-class Dopri5(AdaptiveRK):
-    """Dormand-Prince 5(4), FSAL, quartic dense output (torchdiffeq's ``dopri5``)."""
+def adaptive_rk(tableau: ButcherTableau) -> type:
+    """The adaptive solver class for an embedded ``tableau`` (a registry entry)."""
+    if not tableau.adaptive:
+        raise ValueError(f"tableau {tableau.name!r} has no error weights (b_err): it cannot adapt its steps")
+    interpolation.DenseOutput.for_tableau(tableau)  # refuse a tableau without dense output here
+    return type(f"AdaptiveRK_{tableau.name}", (AdaptiveRK,),
+                {"tableau": tableau, "__doc__": f"Adaptive {tableau.name} (embedded pair, dense output)."})
 
-    tableau = DOPRI5
+
+Dopri5 = adaptive_rk(DOPRI5)
+Dopri8 = adaptive_rk(DOPRI8)
+Bosh3 = adaptive_rk(BOSH3)
+Fehlberg2 = adaptive_rk(FEHLBERG2)
+AdaptiveHeun = adaptive_rk(ADAPTIVE_HEUN)
+Tsit5 = adaptive_rk(TSIT5)

@@ -23,14 +23,19 @@ class RKStepper:
     Shared by the fixed-grid RK solvers and by the Adams solvers' RK4 start-up steps.
     """
 
-    def __init__(self, tableau: ButcherTableau, y0: Tensor, reuse_buffers: bool):
+    def __init__(self, tableau: ButcherTableau, y0: Tensor, reuse_buffers: bool, carry_last_stage: bool = False):
+        """``carry_last_stage``: the caller keeps the last stage's k past the step (an adaptive
+        solver's next first stage), so that stage's input gets no reused buffer: an RHS returning
+        its input would otherwise hand back a buffer the next step overwrites while reading it.
+        (An FSAL last stage's input is the caller's ``out``, which the caller alternates.)"""
         self.tableau = tableau
         self.tab: FloatTableau = tableau.floats()
         n = tableau.num_stages
         # Stage i writes its input into its own buffer: an RHS that returns its input tensor
         # (e.g. f(t, y) = y) then still leaves earlier stages' k intact.
+        fresh_last = int(tableau.fsal or carry_last_stage)
         self._stage_buffers: Sequence[Tensor | None] = (
-            [None] + [state.empty_like(y0) for _ in range(1, n - int(tableau.fsal))] + [None] * int(tableau.fsal)
+            [None] + [state.empty_like(y0) for _ in range(1, n - fresh_last)] + [None] * fresh_last
             if reuse_buffers else [None] * n)
 
     def step(self, rhs: RHS, t0: Tensor, dt: Any, t1: Tensor, y0: Tensor, f0: Tensor,

@@ -1,11 +1,17 @@
-"""Dense output for adaptive RK steps: the quartic through y0, y_mid, y1 with slopes f0, f1.
+"""Dense output for adaptive RK steps: a polynomial per accepted step, defined by the tableau.
 
 On one accepted step from ``t0`` to ``t0 + dt``, with ``x = (t - t0) / dt`` in [0, 1], the
-interpolant is ``p(x) = sum_p coeff[p] x**p``. The five conditions p(0)=y0, p(1)=y1,
-p(1/2)=y_mid, p'(0)=dt f0, p'(1)=dt f1 (the same fit torchdiffeq uses) make every coefficient a
-fixed linear combination of ``y0``, ``y1`` and ``dt * k_j`` (since ``y_mid = y0 + dt sum b_mid k``
-and ``f0 = k_0``, ``f1 = k_last`` for an FSAL method). Those weights depend only on the tableau,
-so they are computed once here and each coefficient is then one ``stages.linear_combination``.
+interpolant is ``p(x) = sum_p coeff[p] x**p`` and every coefficient is a fixed linear combination
+of ``y0``, ``y1`` and ``dt * k_j``. Those weights depend only on the tableau, so they are computed
+once here (``DenseOutput.for_tableau``) and each coefficient is then one
+``stages.linear_combination``. Two kinds of tableau data define them:
+
+- ``b_mid`` (torchdiffeq's methods): the quartic with p(0)=y0, p(1)=y1, p(1/2)=y_mid,
+  p'(0)=dt f0, p'(1)=dt f1, the fit torchdiffeq uses, where ``y_mid = y0 + dt sum b_mid k``,
+  ``f0 = k_0`` and ``f1`` is the *last stage*: ``f(t1, y1)`` for an FSAL method; for the others
+  (adaptive_heun, fehlberg2) torchdiffeq takes the last stage as well, and so does odekern, so
+  that both give the same outputs;
+- ``b_dense`` (tsit5): the method's own continuous extension ``y0 + dt sum_p x**p b_dense[p-1] k``.
 """
 
 from __future__ import annotations
@@ -56,17 +62,34 @@ def _fit_rows() -> dict[int, tuple[Fraction, ...]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuarticDenseOutput:
-    """Per power p = 0..4: weight on y0, weight on y1, and weights on dt * k_j."""
+class DenseOutput:
+    """Per power p = 0..degree: weight on y0, weight on y1, and weights on dt * k_j."""
 
     y0_weights: tuple[float, ...]
     y1_weights: tuple[float, ...]
     k_weights: tuple[tuple[float, ...], ...]
 
+    @property
+    def degree(self) -> int:
+        return len(self.k_weights) - 1
+
     @staticmethod
-    def for_tableau(tableau: ButcherTableau) -> QuarticDenseOutput:
-        if tableau.b_mid is None or not tableau.fsal:
-            raise ValueError(f"tableau {tableau.name!r}: quartic dense output needs b_mid and an FSAL last stage")
+    def for_tableau(tableau: ButcherTableau) -> DenseOutput:
+        if tableau.b_dense is not None:
+            return DenseOutput.stage_polynomial(tableau)
+        if tableau.b_mid is not None:
+            return DenseOutput.quartic_through_midpoint(tableau)
+        raise ValueError(f"tableau {tableau.name!r} has no dense output (neither b_dense nor b_mid)")
+
+    @staticmethod
+    def stage_polynomial(tableau: ButcherTableau) -> DenseOutput:
+        s, rows = tableau.num_stages, tableau.b_dense
+        zeros = (0.0,) * len(rows)
+        return DenseOutput((1.0, *zeros), (0.0, *zeros),
+                           ((0.0,) * s, *(tuple(map(float, row)) for row in rows)))
+
+    @staticmethod
+    def quartic_through_midpoint(tableau: ButcherTableau) -> DenseOutput:
         s = tableau.num_stages
         e0 = [Fraction(1)] + [Fraction(0)] * (s - 1)
         e_last = [Fraction(0)] * (s - 1) + [Fraction(1)]
@@ -78,14 +101,14 @@ class QuarticDenseOutput:
             y0_w.append(w_y0 + w_mid)
             y1_w.append(w_y1)
             k_w.append([w_mid * bm + w_f0 * a + w_f1 * b for bm, a, b in zip(tableau.b_mid, e0, e_last)])
-        return QuarticDenseOutput(tuple(map(float, y0_w)), tuple(map(float, y1_w)),
+        return DenseOutput(tuple(map(float, y0_w)), tuple(map(float, y1_w)),
                                   tuple(tuple(map(float, r)) for r in k_w))
 
     def fit(self, y0: Tensor, y1: Tensor, ks: Sequence[Tensor], dt: float,
             out: Sequence[Tensor | None] | None = None) -> list[Tensor]:
-        """The five polynomial coefficients (lowest power first) for one accepted step."""
+        """The polynomial coefficients (lowest power first) for one accepted step."""
         coeffs = [y0]
-        for p in range(1, 5):
+        for p in range(1, self.degree + 1):
             weights = [w * dt for w in self.k_weights[p]] + [self.y0_weights[p], self.y1_weights[p]]
             coeffs.append(stages.linear_combination(weights, [*ks, y0, y1], out=None if out is None else out[p]))
         return coeffs

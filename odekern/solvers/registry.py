@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from odekern.solvers.adams import AdamsBashforth, AdamsBashforthMoulton
-from odekern.solvers.adaptive_rk import Dopri5
+from odekern.solvers.adaptive_rk import AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5
 from odekern.solvers.explicit_rk import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from odekern.solvers.scipy_solver import ScipySolver
 
 METHODS = {
     "dopri5": Dopri5,
@@ -18,6 +19,13 @@ METHODS = {
     "heun2": Heun2,
     "heun3": Heun3,
     "fixed_adams": AdamsBashforthMoulton,  # torchdiffeq's older name for implicit_adams
+    "dopri8": Dopri8,
+    "bosh3": Bosh3,
+    "fehlberg2": Fehlberg2,
+    "adaptive_heun": AdaptiveHeun,
+    "scipy_solver": ScipySolver,  # scipy.integrate.solve_ivp, forward only
+    # Beyond torchdiffeq: Tsitouras 5(4), with dopri5's controller and its own interpolant.
+    "tsit5": Tsit5,
 }
 
 DEFAULT_METHOD = "dopri5"

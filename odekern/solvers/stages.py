@@ -224,7 +224,7 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
     """The error ratio from one read-only fused pass per component (the error is never
     materialised): each pass gives the RMS of ``scale * sum_j coeffs[j] ks[j] / (atol + rtol
     max(|y0|, |y1|))`` over its component and the norm combines them. None to use the code above
-    (a norm not built from RMS values, per-element tolerances, more than 7 terms, a small state,
+    (a norm not built from RMS values, per-element tolerances, more terms than the kernels take, a small state,
     or only the reference backend fits)."""
     from odekern.ops.rk_stage import dispatch
     from odekern.solvers.norms import component_rms_combiner

@@ -9,6 +9,8 @@ small tolerance), and converted to Python floats once for the hot loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -41,7 +43,12 @@ class ButcherTableau:
     - ``b_err``: weights of the embedded error estimate ``dt * sum_j b_err[j] k_j`` (the
       difference of two solutions, so its weights sum to zero).
     - ``b_mid``: weights giving the dense-output value at the step's midpoint,
-      ``y0 + dt * sum_j b_mid[j] k_j`` (consistent only if they sum to 1/2).
+      ``y0 + dt * sum_j b_mid[j] k_j`` (consistent only if they sum to 1/2); the dense output is
+      then the quartic through that midpoint (``interpolation.py``).
+    - ``b_dense``: a method's own continuous extension, which takes precedence over ``b_mid``:
+      row ``p - 1`` holds the stage weights of ``theta**p``, so the solution at ``t0 + theta dt``
+      is ``y0 + dt * sum_p theta**p sum_j b_dense[p - 1][j] k_j`` (at ``theta = 1`` it must be the
+      step's solution: the rows sum to ``b``).
 
     ``fsal`` ("first same as last") is derived: the last stage is evaluated at ``t0 + dt`` on
     exactly the step's solution, so it doubles as the next step's first stage.
@@ -54,6 +61,7 @@ class ButcherTableau:
     b: tuple[Fraction, ...]
     b_err: tuple[Fraction, ...] | None = None
     b_mid: tuple[Fraction, ...] | None = None
+    b_dense: tuple[tuple[Fraction, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
@@ -64,6 +72,8 @@ class ButcherTableau:
             set_(self, "b_err", _fracs(self.b_err))
         if self.b_mid is not None:
             set_(self, "b_mid", _fracs(self.b_mid))
+        if self.b_dense is not None:
+            set_(self, "b_dense", tuple(_fracs(row) for row in self.b_dense))
         self._check()
 
     def _fail(self, what: str) -> None:
@@ -96,6 +106,14 @@ class ButcherTableau:
                 self._fail(f"b_mid must have {s} entries, got {len(self.b_mid)}")
             if not _close(sum(self.b_mid, Fraction(0)), Fraction(1, 2)):
                 self._fail(f"midpoint weights b_mid sum to {float(sum(self.b_mid, Fraction(0)))}, expected 1/2")
+        if self.b_dense is not None:
+            if not self.b_dense or any(len(row) != s for row in self.b_dense):
+                self._fail(f"b_dense must be a non-empty sequence of rows with {s} entries each")
+            at_one = polynomial_weights_at(self.b_dense, Fraction(1))
+            for j, (w, bj) in enumerate(zip(at_one, self.b)):
+                if not _close(w, bj):
+                    self._fail(f"dense output at theta=1 gives weight {float(w)} on stage {j}, but b[{j}] = "
+                               f"{float(bj)} (the continuous extension must end at the step's solution)")
 
     # ------------------------------------------------------------------ derived properties
 
@@ -122,30 +140,69 @@ class ButcherTableau:
             fsal=self.fsal,
         )
 
-    def order_conditions_residual(self, order: int) -> float:
-        """Largest violation among the Runge-Kutta order conditions up to ``order`` (<= 4).
+    def order_conditions_residual(self, order: int, weights: Sequence[Number] | None = None,
+                                  theta: Number = 1) -> float:
+        """Largest violation among the Runge-Kutta order conditions up to ``order``.
 
-        Used by the tests to verify each tableau really has its claimed order.
+        One condition per rooted tree ``tau`` with at most ``order`` nodes (Butcher):
+        ``sum_i w_i Phi_i(tau) = theta**|tau| / gamma(tau)``, for the weights ``w`` (default
+        ``b``) of a solution at ``t0 + theta dt`` (``theta = 1``: the step's solution; other
+        weights: an embedded solution or a dense output). Used by the tests to verify each
+        tableau really has its claimed orders. Exact for fraction coefficients.
         """
-        b, c, a = self.b, self.c, self.a
+        w = self.b if weights is None else _fracs(weights)
+        theta = _frac(theta)
         s = self.num_stages
-        A = [[a[i][j] if j < i else Fraction(0) for j in range(s)] for i in range(s)]
-        Ac = [sum(A[i][j] * c[j] for j in range(s)) for i in range(s)]
-        Ac2 = [sum(A[i][j] * c[j] ** 2 for j in range(s)) for i in range(s)]
-        AAc = [sum(A[i][j] * Ac[j] for j in range(s)) for i in range(s)]
-        dot = lambda u, v: sum((x * y for x, y in zip(u, v)), Fraction(0))
-        conds = [(sum(b, Fraction(0)), Fraction(1))]
-        if order >= 2:
-            conds += [(dot(b, c), Fraction(1, 2))]
-        if order >= 3:
-            conds += [(dot(b, [x * x for x in c]), Fraction(1, 3)), (dot(b, Ac), Fraction(1, 6))]
-        if order >= 4:
-            conds += [(dot(b, [x ** 3 for x in c]), Fraction(1, 4)),
-                      (dot(b, [ci * aci for ci, aci in zip(c, Ac)]), Fraction(1, 8)),
-                      (dot(b, Ac2), Fraction(1, 12)), (dot(b, AAc), Fraction(1, 24))]
-        if order > 4:
-            raise ValueError("order_conditions_residual checks orders up to 4")
-        return max(float(abs(lhs - rhs)) for lhs, rhs in conds)
+        a = [[self.a[i][j] if j < i else Fraction(0) for j in range(s)] for i in range(s)]
+        weights: dict[tuple, list[Fraction]] = {}  # tree -> Phi_i(tree) per stage
+
+        def phi(tree: tuple) -> list[Fraction]:
+            if tree not in weights:
+                values = [Fraction(1)] * s
+                for child in tree:
+                    inner = phi(child)
+                    values = [v * sum((aij * x for aij, x in zip(a[i], inner)), Fraction(0))
+                              for i, v in enumerate(values)]
+                weights[tree] = values
+            return weights[tree]
+
+        worst = Fraction(0)
+        for n in range(1, order + 1):
+            for tree in rooted_trees(n):
+                lhs = sum((wi * x for wi, x in zip(w, phi(tree))), Fraction(0))
+                worst = max(worst, abs(lhs - theta ** n / tree_density(tree)))
+        return float(worst)
+
+
+def polynomial_weights_at(rows: Sequence[Sequence[Fraction]], theta: Fraction) -> tuple[Fraction, ...]:
+    """Stage weights ``sum_p theta**p rows[p - 1][j]`` of a continuous extension at ``theta``."""
+    return tuple(sum((row[j] * theta ** (p + 1) for p, row in enumerate(rows)), Fraction(0))
+                 for j in range(len(rows[0])))
+
+
+# A rooted tree is the sorted tuple of its subtrees (a leaf is ``()``): equal trees compare equal.
+@functools.cache
+def rooted_trees(n: int) -> tuple[tuple, ...]:
+    """All rooted trees with ``n`` nodes (1, 1, 2, 4, 9, 20, 48, 115 for n = 1..8)."""
+    return ((),) if n == 1 else tuple(sorted(_forests(n - 1)))
+
+
+@functools.cache
+def _forests(n: int) -> frozenset[tuple]:
+    """All multisets of rooted trees with ``n`` nodes in total, as sorted tuples."""
+    if n == 0:
+        return frozenset({()})
+    return frozenset(tuple(sorted((tree, *rest)))
+                     for k in range(1, n + 1) for tree in rooted_trees(k) for rest in _forests(n - k))
+
+
+def tree_density(tree: tuple) -> int:
+    """Butcher's ``gamma``: the tree's order times the densities of its subtrees."""
+    return tree_order(tree) * math.prod(tree_density(child) for child in tree)
+
+
+def tree_order(tree: tuple) -> int:
+    return 1 + sum(tree_order(child) for child in tree)
 
 
 @dataclasses.dataclass(frozen=True)

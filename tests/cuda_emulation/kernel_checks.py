@@ -46,7 +46,7 @@ RK_SIZES = [1, 1000]
 # Past kMaxBlocks * kThreads elements the launchers stop adding blocks and each thread strides
 # over the grid: the size that exercises that split.
 RK_GRID_STRIDE_SIZE = RK_MAX_BLOCKS * RK_THREADS + 333
-RK_NKS = list(range(1, 8))  # every NK instantiation (kMaxK = 7)
+RK_NKS = list(range(1, 14))  # every NK instantiation (kMaxK = 13)
 RK_KINDS = ["combine", "combine_no_base", "final_error", "error_ratio"]
 
 

@@ -48,7 +48,7 @@ def test_every_cuda_kernel_and_instantiation_is_exercised(emu):
     assert {"list_fwd_kernel", "bwd_kernel", "combine_kernel", "finalize_kernel"} <= in_sources
     missing = in_sources - {_base(n) for n in ran}
     assert not missing, f"CUDA kernels in csrc/ that no emulation test runs: {sorted(missing)}"
-    # Every template instantiation the launchers can pick: NK 1..7 per rk kernel and dtype,
+    # Every template instantiation the launchers can pick: NK 1..13 per rk kernel and dtype,
     # every method of the nmode kernels templated on it.
     for dtype in ("float", "double"):
         for nk in RK_NKS:

@@ -1,6 +1,6 @@
 """Every CUDA kernel of rk_stage (combine with and without base, fused final combination +
 error ratio, error ratio, the deterministic finalize reduction), every NK instantiation
-1..7, float32 and float64, executed on CPU by the emulation over the real launch geometry
+1..13, float32 and float64, executed on CPU by the emulation over the real launch geometry
 (256 threads, up to 4096 blocks, warp-shuffle block sums) against reference.py; plus the
 size past 4096 blocks where the launch switches to grid-stride loops, chunked k lists
 (> kMaxK) and the in-place update."""

@@ -20,7 +20,7 @@ def _inputs(shape, nk, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nk", [1, 7, 9])  # 9 > kMaxK: folded in two chunks
+@pytest.mark.parametrize("nk", [1, 7, 13, 16])  # 16 > kMaxK = 13: folded in two chunks
 def test_combine_matches_reference(backend, dtype, shape, nk):
     y, ks, coeffs = _inputs(shape, nk, dtype)
     out = torch.full_like(y, float("nan"))
@@ -39,7 +39,7 @@ def test_combine_without_base(backend, dtype, nk):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nk", [6])
+@pytest.mark.parametrize("nk", [6, 9, 13])  # dopri5 (6 non-zero error weights), dopri8 (9), kMaxK
 def test_error_ratio_matches_reference(backend, dtype, shape, nk):
     y0, ks, coeffs = _inputs(shape, nk, dtype, seed=29)
     y1 = reference.rk_combine(y0, ks, coeffs)
@@ -66,7 +66,7 @@ def test_combine_in_place_and_strided(backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nk", [1, 7])
+@pytest.mark.parametrize("nk", [1, 7, 13])
 def test_final_error_matches_reference(backend, dtype, shape, nk):
     y0, ks, coeffs = _inputs(shape, nk, dtype, seed=3)
     err_coeffs = [0.01 * (-1) ** j for j in range(nk)]
@@ -163,3 +163,17 @@ def test_forced_backend_refusal_names_reason():
     y = torch.zeros(3, dtype=torch.float16)
     with pytest.raises(RuntimeError, match="float16"):
         rk_combine(y, [y], [1.0], backend="cpu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_error_pass_beyond_its_capacity_is_refused_by_the_kernels_and_solved_by_the_reference(backend, dtype):
+    # 14 terms: more than one pass takes. A forced kernel backend refuses with a clear error;
+    # automatic selection falls back to the reference, which takes any number.
+    y0, ks, coeffs = _inputs((3, 5), 14, dtype, seed=31)
+    y1 = reference.rk_combine(y0, ks, coeffs)
+    err_coeffs = [0.01 * (j - 5) for j in range(14)]
+    expected = reference.rk_error_ratio(y0, y1, ks, err_coeffs, 1e-3, 1e-6)
+    testing.assert_close(rk_error_ratio(y0, y1, ks, err_coeffs, rtol=1e-3, atol=1e-6), expected, **testing.tol(dtype))
+    if backend != "reference":
+        with pytest.raises(RuntimeError, match=r"takes 1\.\.13 stages, got 14"):
+            rk_error_ratio(y0, y1, ks, err_coeffs, rtol=1e-3, atol=1e-6, backend=backend)

@@ -11,6 +11,9 @@ FIXED_METHODS = ["euler", "midpoint", "rk4", "rk4_classic", "explicit_adams", "i
 SHARED_METHODS = ["dopri5", "euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"]  # also in torchdiffeq
 ALL_METHODS = ["dopri5", *FIXED_METHODS]
 ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4, "rk4_classic": 4, "explicit_adams": 4, "implicit_adams": 4}
+# Adaptive methods beyond dopri5: torchdiffeq's, then tsit5 (not in torchdiffeq).
+TORCHDIFFEQ_ADAPTIVE = ["dopri8", "bosh3", "fehlberg2", "adaptive_heun"]
+NEW_ADAPTIVE = [*TORCHDIFFEQ_ADAPTIVE, "tsit5"]
 
 
 class Counting:
@@ -52,3 +55,31 @@ class MLPODE(nn.Module):
 
     def forward(self, t, y):
         return torch.tanh(y @ self.w1.T + self.b1) @ self.w2.T * torch.cos(t)
+
+
+class StiffishODE(nn.Module):
+    """dy/dt = y A^T with eigenvalues of A from -1 to -40 (an explicit method's steps are then
+    bounded by stability, not accuracy), plus a non-autonomous forcing."""
+
+    def __init__(self, dtype=torch.float64, seed: int = 4):
+        super().__init__()
+        q, _ = torch.linalg.qr(randn(3, 3, dtype=torch.float64, seed=seed))
+        a = q @ torch.diag(torch.tensor([-1.0, -12.0, -40.0], dtype=torch.float64)) @ q.T
+        self.A = nn.Parameter(a.to(dtype))
+        self.b = nn.Parameter(torch.tensor([0.5, -0.3, 0.2], dtype=dtype))
+
+    def forward(self, t, y):
+        return y @ self.A.T + self.b * torch.sin(3 * t)
+
+
+class TupleOscillator(nn.Module):
+    """A damped, forced oscillator on a tuple state (x, v) of different shapes' worth of rows."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        self.damping = nn.Parameter(torch.tensor(0.3, dtype=dtype))
+        self.w = nn.Parameter(torch.tensor([1.0, 1.7], dtype=dtype))
+
+    def forward(self, t, state):
+        x, v = state
+        return v, -self.w ** 2 * x - self.damping * v + 0.1 * torch.cos(t)

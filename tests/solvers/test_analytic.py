@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from solver_problems import ALL_METHODS, FIXED_METHODS, MLPODE, LinearODE
+from solver_problems import ALL_METHODS, FIXED_METHODS, MLPODE, NEW_ADAPTIVE, LinearODE
 
 from odekern import odeint
 from odekern.testing import assert_close, randn
@@ -94,6 +94,37 @@ def test_harmonic_oscillator_and_forced_sine(method):
     assert_close(y, exact, rtol=ANALYTIC_TOL[method], atol=ANALYTIC_TOL[method])
 
 
+# Adaptive methods in fixed-step mode (first_step = min_step = max_step = h, so every step is
+# accepted): the observed order of the whole adaptive stepper, including the reuse of the last
+# stage as the next first stage where the tableau is not FSAL (adaptive_heun, fehlberg2).
+ADAPTIVE_ORDER = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2, "tsit5": 5}
+# Step counts on [0, 2], large enough for the asymptotic regime, small enough to stay above
+# float64 rounding (dopri8 at 2/6 already reaches 1e-15).
+ADAPTIVE_ORDER_STEPS = {"dopri5": (4, 8, 16, 32), "tsit5": (4, 8, 16, 32), "dopri8": (2, 3, 4, 6)}
+
+
+@pytest.mark.parametrize("method", ["dopri5", *NEW_ADAPTIVE])
+def test_adaptive_method_convergence_order(method):
+    func = LinearODE(3, scale=0.5)
+    y0 = torch.tensor([[1.0, -0.5, 0.3]], dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    exact = func.exact(y0, t)[-1]
+    steps = [2.0 / n for n in ADAPTIVE_ORDER_STEPS.get(method, (8, 16, 32, 64))]
+    errors = []
+    for h in steps:
+        with torch.no_grad():
+            y = odeint(func, y0, t, method=method, options={"first_step": h, "min_step": h, "max_step": h})
+        errors.append((y[-1] - exact).abs().max().item())
+    x = torch.tensor([math.log(h) for h in steps], dtype=torch.float64)
+    e = torch.tensor([math.log(err) for err in errors], dtype=torch.float64)
+    slope = (((x - x.mean()) * (e - e.mean())).sum() / ((x - x.mean()) ** 2).sum()).item()
+    # At these steps the high-order pairs are still a little above their asymptotic slope
+    # (dopri8 8.6, tsit5 5.3), never a full order: one order more would be a different method.
+    order = ADAPTIVE_ORDER[method]
+    assert order - ORDER_SLACK <= slope <= order + 1 - ORDER_SLACK, (
+        f"{method}: observed order {slope:.3f}, expected {order}; errors {errors}")
+
+
 def test_rk4_classic_matches_an_independent_classic_rk4():
     # rk4 and rk4_classic agree on linear problems (same stability polynomial), so use a nonlinear
     # one, against torchdiffeq's standalone classic-RK4 step function as the independent oracle.
@@ -112,13 +143,15 @@ def test_rk4_classic_matches_an_independent_classic_rk4():
     assert (y - y38).abs().max() > 1e-9  # really a different tableau
 
 
-def test_dopri5_dense_output_between_steps_is_accurate():
-    # Many output times inside single steps: the quartic interpolant stays within tolerance.
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+def test_dense_output_between_steps_is_accurate(method):
+    # Many output times inside single steps: the interpolant (dopri5's quartic, tsit5's own
+    # continuous extension) stays within tolerance.
     func = LinearODE(3, scale=0.5)
     y0 = randn(2, 3, dtype=torch.float64, seed=1)
     t = torch.linspace(0.0, 3.0, 61, dtype=torch.float64)
     with torch.no_grad():
-        y = odeint(func, y0, t, rtol=1e-9, atol=1e-11)
+        y = odeint(func, y0, t, method=method, rtol=1e-9, atol=1e-11)
     assert_close(y, func.exact(y0, t), rtol=0, atol=1e-8)
 
 

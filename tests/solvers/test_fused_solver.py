@@ -17,6 +17,8 @@ from odekern.solvers.checks import NonFiniteError
 
 METHODS = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("euler", {"step_size": 0.05}),
            ("implicit_adams", {"step_size": 0.1})]  # every stages.py entry point: RK, error, Adams
+# Every other adaptive method: FSAL and not, up to dopri8's 13-term combinations (9 error weights).
+ADAPTIVE = [("dopri8", None), ("bosh3", None), ("fehlberg2", None), ("adaptive_heun", None), ("tsit5", None)]
 
 
 class ConvRHS(nn.Module):
@@ -43,7 +45,7 @@ def _solve(backend, func, y0, t, method, options, **kw):
         return odeint(func, y0, t, method=method, options=options, rtol=1e-6, atol=1e-8, **kw)
 
 
-@pytest.mark.parametrize("method,options", METHODS, ids=[m for m, _ in METHODS])
+@pytest.mark.parametrize("method,options", METHODS + ADAPTIVE, ids=[m for m, _ in METHODS + ADAPTIVE])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_equals_reference_core(backend, method, options, dtype):
     _fused_only(backend)
@@ -56,7 +58,8 @@ def test_forward_equals_reference_core(backend, method, options, dtype):
     testing.assert_close(got, ref, msg=f"{method} with backend {backend}")
 
 
-@pytest.mark.parametrize("method,options", [METHODS[0], METHODS[1], METHODS[3]], ids=["dopri5", "rk4", "implicit_adams"])
+@pytest.mark.parametrize("method,options", [METHODS[0], METHODS[1], METHODS[3], *ADAPTIVE],
+                         ids=["dopri5", "rk4", "implicit_adams", *(m for m, _ in ADAPTIVE)])
 def test_backprop_gradients_equal_reference_core(backend, method, options):
     _fused_only(backend)
     func = ConvRHS()
@@ -71,7 +74,8 @@ def test_backprop_gradients_equal_reference_core(backend, method, options):
         testing.assert_close(g, r)
 
 
-def test_fused_kernels_are_actually_used(backend, monkeypatch):
+@pytest.mark.parametrize("method", ["dopri5", "dopri8", "adaptive_heun"])
+def test_fused_kernels_are_actually_used(backend, monkeypatch, method):
     _fused_only(backend)
     calls = {"rk_combine": 0, "rk_error_ratio": 0}
     for op in calls:
@@ -85,7 +89,7 @@ def test_fused_kernels_are_actually_used(backend, monkeypatch):
     func = ConvRHS()
     y0 = testing.randn(1, 3, 4, 4, dtype=torch.float64, seed=3)
     with torch.no_grad():
-        _solve(backend, func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), "dopri5", None)
+        _solve(backend, func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), method, None)
     assert calls["rk_combine"] > 0 and calls["rk_error_ratio"] > 0, calls
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from solver_problems import ALL_METHODS
+from solver_problems import ALL_METHODS, NEW_ADAPTIVE
 
 from odekern import odeint
 from odekern.testing import randn
@@ -24,7 +24,7 @@ def test_gradcheck_backprop(method):
     y0 = randn(2, 3, dtype=torch.float64, seed=1, requires_grad=True)
     A = randn(3, 3, dtype=torch.float64, seed=2, scale=0.5, requires_grad=True)
     b = randn(3, dtype=torch.float64, seed=3, requires_grad=True)
-    # Fixed-grid methods step on t itself (6 points: past the Adams RK4 start-up); dopri5 adapts.
+    # Fixed-grid methods step on t itself (6 points: past the Adams RK4 start-up); adaptive ones adapt.
     t = torch.linspace(0.0, 0.8, 6 if method != "dopri5" else 3, dtype=torch.float64).requires_grad_()
     tol = {"rtol": 1e-9, "atol": 1e-11} if method in ("dopri5", "implicit_adams") else {}
 
@@ -44,5 +44,23 @@ def test_gradcheck_step_size_grid_with_interpolated_outputs(method):
 
     def solve(y0, A, b, t):
         return odeint(_rhs(A, b), y0, t, method=method, options={"step_size": 0.1})
+
+    assert torch.autograd.gradcheck(solve, (y0, A, b, t), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("method", NEW_ADAPTIVE)
+def test_gradcheck_backprop_other_adaptive_methods(method):
+    # In fixed-step mode (first_step = min_step = max_step): the solve is then a smooth function
+    # of its inputs (adaptive step sizes move with y0, and with them the interpolation error of
+    # torchdiffeq's low-order dense outputs, which finite differences would see), and backprop
+    # through the whole adaptive stepper (stages, last-stage reuse, dense output) is checked.
+    y0 = randn(2, 3, dtype=torch.float64, seed=1, requires_grad=True)
+    A = randn(3, 3, dtype=torch.float64, seed=2, scale=0.5, requires_grad=True)
+    b = randn(3, dtype=torch.float64, seed=3, requires_grad=True)
+    t = torch.tensor([0.0, 0.33, 0.8], dtype=torch.float64, requires_grad=True)
+    h = 0.1
+
+    def solve(y0, A, b, t):
+        return odeint(_rhs(A, b), y0, t, method=method, options={"first_step": h, "min_step": h, "max_step": h})
 
     assert torch.autograd.gradcheck(solve, (y0, A, b, t), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)

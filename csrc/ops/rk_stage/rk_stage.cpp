@@ -7,6 +7,8 @@
 
 #include <odekern/macros.h>
 
+#include "rk_stage.h"
+
 TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
   // out = y + sum_j coeffs[j] * ks[j] (y = None: out = sum_j coeffs[j] * ks[j]); out may be y
   // itself (in-place update).
@@ -22,4 +24,7 @@ TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
   m.def(
       "rk_error_ratio(Tensor y0, Tensor y1, Tensor[] ks, float[] err_coeffs, float rtol, "
       "float atol) -> Tensor");
+  // How many k tensors the error ops take at once (rk_stage::kMaxK), so Python asks the build
+  // it runs against instead of assuming.
+  m.def("rk_stage_max_k() -> int", []() -> int64_t { return odekern::rk_stage::kMaxK; });
 }

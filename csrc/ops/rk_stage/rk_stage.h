@@ -2,7 +2,7 @@
 //
 // Everything an explicit Runge-Kutta / Adams solver does between two RHS calls is one of:
 //   combine:     out = y + sum_j c_j * k_j                    (c_j = dt * w_j, up to
-//                                                            RK_STAGE_MAX_K terms per pass)
+//                                                            kMaxK terms per pass)
 //   final+error: y1  = y0 + sum_j c_j * k_j,  e = sum_j d_j * k_j,
 //                r   = e / (atol + rtol * max(|y0|, |y1|)),  accumulate r*r
 // The solver's RMS error ratio is sqrt(sum r*r / n); the sum is a fused reduction over the
@@ -16,9 +16,11 @@
 namespace odekern {
 namespace rk_stage {
 
-// Dopri5 has 7 stages (FSAL), the largest explicit tableau we ship; longer combinations
-// (high-order Adams histories) are folded in chunks of this size by the launchers.
-constexpr int kMaxK = 7;
+// Every combination of the tableaus we ship fits one pass: dopri8's widest has 13 stages (its
+// solution; its error estimate has 9 non-zero weights). The error pass must see all its terms
+// at once; longer plain combinations (high-order Adams histories, dopri8's dense-output fit)
+// are folded in chunks of this size by the launchers.
+constexpr int kMaxK = 13;
 
 // Coefficients already multiplied by dt, in the element type: the CPU loop and the CUDA kernel
 // then do exactly the same multiply-adds in the same order.

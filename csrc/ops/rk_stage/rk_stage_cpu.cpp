@@ -91,6 +91,7 @@ ODEKERN_INLINE double error_ratio_loop(const T* y0, const T* y1, const T* const*
 }
 
 // nk in [1, kMaxK] selects the unrolled instantiation.
+static_assert(kMaxK == 13, "ODEKERN_NK_SWITCH must have one case per stage count up to kMaxK");
 #define ODEKERN_NK_SWITCH(CALL)   \
   switch (nk) {                   \
     case 1: return CALL(1);       \
@@ -99,7 +100,13 @@ ODEKERN_INLINE double error_ratio_loop(const T* y0, const T* y1, const T* const*
     case 4: return CALL(4);       \
     case 5: return CALL(5);       \
     case 6: return CALL(6);       \
-    default: return CALL(7);      \
+    case 7: return CALL(7);       \
+    case 8: return CALL(8);       \
+    case 9: return CALL(9);       \
+    case 10: return CALL(10);     \
+    case 11: return CALL(11);     \
+    case 12: return CALL(12);     \
+    default: return CALL(13);     \
   }
 
 // Written out per dtype (target_clones functions cannot be templates).

@@ -10,7 +10,7 @@
 namespace odekern {
 namespace rk_stage {
 
-constexpr int kMaxKCuda = 7;  // rk_stage::kMaxK (rk_stage.h is not included to keep it host-only)
+constexpr int kMaxKCuda = 13;  // rk_stage::kMaxK (rk_stage.h is not included to keep it host-only)
 
 int rk_final_error_cuda_partials(int64_t n);
 void rk_combine_cuda_launch(bool is_double, const void* y, const void* const* ks,

@@ -14,6 +14,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 4096;  // grid-stride beyond this; also bounds the partial-sum buffer
+static_assert(kMaxK == 13, "the launch switches need one case per stage count up to kMaxK");
 
 // Pointers and dt-scaled coefficients travel by value in kernel parameter space.
 template <typename T>
@@ -140,6 +141,12 @@ void combine_switch(const T* yp, const Stages<T>& s, int nk, T* op, int64_t n,
     case 4: launch_kernel<combine_kernel<T, 4, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
     case 5: launch_kernel<combine_kernel<T, 5, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
     case 6: launch_kernel<combine_kernel<T, 6, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 8: launch_kernel<combine_kernel<T, 8, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 9: launch_kernel<combine_kernel<T, 9, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 10: launch_kernel<combine_kernel<T, 10, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 11: launch_kernel<combine_kernel<T, 11, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 12: launch_kernel<combine_kernel<T, 12, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
+    case 13: launch_kernel<combine_kernel<T, 13, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
     default: launch_kernel<combine_kernel<T, 7, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
   }
 }
@@ -174,6 +181,12 @@ void error_ratio_typed(const void* y0, const void* y1, const void* const* ks, co
     case 4: launch_kernel<error_ratio_kernel<T, 4>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
     case 5: launch_kernel<error_ratio_kernel<T, 5>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
     case 6: launch_kernel<error_ratio_kernel<T, 6>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 8: launch_kernel<error_ratio_kernel<T, 8>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 9: launch_kernel<error_ratio_kernel<T, 9>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 10: launch_kernel<error_ratio_kernel<T, 10>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 11: launch_kernel<error_ratio_kernel<T, 11>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 12: launch_kernel<error_ratio_kernel<T, 12>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
+    case 13: launch_kernel<error_ratio_kernel<T, 13>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
     default: launch_kernel<error_ratio_kernel<T, 7>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
   }
   launch_kernel<finalize_kernel>(1, kThreads, 0, stream, partial, nblocks, n, result);
@@ -196,6 +209,12 @@ void final_error_typed(const void* y0, const void* const* ks, const double* c, c
     case 4: launch_kernel<final_error_kernel<T, 4>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
     case 5: launch_kernel<final_error_kernel<T, 5>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
     case 6: launch_kernel<final_error_kernel<T, 6>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 8: launch_kernel<final_error_kernel<T, 8>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 9: launch_kernel<final_error_kernel<T, 9>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 10: launch_kernel<final_error_kernel<T, 10>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 11: launch_kernel<final_error_kernel<T, 11>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 12: launch_kernel<final_error_kernel<T, 12>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
+    case 13: launch_kernel<final_error_kernel<T, 13>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
     default: launch_kernel<final_error_kernel<T, 7>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
   }
   launch_kernel<finalize_kernel>(1, kThreads, 0, stream, partial, nblocks, n, result);

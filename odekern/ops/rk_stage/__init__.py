@@ -139,8 +139,8 @@ def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor
     check_backend_name(backend)
     ks = list(ks)
     _check("rk_error_ratio", y0, ks, err_coeffs, y1, "y1")
-    if not 1 <= len(ks) <= 7:
-        raise ValueError(f"rk_error_ratio: takes 1..7 k tensors, got {len(ks)}")
+    if not ks:
+        raise ValueError("rk_error_ratio: needs at least one k tensor")
     if any_carries_tangent([y0, y1, *ks]):
         return reference.rk_error_ratio(y0, y1, ks, err_coeffs, rtol=rtol, atol=atol)
     with torch.no_grad():

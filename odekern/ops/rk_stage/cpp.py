@@ -12,11 +12,18 @@ from typing import Sequence
 import torch
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
-MAX_ERROR_K = 7  # rk_stage::kMaxK: the fused error pass takes one tableau's stages at once
 
 
 def _ops():
     return torch.ops.odekern_C
+
+
+def max_error_k() -> int:
+    """How many k tensors the built extension's error pass takes at once (rk_stage::kMaxK: one
+    tableau's error weights in one pass). Asked of the extension itself, so Python never
+    assumes more than the build it runs against has; an extension without the query takes 7."""
+    query = getattr(_ops(), "rk_stage_max_k", None)
+    return int(query()) if query is not None else 7
 
 
 def supports(*, y: torch.Tensor, ks: Sequence[torch.Tensor], **_) -> list[str]:
@@ -35,8 +42,8 @@ def supports(*, y: torch.Tensor, ks: Sequence[torch.Tensor], **_) -> list[str]:
 
 def supports_error(*, y: torch.Tensor, ks: Sequence[torch.Tensor], **kw) -> list[str]:
     reasons = supports(y=y, ks=ks, **kw)
-    if not 1 <= len(ks) <= MAX_ERROR_K:
-        reasons.append(f"the fused error pass takes 1..{MAX_ERROR_K} stages, got {len(ks)}")
+    if not reasons and not 1 <= len(ks) <= max_error_k():
+        reasons.append(f"the fused error pass takes 1..{max_error_k()} stages, got {len(ks)}")
     return reasons
 
 

@@ -47,8 +47,9 @@ def backend_for(which: str, like: torch.Tensor, ks: Sequence[torch.Tensor],
     """The non-reference backend that runs ``which`` (op.COMBINE / op.ERROR_RATIO) on these
     operands, or None (then the solver's PyTorch code runs). ``forced``: the backend override in
     effect (``requested_backend()``). Cached; see module docstring."""
+    # The error pass's stage capacity differs per backend, so its decision depends on len(ks).
     key = (which, like.device, like.dtype, forced, triton_interpret(),
-           which == op.ERROR_RATIO and not 1 <= len(ks) <= 7)
+           len(ks) if which == op.ERROR_RATIO else None)
     uniform = all(k.dtype == like.dtype and k.device == like.device for k in ks)
     if uniform and key in _decisions:
         return _decisions[key]
@@ -102,7 +103,7 @@ def try_combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs
 
 def _error_ratio_backend(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> Optional[str]:
     forced = requested_backend(None)
-    if not _worth_fusing(y0.numel(), False, forced) or not 1 <= len(ks) <= 7:
+    if not _worth_fusing(y0.numel(), False, forced) or not ks:
         return None
     return backend_for(op.ERROR_RATIO, y0, ks, forced)
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_K = 7
+MAX_K = 13  # rk_stage::kMaxK: dopri8's widest combination (13 stages) in one pass
 BLOCK = 1024
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -26,7 +26,8 @@ def _weighted_k(acc, c_ptr, j: tl.constexpr, k_ptr, offs, mask):
 
 
 @triton.jit
-def _rk_combine_fwd_kernel(y_ptr, out_ptr, c_ptr, k0, k1, k2, k3, k4, k5, k6, n,
+def _rk_combine_fwd_kernel(y_ptr, out_ptr, c_ptr, k0, k1, k2, k3, k4, k5, k6,
+                           k7, k8, k9, k10, k11, k12, n,
                            NK: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -46,12 +47,24 @@ def _rk_combine_fwd_kernel(y_ptr, out_ptr, c_ptr, k0, k1, k2, k3, k4, k5, k6, n,
         acc = _weighted_k(acc, c_ptr, 5, k5, offs, mask)
     if NK > 6:
         acc = _weighted_k(acc, c_ptr, 6, k6, offs, mask)
+    if NK > 7:
+        acc = _weighted_k(acc, c_ptr, 7, k7, offs, mask)
+    if NK > 8:
+        acc = _weighted_k(acc, c_ptr, 8, k8, offs, mask)
+    if NK > 9:
+        acc = _weighted_k(acc, c_ptr, 9, k9, offs, mask)
+    if NK > 10:
+        acc = _weighted_k(acc, c_ptr, 10, k10, offs, mask)
+    if NK > 11:
+        acc = _weighted_k(acc, c_ptr, 11, k11, offs, mask)
+    if NK > 12:
+        acc = _weighted_k(acc, c_ptr, 12, k12, offs, mask)
     tl.store(out_ptr + offs, acc, mask=mask)
 
 
 @triton.jit
 def _rk_final_error_fwd_kernel(y0_ptr, y1_ptr, c_ptr, d_ptr, partial_ptr,
-                               k0, k1, k2, k3, k4, k5, k6, n, rtol, atol,
+                               k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12, n, rtol, atol,
                                NK: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -83,6 +96,30 @@ def _rk_final_error_fwd_kernel(y0_ptr, y1_ptr, c_ptr, d_ptr, partial_ptr,
         kv = tl.load(k6 + offs, mask=mask, other=0.0)
         y1 += tl.load(c_ptr + 6) * kv
         err += tl.load(d_ptr + 6) * kv
+    if NK > 7:
+        kv = tl.load(k7 + offs, mask=mask, other=0.0)
+        y1 += tl.load(c_ptr + 7) * kv
+        err += tl.load(d_ptr + 7) * kv
+    if NK > 8:
+        kv = tl.load(k8 + offs, mask=mask, other=0.0)
+        y1 += tl.load(c_ptr + 8) * kv
+        err += tl.load(d_ptr + 8) * kv
+    if NK > 9:
+        kv = tl.load(k9 + offs, mask=mask, other=0.0)
+        y1 += tl.load(c_ptr + 9) * kv
+        err += tl.load(d_ptr + 9) * kv
+    if NK > 10:
+        kv = tl.load(k10 + offs, mask=mask, other=0.0)
+        y1 += tl.load(c_ptr + 10) * kv
+        err += tl.load(d_ptr + 10) * kv
+    if NK > 11:
+        kv = tl.load(k11 + offs, mask=mask, other=0.0)
+        y1 += tl.load(c_ptr + 11) * kv
+        err += tl.load(d_ptr + 11) * kv
+    if NK > 12:
+        kv = tl.load(k12 + offs, mask=mask, other=0.0)
+        y1 += tl.load(c_ptr + 12) * kv
+        err += tl.load(d_ptr + 12) * kv
     tl.store(y1_ptr + offs, y1, mask=mask)
     scale = atol + rtol * tl.maximum(tl.abs(y0), tl.abs(y1)).to(tl.float64)
     r = err.to(tl.float64) / scale
@@ -91,8 +128,9 @@ def _rk_final_error_fwd_kernel(y0_ptr, y1_ptr, c_ptr, d_ptr, partial_ptr,
 
 
 @triton.jit
-def _rk_error_ratio_fwd_kernel(y0_ptr, y1_ptr, d_ptr, partial_ptr, k0, k1, k2, k3, k4, k5, k6, n,
-                               rtol, atol, NK: tl.constexpr, BLOCK: tl.constexpr):
+def _rk_error_ratio_fwd_kernel(y0_ptr, y1_ptr, d_ptr, partial_ptr, k0, k1, k2, k3, k4, k5, k6,
+                               k7, k8, k9, k10, k11, k12, n, rtol, atol,
+                               NK: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     y0 = tl.load(y0_ptr + offs, mask=mask, other=0.0)
@@ -110,6 +148,18 @@ def _rk_error_ratio_fwd_kernel(y0_ptr, y1_ptr, d_ptr, partial_ptr, k0, k1, k2, k
         err = _weighted_k(err, d_ptr, 5, k5, offs, mask)
     if NK > 6:
         err = _weighted_k(err, d_ptr, 6, k6, offs, mask)
+    if NK > 7:
+        err = _weighted_k(err, d_ptr, 7, k7, offs, mask)
+    if NK > 8:
+        err = _weighted_k(err, d_ptr, 8, k8, offs, mask)
+    if NK > 9:
+        err = _weighted_k(err, d_ptr, 9, k9, offs, mask)
+    if NK > 10:
+        err = _weighted_k(err, d_ptr, 10, k10, offs, mask)
+    if NK > 11:
+        err = _weighted_k(err, d_ptr, 11, k11, offs, mask)
+    if NK > 12:
+        err = _weighted_k(err, d_ptr, 12, k12, offs, mask)
     scale = atol + rtol * tl.maximum(tl.abs(y0), tl.abs(y1)).to(tl.float64)
     r = tl.where(mask, err.to(tl.float64) / scale, 0.0)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(r * r, axis=0))
@@ -197,22 +247,22 @@ def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
 
 def aot_variants() -> list[dict]:
     """What ``python -m tools.gpucheck`` compiles for sm_80/sm_90: each kernel in float32 and
-    float64 at the widest stage count (NK=7, dopri5), the register-heaviest production launch."""
+    float64 at the widest stage count (NK=MAX_K, dopri8), the register-heaviest production launch."""
     out = []
     for dt in ("fp32", "fp64"):
         p = f"*{dt}"
-        ks = {f"k{i}": p for i in range(7)}
+        ks = {f"k{i}": p for i in range(MAX_K)}
         tols = {"rtol": "fp32", "atol": "fp32"}
         out.append({"kernel": _rk_combine_fwd_kernel,
                     "signature": {"y_ptr": p, "out_ptr": p, "c_ptr": p, **ks, "n": "i32"},
-                    "constexprs": {"NK": 7, "HAS_BASE": True, "BLOCK": BLOCK},
-                    "label": f"{dt} NK=7"})
+                    "constexprs": {"NK": MAX_K, "HAS_BASE": True, "BLOCK": BLOCK},
+                    "label": f"{dt} NK={MAX_K}"})
         out.append({"kernel": _rk_final_error_fwd_kernel,
                     "signature": {"y0_ptr": p, "y1_ptr": p, "c_ptr": p, "d_ptr": p,
                                   "partial_ptr": "*fp64", **ks, "n": "i32", **tols},
-                    "constexprs": {"NK": 7, "BLOCK": BLOCK}, "label": f"{dt} NK=7"})
+                    "constexprs": {"NK": MAX_K, "BLOCK": BLOCK}, "label": f"{dt} NK={MAX_K}"})
         out.append({"kernel": _rk_error_ratio_fwd_kernel,
                     "signature": {"y0_ptr": p, "y1_ptr": p, "d_ptr": p, "partial_ptr": "*fp64",
                                   **ks, "n": "i32", **tols},
-                    "constexprs": {"NK": 7, "BLOCK": BLOCK}, "label": f"{dt} NK=7"})
+                    "constexprs": {"NK": MAX_K, "BLOCK": BLOCK}, "label": f"{dt} NK={MAX_K}"})
     return out

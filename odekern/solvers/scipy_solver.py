@@ -1,0 +1,102 @@
+"""``method="scipy_solver"``: ``scipy.integrate.solve_ivp`` behind odekern's solver protocol.
+
+It behaves as torchdiffeq's ``scipy_solver``, so code that uses it runs unchanged:
+
+- ``options["solver"]`` is solve_ivp's ``method`` (default ``"LSODA"``); ``rtol``, ``atol``,
+  ``min_step`` and ``max_step`` are passed on as torchdiffeq passes them (solve_ivp warns, as it
+  does under torchdiffeq, that ``min_step`` has no effect on solvers other than LSODA);
+  ``norm``, ``grid_points`` and ``eps`` are accepted and ignored;
+- the state travels to NumPy (CPU, float64 inside SciPy) and every RHS call receives ``t`` and
+  ``y`` in the state's dtype and on its device, evaluated without autograd; the solution comes
+  back in the state's dtype and device;
+- forward only: nothing is recorded for autograd (a warning says so when a gradient was
+  expected). ``odeint_adjoint`` computes gradients with its own backward solve.
+
+Beyond torchdiffeq: a tuple state is solved as one flat system and returned as a tuple; a failed
+solve_ivp (its ``success`` False) raises ``RuntimeError`` with SciPy's message instead of
+returning fewer rows than output times; bfloat16 states work (SciPy sees float64).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+from odekern.solvers import state
+from odekern.solvers.base import RHS, Solver, SolveStatus
+
+Tensor = torch.Tensor
+
+SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "norm", "grid_points", "eps"})
+
+
+def _flat_numpy(x: Any, like: state.State) -> Any:
+    """A tolerance as solve_ivp takes it: a float stays a float; a tensor (or one entry per
+    component of a tuple state) becomes one float64 value per state element."""
+    if isinstance(x, tuple):
+        return np.concatenate([np.broadcast_to(np.asarray(_flat_numpy(v, c), dtype=np.float64), (c.numel(),))
+                               for v, c in zip(x, like)])
+    if isinstance(x, Tensor):
+        if x.numel() == 1:
+            return float(x)
+        c = state.first(like)
+        return x.detach().to("cpu", torch.float64).expand(c.shape).reshape(-1).numpy().copy()
+    return float(x)
+
+
+class ScipySolver(Solver):
+    """torchdiffeq's ``scipy_solver``: forward-only ``scipy.integrate.solve_ivp``."""
+
+    OPTIONS = SCIPY_OPTIONS
+
+    def __init__(self, rhs: RHS, y0: state.State, rtol: Any, atol: Any, *, method: str, norm: Any = None,
+                 solver: str = "LSODA", min_step: float = 0, max_step: float = math.inf,
+                 grid_points: Any = None, eps: Any = None):
+        super().__init__(rhs, y0, rtol, atol, method=method)
+        if state.inside_vmap():
+            raise ValueError("odeint(method='scipy_solver') cannot run under torch.func transforms "
+                             "(the state goes to NumPy); use an odekern method instead")
+        self.solver = solver
+        self.min_step, self.max_step = min_step, max_step
+        self._parts = state.components(y0)
+        self._flat_y0 = np.concatenate([p.detach().to("cpu", torch.float64).reshape(-1).numpy() for p in self._parts])
+        self._sizes = [p.numel() for p in self._parts]
+
+    def _unflatten(self, flat: Tensor, lead: tuple[int, ...]) -> state.State:
+        """Rows of ``flat`` (``[*lead, n]``, float64 CPU) as the state's components."""
+        pieces = torch.split(flat, self._sizes, dim=-1)
+        return state.rebuild(self.y0, (piece.reshape((*lead, *p.shape)).to(p.device, p.dtype)
+                                       for piece, p in zip(pieces, self._parts)))
+
+    def _numpy_rhs(self, t: float, y: np.ndarray) -> np.ndarray:
+        like = state.first(self.y0)
+        tt = torch.tensor(t, dtype=torch.float64, device=like.device)
+        with torch.no_grad():
+            dy = self.rhs(tt, self._unflatten(torch.from_numpy(np.asarray(y, dtype=np.float64)), ()))
+        return np.concatenate([d.detach().to("cpu", torch.float64).reshape(-1).numpy()
+                               for d in state.components(dy)])
+
+    def integrate(self, t: Tensor) -> tuple[state.State, SolveStatus]:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self._parts):
+            warnings.warn("odeint(method='scipy_solver') is forward only: no gradient flows to y0 or to "
+                          "func's parameters through it (use odekern.odeint_adjoint, or an odekern method, "
+                          "for gradients)", stacklevel=4)
+        tv = t.detach().to("cpu", torch.float64).numpy()
+        if len(tv) == 1:
+            solution = self._unflatten(torch.from_numpy(self._flat_y0)[None], (1,))
+            return solution, SolveStatus(True, "single output time", self.rhs.user_time(tv[0]), 1, 0.0)
+        sol = solve_ivp(self._numpy_rhs, t_span=[tv.min(), tv.max()], y0=self._flat_y0, t_eval=tv,
+                        method=self.solver, rtol=_flat_numpy(self.rtol, self.y0),
+                        atol=_flat_numpy(self.atol, self.y0), min_step=self.min_step, max_step=self.max_step)
+        if not sol.success or sol.y.shape[1] != len(tv):
+            reached = self.rhs.user_time(sol.t[-1]) if len(sol.t) else self.rhs.user_time(tv[0])
+            raise RuntimeError(f"odeint(method='scipy_solver'): scipy.integrate.solve_ivp(method={self.solver!r}) "
+                               f"failed after the output time t={reached:.6g}: {sol.message}")
+        solution = self._unflatten(torch.from_numpy(np.ascontiguousarray(sol.y.T)), (len(tv),))
+        return solution, SolveStatus(True, str(sol.message), self.rhs.user_time(tv[-1]), len(tv), 0.0,
+                                     nfe=int(sol.nfev))
