@@ -132,10 +132,13 @@ def torch_load(path: str | os.PathLike) -> Any:
                                 + (" (it is a folder; give last.pt or best.pt inside it)" if path.is_dir() else ""))
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError,
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError,
             AttributeError, ImportError, IndexError, KeyError, UnicodeDecodeError) as exc:
         # torch.load reports a damaged or foreign file through any of these, depending on where
-        # the bytes stop making sense (zip directory, pickle opcodes, tensor storage records).
+        # the bytes stop making sense (zip directory, seek past the end, pickle opcodes, tensor
+        # storage records).
         raise CheckpointError(f"{path} is not an odekern checkpoint or is damaged (truncated or not "
                               f"written by odekern-train): {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from exc
