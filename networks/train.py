@@ -437,9 +437,9 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 EPILOG = """\
 model size: the default CNM-UNet is the paper's full width (encoder 64-128-256-512-512,
-about 9.5M parameters), so last.pt and best.pt are about 115 MB each (weights and Adam's
+about 9.5M parameters), so last.pt and best.pt are about 114 MB each (weights and Adam's
 state). For a quick try use a quarter of the width: --option "encoder_widths=(16,32,64,128,128)"
-(about 7 MB per checkpoint), as python -m networks.demo does.
+(about 8 MB per checkpoint), as python -m networks.demo does.
 
 examples:
   odekern-train --option "encoder_widths=(16,32,64,128,128)" --epochs 2 --out runs/try

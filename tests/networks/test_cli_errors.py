@@ -146,7 +146,7 @@ def test_help_shows_no_default_for_switches_or_none():
         assert "default" not in _option_help(text, switch)
     assert _option_help(text, "--resume").count("default") == 1
     assert "(default: 10)" in _option_help(text, "--epochs")
-    assert "115 MB" in text and "encoder_widths=(16,32,64,128,128)" in text  # the size warning
+    assert "114 MB" in text and "encoder_widths=(16,32,64,128,128)" in text  # the size warning
     assert _option_help(evaluation.build_parser().format_help(), "--data").count("default") == 1
     assert "default" not in _option_help(networks.predict.build_parser().format_help(), "--model-size")
 
