@@ -186,3 +186,28 @@ def test_undefined_ahd_is_null_with_a_reason(tmp_path):
     assert parsed["clean"]["source_only"]["ahd"] is None
     row = evaluation._row("clean", scored)
     assert row.split()[-1] == "n/a"
+
+
+def test_tool_exit_codes(capsys):
+    @cli.tool("demo-tool")
+    def main(argv=None):
+        kind = argv[0]
+        if kind == "usage":
+            raise cli.UsageError("--x must be >= 1, got 0")
+        if kind == "missing":
+            raise FileNotFoundError("checkpoint not found: a.pt")
+        if kind == "bug":
+            raise RuntimeError("kernel exploded\nsecond line")
+        if kind == "exit-text":
+            raise SystemExit("demo-tool: old-style message")
+        return 0
+
+    assert main(["ok"]) == 0
+    assert main(["usage"]) == 2 and capsys.readouterr().err == "demo-tool: --x must be >= 1, got 0\n"
+    assert main(["missing"]) == 2 and capsys.readouterr().err == "demo-tool: checkpoint not found: a.pt\n"
+    assert main(["bug"]) == 1
+    assert capsys.readouterr().err == ("demo-tool: unexpected RuntimeError: kernel exploded: second line "
+                                       "(run again with --debug for the traceback)\n")
+    assert main(["exit-text"]) == 2 and capsys.readouterr().err == "demo-tool: old-style message\n"
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        main(["bug", "--debug"])
