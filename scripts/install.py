@@ -148,7 +148,10 @@ class BuildProgress:
             return "  linking odekern/_C"
         if re.search(r"\berror\b|FAILED:|fatal", stripped) and not stripped.startswith("Requirement"):
             return "  " + stripped
-        if stripped.startswith("Successfully installed") or stripped.startswith("ERROR:"):
+        if stripped.startswith("Collecting "):  # a dependency being fetched: progress too
+            return "  collecting " + stripped.split()[1]
+        if stripped.startswith(("Installing collected packages", "Successfully installed", "ERROR:",
+                                "Building editable for")):
             return "  " + stripped
         return None
 

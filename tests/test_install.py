@@ -124,6 +124,7 @@ def test_install_sh_runs_the_steps_in_order():
 def test_build_progress_shows_files_and_hides_the_noise():
     p = install.BuildProgress(root=Path("/src/odekern"))
     assert p.feed("Requirement already satisfied: numpy in ./site-packages\n") is None
+    assert p.feed("Collecting monai (from odekern==0.1.0)\n") == "  collecting monai"
     assert p.feed("  c++ -MMD -MF x.o.d -O3 -c /src/odekern/csrc/a.cpp -o x.o\n") is None  # a command echo
     shown = p.feed("[3/13] c++ -MMD -MF /b/csrc/a.o.d -Wall -c /src/odekern/csrc/ops/a.cpp -o /b/csrc/a.o -O3\n")
     assert shown == "  [3/13] csrc/ops/a.cpp" and p.compiled == 1
