@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from networks.continuous_unet import variant_of_state_dict
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -211,6 +213,10 @@ def load_model(path: str | os.PathLike, option_overrides: dict[str, Any] | None 
     state = load_checkpoint(path)
     meta = state["model"]
     options = {**meta["options"], **(option_overrides or {})}
+    if meta["name"] == "continuous-unet" and "variant" not in options:
+        # Runs record only the options given; the variant is in the weights' names (runs from
+        # before the official variant existed are second-order).
+        options["variant"] = variant_of_state_dict(state["model_state"]) or "official"
     model = build_network(meta["name"], meta["in_channels"], meta["num_classes"], options, meta.get("image_size"))
     model.load_state_dict(state["model_state"])
     model.eval()

@@ -30,6 +30,11 @@ Where the paper is vague or the authors' code departs from it (choice made here)
   is never registered), so their published runs had ``w_i = 1, b = 0``. Default here:
   learnable as the paper and issue say (``w_i`` one scalar per stage, init 1; ``b`` shaped like
   the fused map [1, C, H, W], init 0); ``learnable_fusion=False`` reproduces the constants.
+- ``gamma`` and its conv C: the paper says they are optimised (and they are here); the authors'
+  code hands C(gamma) to ``odeint_adjoint`` as a plain tensor attribute of the RHS, outside the
+  adjoint's parameters, so no gradient ever reaches them and their published runs kept gamma = 0
+  and C at its initialisation. ``train_gamma=False`` reproduces that (both frozen; DUSE still
+  adapts C at test time, as in their code).
 - ``gamma`` [1, C, H, W] and ``b`` are per-pixel, so a model is built for one ``image_size``
   (authors: ``input_size_h/w`` in their config); other sizes raise a clear error.
 - Parameter count: the paper's 9.45M is the leaf-layer count of its counter (thop), which
@@ -46,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.duse import DUSEConfig, DUSEState, adapt_images
+from networks.duse import PROCEDURE_MOMENTUM, DUSEConfig, DUSEState, adapt_images
 from networks.layers import (
     activation,
     check_channel_list,
@@ -113,7 +118,7 @@ class CNMBlock(nn.Module):
         self.output_norm = nn.BatchNorm2d(channels)
         self.register_buffer("f_running_mean", torch.zeros(2, channels))
         self.register_buffer("f_running_var", torch.ones(2, channels))
-        self.momentum = DUSEConfig.momentum
+        self.momentum = PROCEDURE_MOMENTUM["paper"]
 
     def forward(self, fused: torch.Tensor, need_f: bool = False, nmode_params: dict | None = None):
         """Returns ``BN_out(y1)``, or ``(BN_out(y1), f0, f1)`` when ``need_f``.
@@ -171,7 +176,7 @@ class CNMUNet(nn.Module):
                  step_size: float | None = None, rtol: float = 1e-7, atol: float = 1e-9,
                  gradient: str = "adjoint", act: str = "gelu",
                  dropout: float = 0.0, learnable_fusion: bool = True, backend: str = "auto",
-                 duse_config: DUSEConfig | None = None):
+                 duse_config: DUSEConfig | dict | None = None, train_gamma: bool = True):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(num_classes, "num_classes")
@@ -189,6 +194,12 @@ class CNMUNet(nn.Module):
         self.fusion = MultiScaleFusion(widths, channels, size, learnable=learnable_fusion)
         self.cnm_block = CNMBlock(channels, size, delta_t, method, rtol, atol, gradient, backend, step_size)
         self.head = nn.Sequential(activation(act), nn.Dropout(dropout), nn.Conv2d(channels, num_classes, 1))
+        self.train_gamma = bool(train_gamma)
+        if not self.train_gamma:  # the authors' runs: gamma and C stay at their initial values
+            for p in (self.cnm_block.nmode.gamma, *self.cnm_block.gamma_conv_parameters().values()):
+                p.requires_grad_(False)
+        if isinstance(duse_config, dict):  # the form a training run records (JSON-friendly)
+            duse_config = DUSEConfig(**duse_config)
         self.duse_config = duse_config if duse_config is not None else DUSEConfig()
         self.duse_state = DUSEState()
         self.use_duse = False

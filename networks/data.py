@@ -9,6 +9,8 @@ and resumable bit-exactly whatever the number of loader workers.
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import os
 import warnings
@@ -23,9 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-# ISIC names masks <stem>_segmentation.png; other releases use _mask / _Segmentation.
-MASK_SUFFIXES = ("", "_segmentation", "_mask", "_Segmentation")
+from networks.layouts import IMAGE_EXTENSIONS, Sample, find_samples, image_files, mask_key
 
 
 def _check_size(size: int | Sequence[int], argname: str = "size") -> tuple[int, int]:
@@ -139,20 +139,10 @@ def render_lesion(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
 
 
 # ---------------------------------------------------------------------------------------
-# Folder datasets (Kvasir-SEG / ISIC layout)
+# Folder datasets (the public releases' layouts: networks.layouts)
 # ---------------------------------------------------------------------------------------
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _mask_key(mask_path: Path) -> str:
-    stem = mask_path.stem
-    for suffix in MASK_SUFFIXES[1:]:
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
+_image_files = image_files
 
 
 def pair_images_and_masks(root: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -170,7 +160,7 @@ def pair_images_and_masks(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     images = {p.stem: p for p in _image_files(images_dir)}
     masks: dict[str, Path] = {}
     for m in _image_files(masks_dir):
-        key = m.stem if m.stem in images else _mask_key(m)
+        key = mask_key(m.stem, images)
         if key in masks:
             raise ValueError(f"two masks for image stem {key!r}: {masks[key].name} and {m.name}")
         masks[key] = m
@@ -186,9 +176,18 @@ def pair_images_and_masks(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     return [(images[k], masks[k]) for k in sorted(images)]
 
 
+def _open(path: Path) -> Image.Image:
+    """``Image.open``, also for gzip-compressed files (STARE's ``.ppm.gz``)."""
+    if str(path).lower().endswith(".gz"):
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+        return Image.open(io.BytesIO(data))
+    return Image.open(path)
+
+
 def load_image(path: Path, size: tuple[int, int] | None, channels: int = 3) -> torch.Tensor:
     """Decode ``path`` fully, convert to RGB / grey, resize (bilinear) -> uint8 ``[C, H, W]``."""
-    with Image.open(path) as im:
+    with _open(path) as im:
         im.load()  # decode now so truncated files fail here, not halfway through training
         im = im.convert("RGB" if channels == 3 else "L")
         if size is not None and im.size != (size[1], size[0]):
@@ -201,27 +200,56 @@ def load_image(path: Path, size: tuple[int, int] | None, channels: int = 3) -> t
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def load_mask(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
-    """Binary mask ``[1, H, W]`` uint8 {0, 1}; nearest-neighbour resize keeps it binary.
+def mask_foreground(im: Image.Image, rule: str = "binary") -> np.ndarray:
+    """Foreground (bool ``[H, W]``) of a decoded mask by a layout's rule (``layouts.MASK_RULES``):
 
-    Masks stored as 0/1 and as 0/255 (with JPEG ringing) are both accepted: foreground is
-    a value >= 1 for 0/1 masks and > 127 otherwise.
+    - ``binary``: 0/1 or 0/255 masks (JPEG ringing tolerated): >= 1 for 0/1, > 127 otherwise.
+    - ``nonzero``: any label > 0 (GlaS instance labels).
+    - ``any-colour``: any channel > 127 (BKAI-IGH: red neoplastic, green non-neoplastic).
+    - ``odoc-disc`` / ``odoc-cup``: grey 0 = cup, 128 = disc rim, 255 = background; the disc
+      is everything below 192 (rim and cup), the cup everything below 64.
     """
-    with Image.open(path) as im:
-        im.load()
-        im = im.convert("L")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.NEAREST)
-        arr = np.asarray(im, dtype=np.uint8)
-    threshold = 1 if arr.max() <= 1 else 128
-    return torch.from_numpy((arr >= threshold).astype(np.uint8)[None])
+    if rule == "any-colour":
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2) >= 128
+    arr = np.asarray(im if im.mode in ("I", "I;16", "F") else im.convert("L"))
+    if rule == "binary":
+        return arr >= (1 if arr.max() <= 1 else 128)
+    if rule == "nonzero":
+        return arr > 0
+    if rule == "odoc-disc":
+        return arr < 192
+    if rule == "odoc-cup":
+        return arr < 64
+    raise ValueError(f"unknown mask rule {rule!r}")
+
+
+def load_mask(paths, size: tuple[int, int] | None, rule: str = "binary") -> torch.Tensor:
+    """Binary mask ``[1, H, W]`` uint8 {0, 1}: the union of the foregrounds of ``paths`` (one
+    path or several, e.g. DSB2018's one file per nucleus) by ``rule`` (see ``mask_foreground``),
+    resized nearest-neighbour so it stays binary."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    union = None
+    for path in paths:
+        with _open(Path(path)) as im:
+            im.load()
+            fg = mask_foreground(im, rule)
+        if union is not None and fg.shape != union.shape:
+            raise ValueError(f"mask {path} is {fg.shape[1]}x{fg.shape[0]}, the other masks of its image are "
+                             f"{union.shape[1]}x{union.shape[0]}")
+        union = fg if union is None else union | fg
+    im = Image.fromarray(union.astype(np.uint8) * 255)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.NEAREST)
+    return torch.from_numpy((np.asarray(im) > 127).astype(np.uint8)[None])
 
 
 _UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class FolderSegmentation(Dataset):
-    """``root/images`` + ``root/masks`` pairs, resized to ``size``.
+    """A dataset folder in one of the public releases' layouts (``networks.layouts``: detected,
+    or named by ``layout``), resized to ``size``.
 
     All pairs are decoded once at construction (and, with ``cache=True``, kept as uint8):
     a corrupt or unreadable file is reported by name in a ``UserWarning`` and its pair
@@ -229,50 +257,52 @@ class FolderSegmentation(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, size: int | Sequence[int] = 256, channels: int = 3,
-                 cache: bool = True):
+                 cache: bool = True, layout: str = "auto"):
         self.root = Path(root)
         self.size = _check_size(size)
         self.channels, self.cache = channels, cache
-        self.pairs: list[tuple[Path, Path]] = []
+        self.layout, found = find_samples(self.root, layout)
+        self.samples: list[Sample] = []
         self.skipped: list[tuple[str, str]] = []
         images, masks = [], []
-        for image_path, mask_path in pair_images_and_masks(self.root):
+        for sample in found:
             try:
-                image = load_image(image_path, self.size, channels)
-                mask = load_mask(mask_path, self.size)
+                image = load_image(sample.image, self.size, channels)
+                mask = load_mask(sample.masks, self.size, sample.rule)
             except _UNREADABLE as exc:
-                bad = image_path if _fails(image_path) else mask_path
+                bad = next((p for p in (sample.image, *sample.masks) if _fails(p)), sample.image)
                 self.skipped.append((str(bad), f"{type(exc).__name__}: {exc}"))
                 warnings.warn(f"skipping unreadable file {bad} ({type(exc).__name__}: {exc})", stacklevel=2)
                 continue
-            self.pairs.append((image_path, mask_path))
+            self.samples.append(sample)
             if cache:
                 images.append(image)
                 masks.append(mask)
-        if not self.pairs:
+        if not self.samples:
             raise ValueError(f"no readable image/mask pairs in {self.root}")
         self._images = torch.stack(images) if cache else None
         self._masks = torch.stack(masks) if cache else None
 
     @property
     def names(self) -> list[str]:
-        return [p[0].stem for p in self.pairs]
+        return [s.name for s in self.samples]
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._images is not None:
             image, mask = self._images[index], self._masks[index]
         else:
-            image_path, mask_path = self.pairs[index]
-            image, mask = load_image(image_path, self.size, self.channels), load_mask(mask_path, self.size)
+            sample = self.samples[index]
+            image = load_image(sample.image, self.size, self.channels)
+            mask = load_mask(sample.masks, self.size, sample.rule)
         return image.float().div_(255.0), mask.float()
 
 
 def _fails(path: Path) -> bool:
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()
         return False
     except _UNREADABLE:
@@ -300,7 +330,7 @@ def read_image_folder(source: str | os.PathLike | Sequence[str | os.PathLike], s
     size = _check_size(size)
     for path in paths:
         try:
-            with Image.open(path) as im:
+            with _open(path) as im:
                 original = (im.height, im.width)
             image = load_image(path, size, channels).float().div_(255.0)
         except _UNREADABLE as exc:

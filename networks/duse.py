@@ -19,7 +19,7 @@ Per test image ``x`` (one at a time; a batch is split)::
 - ``theta_gamma`` is adapted on a *copy* passed functionally to the NmODE
   (``torch.func.functional_call``): the model's parameters and buffers are never written, so
   "restore the pre-trained weights after every image" holds by construction (bit-exact), and
-  a fresh optimiser per image means no optimiser moment leaks either.
+  a fresh optimiser per image (``procedure="paper"``) means no optimiser moment leaks either.
 
 Choices where the paper is vague, following the authors' published code:
 
@@ -47,6 +47,14 @@ Choices where the paper is vague, following the authors' published code:
 - Momentum ``m = 0.2`` in Eq. 3 as the paper states (the authors' code uses 0.8 in the same
   formula).
 
+``procedure="official"`` follows the authors' code instead of Algorithm 1 where they differ:
+momentum 0.8 (unless given); theta_gamma restarts from the pre-trained weights for the output
+forward and takes exactly one Adam step there (pass 1 only learns the prompt); the Adam states
+of theta_gamma and of the prompt are carried from image to image (in ``DUSEState``; reset with
+``reset_adaptation()``). One difference remains: the authors' ``odeint_adjoint`` call carries no
+gradient to C(gamma) through the solve (gamma is not among its adjoint parameters), so their
+L_n gradient holds y(t1) fixed; here it is the full gradient of L_n.
+
 Cross-image state (memory bank, image count) is a ``DUSEState`` outside the model's
 ``state_dict``; with ``continual=False`` nothing at all carries over between images.
 """
@@ -62,6 +70,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+PROCEDURES = ("paper", "official")
+# Eq. 3's m: the paper's text says 0.2, the authors' code uses 0.8.
+PROCEDURE_MOMENTUM = {"paper": 0.2, "official": 0.8}
+
+
 @dataclasses.dataclass(frozen=True)
 class DUSEConfig:
     """DUSE hyper-parameters; defaults are the paper's Polyp configuration.
@@ -71,7 +84,8 @@ class DUSEConfig:
     sees a validated whole.
 
     alpha: prompt size as a fraction of the image side (paper 0.01).
-    momentum: m of Eq. 3 for the running f-statistics (paper 0.2).
+    momentum: m of Eq. 3 for the running f-statistics; None: 0.2 (paper) or 0.8 (authors' code)
+        by ``procedure``.
     h_base: H_base of Eq. 6 (paper 0.5).
     k: H_CNM = k * H_base for the CNM-Block's BNs (paper 1000 Polyp, 500 OD/OC).
     lr: learning rate of theta_gamma (paper 0.01 Polyp, 0.005 OD/OC).
@@ -84,10 +98,12 @@ class DUSEConfig:
     warm_n: warm-up constant of the BN statistics mix (authors 5).
     continual: keep the memory bank and image count across images (authors); False treats
         every image independently, as if it were the first.
+    procedure: "paper" (Algorithm 1: two passes, both stepping theta_gamma, fresh optimisers
+        per image) or "official" (the authors' code; see the module docstring).
     """
 
     alpha: float = 0.01
-    momentum: float = 0.2
+    momentum: float | None = None
     h_base: float = 0.5
     k: float = 1000.0
     lr: float = 0.01
@@ -99,8 +115,13 @@ class DUSEConfig:
     temperature: float = 0.2
     warm_n: float = 5.0
     continual: bool = True
+    procedure: str = "paper"
 
     def __post_init__(self):
+        if self.procedure not in PROCEDURES:
+            raise ValueError(f"DUSEConfig: procedure must be one of {PROCEDURES}, got {self.procedure!r}")
+        if self.momentum is None:  # frozen: the resolved default is written once, here
+            object.__setattr__(self, "momentum", PROCEDURE_MOMENTUM[self.procedure])
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"DUSEConfig: alpha must be in (0, 1], got {self.alpha!r}")
         if not 0.0 <= self.momentum <= 1.0:
@@ -189,10 +210,13 @@ class DUSEState:
 
     memory: PromptMemory = dataclasses.field(default_factory=PromptMemory)
     images_seen: int = 0
+    # procedure="official": optimiser states (``Optimizer.state_dict()``) carried across images.
+    optimizer_states: dict = dataclasses.field(default_factory=dict)
 
     def reset(self) -> None:
         self.memory = PromptMemory()
         self.images_seen = 0
+        self.optimizer_states = {}
 
 
 # --------------------------------------------------------------------------- losses
@@ -289,30 +313,68 @@ def adapt_one(model: nn.Module, image: torch.Tensor, config: DUSEConfig, state: 
     theta_opt = _optimizer(theta_list, config.lr, config)
     prompt_opt = _optimizer([prompt], config.prompt_lr, config)
     running = (block.f_running_mean, block.f_running_var)
+    official = config.procedure == "official"
+    if official:
+        _restore(theta_opt, state, "theta")
+        _restore(prompt_opt, state, "prompt")
 
     with adaptive_batch_norm(model, block, images_seen, config.warm_n) as bn:
-        # First forward / backward pass: L_n -> theta_gamma, L_p -> prompt.
-        _, f0, f1 = model.forward_parts(apply_prompt(image, prompt), need_f=True, nmode_params=theta)
-        loss_n = f_statistics_loss(f0, f1, *running)
-        loss_p = bn.prompt_loss(config.h_base, config.k)
-        grads_theta = torch.autograd.grad(loss_n, theta_list, retain_graph=True, allow_unused=True)
-        (grad_prompt,) = torch.autograd.grad(loss_p, [prompt], allow_unused=True)
-        _step(theta_opt, theta_list, grads_theta)
-        _step(prompt_opt, [prompt], [grad_prompt])
-        bn.terms.clear()
-        # Second pass on the recomputed adapted image: L_n -> theta_gamma.
-        _, f0, f1 = model.forward_parts(apply_prompt(image, prompt.detach()), need_f=True, nmode_params=theta)
-        loss_n = f_statistics_loss(f0, f1, *running)
-        _step(theta_opt, theta_list, torch.autograd.grad(loss_n, theta_list, allow_unused=True))
-        bn.terms.clear()
-        with torch.no_grad():
-            detached = {name: p.detach() for name, p in theta.items()}
-            logits = model.forward_parts(apply_prompt(image, prompt.detach()), nmode_params=detached)
+        if official:
+            logits = _official_passes(model, image, prompt, theta, theta_opt, prompt_opt, bn, running, config)
+        else:
+            logits = _paper_passes(model, image, prompt, theta, theta_opt, prompt_opt, bn, running, config)
 
+    if official:
+        state.optimizer_states = {"theta": theta_opt.state_dict(), "prompt": prompt_opt.state_dict()}
     if config.continual:
         state.images_seen = images_seen
         state.memory.push(key, prompt, config.memory_size)
     return logits.detach()
+
+
+def _restore(optimizer: torch.optim.Optimizer, state: DUSEState, name: str) -> None:
+    saved = state.optimizer_states.get(name)
+    if saved is not None:
+        optimizer.load_state_dict(saved)
+
+
+def _official_passes(model, image, prompt, theta, theta_opt, prompt_opt, bn, running, config) -> torch.Tensor:
+    """Pass 1 learns the prompt (theta_gamma at its pre-trained value); the output forward takes
+    one Adam step on theta_gamma from the pre-trained value and uses it."""
+    theta_list = list(theta.values())
+    model.forward_parts(apply_prompt(image, prompt), need_f=True, nmode_params=theta)
+    (grad_prompt,) = torch.autograd.grad(bn.prompt_loss(config.h_base, config.k), [prompt], allow_unused=True)
+    _step(prompt_opt, [prompt], [grad_prompt])
+    bn.terms.clear()
+    adapted = apply_prompt(image, prompt.detach())
+    _, f0, f1 = model.forward_parts(adapted, need_f=True, nmode_params=theta)
+    _step(theta_opt, theta_list, torch.autograd.grad(f_statistics_loss(f0, f1, *running), theta_list,
+                                                     allow_unused=True))
+    bn.terms.clear()
+    with torch.no_grad():
+        return model.forward_parts(adapted, nmode_params={n: p.detach() for n, p in theta.items()})
+
+
+def _paper_passes(model, image, prompt, theta, theta_opt, prompt_opt, bn, running, config) -> torch.Tensor:
+    """Algorithm 1: two passes stepping theta_gamma, the first also the prompt."""
+    theta_list = list(theta.values())
+    # First forward / backward pass: L_n -> theta_gamma, L_p -> prompt.
+    _, f0, f1 = model.forward_parts(apply_prompt(image, prompt), need_f=True, nmode_params=theta)
+    loss_n = f_statistics_loss(f0, f1, *running)
+    loss_p = bn.prompt_loss(config.h_base, config.k)
+    grads_theta = torch.autograd.grad(loss_n, theta_list, retain_graph=True, allow_unused=True)
+    (grad_prompt,) = torch.autograd.grad(loss_p, [prompt], allow_unused=True)
+    _step(theta_opt, theta_list, grads_theta)
+    _step(prompt_opt, [prompt], [grad_prompt])
+    bn.terms.clear()
+    # Second pass on the recomputed adapted image: L_n -> theta_gamma.
+    _, f0, f1 = model.forward_parts(apply_prompt(image, prompt.detach()), need_f=True, nmode_params=theta)
+    loss_n = f_statistics_loss(f0, f1, *running)
+    _step(theta_opt, theta_list, torch.autograd.grad(loss_n, theta_list, allow_unused=True))
+    bn.terms.clear()
+    with torch.no_grad():
+        detached = {name: p.detach() for name, p in theta.items()}
+        return model.forward_parts(apply_prompt(image, prompt.detach()), nmode_params=detached)
 
 
 def adapt_images(model: nn.Module, images: torch.Tensor, config: DUSEConfig, state: DUSEState) -> torch.Tensor:

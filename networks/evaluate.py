@@ -79,8 +79,11 @@ def evaluation_dataset(cfg: EvalConfig, train_cfg: dict[str, Any]) -> tuple[torc
         dataset = SyntheticLesions(count, size, seed=train_cfg["seed"], start=start, channels=channels)
         desc = f"synthetic seed {train_cfg['seed']} images {start}..{start + count - 1}"
     else:
-        full = FolderSegmentation(data, size, channels=channels)
         same_folder = train_cfg["data"] != "synthetic" and Path(data).resolve() == Path(train_cfg["data"]).resolve()
+        # Another folder is detected afresh (e.g. a DUSE target domain), except OD/OC: disc or cup.
+        layout = train_cfg.get("layout", "auto")
+        full = FolderSegmentation(data, size, channels=channels,
+                                  layout=layout if same_folder or layout.startswith("odoc-") else "auto")
         split = cfg.split if cfg.split != "auto" else ("val" if same_folder else "all")
         if split == "val":
             _, val_idx = split_indices(len(full), train_cfg["val_fraction"], train_cfg["seed"])
@@ -258,8 +261,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="odekern-evaluate", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     p.add_argument("checkpoint", help="a checkpoint written by odekern-train (last.pt / best.pt)")
-    p.add_argument("--data", default=None, help="'synthetic' or a folder with images/ and masks/ "
-                                                "(default: the training data)")
+    p.add_argument("--data", default=None, help="'synthetic' or a dataset folder in a public release's layout "
+                                                "(docs/datasets.md; default: the training data)")
     p.add_argument("--split", default="auto", choices=("auto", "val", "all", "test"),
                    help="auto: unseen synthetic images, the training folder's val split, or all of another folder")
     p.add_argument("--num-images", type=int, default=64, help="synthetic test images")

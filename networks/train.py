@@ -6,7 +6,11 @@ Dice) and ``history.json`` — all atomically. ``--resume`` continues from ``las
 (or a given file) bit-exactly: same batches, same augmentations, same dropout, same
 losses as a run that was never interrupted, even when stopped mid-epoch.
 
-Paper defaults (used unless overridden on the command line):
+``--preset NAME`` sets one of the papers' experiments (``networks.presets``, listed in
+docs/reproducing.md); flags given explicitly win over it. ``--data`` takes a dataset folder as
+its public release lays it out (``networks.layouts``, docs/datasets.md).
+
+Paper defaults (used unless overridden on the command line; ``networks.presets.PAPER_TRAINING``):
 
 * CNM-UNet / vanilla U-Net (cnm-unet.txt, Implementation Details): AdamW,
   CosineAnnealingLR(T_max=50, eta_min=1e-5) stepped per epoch, batch size 8, flips and
@@ -47,18 +51,13 @@ from networks.data import (
     epoch_order,
     split_indices,
 )
+from networks.layouts import LAYOUT_NAMES
 from networks.metrics import binarize, dice_per_image
+from networks.presets import PAPER_TRAINING, PRESET_NAMES
+from networks.presets import get as get_preset
 
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnm-unet": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine", t_max=50, eta_min=1e-5,
-                     loss="bce+dice", batch_size=8),
-    "vanilla-unet": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine", t_max=50, eta_min=1e-5,
-                         loss="bce+dice", batch_size=8),
-    "continuous-unet": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="step", step_size=1, gamma=0.999,
-                            loss="bce", batch_size=16),
-    "unet": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="step", step_size=1, gamma=0.999,
-                 loss="bce", batch_size=16),
-}
+# One source for the papers' optimisation settings: networks.presets.
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = PAPER_TRAINING
 FALLBACK_DEFAULTS = PAPER_DEFAULTS["cnm-unet"]
 SCHEDULE_DEFAULTS = dict(t_max=50, eta_min=1e-5, step_size=1, gamma=0.999)
 
@@ -75,6 +74,8 @@ RESUME_OVERRIDABLE = ("epochs", "out", "resume", "progress", "workers", "device"
 class TrainConfig:
     model: str = "cnm-unet"
     data: str = "synthetic"
+    layout: str = "auto"
+    preset: str | None = None
     size: int = 64
     channels: int = 3
     num_train: int = 256
@@ -169,7 +170,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.ut
         val = SyntheticLesions(cfg.num_val, cfg.size, seed=cfg.seed, start=cfg.num_train, channels=cfg.channels) \
             if cfg.num_val > 0 else None
         return train, val
-    full = FolderSegmentation(cfg.data, cfg.size, channels=cfg.channels)
+    full = FolderSegmentation(cfg.data, cfg.size, channels=cfg.channels, layout=cfg.layout)
     train_idx, val_idx = split_indices(len(full), cfg.val_fraction, cfg.seed)
     train = torch.utils.data.Subset(full, train_idx)
     val = torch.utils.data.Subset(full, val_idx) if val_idx else None
@@ -453,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="odekern-train", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     d = TrainConfig()
     g = p.add_argument_group("model")
+    g.add_argument("--preset", default=None, choices=PRESET_NAMES, metavar="NAME",
+                   help="a paper's experiment (docs/reproducing.md): sets model, options, size, epochs and "
+                        "optimisation; flags given explicitly win. One of: " + ", ".join(PRESET_NAMES))
     g.add_argument("--model", default=d.model, help="cnm-unet, continuous-unet, unet, vanilla-unet")
     g.add_argument("--block", default=None, help="block type for --model unet: pln, rse, dse, inc, psp, fo")
     g.add_argument("--solver", default=None, help="ODE solver of the model (e.g. rk4, dopri5, euler)")
@@ -460,7 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--option", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
                    help="any other build_model option (repeatable); VALUE is a Python literal or a word")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="'synthetic' or a folder with images/ and masks/")
+    g.add_argument("--data", default=d.data,
+                   help="'synthetic' or a dataset folder as its public release lays it out (ISIC 2018/2016, "
+                        "Kvasir-SEG, CVC-ClinicDB, BKAI-IGH, GlaS, STARE, DSB2018, BUSI, OD/OC) or images/ + "
+                        "masks/; see docs/datasets.md")
+    g.add_argument("--layout", default=d.layout, choices=("auto", *LAYOUT_NAMES),
+                   help="folder layout of --data (auto: detected; OD/OC needs odoc-disc or odoc-cup)")
     g.add_argument("--size", type=int, default=d.size, help="input size (images are resized to size x size)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels)
     g.add_argument("--num-train", type=int, default=d.num_train, help="synthetic training images")
@@ -526,7 +535,12 @@ def _validate(cfg: TrainConfig) -> None:
 
 @cli.tool("odekern-train")
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset:  # the preset's values become the defaults: explicit flags still win
+        parser.set_defaults(**get_preset(args.preset).train_arguments())
+        args = parser.parse_args(argv)
+    cfg = config_from_args(args)
     _validate(cfg)
     try:
         history = run(cfg)

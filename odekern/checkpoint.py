@@ -48,7 +48,7 @@ from odekern.solvers.checks import (
     raise_non_finite,
 )
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
-from odekern.solvers.fixed_grid import checks_every_step, grid_from_step_size
+from odekern.solvers.fixed_grid import grid_from_step_size
 from odekern.solvers.registry import METHODS
 
 Tensor = torch.Tensor
@@ -140,7 +140,7 @@ class _Replay:
             stepper = RKStepper(self.tableau, y, reuse_buffers=False)
             result = st.empty_like(y)
             scratch = st.empty_like(y) if i1 - i0 > 1 else None
-            check_each = checks_every_step(st.first(y).device)
+            first_bad = None  # device-side index of the first NaN/inf step, read once below
             for i in range(i0, i1):
                 out = result if (i1 - 1 - i) % 2 == 0 else scratch
                 t0, t1 = self.times[i], self.times[i + 1]
@@ -149,11 +149,13 @@ class _Replay:
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
                 del y_next
-                if (check_each or i == i1 - 1) and not st.all_finite(out):
-                    raise_non_finite(self.method, self.rhs.user_time(self.times[i if check_each else i0]),
-                                     f"the step to t={self.rhs.user_time(t1):.6g} produced NaN/inf; the ODE may be "
-                                     "unstable at this step size (try a smaller step_size)")
+                bad = st.any_nonfinite(out)
+                first_bad = torch.where(bad, i, -1) if first_bad is None else torch.where(bad & (first_bad < 0), i, first_bad)
                 y = out
+            if (bad_step := int(first_bad)) >= 0:
+                raise_non_finite(self.method, self.rhs.user_time(self.times[bad_step]),
+                                 f"the step to t={self.rhs.user_time(self.times[bad_step + 1]):.6g} produced "
+                                 "NaN/inf; the ODE may be unstable at this step size (try a smaller step_size)")
             return result
 
 

@@ -179,8 +179,12 @@ class AdaptiveRK(Solver):
         # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
         t_end = _beside(t1, state.first(s.y).dtype, -1) if on_jump else None
         y1, ks = self._stepper.step(rhs, s.t, dt, t1, s.y, s.f, out=self._next_y_buffer(s.y), t_end_stages=t_end)
-        ratio = float(stages.embedded_error_ratio(s.y, y1, dt, self.tab.b_err, ks, self.rtol, self.atol,
-                                                  self.norm, err_out=self._err_buffer))
+        ratio_t = stages.embedded_error_ratio(s.y, y1, dt, self.tab.b_err, ks, self.rtol, self.atol,
+                                              self.norm, err_out=self._err_buffer)
+        # The attempt's one host read: a y1 that overflowed (which the error estimate alone
+        # cannot see) turns the ratio into NaN, and the step is retried smaller like any other
+        # non-finite attempt.
+        ratio = float(torch.where(state.any_nonfinite(y1), math.nan, ratio_t))
         s.last_ratio_non_finite = not math.isfinite(ratio)
         if s.last_ratio_non_finite:
             # The trial step blew up: retry smaller, unless it cannot get smaller.
@@ -191,9 +195,6 @@ class AdaptiveRK(Solver):
             s.dt = ctrl.clamp(dt * ctrl.dfactor)
             return
         if (ratio <= 1 and dt <= ctrl.max_step) or dt <= ctrl.min_step:
-            if not state.all_finite(y1):
-                raise_non_finite(self.method, rhs.user_time(s.tf),
-                                 f"the accepted step to t={rhs.user_time(t1f):.6g} produced NaN/inf")
             s.coeffs = self.dense.fit(s.y, y1, ks, dt, out=self._coeff_buffers)
             s.t_prev, s.t, s.tf, s.y, s.f = s.t, t1, t1f, y1, ks[-1]
             if on_jump:

@@ -56,11 +56,6 @@ def grid_values_from_step_size(start: float, end: float, step_size: float) -> li
     return [start + k * step_size for k in range(n_points - 1)] + [end]
 
 
-def checks_every_step(device: torch.device) -> bool:
-    """Whether the finiteness check runs after every step (CPU) or only at output times."""
-    return device.type == "cpu"
-
-
 class FixedGridSolver(Solver):
     """Steps along a grid; subclasses implement one step ``_step(t0, dt, t1, y0) -> (y1, f0)``."""
 
@@ -132,32 +127,31 @@ class FixedGridSolver(Solver):
             grid = self._grid(t)
             t_vals, grid_vals = t.tolist(), grid.tolist()
         self._before_integrate()
+        # Step sizes as Python floats (read once, not per step: on a GPU each read is a host
+        # sync), unless t is differentiated, where dt must stay a tensor.
+        if known:
+            dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
+        else:
+            dts = None if t.requires_grad else (grid[1:] - grid[:-1]).tolist()
+        # NaN/inf is tracked on the device (the index of the first bad step) and read once after
+        # the loop, so a fixed-grid solve makes no host sync per step.
+        first_bad = None
+        track = not (torch.compiler.is_compiling() or state.inside_vmap()
+                     or any(c.is_meta for c in state.components(self.y0)))
         j, y0, n_steps, dt = 1, self.y0, 0, 0.0
-        check_every_step, last_checked = checks_every_step(state.first(self.y0).device), grid_vals[0]
         for i in range(len(grid_vals) - 1):
             if j >= len(t_vals):
                 break
             t0, t1 = grid[i], grid[i + 1]
-            dt = t1 - t0
+            dt = dts[i] if dts is not None else t1 - t0
             y1, f0 = self._step(t0, dt, t1, y0)
             n_steps += 1
-            at_output = grid_vals[i + 1] >= t_vals[j]
-            # On CPU every step is checked (cheap) so the error names the exact step. On an
-            # accelerator the check is a host sync, so it runs only where outputs are written.
             if torch.compiler.is_compiling():
-                if check_every_step or at_output:
-                    state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
-                                               f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
-            elif (check_every_step or at_output) and not state.all_finite(y1):
-                reached = self.rhs.user_time(grid_vals[i + 1])
-                if check_every_step:
-                    since, where = grid_vals[i], f"the step to t={reached:.6g} produced NaN/inf"
-                else:
-                    since, where = last_checked, f"NaN/inf found at t={reached:.6g} (checked at output times only)"
-                raise_non_finite(self.method, self.rhs.user_time(since), f"{where}; the ODE may be unstable at "
-                                 "this step size (try a smaller step_size)")
-            if at_output:
-                last_checked = grid_vals[i + 1]
+                state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
+                                           f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
+            elif track:
+                bad = state.any_nonfinite(y1)
+                first_bad = torch.where(bad, i, -1) if first_bad is None else torch.where(bad & (first_bad < 0), i, first_bad)
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
                 row = state.row(solution, j)
@@ -173,6 +167,11 @@ class FixedGridSolver(Solver):
                 store(solution, j, row, value)
                 j += 1
             y0 = y1
+        if first_bad is not None and (bad_step := int(first_bad)) >= 0:
+            reached = self.rhs.user_time(grid_vals[bad_step + 1])
+            raise_non_finite(self.method, self.rhs.user_time(grid_vals[bad_step]),
+                             f"the step to t={reached:.6g} produced NaN/inf; the ODE may be unstable at "
+                             "this step size (try a smaller step_size)")
         last_dt = float(dt.detach()) if isinstance(dt, Tensor) else dt
         status = SolveStatus(success=True, message="reached the last output time",
                              t_reached=self.rhs.user_time(t_vals[-1]), n_outputs_reached=len(t_vals),

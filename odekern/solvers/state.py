@@ -137,6 +137,18 @@ def all_finite(state: State) -> bool:
         return all(math.isfinite(c.sum().item()) or bool(torch.isfinite(c).all()) for c in components(state))
 
 
+def any_nonfinite(state: State) -> Tensor:
+    """A 0-dim bool tensor on the state's device: whether any element is NaN/inf. Nothing is read
+    on the host, so callers can accumulate it and look once."""
+    flags = [~torch.isfinite(c).all() for c in components(state) if c.numel()]
+    if not flags:
+        return torch.zeros((), dtype=torch.bool, device=first(state).device)
+    out = flags[0]
+    for f in flags[1:]:
+        out = out | f
+    return out
+
+
 def assert_finite_traced(state: State, message: str) -> None:
     """The finiteness check inside torch.compile, where no value can be read without a graph
     break: an in-graph assertion that raises RuntimeError(message) when the compiled code runs

@@ -7,7 +7,9 @@ import torch
 
 # CNM-UNet small enough for CPU tests: narrow encoder, 32x32 images, looser solver tolerance.
 TINY_CNM = {"image_size": 32, "encoder_widths": (4, 8, 8, 8, 8), "rtol": 1e-5, "atol": 1e-7}
-TINY_CONTINUOUS = {"base_filters": 2}
+# The second-order variant: the tests comparing dynamic blocks with torchdiffeq need them; the
+# official variant has its own tests (test_official_networks.py).
+TINY_CONTINUOUS = {"base_filters": 2, "variant": "second-order"}
 
 
 def require_nmode() -> None:

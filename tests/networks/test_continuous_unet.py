@@ -64,9 +64,12 @@ def test_matches_torchdiffeq_outputs_and_gradients(gradient, method, kind):
         close(g, g_ref, f"gradient of {name}")
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("variant", ["second-order", "official"])
+def test_gradcheck_float64(variant):
     torch.manual_seed(0)
-    model = build_model("continuous-unet", base_filters=1, levels=1).double().eval()
+    model = build_model("continuous-unet", base_filters=1, levels=1, variant=variant, gradient="backprop",
+                        act="softplus")
+    model = model.double().eval()
     x = images(1, size=8, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda inp: model(inp), (x,), fast_mode=True, eps=1e-6, atol=1e-6)
 

@@ -127,7 +127,7 @@ def test_folder_mismatch_lists_every_orphan(tmp_path):
 
 def test_folder_missing_subfolder(tmp_path):
     (tmp_path / "images").mkdir()
-    with pytest.raises(FileNotFoundError, match="masks"):
+    with pytest.raises(ValueError, match="masks"):  # matches no layout: the message lists them
         FolderSegmentation(tmp_path)
 
 

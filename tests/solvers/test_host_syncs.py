@@ -1,0 +1,56 @@
+"""Host synchronisations per step, counted as reads of a tensor value on the host
+(``aten._local_scalar_dense``, what ``.item()``, ``float()``, ``bool()`` and ``.tolist()`` call):
+on a GPU each one stalls the host until the device has caught up.
+
+Fixed-grid solves read nothing per step (the NaN/inf check is tracked on the device and read
+once at the end; step sizes are read once); adaptive solves read at most one value per step
+attempt (the accept decision), as torchdiffeq does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import odekern
+import odekern.solvers.registry
+from odekern.testing import OpCounter, randn
+
+SCALAR_READ = "aten._local_scalar_dense"
+
+
+class Field(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, t, y):
+        return torch.tanh(self.conv(y)) * torch.cos(t)
+
+
+def _reads(method, options, grad, gradient="odeint", **kw):
+    y0 = randn(2, 4, 8, 8, seed=1).requires_grad_(grad)
+    field = Field()
+    adaptive = method in odekern.solvers.registry.ADAPTIVE_METHODS
+    with torch.set_grad_enabled(grad), OpCounter() as ops:
+        result = odekern.odeint(field, y0, torch.tensor([0.0, 0.5, 1.0]), method=method,
+                                options={**options, "on_max_steps": "return"} if adaptive else options, **kw)
+    attempts = result[1].n_steps + result[1].n_rejected if adaptive else round(1.0 / options["step_size"])
+    return ops.counts[SCALAR_READ], attempts
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "explicit_adams"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_fixed_grid_solves_read_nothing_per_step(method, grad):
+    coarse, n_coarse = _reads(method, {"step_size": 0.1}, grad)
+    fine, n_fine = _reads(method, {"step_size": 0.01}, grad)
+    assert n_fine > 5 * n_coarse
+    assert fine == coarse, f"{fine - coarse} more host reads for {n_fine - n_coarse} more steps"
+
+
+def test_adaptive_solves_read_at_most_one_value_per_step_attempt():
+    loose, n_loose = _reads("dopri5", {}, False, rtol=1e-3, atol=1e-5)
+    tight, n_tight = _reads("dopri5", {}, False, rtol=1e-8, atol=1e-10)
+    assert n_tight > n_loose + 5
+    assert tight - loose <= n_tight - n_loose
