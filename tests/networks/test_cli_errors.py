@@ -62,7 +62,7 @@ def files(tmp_path_factory):
 def test_train_image_without_mask(files):
     done = _run("networks.train", "--data", str(files / "data"), "--epochs", "1", "--out", str(files / "r1"),
                 cwd=files)
-    _one_line_error(done, "odekern-train", "image without mask: b.png")
+    _one_line_error(done, "odekern-train", "without", "mask", "b.png")
 
 
 def test_train_size_not_divisible(files):
