@@ -177,9 +177,13 @@ def _TolerantBuild(base):
 
         def run(self):
             files = sum(len(ext.sources) for ext in self.extensions)
-            _log(f"compiling {files} files into odekern._C in {self.build_temp}: about 4 minutes on 2 "
-                 f"idle cores (this machine has {os.cpu_count()}; MAX_JOBS=N limits parallel jobs), "
-                 "longer on a busy machine; only files changed since the last build are recompiled")
+            if os.path.exists(os.path.join(self.build_temp, ".ninja_log")):
+                _log(f"odekern._C: recompiling only what changed among its {files} files since the last "
+                     f"build (objects in {self.build_temp})")
+            else:
+                _log(f"compiling {files} files into odekern._C: about 4 minutes on 2 idle cores (this "
+                     f"machine has {os.cpu_count()}; MAX_JOBS=N limits parallel jobs), longer on a busy "
+                     f"machine; objects are kept in {self.build_temp} for the next build")
             try:
                 super().run()
             except Exception as exc:  # noqa: BLE001 - any compiler/toolchain failure
