@@ -4,7 +4,8 @@
 * A mistake gives one line on stderr, ``<tool>: <what is wrong and what to do>``, and exit
   code 2 (argparse's code for a bad command line, used for every user mistake: a missing
   file, a bad value, a damaged checkpoint). A failure that is not the user's gives one line
-  and exit code 1. ``--debug`` shows the full traceback instead.
+  and exit code 1. ``--debug`` shows the full traceback instead. A warning (a skipped
+  unreadable file) is one line too: ``<tool>: warning: <message>``.
 * ``--help`` shows a default only where it says something: not for on/off switches
   (``--no-augment``'s default is not "True") and not for defaults of ``None`` or ones the
   help text already states.
@@ -17,6 +18,7 @@ import difflib
 import functools
 import pickle
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 
@@ -94,6 +96,10 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
+def _format_warning(prog: str, message, category, filename, lineno, line=None) -> str:
+    return f"{prog}: warning: {one_line(str(message))}\n"
+
+
 def tool(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorator for a tool's ``main(argv=None) -> int``: errors become one line on stderr
     and an exit code (:data:`USAGE_ERROR` for the user's mistakes, :data:`INTERNAL_ERROR`
@@ -104,6 +110,9 @@ def tool(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
         def wrapper(argv: Sequence[str] | None = None) -> int:
             args = sys.argv[1:] if argv is None else list(argv)
             debug = DEBUG_FLAG in args
+            formatter = warnings.formatwarning
+            if not debug:  # a warning is one line too: "<tool>: warning: <message>"
+                warnings.formatwarning = functools.partial(_format_warning, prog)
             try:
                 return main(argv)
             except SystemExit as exc:
@@ -125,6 +134,8 @@ def tool(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 print(f"{prog}: unexpected {describe(exc)} (run again with {DEBUG_FLAG} for the "
                       "traceback)", file=sys.stderr)
                 return INTERNAL_ERROR
+            finally:
+                warnings.formatwarning = formatter
 
         return wrapper
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from PIL import Image
 
 from networks import checkpoint as ckpt
 from networks import cli
-from networks.data import read_image_folder
+from networks.data import IMAGE_EXTENSIONS, read_image_folder
 from networks.evaluate import predict_logits, supports_duse
 
 
@@ -90,7 +89,8 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, threshold: 
     if pending:
         flush()
     if not written:
-        warnings.warn(f"no readable images in {input_dir}", stacklevel=2)
+        raise ValueError(f"no readable image in {input_dir} (give a folder of images, one image file or a "
+                         "quoted glob pattern; extensions: " + ", ".join(IMAGE_EXTENSIONS) + ")")
     return written
 
 

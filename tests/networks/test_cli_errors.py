@@ -24,9 +24,9 @@ from networks.data import SyntheticLesions
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _run(module: str, *args: str, cwd: Path, warnings: str = "ignore") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONWARNINGS="ignore")
+               PYTHONWARNINGS=warnings)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -106,6 +106,51 @@ def test_figures_overlays_of_a_truncated_checkpoint(files):
     done = _run("networks.figures", "overlays", str(files / "truncated.pt"), "--out", str(files / "o.png"),
                 cwd=files)
     _one_line_error(done, "python -m networks.figures", "not an odekern checkpoint or is damaged")
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(files):
+    """A checkpoint as odekern-train writes it, of an untrained two-level U-Net."""
+    from networks.models import build_model
+
+    options = {"block": "pln", "base_filters": 2, "levels": 2}
+    model = build_model("unet", in_channels=3, num_classes=1, **options)
+    path = files / "small.pt"
+    ckpt.atomic_torch_save({"format": ckpt.TRAIN_FORMAT, "epoch": 1, "config": {"size": 16, "channels": 3},
+                            "model": {"name": "unet", "in_channels": 3, "num_classes": 1, "options": options,
+                                      "image_size": 16},
+                            "model_state": model.state_dict()}, path)
+    return path
+
+
+def test_predict_one_image_file(files, small_checkpoint):
+    image = files / "data" / "images" / "a.png"
+    done = _run("networks.predict", str(small_checkpoint), str(image), str(files / "one"), cwd=files)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert "wrote 1 mask(s)" in done.stdout and [p.name for p in (files / "one").iterdir()] == ["a.png"]
+
+
+def test_predict_warns_in_one_line_per_skipped_file(files, small_checkpoint):
+    folder = files / "mixed"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((files / "data" / "images" / "a.png").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    env_done = _run("networks.predict", str(small_checkpoint), str(folder), str(files / "mixed-out"), cwd=files,
+                    warnings="default")
+    assert env_done.returncode == 0, env_done.stderr[-2000:]
+    lines = env_done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("odekern-predict: warning: skipping unreadable file"), lines
+    assert "broken.jpg" in lines[0] and "wrote 1 mask(s)" in env_done.stdout
+
+
+def test_predict_with_nothing_readable(files, small_checkpoint):
+    folder = files / "only-broken"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    from networks import predict as prediction
+
+    with pytest.raises(ValueError, match="no readable image"), pytest.warns(UserWarning, match="broken.jpg"):
+        prediction.predict_folder(str(small_checkpoint), str(folder), str(files / "none-out"))
 
 
 # ---------------------------------------------------------------------------------------
