@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,15 +87,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=True)
+    """Strict JSON (RFC 8259): a NaN or infinite number is written as ``null``, never as the
+    bare ``NaN`` / ``Infinity`` that strict parsers reject; writers that know why a value is
+    undefined put the reason in a field beside it."""
+    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(value) for value in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        return _finite_or_null(obj.item())
     if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return obj.item()
+        return _finite_or_null(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
@@ -102,12 +118,42 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+class CheckpointError(ValueError):
+    """A file that is not an odekern checkpoint, or a damaged one."""
+
+
 def torch_load(path: str | os.PathLike) -> Any:
-    """Load a checkpoint written by :func:`atomic_torch_save` (our own files: full unpickling)."""
+    """Load a checkpoint written by :func:`atomic_torch_save` (our own files: full unpickling).
+
+    A file torch cannot read (truncated, another format, not a ``torch.save`` file at all)
+    raises :class:`CheckpointError` naming the file, not the unpickler's message.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"checkpoint not found: {path}"
+                                + (" (it is a folder; give last.pt or best.pt inside it)" if path.is_dir() else ""))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError,
+            AttributeError, ImportError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        # torch.load reports a damaged or foreign file through any of these, depending on where
+        # the bytes stop making sense (zip directory, seek past the end, pickle opcodes, tensor
+        # storage records).
+        raise CheckpointError(f"{path} is not an odekern checkpoint or is damaged (truncated or not "
+                              f"written by odekern-train): {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from exc
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The training checkpoint at ``path`` (``last.pt`` / ``best.pt`` of ``odekern-train``)."""
+    state = torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        found = f"format {state.get('format')!r}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{path} is not an odekern checkpoint ({found}; odekern-train writes "
+                              f"last.pt and best.pt with format {TRAIN_FORMAT!r})")
+    return state
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,9 +210,7 @@ def load_model(path: str | os.PathLike, option_overrides: dict[str, Any] | None 
     ``option_overrides`` changes build options that do not change the weights (e.g. the ODE
     solver, for the solver ablation); the state dict must still load strictly.
     """
-    state = torch_load(path)
-    if state.get("format") != TRAIN_FORMAT:
-        raise ValueError(f"{path} is not an odekern training checkpoint (format {state.get('format')!r})")
+    state = load_checkpoint(path)
     meta = state["model"]
     options = {**meta["options"], **(option_overrides or {})}
     if meta["name"] == "continuous-unet" and "variant" not in options:

@@ -316,15 +316,19 @@ class ImageRecord:
     original_size: tuple[int, int]  # (height, width)
 
 
-def read_image_folder(directory: str | os.PathLike, size: int | Sequence[int], channels: int = 3
-                      ) -> Iterable[tuple[ImageRecord, torch.Tensor]]:
-    """Yield ``(record, image float [C, H, W])`` for every readable image in ``directory``;
-    unreadable files are reported by name (warning) and skipped."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"input folder not found: {directory}")
+def read_image_folder(source: str | os.PathLike | Sequence[str | os.PathLike], size: int | Sequence[int],
+                      channels: int = 3) -> Iterable[tuple[ImageRecord, torch.Tensor]]:
+    """Yield ``(record, image float [C, H, W])`` for every readable image of ``source``, a
+    folder or a list of image files; unreadable files are reported by name (warning) and
+    skipped."""
+    if isinstance(source, (list, tuple)):
+        paths = [Path(p) for p in source]
+    elif Path(source).is_dir():
+        paths = _image_files(Path(source))
+    else:
+        raise FileNotFoundError(f"input folder not found: {source}")
     size = _check_size(size)
-    for path in _image_files(directory):
+    for path in paths:
         try:
             with _open(path) as im:
                 original = (im.height, im.width)

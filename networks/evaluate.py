@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from networks import checkpoint as ckpt
+from networks import cli
 from networks.corruptions import CORRUPTIONS, add_gaussian_noise, corrupt
 from networks.data import FolderSegmentation, SyntheticLesions, split_indices
 from networks.metrics import MetricAccumulator, per_image_metrics
@@ -145,6 +146,11 @@ def score(model: nn.Module, dataset, transform: Transform | None = None, duse: b
         logits = predict_logits(model, images.to(device), duse=duse)
         acc.update(per_image_metrics(logits.cpu(), masks))
     out = acc.summary()
+    if not math.isfinite(out["ahd"]):
+        # JSON has no NaN: the value is null and the reason is written beside it.
+        out["ahd"] = None
+        out["ahd_note"] = (f"undefined: in all {out['num_images']} images exactly one of prediction and "
+                           "ground truth is empty")
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -218,7 +224,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 def _row(label: str, m: dict[str, Any]) -> str:
     if "skipped" in m:
         return f"{label:<34} skipped: {m['skipped']}"
-    ahd = "n/a" if not math.isfinite(m["ahd"]) else f"{m['ahd']:.2f}"
+    ahd = "n/a" if m["ahd"] is None or not math.isfinite(m["ahd"]) else f"{m['ahd']:.2f}"
     return f"{label:<34} {m['dice']:>7.4f} {m['iou']:>7.4f} {m['accuracy']:>8.4f} {ahd:>7}"
 
 
@@ -243,9 +249,17 @@ def format_table(results: dict[str, Any]) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------
 
+EPILOG = """\
+examples:
+  odekern-evaluate runs/try/best.pt                          clean, noise sweep, six corruptions
+  odekern-evaluate runs/try/best.pt --duse --out runs/try/eval-duse.json
+  odekern-evaluate runs/kvasir/best.pt --data datasets/cvc-clinicdb --split all
+  odekern-evaluate runs/try/best.pt --noise --corruptions --solvers euler rk4   solvers only
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="odekern-evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="odekern-evaluate", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     p.add_argument("checkpoint", help="a checkpoint written by odekern-train (last.pt / best.pt)")
     p.add_argument("--data", default=None, help="'synthetic' or a dataset folder in a public release's layout "
                                                 "(docs/datasets.md; default: the training data)")
@@ -253,11 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: unseen synthetic images, the training folder's val split, or all of another folder")
     p.add_argument("--num-images", type=int, default=64, help="synthetic test images")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--noise", type=float, nargs="*", default=list(DEFAULT_NOISE),
                    help="Gaussian noise sigmas (none: skip the sweep)")
     p.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS),
-                   help=f"corruptions to apply (none: skip); from {', '.join(CORRUPTIONS)}")
+                   help=f"corruptions to apply, from {', '.join(CORRUPTIONS)} (default: all; none: skip)")
     p.add_argument("--severity", type=int, default=5, choices=(1, 2, 3, 4, 5))
     p.add_argument("--duse", action="store_true", help="also score with DUSE test-time adaptation (CNM-UNet)")
     p.add_argument("--solvers", nargs="*", default=[], help="solver ablation: re-score with these ODE solvers")
@@ -268,21 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.tool("odekern-evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not Path(args.checkpoint).is_file():
-        raise SystemExit(f"odekern-evaluate: checkpoint not found: {args.checkpoint}")
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"odekern-evaluate: --{name.replace('_', '-')} must be >= 1")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     cfg = EvalConfig(checkpoint=args.checkpoint, data=args.data, split=args.split, num_images=args.num_images,
                      batch_size=args.batch_size, noise=tuple(args.noise), corruptions=tuple(args.corruptions),
                      severity=args.severity, duse=args.duse, solvers=tuple(args.solvers), out=args.out,
                      seed=args.seed, max_images=args.max_images, threads=args.threads, progress=args.progress)
-    try:
-        results = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"odekern-evaluate: {exc}") from None
+    results = run(cfg)
     print(format_table(results))
     print(f"results written to {results['written_to']}")
     return 0

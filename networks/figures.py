@@ -5,7 +5,7 @@
 * :func:`training_curves` — loss and Dice per epoch for one or more runs, as the
   convergence plots of continuous-unet Figure 3.
 * :func:`robustness_bars` — Dice under each corruption, source only vs DUSE (cnm-unet
-  Table 4 as a chart).
+  Table 4 as a chart), and beside it the Gaussian-noise sweep by sigma.
 
 ``python -m networks.figures curves RUN_DIR [RUN_DIR ...] --out curves.png`` plots training
 histories; ``python -m networks.figures overlays CHECKPOINT --out overlays.png`` plots
@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from networks import checkpoint as ckpt
+from networks import cli
 
+PROG = "python -m networks.figures"
 OVERLAY_COLOUR = np.array([1.0, 0.9, 0.0])  # yellow, as the paper's Figure 2
 
 
@@ -106,31 +108,84 @@ def training_curves(histories: Mapping[str, Mapping[str, Any]], path: str | os.P
     return _save(fig, path)
 
 
-def robustness_bars(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Dice per corruption (and noise level) from ``networks.evaluate`` results."""
+SOURCE_COLOUR, DUSE_COLOUR = "tab:blue", "tab:orange"
+
+
+def _bars(ax, x: np.ndarray, values: Sequence[float | None], width: float, colour: str, label: str) -> None:
+    """Bars with their value written above each; a Dice of 0 still shows (a thick stub at the
+    axis and "0.00"), and a missing value says "n/a" instead of leaving a gap."""
+    heights = [np.nan if v is None else float(v) for v in values]
+    ax.bar(x, np.nan_to_num(heights, nan=0.0), width, color=colour, label=label)
+    for xi, h in zip(x, heights):
+        if np.isnan(h):
+            ax.text(xi, 0.01, "n/a", ha="center", va="bottom", fontsize=6, color="grey")
+            continue
+        if h == 0.0:
+            ax.plot([xi - width / 2, xi + width / 2], [0.0, 0.0], color=colour, linewidth=3,
+                    solid_capstyle="butt", clip_on=False)
+        ax.text(xi, h + 0.01, f"{h:.2f}", ha="center", va="bottom", fontsize=6)
+
+
+def _grouped(ax, labels: Sequence[str], source: Sequence[float | None], adapted: Sequence[float | None]) -> None:
+    x = np.arange(len(labels), dtype=float)
+    has_duse = any(v is not None for v in adapted)
+    width = 0.4 if has_duse else 0.6
+    _bars(ax, x - (width / 2 if has_duse else 0.0), source, width, SOURCE_COLOUR, "source only")
+    if has_duse:
+        _bars(ax, x + width / 2, adapted, width, DUSE_COLOUR, "DUSE")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("Dice (0 to 1)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def robustness_figure(results: Mapping[str, Any]):
+    """Two panels from ``networks.evaluate`` results: the corruptions at their severity (clean
+    first; source only and, when evaluated, DUSE) and the Gaussian-noise sweep by sigma."""
+    severity = results["corruptions"]["severity"]
     labels, source, adapted = ["clean"], [results["clean"]["source_only"]["dice"]], \
-        [results["clean"].get("duse", {}).get("dice", np.nan)]
+        [results["clean"].get("duse", {}).get("dice")]
     for name, entry in results["corruptions"]["results"].items():
         labels.append(name.replace("_", "\n"))
         source.append(entry["source_only"]["dice"])
-        adapted.append(entry.get("duse", {}).get("dice", np.nan))
-    for sigma, m in results["noise"].items():
-        labels.append(f"noise\n{sigma}")
-        source.append(m["dice"])
-        adapted.append(np.nan)
-    x = np.arange(len(labels))
-    has_duse = not np.all(np.isnan(adapted))
-    width = 0.4 if has_duse else 0.7
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(labels)), 3.5))
-    ax.bar(x - (width / 2 if has_duse else 0), source, width, label="source only")
-    if has_duse:
-        ax.bar(x + width / 2, adapted, width, label="DUSE")
-    ax.set_xticks(x, labels, fontsize=7)
-    ax.set(ylabel="Dice", ylim=(0, 1), title=f"robustness (corruptions at severity {results['corruptions']['severity']})")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+        adapted.append(entry.get("duse", {}).get("dice"))
+    noise = results["noise"]
+    panels = 2 if noise else 1
+    fig, axes = plt.subplots(1, panels, figsize=(max(6.0, 0.9 * len(labels)) + 3.2 * (panels - 1), 3.6),
+                             squeeze=False, gridspec_kw={"width_ratios": [len(labels), max(2, len(noise))][:panels]})
+    ax = axes[0][0]
+    _grouped(ax, labels, source, adapted)
+    ax.set_title(f"corruptions at severity {severity} (of 5)", fontsize=9)
+    if noise:
+        ax = axes[0][1]
+        sigmas = list(noise)
+        _grouped(ax, [f"\u03c3 = {s}" for s in sigmas], [noise[s]["dice"] for s in sigmas],
+                 [noise[s].get("duse", {}).get("dice") for s in sigmas])
+        ax.set_title("Gaussian noise, source only", fontsize=9)
+        ax.set_xlabel("noise standard deviation \u03c3 (intensities in [0, 1])", fontsize=7)
+    if "model" in results and "num_images" in results:
+        fig.suptitle(f"{results['model']['name']}: Dice on {results['num_images']} images", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def robustness_bars(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """:func:`robustness_figure` written to ``path`` (PNG)."""
+    return _save(robustness_figure(results), path)
+
+
+def checkpoint_title(state: Mapping[str, Any]) -> str:
+    """``"<model>, best epoch 10 of 12"``: which epoch a checkpoint holds, of how many the run
+    was set to train, and whether it is the best one (``best.pt``) by validation Dice."""
+    epoch, planned = state["epoch"], state.get("config", {}).get("epochs", state["epoch"])
+    records = [r for r in state.get("history", {}).get("epochs", []) if r["epoch"] <= epoch]
+
+    def dice(record: Mapping[str, Any]) -> float:
+        return record.get("val_dice", record["train_dice"])
+
+    best = bool(records) and records[-1]["epoch"] == epoch and dice(records[-1]) >= max(map(dice, records))
+    return f"{state['model']['name']}, {'best ' if best else ''}epoch {epoch} of {planned}"
 
 
 def overlays_for_checkpoint(checkpoint: str, path: str | os.PathLike, num_images: int = 6, duse: bool = False,
@@ -145,7 +200,7 @@ def overlays_for_checkpoint(checkpoint: str, path: str | os.PathLike, num_images
     images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     logits = predict_logits(model, images, duse=duse)
     return prediction_overlays(images, masks, logits, path,
-                               title=f"{state['model']['name']} after {state['epoch']} epochs{' + DUSE' if duse else ''}")
+                               title=f"{checkpoint_title(state)}{' + DUSE' if duse else ''}")
 
 
 def _history_of(path: Path) -> dict[str, Any]:
@@ -154,7 +209,7 @@ def _history_of(path: Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m networks.figures", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("curves", help="training curves from run folders or history.json files")
     c.add_argument("runs", nargs="+", help="run folder (with history.json) or a history JSON file")
@@ -169,13 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.tool(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "curves":
         paths = [Path(r) for r in args.runs]
         labels = args.label or [p.name if p.is_dir() else p.parent.name for p in paths]
         if len(labels) != len(paths):
-            raise SystemExit("--label must be given once per run")
+            raise cli.UsageError(f"--label must be given once per run: {len(paths)} run(s), {len(labels)} label(s)")
         out = training_curves({lab: _history_of(p) for lab, p in zip(labels, paths)}, args.out)
     else:
         out = overlays_for_checkpoint(args.checkpoint, args.out, args.num_images, args.duse, args.data)

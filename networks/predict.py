@@ -1,6 +1,7 @@
-"""Segment a folder of images: ``odekern-predict`` / ``python -m networks.predict``.
+"""Segment images: ``odekern-predict`` / ``python -m networks.predict``.
 
-For every readable image in ``--input`` writes ``<stem>.png`` into ``--output``: a binary
+``INPUT`` is a folder of images, one image file, or a glob pattern (quoted, ``"scans/*.png"``).
+For every readable image of it writes ``<stem>.png`` into ``--output``: a binary
 mask (0 / 255), by default at the image's original size (the model's logits are resized
 bilinearly, then thresholded). Unreadable images are reported by name and skipped. Each mask
 is written atomically, so an interrupted run never leaves a truncated PNG.
@@ -9,8 +10,8 @@ is written atomically, so an interrupted run never leaves a truncated PNG.
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from networks import checkpoint as ckpt
-from networks.data import read_image_folder
+from networks import cli
+from networks.data import IMAGE_EXTENSIONS, read_image_folder
 from networks.evaluate import predict_logits, supports_duse
 
 
@@ -31,9 +33,35 @@ def save_mask(mask: torch.Tensor, path: Path) -> Path:
     return path
 
 
+def resolve_input(source: str | Path) -> Path | list[Path]:
+    """What ``source`` names: a folder (returned as is), one image file or a glob pattern
+    (returned as a list of files). Two files of a pattern with one stem would write one mask:
+    that raises."""
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return [path]
+    if not any(c in text for c in "*?["):
+        raise FileNotFoundError(f"input not found: {text} (give a folder of images, one image file or a "
+                                "quoted glob pattern such as 'scans/*.png')")
+    paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+    if not paths:
+        raise FileNotFoundError(f"no file matches {text!r}")
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems:
+            raise ValueError(f"{stems[p.stem]} and {p} have the same name {p.stem!r}, so their masks would "
+                             "overwrite each other; segment them in separate runs")
+        stems[p.stem] = p
+    return paths
+
+
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, threshold: float = 0.5,
                    duse: bool = False, original_size: bool = True, batch_size: int = 8) -> list[Path]:
-    """Masks for every image of ``input_dir``; returns the written paths."""
+    """Masks for every image of ``input_dir`` (a folder, one image file or a glob pattern:
+    :func:`resolve_input`); returns the written paths."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     model, state = ckpt.load_model(checkpoint)
@@ -54,43 +82,49 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, threshold: 
             written.append(save_mask(prob[0] > threshold, out_dir / f"{record.name}.png"))
         pending.clear()
 
-    for record, image in read_image_folder(input_dir, size, channels):
+    for record, image in read_image_folder(resolve_input(input_dir), size, channels):
         pending.append((record, image))
         if len(pending) == batch_size:
             flush()
     if pending:
         flush()
     if not written:
-        warnings.warn(f"no readable images in {input_dir}", stacklevel=2)
+        raise ValueError(f"no readable image in {input_dir} (give a folder of images, one image file or a "
+                         "quoted glob pattern; extensions: " + ", ".join(IMAGE_EXTENSIONS) + ")")
     return written
 
 
+EPILOG = """\
+examples:
+  odekern-predict runs/try/best.pt photos/ masks/            every image of a folder
+  odekern-predict runs/try/best.pt photos/case7.png masks/   one image
+  odekern-predict runs/try/best.pt "photos/*.jpg" masks/ --duse
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="odekern-predict", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="odekern-predict", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     p.add_argument("checkpoint", help="a checkpoint written by odekern-train")
-    p.add_argument("input", help="folder of images")
+    p.add_argument("input", help="a folder of images, one image file, or a quoted glob pattern")
     p.add_argument("output", help="folder for the masks (<stem>.png)")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
     p.add_argument("--duse", action="store_true", help="DUSE test-time adaptation per image (CNM-UNet)")
     p.add_argument("--model-size", dest="original_size", action="store_false",
-                   help="write masks at the model's input size instead of each image's own size")
+                   help="write masks at the model's input size (without it: at each image's own size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     return p
 
 
+@cli.tool("odekern-predict")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1:
-        raise SystemExit("odekern-predict: --batch-size must be >= 1")
-    try:
-        written = predict_folder(args.checkpoint, args.input, args.output, args.threshold, args.duse,
-                                 args.original_size, args.batch_size)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"odekern-predict: {exc}") from None
+        raise cli.UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    written = predict_folder(args.checkpoint, args.input, args.output, args.threshold, args.duse,
+                             args.original_size, args.batch_size)
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
 

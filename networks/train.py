@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from networks import checkpoint as ckpt
-from networks import ddp
+from networks import cli, ddp
+from networks.models import MODEL_NAMES
 from networks.data import (
     FolderSegmentation,
     SyntheticLesions,
@@ -249,9 +250,7 @@ def model_metadata(cfg: TrainConfig) -> dict[str, Any]:
 
 def _load_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     path = Path(cfg.out) / "last.pt" if cfg.resume in ("auto", "") else Path(cfg.resume)
-    state = ckpt.torch_load(path)
-    if state.get("format") != ckpt.TRAIN_FORMAT:
-        raise ValueError(f"{path} is not an odekern training checkpoint (format {state.get('format')!r})")
+    state = ckpt.load_checkpoint(path)
     stored = dict(state["config"])
     for key in RESUME_OVERRIDABLE:
         stored[key] = getattr(cfg, key)
@@ -437,9 +436,22 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+EPILOG = """\
+model size: the default CNM-UNet is the paper's full width (encoder 64-128-256-512-512,
+about 9.5M parameters), so last.pt and best.pt are about 114 MB each (weights and Adam's
+state). For a quick try use a quarter of the width: --option "encoder_widths=(16,32,64,128,128)"
+(about 8 MB per checkpoint), as python -m networks.demo does.
+
+examples:
+  odekern-train --option "encoder_widths=(16,32,64,128,128)" --epochs 2 --out runs/try
+  odekern-train --data datasets/kvasir-seg --size 256 --epochs 50 --out runs/kvasir
+  odekern-train --resume --epochs 80 --out runs/kvasir        continue runs/kvasir/last.pt
+  torchrun --nproc_per_node=2 -m networks.train --out runs/ddp  data-parallel
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="odekern-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="odekern-train", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     d = TrainConfig()
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=None, choices=PRESET_NAMES, metavar="NAME",
@@ -469,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotation", type=float, default=d.rotation, help="max random rotation in degrees (0: off)")
     g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     g = p.add_argument_group("optimisation (unset = the paper's default for --model)")
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train (with --resume: the new total)")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=None)
     g.add_argument("--lr", type=float, default=None)
@@ -481,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=float, default=None, help="step schedule factor")
     g.add_argument("--loss", choices=("bce", "bce+dice"), default=None)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of data, initialisation and augmentation")
     g.add_argument("--out", default=d.out, help="output folder (checkpoints, history.json)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: OUT/last.pt)")
@@ -495,19 +507,33 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
     values["model_options"] = dict(values.pop("option"))
+    values.pop("debug", None)
     return TrainConfig(**values)
 
 
 def _validate(cfg: TrainConfig) -> None:
+    """Mistakes found before any data is read or any model built, each as a UsageError."""
     for name in ("epochs", "size", "num_train"):
         if getattr(cfg, name) < 1:
-            raise SystemExit(f"odekern-train: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise SystemExit(f"odekern-train: --batch-size must be >= 1, got {cfg.batch_size}")
+        raise cli.UsageError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.data != "synthetic" and not Path(cfg.data).is_dir():
-        raise SystemExit(f"odekern-train: --data must be 'synthetic' or an existing folder, got {cfg.data!r}")
+        raise cli.UsageError(f"--data must be 'synthetic' or an existing folder, got {cfg.data!r}")
+    if cfg.resume:
+        return  # the model comes from the checkpoint
+    if cfg.model not in MODEL_NAMES:
+        raise cli.UsageError(f"--model {cfg.model!r} is not a model{cli.did_you_mean(cfg.model, MODEL_NAMES)}; "
+                             f"choose from {', '.join(MODEL_NAMES)}")
+    try:  # the model's own checks (e.g. CNM-UNet's size divisible by 16) before any data is read
+        with torch.random.fork_rng(devices=[]):  # leaves the seeded run's random streams untouched
+            ckpt.build_network(cfg.model, cfg.channels, 1, cfg.network_options(), cfg.size)
+    except (ValueError, TypeError) as exc:
+        raise cli.UsageError(f"--model {cfg.model} with --size {cfg.size}"
+                             f"{' and the given --option values' if cfg.network_options() else ''}: {exc}") from exc
 
 
+@cli.tool("odekern-train")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

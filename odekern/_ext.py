@@ -6,12 +6,29 @@ build only warns, once, at first use of a backend that needs it.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import warnings
 
 import torch  # noqa: F401 - loads libc10/libtorch, which odekern._C links against
 
+# What to run when the extension is missing or stale (docs/install.md).
+REBUILD = "bash scripts/install.sh, or pip install --no-build-isolation -e . where torch is installed"
+
+
+def _load():
+    # find_spec first: `from odekern import _C` on a tree without the compiled file reports
+    # "cannot import name '_C' from partially initialized module 'odekern' (most likely due
+    # to a circular import)", which reads as a bug in odekern rather than a missing build.
+    if importlib.util.find_spec("odekern._C") is None:
+        raise ImportError(f"no compiled extension odekern/_C*.so: it was not built (an install with "
+                          f"ODEKERN_SKIP_EXT=1, without a C++ compiler, or a source checkout); build it with "
+                          f"{REBUILD}")
+    return importlib.import_module("odekern._C")
+
+
 try:
-    from odekern import _C  # type: ignore[attr-defined]
+    _C = _load()
 
     HAS_EXT: bool = True
     HAS_CUDA_EXT: bool = bool(_C.with_cuda())
@@ -32,7 +49,7 @@ def warn_if_missing() -> None:
         _warned = True
         warnings.warn(
             f"{LOAD_ERROR}; odekern falls back to its pure-PyTorch reference backend. "
-            "Rebuild with `pip install -e . --no-build-isolation` to get the fused kernels.",
+            f"For the fused kernels run {REBUILD}.",
             RuntimeWarning,
             stacklevel=3,
         )

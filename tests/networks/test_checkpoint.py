@@ -69,5 +69,5 @@ def test_torch_load_missing_file_names_it(tmp_path):
 
 def test_load_model_rejects_foreign_checkpoint(tmp_path):
     path = ckpt.atomic_torch_save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an odekern training checkpoint"):
+    with pytest.raises(ckpt.CheckpointError, match="not an odekern checkpoint"):
         ckpt.load_model(path)

@@ -135,10 +135,10 @@ def test_cli(trained, tmp_path, capsys):
                             "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "saturate s5" in printed and "gaussian noise sigma=0.2" in printed and out.is_file()
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        evaluation.main([str(tmp_path / "none.pt")])
-    with pytest.raises(SystemExit, match="unknown corruption"):
-        evaluation.main([str(trained), "--corruptions", "fog", "--no-progress"])
+    assert evaluation.main([str(tmp_path / "none.pt")]) == 2
+    assert capsys.readouterr().err == f"odekern-evaluate: checkpoint not found: {tmp_path / 'none.pt'}\n"
+    assert evaluation.main([str(trained), "--corruptions", "fog", "--no-progress"]) == 2
+    assert "unknown corruption" in capsys.readouterr().err
 
 
 def test_cnm_unet_duse_leaves_the_checkpoint_untouched(tmp_path):

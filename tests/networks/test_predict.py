@@ -58,10 +58,28 @@ def test_model_size_option_and_cli(trained, tmp_path, capsys):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_bad_arguments(trained, tmp_path):
-    with pytest.raises(SystemExit, match="input folder not found"):
-        prediction.main([str(trained), str(tmp_path / "nowhere"), str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="threshold"):
-        prediction.main([str(trained), str(tmp_path), str(tmp_path / "out"), "--threshold", "1.5"])
-    with pytest.raises(SystemExit, match="no test-time adaptation"):
-        prediction.main([str(trained), str(tmp_path), str(tmp_path / "out"), "--duse"])
+def test_bad_arguments(trained, tmp_path, capsys):
+    def error(argv):
+        assert prediction.main([str(trained), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("odekern-predict: ") and err.count("\n") == 1, err
+        return err
+
+    assert "input not found" in error([str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    assert "no file matches" in error([str(tmp_path / "nowhere" / "*.png"), str(tmp_path / "out")])
+    assert "threshold" in error([str(tmp_path), str(tmp_path / "out"), "--threshold", "1.5"])
+    assert "no test-time adaptation" in error([str(tmp_path), str(tmp_path / "out"), "--duse"])
+
+
+def test_single_image_and_glob_inputs(trained, tmp_path, capsys):
+    sizes = _images(tmp_path / "in")
+    one = sorted(sizes)[0]
+    assert prediction.main([str(trained), str(tmp_path / "in" / f"{one}.png"), str(tmp_path / "one")]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"{one}.png"]
+    assert prediction.main([str(trained), str(tmp_path / "in" / "*.png"), str(tmp_path / "glob")]) == 0
+    assert sorted(p.name for p in (tmp_path / "glob").iterdir()) == sorted(f"{n}.png" for n in sizes)
+    assert "wrote 1 mask(s)" in capsys.readouterr().out
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / f"{one}.png").write_bytes((tmp_path / "in" / f"{one}.png").read_bytes())
+    assert prediction.main([str(trained), str(tmp_path / "*" / f"{one}.png"), str(tmp_path / "dup")]) == 2
+    assert "same name" in capsys.readouterr().err

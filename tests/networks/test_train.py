@@ -137,9 +137,9 @@ def test_cli_main_and_bad_arguments(tmp_path, capsys):
             "--threads", "1", "--out", str(tmp_path / "cli")]
     assert training.main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
-    with pytest.raises(SystemExit, match="--epochs must be >= 1"):
-        training.main(argv + ["--epochs", "0"])
-    with pytest.raises(SystemExit, match="--data must be"):
-        training.main(argv + ["--data", str(tmp_path / "missing")])
+    assert training.main(argv + ["--epochs", "0"]) == 2
+    assert capsys.readouterr().err == "odekern-train: --epochs must be >= 1, got 0\n"
+    assert training.main(argv + ["--data", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("odekern-train: --data must be")
     with pytest.raises(FileNotFoundError, match="last.pt"):
         training.run(_cfg(tmp_path, "never-trained", resume="auto"))
