@@ -83,9 +83,10 @@ def test_step_size_wrong_type():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"method 'rk45' is not a known solver; valid methods: 'dopri5', 'euler', "
-                                         r"'explicit_adams', 'fixed_adams', 'heun2', 'heun3', 'implicit_adams', "
-                                         r"'midpoint', 'rk4', 'rk4_classic'"):
+    with pytest.raises(ValueError, match=r"method 'rk45' is not a known solver; valid methods: 'adaptive_heun', "
+                                         r"'bosh3', 'dopri5', 'dopri8', 'euler', 'explicit_adams', 'fehlberg2', "
+                                         r"'fixed_adams', 'heun2', 'heun3', 'implicit_adams', 'midpoint', 'rk4', "
+                                         r"'rk4_classic', 'scipy_solver', 'tsit5'"):
         odeint(_decay, _y0(), _t(), method="rk45")
 
 
