@@ -81,7 +81,7 @@ class ScipySolver(Solver):
         return np.concatenate([d.detach().to("cpu", torch.float64).reshape(-1).numpy()
                                for d in state.components(dy)])
 
-    def integrate(self, t: Tensor) -> tuple[state.State, SolveStatus]:
+    def integrate(self, t: Tensor, t_values: Any = None) -> tuple[state.State, SolveStatus]:
         if torch.is_grad_enabled() and any(p.requires_grad for p in self._parts):
             warnings.warn("odeint(method='scipy_solver') is forward only: no gradient flows to y0 or to "
                           "func's parameters through it (use odekern.odeint_adjoint, or an odekern method, "
