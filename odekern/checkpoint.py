@@ -161,8 +161,7 @@ class _Replay:
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
                 del y_next
-                bad = st.any_nonfinite(out)
-                first_bad = torch.where(bad, i, -1) if first_bad is None else torch.where(bad & (first_bad < 0), i, first_bad)
+                first_bad = st.first_nonfinite_step(first_bad, out, i)
                 y = out
             if (bad_step := int(first_bad)) >= 0:
                 raise_non_finite(self.method, self.rhs.user_time(self.times[bad_step]),

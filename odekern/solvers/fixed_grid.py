@@ -176,8 +176,7 @@ class FixedGridSolver(Solver):
                 state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
                                            f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
             elif track:
-                bad = state.any_nonfinite(y1)
-                first_bad = torch.where(bad, i, -1) if first_bad is None else torch.where(bad & (first_bad < 0), i, first_bad)
+                first_bad = state.first_nonfinite_step(first_bad, y1, i)
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
                 row = state.row(solution, j)

@@ -160,6 +160,16 @@ def any_nonfinite(state: State) -> Tensor:
     return out
 
 
+def first_nonfinite_step(first_bad: Tensor | None, state: State, step: int) -> Tensor:
+    """Device-side record of the first step whose result is NaN/inf: ``first_bad`` (None before
+    the first step, else a 0-dim int64 tensor, -1 while all are finite) updated with ``state``,
+    the result of ``step``. Nothing is read on the host; the caller reads it once at the end."""
+    bad = any_nonfinite(state)
+    if first_bad is None:
+        return torch.where(bad, step, -1)
+    return torch.where(bad & (first_bad < 0), step, first_bad)
+
+
 def assert_finite_traced(state: State, message: str) -> None:
     """The finiteness check inside torch.compile, where no value can be read without a graph
     break: an in-graph assertion that raises RuntimeError(message) when the compiled code runs
