@@ -71,9 +71,26 @@ checkpointing; see csrc/ops/nmode_solve/nmode_solve.h).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 METHODS = ("dopri5", "rk4", "rk4_classic", "midpoint", "euler")
+
+
+class MethodId(enum.IntEnum):
+    """The integer each kernel backend receives for a method name (C++ ``enum Method`` and the
+    Triton ``METHOD`` constexpr are these values)."""
+
+    EULER = 0
+    MIDPOINT = 1
+    RK4 = 2
+    RK4_CLASSIC = 3
+    DOPRI5 = 4
+
+    @classmethod
+    def of(cls, method: str) -> "MethodId":
+        return cls[method.upper()]
+
 ADAPTIVE_METHODS = ("dopri5",)
 CONTROLS = ("global", "per_element")
 GRADIENTS = ("checkpoint", "adjoint")
