@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from networks.continuous_unet import variant_of_state_dict
+from networks.models import build_model
 
 
 @contextlib.contextmanager
@@ -192,7 +193,6 @@ def build_network(name: str, in_channels: int, num_classes: int, options: dict[s
 
     ``image_size`` is passed to models whose parameters depend on it (CNM-UNet's gamma).
     """
-    from networks.models import build_model
 
     options = dict(options)
     if image_size is not None and name in SIZE_DEPENDENT_MODELS and "image_size" not in options:

@@ -60,6 +60,7 @@ from networks.layers import (
     image_size_pair,
 )
 from networks.unet import UNetEncoder
+from odekern import NmODE
 
 ENCODER_WIDTHS = (64, 128, 256, 512, 512)
 
@@ -105,8 +106,6 @@ class CNMBlock(nn.Module):
                  rtol: float = 1e-7, atol: float = 1e-9, gradient: str = "adjoint", backend: str = "auto",
                  step_size: float | None = None):
         super().__init__()
-        from odekern import NmODE  # late: the networks package stays importable without the kernels
-
         if method != "dopri5" and step_size is None:
             # torchdiffeq's fixed-grid solvers step on the output grid [0, delta_t] when given no
             # step_size: one step. Same here, so a solver ablation needs no extra option.

@@ -47,6 +47,7 @@ from torch import nn
 
 from networks.layers import ConvField, activation, check_images, check_positive_int
 from networks.unet_blocks import FirstOrderField
+from odekern import ODEBlock
 
 SOLVER_CHOICES = ("euler", "explicit_adams", "implicit_adams", "rk4", "dopri5")
 VARIANTS = ("official", "second-order")
@@ -57,12 +58,6 @@ VARIANT_DEFAULTS: dict[str, dict[str, object]] = {
     "official": {"act": "lrelu", "gradient": "adjoint", "rtol": 1e-6, "atol": 1e-6},
     "second-order": {"act": "softplus", "gradient": "backprop", "rtol": 1e-3, "atol": 1e-3},
 }
-
-
-def _odeblock():
-    from odekern import ODEBlock  # late: the networks package stays importable without the solver stack
-
-    return ODEBlock
 
 
 class AccelerationField(nn.Module):
@@ -84,7 +79,7 @@ class DynamicBlock(nn.Module):
                  t: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         self.channels = channels
-        self.ode = _odeblock()(AccelerationField(channels, act), t=t, method=method, step_size=step_size, rtol=rtol,
+        self.ode = ODEBlock(AccelerationField(channels, act), t=t, method=method, step_size=step_size, rtol=rtol,
                                atol=atol, gradient=gradient, order=2,
                                velocity_init=ConvField(channels, channels, act), return_state=True,
                                backend=backend)
@@ -101,7 +96,7 @@ class StateBlock(nn.Module):
                  backend: str = "auto", t: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         self.channels = state_channels
-        self.ode = _odeblock()(FirstOrderField(state_channels, act), t=t, method=method, step_size=step_size,
+        self.ode = ODEBlock(FirstOrderField(state_channels, act), t=t, method=method, step_size=step_size,
                                rtol=rtol, atol=atol, gradient=gradient, order=1, backend=backend)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

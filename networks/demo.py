@@ -29,10 +29,10 @@ from networks import checkpoint as ckpt
 from networks import evaluate as evaluation
 from networks import figures
 from networks import train as training
+from odekern import dispatch
 
 def fused_backend_report() -> dict[str, Any]:
     """Which backend runs nmode_solve on CPU tensors here, and what exists."""
-    from odekern import dispatch
 
     report: dict[str, Any] = {"available": {k: (v if v is True else str(v)) for k, v in dispatch.backends().items()}}
     try:

@@ -31,6 +31,8 @@ import torch
 
 from networks import checkpoint as ckpt
 from networks import cli
+from networks.evaluate import EvalConfig, evaluation_dataset, predict_logits
+from networks.metrics import binarize, dice_per_image
 
 PROG = "python -m networks.figures"
 OVERLAY_COLOUR = np.array([1.0, 0.9, 0.0])  # yellow, as the paper's Figure 2
@@ -59,7 +61,6 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.45) -> np.
 def prediction_overlays(images: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor,
                         path: str | os.PathLike, threshold: float = 0.5, title: str | None = None) -> Path:
     """Grid: one row per image; columns image, ground truth overlay, prediction overlay."""
-    from networks.metrics import binarize, dice_per_image
 
     if not (images.shape[0] == masks.shape[0] == logits.shape[0]) or images.shape[0] == 0:
         raise ValueError(f"images, masks and logits need the same non-zero batch size, got "
@@ -191,7 +192,6 @@ def checkpoint_title(state: Mapping[str, Any]) -> str:
 def overlays_for_checkpoint(checkpoint: str, path: str | os.PathLike, num_images: int = 6, duse: bool = False,
                             data: str | None = None) -> Path:
     """Prediction overlays of a checkpoint on the first images of its evaluation set."""
-    from networks.evaluate import EvalConfig, evaluation_dataset, predict_logits
 
     model, state = ckpt.load_model(checkpoint)
     dataset, _ = evaluation_dataset(EvalConfig(checkpoint=checkpoint, data=data, max_images=num_images),

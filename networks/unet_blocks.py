@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.layers import ConvField, activation, check_positive_int
+from odekern import ODEBlock
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -152,10 +153,6 @@ class FO(nn.Module):
                  gradient: str = "backprop", rtol: float = 1e-3, atol: float = 1e-3, act: str = "softplus",
                  backend: str = "auto"):
         super().__init__()
-        from odekern import (
-            ODEBlock,  # late: the networks package stays importable without the solver stack
-        )
-
         self.lift = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), activation(act))
         self.ode = ODEBlock(FirstOrderField(out_channels, act), t=(0.0, 1.0), method=method, step_size=step_size,
                             rtol=rtol, atol=atol, gradient=gradient, order=1, backend=backend)
