@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import threading
 from typing import Callable, Iterator
@@ -100,6 +101,10 @@ class OpBackend:
 
 
 _REGISTRY: dict[str, dict[str, OpBackend]] = {}
+# select_cached's decisions; emptied whenever the registry changes.
+_SELECTION_CACHE: dict[tuple, OpBackend | None] = {}
+# optional_module's results: the module, or why it cannot be imported.
+_OPTIONAL_MODULES: dict[str, object] = {}
 
 
 def register(op: str, name: str, fn: Callable, supports: Callable[..., list[str]] | None = None) -> None:
@@ -107,10 +112,39 @@ def register(op: str, name: str, fn: Callable, supports: Callable[..., list[str]
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     _REGISTRY.setdefault(op, {})[name] = OpBackend(op, name, fn, supports or (lambda **_: []))
+    _SELECTION_CACHE.clear()
 
 
 def registered(op: str) -> dict[str, OpBackend]:
+    """A copy of ``op``'s backends by name (changing it changes nothing; see ``replaced``)."""
     return dict(_REGISTRY.get(op, {}))
+
+
+@contextlib.contextmanager
+def replaced(op: str, name: str, fn: Callable) -> Iterator[OpBackend]:
+    """Run ``fn`` instead of backend ``name``'s implementation of ``op`` inside the block (its
+    ``supports`` stays). For tests that count or inspect kernel calls; yields the original entry."""
+    original = _REGISTRY[op][name]
+    _REGISTRY[op][name] = dataclasses.replace(original, fn=fn)
+    _SELECTION_CACHE.clear()
+    try:
+        yield original
+    finally:
+        _REGISTRY[op][name] = original
+        _SELECTION_CACHE.clear()
+
+
+def optional_module(name: str) -> object:
+    """Module ``name``, imported on first use, or the reason (a string) it cannot be imported.
+    Backends needing an optional dependency (Triton) live in such modules, so that a missing or
+    broken dependency makes that backend refuse with the reason instead of breaking
+    ``import odekern``."""
+    if name not in _OPTIONAL_MODULES:
+        try:
+            _OPTIONAL_MODULES[name] = importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure becomes a refusal reason
+            _OPTIONAL_MODULES[name] = f"{name} not importable ({type(exc).__name__}: {exc})"
+    return _OPTIONAL_MODULES[name]
 
 
 def check_backend_name(backend: str | None, argname: str = "backend") -> None:
@@ -174,6 +208,39 @@ def select(op: str, device: torch.device, backend: str | None = None, **inputs) 
         tried[name] = reasons
     detail = "; ".join(f"{n}: {', '.join(r)}" for n, r in tried.items())
     raise RuntimeError(f"odekern: no backend can run {op} on {device.type} tensors ({detail})")
+
+
+def select_or_none(op: str, device: torch.device, forced: str | None, **inputs) -> OpBackend | None:
+    """``select``, but None when no backend fits these particular inputs (e.g. more operands than
+    a kernel takes), so a caller with its own PyTorch path can use it. A forced backend that
+    cannot run on ``device`` at all still raises: a request is never silently ignored."""
+    if forced is not None:
+        reason = unavailable_reason(forced, device)
+        if reason is not None:
+            raise RuntimeError(f"odekern: backend {forced!r} was requested but cannot run on "
+                               f"{device} tensors here: {reason}")
+    try:
+        return select(op, device, forced, **inputs)
+    except RuntimeError:
+        return None
+
+
+def clear_selection_cache() -> None:
+    """Forget select_cached's decisions (done on every registration; tests that change what a
+    backend's ``supports`` depends on call it too)."""
+    _SELECTION_CACHE.clear()
+
+
+def select_cached(op: str, device: torch.device, forced: str | None, key: tuple, **inputs) -> OpBackend | None:
+    """``select_or_none`` for hot loops, memoised per (op, device, forced backend, Triton
+    interpreter flag, ``key``): ``key`` must capture everything about ``inputs`` that the
+    backends' ``supports`` look at (dtype, number of operands, ...)."""
+    full_key = (op, device, forced, triton_interpret(), key)
+    try:
+        return _SELECTION_CACHE[full_key]
+    except KeyError:
+        chosen = _SELECTION_CACHE[full_key] = select_or_none(op, device, forced, **inputs)
+        return chosen
 
 
 @contextlib.contextmanager

@@ -7,7 +7,14 @@ of the reference itself computed in that low precision.
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import gc
+
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 # (rtol, atol) for "same algorithm, different implementation" comparisons: rounding only.
 ROUNDING_TOL: dict[torch.dtype, tuple[float, float]] = {
@@ -94,8 +101,6 @@ def non_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 def malloc_in_use_bytes() -> int | None:
     """Bytes currently allocated through malloc in this process, or None off glibc."""
-    import ctypes
-
     class _MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -139,8 +144,6 @@ class PeakMemory:
         self._handles.append(module.register_forward_hook(lambda *a: self.sample()))
 
     def __enter__(self) -> "PeakMemory":
-        import gc
-
         gc.collect()
         self.baseline = malloc_in_use_bytes() or 0
         self.peak_bytes = 0
@@ -202,8 +205,6 @@ class _OpObserver:
     autograd's backward ops are seen too): subclasses implement ``_observe(func, out)``."""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
         observer = self
 
         class _Mode(TorchDispatchMode):
@@ -232,8 +233,6 @@ class OpCounter(_OpObserver):
     called torch.cat."""
 
     def __init__(self):
-        import collections
-
         super().__init__()
         self.counts: collections.Counter = collections.Counter()
         self.largest: collections.Counter = collections.Counter()
@@ -260,9 +259,6 @@ class LiveTensorBytes(_OpObserver):
         self.peak_bytes = 0
 
     def _observe(self, func, out) -> None:
-        from torch.multiprocessing.reductions import StorageWeakRef
-        from torch.utils._pytree import tree_flatten
-
         for key in [k for k, (ref, _) in self._live.items() if ref.expired()]:
             self.now_bytes -= self._live.pop(key)[1]
         for t in tree_flatten(out)[0]:

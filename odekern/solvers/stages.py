@@ -23,15 +23,46 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
+from odekern.solvers.norms import component_rms_combiner
 from odekern.solvers.state import (any_carries_tangent, component, components, is_tuple, join,
                                    records_derivatives, widened)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
+
+
+class FusedStages(Protocol):
+    """What a fused-kernel op offers the solvers. The solvers own this interface and the op
+    registers itself (``register_fused_stages``), so the solver core never imports a kernel
+    package and the kernels build on the core, never the other way round. Each method returns
+    None (or False) when its fused pass does not fit the operands; the PyTorch code below then
+    runs."""
+
+    def try_combine(self, base: Optional[Tensor], ks: Sequence[Tensor], coeffs: Sequence[float],
+                    out: Optional[Tensor]) -> Optional[Tensor]: ...
+
+    def can_error_ratio(self, y0: Tensor, ks: Sequence[Tensor]) -> bool: ...
+
+    def try_error_ratio(self, y0: Tensor, y1: Tensor, ks: Sequence[Tensor], coeffs: Sequence[float],
+                        rtol: float, atol: float) -> Optional[Tensor]: ...
+
+
+_fused: Optional[FusedStages] = None
+
+
+def register_fused_stages(provider: Optional[FusedStages]) -> None:
+    """Install the fused stage kernels the solvers use (None: plain PyTorch only)."""
+    global _fused
+    _fused = provider
+
+
+def fused_stages() -> Optional[FusedStages]:
+    """The registered fused stage kernels, or None."""
+    return _fused
 
 
 def _each(seq: Sequence, i: int) -> list:
@@ -187,8 +218,8 @@ def hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, dt: TimeLike, theta:
 
 
 # ------------------------------------------------------------------------------------------------
-# Fused-kernel dispatch: the rk_stage op (odekern/ops/rk_stage) takes over the
-# combinations above whenever a non-reference backend fits the operands; when none does (or
+# Fused-kernel dispatch: the registered FusedStages (the rk_stage op registers itself) takes over
+# the combinations above whenever a non-reference backend fits the operands; when none does (or
 # the reference is forced) the plain PyTorch code above runs unchanged, so it stays the
 # reference core. Same conventions as above: use the returned tensor; ``out`` is a hint.
 # ------------------------------------------------------------------------------------------------
@@ -207,16 +238,13 @@ def _fused_terms(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike)
 def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
                               base: Optional[Tensor], out: Optional[Tensor]) -> Optional[Tensor]:
     """``base + scale * sum_j coeffs[j] ks[j]`` in one fused pass, or None to use the code above
-    (also for states below ``rk_stage.dispatch.MIN_NUMEL``, where the dispatch costs more than
-    it saves; the backend decision is cached per device/dtype there)."""
-    from odekern.ops.rk_stage import dispatch
-
-    if len(ks) == 0 or any_carries_tangent([base, *ks]):
+    (also for states too small for fusing to pay, which the provider decides)."""
+    if _fused is None or len(ks) == 0 or any_carries_tangent([base, *ks]):
         return None
     terms = _fused_terms(coeffs, ks, scale)
     if terms is None or not terms[0]:
         return None
-    return dispatch.try_combine(base, terms[0], terms[1], out)
+    return _fused.try_combine(base, terms[0], terms[1], out)
 
 
 def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: TimeLike, rtol, atol,
@@ -226,11 +254,8 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
     max(|y0|, |y1|))`` over its component and the norm combines them. None to use the code above
     (a norm not built from RMS values, per-element tolerances, more terms than the kernels take, a small state,
     or only the reference backend fits)."""
-    from odekern.ops.rk_stage import dispatch
-    from odekern.solvers.norms import component_rms_combiner
-
     combine = component_rms_combiner(norm)
-    if combine is None or any_carries_tangent([*components(y0), *components(y1)]):
+    if _fused is None or combine is None or any_carries_tangent([*components(y0), *components(y1)]):
         return None
     y0s, y1s = components(y0), components(y1)
     tols = [(component(rtol, i), component(atol, i)) for i in range(len(y0s))]
@@ -241,9 +266,9 @@ def _fused_error_ratio(y0, y1, ks: Sequence, coeffs: Sequence[float], scale: Tim
     weights = [c for _, c in kept]
     per_component = [(a, b, [k[i] for k, _ in kept]) for i, (a, b) in enumerate(zip(y0s, y1s))]
     # Decide for every component before any pass, so a state that cannot fuse costs nothing.
-    if any(a.numel() and not dispatch.can_error_ratio(a, k_i) for a, _, k_i in per_component):
+    if any(a.numel() and not _fused.can_error_ratio(a, k_i) for a, _, k_i in per_component):
         return None
-    rms = [dispatch.try_error_ratio(a, b, k_i, weights, float(rt), float(at)) if a.numel()
+    rms = [_fused.try_error_ratio(a, b, k_i, weights, float(rt), float(at)) if a.numel()
            else torch.zeros((), dtype=torch.float64, device=a.device)  # skipped by the norm (count 0)
            for (a, b, k_i), (rt, at) in zip(per_component, tols)]
     with torch.no_grad():

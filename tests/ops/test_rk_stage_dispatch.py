@@ -1,30 +1,31 @@
 """rk_stage's solver route (odekern/ops/rk_stage/dispatch.py): size threshold, cached backend
 decision, direct kernel call without autograd; values against the plain formulas."""
 
-import dataclasses
+import contextlib
 
 import pytest
 import torch
 
 import odekern
+import odekern.dispatch
 from odekern import testing
-from odekern.dispatch import _REGISTRY
 from odekern.ops.rk_stage import dispatch, op, reference
 from odekern.solvers import stages
 
 
 @pytest.fixture
-def counted(monkeypatch):
+def counted():
     """Counts calls of the registered rk_stage kernels (what the fused path runs)."""
     calls = {op.COMBINE: 0, op.ERROR_RATIO: 0}
-    for which in calls:
-        for name, entry in list(_REGISTRY[which].items()):
-            def fn(*a, _fn=entry.fn, _which=which):
-                calls[_which] += 1
-                return _fn(*a)
+    with contextlib.ExitStack() as stack:
+        for which in calls:
+            for name, entry in odekern.dispatch.registered(which).items():
+                def fn(*a, _fn=entry.fn, _which=which):
+                    calls[_which] += 1
+                    return _fn(*a)
 
-            monkeypatch.setitem(_REGISTRY[which], name, dataclasses.replace(entry, fn=fn))
-    return calls
+                stack.enter_context(odekern.dispatch.replaced(which, name, fn))
+        yield calls
 
 
 def _operands(n, requires_grad=False, dtype=torch.float64):
@@ -75,21 +76,21 @@ def test_forced_backend_ignores_threshold(counted, monkeypatch):
 
 def test_backend_decision_is_cached_per_device_and_dtype(monkeypatch):
     _needs_cpu()
-    dispatch._decisions.clear()
+    odekern.dispatch.clear_selection_cache()
     selections = []
-    real_select = dispatch.select
+    real_select = odekern.dispatch.select
 
     def select(*a, **kw):
         selections.append(kw["y"].dtype)
         return real_select(*a, **kw)
 
-    monkeypatch.setattr(dispatch, "select", select)
+    monkeypatch.setattr(odekern.dispatch, "select", select)
     y, ks = _operands(8)
     for _ in range(3):
-        assert dispatch.backend_for(op.COMBINE, y, ks) == "cpu"
+        assert dispatch.backend_for(op.COMBINE, y, ks).name == "cpu"
     assert selections == [torch.float64]
     y32, ks32 = _operands(8, dtype=torch.float32)
-    assert dispatch.backend_for(op.COMBINE, y32, ks32) == "cpu"
+    assert dispatch.backend_for(op.COMBINE, y32, ks32).name == "cpu"
     assert selections == [torch.float64, torch.float32]
     # A forced reference backend is part of the key: no fused kernel for it.
     assert dispatch.backend_for(op.COMBINE, y, ks, forced="reference") is None

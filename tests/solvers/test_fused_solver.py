@@ -4,7 +4,7 @@ The solvers reach the kernels only through odekern/solvers/stages.py; forcing th
 ``reference`` backend there runs the reference core, every other backend runs the fused ops.
 """
 
-import dataclasses
+import contextlib
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 
 import odekern
 from odekern import odeint, testing
-from odekern.dispatch import _REGISTRY
+from odekern.dispatch import registered, replaced
 from odekern.solvers.checks import NonFiniteError
 
 METHODS = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("euler", {"step_size": 0.05}),
@@ -74,21 +74,22 @@ def test_backprop_gradients_equal_reference_core(backend, method, options):
 
 
 @pytest.mark.parametrize("method", ["dopri5", "dopri8"])
-def test_fused_kernels_are_actually_used(backend, monkeypatch, method):
+def test_fused_kernels_are_actually_used(backend, method):
     _fused_only(backend)
     calls = {"rk_combine": 0, "rk_error_ratio": 0}
-    for op in calls:
-        entry = _REGISTRY[op][backend]
+    with contextlib.ExitStack() as stack:
+        for op in calls:
+            entry = registered(op)[backend]
 
-        def counted(*a, _fn=entry.fn, _op=op):
-            calls[_op] += 1
-            return _fn(*a)
+            def counted(*a, _fn=entry.fn, _op=op):
+                calls[_op] += 1
+                return _fn(*a)
 
-        monkeypatch.setitem(_REGISTRY[op], backend, dataclasses.replace(entry, fn=counted))
-    func = ConvRHS()
-    y0 = testing.randn(1, 3, 4, 4, dtype=torch.float64, seed=3)
-    with torch.no_grad():
-        _solve(backend, func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), method, None)
+            stack.enter_context(replaced(op, backend, counted))
+        func = ConvRHS()
+        y0 = testing.randn(1, 3, 4, 4, dtype=torch.float64, seed=3)
+        with torch.no_grad():
+            _solve(backend, func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), method, None)
     assert calls["rk_combine"] > 0 and calls["rk_error_ratio"] > 0, calls
 
 

@@ -169,8 +169,6 @@ def fixed_grid_step_count(t0: float, t1: float, step_size: float, max_num_steps:
     """The number of steps of torchdiffeq's fixed grid over [t0, t1], checked against the step
     budget before anything is allocated (a huge span or a tiny step would otherwise overflow the
     count or exhaust memory). Raises RuntimeError naming the count and the budget."""
-    import math
-
     count = (t1 - t0) / step_size
     if not math.isfinite(count) or math.ceil(count) > max_num_steps:
         raise RuntimeError(f"nmode_solve: step_size={step_size!r} over [{t0!r}, {t1!r}] needs {count:.3g} "

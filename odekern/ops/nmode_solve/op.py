@@ -10,11 +10,11 @@ Both ops take the flat layout of the backend contract (config.py): y0 [N], g [G]
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 
+from odekern.dispatch import optional_module
 from odekern.dispatch import register as _register_backend
 from odekern.dispatch import select as _select_backend
 from odekern.ops.nmode_solve import cpp, reference
@@ -26,27 +26,21 @@ OP = "nmode_solve"
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends. Triton (odekern/ops/nmode_solve/triton.py) is imported lazily so that a broken
-# or missing file makes the triton backend refuse with the reason instead of breaking import.
+# Backends. Triton needs an optional dependency: its module is imported on first use
+# (dispatch.optional_module), so a missing triton makes that backend refuse with the reason.
 # ---------------------------------------------------------------------------------------------
-_triton_cache: dict[str, object] = {}
+TRITON_MODULE = "odekern.ops.nmode_solve.triton"
 
 
 def _triton_module():
-    if "mod" not in _triton_cache:
-        try:
-            _triton_cache["mod"] = importlib.import_module("odekern.ops.nmode_solve.triton")
-        except Exception as exc:  # noqa: BLE001 - any import failure becomes a refusal reason
-            _triton_cache["mod"] = f"odekern.ops.nmode_solve.triton not importable ({type(exc).__name__}: {exc})"
-    return _triton_cache["mod"]
+    return optional_module(TRITON_MODULE)
 
 
 def _triton_supports(**inputs) -> list[str]:
     mod = _triton_module()
     if isinstance(mod, str):
         return [mod]
-    fn = getattr(mod, "supports", None)
-    return list(fn(**inputs)) if fn is not None else []
+    return list(mod.supports(**inputs))
 
 
 class _TritonBackend:

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 
 from odekern.dispatch import check_backend_name, register, select
-from odekern.ops.rk_stage import op, reference
+from odekern.ops.rk_stage import dispatch, op, reference  # dispatch registers the solvers' fused stages
 from odekern.solvers.state import any_carries_tangent
 
 __all__ = ["fused_backend", "rk_combine", "rk_error_ratio", "rk_final_error"]

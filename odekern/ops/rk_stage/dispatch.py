@@ -1,13 +1,13 @@
 """The solvers' hot-loop route into rk_stage: cheap per call, and only where fusing pays.
 
 A solver forms several linear combinations per step. Going through the public functions costs a
-backend selection (``backends.select``: availability, override, ``supports``) and a
+backend selection (``odekern.dispatch.select``: availability, override, ``supports``) and a
 ``torch.library`` custom-op call per combination, ~0.2-0.3 ms of Python: more than the
 arithmetic on a small state. So, for the solvers only (``odekern/solvers/stages.py``):
 
-- the backend decision is cached per (op, device, dtype, forced backend, Triton interpreter
-  flag): everything ``supports`` looks at besides operand dtypes/devices, which are checked
-  inline; operands that differ fall back to the full selection;
+- the backend decision comes from ``odekern.dispatch.select_cached`` (per op, device, dtype,
+  forced backend, Triton interpreter flag and, for the error pass, the number of stages:
+  everything ``supports`` looks at); operands of mixed dtypes/devices take the full selection;
 - without autograd recording, the chosen backend's kernel is called directly (the function
   registered with ``backends``, i.e. for ``cpu`` the extension op plus contiguity handling),
   skipping the custom-op wrapper. Under ``torch.compile`` tracing the custom op stays, so
@@ -21,12 +21,14 @@ solver's operands (same shape as the state, float coefficients).
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 import torch
 
-from odekern.dispatch import registered, requested_backend, select, triton_interpret, unavailable_reason
+from odekern.dispatch import OpBackend, requested_backend, select_cached, select_or_none
 from odekern.ops.rk_stage import op
+from odekern.solvers import stages
 
 # Smallest state (elements) for which automatic selection uses the fused kernels, per route.
 # Measured with ``bench/bench_stages.py::test_dispatch_crossover`` (stages.linear_combination,
@@ -39,42 +41,24 @@ from odekern.ops.rk_stage import op
 # Override by assigning to this dict (tests do); 0 disables the threshold.
 MIN_NUMEL = {"no_grad": 0, "grad": 1 << 17}
 
-_decisions: dict[tuple, Optional[str]] = {}
-
 
 def backend_for(which: str, like: torch.Tensor, ks: Sequence[torch.Tensor],
-                forced: Optional[str] = None) -> Optional[str]:
+                forced: Optional[str] = None) -> Optional[OpBackend]:
     """The non-reference backend that runs ``which`` (op.COMBINE / op.ERROR_RATIO) on these
     operands, or None (then the solver's PyTorch code runs). ``forced``: the backend override in
     effect (``requested_backend()``). Cached; see module docstring."""
-    # The error pass's stage capacity differs per backend, so its decision depends on len(ks).
-    key = (which, like.device, like.dtype, forced, triton_interpret(),
-           len(ks) if which == op.ERROR_RATIO else None)
-    uniform = all(k.dtype == like.dtype and k.device == like.device for k in ks)
-    if uniform and key in _decisions:
-        return _decisions[key]
-    if forced is not None:
-        reason = unavailable_reason(forced, like.device)
-        if reason is not None:
-            raise RuntimeError(f"odekern: backend {forced!r} was requested but cannot run on "
-                               f"{like.device} tensors here: {reason}")
-    try:
-        chosen = select(which, like.device, forced, y=like, ks=list(ks)).name
-    except RuntimeError:  # this combination only (e.g. more terms than a kernel takes)
-        chosen = None
-    name = None if chosen in (None, "reference") else chosen
-    if uniform:
-        _decisions[key] = name
-    return name
+    if not all(k.dtype == like.dtype and k.device == like.device for k in ks):
+        # Mixed operands are rare and are not what the cache key describes: select afresh.
+        chosen = select_or_none(which, like.device, forced, y=like, ks=list(ks))
+    else:
+        # The error pass's stage capacity differs per backend, so its decision depends on len(ks).
+        key = (like.dtype, len(ks) if which == op.ERROR_RATIO else None)
+        chosen = select_cached(which, like.device, forced, key, y=like, ks=list(ks))
+    return None if chosen is None or chosen.name == "reference" else chosen
 
 
 def _worth_fusing(numel: int, recording: bool, forced: Optional[str]) -> bool:
     return forced is not None or numel >= MIN_NUMEL["grad" if recording else "no_grad"]
-
-
-def _kernel(which: str, name: str):
-    # Looked up per call (a dict copy of a few entries), so re-registration is honoured.
-    return registered(which)[name].fn
 
 
 def try_combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Sequence[float],
@@ -86,22 +70,22 @@ def try_combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs
     forced = requested_backend(None)
     if not _worth_fusing(like.numel(), recording, forced):
         return None
-    name = backend_for(op.COMBINE, like, ks, forced)
-    if name is None:
+    chosen = backend_for(op.COMBINE, like, ks, forced)
+    if chosen is None:
         return None
     coeffs = [float(c) for c in coeffs]
     if recording:
-        return op.rk_combine(like, list(ks), coeffs, base is not None, name)
+        return op.rk_combine(like, list(ks), coeffs, base is not None, chosen.name)
     if out is None:
         out = torch.empty_like(like, memory_format=torch.contiguous_format)
     if torch.compiler.is_compiling():
-        op.rk_combine_out(base, list(ks), coeffs, out, name)
+        op.rk_combine_out(base, list(ks), coeffs, out, chosen.name)
     else:
-        _kernel(op.COMBINE, name)(base, list(ks), coeffs, out)
+        chosen.fn(base, list(ks), coeffs, out)
     return out
 
 
-def _error_ratio_backend(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> Optional[str]:
+def _error_ratio_backend(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> Optional[OpBackend]:
     forced = requested_backend(None)
     if not _worth_fusing(y0.numel(), False, forced) or not ks:
         return None
@@ -116,13 +100,17 @@ def can_error_ratio(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> bool:
 def try_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence[float],
                     rtol: float, atol: float) -> Optional[torch.Tensor]:
     """The fused RMS error ratio (0-dim float64, no gradient) or None; operands are detached."""
-    name = _error_ratio_backend(y0, ks)
-    if name is None:
+    chosen = _error_ratio_backend(y0, ks)
+    if chosen is None:
         return None
     with torch.no_grad():
         args = (y0.detach(), y1.detach(), [k.detach() for k in ks], [float(c) for c in coeffs],
                 float(rtol), float(atol))
         if torch.compiler.is_compiling():
-            return op.rk_error_ratio(*args, name)
-        ratio = _kernel(op.ERROR_RATIO, name)(*args)
+            return op.rk_error_ratio(*args, chosen.name)
+        ratio = chosen.fn(*args)
         return ratio.to(device=y0.device, dtype=torch.float64).reshape(())
+
+
+# This module is the solvers' FusedStages provider (try_combine, can_error_ratio, try_error_ratio).
+stages.register_fused_stages(sys.modules[__name__])

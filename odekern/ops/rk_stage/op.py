@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from odekern.dispatch import check_backend_name, register, select
+from odekern.dispatch import check_backend_name, optional_module, register, select
 from odekern.ops.rk_stage import cpp, reference
 
 COMBINE, FINAL_ERROR, ERROR_RATIO = "rk_combine", "rk_final_error", "rk_error_ratio"
@@ -41,10 +41,22 @@ def _reference_error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
     return reference.rk_error_ratio(y0, y1, ks, err_coeffs, rtol, atol)
 
 
-def _triton():
-    from odekern.ops.rk_stage import triton as triton_kernels  # imported lazily: needs triton
+TRITON_MODULE = "odekern.ops.rk_stage.triton"
 
-    return triton_kernels
+
+def _triton():
+    """The Triton kernels' module (an optional dependency: see dispatch.optional_module)."""
+    mod = optional_module(TRITON_MODULE)
+    if isinstance(mod, str):
+        raise RuntimeError(mod)
+    return mod
+
+
+def _triton_refusals(supports: str):
+    def refusals(**inputs) -> list[str]:
+        mod = optional_module(TRITON_MODULE)
+        return [mod] if isinstance(mod, str) else list(getattr(mod, supports)(**inputs))
+    return refusals
 
 
 def _register() -> None:
@@ -56,11 +68,11 @@ def _register() -> None:
         register(FINAL_ERROR, name, cpp.final_error_out, cpp.supports_error)
         register(ERROR_RATIO, name, cpp.error_ratio, cpp.supports_error)
     register(COMBINE, "triton", lambda *a: _triton().combine_out(*a),
-             lambda **kw: _triton().supports(**kw))
+             _triton_refusals("supports"))
     register(FINAL_ERROR, "triton", lambda *a: _triton().final_error_out(*a),
-             lambda **kw: _triton().supports_error(**kw))
+             _triton_refusals("supports_error"))
     register(ERROR_RATIO, "triton", lambda *a: _triton().error_ratio(*a),
-             lambda **kw: _triton().supports_error(**kw))
+             _triton_refusals("supports_error"))
 
 
 _register()
