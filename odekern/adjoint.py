@@ -35,7 +35,7 @@ from odekern.reachable import warn_unreached
 from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
 from odekern.solvers.checks import check_params, check_state, check_time, coerce_time, shape_or_type
-from odekern.solvers.norms import PER_SAMPLE, component_rms_combiner, resolve_norm, rms_norm
+from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
 
 #: ``adjoint_options["norm"]`` for torchdiffeq's seminorm: the backward error norm leaves out the
 #: parameter adjoints (they do not feed back into the dynamics), so fewer backward steps are taken.
@@ -298,9 +298,12 @@ def _check_scalar_tolerance(value, name: str) -> None:
 
 
 def _state_norm(options: dict | None, tuple_state: bool) -> Callable:
-    """The forward's error norm as a callable on the state (``per_sample`` has none: RMS)."""
-    norm = resolve_norm((options or {}).get("norm"), tuple_state)
-    return rms_norm if norm == PER_SAMPLE else norm
+    """The forward's error norm as a callable on the state (per-sample control measures each
+    sample by RMS unless a norm is given)."""
+    options = options or {}
+    if options.get("control") == PER_SAMPLE and options.get("norm") is None:
+        return rms_norm
+    return resolve_norm(options.get("norm"), tuple_state)
 
 
 def _adjoint_options(method, options, adjoint_method, adjoint_options) -> dict:
@@ -315,16 +318,17 @@ def _adjoint_options(method, options, adjoint_method, adjoint_options) -> dict:
             "from options; pass adjoint_options explicitly (e.g. adjoint_options={})"
         )
     if adjoint_options is None:
-        # The forward's norm measures y only; the backward state is [a_t, y, a_y, a_theta].
+        # The forward's norm measures y only; the backward state is [a_t, y, a_y, a_theta] (no
+        # batch dimension to control per sample).
         # on_max_steps="return" would hand the backward a (solution, status) pair: not inherited.
         adjoint_options = {
-            k: v for k, v in (options or {}).items() if k not in ("norm", "on_max_steps")
+            k: v for k, v in (options or {}).items() if k not in ("norm", "control", "on_max_steps")
         }
     else:
         adjoint_options = dict(adjoint_options)
-    if adjoint_options.get("norm") == PER_SAMPLE:
+    if adjoint_options.get("control") == PER_SAMPLE:
         raise ValueError(
-            "adjoint_options['norm']='per_sample' is not supported: the backward state "
+            "adjoint_options['control']='per_sample' is not supported: the backward state "
             "[a_t, y, a_y, a_theta] has no batch dimension"
         )
     if adjoint_options.get("on_max_steps", "raise") != "raise":
@@ -357,7 +361,8 @@ def odeint_adjoint(
     ``(len(t), *y0.shape)``). Gradients flow to ``y0``, to every entry of ``t`` and to the
     parameters: ``func.parameters()`` when ``func`` is an ``nn.Module``, else ``adjoint_params``
     (required then; ``()`` for none). ``adjoint_*`` default to the forward's settings;
-    ``adjoint_options`` defaults to ``options`` without ``norm`` when the methods agree.
+    ``adjoint_options`` defaults to ``options`` without ``norm`` and ``control`` when the methods
+    agree.
 
     Memory: the forward keeps only the outputs at ``t`` (no autograd graph), so it is flat in
     the number of solver steps. Inside torch.func transforms (grad, jacrev, jvp, ...) and with
@@ -378,6 +383,8 @@ def odeint_adjoint(
     check_state(y0)
     check_time(t)
     t = coerce_time(t, y0)
+    options = canonical_control(options, "options")
+    adjoint_options = canonical_control(adjoint_options, "adjoint_options")
     given_params = _given_parameters(func, adjoint_params)
     params = tuple(p for p in given_params if p.requires_grad)
     if len(params) != len(given_params) and callable((adjoint_options or {}).get("norm")):

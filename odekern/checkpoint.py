@@ -50,6 +50,7 @@ from odekern.solvers.checks import (
 )
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
 from odekern.solvers.fixed_grid import grid_from_step_size
+from odekern.solvers.norms import GLOBAL
 from odekern.solvers.registry import METHODS
 
 Tensor = torch.Tensor
@@ -77,10 +78,13 @@ def check_method_checkpointable(method: str | None) -> str:
 
 
 def _step_grid(t: Tensor, options: dict) -> Tensor:
-    unsupported = sorted(set(options) - {"step_size", "interp", "norm", "perturb"})
+    unsupported = sorted(set(options) - {"step_size", "interp", "norm", "perturb", "control"})
+    if options.get("control", GLOBAL) != GLOBAL:
+        unsupported.append(f"control={options['control']!r}")
     if unsupported:
         raise ValueError(f"gradient mode 'checkpoint' does not support options {unsupported}; "
-                         "it accepts 'step_size' and 'perturb' (and ignores 'interp'/'norm', unused on the grid)")
+                         "it accepts 'step_size' and 'perturb' (and ignores 'interp'/'norm' and "
+                         "control='global', which mean nothing on a fixed grid)")
     step = options.get("step_size")
     if step is None:
         return t

@@ -26,7 +26,7 @@ from odekern.solvers.checks import (
     check_tolerances_not_both_zero,
     coerce_time,
 )
-from odekern.solvers.norms import PER_SAMPLE, resolve_norm, rms_norm
+from odekern.solvers.norms import GLOBAL, PER_SAMPLE, canonical_control, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 
 Tensor = torch.Tensor
@@ -76,10 +76,14 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             solver must step on; ``jump_t`` marks discontinuities of ``func``), ``dtype`` (of time,
             float64; promoted with ``y0``'s), ``norm`` and ``on_max_steps`` (every method).
 
-            ``norm``: a callable (as torchdiffeq), ``"rms"`` (default), ``"max"``, or
-            ``"per_sample"``: every element along dim 0 of ``y0`` gets its own step sizes, as if
-            solved alone (``func`` is then called on batch-1 slices, so it must treat batch
-            elements independently).
+            ``norm``: a callable (as torchdiffeq), ``"rms"`` (default) or ``"max"``.
+
+            ``control`` (adaptive methods): ``"global"`` (default: one step size for the whole
+            state, as torchdiffeq) or ``"per_sample"``: every element along dim 0 of ``y0`` gets
+            its own step sizes, as if solved alone (``func`` is then called on batch-1 slices, so
+            it must treat batch elements independently; the error norm is RMS unless ``norm`` is
+            given). The former spelling ``norm="per_sample"`` still works, with a
+            DeprecationWarning.
 
             ``on_max_steps``: ``"raise"`` (default) raises ``RuntimeError`` naming the time reached
             and the last step size when ``max_num_steps`` is exceeded. ``"return"`` makes odeint
@@ -115,7 +119,9 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
 
     tuple_state = state.is_tuple(y0)
     rtol, atol = _as_state_tolerance(rtol, y0, "rtol"), _as_state_tolerance(atol, y0, "atol")
-    norm = resolve_norm(options.pop("norm", None), tuple_state)
+    control = options.pop("control", GLOBAL)
+    norm_option = options.pop("norm", None)
+    norm = resolve_norm(norm_option, tuple_state)
 
     if reverse:
         t = -t
@@ -126,8 +132,9 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         # Nothing to integrate (and an RMS norm of no elements is NaN): the state stays empty.
         solution = state.map_state(lambda c: c.unsqueeze(0).expand(len(t), *c.shape).clone(), y0)
         status = SolveStatus(True, "empty state", float(t[-1].detach()) * (-1.0 if reverse else 1.0), len(t), 0.0)
-    elif norm == PER_SAMPLE:
-        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse)
+    elif control == PER_SAMPLE:
+        sample_norm = rms_norm if norm_option is None else norm
+        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, sample_norm)
     else:
         solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
                                  **options)
@@ -147,9 +154,9 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
         raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "
                          "method's step sizes depend on the state's values. Use a fixed-grid method "
                          "(e.g. method='rk4' with options={'step_size': ...}) inside vmap, or solve the "
-                         "batch directly with options={'norm': 'per_sample'}")
+                         "batch directly with options={'control': 'per_sample'}")
     solver_cls = METHODS[method]
-    options = check_options(method, options, solver_cls.OPTIONS)
+    options = check_options(method, canonical_control(options, stacklevel=4), solver_cls.OPTIONS)
     y0 = promote_tuple_state(y0)
     check_state(y0)
     check_tolerance(rtol, "rtol")
@@ -174,8 +181,8 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
 def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, options: dict, reverse: bool):
     """The solver for checked inputs; ``reverse``: it runs on negated time (``options`` are
     re-expressed for that in place)."""
-    if options.get("norm") == PER_SAMPLE:
-        raise ValueError(f"options['norm']='per_sample' is not supported here (method {method!r}): it solves "
+    if options.pop("control", GLOBAL) == PER_SAMPLE:
+        raise ValueError(f"options['control']='per_sample' is not supported here (method {method!r}): it solves "
                          "each sample separately")
     if state.numel(y0) == 0:
         raise ValueError("y0 must not be empty here")
@@ -217,8 +224,8 @@ def _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, rever
     if return_status:
         raise ValueError("options['on_max_steps']='return' cannot be combined with event_fn: the event search "
                          "raises when max_num_steps is exceeded")
-    if options.get("norm") == PER_SAMPLE:
-        raise ValueError("options['norm']='per_sample' cannot be combined with event_fn: an event is one time "
+    if options.get("control") == PER_SAMPLE:
+        raise ValueError("options['control']='per_sample' cannot be combined with event_fn: an event is one time "
                          "for the whole state")
     combined = events.combine_event_functions(event_fn, t[0], y0)
     solver_event = (lambda s, y: combined(-s, y)) if reverse else combined
@@ -255,25 +262,25 @@ def _flip_time_options(options: dict) -> None:
         options["grid_constructor"] = lambda f, y, t_neg: -user_grid(f, y, -t_neg)
 
 
-def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse):
-    """``norm="per_sample"``: solve each batch element (dim 0) with its own step-size control.
+def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, norm):
+    """``control="per_sample"``: solve each batch element (dim 0) with its own step-size control.
 
     A tuple state is sliced per component (all must share the batch size); each sample's error
-    is the RMS over all of its components."""
+    is ``norm`` of all of its components."""
     parts = state.components(y0)
     batch = {p.shape[0] if p.dim() else 0 for p in parts}
     if len(batch) != 1 or 0 in batch:
-        raise ValueError("options['norm']='per_sample' needs a y0 with a non-empty batch dimension 0 "
+        raise ValueError("options['control']='per_sample' needs a y0 with a non-empty batch dimension 0 "
                          "(the same for every component of a tuple state)")
     if method not in ADAPTIVE_METHODS:
-        raise ValueError(f"options['norm']='per_sample' only applies to adaptive methods "
+        raise ValueError(f"options['control']='per_sample' only applies to adaptive methods "
                          f"({sorted(ADAPTIVE_METHODS)}), not {method!r}")
     solver_cls = METHODS[method]
     outs, statuses = [], []
     for b in range(batch.pop()):
         sample = state.map_state(lambda c, b=b: c[b:b + 1], y0)
         solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), sample, _sample_tol(rtol, y0, b),
-                            _sample_tol(atol, y0, b), method=method, norm=rms_norm, **options)
+                            _sample_tol(atol, y0, b), method=method, norm=norm, **options)
         sol, st = solver.integrate(t)
         outs.append(state.components(sol))
         statuses.append(st)

@@ -158,14 +158,15 @@ def _max_abs_norm(z):
     return z.abs().max()
 
 
-@pytest.mark.parametrize("norm", [None, "per_sample", _max_abs_norm], ids=["default", "per_sample", "callable"])
-def test_dopri5_takes_the_steps_of_the_concatenated_system(norm):
+@pytest.mark.parametrize("option", [None, ("control", "per_sample"), ("norm", _max_abs_norm)],
+                         ids=["default", "per_sample", "callable"])
+def test_dopri5_takes_the_steps_of_the_concatenated_system(option):
     """The block's error norm is still that of the concatenated state [x, x'] (as before the
     tuple state): same values within rounding and the same number of RHS evaluations as odekern
     solving the concatenated system."""
     from odekern import odeint
 
-    options = {} if norm is None else {"norm": norm}
+    options = {} if option is None else dict([option])
     block = _block("dopri5", dtype=F64, return_state=True, options=options, rtol=1e-6, atol=1e-8)
     calls = []
     block.func.register_forward_pre_hook(lambda module, args: calls.append(1))

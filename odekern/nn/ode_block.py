@@ -22,6 +22,7 @@ from odekern.adjoint import odeint_adjoint
 from odekern.checkpoint import check_checkpoints, check_method_checkpointable, odeint_checkpointed
 from odekern.odeint import odeint
 from odekern.solvers.checks import check_method, check_options, check_state, check_time, shape_or_type
+from odekern.solvers.norms import canonical_control
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
 
 # --------------------------------------------------------------------------- gradient modes
@@ -180,7 +181,7 @@ class ODEBlock(nn.Module):
             raise ValueError(
                 f"ODEBlock: step_size must be a finite number > 0 or None, got {step_size!r}"
             )
-        options = dict(options or {})
+        options = canonical_control(dict(options or {}), "ODEBlock: options")
         if step_size is not None:
             if "step_size" in options and options["step_size"] != step_size:
                 raise ValueError(
@@ -318,7 +319,7 @@ def _norm_of_concatenation(norm):
         return "rms"
     if callable(norm):
         return lambda z: norm(torch.cat(z, dim=1))
-    return norm  # "rms", "max", "per_sample": the same over the tuple as over the concatenation
+    return norm  # "rms", "max": the same over the tuple as over the concatenation
 
 
 class _FunctionAsModule(nn.Module):

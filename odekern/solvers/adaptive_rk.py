@@ -43,7 +43,7 @@ from odekern.solvers.tableaus import ADAPTIVE_HEUN, BOSH3, DOPRI5, DOPRI8, FEHLB
 Tensor = torch.Tensor
 
 ADAPTIVE_OPTIONS = frozenset({"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
-                              "step_t", "jump_t", "norm", "dtype", "on_max_steps"})
+                              "step_t", "jump_t", "norm", "control", "dtype", "on_max_steps"})
 
 
 def _time_points(values: Any, name: str) -> list[float]:

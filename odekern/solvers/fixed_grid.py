@@ -24,7 +24,8 @@ Tensor = torch.Tensor
 
 # torchdiffeq's fixed-grid options, plus ``on_max_steps`` so that a status-returning call keeps
 # its return type when only the method changes (a fixed grid never runs out of steps).
-FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "norm", "on_max_steps"})
+FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "norm", "control",
+                                "on_max_steps"})
 
 
 # A grid longer than this is refused before it is allocated: at one RHS call per step it would

@@ -1,4 +1,5 @@
-"""Error norms for adaptive step-size control (torchdiffeq's defaults) and the ``norm`` option.
+"""Error norms for adaptive step-size control (torchdiffeq's defaults), the ``norm`` option and
+the ``control`` option (what one step size is shared by).
 
 A norm takes a state (tensor or tuple of tensors). The built-in norms also say how to combine
 per-component RMS values into the norm (``from_component_rms``): the fused error pass computes
@@ -8,17 +9,41 @@ from those (None when it cannot, e.g. the max norm: the error is then materialis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from odekern.solvers.state import components, is_tuple
 
 Tensor = torch.Tensor
+NAMED_NORMS = ("rms", "max")
+
+# Step control: one step size for the whole state (torchdiffeq's behaviour), or one per sample
+# along dim 0 (each solved as if alone). nmode_solve's elementwise RHS also allows "per_element".
+GLOBAL = "global"
 PER_SAMPLE = "per_sample"
-NAMED_NORMS = ("rms", "max", PER_SAMPLE)
+CONTROLS = (GLOBAL, PER_SAMPLE)
+
+
+def canonical_control(options, where: str = "options", stacklevel: int = 3):
+    """``options`` (a copy) with the step control under its one name, ``control``: the former
+    spelling ``norm="per_sample"`` still works, with a DeprecationWarning. Raises ValueError for
+    an unknown control or for both spellings disagreeing. Anything but a mapping is returned as
+    it is (the options check refuses it by name)."""
+    if not isinstance(options, Mapping):
+        return options
+    out = dict(options)
+    if isinstance(out.get("norm"), str) and out["norm"] == PER_SAMPLE:
+        warnings.warn(f"{where}['norm']='per_sample' is now {where}['control']='per_sample' (the same "
+                      "per-sample step control)", DeprecationWarning, stacklevel=stacklevel)
+        del out["norm"]
+        if out.setdefault("control", PER_SAMPLE) != PER_SAMPLE:
+            raise ValueError(f"{where}['norm']='per_sample' contradicts {where}['control']={out['control']!r}")
+    if "control" in out and out["control"] not in CONTROLS:
+        raise ValueError(f"{where}['control'] must be one of {list(CONTROLS)}, got {out['control']!r}")
+    return out
 
 
 def rms_of(rms: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
@@ -83,8 +108,8 @@ def component_rms_combiner(norm) -> Callable | None:
     return getattr(norm, "from_component_rms", None)
 
 
-def resolve_norm(norm: None | str | Callable, tuple_state: bool = False) -> str | Callable:
-    """The ``norm`` option as a callable on the state (or the string ``"per_sample"``).
+def resolve_norm(norm: None | str | Callable, tuple_state: bool = False) -> Callable:
+    """The ``norm`` option as a callable on the state.
 
     For a tuple state the default is torchdiffeq's mixed norm and a user callable receives the
     tuple, exactly as in torchdiffeq; ``"rms"`` is the RMS over all components together.
@@ -92,8 +117,6 @@ def resolve_norm(norm: None | str | Callable, tuple_state: bool = False) -> str 
     if norm is None:
         return mixed_norm if tuple_state else rms_norm
     if isinstance(norm, str):
-        if norm == PER_SAMPLE:
-            return PER_SAMPLE
         if norm == "rms":
             return rms_norm
         if norm == "max":

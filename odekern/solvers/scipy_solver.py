@@ -32,7 +32,7 @@ from odekern.solvers.base import RHS, Solver, SolveStatus
 
 Tensor = torch.Tensor
 
-SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "norm", "grid_points", "eps"})
+SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "norm", "control", "grid_points", "eps"})
 
 
 def _flat_numpy(x: Any, like: state.State) -> Any:

@@ -29,7 +29,7 @@ def test_per_sample_matches_solving_each_sample_alone():
     y0 = torch.tensor([[0.5, -0.4], [3.0, 2.0], [20.0, -15.0]], dtype=F64)
     t = torch.tensor([0.0, 0.3, 1.0, 2.0], dtype=F64)
     y, status = odeint(cubic_decay, y0, t, rtol=1e-6, atol=1e-8,
-                       options={"norm": "per_sample", "on_max_steps": "return"})
+                       options={"control": "per_sample", "on_max_steps": "return"})
     assert y.shape == (4, 3, 2) and isinstance(status, SolveStatus) and status.success
     assert len(status.per_sample) == 3
     for b in range(3):
@@ -44,7 +44,7 @@ def test_per_sample_matches_solving_each_sample_alone():
 def test_per_sample_is_accurate_and_differentiable():
     y0 = torch.tensor([[0.5], [4.0]], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.7, 1.5], dtype=F64)
-    y = odeint(cubic_decay, y0, t, rtol=1e-9, atol=1e-11, options={"norm": "per_sample"})
+    y = odeint(cubic_decay, y0, t, rtol=1e-9, atol=1e-11, options={"control": "per_sample"})
     exact = cubic_exact(y0.detach(), t[:, None, None])
     assert_close(y, exact, rtol=1e-7, atol=1e-9)
     (g,) = torch.autograd.grad(y[-1].sum(), y0)
@@ -55,7 +55,7 @@ def test_per_sample_reverse_time():
     # Backward from t=1 to t=0 with y' = -y^3: 1/y(0)^2 = 1/y(1)^2 - 2.
     y1 = torch.tensor([[0.3], [0.6]], dtype=F64)
     t = torch.tensor([1.0, 0.0], dtype=F64)
-    y = odeint(cubic_decay, y1, t, rtol=1e-9, atol=1e-11, options={"norm": "per_sample"})
+    y = odeint(cubic_decay, y1, t, rtol=1e-9, atol=1e-11, options={"control": "per_sample"})
     assert_close(y[-1], torch.sign(y1) / torch.sqrt(1 / (y1 * y1) - 2), rtol=1e-7, atol=1e-9)
 
 

@@ -237,10 +237,10 @@ def test_adjoint_params_for_plain_function():
         assert_close(a, b, kind="cross")
 
 
-def test_per_sample_norm_and_other_adjoint_method():
-    """Forward with options norm='per_sample'; backward with a different method (dopri5)."""
+def test_per_sample_control_and_other_adjoint_method():
+    """Forward with options control='per_sample'; backward with a different method (dopri5)."""
     func, y0, t = _make("mlp")
-    tols = {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12, "options": {"norm": "per_sample"}}
+    tols = {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12, "options": {"control": "per_sample"}}
     _, adj = _grads(odeint_adjoint, func, y0, t, **tols)
     _, bp = _grads(odeint, func, y0, t, **tols)
     for name, a, b in zip(_names(func), adj, bp):

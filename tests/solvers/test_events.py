@@ -166,7 +166,7 @@ def test_odeint_event_fn_needs_two_times():
 def test_odeint_event_fn_refuses_what_it_cannot_do():
     args = (lambda t, y: -y, torch.ones(2, 1), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"per_sample' cannot be combined with event_fn"):
-        odekern.odeint(*args, options={"norm": "per_sample"}, event_fn=lambda t, y: y.sum() - 0.5)
+        odekern.odeint(*args, options={"control": "per_sample"}, event_fn=lambda t, y: y.sum() - 0.5)
     with pytest.raises(ValueError, match=r"on_max_steps'\]='return' cannot be combined with event_fn"):
         odekern.odeint(*args, options={"on_max_steps": "return"}, event_fn=lambda t, y: y.sum() - 0.5)
     with pytest.raises(ValueError, match=r"needs a scalar atol"):

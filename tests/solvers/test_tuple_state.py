@@ -8,6 +8,8 @@ RHS-evaluation counts), norms computed on the concatenation by hand, and gradche
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torchdiffeq
@@ -15,6 +17,8 @@ from solver_problems import Counting
 
 import odekern
 from odekern import odeint, odeint_adjoint
+from odekern.adjoint import _AdjointNorm, _AugmentedLayout
+from odekern.dispatch import registered, replaced
 from odekern.solvers import stages
 from odekern.solvers.base import RHS
 from odekern.solvers.norms import mixed_norm, rms_norm
@@ -128,7 +132,7 @@ def test_per_component_tolerance_needs_tuple_state_and_length():
         odeint(tuple_rhs, _y0(), T, atol=(1e-6, 1e-6))
 
 
-def test_per_sample_norm_with_tuple_state():
+def test_per_sample_control_with_tuple_state():
     """Each batch element of every component is solved alone, its error the RMS over all of its
     components: equal to solving each sample by itself with norm='rms'."""
 
@@ -137,7 +141,7 @@ def test_per_sample_norm_with_tuple_state():
         return v, -torch.sin(3 * x) * (1 + x.square().sum(dim=1, keepdim=True))
 
     y0 = (randn(3, 2, dtype=F64, seed=1, scale=2.0), randn(3, 2, dtype=F64, seed=2))
-    got, status = odeint(oscillator, y0, T, options={"norm": "per_sample", "on_max_steps": "return"})
+    got, status = odeint(oscillator, y0, T, options={"control": "per_sample", "on_max_steps": "return"})
     assert len(status.per_sample) == 3
     for b in range(3):
         alone = odeint(oscillator, tuple(c[b:b + 1] for c in y0), T, options={"norm": "rms"})
@@ -145,7 +149,7 @@ def test_per_sample_norm_with_tuple_state():
             assert_close(got[i][:, b:b + 1], alone[i], msg=f"sample {b} component {i}")
     assert len({s.n_steps for s in status.per_sample}) > 1  # the samples did take their own steps
     with pytest.raises(ValueError, match=r"the same for every component of a tuple state"):
-        odeint(tuple_rhs, _y0(), T, options={"norm": "per_sample"})
+        odeint(tuple_rhs, _y0(), T, options={"control": "per_sample"})
 
 
 # --------------------------------------------------------------------------- norms
@@ -159,19 +163,13 @@ def test_norms_of_tuple_equal_norms_of_concatenation():
 
 
 @pytest.mark.parametrize("norm_name", ["rms", "mixed", "adjoint"])
-def test_fused_error_ratio_of_tuple_equals_reference(backend, norm_name, monkeypatch):
+def test_fused_error_ratio_of_tuple_equals_reference(backend, norm_name):
     """One fused RMS per component, combined by the norm == the norm of the materialised error."""
-    from odekern.ops.rk_stage import dispatch
-    from odekern.adjoint import _AdjointNorm, _AugmentedLayout
-
     passes = []
-    kernel = dispatch._kernel
-
-    def counting_kernel(which, name):
-        fn = kernel(which, name)
-        return (lambda *args: passes.append(which) or fn(*args)) if which == "rk_error_ratio" else fn
-
-    monkeypatch.setattr(dispatch, "_kernel", counting_kernel)
+    stack = contextlib.ExitStack()
+    for name, entry in registered("rk_error_ratio").items():
+        stack.enter_context(replaced("rk_error_ratio", name,
+                                     lambda *args, _fn=entry.fn: passes.append(1) or _fn(*args)))
 
     # The adjoint layout (a_t, y, a_y, a_theta) with y a 1-component state; a_theta 0-dim.
     shapes = [(), (2, 3), (2, 3), (4,), ()] if norm_name == "adjoint" else SHAPES
@@ -181,7 +179,7 @@ def test_fused_error_ratio_of_tuple_equals_reference(backend, norm_name, monkeyp
     y1 = tuple(_rand(s, 20 + i) for i, s in enumerate(shapes))
     ks = [tuple(_rand(s, 30 + 7 * j + i) for i, s in enumerate(shapes)) for j in range(3)]
     coeffs, dt = (0.3, -0.5, 0.2), 0.05
-    with odekern.use_backend(backend):
+    with stack, odekern.use_backend(backend):
         got = stages.embedded_error_ratio(y0, y1, dt, coeffs, ks, 1e-3, 1e-4, norm)
     # A fused backend runs one error pass per component (the point of the test), the reference none.
     assert len(passes) == (0 if backend == "reference" else len(shapes))

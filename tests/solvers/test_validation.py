@@ -107,11 +107,12 @@ def test_unknown_option_warns_as_torchdiffeq(method, option):
     ("dopri5", {"min_step": 0.5, "max_step": 0.1}, ValueError, r"options\['min_step'\] \(0.5\) must not exceed"),
     ("dopri5", {"first_step": -1.0}, ValueError, r"options\['first_step'\] must be > 0"),
     ("dopri5", {"on_max_steps": "ignore"}, ValueError, r"options\['on_max_steps'\] must be one of \['raise', 'return'\]"),
-    ("dopri5", {"norm": "l1"}, ValueError, r"options\['norm'\] must be a callable or one of \['rms', 'max', 'per_sample'\]"),
-    ("rk4", {"norm": "per_sample"}, ValueError, r"options\['norm'\]='per_sample' only applies to adaptive methods"),
+    ("dopri5", {"norm": "l1"}, ValueError, r"options\['norm'\] must be a callable or one of \['rms', 'max'\]"),
+    ("rk4", {"control": "per_sample"}, ValueError, r"options\['control'\]='per_sample' only applies to adaptive methods"),
+    ("dopri5", {"control": "local"}, ValueError, r"options\['control'\] must be one of \['global', 'per_sample'\]"),
     ("dopri5", {"step_t": [0.3], "jump_t": [0.3]}, ValueError, r"must not share any time point"),
 ], ids=["exclusive", "interp", "max_order", "max_iters", "max_num_steps", "min>max", "first_step", "on_max_steps",
-        "norm", "per_sample-fixed", "step_t-jump_t"])
+        "norm", "per_sample-fixed", "control", "step_t-jump_t"])
 def test_bad_option_values(method, options, exc, match):
     with pytest.raises(exc, match=match):
         odeint(_decay, _y0(), _t(), method=method, options=options)
