@@ -25,6 +25,7 @@ baseline clones at run time (GCC ``target_clones``), so one wheel runs on any x8
 """
 
 import glob
+import json
 import os
 import shutil
 import sys
@@ -118,10 +119,11 @@ def _extension_modules():
     else:
         with_cuda, why = True, f"torch CUDA {torch.version.cuda}, nvcc at {nvcc}"
 
-    # Host code includes torch 2.13's headers, which use C++20 (bit-field initialisers); the .cu
-    # kernels include no torch headers and stay C++17 for nvcc.
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-    link_flags = ["-fopenmp"]
+    # Host flags shared with the test-only extension (csrc/build_flags.json); the .cu kernels
+    # include no torch headers and stay C++17 for nvcc.
+    with open(os.path.join(ROOT, "csrc", "build_flags.json")) as f:
+        flags = json.load(f)
+    cxx_flags, link_flags = list(flags["cxx"]), list(flags["link"])
     if not _flag("ODEKERN_DEBUG_BUILD"):
         # Last -g wins: this overrides the -g in Python's CFLAGS that distutils puts first.
         cxx_flags.append("-g0")

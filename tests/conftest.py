@@ -14,6 +14,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
+from native import build as native_build
 from odekern import dispatch as _backends
 
 
@@ -65,3 +66,9 @@ def triton_launches(monkeypatch):
 
     monkeypatch.setattr(interpreter.InterpretedFunction, "run", run)
     return launches
+
+
+@pytest.fixture(scope="session")
+def testing_ops():
+    """``torch.ops.odekern_testing``: the test-only ops of tests/native, built on first use."""
+    return native_build.load()

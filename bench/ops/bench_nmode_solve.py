@@ -16,6 +16,7 @@ Peak memory vs steps: bytes autograd saves for the backward (deterministic), 4/1
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -93,14 +94,21 @@ def test_rk4_forward_torchdiffeq(benchmark, run_bench):
     RESULTS["rk4-fwd:torchdiffeq"] = benchmark.stats.stats.min
 
 
+def _sin_sq_floor():
+    """The floor op of the test extension (tests/native: built on first use, never shipped)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+    from native import build
+
+    return build.load().nmode_sin_sq_floor
+
+
 def _floor_poly(n_evals):
     y0, _ = _inputs()
-    return lambda: torch.ops.odekern_C.nmode_cos_floor(y0.reshape(-1), n_evals)
+    floor = _sin_sq_floor()
+    return lambda: floor(y0.reshape(-1), n_evals)
 
 
 def test_rk4_floor_poly(benchmark, run_bench):
-    if not hasattr(torch.ops.odekern_C, "nmode_cos_floor"):
-        pytest.skip("odekern._C built without nmode_cos_floor")
     run_bench(_floor_poly(80), provider="floor-poly", setting="rk4-fwd", shape=list(SHAPE), cos_per_element=80)
     RESULTS["rk4-fwd:floor-poly"] = benchmark.stats.stats.min
 
@@ -187,8 +195,6 @@ def test_cnm_fwd_bwd_torchdiffeq_adjoint(benchmark, run_bench):
 
 
 def test_cnm_floor_poly(benchmark, run_bench):
-    if not hasattr(torch.ops.odekern_C, "nmode_cos_floor"):
-        pytest.skip("odekern._C built without nmode_cos_floor")
     n = _cnm_rhs_evaluations()
     run_bench(_floor_poly(n), provider="floor-poly", setting="cnm-fwd", shape=list(SHAPE), cos_per_element=n)
     RESULTS["cnm-fwd:floor-poly"] = benchmark.stats.stats.min
@@ -254,7 +260,7 @@ def _interleaved_providers():
     func = _RHS(g)
     t = torch.tensor([0.0, 0.05])
     n_evals = _cnm_rhs_evaluations()
-    flat = y0.reshape(-1)
+    flat, floor = y0.reshape(-1), _sin_sq_floor()
 
     def fwd_bwd(gradient):
         def go():
@@ -273,7 +279,7 @@ def _interleaved_providers():
 
     providers = {
         "fwd:odekern": lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, **CNM),
-        "fwd:floor": lambda: torch.ops.odekern_C.nmode_cos_floor(flat, n_evals),
+        "fwd:floor": lambda: floor(flat, n_evals),
         "fwd:torchdiffeq": td_fwd,
         "fwd+bwd:odekern-adjoint": fwd_bwd("adjoint"),
         "fwd+bwd:odekern-checkpoint": fwd_bwd("checkpoint"),

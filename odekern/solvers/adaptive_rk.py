@@ -34,7 +34,7 @@ import torch
 from odekern.solvers import interpolation, stages, state
 from odekern.solvers.base import CALLBACK_NAMES, RHS, Perturb, Solver, SolveStatus, beside, store
 from odekern.solvers.checks import check_on_max_steps, check_positive, check_step_bounds, raise_non_finite
-from odekern.solvers.controllers import IntegralController, select_initial_step
+from odekern.solvers.controllers import DFACTOR, IFACTOR, SAFETY, IntegralController, select_initial_step
 from odekern.solvers.explicit_rk import RKStepper
 from odekern.solvers.norms import rms_norm
 from odekern.solvers.tableau import ButcherTableau
@@ -67,8 +67,8 @@ class AdaptiveRK(Solver):
     time_dtype = torch.float64
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str, norm: Any = None,
-                 first_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0,
-                 dfactor: float = 0.2, min_step: float = 0.0, max_step: float = math.inf,
+                 first_step: float | None = None, safety: float = SAFETY, ifactor: float = IFACTOR,
+                 dfactor: float = DFACTOR, min_step: float = 0.0, max_step: float = math.inf,
                  max_num_steps: int = 2 ** 31 - 1, step_t: Any = None, jump_t: Any = None,
                  dtype: torch.dtype = torch.float64, on_max_steps: str = "raise"):
         super().__init__(rhs, y0, rtol, atol, method=method)

@@ -20,6 +20,23 @@ from odekern.solvers.state import component, first, is_tuple, map_state, real_dt
 
 Tensor = torch.Tensor
 
+# torchdiffeq's controller constants (its adaptive solvers' defaults). The C++ kernels get them
+# from a generated header (tools/generate_cxx_constants.py), the nmODE reference and Triton from here.
+SAFETY = 0.9
+IFACTOR = 10.0
+DFACTOR = 0.2
+
+# Hairer's starting step, with torchdiffeq's constants: below NORM_FLOOR (of |y0| or |f0|) the
+# trial step is TINY_STEP, else STEP_FRACTION * d0 / d1; when f barely changes over it
+# (both d1, d2 <= FLAT_FLOOR) the step is max(TINY_STEP, FLAT_SHRINK * h0); never more than
+# MAX_GROWTH * h0.
+INITIAL_NORM_FLOOR = 1e-5
+INITIAL_TINY_STEP = 1e-6
+INITIAL_STEP_FRACTION = 0.01
+INITIAL_FLAT_FLOOR = 1e-15
+INITIAL_FLAT_SHRINK = 1e-3
+INITIAL_MAX_GROWTH = 100.0
+
 
 @dataclasses.dataclass(frozen=True)
 class IntegralController:
@@ -27,9 +44,9 @@ class IntegralController:
     ``[min_step, max_step]``. After an accepted step (ratio < 1) the step never shrinks."""
 
     order: int
-    safety: float = 0.9
-    ifactor: float = 10.0
-    dfactor: float = 0.2
+    safety: float = SAFETY
+    ifactor: float = IFACTOR
+    dfactor: float = DFACTOR
     min_step: float = 0.0
     max_step: float = math.inf
 
@@ -53,17 +70,29 @@ def select_initial_step(rhs: Callable[[Tensor, Tensor], Tensor], t0: Tensor, y0:
     scale = _tolerance_scale(y0, rtol, atol)
     d0 = float(norm(map_state(lambda a, s: widened(a) / s, y0, scale)).abs())
     d1 = float(norm(map_state(lambda a, s: widened(a) / s, f0, scale)).abs())
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    h0 = initial_trial_step(d0, d1)
     # Evaluate in the state's precision, as torchdiffeq does (so the same h0 is found).
     h0 = float(torch.tensor(h0, dtype=real_dtype(first(y0).dtype)))
     y1 = stages.stage_state(y0, h0, (1.0,), (f0,))
     f1 = rhs(t0 + h0, y1)
     d2 = float(norm(map_state(lambda a, b, s: (widened(a) - widened(b)) / s, f1, f0, scale)).abs()) / h0
-    if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
+    return initial_step_from_trial(h0, d1, d2, order)
+
+
+def initial_trial_step(d0: float, d1: float) -> float:
+    """Hairer's trial step h0 from d0 = ||y0 / scale|| and d1 = ||f0 / scale||."""
+    if d0 < INITIAL_NORM_FLOOR or d1 < INITIAL_NORM_FLOOR:
+        return INITIAL_TINY_STEP
+    return INITIAL_STEP_FRACTION * d0 / d1
+
+
+def initial_step_from_trial(h0: float, d1: float, d2: float, order: int) -> float:
+    """The starting step from the trial step h0, d1 and d2 = ||(f(y0 + h0 f0) - f0) / scale|| / h0."""
+    if d1 <= INITIAL_FLAT_FLOOR and d2 <= INITIAL_FLAT_FLOOR:
+        h1 = max(INITIAL_TINY_STEP, h0 * INITIAL_FLAT_SHRINK)
     else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
+        h1 = (INITIAL_STEP_FRACTION / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(INITIAL_MAX_GROWTH * h0, h1)
 
 
 def _tolerance_scale(y0, rtol: Any, atol: Any):

@@ -28,7 +28,7 @@ from odekern.solvers.tableau import ButcherTableau
 
 Tensor = torch.Tensor
 
-def _fit_rows() -> dict[int, tuple[Fraction, ...]]:
+def quartic_fit_rows() -> dict[int, tuple[Fraction, ...]]:
     """Solve the 5 interpolation conditions symbolically for powers 2..4 (powers 0, 1 are y0, dt f0).
 
     Returns, per power, weights on (y0, y1, y_mid, dt*f0, dt*f1).
@@ -93,7 +93,7 @@ class DenseOutput:
         s = tableau.num_stages
         e0 = [Fraction(1)] + [Fraction(0)] * (s - 1)
         e_last = [Fraction(0)] * (s - 1) + [Fraction(1)]
-        rows = _fit_rows()
+        rows = quartic_fit_rows()
         y0_w, y1_w, k_w = [Fraction(1), Fraction(0)], [Fraction(0), Fraction(0)], [[Fraction(0)] * s, e0]
         for p in (2, 3, 4):
             w_y0, w_y1, w_mid, w_f0, w_f1 = rows[p]

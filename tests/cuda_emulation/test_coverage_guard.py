@@ -53,7 +53,7 @@ def test_every_cuda_kernel_and_instantiation_is_exercised(emu):
     for dtype in ("float", "double"):
         for nk in RK_NKS:
             for name in (f"combine_kernel<{dtype}, {nk}, true>", f"combine_kernel<{dtype}, {nk}, false>",
-                         f"final_error_kernel<{dtype}, {nk}>", f"error_ratio_kernel<{dtype}, {nk}>"):
+                         f"error_ratio_kernel<{dtype}, {nk}>"):
                 assert any(n.endswith(name) for n in ran), f"{name} never launched"
         for method in range(5):  # odekern::nmode::Method: euler .. dopri5
             assert any(n.endswith(f"bwd_kernel<{dtype}, {method}>") for n in ran), f"bwd_kernel<{dtype}, {method}>"

@@ -1,7 +1,7 @@
 """dopri5 with control="per_element" on the CPU backend: the block-vectorised lanes
 (csrc/ops/nmode_solve/nmode_solve_cpu_per_element.h) against the header's scalar per-element
-solver, which runs each element alone (torch.ops.odekern_C.nmode_pe_scalar_reference, the path
-the CPU backend used before), and against the pure-PyTorch reference.
+solver, which runs each element alone (nmode_pe_scalar_reference of the test extension,
+tests/native), and against the pure-PyTorch reference.
 
 The lanes do per element the scalar solver's arithmetic, except that the controller's
 pow(ratio, 1/5) is a polynomial + Newton fifth root (libm's pow does not vectorise). That moves
@@ -20,10 +20,13 @@ import torch
 import odekern
 from odekern.testing import assert_close, randn
 
-pytestmark = pytest.mark.skipif(
-    not (hasattr(torch.ops, "odekern_C") and hasattr(torch.ops.odekern_C, "nmode_pe_scalar_reference")),
-    reason="odekern._C built without nmode_pe_scalar_reference (rebuild the extension)",
-)
+pytestmark = pytest.mark.skipif(odekern.backends()["cpu"] is not True, reason="needs the C++ extension")
+
+
+@pytest.fixture(autouse=True)
+def _scalar_oracle(testing_ops):
+    """The scalar solver lives in the test extension (built on first use)."""
+
 
 # float64, vectorised vs scalar: absolute, relative to max(largest value, 1) -- gradients of long
 # solves are exponentially small (e^-t) while their rounding stays at the cotangent's scale (1).
@@ -41,8 +44,8 @@ def _mixed_inputs(n: int, g_n: int, dtype: torch.dtype, seed: int = 0):
 
 
 def _scalar(y0, g, t1, rtol, atol, gy1, gf0=None, gf1=None):
-    y1, gy0, gg = torch.ops.odekern_C.nmode_pe_scalar_reference(y0, g, 0.0, t1, rtol, atol, MAX_STEPS,
-                                                                  gy1, gf0, gf1)
+    y1, gy0, gg = torch.ops.odekern_testing.nmode_pe_scalar_reference(y0, g, 0.0, t1, rtol, atol, MAX_STEPS,
+                                                                       gy1, gf0, gf1)
     return y1, gy0, gg.view(-1, g.numel()).sum(0)
 
 

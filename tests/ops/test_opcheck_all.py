@@ -5,6 +5,9 @@ backend in test_rk_stage.py and test_nmode_solve.py; they are listed here for th
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -14,7 +17,7 @@ from odekern.testing import randn
 # Takes no tensor and returns the built extension's constant kMaxK: nothing for opcheck to trace.
 NO_TENSORS = {"odekern_C::rk_stage_max_k"}
 CHECKED_ELSEWHERE = {"odekern::nmode_solve", "odekern::nmode_solve_backward", "odekern::rk_combine",
-                     "odekern::rk_combine_out", "odekern::rk_error_ratio", "odekern::rk_final_error_out"}
+                     "odekern::rk_combine_out", "odekern::rk_error_ratio"}
 
 
 def _cases():
@@ -22,29 +25,35 @@ def _cases():
     stats = torch.tensor([2.0, 0.0, 1.0, 0.1, 0.1], dtype=torch.float64)  # two rk4 steps of 0.1
     return {
         "odekern_C::rk_combine_out": (y, ks, [0.1, 0.2], torch.empty_like(y)),
-        "odekern_C::rk_final_error_out": (y, ks, [0.1, 0.2], [0.01, -0.01], 1e-3, 1e-5, torch.empty_like(y)),
         "odekern_C::rk_error_ratio": (y, y + 1, ks, [0.01, -0.01], 1e-3, 1e-5),
         "odekern_C::nmode_solve_fwd": (y, y[:5], 0.0, 0.2, "rk4", 0.1, 1e-7, 1e-9, "global", 100, True),
         "odekern_C::nmode_solve_bwd": (y, None, y, y, y[:5], stats, 0.0, 0.2, "rk4", 0.1, 1e-7, 1e-9,
                                        "global", "checkpoint", 100),
-        "odekern_C::nmode_pe_scalar_reference": (y, y[:5], 0.0, 0.05, 1e-7, 1e-9, 1000, y, None, y),
-        "odekern_C::nmode_cos_floor": (y, 3),
+        "odekern_testing::nmode_pe_scalar_reference": (y, y[:5], 0.0, 0.05, 1e-7, 1e-9, 1000, y, None, y),
+        "odekern_testing::nmode_sin_sq_floor": (y, 3),
     }
 
 
-def _registered() -> set[str]:
-    return {name for name in torch._C._dispatch_get_all_op_names() if name.split("::")[0] in ("odekern", "odekern_C")}
+def _registered(namespaces=("odekern", "odekern_C", "odekern_testing")) -> set[str]:
+    return {name for name in torch._C._dispatch_get_all_op_names() if name.split("::")[0] in namespaces}
 
 
 pytestmark = pytest.mark.skipif(odekern.backends()["cpu"] is not True, reason="needs the C++ extension")
 
 
-def test_every_registered_op_is_opchecked():
+def test_every_registered_op_is_opchecked(testing_ops):
     assert _registered() == set(_cases()) | CHECKED_ELSEWHERE | NO_TENSORS
 
 
+def test_the_runtime_extension_ships_no_test_only_op():
+    import_alone = "import odekern, torch; print(sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith('odekern')))"
+    out = subprocess.run([sys.executable, "-c", import_alone], capture_output=True, text=True, check=True).stdout
+    assert "odekern_testing" not in out and "nmode_pe_scalar_reference" not in out and "floor" not in out
+    assert "odekern_C::nmode_solve_fwd" in out  # the check sees the extension's ops
+
+
 @pytest.mark.parametrize("name", sorted(_cases()))
-def test_opcheck(name):
+def test_opcheck(name, testing_ops):
     namespace, op = name.split("::")
     torch.library.opcheck(getattr(getattr(torch.ops, namespace), op), _cases()[name])
 

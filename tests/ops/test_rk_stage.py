@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from odekern import testing
-from odekern.ops.rk_stage import op, reference, rk_combine, rk_error_ratio, rk_final_error
+from odekern.ops.rk_stage import op, reference, rk_combine, rk_error_ratio
 
 DTYPES = [torch.float32, torch.float64]
 SHAPES = [(0,), (1,), (3, 5, 7), (2, 3, 1031)]  # empty, one element, odd, > one Triton block
@@ -65,32 +65,6 @@ def test_combine_in_place_and_strided(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nk", [1, 7, 13])
-def test_final_error_matches_reference(backend, dtype, shape, nk):
-    y0, ks, coeffs = _inputs(shape, nk, dtype, seed=3)
-    err_coeffs = [0.01 * (-1) ** j for j in range(nk)]
-    y1, ratio = rk_final_error(y0, ks, coeffs, err_coeffs, rtol=1e-3, atol=1e-5, backend=backend)
-    y1_ref, ratio_ref = reference.rk_final_error(y0, ks, coeffs, err_coeffs, 1e-3, 1e-5)
-    testing.assert_close(y1, y1_ref)
-    assert ratio.dtype == torch.float64 and ratio.dim() == 0
-    # The ratio is accumulated in float64 from per-element float32 values: float32 rounding.
-    testing.assert_close(ratio, ratio_ref, **testing.tol(dtype))
-    if y0.numel() == 0:
-        assert ratio.item() == 0.0
-
-
-def test_final_error_strided(backend):
-    y0, ks, coeffs = _inputs((5, 40), 2, torch.float64, seed=5)
-    y1 = testing.non_contiguous(torch.zeros_like(y0))
-    _, ratio = rk_final_error(testing.non_contiguous(y0), [testing.non_contiguous(k) for k in ks],
-                              coeffs, [0.5, -0.5], rtol=1e-4, atol=1e-6, out=y1, backend=backend)
-    y1_ref, ratio_ref = reference.rk_final_error(y0, ks, coeffs, [0.5, -0.5], 1e-4, 1e-6)
-    testing.assert_close(y1, y1_ref)
-    testing.assert_close(ratio, ratio_ref)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_grad_route_matches_reference_autograd(backend, dtype):
     y, ks, coeffs = _inputs((3, 17), 4, dtype, seed=7)
     leaves = [t.clone().requires_grad_() for t in [y, *ks]]
@@ -104,17 +78,6 @@ def test_grad_route_matches_reference_autograd(backend, dtype):
     testing.assert_close(got, ref)
     for g, r in zip(grads, ref_grads):
         testing.assert_close(g, r)
-
-
-def test_final_error_grad_route(backend):
-    y0, ks, coeffs = _inputs((6, 9), 3, torch.float64, seed=9)
-    y0.requires_grad_()
-    y1, ratio = rk_final_error(y0, ks, coeffs, [1.0, -2.0, 1.0], rtol=1e-3, atol=1e-6, backend=backend)
-    assert y1.grad_fn is not None and not ratio.requires_grad
-    (g,) = torch.autograd.grad(y1.sum(), y0)
-    testing.assert_close(g, torch.ones_like(y0))
-    _, ratio_ref = reference.rk_final_error(y0.detach(), ks, coeffs, [1.0, -2.0, 1.0], 1e-3, 1e-6)
-    testing.assert_close(ratio, ratio_ref)
 
 
 def test_gradcheck_float64(backend):
@@ -137,8 +100,6 @@ def test_time_grid_gradient_takes_differentiable_route(backend):
 def test_opcheck(backend):
     y, ks, coeffs = _inputs((3, 7), 2, torch.float32, seed=19)
     torch.library.opcheck(op.rk_combine_out, (y, ks, coeffs, torch.empty_like(y), backend))
-    torch.library.opcheck(op.rk_final_error_out,
-                          (y, ks, coeffs, [0.1, -0.1], 1e-3, 1e-6, torch.empty_like(y), backend))
     torch.library.opcheck(op.rk_error_ratio, (y, y + 1, ks, [0.1, -0.1], 1e-3, 1e-6, backend))
     leaves = [t.clone().requires_grad_() for t in [y, *ks]]
     torch.library.opcheck(op.rk_combine, (leaves[0], leaves[1:], coeffs, True, backend))
@@ -153,8 +114,10 @@ def test_bad_input():
         rk_combine(y, ks, coeffs + [1.0])
     with pytest.raises(ValueError, match="out must have the state's shape"):
         rk_combine(y, ks, coeffs, out=torch.empty(3, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="error coefficients"):
-        rk_final_error(y, ks, coeffs, [1.0], rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="2 k tensors but 1 coefficients"):
+        rk_error_ratio(y, y, ks, [1.0], rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match=r"rtol must be a scalar"):
+        rk_error_ratio(y, y, ks, [1.0, 1.0], rtol=torch.full((2,), 1e-3), atol=1e-6)
     with pytest.raises(ValueError, match="backend must be"):
         rk_combine(y, ks, coeffs, backend="gpu")
 

@@ -17,7 +17,7 @@ import torch
 import odekern
 from odekern import dispatch
 from odekern.ops.rk_stage import reference as rk_ref
-from odekern.ops.rk_stage import rk_combine, rk_error_ratio, rk_final_error
+from odekern.ops.rk_stage import rk_combine, rk_error_ratio
 from odekern.testing import assert_close, randn
 
 if dispatch.availability().get("triton") is not True:
@@ -62,14 +62,12 @@ def test_every_triton_kernel_runs_and_matches_reference(dtype, triton_launches):
     out = torch.empty_like(y)
     assert_close(rk_combine(y, [k1, k2], [0.1, -0.2], out=out, backend="triton"),
                  rk_ref.rk_combine(y, [k1, k2], [0.1, -0.2]))
-    y1, ratio = rk_final_error(y, [k1, k2], [0.1, -0.2], [0.01, 0.02], rtol=1e-3, atol=1e-6, backend="triton")
-    want_y1, want_ratio = rk_ref.rk_final_error(y, [k1, k2], [0.1, -0.2], [0.01, 0.02], 1e-3, 1e-6)
-    assert_close(y1, want_y1)
-    assert_close(ratio, want_ratio, rtol=1e-5)
+    y1 = rk_ref.rk_combine(y, [k1, k2], [0.1, -0.2])
+    want_ratio = rk_ref.rk_error_ratio(y, y1, [k1, k2], [0.01, 0.02], 1e-3, 1e-6)
     assert_close(rk_error_ratio(y, y1, [k1, k2], [0.01, 0.02], rtol=1e-3, atol=1e-6, backend="triton"), want_ratio, rtol=1e-5)
 
     name = str(dtype).removeprefix("torch.")
     ran = {kernel for kernel, dtypes in triton_launches if name in dtypes}
     kernels = triton_kernels()
-    assert len(kernels) >= 11, sorted(kernels)
+    assert len(kernels) >= 10, sorted(kernels)
     assert not kernels - ran, f"Triton kernels never run in {name}: {sorted(kernels - ran)}"

@@ -3,8 +3,22 @@
 #pragma once
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
-#define ODEKERN_HD __host__ __device__ __forceinline__
 #define ODEKERN_DEVICE_COMPILE 1
+#endif
+
+// Force-inlining, spelled once: a call left inside an `omp simd` loop stops vectorisation, and
+// device helpers belong in their caller's registers.
+#if defined(ODEKERN_DEVICE_COMPILE)
+#define ODEKERN_ALWAYS_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define ODEKERN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ODEKERN_ALWAYS_INLINE inline
+#endif
+
+// Per-element math shared by host and device code.
+#if defined(ODEKERN_DEVICE_COMPILE)
+#define ODEKERN_HD __host__ __device__ ODEKERN_ALWAYS_INLINE
 #else
 #define ODEKERN_HD inline
 #endif

@@ -18,7 +18,4 @@ TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
       "nmode_solve_bwd(Tensor grad_y1, Tensor? grad_f0, Tensor? grad_f1, Tensor y0, Tensor g, "
       "Tensor stats, float t0, float t1, str method, float step_size, float rtol, float atol, "
       "str control, str gradient, int max_num_steps) -> (Tensor grad_y0, Tensor grad_g)");
-  // Benchmark floor: x <- sin^2(x) `reps` times per element with the RHS's polynomial (the
-  // name predates the sin^2 form of the RHS).
-  m.def("nmode_cos_floor(Tensor x, int reps) -> Tensor");
 }

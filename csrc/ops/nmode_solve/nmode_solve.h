@@ -14,6 +14,7 @@
 // continuous adjoint) with two-level checkpointing for the exact backward.
 #pragma once
 
+#include <odekern/generated/nmode_constants.h>
 #include <odekern/macros.h>
 
 #ifndef ODEKERN_DEVICE_COMPILE
@@ -29,10 +30,10 @@
 #define NMODE_HOT ODEKERN_HD
 #define NMODE_UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
-#define NMODE_HOT inline __attribute__((always_inline))
+#define NMODE_HOT ODEKERN_ALWAYS_INLINE
 #define NMODE_UNROLL _Pragma("GCC unroll 16")
 #else
-#define NMODE_HOT inline
+#define NMODE_HOT ODEKERN_ALWAYS_INLINE
 #define NMODE_UNROLL
 #endif
 
@@ -171,12 +172,11 @@ NMODE_HOT T rhs_and_sin2(T y, T g, T* s2) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Butcher tableaus (explicit; a(i, j) for j < i). Same coefficients as torchdiffeq: "rk4" is
-// the 3/8 rule, "midpoint" evaluates at dt/2, dopri5 is Dormand-Prince-Shampine with the
-// 7th (FSAL) stage feeding only the error estimate and the dense output.
+// Butcher tableaus, method ids and controller constants: generated from the Python tableaus
+// (odekern/generated/nmode_constants.h). Same coefficients as torchdiffeq: "rk4" is the 3/8
+// rule, dopri5 is Dormand-Prince-Shampine with the 7th (FSAL) stage feeding only the error
+// estimate and the dense output.
 // ------------------------------------------------------------------------------------------
-enum Method : int { kEuler = 0, kMidpoint = 1, kRk4 = 2, kRk4Classic = 3, kDopri5 = 4 };
-
 // Host-side: turns the runtime method id into a compile-time constant, so each launcher (CPU
 // block loops, CUDA kernels) instantiates one specialised solver per method.
 template <class Fn>
@@ -190,76 +190,24 @@ void dispatch_method(int method, Fn&& fn) {
   }
 }
 
-template <int M> struct Tableau;
-
-template <> struct Tableau<kEuler> {
-  static constexpr int S = 1;
-  ODEKERN_HD static constexpr double a(int, int) { return 0.0; }
-  ODEKERN_HD static constexpr double b(int) { return 1.0; }
-};
-template <> struct Tableau<kMidpoint> {
-  static constexpr int S = 2;
-  ODEKERN_HD static constexpr double a(int i, int j) { return (i == 1 && j == 0) ? 0.5 : 0.0; }
-  ODEKERN_HD static constexpr double b(int i) { return i == 1 ? 1.0 : 0.0; }
-};
-template <> struct Tableau<kRk4> {  // 3/8 rule
-  static constexpr int S = 4;
-  ODEKERN_HD static constexpr double a(int i, int j) {
-    return i == 1 ? (j == 0 ? 1.0 / 3 : 0.0)
-         : i == 2 ? (j == 0 ? -1.0 / 3 : j == 1 ? 1.0 : 0.0)
-         : i == 3 ? (j == 0 ? 1.0 : j == 1 ? -1.0 : j == 2 ? 1.0 : 0.0)
-         : 0.0;
+// sum_{p=1..4} coeff(p) theta^p, in the order the reference sums it (zero terms add exactly 0).
+template <class Coeff>
+ODEKERN_HD double dense_weight(Coeff coeff, double theta) {
+  double acc = 0.0, power = theta;
+  for (int p = 1; p <= 4; ++p) {
+    acc += coeff(p) * power;
+    power *= theta;
   }
-  ODEKERN_HD static constexpr double b(int i) { return (i == 0 || i == 3) ? 0.125 : 0.375; }
-};
-template <> struct Tableau<kRk4Classic> {
-  static constexpr int S = 4;
-  ODEKERN_HD static constexpr double a(int i, int j) {
-    return (i == 1 && j == 0) ? 0.5 : (i == 2 && j == 1) ? 0.5 : (i == 3 && j == 2) ? 1.0 : 0.0;
-  }
-  ODEKERN_HD static constexpr double b(int i) { return (i == 0 || i == 3) ? 1.0 / 6 : 1.0 / 3; }
-};
-template <> struct Tableau<kDopri5> {
-  static constexpr int S = 7;
-  ODEKERN_HD static constexpr double a(int i, int j) {
-    return i == 1 ? (j == 0 ? 1.0 / 5 : 0.0)
-         : i == 2 ? (j == 0 ? 3.0 / 40 : j == 1 ? 9.0 / 40 : 0.0)
-         : i == 3 ? (j == 0 ? 44.0 / 45 : j == 1 ? -56.0 / 15 : j == 2 ? 32.0 / 9 : 0.0)
-         : i == 4 ? (j == 0 ? 19372.0 / 6561 : j == 1 ? -25360.0 / 2187 : j == 2 ? 64448.0 / 6561
-                    : j == 3 ? -212.0 / 729 : 0.0)
-         : i == 5 ? (j == 0 ? 9017.0 / 3168 : j == 1 ? -355.0 / 33 : j == 2 ? 46732.0 / 5247
-                    : j == 3 ? 49.0 / 176 : j == 4 ? -5103.0 / 18656 : 0.0)
-         : i == 6 ? b(j)
-         : 0.0;
-  }
-  ODEKERN_HD static constexpr double b(int i) {
-    return i == 0 ? 35.0 / 384 : i == 2 ? 500.0 / 1113 : i == 3 ? 125.0 / 192
-         : i == 4 ? -2187.0 / 6784 : i == 5 ? 11.0 / 84 : 0.0;
-  }
-  // 5th minus 4th order weights: the local error estimate is dt * sum_j e(j) k_j.
-  ODEKERN_HD static constexpr double e(int i) {
-    return i == 0 ? 35.0 / 384 - 1951.0 / 21600 : i == 2 ? 500.0 / 1113 - 22642.0 / 50085
-         : i == 3 ? 125.0 / 192 - 451.0 / 720 : i == 4 ? -2187.0 / 6784 - -12231.0 / 42400
-         : i == 5 ? 11.0 / 84 - 649.0 / 6300 : i == 6 ? -1.0 / 60 : 0.0;
-  }
-  // Midpoint of the step for the dense output (torchdiffeq's DPS_C_MID).
-  ODEKERN_HD static constexpr double mid(int i) {
-    return i == 0 ? 6025192743.0 / 30085553152.0 / 2 : i == 2 ? 51252292925.0 / 65400821598.0 / 2
-         : i == 3 ? -2691868925.0 / 45128329728.0 / 2 : i == 4 ? 187940372067.0 / 1594534317056.0 / 2
-         : i == 5 ? -1776094331.0 / 19743644256.0 / 2 : i == 6 ? 11237099.0 / 235043384.0 / 2 : 0.0;
-  }
-};
+  return acc;
+}
 
 // torchdiffeq's dense output on the last step (quartic through y0, y1, y_mid, f0, f1) is
 // linear in the stages: y(theta) = y0 + dt * sum_j w_j(theta) k_j. These are the w_j, so the
 // interpolated last step is just an RK step with other weights (and its reverse mode too).
 template <typename T>
 NMODE_HOT void dopri5_dense_weights(double theta, T w[7]) {
-  const double x = theta, x2 = x * x, x3 = x2 * x, x4 = x3 * x;
-  const double w_y1 = -5 * x2 + 14 * x3 - 8 * x4;
-  const double w_mid = 16 * x2 - 32 * x3 + 16 * x4;
-  const double w_f0 = x - 4 * x2 + 5 * x3 - 2 * x4;
-  const double w_f1 = x2 - 3 * x3 + 2 * x4;
+  const double w_y1 = dense_weight(dense_y1, theta), w_mid = dense_weight(dense_mid, theta);
+  const double w_f0 = dense_weight(dense_f0, theta), w_f1 = dense_weight(dense_f1, theta);
   using D = Tableau<kDopri5>;
 NMODE_UNROLL
   for (int j = 0; j < 7; ++j) {
@@ -366,29 +314,29 @@ NMODE_UNROLL
 // Step size control, exactly torchdiffeq's (_optimal_step_size, order 5).
 // ------------------------------------------------------------------------------------------
 ODEKERN_HD double optimal_step(double dt, double ratio) {
-  const double safety = 0.9, ifactor = 10.0;
-  if (ratio == 0.0) return dt * ifactor;
-  const double dfactor = ratio < 1.0 ? 1.0 : 0.2;
-  double factor = safety / pow(ratio, 1.0 / 5.0);
+  if (ratio == 0.0) return dt * kIfactor;
+  const double dfactor = ratio < 1.0 ? 1.0 : kDfactor;
+  double factor = kSafety / pow(ratio, 1.0 / Tableau<kDopri5>::kOrder);
   factor = factor > dfactor ? factor : dfactor;
-  factor = factor < ifactor ? factor : ifactor;
+  factor = factor < kIfactor ? factor : kIfactor;
   return dt * factor;
 }
 
 // torchdiffeq's initial step (Hairer, Norsett & Wanner II.4) from the three norms it needs:
 // d0 = ||y0/scale||, d1 = ||f0/scale||, and d2 = ||(f(y0 + h0 f0) - f0)/scale|| / h0.
 ODEKERN_HD double initial_step_h0(double d0, double d1) {
-  return (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
+  return (d0 < kInitialNormFloor || d1 < kInitialNormFloor) ? kInitialTinyStep : kInitialStepFraction * d0 / d1;
 }
 ODEKERN_HD double initial_step_final(double h0, double d1, double d2) {
   double h1;
-  if (d1 <= 1e-15 && d2 <= 1e-15) {
-    h1 = h0 * 1e-3 > 1e-6 ? h0 * 1e-3 : 1e-6;
+  if (d1 <= kInitialFlatFloor && d2 <= kInitialFlatFloor) {
+    h1 = h0 * kInitialFlatShrink > kInitialTinyStep ? h0 * kInitialFlatShrink : kInitialTinyStep;
   } else {
     const double dm = d1 > d2 ? d1 : d2;
-    h1 = pow(0.01 / dm, 1.0 / 5.0);  // order - 1 = 4 for dopri5 => exponent 1 / (4 + 1)
+    // torchdiffeq's exponent 1 / (embedded order + 1) = 1/5 for dopri5.
+    h1 = pow(kInitialStepFraction / dm, 1.0 / Tableau<kDopri5>::kOrder);
   }
-  return 100 * h0 < h1 ? 100 * h0 : h1;
+  return kInitialMaxGrowth * h0 < h1 ? kInitialMaxGrowth * h0 : h1;
 }
 
 // torchdiffeq's fixed grid on [t0, t1]: t0 + k*h for k < n, the last point clipped to t1.
@@ -583,7 +531,6 @@ NMODE_UNROLL
 // kCheckpoints^2 steps this costs one extra forward replay; beyond, each step in a long
 // segment is recomputed from the segment's checkpoint (still no trajectory in memory).
 // ------------------------------------------------------------------------------------------
-constexpr int kCheckpoints = 32;
 
 // A step sequence that can be replayed from any of its steps: fixed list of dts (fixed-grid
 // methods and global control) -- step i has dt = dts[i], last step at theta. DtsPtr as in

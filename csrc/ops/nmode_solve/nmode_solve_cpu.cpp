@@ -319,22 +319,6 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
   return {gy0, gg};
 }
 
-at::Tensor nmode_cos_floor_cpu(const at::Tensor& x_, int64_t reps) {
-  ODEKERN_CHECK_CPU(x_);
-  ODEKERN_CHECK_FLOATING(x_);
-  const at::Tensor x = x_.contiguous();
-  at::Tensor out = at::empty_like(x);
-  const int64_t N = x.numel(), blocks = (N + kBlock - 1) / kBlock;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_cos_floor_cpu", [&] {
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    parallel_tasks(blocks, [&](int64_t k) {
-      cos_floor_block<scalar_t>(px + k * kBlock, std::min(kBlock, N - k * kBlock), reps, po + k * kBlock);
-    });
-  });
-  return out;
-}
-
 }  // namespace
 }  // namespace nmode
 }  // namespace odekern
@@ -342,5 +326,4 @@ at::Tensor nmode_cos_floor_cpu(const at::Tensor& x_, int64_t reps) {
 TORCH_LIBRARY_IMPL(odekern_C, CPU, m) {
   m.impl("nmode_solve_fwd", &odekern::nmode::nmode_solve_fwd_cpu);
   m.impl("nmode_solve_bwd", &odekern::nmode::nmode_solve_bwd_cpu);
-  m.impl("nmode_cos_floor", &odekern::nmode::nmode_cos_floor_cpu);
 }

@@ -35,7 +35,7 @@ namespace cpu {
 // x^(-1/5) for x in [1e-12, 1e12]: a bit-level first guess (float exponent / 5, within 4%)
 // and five Newton steps z <- z (6 - x z^5) / 5 in double (quadratic: 4e-2, 5e-3, 7e-5, 1.5e-8,
 // ~1e-15, rounding). No division, no libm: vectorises.
-NMODE_INLINE double inv_fifth_root(double x) {
+ODEKERN_ALWAYS_INLINE double inv_fifth_root(double x) {
   const float xf = float(x);
   int32_t i;
   std::memcpy(&i, &xf, sizeof(i));
@@ -56,7 +56,7 @@ NMODE_UNROLL
 // factor to multiply inv_fifth_root(x) by. GCC vectorises inv_fifth_root only in a loop whose
 // input comes from memory, not from a select (its float conversion then becomes a branch),
 // so callers reduce in one loop and take the root in another.
-NMODE_INLINE double fifth_root_reduce(double& x) {
+ODEKERN_ALWAYS_INLINE double fifth_root_reduce(double& x) {
   double s = 1.0;
 NMODE_UNROLL
   for (int it = 0; it < 8; ++it) {
@@ -78,18 +78,17 @@ NMODE_UNROLL
 // : d` keeps the loop from vectorising.)
 // The ratio is clamped to [1e-12, 1e12] first: outside, the factor is clamped to ifactor (10)
 // or dfactor (0.2) either way, so the result does not change.
-NMODE_INLINE double clamp_ratio(double ratio) {
+ODEKERN_ALWAYS_INLINE double clamp_ratio(double ratio) {
   const double rc = ratio < 1e-12 ? 1e-12 : ratio;
   return rc > 1e12 ? 1e12 : rc;
 }
 // root = inv_fifth_root(clamp_ratio(ratio)), computed by the caller in its own loop.
-NMODE_INLINE double optimal_step_lanes(double dt, double ratio, double root) {
-  const double safety = 0.9, ifactor = 10.0;
-  const double dfactor = ratio < 1.0 ? 1.0 : 0.2;
-  double factor = safety * root;
+ODEKERN_ALWAYS_INLINE double optimal_step_lanes(double dt, double ratio, double root) {
+  const double dfactor = ratio < 1.0 ? 1.0 : kDfactor;
+  double factor = kSafety * root;
   factor = factor > dfactor ? factor : dfactor;
-  factor = factor < ifactor ? factor : ifactor;
-  return dt * (ratio == 0.0 ? ifactor : factor);
+  factor = factor < kIfactor ? factor : kIfactor;
+  return dt * (ratio == 0.0 ? kIfactor : factor);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -101,7 +100,7 @@ template <typename T>
 using AdjStages = T[3][7][kBlock];
 
 template <typename T, int M, int I>
-NMODE_INLINE void adj_stage_block(const T (*__restrict x)[kBlock], const T* __restrict g,
+ODEKERN_ALWAYS_INLINE void adj_stage_block(const T (*__restrict x)[kBlock], const T* __restrict g,
                                   const T* __restrict dt, int64_t len, AdjStages<T>& k) {
   using Tab = Tableau<M>;
 #pragma omp simd
@@ -121,14 +120,14 @@ NMODE_INLINE void adj_stage_block(const T (*__restrict x)[kBlock], const T* __re
 
 template <typename T, int M, int I, int S>
 struct AdjSweep {
-  static NMODE_INLINE void run(const T (*x)[kBlock], const T* g, const T* dt, int64_t len, AdjStages<T>& k) {
+  static ODEKERN_ALWAYS_INLINE void run(const T (*x)[kBlock], const T* g, const T* dt, int64_t len, AdjStages<T>& k) {
     adj_stage_block<T, M, I>(x, g, dt, len, k);
     AdjSweep<T, M, I + 1, S>::run(x, g, dt, len, k);
   }
 };
 template <typename T, int M, int S>
 struct AdjSweep<T, M, S, S> {
-  static NMODE_INLINE void run(const T (*)[kBlock], const T*, const T*, int64_t, AdjStages<T>&) {}
+  static ODEKERN_ALWAYS_INLINE void run(const T (*)[kBlock], const T*, const T*, int64_t, AdjStages<T>&) {}
 };
 
 // ------------------------------------------------------------------------------------------
@@ -136,7 +135,7 @@ struct AdjSweep<T, M, S, S> {
 // x[0..2] in place.
 // ------------------------------------------------------------------------------------------
 template <typename T, int M>
-NMODE_INLINE void adj_list_block(T (*__restrict x)[kBlock], const T* __restrict g, int64_t len,
+ODEKERN_ALWAYS_INLINE void adj_list_block(T (*__restrict x)[kBlock], const T* __restrict g, int64_t len,
                                  const double* dts, int64_t n) {
   constexpr int S = Tableau<M>::S;
   alignas(64) AdjStages<T> k;
@@ -172,7 +171,7 @@ struct AdjStart {
 // torchdiffeq's initial step selection for each lane (sys_solve_dopri5's, norm = max over the
 // three components), f = AdjointSys rhs at x.
 template <typename T>
-NMODE_INLINE void adj_initial_step_block(AdjStart<T>& s, int64_t len, double rtol, double atol) {
+ODEKERN_ALWAYS_INLINE void adj_initial_step_block(AdjStart<T>& s, int64_t len, double rtol, double atol) {
   // Split into loops so that no select has an operation in its arms (GCC sinks it there and
   // then, for a division or multiply that may trap, does not if-convert), and no selected
   // value feeds a double -> T conversion or inv_fifth_root: each loop then vectorises.
@@ -196,14 +195,14 @@ NMODE_UNROLL
       d0 = d0 > q0 ? d0 : q0;
       d1 = d1 > q1 ? d1 : q1;
     }
-    s.h0[e] = 0.01 * d0 / d1;
-    s.small[e] = ((d0 < 1e-5) | (d1 < 1e-5)) ? 1.0 : 0.0;
+    s.h0[e] = kInitialStepFraction * d0 / d1;
+    s.small[e] = ((d0 < kInitialNormFloor) | (d1 < kInitialNormFloor)) ? 1.0 : 0.0;
     s.h_small[e] = d1;  // d1 for now
   }
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
     const double h0 = s.h0[e], flag = s.small[e];
-    s.h0[e] = flag != 0.0 ? 1e-6 : h0;
+    s.h0[e] = flag != 0.0 ? kInitialTinyStep : h0;
   }
   // The probe (a sincos and three divisions per lane) has a loop of its own, with d2 parked in
   // root_arg: together with the selects below it was one loop that GCC left scalar ("control
@@ -231,12 +230,12 @@ NMODE_UNROLL
   for (int64_t e = 0; e < len; ++e) {
     const double h0 = s.h0[e], d1 = s.h_small[e], d2 = s.root_arg[e];
     const double dm = d1 > d2 ? d1 : d2;
-    double xr = 100.0 * (dm > 1e-15 ? dm : 1e-15);
+    double xr = (1.0 / kInitialStepFraction) * (dm > kInitialFlatFloor ? dm : kInitialFlatFloor);
     s.root_scale[e] = fifth_root_reduce(xr);
     s.root_arg[e] = xr;
-    s.small[e] = ((d1 <= 1e-15) & (d2 <= 1e-15)) ? 1.0 : 0.0;
-    const double hs = h0 * 1e-3;
-    s.h_small[e] = hs > 1e-6 ? hs : 1e-6;
+    s.small[e] = ((d1 <= kInitialFlatFloor) & (d2 <= kInitialFlatFloor)) ? 1.0 : 0.0;
+    const double hs = h0 * kInitialFlatShrink;
+    s.h_small[e] = hs > kInitialTinyStep ? hs : kInitialTinyStep;
   }
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) s.root_arg[e] = inv_fifth_root(s.root_arg[e]);
@@ -244,11 +243,12 @@ NMODE_UNROLL
   for (int64_t e = 0; e < len; ++e) s.root_arg[e] = s.root_scale[e] * s.root_arg[e];
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
-    // (0.01 / dm)^(1/5) = (100 dm)^(-1/5); dm > 1e-15 where it is used.
+    // (kInitialStepFraction / dm)^(1/5) = (dm / kInitialStepFraction)^(-1/5); dm > kInitialFlatFloor
+    // where it is used.
     const double hpow = s.root_arg[e], hs = s.h_small[e], sm = s.small[e];
     const double h1 = sm != 0.0 ? hs : hpow;
-    const double h100 = 100 * s.h0[e];
-    s.h[e] = h100 < h1 ? h100 : h1;
+    const double h_max = kInitialMaxGrowth * s.h0[e];
+    s.h[e] = h_max < h1 ? h_max : h1;
   }
 }
 
@@ -284,7 +284,7 @@ struct AdjLanes {
 #pragma GCC optimize("no-trapping-math")
 // Each lane's controller after an attempt (error ratio in L.ratio, its root in L.root).
 template <typename T>
-NMODE_INLINE void adj_control_lanes(AdjLanes<T>& L, double t_end, double max_steps) {
+ODEKERN_ALWAYS_INLINE void adj_control_lanes(AdjLanes<T>& L, double t_end, double max_steps) {
   // The controller in double only (GCC 12 does not vectorise selects that feed a double -> T
   // conversion or an int32 result); codes as exact small doubles, converted afterwards.
   // (No simd reduction here: under the optimize pragma GCC leaves its lane array unlowered.)
@@ -328,7 +328,7 @@ NMODE_INLINE void adj_control_lanes(AdjLanes<T>& L, double t_end, double max_ste
 // Three loops of one precision each (state in T, controller in double), each branch-free so
 // that it vectorises.
 template <typename T>
-NMODE_INLINE void adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
+ODEKERN_ALWAYS_INLINE void adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
   using D = Tableau<kDopri5>;
   AdjSweep<T, kDopri5, 1, 7>::run(L.x, L.g, L.dt, kBlock, L.k);
 #pragma omp simd
@@ -372,7 +372,7 @@ NMODE_UNROLL
 // Dense output (torchdiffeq's, dopri5_dense_weights) of a_y and a_g at each lane's theta.
 // Computed for all lanes (one loop, vectorised); only finished lanes' values are used.
 template <typename T>
-NMODE_INLINE void adj_dense_out_lanes(AdjLanes<T>& L) {
+ODEKERN_ALWAYS_INLINE void adj_dense_out_lanes(AdjLanes<T>& L) {
   using D = Tableau<kDopri5>;
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) {
@@ -429,7 +429,7 @@ struct AdjointTask {
 // x = [y(t1), a_y(t1), 0] and g of elements [s, s + len), len <= kBlock; grad_f1's part of
 // grad_g goes to gfull (the adjoint's a_g(t0) is added to it at the end).
 template <typename T, int M>
-NMODE_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, int64_t len, AdjStart<T>& S) {
+ODEKERN_ALWAYS_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, int64_t len, AdjStart<T>& S) {
   int64_t gi = s % A.G;
   for (int64_t e = 0; e < len; ++e) {
     S.g[e] = A.g[gi];
@@ -471,7 +471,7 @@ struct AdjFeed {
 // Puts the task's next element into lane l (preparing the next block of starts when the
 // prepared one is used up); false if the task has none left.
 template <typename T, int M>
-NMODE_INLINE bool adj_load_lane(const AdjointTask<T>& A, AdjFeed& F, AdjStart<T>& S, AdjLanes<T>& L,
+ODEKERN_ALWAYS_INLINE bool adj_load_lane(const AdjointTask<T>& A, AdjFeed& F, AdjStart<T>& S, AdjLanes<T>& L,
                                 int64_t l, int& worst) {
   if (F.next == F.end) return false;
   if (F.next == F.ps + F.plen) {

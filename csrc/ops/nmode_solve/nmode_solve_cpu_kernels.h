@@ -15,8 +15,6 @@ namespace cpu {
 
 constexpr int64_t kBlock = 64;
 
-#define NMODE_INLINE __attribute__((always_inline)) inline
-
 // Stage-major layout. One RK step of a block runs stage by stage, each stage an `omp simd`
 // loop over the block with the stages kept in a block-local k[S][kBlock] (L1-resident). The
 // element-major alternative (one loop iteration = a whole step of one vector) is a single
@@ -32,7 +30,7 @@ using StageArray = T[kBlock];
 // zeros and starting from the first product (the header's `acc = 0; acc += c k` gives the
 // same bits for finite values, two instructions more per stage).
 template <typename T, int J, class Coef>
-NMODE_INLINE T weighted_sum(Coef c, const StageArray<T>* k, int64_t e) {
+ODEKERN_ALWAYS_INLINE T weighted_sum(Coef c, const StageArray<T>* k, int64_t e) {
   T acc = T(0);
   bool first = true;
 NMODE_UNROLL
@@ -47,7 +45,7 @@ NMODE_UNROLL
 
 // k[I][e] = f(y + dt * sum_{j<I} a(I, j) k[j][e]) for one stage I.
 template <typename T, int M, int I>
-NMODE_INLINE void stage_block(const T* __restrict y, const T* __restrict g, int64_t len, T dt,
+ODEKERN_ALWAYS_INLINE void stage_block(const T* __restrict y, const T* __restrict g, int64_t len, T dt,
                               StageArray<T>* __restrict k) {
   using Tab = Tableau<M>;
 #pragma omp simd
@@ -60,25 +58,25 @@ NMODE_INLINE void stage_block(const T* __restrict y, const T* __restrict g, int6
 // Stages I .. S-1 (k[0] given), unrolled at compile time so the coefficients are constants.
 template <typename T, int M, int I, int S>
 struct StageSweep {
-  static NMODE_INLINE void run(const T* y, const T* g, int64_t len, T dt, StageArray<T>* k) {
+  static ODEKERN_ALWAYS_INLINE void run(const T* y, const T* g, int64_t len, T dt, StageArray<T>* k) {
     stage_block<T, M, I>(y, g, len, dt, k);
     StageSweep<T, M, I + 1, S>::run(y, g, len, dt, k);
   }
 };
 template <typename T, int M, int S>
 struct StageSweep<T, M, S, S> {
-  static NMODE_INLINE void run(const T*, const T*, int64_t, T, StageArray<T>*) {}
+  static ODEKERN_ALWAYS_INLINE void run(const T*, const T*, int64_t, T, StageArray<T>*) {}
 };
 
 // y + dt * sum_j b_j k_j with the tableau's (constant) weights.
 template <typename T, int M>
-NMODE_INLINE T combine_b(T y, T dt, const StageArray<T>* k, int64_t e) {
+ODEKERN_ALWAYS_INLINE T combine_b(T y, T dt, const StageArray<T>* k, int64_t e) {
   return y + dt * weighted_sum<T, Tableau<M>::S>([](int j) { return Tableau<M>::b(j); }, k, e);
 }
 
 // y + dt * sum_j w_j k_j with run-time weights (dopri5's dense output on the last step).
 template <typename T, int S>
-NMODE_INLINE T combine_w(T y, T dt, const T* w, const StageArray<T>* k, int64_t e) {
+ODEKERN_ALWAYS_INLINE T combine_w(T y, T dt, const T* w, const StageArray<T>* k, int64_t e) {
   T acc = T(0);
 NMODE_UNROLL
   for (int j = 0; j < S; ++j) acc += w[j] * k[j][e];
@@ -88,7 +86,7 @@ NMODE_UNROLL
 // One step of every element of a block, in place. dopri5's FSAL stage is evaluated only on
 // the interpolated last step (its weight is zero otherwise); other steps use the constant b.
 template <typename T, int M>
-NMODE_INLINE void advance_block(T* __restrict y, const T* __restrict g, int64_t len, T dt, const T* w,
+ODEKERN_ALWAYS_INLINE void advance_block(T* __restrict y, const T* __restrict g, int64_t len, T dt, const T* w,
                                 bool last) {
   constexpr int S = Tableau<M>::S;
   alignas(64) T k[S][kBlock];
@@ -109,7 +107,7 @@ NMODE_INLINE void advance_block(T* __restrict y, const T* __restrict g, int64_t 
 // sum is 0 exactly when every element is finite. Forward block loops add it while the output
 // is still in registers, so the op can refuse a non-finite y(t1) without a second pass over it.
 template <typename T>
-NMODE_INLINE T nonfinite_probe(T y) {
+ODEKERN_ALWAYS_INLINE T nonfinite_probe(T y) {
   return y - y;
 }
 
@@ -163,7 +161,7 @@ ODEKERN_ISA_CLONES T list_forward_block(const T* __restrict y0, const T* __restr
 // ------------------------------------------------------------------------------------------
 // Element e of a dopri5 attempt: the candidate y (through yn) and its squared error ratio.
 template <typename T>
-NMODE_INLINE double squared_error_ratio(const T* __restrict y, const StageArray<T>* k, int64_t e, T dt,
+ODEKERN_ALWAYS_INLINE double squared_error_ratio(const T* __restrict y, const StageArray<T>* k, int64_t e, T dt,
                                         T rtol, T atol, T* yn) {
   using D = Tableau<kDopri5>;
   *yn = combine_b<T, kDopri5>(y[e], dt, k, e);
@@ -246,7 +244,7 @@ ODEKERN_ISA_CLONES double initial_d2_block(const T* __restrict y, const T* __res
 // the tableau's b (dopri5 without its FSAL stage).
 // ------------------------------------------------------------------------------------------
 template <typename T, int M, int I>
-NMODE_INLINE void stage_sin2_block(const T* __restrict y, const T* __restrict g, int64_t len, T dt,
+ODEKERN_ALWAYS_INLINE void stage_sin2_block(const T* __restrict y, const T* __restrict g, int64_t len, T dt,
                                    StageArray<T>* __restrict k, StageArray<T>* __restrict s2) {
   using Tab = Tableau<M>;
 #pragma omp simd
@@ -257,18 +255,18 @@ NMODE_INLINE void stage_sin2_block(const T* __restrict y, const T* __restrict g,
 }
 template <typename T, int M, int I, int S>
 struct Sin2Sweep {
-  static NMODE_INLINE void run(const T* y, const T* g, int64_t len, T dt, StageArray<T>* k, StageArray<T>* s2) {
+  static ODEKERN_ALWAYS_INLINE void run(const T* y, const T* g, int64_t len, T dt, StageArray<T>* k, StageArray<T>* s2) {
     stage_sin2_block<T, M, I>(y, g, len, dt, k, s2);
     Sin2Sweep<T, M, I + 1, S>::run(y, g, len, dt, k, s2);
   }
 };
 template <typename T, int M, int S>
 struct Sin2Sweep<T, M, S, S> {
-  static NMODE_INLINE void run(const T*, const T*, int64_t, T, StageArray<T>*, StageArray<T>*) {}
+  static ODEKERN_ALWAYS_INLINE void run(const T*, const T*, int64_t, T, StageArray<T>*, StageArray<T>*) {}
 };
 
 template <typename T, int M, bool kDense>
-NMODE_INLINE void step_vjp_block(const T* __restrict ys, const T* __restrict g, int64_t len, T dt,
+ODEKERN_ALWAYS_INLINE void step_vjp_block(const T* __restrict ys, const T* __restrict g, int64_t len, T dt,
                                  const T* w, T* __restrict yb, T* __restrict gb) {
   using Tab = Tableau<M>;
   constexpr int S = (M == kDopri5 && !kDense) ? Tab::S - 1 : Tab::S;
@@ -364,20 +362,6 @@ ODEKERN_ISA_CLONES void list_backward_block(const T* __restrict y0, const T* __r
     gy0[e] = yb[e];
     gg_out[e] = accumulate_g ? gg_out[e] + gb[e] : gb[e];
   }
-}
-
-// The speed floor of the solve: `reps` chained evaluations per element of the transcendental
-// the RHS uses (fast_sin_sq), block-resident (no memory traffic). bench/ops/bench_nmode_solve.py
-// compares the solve against it at the solve's RHS-evaluation count.
-template <typename T>
-ODEKERN_ISA_CLONES void cos_floor_block(const T* __restrict x, int64_t len, int64_t reps, T* __restrict out) {
-  alignas(64) T v[kBlock];
-  for (int64_t e = 0; e < len; ++e) v[e] = x[e];
-  for (int64_t r = 0; r < reps; ++r) {
-#pragma omp simd
-    for (int64_t e = 0; e < len; ++e) v[e] = fast_sin_sq(v[e]);
-  }
-  for (int64_t e = 0; e < len; ++e) out[e] = v[e];
 }
 
 }  // namespace cpu

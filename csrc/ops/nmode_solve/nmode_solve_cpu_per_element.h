@@ -40,8 +40,6 @@ namespace odekern {
 namespace nmode {
 namespace cpu_pe {
 
-#define NMODE_PE_INLINE __attribute__((always_inline)) inline
-
 // Lanes per block. Small enough that lanes needing many more steps than their neighbours do
 // not keep many finished lanes idle; large enough for several vectors per stage loop.
 constexpr int64_t kLanes = 32;
@@ -56,10 +54,10 @@ constexpr int kSegments = 32;  // controller snapshots: the backward handles kRe
 // ------------------------------------------------------------------------------------------
 // Bit casts as __builtin_bit_cast (a memcpy here becomes an aliasing byte copy that the
 // vectoriser gives up on).
-NMODE_PE_INLINE uint64_t bits_of(double x) { return __builtin_bit_cast(uint64_t, x); }
-NMODE_PE_INLINE double double_of(uint64_t u) { return __builtin_bit_cast(double, u); }
+ODEKERN_ALWAYS_INLINE uint64_t bits_of(double x) { return __builtin_bit_cast(uint64_t, x); }
+ODEKERN_ALWAYS_INLINE double double_of(uint64_t u) { return __builtin_bit_cast(double, u); }
 
-NMODE_PE_INLINE double inv_fifth_root(double x) {
+ODEKERN_ALWAYS_INLINE double inv_fifth_root(double x) {
   // Selects between values computed unconditionally (see the pragma above).
   const bool tiny = x < 0x1p-1000;
   const double x_scaled = x * 0x1p200;  // (2^200)^(-1/5) = 2^-40, undone below
@@ -96,45 +94,45 @@ NMODE_UNROLL
 }
 
 // x^(1/5 + delta) = 1 / x^-(1/5 + delta) (once per lane: the division is fine here).
-NMODE_PE_INLINE double fifth_root(double x) { return 1.0 / inv_fifth_root(x); }
+ODEKERN_ALWAYS_INLINE double fifth_root(double x) { return 1.0 / inv_fifth_root(x); }
 
 // optimal_step of the header with 1 / pow(ratio, 1/5) -> inv_fifth_root. Outside [2^-20, 2^20] the
-// factor is clamped anyway (0.9 / 2^-4 > 10, 0.9 / 2^4 < 0.2), so those ratios (and 0, inf)
-// take the clamp directly, exactly as the header's formula does.
-NMODE_PE_INLINE double optimal_step_lane(double dt, double ratio) {
-  const double safety = 0.9, ifactor = 10.0;
-  const double dfactor = ratio < 1.0 ? 1.0 : 0.2;
+// factor is clamped anyway (kSafety / 2^-4 > kIfactor, kSafety / 2^4 < kDfactor), so those ratios
+// (and 0, inf) take the clamp directly, exactly as the header's formula does.
+static_assert(kSafety * 16.0 > kIfactor && kSafety / 16.0 < kDfactor, "clamp shortcut of optimal_step_lane");
+ODEKERN_ALWAYS_INLINE double optimal_step_lane(double dt, double ratio) {
+  const double dfactor = ratio < 1.0 ? 1.0 : kDfactor;
   const bool small = ratio < 0x1p-20, large = ratio > 0x1p20;
   const double rc = small ? 1.0 : large ? 1.0 : ratio;
-  double factor = safety * inv_fifth_root(rc);
+  double factor = kSafety * inv_fifth_root(rc);
   factor = factor > dfactor ? factor : dfactor;
-  factor = factor < ifactor ? factor : ifactor;
-  factor = small ? ifactor : large ? 0.2 : factor;
-  const double grown = dt * ifactor, scaled = dt * factor;
+  factor = factor < kIfactor ? factor : kIfactor;
+  factor = small ? kIfactor : large ? kDfactor : factor;
+  const double grown = dt * kIfactor, scaled = dt * factor;
   return ratio == 0.0 ? grown : scaled;
 }
 
 // initial_step_final of the header with pow -> fifth_root.
-NMODE_PE_INLINE double initial_step_final_lane(double h0, double d1, double d2) {
-  const bool flat = (d1 <= 1e-15) & (d2 <= 1e-15);
+ODEKERN_ALWAYS_INLINE double initial_step_final_lane(double h0, double d1, double d2) {
+  const bool flat = (d1 <= kInitialFlatFloor) & (d2 <= kInitialFlatFloor);
   const double dm = d1 > d2 ? d1 : d2;
-  const double h0_small = h0 * 1e-3, h0_big = 100 * h0;
-  const double h_flat = h0_small > 1e-6 ? h0_small : 1e-6;
-  const double h_root = fifth_root(0.01 / (flat ? 1.0 : dm));
+  const double h0_small = h0 * kInitialFlatShrink, h0_big = kInitialMaxGrowth * h0;
+  const double h_flat = h0_small > kInitialTinyStep ? h0_small : kInitialTinyStep;
+  const double h_root = fifth_root(kInitialStepFraction / (flat ? 1.0 : dm));
   const double h1 = flat ? h_flat : h_root;
   return h0_big < h1 ? h0_big : h1;
 }
 
 // initial_step_h0 of the header, both sides computed (see fifth_root).
-NMODE_PE_INLINE double initial_step_h0_lane(double d0, double d1) {
-  const double h = 0.01 * d0 / d1;
-  return ((d0 < 1e-5) | (d1 < 1e-5)) ? 1e-6 : h;
+ODEKERN_ALWAYS_INLINE double initial_step_h0_lane(double d0, double d1) {
+  const double h = kInitialStepFraction * d0 / d1;
+  return ((d0 < kInitialNormFloor) | (d1 < kInitialNormFloor)) ? kInitialTinyStep : h;
 }
 
 // fmax(0, v) for v >= 0 or NaN, as the scalar solver's running max starting at 0 computes it.
 // `zero` is 0.0 computed at run time (Params::zero): with a literal 0 GCC rewrites each later
 // comparison of the result as a select between booleans, which it cannot vectorise.
-NMODE_PE_INLINE double max0(double v, double zero) { return v == v ? v : zero; }
+ODEKERN_ALWAYS_INLINE double max0(double v, double zero) { return v == v ? v : zero; }
 
 // ------------------------------------------------------------------------------------------
 // Lane state of a block (structure of arrays; copying it is a controller snapshot).
@@ -159,7 +157,7 @@ struct Params {
 // Loads up to kLanes elements (y0[i], g[(first + i) % G]) and picks each lane's initial step
 // (sys_solve_dopri5's: d0, d1, one Euler probe for d2). Padding lanes start inactive.
 template <typename T>
-NMODE_PE_INLINE void init_lanes(Lanes<T>& L, const T* y0, const T* g, int64_t first, int64_t G,
+ODEKERN_ALWAYS_INLINE void init_lanes(Lanes<T>& L, const T* y0, const T* g, int64_t first, int64_t G,
                                 int64_t len, const Params& p) {
   for (int64_t e = 0; e < kLanes; ++e) {
     L.y[e] = T(0);
@@ -213,7 +211,7 @@ struct RowE {
 // acc + sum_{j >= J} C(j) k[j][e] for j < Jend, in order, zero coefficients skipped
 // (the header's `acc = 0; acc += c(j) k[j]`, same values for finite inputs).
 template <typename T, class C, int J, int Jend>
-NMODE_PE_INLINE T lane_sum_from(T acc, const LaneArray<T>* k, int64_t e) {
+ODEKERN_ALWAYS_INLINE T lane_sum_from(T acc, const LaneArray<T>* k, int64_t e) {
   if constexpr (J >= Jend) {
     return acc;
   } else {
@@ -222,20 +220,20 @@ NMODE_PE_INLINE T lane_sum_from(T acc, const LaneArray<T>* k, int64_t e) {
   }
 }
 template <typename T, class C, int Jend>
-NMODE_PE_INLINE T lane_sum(const LaneArray<T>* k, int64_t e) {
+ODEKERN_ALWAYS_INLINE T lane_sum(const LaneArray<T>* k, int64_t e) {
   return lane_sum_from<T, C, 0, Jend>(T(0), k, e);
 }
 
 // Weight J of torchdiffeq's dense output (dopri5_dense_weights of the header, one lane).
 template <typename T, int J>
-NMODE_PE_INLINE T dense_weight(double w_y1, double w_mid, double w_f0, double w_f1) {
+ODEKERN_ALWAYS_INLINE T dense_weight(double w_y1, double w_mid, double w_f0, double w_f1) {
   using D = Tableau<kDopri5>;
   return T(w_y1 * D::b(J) + w_mid * D::mid(J) + (J == 0 ? w_f0 : 0.0) + (J == 6 ? w_f1 : 0.0));
 }
 
 // acc + sum_{j >= J} w_j(theta) k[j][e] (weights that are zero for every theta skipped).
 template <typename T, int J>
-NMODE_PE_INLINE T dense_sum_from(T acc, double w_y1, double w_mid, double w_f0, double w_f1,
+ODEKERN_ALWAYS_INLINE T dense_sum_from(T acc, double w_y1, double w_mid, double w_f0, double w_f1,
                                  const LaneArray<T>* k, int64_t e) {
   using D = Tableau<kDopri5>;
   if constexpr (J >= 7) {
@@ -249,7 +247,7 @@ NMODE_PE_INLINE T dense_sum_from(T acc, double w_y1, double w_mid, double w_f0, 
 
 // Stage I of every lane: k[I] = f(y + dt * sum_{j<I} a(I, j) k[j]), lane-wise dt.
 template <typename T, int I>
-NMODE_PE_INLINE void stage(const Lanes<T>& L, LaneArray<T>* __restrict k) {
+ODEKERN_ALWAYS_INLINE void stage(const Lanes<T>& L, LaneArray<T>* __restrict k) {
 #pragma omp simd
   for (int64_t e = 0; e < kLanes; ++e) {
     const T acc = lane_sum<T, RowA<I>, I>(k, e);
@@ -270,7 +268,7 @@ struct AttemptRecord {
 // selects into conditional stores, which do not vectorise). With kRec the attempt is written
 // to slot `slot` of rec. Returns the number of lanes still active.
 template <typename T, bool kRec>
-NMODE_PE_INLINE int64_t attempt(const Lanes<T>& L, Lanes<T>& N, const Params& p, AttemptRecord<T>* rec,
+ODEKERN_ALWAYS_INLINE int64_t attempt(const Lanes<T>& L, Lanes<T>& N, const Params& p, AttemptRecord<T>* rec,
                                 int slot) {
   alignas(64) T k[7][kLanes];
 #pragma omp simd
@@ -332,7 +330,7 @@ NMODE_PE_INLINE int64_t attempt(const Lanes<T>& L, Lanes<T>& N, const Params& p,
 
 // Worst status over the lanes.
 template <typename T>
-NMODE_PE_INLINE int worst_status(const Lanes<T>& L) {
+ODEKERN_ALWAYS_INLINE int worst_status(const Lanes<T>& L) {
   double w = 0.0;
   for (int64_t e = 0; e < kLanes; ++e) w = L.status[e] > w ? L.status[e] : w;
   return int(w);
@@ -379,7 +377,7 @@ ODEKERN_ISA_CLONES int forward_block(const T* __restrict y0, const T* __restrict
 // (yb, gb) in, (yb_out, gb_out) out: separate outputs, as in attempt().
 // ------------------------------------------------------------------------------------------
 template <typename T, int I>
-NMODE_PE_INLINE void stage_sin2(const T* __restrict y, const T* __restrict dt, const T* __restrict g,
+ODEKERN_ALWAYS_INLINE void stage_sin2(const T* __restrict y, const T* __restrict dt, const T* __restrict g,
                                 LaneArray<T>* __restrict k, LaneArray<T>* __restrict s2) {
 #pragma omp simd
   for (int64_t e = 0; e < kLanes; ++e) {
@@ -393,7 +391,7 @@ NMODE_PE_INLINE void stage_sin2(const T* __restrict y, const T* __restrict dt, c
 // scatter stores, and the loop stays scalar.
 // kbar_j = dt * w_j * ybar1 with w the dense weights (last) or b; j = J .. 6.
 template <typename T, int J>
-NMODE_PE_INLINE void kbar_init(LaneArray<T>* kbar, int64_t e, bool last, T dt, T ybar1, double w_y1,
+ODEKERN_ALWAYS_INLINE void kbar_init(LaneArray<T>* kbar, int64_t e, bool last, T dt, T ybar1, double w_y1,
                                double w_mid, double w_f0, double w_f1) {
   if constexpr (J < 7) {
     const T wd = dense_weight<T, J>(w_y1, w_mid, w_f0, w_f1);
@@ -405,7 +403,7 @@ NMODE_PE_INLINE void kbar_init(LaneArray<T>* kbar, int64_t e, bool last, T dt, T
 
 // kbar_j += dt * a(I, j) * sbar for j = J .. I-1 with a(I, j) != 0.
 template <typename T, int I, int J>
-NMODE_PE_INLINE void kbar_scatter(LaneArray<T>* kbar, int64_t e, T dt, T sbar) {
+ODEKERN_ALWAYS_INLINE void kbar_scatter(LaneArray<T>* kbar, int64_t e, T dt, T sbar) {
   if constexpr (J < I) {
     if constexpr (Tableau<kDopri5>::a(I, J) != 0.0) kbar[J][e] += dt * T(Tableau<kDopri5>::a(I, J)) * sbar;
     kbar_scatter<T, I, J + 1>(kbar, e, dt, sbar);
@@ -414,7 +412,7 @@ NMODE_PE_INLINE void kbar_scatter(LaneArray<T>* kbar, int64_t e, T dt, T sbar) {
 
 // Reverse sweep over stages I, I-1, ..., 0 (rk_step_vjp's loop body).
 template <typename T, int I>
-NMODE_PE_INLINE void reverse_stages(LaneArray<T>* kbar, const LaneArray<T>* s2, int64_t e, T dt, T& ybar,
+ODEKERN_ALWAYS_INLINE void reverse_stages(LaneArray<T>* kbar, const LaneArray<T>* s2, int64_t e, T dt, T& ybar,
                                     T& gacc) {
   if constexpr (I >= 0) {
     const T sbar = kbar[I][e] * (s2[I][e] - T(1));
@@ -426,7 +424,7 @@ NMODE_PE_INLINE void reverse_stages(LaneArray<T>* kbar, const LaneArray<T>* s2, 
 }
 
 template <typename T>
-NMODE_PE_INLINE void reverse_attempt(const AttemptRecord<T>& rec, int slot, const T* __restrict g,
+ODEKERN_ALWAYS_INLINE void reverse_attempt(const AttemptRecord<T>& rec, int slot, const T* __restrict g,
                                      const double* __restrict theta, const T* __restrict yb,
                                      const T* __restrict gb, T* __restrict yb_out, T* __restrict gb_out) {
   const T* y = rec.y[slot];
@@ -554,7 +552,6 @@ ODEKERN_ISA_CLONES int backward_block(const T* __restrict y0, const T* __restric
   return kOk;
 }
 
-#undef NMODE_PE_INLINE
 
 }  // namespace cpu_pe
 }  // namespace nmode

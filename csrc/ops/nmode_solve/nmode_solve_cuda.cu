@@ -27,7 +27,7 @@ constexpr int kThreads = 128;
 inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
 // Sum over the block of a per-thread double into part[blockIdx.x] (fixed order: deterministic).
-__device__ __forceinline__ void block_sum_to(double v, global_ptr<double> part) {
+__device__ ODEKERN_ALWAYS_INLINE void block_sum_to(double v, global_ptr<double> part) {
   ODEKERN_SHARED_ARRAY(double, buf, kThreads);
   buf[threadIdx.x] = v;
   __syncthreads();

@@ -13,14 +13,9 @@ TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
   // out = y + sum_j coeffs[j] * ks[j] (y = None: out = sum_j coeffs[j] * ks[j]); out may be y
   // itself (in-place update).
   m.def("rk_combine_out(Tensor? y, Tensor[] ks, float[] coeffs, Tensor(a!) out) -> ()");
-  // y1 = y0 + sum_j coeffs[j] * ks[j]; returns the RMS error ratio (0-dim float64)
-  //   sqrt(mean(((sum_j err_coeffs[j] * ks[j]) / (atol + rtol * max(|y0|, |y1|)))^2)),
-  // 0 for empty tensors.
-  m.def(
-      "rk_final_error_out(Tensor y0, Tensor[] ks, float[] coeffs, float[] err_coeffs, "
-      "float rtol, float atol, Tensor(a!) y1) -> Tensor");
-  // The same RMS error ratio when y1 already exists (FSAL tableaus, or ks = [err] with
-  // err_coeffs = [1] for a materialised error estimate); reads only, writes nothing.
+  // The RMS error ratio (0-dim float64, 0 for empty tensors)
+  //   sqrt(mean(((sum_j err_coeffs[j] * ks[j]) / (atol + rtol * max(|y0|, |y1|)))^2))
+  // (ks = [err] with err_coeffs = [1] for a materialised error estimate); reads only.
   m.def(
       "rk_error_ratio(Tensor y0, Tensor y1, Tensor[] ks, float[] err_coeffs, float rtol, "
       "float atol) -> Tensor");

@@ -21,14 +21,12 @@ namespace odekern {
 namespace rk_stage {
 namespace {
 
-#define ODEKERN_INLINE __attribute__((always_inline)) inline
-
 template <typename T, int NK>
 struct Loaded {
   const T* k[NK];
   T c[NK];
   T d[NK];
-  ODEKERN_INLINE Loaded(const T* const* kp, const T* c_in, const T* d_in) {
+  ODEKERN_ALWAYS_INLINE Loaded(const T* const* kp, const T* c_in, const T* d_in) {
     for (int j = 0; j < NK; ++j) {
       k[j] = kp[j];
       c[j] = c_in ? c_in[j] : T(0);
@@ -39,7 +37,7 @@ struct Loaded {
 
 // y == nullptr: out = sum_j c_j k_j.
 template <typename T, int NK>
-ODEKERN_INLINE void combine_loop(const T* y, const T* const* kp, const T* c_in, T* out,
+ODEKERN_ALWAYS_INLINE void combine_loop(const T* y, const T* const* kp, const T* c_in, T* out,
                                  int64_t n) {
   const Loaded<T, NK> s(kp, c_in, nullptr);
   if (y != nullptr) {
@@ -60,24 +58,7 @@ ODEKERN_INLINE void combine_loop(const T* y, const T* const* kp, const T* c_in, 
 }
 
 template <typename T, int NK>
-ODEKERN_INLINE double final_error_loop(const T* y0, const T* const* kp, const T* c_in,
-                                       const T* d_in, T rtol, T atol, T* y1, int64_t n) {
-  const Loaded<T, NK> s(kp, c_in, d_in);
-  double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) {
-    T kv[NK];
-    for (int j = 0; j < NK; ++j) kv[j] = s.k[j][i];
-    const T y0i = y0[i];
-    const T y1i = combine<T, NK>(y0i, kv, s.c);
-    y1[i] = y1i;
-    acc += error_ratio_sq<T, double>(y0i, y1i, weighted_sum<T, NK>(kv, s.d), rtol, atol);
-  }
-  return acc;
-}
-
-template <typename T, int NK>
-ODEKERN_INLINE double error_ratio_loop(const T* y0, const T* y1, const T* const* kp,
+ODEKERN_ALWAYS_INLINE double error_ratio_loop(const T* y0, const T* y1, const T* const* kp,
                                        const T* d_in, T rtol, T atol, int64_t n) {
   const Loaded<T, NK> s(kp, nullptr, d_in);
   double acc = 0.0;
@@ -122,20 +103,6 @@ ODEKERN_ISA_CLONES void combine_f64(const double* y, const double* const* k, con
   ODEKERN_NK_SWITCH(CALL)
 #undef CALL
 }
-ODEKERN_ISA_CLONES double final_error_f32(const float* y0, const float* const* k, const float* c,
-                                          const float* d, int nk, float rtol, float atol, float* y1,
-                                          int64_t n) {
-#define CALL(NK) final_error_loop<float, NK>(y0, k, c, d, rtol, atol, y1, n)
-  ODEKERN_NK_SWITCH(CALL)
-#undef CALL
-}
-ODEKERN_ISA_CLONES double final_error_f64(const double* y0, const double* const* k,
-                                          const double* c, const double* d, int nk, double rtol,
-                                          double atol, double* y1, int64_t n) {
-#define CALL(NK) final_error_loop<double, NK>(y0, k, c, d, rtol, atol, y1, n)
-  ODEKERN_NK_SWITCH(CALL)
-#undef CALL
-}
 ODEKERN_ISA_CLONES double error_ratio_f32(const float* y0, const float* y1, const float* const* k,
                                           const float* d, int nk, float rtol, float atol,
                                           int64_t n) {
@@ -159,16 +126,6 @@ inline void combine_chunk(const float* y, const float* const* k, const float* c,
 inline void combine_chunk(const double* y, const double* const* k, const double* c, int nk,
                           double* o, int64_t n) {
   combine_f64(y, k, c, nk, o, n);
-}
-inline double final_error_chunk(const float* y0, const float* const* k, const float* c,
-                                const float* d, int nk, float rtol, float atol, float* y1,
-                                int64_t n) {
-  return final_error_f32(y0, k, c, d, nk, rtol, atol, y1, n);
-}
-inline double final_error_chunk(const double* y0, const double* const* k, const double* c,
-                                const double* d, int nk, double rtol, double atol, double* y1,
-                                int64_t n) {
-  return final_error_f64(y0, k, c, d, nk, rtol, atol, y1, n);
 }
 inline double error_ratio_chunk(const float* y0, const float* y1, const float* const* k,
                                 const float* d, int nk, float rtol, float atol, int64_t n) {
@@ -280,22 +237,6 @@ struct Coeffs {
 };
 
 template <typename T>
-double final_error_impl(const at::Tensor& y0, at::TensorList ks, at::ArrayRef<double> coeffs,
-                        at::ArrayRef<double> err_coeffs, double rtol, double atol,
-                        const at::Tensor& y1) {
-  const Coeffs<T> s(ks, coeffs, err_coeffs);
-  const T* src = y0.data_ptr<T>();
-  T* dst = y1.data_ptr<T>();
-  const int64_t n = y0.numel();
-  return blocked_sum(n, [&](int64_t b, int64_t e) {
-    const T* kb[kMaxK];
-    s.offset(kb, b);
-    return final_error_chunk(src + b, kb, s.c, s.d, s.nk, static_cast<T>(rtol),
-                             static_cast<T>(atol), dst + b, e - b);
-  });
-}
-
-template <typename T>
 double error_ratio_impl(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
                         at::ArrayRef<double> err_coeffs, double rtol, double atol) {
   const Coeffs<T> s(ks, {}, err_coeffs);
@@ -313,21 +254,6 @@ at::Tensor rms_result(const at::Tensor& like, double sum_sq) {
   auto result = at::zeros({}, like.options().dtype(at::kDouble));
   if (like.numel() > 0) result.fill_(std::sqrt(sum_sq / static_cast<double>(like.numel())));
   return result;
-}
-
-at::Tensor rk_final_error_out_cpu(const at::Tensor& y0, at::TensorList ks,
-                                  at::ArrayRef<double> coeffs, at::ArrayRef<double> err_coeffs,
-                                  double rtol, double atol, const at::Tensor& y1) {
-  check_stages(y0, ks, coeffs.size(), true);
-  check_like(y0, y0, "y0");
-  check_like(y1, y0, "y1");
-  TORCH_CHECK(err_coeffs.size() == ks.size(), "rk_final_error_out: got ", ks.size(),
-              " k tensors but ", err_coeffs.size(), " error coefficients");
-  if (y0.numel() == 0) return rms_result(y0, 0.0);
-  const double sum = y0.scalar_type() == at::kFloat
-                         ? final_error_impl<float>(y0, ks, coeffs, err_coeffs, rtol, atol, y1)
-                         : final_error_impl<double>(y0, ks, coeffs, err_coeffs, rtol, atol, y1);
-  return rms_result(y0, sum);
 }
 
 at::Tensor rk_error_ratio_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
@@ -348,6 +274,5 @@ at::Tensor rk_error_ratio_cpu(const at::Tensor& y0, const at::Tensor& y1, at::Te
 
 TORCH_LIBRARY_IMPL(odekern_C, CPU, m) {
   m.impl("rk_combine_out", &odekern::rk_stage::rk_combine_out_cpu);
-  m.impl("rk_final_error_out", &odekern::rk_stage::rk_final_error_out_cpu);
   m.impl("rk_error_ratio", &odekern::rk_stage::rk_error_ratio_cpu);
 }

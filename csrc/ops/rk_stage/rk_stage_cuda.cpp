@@ -12,14 +12,10 @@ namespace rk_stage {
 
 constexpr int kMaxKCuda = 13;  // rk_stage::kMaxK (rk_stage.h is not included to keep it host-only)
 
-int rk_final_error_cuda_partials(int64_t n);
+int rk_error_ratio_cuda_partials(int64_t n);
 void rk_combine_cuda_launch(bool is_double, const void* y, const void* const* ks,
                             const double* coeffs, int nk, void* out, int64_t n,
                             cudaStream_t stream);
-void rk_final_error_cuda_launch(bool is_double, const void* y0, const void* const* ks,
-                                const double* coeffs, const double* err_coeffs, int nk,
-                                double rtol, double atol, void* y1, double* partial,
-                                double* result, int64_t n, cudaStream_t stream);
 void rk_error_ratio_cuda_launch(bool is_double, const void* y0, const void* y1,
                                 const void* const* ks, const double* err_coeffs, int nk,
                                 double rtol, double atol, double* partial, double* result,
@@ -73,27 +69,6 @@ void rk_combine_out_cuda(const std::optional<at::Tensor>& y, at::TensorList ks,
   }
 }
 
-at::Tensor rk_final_error_out_cuda(const at::Tensor& y0, at::TensorList ks,
-                                   at::ArrayRef<double> coeffs, at::ArrayRef<double> err_coeffs,
-                                   double rtol, double atol, const at::Tensor& y1) {
-  check_cuda_operands(y0, ks, coeffs.size(), y1);
-  TORCH_CHECK(err_coeffs.size() == ks.size() && !ks.empty() && ks.size() <= kMaxKCuda,
-              "rk_final_error_out: needs 1..", kMaxKCuda, " k tensors with one error coefficient each");
-  const c10::cuda::CUDAGuard guard(y0.device());
-  auto result = at::zeros({}, y0.options().dtype(at::kDouble));
-  const int64_t n = y0.numel();
-  if (n == 0) return result;
-  auto partial = at::empty({rk_final_error_cuda_partials(n)}, y0.options().dtype(at::kDouble));
-  const void* kp[kMaxKCuda];
-  for (size_t j = 0; j < ks.size(); ++j) kp[j] = ks[j].data_ptr();
-  rk_final_error_cuda_launch(y0.scalar_type() == at::kDouble, y0.data_ptr(), kp, coeffs.data(),
-                             err_coeffs.data(), static_cast<int>(ks.size()), rtol, atol,
-                             y1.data_ptr(), partial.data_ptr<double>(), result.data_ptr<double>(),
-                             n, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return result;
-}
-
 at::Tensor rk_error_ratio_cuda(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
                                at::ArrayRef<double> err_coeffs, double rtol, double atol) {
   check_cuda_operands(y0, ks, err_coeffs.size(), y1);
@@ -103,7 +78,7 @@ at::Tensor rk_error_ratio_cuda(const at::Tensor& y0, const at::Tensor& y1, at::T
   auto result = at::zeros({}, y0.options().dtype(at::kDouble));
   const int64_t n = y0.numel();
   if (n == 0) return result;
-  auto partial = at::empty({rk_final_error_cuda_partials(n)}, y0.options().dtype(at::kDouble));
+  auto partial = at::empty({rk_error_ratio_cuda_partials(n)}, y0.options().dtype(at::kDouble));
   const void* kp[kMaxKCuda];
   for (size_t j = 0; j < ks.size(); ++j) kp[j] = ks[j].data_ptr();
   rk_error_ratio_cuda_launch(y0.scalar_type() == at::kDouble, y0.data_ptr(), y1.data_ptr(), kp,
@@ -120,6 +95,5 @@ at::Tensor rk_error_ratio_cuda(const at::Tensor& y0, const at::Tensor& y1, at::T
 
 ODEKERN_CUDA_IMPL(m) {
   m.impl("rk_combine_out", &odekern::rk_stage::rk_combine_out_cuda);
-  m.impl("rk_final_error_out", &odekern::rk_stage::rk_final_error_out_cuda);
   m.impl("rk_error_ratio", &odekern::rk_stage::rk_error_ratio_cuda);
 }

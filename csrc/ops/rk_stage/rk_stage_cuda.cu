@@ -3,6 +3,8 @@
 // (python -m tools.gpucheck) and run on CPU by the CUDA emulation of tests/cuda_emulation. The
 // per-element math is rk_stage.h, shared with the CPU loop.
 #include <cstdint>
+#include <stdexcept>
+#include <type_traits>
 
 #include <odekern/cuda_launch.h>
 
@@ -14,7 +16,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 4096;  // grid-stride beyond this; also bounds the partial-sum buffer
-static_assert(kMaxK == 13, "the launch switches need one case per stage count up to kMaxK");
 
 // Pointers and dt-scaled coefficients travel by value in kernel parameter space.
 template <typename T>
@@ -41,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(global_ptr<const T> y
 }
 
 // Block-level sum of `acc` into partial[blockIdx.x] (warp shuffles, then one warp's worth).
-__device__ __forceinline__ void store_block_sum(double acc, global_ptr<double> partial) {
+__device__ ODEKERN_ALWAYS_INLINE void store_block_sum(double acc, global_ptr<double> partial) {
   ODEKERN_SHARED_ARRAY(double, warp_sums, kThreads / 32);
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
@@ -56,31 +57,6 @@ __device__ __forceinline__ void store_block_sum(double acc, global_ptr<double> p
 
 // Each block writes one float64 partial sum of squared error ratios; finalize_kernel adds
 // them in block order (deterministic, no atomics).
-template <typename T, int NK>
-__global__ void __launch_bounds__(kThreads) final_error_kernel(global_ptr<const T> y0, Stages<T> s, T rtol,
-                                                               T atol, global_ptr<T> y1,
-                                                               global_ptr<double> partial,
-                                                               int64_t n) {
-  T c[NK], d[NK];
-#pragma unroll
-  for (int j = 0; j < NK; ++j) {
-    c[j] = s.c[j];
-    d[j] = s.d[j];
-  }
-  double acc = 0.0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    T kv[NK];
-#pragma unroll
-    for (int j = 0; j < NK; ++j) kv[j] = __ldg(s.k[j] + i);
-    const T y0i = y0[i];
-    const T y1i = combine<T, NK>(y0i, kv, c);
-    y1[i] = y1i;
-    acc += error_ratio_sq<T, double>(y0i, y1i, weighted_sum<T, NK>(kv, d), rtol, atol);
-  }
-  store_block_sum(acc, partial);
-}
-
 template <typename T, int NK>
 __global__ void __launch_bounds__(kThreads) error_ratio_kernel(global_ptr<const T> y0,
                                                                global_ptr<const T> y1,
@@ -130,25 +106,27 @@ Stages<T> pack(const void* const* ks, const double* c, const double* d, int nk) 
   return s;
 }
 
+// The runtime stage count as a compile-time one: one kernel instance per count in [1, kMaxK].
+template <int NK = 1, class Fn>
+void dispatch_nk(int nk, Fn&& fn) {
+  if constexpr (NK <= kMaxK) {
+    if (nk == NK) {
+      fn(std::integral_constant<int, NK>{});
+    } else {
+      dispatch_nk<NK + 1>(nk, fn);
+    }
+  } else {
+    throw std::out_of_range("rk_stage: the number of stages must be in [1, kMaxK]");
+  }
+}
+
 template <typename T, bool BASE>
 void combine_switch(const T* yp, const Stages<T>& s, int nk, T* op, int64_t n,
                     cudaStream_t stream) {
   const dim3 grid(blocks_for(n)), block(kThreads);
-  switch (nk) {
-    case 1: launch_kernel<combine_kernel<T, 1, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 2: launch_kernel<combine_kernel<T, 2, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 3: launch_kernel<combine_kernel<T, 3, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 4: launch_kernel<combine_kernel<T, 4, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 5: launch_kernel<combine_kernel<T, 5, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 6: launch_kernel<combine_kernel<T, 6, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 8: launch_kernel<combine_kernel<T, 8, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 9: launch_kernel<combine_kernel<T, 9, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 10: launch_kernel<combine_kernel<T, 10, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 11: launch_kernel<combine_kernel<T, 11, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 12: launch_kernel<combine_kernel<T, 12, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    case 13: launch_kernel<combine_kernel<T, 13, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-    default: launch_kernel<combine_kernel<T, 7, BASE>>(grid, block, 0, stream, yp, s, op, n); break;
-  }
+  dispatch_nk(nk, [&](auto count) {
+    launch_kernel<combine_kernel<T, decltype(count)::value, BASE>>(grid, block, 0, stream, yp, s, op, n);
+  });
 }
 
 template <typename T>
@@ -174,49 +152,9 @@ void error_ratio_typed(const void* y0, const void* y1, const void* const* ks, co
   const T rt = static_cast<T>(rtol), at = static_cast<T>(atol);
   const int nblocks = blocks_for(n);
   const dim3 grid(nblocks), block(kThreads);
-  switch (nk) {
-    case 1: launch_kernel<error_ratio_kernel<T, 1>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 2: launch_kernel<error_ratio_kernel<T, 2>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 3: launch_kernel<error_ratio_kernel<T, 3>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 4: launch_kernel<error_ratio_kernel<T, 4>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 5: launch_kernel<error_ratio_kernel<T, 5>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 6: launch_kernel<error_ratio_kernel<T, 6>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 8: launch_kernel<error_ratio_kernel<T, 8>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 9: launch_kernel<error_ratio_kernel<T, 9>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 10: launch_kernel<error_ratio_kernel<T, 10>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 11: launch_kernel<error_ratio_kernel<T, 11>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 12: launch_kernel<error_ratio_kernel<T, 12>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    case 13: launch_kernel<error_ratio_kernel<T, 13>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-    default: launch_kernel<error_ratio_kernel<T, 7>>(grid, block, 0, stream, a, b, s, rt, at, partial, n); break;
-  }
-  launch_kernel<finalize_kernel>(1, kThreads, 0, stream, partial, nblocks, n, result);
-}
-
-template <typename T>
-void final_error_typed(const void* y0, const void* const* ks, const double* c, const double* d,
-                       int nk, double rtol, double atol, void* y1, double* partial,
-                       double* result, int64_t n, cudaStream_t stream) {
-  const Stages<T> s = pack<T>(ks, c, d, nk);
-  const T* yp = static_cast<const T*>(y0);
-  T* op = static_cast<T*>(y1);
-  const T rt = static_cast<T>(rtol), at = static_cast<T>(atol);
-  const int nblocks = blocks_for(n);
-  const dim3 grid(nblocks), block(kThreads);
-  switch (nk) {
-    case 1: launch_kernel<final_error_kernel<T, 1>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 2: launch_kernel<final_error_kernel<T, 2>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 3: launch_kernel<final_error_kernel<T, 3>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 4: launch_kernel<final_error_kernel<T, 4>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 5: launch_kernel<final_error_kernel<T, 5>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 6: launch_kernel<final_error_kernel<T, 6>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 8: launch_kernel<final_error_kernel<T, 8>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 9: launch_kernel<final_error_kernel<T, 9>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 10: launch_kernel<final_error_kernel<T, 10>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 11: launch_kernel<final_error_kernel<T, 11>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 12: launch_kernel<final_error_kernel<T, 12>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    case 13: launch_kernel<final_error_kernel<T, 13>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-    default: launch_kernel<final_error_kernel<T, 7>>(grid, block, 0, stream, yp, s, rt, at, op, partial, n); break;
-  }
+  dispatch_nk(nk, [&](auto count) {
+    launch_kernel<error_ratio_kernel<T, decltype(count)::value>>(grid, block, 0, stream, a, b, s, rt, at, partial, n);
+  });
   launch_kernel<finalize_kernel>(1, kThreads, 0, stream, partial, nblocks, n, result);
 }
 
@@ -224,7 +162,7 @@ void final_error_typed(const void* y0, const void* const* ks, const double* c, c
 
 // Launchers (declared in rk_stage_cuda.cpp). nk in [1, kMaxK]; is_double selects float64;
 // y == nullptr in rk_combine_cuda_launch drops the base term.
-int rk_final_error_cuda_partials(int64_t n) { return blocks_for(n); }
+int rk_error_ratio_cuda_partials(int64_t n) { return blocks_for(n); }
 
 void rk_combine_cuda_launch(bool is_double, const void* y, const void* const* ks,
                             const double* coeffs, int nk, void* out, int64_t n,
@@ -233,19 +171,6 @@ void rk_combine_cuda_launch(bool is_double, const void* y, const void* const* ks
     combine_typed<double>(y, ks, coeffs, nk, out, n, stream);
   } else {
     combine_typed<float>(y, ks, coeffs, nk, out, n, stream);
-  }
-}
-
-void rk_final_error_cuda_launch(bool is_double, const void* y0, const void* const* ks,
-                                const double* coeffs, const double* err_coeffs, int nk,
-                                double rtol, double atol, void* y1, double* partial,
-                                double* result, int64_t n, cudaStream_t stream) {
-  if (is_double) {
-    final_error_typed<double>(y0, ks, coeffs, err_coeffs, nk, rtol, atol, y1, partial, result, n,
-                              stream);
-  } else {
-    final_error_typed<float>(y0, ks, coeffs, err_coeffs, nk, rtol, atol, y1, partial, result, n,
-                             stream);
   }
 }
 

@@ -100,14 +100,9 @@ DEPRECATED_GRADIENTS = {"exact": "checkpoint"}
 # Default cap on steps. Exceeding it raises a RuntimeError (with the t reached and last dt).
 DEFAULT_MAX_NUM_STEPS = 100_000
 
-# States kept per element by the exact backward (two levels: checkpoints and one segment).
+# States kept per element by the C++ exact backward (two levels: checkpoints and one segment);
+# the kernels read it from the generated header. Triton keeps fewer, in registers (triton.py, REGISTER_CHECKPOINTS).
 CHECKPOINTS = 32
-
-# torchdiffeq's controller constants (RKAdaptiveStepsizeODESolver defaults).
-SAFETY = 0.9
-IFACTOR = 10.0
-DFACTOR = 0.2
-DOPRI5_ORDER = 5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,11 +49,3 @@ if hasattr(torch.ops.odekern_C, "nmode_solve_fwd"):
     def _(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method, step_size, rtol, atol, control,
           gradient, max_num_steps):
         return torch.empty_like(y0), torch.empty_like(g)
-
-    @torch.library.register_fake("odekern_C::nmode_pe_scalar_reference")
-    def _(y0, g, t0, t1, rtol, atol, max_num_steps, grad_y1, grad_f0, grad_f1):
-        return torch.empty_like(y0), torch.empty_like(y0), torch.empty_like(y0)
-
-    @torch.library.register_fake("odekern_C::nmode_cos_floor")
-    def _(x, reps):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)

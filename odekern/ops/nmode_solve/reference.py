@@ -16,28 +16,15 @@ import math
 
 import torch
 
-from odekern.ops.nmode_solve.config import (DFACTOR, IFACTOR, SAFETY, NmodeConfig,
-                                            fixed_grid_steps)
+from odekern.ops.nmode_solve import coefficients
+from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_steps
+from odekern.solvers import controllers as ctl
 
-# Butcher tableaus: (a rows, b). Same as torchdiffeq ("rk4" is the 3/8 rule).
-TABLEAUS: dict[str, tuple[list[list[float]], list[float]]] = {
-    "euler": ([[]], [1.0]),
-    "midpoint": ([[], [0.5]], [0.0, 1.0]),
-    "rk4": ([[], [1 / 3], [-1 / 3, 1.0], [1.0, -1.0, 1.0]], [1 / 8, 3 / 8, 3 / 8, 1 / 8]),
-    "rk4_classic": ([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    "dopri5": (
-        [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
-         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-         [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]],
-        [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0],
-    ),
-}
-DOPRI5_ERR = [35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
-              -2187 / 6784 - -12231 / 42400, 11 / 84 - 649 / 6300, -1.0 / 60.0]
-DOPRI5_MID = [6025192743 / 30085553152 / 2, 0.0, 51252292925 / 65400821598 / 2,
-              -2691868925 / 45128329728 / 2, 187940372067 / 1594534317056 / 2,
-              -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2]
+DOPRI5 = coefficients.of("dopri5")
+DENSE = coefficients.DOPRI5_DENSE_QUARTIC
+# The controller's exponent 1/5: dopri5's order for the step factor, its embedded order + 1 for
+# the initial step (torchdiffeq's choices; both are 5 here).
+STEP_EXPONENT = 1.0 / DOPRI5.order
 
 
 def rhs(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -56,14 +43,10 @@ def dense_weights(theta):
     """torchdiffeq's dopri5 dense output at fraction theta of a step, as stage weights.
 
     theta may be a float or a tensor (one value per element)."""
-    x = theta
-    x2, x3, x4 = x * x, x * x * x, x * x * x * x
-    w_y1 = -5 * x2 + 14 * x3 - 8 * x4
-    w_mid = 16 * x2 - 32 * x3 + 16 * x4
-    w_f0 = x - 4 * x2 + 5 * x3 - 2 * x4
-    w_f1 = x2 - 3 * x3 + 2 * x4
-    b = TABLEAUS["dopri5"][1]
-    w = [w_y1 * b[j] + w_mid * DOPRI5_MID[j] for j in range(7)]
+    powers = (theta, theta * theta, theta * theta * theta, theta * theta * theta * theta)
+    w_y1, w_mid, w_f0, w_f1 = (sum(c * p for c, p in zip(DENSE[name], powers) if c != 0.0)
+                               for name in ("y1", "mid", "f0", "f1"))
+    w = [w_y1 * DOPRI5.b[j] + w_mid * DOPRI5.mid[j] for j in range(DOPRI5.stages)]
     w[0] = w[0] + w_f0
     w[6] = w[6] + w_f1
     return w
@@ -71,9 +54,9 @@ def dense_weights(theta):
 
 def _rk_stages(fn, x, dt, method):
     """Stages k_j (each a tuple like x) of one explicit RK step from state tuple x."""
-    a, b = TABLEAUS[method]
+    a = coefficients.of(method).a
     ks = []
-    for i in range(len(b)):
+    for i in range(len(a)):
         xi = tuple(xd + dt * sum(a[i][j] * ks[j][d] for j in range(i) if a[i][j] != 0.0)
                    if i > 0 else xd for d, xd in enumerate(x))
         ks.append(fn(xi))
@@ -86,7 +69,7 @@ def _combine(x, dt, ks, w):
 
 def solve_list(fn, x, dts, theta, method):
     """Fixed sequence of steps dts (float); the last one at dense-output fraction theta."""
-    b = TABLEAUS[method][1]
+    b = coefficients.of(method).b
     for i, dt in enumerate(dts):
         ks = _rk_stages(fn, x, dt, method)
         w = dense_weights(theta) if (method == "dopri5" and i == len(dts) - 1 and theta != 1.0) else b
@@ -96,24 +79,25 @@ def solve_list(fn, x, dts, theta, method):
 
 def _optimal_step(dt, ratio):
     """torchdiffeq's _optimal_step_size (order 5), elementwise on float64 tensors."""
-    dfactor = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, DFACTOR))
-    factor = torch.clamp(SAFETY / ratio ** 0.2, max=IFACTOR)
-    factor = torch.maximum(factor, dfactor).clamp(max=IFACTOR)
-    return torch.where(ratio == 0, dt * IFACTOR, dt * factor)
+    dfactor = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, ctl.DFACTOR))
+    factor = torch.clamp(ctl.SAFETY / ratio ** STEP_EXPONENT, max=ctl.IFACTOR)
+    factor = torch.maximum(factor, dfactor).clamp(max=ctl.IFACTOR)
+    return torch.where(ratio == 0, dt * ctl.IFACTOR, dt * factor)
 
 
 def _initial_step(fn, x, f0, rtol, atol, norm):
     scale = [atol + xd.abs() * rtol for xd in x]
     d0 = norm([xd / s for xd, s in zip(x, scale)])
     d1 = norm([fd / s for fd, s in zip(f0, scale)])
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h0 = torch.where((d0 < ctl.INITIAL_NORM_FLOOR) | (d1 < ctl.INITIAL_NORM_FLOOR),
+                     torch.full_like(d0, ctl.INITIAL_TINY_STEP), ctl.INITIAL_STEP_FRACTION * d0 / d1)
     x1 = tuple(xd + h0.to(xd.dtype) * fd for xd, fd in zip(x, f0))
     f1 = fn(x1)
     d2 = norm([(a - b) / s for a, b, s in zip(f1, f0, scale)]) / h0
-    small = (d1 <= 1e-15) & (d2 <= 1e-15)
-    h1 = torch.where(small, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
-                     (0.01 / torch.maximum(d1, d2)) ** 0.2)
-    return torch.minimum(100 * h0, h1)
+    small = (d1 <= ctl.INITIAL_FLAT_FLOOR) & (d2 <= ctl.INITIAL_FLAT_FLOOR)
+    h1 = torch.where(small, torch.maximum(torch.full_like(h0, ctl.INITIAL_TINY_STEP), h0 * ctl.INITIAL_FLAT_SHRINK),
+                     (ctl.INITIAL_STEP_FRACTION / torch.maximum(d1, d2)) ** STEP_EXPONENT)
+    return torch.minimum(ctl.INITIAL_MAX_GROWTH * h0, h1)
 
 
 def _rms(parts):
@@ -132,7 +116,7 @@ def global_step_sequence(y0, g, t_span, rtol, atol, max_num_steps):
     f = fn(x)
     h = float(_initial_step(fn, x, f, rtol, atol, _rms))
     t, dts, n_rej, attempts = 0.0, [], 0, 0
-    b = TABLEAUS["dopri5"][1]
+    b = DOPRI5.b
     while True:
         if attempts >= max_num_steps:
             raise RuntimeError(f"nmode_solve: max_num_steps ({max_num_steps}) exceeded at t = {t} "
@@ -143,7 +127,7 @@ def global_step_sequence(y0, g, t_span, rtol, atol, max_num_steps):
             raise RuntimeError(f"nmode_solve: step size underflow or non-finite (dt = {dt}) at t = {t}")
         ks = _rk_stages(fn, x, dt, "dopri5")
         x1 = _combine(x, dt, ks, b)
-        err = dt * sum(DOPRI5_ERR[j] * ks[j][0] for j in range(7))
+        err = dt * sum(DOPRI5.err[j] * ks[j][0] for j in range(DOPRI5.stages))
         tol = atol + rtol * torch.maximum(x[0].abs(), x1[0].abs())
         ratio = float(_rms([err / tol]))
         if math.isnan(ratio):
@@ -168,7 +152,7 @@ def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps):
     t = torch.zeros_like(h)
     done = torch.zeros(h.shape, dtype=torch.bool, device=h.device)
     out = x
-    b = TABLEAUS["dopri5"][1]
+    b = DOPRI5.b
     attempts = 0
     while not bool(done.all()):
         if attempts >= max_num_steps:
@@ -179,7 +163,7 @@ def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps):
         dtc = dt.to(x[0].dtype)
         ks = _rk_stages(fn, x, dtc, "dopri5")
         x1 = _combine(x, dtc, ks, b)
-        err = [dtc * sum(DOPRI5_ERR[j] * ks[j][d] for j in range(7)) for d in range(len(x))]
+        err = [dtc * sum(DOPRI5.err[j] * ks[j][d] for j in range(DOPRI5.stages)) for d in range(len(x))]
         ratio = _elementwise_max([e / (atol + rtol * torch.maximum(a.abs(), c.abs()))
                                   for e, a, c in zip(err, x, x1)])
         if bool(torch.isnan(ratio).any()):

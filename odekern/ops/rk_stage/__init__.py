@@ -2,9 +2,6 @@
 
 - ``rk_combine(y, ks, coeffs)``: ``y + sum_j coeffs[j] * ks[j]`` (stage inputs with
   ``coeffs = dt * a_i``, the final combination with ``dt * b``, Adams history combinations).
-- ``rk_final_error(y0, ks, coeffs, err_coeffs, rtol=, atol=)``: the new solution ``y1``, and
-  the RMS error ratio ``sqrt(mean((sum_j err_coeffs[j] ks[j] / (atol + rtol max|y0|,|y1|))^2))``
-  computed as a fused reduction in the same pass (float64, 0-dim tensor).
 - ``rk_error_ratio(y0, y1, ks, err_coeffs, rtol=, atol=)``: that ratio alone when ``y1`` exists
   (FSAL tableaus such as Dopri5; ``ks=[err], err_coeffs=[1.0]`` for a materialised error).
 
@@ -26,7 +23,7 @@ from odekern.dispatch import check_backend_name, register, select
 from odekern.ops.rk_stage import dispatch, op, reference  # dispatch registers the solvers' fused stages
 from odekern.solvers.state import any_carries_tangent
 
-__all__ = ["fused_backend", "rk_combine", "rk_error_ratio", "rk_final_error"]
+__all__ = ["fused_backend", "rk_combine", "rk_error_ratio"]
 
 
 def fused_backend(y: torch.Tensor, ks: Sequence[torch.Tensor], *, error_pass: bool = False) -> Optional[str]:
@@ -101,36 +98,6 @@ def rk_combine(y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Se
     return out
 
 
-def rk_final_error(y0: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence,
-                   err_coeffs: Sequence, *, rtol: float, atol: float,
-                   out: Optional[torch.Tensor] = None,
-                   backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y1, error_ratio)``; the ratio never carries a gradient (it only steers step sizes)."""
-    check_backend_name(backend)
-    ks = list(ks)
-    _check("rk_final_error", y0, ks, coeffs, out, "out")
-    if len(err_coeffs) != len(ks):
-        raise ValueError(f"rk_final_error: got {len(ks)} k tensors but {len(err_coeffs)} error coefficients")
-    for argname, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, torch.Tensor) and v.numel() != 1:
-            raise ValueError(f"rk_final_error: {argname} must be a scalar for the fused pass, got shape {tuple(v.shape)}")
-    if _plain_torch_only(coeffs, [y0, *ks]):
-        return reference.rk_final_error(y0, ks, coeffs, err_coeffs, rtol=rtol, atol=atol)
-    if _needs_grad(y0, *ks):
-        # y1 must carry the graph; the fused error pass then only feeds the step controller.
-        y1 = rk_combine(y0, ks, coeffs, backend=backend)
-        with torch.no_grad():
-            scratch = torch.empty_like(y0, memory_format=torch.contiguous_format)
-            ratio = op.rk_final_error_out(y0.detach(), [k.detach() for k in ks], _floats(coeffs),
-                                          _floats(err_coeffs), float(rtol), float(atol), scratch, _name(backend))
-        return y1, ratio
-    if out is None:
-        out = torch.empty_like(y0, memory_format=torch.contiguous_format)
-    ratio = op.rk_final_error_out(y0, ks, _floats(coeffs), _floats(err_coeffs), float(rtol),
-                                  float(atol), out, _name(backend))
-    return out, ratio
-
-
 def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor],
                    err_coeffs: Sequence, *, rtol: float, atol: float,
                    backend: Optional[str] = None) -> torch.Tensor:
@@ -141,6 +108,9 @@ def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor
     _check("rk_error_ratio", y0, ks, err_coeffs, y1, "y1")
     if not ks:
         raise ValueError("rk_error_ratio: needs at least one k tensor")
+    for argname, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, torch.Tensor) and v.numel() != 1:
+            raise ValueError(f"rk_error_ratio: {argname} must be a scalar for the fused pass, got shape {tuple(v.shape)}")
     if any_carries_tangent([y0, y1, *ks]):
         return reference.rk_error_ratio(y0, y1, ks, err_coeffs, rtol=rtol, atol=atol)
     with torch.no_grad():

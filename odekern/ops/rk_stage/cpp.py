@@ -62,16 +62,6 @@ def combine_out(y, ks, coeffs, out) -> None:
     _into(out, lambda o: _ops().rk_combine_out(yc, kc, [float(c) for c in coeffs], o))
 
 
-def final_error_out(y0, ks, coeffs, err_coeffs, rtol, atol, y1) -> torch.Tensor:
-    y0c = y0.contiguous()
-    kc = [k.contiguous() for k in ks]
-    result = []
-    _into(y1, lambda o: result.append(_ops().rk_final_error_out(
-        y0c, kc, [float(c) for c in coeffs], [float(d) for d in err_coeffs],
-        float(rtol), float(atol), o)))
-    return result[0]
-
-
 def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
     return _ops().rk_error_ratio(y0.contiguous(), y1.contiguous(), [k.contiguous() for k in ks],
                                  [float(d) for d in err_coeffs], float(rtol), float(atol))
@@ -82,10 +72,6 @@ if hasattr(torch.ops.odekern_C, "rk_error_ratio"):
     @torch.library.register_fake("odekern_C::rk_combine_out")
     def _(y, ks, coeffs, out):
         return None
-
-    @torch.library.register_fake("odekern_C::rk_final_error_out")
-    def _(y0, ks, coeffs, err_coeffs, rtol, atol, y1):
-        return y0.new_empty((), dtype=torch.float64)
 
     @torch.library.register_fake("odekern_C::rk_error_ratio")
     def _(y0, y1, ks, err_coeffs, rtol, atol):

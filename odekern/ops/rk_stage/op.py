@@ -8,8 +8,7 @@ Two routes, chosen by the public functions in ``__init__``:
   stage would corrupt the graph. Autograd keeps every stage alive anyway, so the allocation
   costs nothing extra, and the fused kernel still does the arithmetic. The backward of a linear
   combination needs no saved tensors: grad_y = g, grad_k_j = c_j * g.
-- ``odekern::rk_combine_out`` / ``odekern::rk_final_error_out`` (write into caller buffers, no
-  autograd): used under no_grad (forward-only solves, the adjoint's solves, checkpoint
+- ``odekern::rk_combine_out`` (writes into a caller buffer, no autograd): used under no_grad (forward-only solves, the adjoint's solves, checkpoint
   recomputation), where the solver loop then allocates nothing per step.
 """
 
@@ -22,19 +21,12 @@ import torch
 from odekern.dispatch import check_backend_name, optional_module, register, select
 from odekern.ops.rk_stage import cpp, reference
 
-COMBINE, FINAL_ERROR, ERROR_RATIO = "rk_combine", "rk_final_error", "rk_error_ratio"
+COMBINE, ERROR_RATIO = "rk_combine", "rk_error_ratio"
 
 
 def _reference_combine_out(y, ks, coeffs, out) -> None:
     with torch.no_grad():
         out.copy_(reference.rk_combine(y, ks, coeffs))
-
-
-def _reference_final_error_out(y0, ks, coeffs, err_coeffs, rtol, atol, y1) -> torch.Tensor:
-    with torch.no_grad():
-        value, ratio = reference.rk_final_error(y0, ks, coeffs, err_coeffs, rtol, atol)
-        y1.copy_(value)
-    return ratio
 
 
 def _reference_error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
@@ -61,16 +53,12 @@ def _triton_refusals(supports: str):
 
 def _register() -> None:
     register(COMBINE, "reference", _reference_combine_out)
-    register(FINAL_ERROR, "reference", _reference_final_error_out)
     register(ERROR_RATIO, "reference", _reference_error_ratio)
     for name in ("cpu", "cuda"):
         register(COMBINE, name, cpp.combine_out, cpp.supports)
-        register(FINAL_ERROR, name, cpp.final_error_out, cpp.supports_error)
         register(ERROR_RATIO, name, cpp.error_ratio, cpp.supports_error)
     register(COMBINE, "triton", lambda *a: _triton().combine_out(*a),
              _triton_refusals("supports"))
-    register(FINAL_ERROR, "triton", lambda *a: _triton().final_error_out(*a),
-             _triton_refusals("supports_error"))
     register(ERROR_RATIO, "triton", lambda *a: _triton().error_ratio(*a),
              _triton_refusals("supports_error"))
 
@@ -121,19 +109,6 @@ def _combine_backward(ctx, grad):
 
 
 rk_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
-
-
-@torch.library.custom_op("odekern::rk_final_error_out", mutates_args=("y1",))
-def rk_final_error_out(y0: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float],
-                       err_coeffs: list[float], rtol: float, atol: float, y1: torch.Tensor,
-                       backend: str = "auto") -> torch.Tensor:
-    ratio = _kernel(FINAL_ERROR, y0, ks, backend)(y0, ks, coeffs, err_coeffs, rtol, atol, y1)
-    return ratio.to(device=y0.device, dtype=torch.float64).reshape(()).clone()
-
-
-@rk_final_error_out.register_fake
-def _(y0, ks, coeffs, err_coeffs, rtol, atol, y1, backend="auto"):
-    return y0.new_empty((), dtype=torch.float64)
 
 
 @torch.library.custom_op("odekern::rk_error_ratio", mutates_args=())

@@ -3,12 +3,10 @@
 - ``rk_combine(y, ks, coeffs) = y + sum_j coeffs[j] * ks[j]``: a Runge-Kutta stage input
   (coeffs = dt * a_i), the final combination (dt * b) or an Adams history combination;
   ``y=None`` drops the base term (embedded error estimates, Adams increments).
-- ``rk_final_error(y0, ks, coeffs, err_coeffs, rtol, atol) -> (y1, ratio)``:
-  ``y1 = rk_combine(y0, ks, coeffs)``, ``e = sum_j err_coeffs[j] * ks[j]`` and the RMS error
-  ratio ``sqrt(mean((e / (atol + rtol * max(|y0|, |y1|)))**2))`` (0 for an empty state), as a
-  0-dim float64 tensor.
-- ``rk_error_ratio(y0, y1, ks, err_coeffs, rtol, atol)``: the same ratio when ``y1`` already
-  exists (FSAL tableaus; or ``ks=[err], err_coeffs=[1]`` for a materialised error estimate).
+- ``rk_error_ratio(y0, y1, ks, err_coeffs, rtol, atol)``: with ``e = sum_j err_coeffs[j] *
+  ks[j]``, the RMS error ratio ``sqrt(mean((e / (atol + rtol * max(|y0|, |y1|)))**2))`` (0 for an
+  empty state) as a 0-dim float64 tensor (``ks=[err], err_coeffs=[1]`` for a materialised error
+  estimate).
 
 Coefficients are Python floats (dt already folded in) or, for gradients with respect to the
 time grid, 0-dim tensors.
@@ -40,10 +38,3 @@ def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor
             err = err + float(d) * k.double()
         scale = atol + rtol * torch.maximum(y0.double().abs(), y1.double().abs())
         return (err / scale).pow(2).mean().sqrt()
-
-
-def rk_final_error(y0: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence,
-                   err_coeffs: Sequence, rtol: float, atol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    y1 = rk_combine(y0, ks, coeffs)
-    ratio = rk_error_ratio(y0.detach(), y1.detach(), [k.detach() for k in ks], err_coeffs, rtol, atol)
-    return y1, ratio

@@ -1,12 +1,11 @@
-"""Triton kernels of rk_stage: ``_rk_combine_fwd_kernel`` / ``_rk_final_error_fwd_kernel``
-(math) and ``combine_out`` / ``final_error_out`` (allocation, grid, block size).
+"""Triton kernels of rk_stage: ``_rk_combine_fwd_kernel`` / ``_rk_error_ratio_fwd_kernel``
+(math) and ``combine_out`` / ``error_ratio`` (allocation, grid, block size).
 
-``_rk_error_ratio_fwd_kernel`` / ``error_ratio`` compute the same ratio when y1 already exists.
 Up to MAX_K k tensors per launch (longer combinations are folded in chunks). Coefficients are
 passed as a small tensor in the state's dtype rather than as scalar arguments, because Triton
 would narrow Python floats to float32 and break float64 solves. The error ratio is reduced
-per program into float64 partial sums in the same pass that writes y1; only the sum of those
-partials (one per BLOCK elements) is left to torch.
+per program into float64 partial sums; only the sum of those partials (one per BLOCK
+elements) is left to torch.
 """
 
 from __future__ import annotations
@@ -60,71 +59,6 @@ def _rk_combine_fwd_kernel(y_ptr, out_ptr, c_ptr, k0, k1, k2, k3, k4, k5, k6,
     if NK > 12:
         acc = _weighted_k(acc, c_ptr, 12, k12, offs, mask)
     tl.store(out_ptr + offs, acc, mask=mask)
-
-
-@triton.jit
-def _rk_final_error_fwd_kernel(y0_ptr, y1_ptr, c_ptr, d_ptr, partial_ptr,
-                               k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12, n, rtol, atol,
-                               NK: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    y0 = tl.load(y0_ptr + offs, mask=mask, other=0.0)
-    kv = tl.load(k0 + offs, mask=mask, other=0.0)
-    y1 = y0 + tl.load(c_ptr + 0) * kv
-    err = tl.load(d_ptr + 0) * kv
-    if NK > 1:
-        kv = tl.load(k1 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 1) * kv
-        err += tl.load(d_ptr + 1) * kv
-    if NK > 2:
-        kv = tl.load(k2 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 2) * kv
-        err += tl.load(d_ptr + 2) * kv
-    if NK > 3:
-        kv = tl.load(k3 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 3) * kv
-        err += tl.load(d_ptr + 3) * kv
-    if NK > 4:
-        kv = tl.load(k4 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 4) * kv
-        err += tl.load(d_ptr + 4) * kv
-    if NK > 5:
-        kv = tl.load(k5 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 5) * kv
-        err += tl.load(d_ptr + 5) * kv
-    if NK > 6:
-        kv = tl.load(k6 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 6) * kv
-        err += tl.load(d_ptr + 6) * kv
-    if NK > 7:
-        kv = tl.load(k7 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 7) * kv
-        err += tl.load(d_ptr + 7) * kv
-    if NK > 8:
-        kv = tl.load(k8 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 8) * kv
-        err += tl.load(d_ptr + 8) * kv
-    if NK > 9:
-        kv = tl.load(k9 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 9) * kv
-        err += tl.load(d_ptr + 9) * kv
-    if NK > 10:
-        kv = tl.load(k10 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 10) * kv
-        err += tl.load(d_ptr + 10) * kv
-    if NK > 11:
-        kv = tl.load(k11 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 11) * kv
-        err += tl.load(d_ptr + 11) * kv
-    if NK > 12:
-        kv = tl.load(k12 + offs, mask=mask, other=0.0)
-        y1 += tl.load(c_ptr + 12) * kv
-        err += tl.load(d_ptr + 12) * kv
-    tl.store(y1_ptr + offs, y1, mask=mask)
-    scale = atol + rtol * tl.maximum(tl.abs(y0), tl.abs(y1)).to(tl.float64)
-    r = err.to(tl.float64) / scale
-    r = tl.where(mask, r, 0.0)
-    tl.store(partial_ptr + tl.program_id(0), tl.sum(r * r, axis=0))
 
 
 @triton.jit
@@ -214,23 +148,6 @@ def combine_out(y, ks, coeffs, out) -> None:
         out.copy_(target)
 
 
-def final_error_out(y0, ks, coeffs, err_coeffs, rtol, atol, y1) -> torch.Tensor:
-    n = y0.numel()
-    if n == 0:
-        return torch.zeros((), dtype=torch.float64, device=y0.device)
-    target = _contiguous_target(y1)
-    src = y0.contiguous()
-    chunk = [k.contiguous() for k in ks]
-    c, d = _coeff_tensor(coeffs, y0), _coeff_tensor(err_coeffs, y0)
-    grid = (triton.cdiv(n, BLOCK),)
-    partial = torch.empty(grid[0], dtype=torch.float64, device=y0.device)
-    _rk_final_error_fwd_kernel[grid](src, target, c, d, partial, *_padded(chunk, src), n,
-                                     float(rtol), float(atol), NK=len(chunk), BLOCK=BLOCK)
-    if target is not y1:
-        y1.copy_(target)
-    return (partial.sum() / n).sqrt()
-
-
 def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
     n = y0.numel()
     if n == 0:
@@ -257,10 +174,6 @@ def aot_variants() -> list[dict]:
                     "signature": {"y_ptr": p, "out_ptr": p, "c_ptr": p, **ks, "n": "i32"},
                     "constexprs": {"NK": MAX_K, "HAS_BASE": True, "BLOCK": BLOCK},
                     "label": f"{dt} NK={MAX_K}"})
-        out.append({"kernel": _rk_final_error_fwd_kernel,
-                    "signature": {"y0_ptr": p, "y1_ptr": p, "c_ptr": p, "d_ptr": p,
-                                  "partial_ptr": "*fp64", **ks, "n": "i32", **tols},
-                    "constexprs": {"NK": MAX_K, "BLOCK": BLOCK}, "label": f"{dt} NK={MAX_K}"})
         out.append({"kernel": _rk_error_ratio_fwd_kernel,
                     "signature": {"y0_ptr": p, "y1_ptr": p, "d_ptr": p, "partial_ptr": "*fp64",
                                   **ks, "n": "i32", **tols},

@@ -1,13 +1,20 @@
-// Test oracle for the vectorised per-element control (nmode_solve_cpu_per_element.h): the
-// header's scalar per-element solver (pe_solve / pe_solve_vjp), one element at a time, as the
-// CPU backend ran it before the lanes. tests/ops/test_nmode_solve_per_element.py compares the
-// two; nothing else calls it.
+// Test- and benchmark-only ops on the nmODE kernels' math, in the library odekern_testing of
+// the test extension (tests/native/build.py); the runtime extension odekern._C does not ship them.
+//
+// - nmode_pe_scalar_reference: the header's scalar per-element solver (pe_solve / pe_solve_vjp),
+//   one element at a time: the oracle tests/ops/test_nmode_solve_per_element.py compares the
+//   vectorised per-element lanes (nmode_solve_cpu_per_element.h) against.
+// - nmode_sin_sq_floor: the speed floor of a solve, `reps` chained evaluations per element of
+//   the RHS's transcendental (fast_sin_sq), block-resident (no memory traffic);
+//   bench/ops/bench_nmode_solve.py compares solves against it at their RHS-evaluation count.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
+#include "ops/nmode_solve/nmode_solve_cpu_parallel.h"
 #include "ops/nmode_solve/nmode_solve_host.h"
 
 namespace odekern {
@@ -58,17 +65,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nmode_pe_scalar_reference_cpu(
   return {y1, gy0, gg};
 }
 
+template <typename T>
+ODEKERN_ISA_CLONES void sin_sq_floor_block(const T* __restrict x, int64_t len, int64_t reps, T* __restrict out) {
+  alignas(64) T v[cpu::kBlock];
+  for (int64_t e = 0; e < len; ++e) v[e] = x[e];
+  for (int64_t r = 0; r < reps; ++r) {
+#pragma omp simd
+    for (int64_t e = 0; e < len; ++e) v[e] = fast_sin_sq(v[e]);
+  }
+  for (int64_t e = 0; e < len; ++e) out[e] = v[e];
+}
+
+at::Tensor nmode_sin_sq_floor_cpu(const at::Tensor& x_, int64_t reps) {
+  ODEKERN_CHECK_CPU(x_);
+  ODEKERN_CHECK_FLOATING(x_);
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = at::empty_like(x);
+  const int64_t N = x.numel(), block = cpu::kBlock, blocks = (N + block - 1) / block;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_sin_sq_floor_cpu", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    cpu::parallel_tasks(blocks, [&](int64_t k) {
+      sin_sq_floor_block<scalar_t>(px + k * block, std::min(block, N - k * block), reps, po + k * block);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace nmode
 }  // namespace odekern
 
-TORCH_LIBRARY_FRAGMENT(odekern_C, m) {
+TORCH_LIBRARY(odekern_testing, m) {
   m.def(
       "nmode_pe_scalar_reference(Tensor y0, Tensor g, float t0, float t1, float rtol, float atol, "
       "int max_num_steps, Tensor grad_y1, Tensor? grad_f0, Tensor? grad_f1) "
       "-> (Tensor y1, Tensor grad_y0, Tensor grad_g)");
+  m.def("nmode_sin_sq_floor(Tensor x, int reps) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(odekern_C, CPU, m) {
+TORCH_LIBRARY_IMPL(odekern_testing, CPU, m) {
   m.impl("nmode_pe_scalar_reference", &odekern::nmode::nmode_pe_scalar_reference_cpu);
+  m.impl("nmode_sin_sq_floor", &odekern::nmode::nmode_sin_sq_floor_cpu);
 }
