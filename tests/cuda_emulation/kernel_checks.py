@@ -16,7 +16,7 @@ import torch
 from odekern.ops.nmode_solve import reference as nmode_ref
 from odekern.ops.nmode_solve.config import NmodeConfig
 from odekern.ops.rk_stage import reference as rk_ref
-from odekern.testing import assert_close, assert_low_precision_ok, randn, tol
+from odekern.testing import LOW_PRECISION_FACTOR, assert_close, randn, tol
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -48,6 +48,17 @@ RK_SIZES = [1, 1000]
 RK_GRID_STRIDE_SIZE = RK_MAX_BLOCKS * RK_THREADS + 333
 RK_NKS = list(range(1, 14))  # every NK instantiation (kMaxK = 13)
 RK_KINDS = ["combine", "combine_no_base", "error_ratio"]
+
+
+def assert_low_precision_ok(kernel_out: torch.Tensor, ref_low: torch.Tensor, ref_fp64: torch.Tensor) -> None:
+    """The 2x rule: |kernel - fp64| <= 2 * |ref_low - fp64| (max norm), plus a float floor."""
+    kernel_err = (kernel_out.double() - ref_fp64).abs().max().item()
+    ref_err = (ref_low.double() - ref_fp64).abs().max().item()
+    floor = torch.finfo(ref_low.dtype).eps
+    assert kernel_err <= LOW_PRECISION_FACTOR * ref_err + floor, (
+        f"kernel error {kernel_err:.3e} exceeds {LOW_PRECISION_FACTOR}x the reference's "
+        f"own {ref_low.dtype} error {ref_err:.3e}"
+    )
 
 
 def nmode_check(emu, case: str, gradient: str, dtype: torch.dtype, n: int, g_count: int) -> None:
