@@ -4,8 +4,8 @@ This machine has no GPU, so the Triton interpreter and the CPU build of the shar
 all the tests can execute. What they cannot show is that the same code compiles for a real
 target and fits in registers. This module compiles it ahead of time for sm_80 and sm_90:
 
-* Triton: every ``triton.jit`` kernel (name ending in ``_kernel``, DESIGN.md's convention;
-  other jit functions are device helpers) defined in ``odekern/ops/*/triton.py`` is compiled
+* Triton: every ``triton.jit`` kernel (name ending in ``_kernel``, docs/design.md's convention;
+  other jit functions are device helpers) defined in an op's Triton backend (``odekern/ops/*/triton.py`` or ``triton/``) is compiled
   with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` for each variant
   the module lists in ``aot_variants()``: a list of dicts ``{"kernel", "signature",
   "constexprs", "label", "options"}`` (dtypes x representative constexprs). A kernel with no
@@ -210,9 +210,11 @@ def compile_cuda(source: str, target: str, nvcc: str = DEFAULT_NVCC,
 # ------------------------------------------------------------------------------------- Triton
 
 def triton_modules() -> list[str]:
-    """Module names of every ``odekern/ops/<op>/triton.py``."""
-    paths = sorted(glob.glob(os.path.join(ROOT, "odekern", "ops", "*", "triton.py")))
-    return [f"odekern.ops.{os.path.basename(os.path.dirname(p))}.triton" for p in paths]
+    """Module names of every op's Triton backend: ``odekern/ops/<op>/triton.py`` or the package
+    ``odekern/ops/<op>/triton/`` (whose ``__init__`` exposes its kernels and ``aot_variants``)."""
+    ops = glob.glob(os.path.join(ROOT, "odekern", "ops", "*", "triton.py"))
+    ops += [os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "odekern", "ops", "*", "triton", "__init__.py"))]
+    return sorted(f"odekern.ops.{os.path.basename(os.path.dirname(p))}.triton" for p in ops)
 
 
 def _describe_variant(signature: dict, constexprs: dict) -> str:
@@ -251,10 +253,10 @@ def _compile_triton_here(target: str, quick: bool = False) -> list[KernelResult]
             results.append(KernelResult("triton", modname, target, "import",
                                         error=f"import failed: {type(exc).__name__}: {exc}"))
             continue
-        # Launchable kernels are named ``*_kernel`` (DESIGN.md); other jit functions are
+        # Launchable kernels are named ``*_kernel`` (docs/design.md); other jit functions are
         # device helpers, compiled as part of the kernels that call them.
         kernels = {name: obj for name, obj in vars(mod).items()
-                   if isinstance(obj, JITFunction) and obj.__module__ == modname
+                   if isinstance(obj, JITFunction) and obj.__module__.startswith(modname)
                    and name.endswith("_kernel")}
         variants = list(mod.aot_variants()) if hasattr(mod, "aot_variants") else []
         covered = {v["kernel"].__name__ for v in variants}
@@ -266,7 +268,7 @@ def _compile_triton_here(target: str, quick: bool = False) -> list[KernelResult]
         for name in sorted(set(kernels) - covered):
             why = (f"{modname}.aot_variants() lists no variant for it" if hasattr(mod, "aot_variants")
                    else f"{modname} defines no aot_variants() (the signatures and constexprs to "
-                        "compile; see odekern/ops/nmode_solve/triton.py)")
+                        "compile; see odekern/ops/nmode_solve/triton/aot.py)")
             results.append(KernelResult("triton", name, target, modname, error=why))
         for v in variants:
             fn, sig, consts = v["kernel"], dict(v["signature"]), dict(v.get("constexprs", {}))

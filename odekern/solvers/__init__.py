@@ -1,6 +1,6 @@
 """Pure-PyTorch reference ODE solvers: tableaus, steppers, controllers and the method registry.
 
-``odekern.odeint`` is the entry point; this package holds its parts (see DESIGN.md, principle 7).
+``odekern.odeint`` is the entry point; this package holds its parts (see docs/design.md, principle 7).
 """
 
 from odekern.solvers.base import SolveStatus

@@ -20,8 +20,8 @@ from odekern.solvers.state import component, first, is_tuple, map_state, real_dt
 
 Tensor = torch.Tensor
 
-# torchdiffeq's controller constants (its adaptive solvers' defaults). The C++ kernels get them
-# from a generated header (tools/generate_cxx_constants.py), the nmODE reference and Triton from here.
+# torchdiffeq's controller constants (its adaptive solvers' defaults). The C++ and Triton kernels
+# get them generated (tools/generate_kernel_constants.py); the nmODE reference reads them here.
 SAFETY = 0.9
 IFACTOR = 10.0
 DFACTOR = 0.2

@@ -25,6 +25,7 @@ if backends.availability().get("triton") is not True:
                 allow_module_level=True)
 
 from odekern.ops.nmode_solve import triton as tri
+from odekern.ops.nmode_solve.triton import launch as tri_launch
 
 # The interpreter also evaluates the masked-off lanes of a partial block (zeros), where the
 # initial-step formula divides 0 by 0 and log2 sees 0; numpy warns, the lanes are discarded.
@@ -180,7 +181,7 @@ def test_exact_backward_recomputation_paths(monkeypatch, checkpoints):
     C = 2, euler's 7 steps make segments longer than C (each state recomputed from its
     checkpoint); with C = 4, several short segments; per-element dopri5 replays its
     controller once per C accepted steps. Results must not depend on C."""
-    monkeypatch.setattr(tri, "CHECKPOINTS", checkpoints)
+    monkeypatch.setattr(tri_launch, "REGISTER_CHECKPOINTS", checkpoints)
     y0, g = randn(70, dtype=torch.float64, seed=15), randn(70, dtype=torch.float64, seed=16)
     gy1, gf1 = randn(70, dtype=torch.float64, seed=17), randn(70, dtype=torch.float64, seed=18)
     for cfg, t1 in ((NmodeConfig(method="euler", step_size=0.05), 0.35),

@@ -1,5 +1,5 @@
 """Coverage guard of the Triton backend: every Triton kernel (each ``*_kernel`` jit function of
-odekern/ops/*/triton.py) executes in the interpreter, in float32 and float64, through the
+Triton backend of odekern/ops/*/) executes in the interpreter, in float32 and float64, through the
 public ops with ``backend="triton"``, on tiny inputs, and matches the reference. The
 per-method / per-gradient-mode checks at larger sizes are the backend-parametrised tests
 (tests/ops/test_rk_stage.py, test_nmode_solve_triton.py); this test makes sure a new kernel
@@ -7,9 +7,7 @@ cannot be added without being run."""
 
 from __future__ import annotations
 
-import glob
 import importlib
-import os
 
 import pytest
 import torch
@@ -19,13 +17,13 @@ from odekern import dispatch
 from odekern.ops.rk_stage import reference as rk_ref
 from odekern.ops.rk_stage import rk_combine, rk_error_ratio
 from odekern.testing import assert_close, randn
+from tools import gpucheck
 
 if dispatch.availability().get("triton") is not True:
     pytest.skip(f"triton backend unavailable: {dispatch.availability().get('triton')}", allow_module_level=True)
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|divide by zero) encountered:RuntimeWarning")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (solve kwargs, t1): each launches a different set of nmode kernels; two steps each at most.
 NMODE_RUNS = [
     (dict(method="rk4", step_size=0.1), 0.15),
@@ -38,8 +36,8 @@ def triton_kernels() -> set[str]:
     from triton.runtime.interpreter import InterpretedFunction
 
     names = set()
-    for path in glob.glob(os.path.join(ROOT, "odekern", "ops", "*", "triton.py")):
-        mod = importlib.import_module(f"odekern.ops.{os.path.basename(os.path.dirname(path))}.triton")
+    for modname in gpucheck.triton_modules():
+        mod = importlib.import_module(modname)
         names |= {n for n, obj in vars(mod).items()
                   if isinstance(obj, InterpretedFunction) and n.endswith("_kernel")}
     return names

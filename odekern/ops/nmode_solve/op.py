@@ -1,6 +1,6 @@
 """The torch.library custom op ``odekern::nmode_solve`` and its backward op.
 
-One autograd route for every backend (DESIGN principle 6): the forward op's body asks
+One autograd route for every backend (docs/design.md, principle 6): the forward op's body asks
 ``odekern.dispatch.select`` which backend runs, ``register_fake`` gives shapes for
 torch.compile, and ``register_autograd`` calls ``odekern::nmode_solve_backward``, itself a
 custom op (whose own backward refuses: double backward is not supported).

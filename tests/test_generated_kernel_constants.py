@@ -1,6 +1,7 @@
-"""The C++ kernels' method ids, coefficients and controller constants come from one Python source
-through the generated header csrc/include/odekern/generated/nmode_constants.h: it must be what
-tools/generate_cxx_constants.py writes today, and its literals must be the Python floats' bits."""
+"""The kernels' method ids, coefficients and controller constants come from one Python source
+through two generated files, the C++ header csrc/include/odekern/generated/nmode_constants.h and
+the Triton module odekern/ops/nmode_solve/triton/constants_generated.py: both must be what
+tools/generate_kernel_constants.py writes today, and their literals must be the Python floats' bits."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from odekern.ops.nmode_solve.config import CHECKPOINTS, MethodId
 from odekern.solvers import controllers, tableaus
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("generate_cxx_constants", ROOT / "tools" / "generate_cxx_constants.py")
+spec = importlib.util.spec_from_file_location("generate_kernel_constants", ROOT / "tools" / "generate_kernel_constants.py")
 generator = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(generator)
 TEXT = generator.HEADER.read_text()
 
 
 def test_checked_in_header_is_fresh():
-    assert generator.main(["--check"]) == 0, "run: python tools/generate_cxx_constants.py"
+    assert generator.main(["--check"]) == 0, "run: python tools/generate_kernel_constants.py"
 
 
 def test_stale_header_is_detected(tmp_path, monkeypatch):
@@ -74,3 +75,14 @@ def test_every_coefficient_round_trips():
         literals = {float.fromhex(x) for x in re.findall(r"-?0x[0-9a-f.]+p[-+]\d+", block)}
         wanted = {x for row in coeffs.a for x in row} | set(coeffs.b) | set(coeffs.err or ()) | set(coeffs.mid or ())
         assert literals == wanted - {0.0}, method
+
+
+def test_triton_constants_are_the_python_ones_bit_for_bit():
+    text = generator.TRITON.read_text()
+    values = dict(re.findall(r"^(\w+) = tl\.constexpr\((\S+)\)$", text, re.M))
+    dopri5 = coefficients.of("dopri5")
+    assert float(values["DP5_A30"]) == dopri5.a[3][0] == 44 / 45
+    assert [float(values[f"DP5_E{j}"]) for j in range(7)] == list(dopri5.err)
+    assert [float(values[f"DP5_MID{j}"]) for j in range(7)] == list(dopri5.mid)
+    assert float(values["SAFETY"]) == controllers.SAFETY and float(values["STEP_EXPONENT"]) == 1 / 5
+    assert {m.name: int(values[m.name]) for m in MethodId} == {m.name: int(m) for m in MethodId}

@@ -1,0 +1,546 @@
+"""The nmODE math of the Triton kernels as jit device functions: sincos, the RHS, Runge-Kutta
+stages and steps (forward and reverse mode), torchdiffeq's step-size controller, the
+per-element dopri5 loop and the step-list solves. kernels.py builds the kernels from these.
+
+Every coefficient and controller constant comes from constants_generated.py (derived from the
+solver core's tableaus and controllers), so this file restates no number of a method. The math
+follows csrc/ops/nmode_solve/nmode_solve.h (same tableaus, accumulation order and controller
+with time in float64 and stages in the state's dtype), with three differences that move
+rounding only, each covered by the tolerances the backend tests use
+(odekern.testing.ROUNDING_TOL): the RHS takes sin^2(x) as (1 - cos 2x) / 2 from the shared
+polynomial sincos (one range reduction serves f and its derivative sin 2x; the header's
+fast_sin_sq squares a sine), pow(r, 1/5) is exp2(log2(r) / 5), and the global error norm's float64
+partial sums are added in another order.
+"""
+
+import triton
+import triton.language as tl
+
+from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 - read by the jit code
+    DENSE_F0_1, DENSE_F0_2, DENSE_F0_3, DENSE_F0_4, DENSE_F1_2, DENSE_F1_3, DENSE_F1_4,
+    DENSE_MID_2, DENSE_MID_3, DENSE_MID_4, DENSE_Y1_2, DENSE_Y1_3, DENSE_Y1_4, DFACTOR, DOPRI5,
+    DP5_A10, DP5_A20, DP5_A21, DP5_A30, DP5_A31, DP5_A32, DP5_A40, DP5_A41, DP5_A42, DP5_A43,
+    DP5_A50, DP5_A51, DP5_A52, DP5_A53, DP5_A54, DP5_A60, DP5_A62, DP5_A63, DP5_A64, DP5_A65,
+    DP5_B0, DP5_B1, DP5_B2, DP5_B3, DP5_B4, DP5_B5, DP5_B6, DP5_E0, DP5_E2, DP5_E3, DP5_E4, DP5_E5,
+    DP5_E6, DP5_MID0, DP5_MID1, DP5_MID2, DP5_MID3, DP5_MID4, DP5_MID5, DP5_MID6, EULER, EULER_B0,
+    IFACTOR, INITIAL_FLAT_FLOOR, INITIAL_FLAT_SHRINK, INITIAL_MAX_GROWTH, INITIAL_NORM_FLOOR,
+    INITIAL_STEP_FRACTION, INITIAL_TINY_STEP, MIDPOINT, MIDPOINT_A10, MIDPOINT_B0, MIDPOINT_B1,
+    RK38_A10, RK38_A20, RK38_A21, RK38_A30, RK38_A31, RK38_A32, RK38_B0, RK38_B1, RK38_B2, RK38_B3,
+    RK4, RK4C_A10, RK4C_A21, RK4C_A32, RK4C_B0, RK4C_B1, RK4C_B2, RK4C_B3, RK4_CLASSIC, SAFETY,
+    STEP_EXPONENT,
+)
+
+
+# ============================================================================ math: the RHS
+
+@triton.jit
+def sincos(x):
+    """sin(x), cos(x) with the header's fast_sincos: x = k pi/2 + r by Cody-Waite (three-part
+    pi/2, k rounded with the 1.5*2^p trick), Taylor kernels on |r| <= pi/4, quadrant selects.
+    Mirrored rather than tl.sin/tl.cos so that backends agree to the last bits and libdevice's
+    large-argument path (a local array on the stack) stays out of the kernels."""
+    if x.dtype == tl.float64:
+        kf = (x * 0.63661977236758134308 + 6755399441055744.0) - 6755399441055744.0
+        r = x - kf * 1.5707963267341256
+        r = r - kf * 6.077100506303966e-11
+        r = r - kf * 2.0222662487959506e-21
+        r2 = r * r
+        s = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (
+            -1.0 / 39916800 + r2 * (1.0 / 6227020800.0 + r2 * (-1.0 / 1307674368000.0
+                                                              + r2 * (1.0 / 355687428096000.0))))))))
+        c = 1.0 - 0.5 * r2 + r2 * r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (
+            -1.0 / 3628800 + r2 * (1.0 / 479001600.0 + r2 * (-1.0 / 87178291200.0 + r2 * (
+                1.0 / 20922789888000.0 + r2 * (-1.0 / 6402373705728000.0))))))))
+    else:
+        kf = (x * 0.636619772367581343 + 12582912.0) - 12582912.0
+        r = x - kf * 1.5703125
+        r = r - kf * 4.837512969970703125e-4
+        r = r - kf * 7.549790126404332e-08
+        r2 = r * r
+        s = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880))))
+        c = 1.0 - 0.5 * r2 + r2 * r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320
+                                                                            + r2 * (-1.0 / 3628800))))
+    q = kf.to(tl.int32)
+    odd = (q & 1) != 0
+    sin_v = tl.where(odd, c, s)
+    cos_v = tl.where(odd, s, c)
+    return tl.where((q & 2) != 0, -sin_v, sin_v), tl.where(((q + 1) & 2) != 0, -cos_v, cos_v)
+
+
+@triton.jit
+def rhs(y, g):
+    # sin^2(x) = (1 - cos 2x) / 2: one transcendental per evaluation.
+    _, c = sincos(2.0 * (y + g))
+    return -y + (0.5 - 0.5 * c)
+
+
+@triton.jit
+def rhs_sin2(y, g):
+    """f and sin(2(y+g)) = df/dg (df/dy = that - 1), from one range reduction."""
+    s, c = sincos(2.0 * (y + g))
+    return -y + (0.5 - 0.5 * c), s
+
+
+@triton.jit
+def sys_f(y, a, g, ADJ: tl.constexpr):
+    """RHS of the state [y] (ADJ=False) or of the reversed-time adjoint [y, a_y, a_g]."""
+    if ADJ:
+        f, s2 = rhs_sin2(y, g)
+        fy = -f
+        fa = a * (s2 - 1.0)
+        fb = a * s2
+    else:
+        fy = rhs(y, g)
+        fa = fy
+        fb = fy
+    return fy, fa, fb
+
+
+# ================================================================ math: Butcher tableau rows
+
+@triton.jit
+def stage_input(x, dt, k1, k2, k3, k4, k5, k6, METHOD: tl.constexpr, I: tl.constexpr):
+    """Input of stage I (1-based stage I+1): x + dt * sum_j a(I, j) k_j, header order."""
+    if METHOD == MIDPOINT:
+        r = x + dt * (MIDPOINT_A10 * k1)
+    elif METHOD == RK4:  # 3/8 rule
+        if I == 1:
+            r = x + dt * (RK38_A10 * k1)
+        elif I == 2:
+            r = x + dt * (RK38_A20 * k1 + RK38_A21 * k2)
+        else:
+            r = x + dt * (RK38_A30 * k1 + RK38_A31 * k2 + RK38_A32 * k3)
+    elif METHOD == RK4_CLASSIC:
+        if I == 1:
+            r = x + dt * (RK4C_A10 * k1)
+        elif I == 2:
+            r = x + dt * (RK4C_A21 * k2)
+        else:
+            r = x + dt * (RK4C_A32 * k3)
+    else:  # dopri5
+        if I == 1:
+            r = x + dt * (DP5_A10 * k1)
+        elif I == 2:
+            r = x + dt * (DP5_A20 * k1 + DP5_A21 * k2)
+        elif I == 3:
+            r = x + dt * (DP5_A30 * k1 + DP5_A31 * k2 + DP5_A32 * k3)
+        elif I == 4:
+            r = x + dt * (DP5_A40 * k1 + DP5_A41 * k2 + DP5_A42 * k3 + DP5_A43 * k4)
+        elif I == 5:
+            r = x + dt * (DP5_A50 * k1 + DP5_A51 * k2 + DP5_A52 * k3 + DP5_A53 * k4 + DP5_A54 * k5)
+        else:
+            r = x + dt * (DP5_A60 * k1 + DP5_A62 * k3 + DP5_A63 * k4 + DP5_A64 * k5 + DP5_A65 * k6)
+    return r
+
+
+@triton.jit
+def combine(x, dt, w1, w2, w3, w4, w5, w6, w7, k1, k2, k3, k4, k5, k6, k7, METHOD: tl.constexpr):
+    """x + dt * sum_j w_j k_j over the method's stages."""
+    if METHOD == EULER:
+        r = x + dt * (w1 * k1)
+    elif METHOD == MIDPOINT:
+        r = x + dt * (w1 * k1 + w2 * k2)
+    elif METHOD == DOPRI5:
+        r = x + dt * (w1 * k1 + w2 * k2 + w3 * k3 + w4 * k4 + w5 * k5 + w6 * k6 + w7 * k7)
+    else:
+        r = x + dt * (w1 * k1 + w2 * k2 + w3 * k3 + w4 * k4)
+    return r
+
+
+@triton.jit
+def dopri5_error(dt, k1, k3, k4, k5, k6, k7):
+    """5th minus 4th order solution: dt * sum_j e_j k_j."""
+    return dt * (DP5_E0 * k1 + DP5_E2 * k3 + DP5_E3 * k4 + DP5_E4 * k5 + DP5_E5 * k6 + DP5_E6 * k7)
+
+
+@triton.jit
+def dense_weights(theta):
+    """torchdiffeq's dopri5 dense output at theta as step weights (float64, per lane)."""
+    x = theta
+    x2 = x * x
+    x3 = x2 * x
+    x4 = x3 * x
+    w_y1 = DENSE_Y1_2 * x2 + DENSE_Y1_3 * x3 + DENSE_Y1_4 * x4
+    w_mid = DENSE_MID_2 * x2 + DENSE_MID_3 * x3 + DENSE_MID_4 * x4
+    w_f0 = DENSE_F0_1 * x + DENSE_F0_2 * x2 + DENSE_F0_3 * x3 + DENSE_F0_4 * x4
+    w_f1 = DENSE_F1_2 * x2 + DENSE_F1_3 * x3 + DENSE_F1_4 * x4
+    w1 = w_y1 * DP5_B0 + w_mid * DP5_MID0 + w_f0
+    w2 = w_y1 * DP5_B1 + w_mid * DP5_MID1
+    w3 = w_y1 * DP5_B2 + w_mid * DP5_MID2
+    w4 = w_y1 * DP5_B3 + w_mid * DP5_MID3
+    w5 = w_y1 * DP5_B4 + w_mid * DP5_MID4
+    w6 = w_y1 * DP5_B5 + w_mid * DP5_MID5
+    w7 = w_y1 * DP5_B6 + w_mid * DP5_MID6 + w_f1
+    return w1, w2, w3, w4, w5, w6, w7
+
+
+# ============================================================ math: one step, forward / VJP
+
+@triton.jit
+def sys_stages(y, a, g, dt, fy, fa, fb, METHOD: tl.constexpr, ADJ: tl.constexpr):
+    """All stages of one step of the state (y[, a_y, a_g]) from the FSAL value f(y)."""
+    y2 = fy
+    a2 = fa
+    b2 = fb
+    y3 = fy
+    a3 = fa
+    b3 = fb
+    y4 = fy
+    a4 = fa
+    b4 = fb
+    y5 = fy
+    a5 = fa
+    b5 = fb
+    y6 = fy
+    a6 = fa
+    b6 = fb
+    y7 = fy
+    a7 = fa
+    b7 = fb
+    if METHOD >= MIDPOINT:
+        y2, a2, b2 = sys_f(stage_input(y, dt, fy, fy, fy, fy, fy, fy, METHOD, 1),
+                            stage_input(a, dt, fa, fa, fa, fa, fa, fa, METHOD, 1), g, ADJ)
+    if METHOD >= RK4:
+        y3, a3, b3 = sys_f(stage_input(y, dt, fy, y2, y2, y2, y2, y2, METHOD, 2),
+                            stage_input(a, dt, fa, a2, a2, a2, a2, a2, METHOD, 2), g, ADJ)
+        y4, a4, b4 = sys_f(stage_input(y, dt, fy, y2, y3, y3, y3, y3, METHOD, 3),
+                            stage_input(a, dt, fa, a2, a3, a3, a3, a3, METHOD, 3), g, ADJ)
+    if METHOD == DOPRI5:
+        y5, a5, b5 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y4, y4, METHOD, 4),
+                            stage_input(a, dt, fa, a2, a3, a4, a4, a4, METHOD, 4), g, ADJ)
+        y6, a6, b6 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y5, y5, METHOD, 5),
+                            stage_input(a, dt, fa, a2, a3, a4, a5, a5, METHOD, 5), g, ADJ)
+        y7, a7, b7 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y5, y6, METHOD, 6),
+                            stage_input(a, dt, fa, a2, a3, a4, a5, a6, METHOD, 6), g, ADJ)
+    return (y2, y3, y4, y5, y6, y7, a2, a3, a4, a5, a6, a7, b2, b3, b4, b5, b6, b7)
+
+
+@triton.jit
+def step(y, g, dt, w1, w2, w3, w4, w5, w6, w7, METHOD: tl.constexpr):
+    """One step of the nmODE with weights w (b, or dopri5's dense weights on a last step)."""
+    f = rhs(y, g)
+    k = sys_stages(y, y, g, dt, f, f, f, METHOD, False)
+    return combine(y, dt, w1, w2, w3, w4, w5, w6, w7, f, k[0], k[1], k[2], k[3], k[4], k[5],
+                    METHOD)
+
+
+@triton.jit
+def step_vjp(y, g, dt, w1, w2, w3, w4, w5, w6, w7, yb1, METHOD: tl.constexpr):
+    """Reverse mode of y1 = step(y): returns (d y1/d y)^T yb1 and (d y1/d g)^T yb1.
+
+    Stages are recomputed with their sin(2(s+g)); then kbar_j = dt w_j yb1 + sum_{i>j} dt
+    a(i,j) sbar_i with sbar_i = kbar_i f_y(s_i), walked from the last stage down (header order).
+    """
+    k1, q1 = rhs_sin2(y, g)
+    gb = yb1 * 0.0
+    if METHOD == EULER:
+        kb1 = dt * w1 * yb1
+        yb = yb1
+    elif METHOD == MIDPOINT:
+        k2, q2 = rhs_sin2(y + dt * (MIDPOINT_A10 * k1), g)
+        kb1 = dt * w1 * yb1
+        kb2 = dt * w2 * yb1
+        yb = yb1
+        sb = kb2 * (q2 - 1.0)
+        gb += kb2 * q2
+        yb += sb
+        kb1 += dt * MIDPOINT_A10 * sb
+    elif METHOD == RK4:
+        k2, q2 = rhs_sin2(y + dt * (RK38_A10 * k1), g)
+        k3, q3 = rhs_sin2(y + dt * (RK38_A20 * k1 + RK38_A21 * k2), g)
+        k4, q4 = rhs_sin2(y + dt * (RK38_A30 * k1 + RK38_A31 * k2 + RK38_A32 * k3), g)
+        kb1 = dt * w1 * yb1
+        kb2 = dt * w2 * yb1
+        kb3 = dt * w3 * yb1
+        kb4 = dt * w4 * yb1
+        yb = yb1
+        sb = kb4 * (q4 - 1.0)
+        gb += kb4 * q4
+        yb += sb
+        kb1 += dt * RK38_A30 * sb
+        kb2 += dt * RK38_A31 * sb
+        kb3 += dt * RK38_A32 * sb
+        sb = kb3 * (q3 - 1.0)
+        gb += kb3 * q3
+        yb += sb
+        kb1 += dt * RK38_A20 * sb
+        kb2 += dt * RK38_A21 * sb
+        sb = kb2 * (q2 - 1.0)
+        gb += kb2 * q2
+        yb += sb
+        kb1 += dt * RK38_A10 * sb
+    elif METHOD == RK4_CLASSIC:
+        k2, q2 = rhs_sin2(y + dt * (RK4C_A10 * k1), g)
+        k3, q3 = rhs_sin2(y + dt * (RK4C_A21 * k2), g)
+        k4, q4 = rhs_sin2(y + dt * (RK4C_A32 * k3), g)
+        kb1 = dt * w1 * yb1
+        kb2 = dt * w2 * yb1
+        kb3 = dt * w3 * yb1
+        kb4 = dt * w4 * yb1
+        yb = yb1
+        sb = kb4 * (q4 - 1.0)
+        gb += kb4 * q4
+        yb += sb
+        kb3 += dt * RK4C_A32 * sb
+        sb = kb3 * (q3 - 1.0)
+        gb += kb3 * q3
+        yb += sb
+        kb2 += dt * RK4C_A21 * sb
+        sb = kb2 * (q2 - 1.0)
+        gb += kb2 * q2
+        yb += sb
+        kb1 += dt * RK4C_A10 * sb
+    else:
+        # dopri5 with its 7th (FSAL) stage: its weight is 0 except on an interpolated last
+        # step, where the header includes it; with weight 0 it adds exact zeros.
+        s = stage_input(y, dt, k1, k1, k1, k1, k1, k1, DOPRI5, 1)
+        k2, q2 = rhs_sin2(s, g)
+        k3, q3 = rhs_sin2(stage_input(y, dt, k1, k2, k2, k2, k2, k2, DOPRI5, 2), g)
+        k4, q4 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k3, k3, k3, DOPRI5, 3), g)
+        k5, q5 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k4, k4, DOPRI5, 4), g)
+        k6, q6 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k5, DOPRI5, 5), g)
+        _k7, q7 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k6, DOPRI5, 6), g)
+        kb1 = dt * w1 * yb1
+        kb2 = dt * w2 * yb1
+        kb3 = dt * w3 * yb1
+        kb4 = dt * w4 * yb1
+        kb5 = dt * w5 * yb1
+        kb6 = dt * w6 * yb1
+        kb7 = dt * w7 * yb1
+        yb = yb1
+        sb = kb7 * (q7 - 1.0)
+        gb += kb7 * q7
+        yb += sb
+        kb1 += dt * DP5_A60 * sb
+        kb3 += dt * DP5_A62 * sb
+        kb4 += dt * DP5_A63 * sb
+        kb5 += dt * DP5_A64 * sb
+        kb6 += dt * DP5_A65 * sb
+        sb = kb6 * (q6 - 1.0)
+        gb += kb6 * q6
+        yb += sb
+        kb1 += dt * DP5_A50 * sb
+        kb2 += dt * DP5_A51 * sb
+        kb3 += dt * DP5_A52 * sb
+        kb4 += dt * DP5_A53 * sb
+        kb5 += dt * DP5_A54 * sb
+        sb = kb5 * (q5 - 1.0)
+        gb += kb5 * q5
+        yb += sb
+        kb1 += dt * DP5_A40 * sb
+        kb2 += dt * DP5_A41 * sb
+        kb3 += dt * DP5_A42 * sb
+        kb4 += dt * DP5_A43 * sb
+        sb = kb4 * (q4 - 1.0)
+        gb += kb4 * q4
+        yb += sb
+        kb1 += dt * DP5_A30 * sb
+        kb2 += dt * DP5_A31 * sb
+        kb3 += dt * DP5_A32 * sb
+        sb = kb3 * (q3 - 1.0)
+        gb += kb3 * q3
+        yb += sb
+        kb1 += dt * DP5_A20 * sb
+        kb2 += dt * DP5_A21 * sb
+        sb = kb2 * (q2 - 1.0)
+        gb += kb2 * q2
+        yb += sb
+        kb1 += dt * DP5_A10 * sb
+    sb = kb1 * (q1 - 1.0)
+    gb += kb1 * q1
+    yb += sb
+    return yb, gb
+
+
+@triton.jit
+def rhs_vjp(y, g, fbar):
+    """Contribution of an f output's cotangent to (ybar, gbar)."""
+    _, s2 = rhs_sin2(y, g)
+    return fbar * (s2 - 1.0), fbar * s2
+
+
+# ====================================================== math: torchdiffeq's step controller
+
+@triton.jit
+def optimal_step(dt, ratio):
+    """torchdiffeq's _optimal_step_size (order 5), with pow(r, 1/5) as exp2(log2(r) / 5)."""
+    one = tl.full(dt.shape, 1.0, tl.float64)
+    dfactor = tl.where(ratio < 1.0, one, one * DFACTOR)
+    # A constexpr divided by a tensor is not a tensor op in the interpreter: one * c is c exactly.
+    factor = one * SAFETY / tl.exp2(tl.log2(ratio) * STEP_EXPONENT)
+    factor = tl.minimum(tl.maximum(factor, dfactor), one * IFACTOR)
+    return tl.where(ratio == 0.0, dt * IFACTOR, dt * factor)
+
+
+@triton.jit
+def initial_step(y, a, g, rtol, atol, ADJ: tl.constexpr):
+    """torchdiffeq's initial step per lane; the norm over components is max(|.|) (float64)."""
+    T = y.dtype
+    fy, fa, fb = sys_f(y, a, g, ADJ)
+    sy = atol + tl.abs(y.to(tl.float64)) * rtol
+    d0 = tl.abs(y.to(tl.float64)) / sy
+    d1 = tl.abs(fy.to(tl.float64)) / sy
+    if ADJ:
+        sa = atol + tl.abs(a.to(tl.float64)) * rtol
+        d0 = tl.maximum(d0, tl.abs(a.to(tl.float64)) / sa)
+        d1 = tl.maximum(tl.maximum(d1, tl.abs(fa.to(tl.float64)) / sa), tl.abs(fb.to(tl.float64)) / atol)
+    one = tl.full(d0.shape, 1.0, tl.float64)
+    h0 = tl.where((d0 < INITIAL_NORM_FLOOR) | (d1 < INITIAL_NORM_FLOOR), one * INITIAL_TINY_STEP,
+                  INITIAL_STEP_FRACTION * d0 / d1)
+    gy, ga, gbb = sys_f(y + h0.to(T) * fy, a + h0.to(T) * fa, g, ADJ)
+    d2 = tl.abs((gy - fy).to(tl.float64)) / sy / h0
+    if ADJ:
+        d2 = tl.maximum(d2, tl.abs((ga - fa).to(tl.float64)) / sa / h0)
+        d2 = tl.maximum(d2, tl.abs((gbb - fb).to(tl.float64)) / atol / h0)
+    small = (d1 <= INITIAL_FLAT_FLOOR) & (d2 <= INITIAL_FLAT_FLOOR)
+    h1 = tl.where(small, tl.maximum(one * INITIAL_TINY_STEP, h0 * INITIAL_FLAT_SHRINK),
+                  tl.exp2(tl.log2(one * INITIAL_STEP_FRACTION / tl.maximum(d1, d2)) * STEP_EXPONENT))
+    return tl.minimum(INITIAL_MAX_GROWTH * h0, h1)
+
+
+@triton.jit
+def error_ratio(err, x0, x1, rtol, atol):
+    """|err| / (atol + rtol max(|x0|, |x1|)) in the state's dtype, returned as float64."""
+    T = x0.dtype
+    r = err / (atol.to(T) + rtol.to(T) * tl.maximum(tl.abs(x0), tl.abs(x1)))
+    return tl.abs(r.to(tl.float64))
+
+
+@triton.jit
+def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
+               ADJ: tl.constexpr, RECORD: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-lane adaptive dopri5 over [0, t_end], the header's sys_solve_dopri5 vectorised.
+
+    Each lane keeps its own (t, h, state) and stops when it passes t_end (then interpolates at
+    t_end with the dense output) or fails (status 1 too many steps, 2 underflow, 3 non-finite).
+    With RECORD, the accepted steps with index in [lo, hi) are written to (buf_y, buf_dt) and a
+    lane stops right after recording step hi - 1.
+    Returns (y, a, b, n_accepted, theta_of_last_step, status, buf_y, buf_dt).
+    """
+    T = y.dtype
+    fy, fa, fb = sys_f(y, a, g, ADJ)
+    t = tl.zeros([BLOCK], tl.float64)
+    theta = t + 1.0
+    done = lane == 0
+    status = tl.zeros([BLOCK], tl.int32)
+    attempts = tl.zeros([BLOCK], tl.int32)
+    index = tl.zeros([BLOCK], tl.int32)
+    buf_y = tl.zeros([C, BLOCK], T)
+    buf_dt = tl.zeros([C, BLOCK], T)
+    rows = tl.arange(0, C)[:, None]
+    while tl.max((done == 0).to(tl.int32), axis=0) > 0:
+        act = done == 0
+        over = act & (attempts >= max_steps)
+        status = tl.where(over, 1, status)
+        act = act & (over == 0)
+        attempts += act.to(tl.int32)
+        dt = h
+        t_next = t + dt
+        under = act & ((t_next > t) == 0)
+        status = tl.where(under, 2, status)
+        act = act & (under == 0)
+        dtT = dt.to(T)
+        k = sys_stages(y, a, g, dtT, fy, fa, fb, DOPRI5, ADJ)
+        y1 = stage_input(y, dtT, fy, k[0], k[1], k[2], k[3], k[4], DOPRI5, 6)
+        ratio = error_ratio(dopri5_error(dtT, fy, k[1], k[2], k[3], k[4], k[5]), y, y1, rtol, atol)
+        if ADJ:
+            a1 = stage_input(a, dtT, fa, k[6], k[7], k[8], k[9], k[10], DOPRI5, 6)
+            bb1 = stage_input(b, dtT, fb, k[12], k[13], k[14], k[15], k[16], DOPRI5, 6)
+            ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fa, k[7], k[8], k[9], k[10], k[11]),
+                                             a, a1, rtol, atol))
+            ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fb, k[13], k[14], k[15], k[16], k[17]),
+                                             b, bb1, rtol, atol))
+        nonfinite = act & (ratio != ratio)  # noqa: PLR0124 - the NaN test
+        status = tl.where(nonfinite, 3, status)
+        act = act & (nonfinite == 0)
+        accept = act & (ratio <= 1.0)
+        finish = accept & (t_next >= t_end)
+        if RECORD:
+            sel = (rows == (index - lo)[None, :]) & (accept & (index >= lo) & (index < hi))[None, :]
+            buf_y = tl.where(sel, y[None, :], buf_y)
+            buf_dt = tl.where(sel, dtT[None, :], buf_dt)
+        th = tl.where(finish, (t_end - t) / (t_next - t), theta)
+        w1, w2, w3, w4, w5, w6, w7 = dense_weights(th)
+        w1 = w1.to(T)
+        w2 = w2.to(T)
+        w3 = w3.to(T)
+        w4 = w4.to(T)
+        w5 = w5.to(T)
+        w6 = w6.to(T)
+        w7 = w7.to(T)
+        step_on = accept & (finish == 0)
+        yd = combine(y, dtT, w1, w2, w3, w4, w5, w6, w7, fy, k[0], k[1], k[2], k[3], k[4], k[5], 4)
+        y = tl.where(finish, yd, tl.where(step_on, y1, y))
+        fy = tl.where(step_on, k[5], fy)
+        if ADJ:
+            ad = combine(a, dtT, w1, w2, w3, w4, w5, w6, w7, fa, k[6], k[7], k[8], k[9], k[10], k[11], 4)
+            bd = combine(b, dtT, w1, w2, w3, w4, w5, w6, w7, fb, k[12], k[13], k[14], k[15], k[16], k[17], 4)
+            a = tl.where(finish, ad, tl.where(step_on, a1, a))
+            b = tl.where(finish, bd, tl.where(step_on, bb1, b))
+            fa = tl.where(step_on, k[11], fa)
+            fb = tl.where(step_on, k[17], fb)
+        t = tl.where(step_on, t_next, t)
+        theta = th
+        index += accept.to(tl.int32)
+        stop = finish | (over | under | nonfinite)
+        if RECORD:
+            stop = stop | (accept & (index >= hi))
+        done = done | stop
+        h = tl.where(act, optimal_step(dt, ratio), h)
+    return y, a, b, index, theta, status, buf_y, buf_dt
+
+
+@triton.jit
+def pick(buf, rows, i):
+    """buf[i, :] of a [C, BLOCK] register array (i is a scalar or one index per lane)."""
+    return tl.sum(tl.where(rows == i, buf, 0.0), axis=0)
+
+
+@triton.jit
+def load_weights(w_ptr, T: tl.constexpr):
+    return (tl.load(w_ptr + 0).to(T), tl.load(w_ptr + 1).to(T), tl.load(w_ptr + 2).to(T),
+            tl.load(w_ptr + 3).to(T), tl.load(w_ptr + 4).to(T), tl.load(w_ptr + 5).to(T),
+            tl.load(w_ptr + 6).to(T))
+
+
+@triton.jit
+def list_solve(y, g, dts_ptr, n, w_ptr, wl_ptr, METHOD: tl.constexpr):
+    """y after the shared step list (last step with the weights wl)."""
+    T = y.dtype
+    w = load_weights(w_ptr, T)
+    wl = load_weights(wl_ptr, T)
+    for i in range(n):
+        dt = tl.load(dts_ptr + i).to(T)
+        last = i == n - 1
+        y = step(y, g, dt, tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
+                  tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]),
+                  tl.where(last, wl[4], w[4]), tl.where(last, wl[5], w[5]),
+                  tl.where(last, wl[6], w[6]), METHOD)
+    return y
+
+
+@triton.jit
+def list_solve_adjoint(y, a, b, g, dts_ptr, n, METHOD: tl.constexpr):
+    """The adjoint system [y, a_y, a_g] along a step list (fixed grid, weights b)."""
+    T = y.dtype
+    for i in range(n):
+        dt = tl.load(dts_ptr + i).to(T)
+        fy, fa, fb = sys_f(y, a, g, True)
+        k = sys_stages(y, a, g, dt, fy, fa, fb, METHOD, True)
+        if METHOD == EULER:
+            y = y + dt * (EULER_B0 * fy)
+            a = a + dt * (EULER_B0 * fa)
+            b = b + dt * (EULER_B0 * fb)
+        elif METHOD == MIDPOINT:
+            y = y + dt * (MIDPOINT_B0 * fy + MIDPOINT_B1 * k[0])
+            a = a + dt * (MIDPOINT_B0 * fa + MIDPOINT_B1 * k[6])
+            b = b + dt * (MIDPOINT_B0 * fb + MIDPOINT_B1 * k[12])
+        elif METHOD == RK4:
+            y = y + dt * (RK38_B0 * fy + RK38_B1 * k[0] + RK38_B2 * k[1] + RK38_B3 * k[2])
+            a = a + dt * (RK38_B0 * fa + RK38_B1 * k[6] + RK38_B2 * k[7] + RK38_B3 * k[8])
+            b = b + dt * (RK38_B0 * fb + RK38_B1 * k[12] + RK38_B2 * k[13] + RK38_B3 * k[14])
+        else:
+            y = y + dt * (RK4C_B0 * fy + RK4C_B1 * k[0] + RK4C_B2 * k[1] + RK4C_B3 * k[2])
+            a = a + dt * (RK4C_B0 * fa + RK4C_B1 * k[6] + RK4C_B2 * k[7] + RK4C_B3 * k[8])
+            b = b + dt * (RK4C_B0 * fb + RK4C_B1 * k[12] + RK4C_B2 * k[13] + RK4C_B3 * k[14])
+    return y, a, b
