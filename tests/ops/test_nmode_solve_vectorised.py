@@ -1,7 +1,8 @@
 """The lane loops of the per-element and adjoint CPU paths stay vectorised for AVX2.
 
 Every ``#pragma omp simd`` loop of the per-element and continuous-adjoint block headers
-(csrc/ops/nmode_solve/nmode_solve_cpu_{per_element,adjoint}.h) is meant to become vector code;
+(csrc/ops/nmode_solve/nmode_solve_cpu_{per_element,adjoint}.h) and of the lane step control they
+share (nmode_solve_cpu_lane_control.h) is meant to become vector code;
 when GCC cannot vectorise one it silently emits scalar code, which made per-element control
 ~3x and the adjoint ~1.5x slower once (a controller loop and an initial-step probe had fallen
 back to scalar arithmetic in the AVX2 clone). This test compiles each header alone for
@@ -25,6 +26,9 @@ HEADERS = ROOT / "csrc" / "ops" / "nmode_solve"
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
                                 reason="needs g++ targeting x86-64 (the CPU backend's compiler)")
+
+# The lane step control both block headers include; its loops are checked with each of them.
+SHARED_HEADER = "nmode_solve_cpu_lane_control.h"
 
 # Per header: explicit instantiations of its block functions, ISA clones off so that the report
 # is for the x86-64-v3 code only.
@@ -81,16 +85,18 @@ def test_every_simd_lane_loop_vectorises_for_avx2(tmp_path, header):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = out.stderr.splitlines()
-    where = re.compile(re.escape(header) + r":(\d+):\d+: (optimized|missed): (.*)")
-    vectorised, scalar = set(), set()
-    for line in report:
-        m = where.search(line)
-        if m and m.group(2) == "optimized" and "loop vectorized" in m.group(3):
-            vectorised.add(int(m.group(1)))
-        elif m and m.group(2) == "missed" and m.group(3).startswith("couldn't vectorize loop"):
-            scalar.add(int(m.group(1)))
-    simd_lines = _simd_loop_lines((HEADERS / header).read_text())
-    assert vectorised & simd_lines, "the report names no vectorised lane loop: did the flags change?"
-    bad = sorted(scalar & simd_lines)
-    assert not bad, (f"omp simd loops left scalar for x86-64-v3 at {header} lines {bad}; the report: "
-                     + " | ".join(r for r in report if "couldn't" in r)[:3000])
+    for checked in (header, SHARED_HEADER):
+        where = re.compile(re.escape(checked) + r":(\d+):\d+: (optimized|missed): (.*)")
+        vectorised, scalar = set(), set()
+        for line in report:
+            m = where.search(line)
+            if m and m.group(2) == "optimized" and "loop vectorized" in m.group(3):
+                vectorised.add(int(m.group(1)))
+            elif m and m.group(2) == "missed" and m.group(3).startswith("couldn't vectorize loop"):
+                scalar.add(int(m.group(1)))
+        simd_lines = _simd_loop_lines((HEADERS / checked).read_text())
+        if checked == header or simd_lines & (vectorised | scalar):
+            assert vectorised & simd_lines, f"the report names no vectorised lane loop of {checked}: did the flags change?"
+        bad = sorted(scalar & simd_lines)
+        assert not bad, (f"omp simd loops left scalar for x86-64-v3 at {checked} lines {bad}; the report: "
+                         + " | ".join(r for r in report if "couldn't" in r)[:3000])

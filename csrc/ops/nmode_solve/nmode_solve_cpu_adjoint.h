@@ -12,84 +12,23 @@
 // the CNM setting).
 //
 // Same semantics as the header's scalar adjoint_solve: the same stages, error estimate,
-// acceptance test, dense output and controller, with one difference: the step-size factor
-// ratio^(-1/5) and the initial step's (0.01 / d)^(1/5) come from a vectorisable Newton
-// iteration instead of libm's pow (a scalar call per lane and attempt would cost as much as
-// the attempt). It agrees with pow to ~1e-15 relative, so step sizes agree with the scalar
-// path and torchdiffeq's to that precision.
+// acceptance test, dense output and controller, with one difference: the controller's
+// pow(x, 1/5) is nmode_solve_cpu_lane_control.h's inv_fifth_root(), shared with per-element
+// control (a libm call per lane and attempt would cost as much as the attempt).
 #pragma once
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <cstring>
 
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
+#include "ops/nmode_solve/nmode_solve_cpu_lane_control.h"
 #include "ops/nmode_solve/nmode_solve_cpu_per_element.h"
 
 namespace odekern {
 namespace nmode {
 namespace cpu {
-
-// x^(-1/5) for x in [1e-12, 1e12]: a bit-level first guess (float exponent / 5, within 4%)
-// and five Newton steps z <- z (6 - x z^5) / 5 in double (quadratic: 4e-2, 5e-3, 7e-5, 1.5e-8,
-// ~1e-15, rounding). No division, no libm: vectorises.
-ODEKERN_ALWAYS_INLINE double inv_fifth_root(double x) {
-  const float xf = float(x);
-  int32_t i;
-  std::memcpy(&i, &xf, sizeof(i));
-  const int32_t j = int32_t(1278023859.0f - float(i) * 0.2f);
-  float zf;
-  std::memcpy(&zf, &j, sizeof(zf));
-  double z = zf;
-NMODE_UNROLL
-  for (int it = 0; it < 5; ++it) {
-    const double z2 = z * z, z5 = z2 * z2 * z;
-    z = z * (1.2 - 0.2 * x * z5);
-  }
-  return z;
-}
-
-// Range reduction for x^(-1/5) of any x > 0 of practical size (2^-400 .. 2^400): scales x
-// in place into [2^-40, 2^40] by exact powers of two (x 2^-50k <-> z 2^10k) and returns the
-// factor to multiply inv_fifth_root(x) by. GCC vectorises inv_fifth_root only in a loop whose
-// input comes from memory, not from a select (its float conversion then becomes a branch),
-// so callers reduce in one loop and take the root in another.
-ODEKERN_ALWAYS_INLINE double fifth_root_reduce(double& x) {
-  double s = 1.0;
-NMODE_UNROLL
-  for (int it = 0; it < 8; ++it) {
-    const bool big = x > 0x1p40, small = x < 0x1p-40;
-    double fx = 1.0, fs = 1.0;  // sequential selects: GCC does not if-convert nested ones
-    fx = small ? 0x1p50 : fx;
-    fx = big ? 0x1p-50 : fx;
-    fs = small ? 0x1p10 : fs;
-    fs = big ? 0x1p-10 : fs;
-    x *= fx;
-    s *= fs;
-  }
-  return s;
-}
-
-// optimal_step of the header (torchdiffeq's _optimal_step_size, order 5) with the root above.
-// (Here and below, arithmetic is done unconditionally and only results are selected: GCC
-// does not if-convert a conditional floating-point operation, which may trap, so a `c ? a / b
-// : d` keeps the loop from vectorising.)
-// The ratio is clamped to [1e-12, 1e12] first: outside, the factor is clamped to ifactor (10)
-// or dfactor (0.2) either way, so the result does not change.
-ODEKERN_ALWAYS_INLINE double clamp_ratio(double ratio) {
-  const double rc = ratio < 1e-12 ? 1e-12 : ratio;
-  return rc > 1e12 ? 1e12 : rc;
-}
-// root = inv_fifth_root(clamp_ratio(ratio)), computed by the caller in its own loop.
-ODEKERN_ALWAYS_INLINE double optimal_step_lanes(double dt, double ratio, double root) {
-  const double dfactor = ratio < 1.0 ? 1.0 : kDfactor;
-  double factor = kSafety * root;
-  factor = factor > dfactor ? factor : dfactor;
-  factor = factor < kIfactor ? factor : kIfactor;
-  return dt * (ratio == 0.0 ? kIfactor : factor);
-}
 
 // ------------------------------------------------------------------------------------------
 // Stages of the adjoint system over a block of lanes, each lane with its own step dt[e].
@@ -165,7 +104,7 @@ struct AdjStart {
   alignas(64) T f[3][kBlock];
   alignas(64) T g[kBlock];
   alignas(64) double h[kBlock];
-  alignas(64) double h0[kBlock], h_small[kBlock], small[kBlock], root_arg[kBlock], root_scale[kBlock];
+  alignas(64) double h0[kBlock], h_small[kBlock], small[kBlock], root_arg[kBlock];
 };
 
 // torchdiffeq's initial step selection for each lane (sys_solve_dopri5's, norm = max over the
@@ -230,17 +169,12 @@ NMODE_UNROLL
   for (int64_t e = 0; e < len; ++e) {
     const double h0 = s.h0[e], d1 = s.h_small[e], d2 = s.root_arg[e];
     const double dm = d1 > d2 ? d1 : d2;
-    double xr = (1.0 / kInitialStepFraction) * (dm > kInitialFlatFloor ? dm : kInitialFlatFloor);
-    s.root_scale[e] = fifth_root_reduce(xr);
-    s.root_arg[e] = xr;
+    s.root_arg[e] = (1.0 / kInitialStepFraction) * (dm > kInitialFlatFloor ? dm : kInitialFlatFloor);
     s.small[e] = ((d1 <= kInitialFlatFloor) & (d2 <= kInitialFlatFloor)) ? 1.0 : 0.0;
     const double hs = h0 * kInitialFlatShrink;
     s.h_small[e] = hs > kInitialTinyStep ? hs : kInitialTinyStep;
   }
-#pragma omp simd
-  for (int64_t e = 0; e < len; ++e) s.root_arg[e] = inv_fifth_root(s.root_arg[e]);
-#pragma omp simd
-  for (int64_t e = 0; e < len; ++e) s.root_arg[e] = s.root_scale[e] * s.root_arg[e];
+  inv_fifth_root_lanes(s.root_arg, len);
 #pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
     // (kInitialStepFraction / dm)^(1/5) = (dm / kInitialStepFraction)^(-1/5); dm > kInitialFlatFloor
@@ -303,7 +237,7 @@ ODEKERN_ALWAYS_INLINE void adj_control_lanes(AdjLanes<T>& L, double t_end, doubl
     L.theta[e] = (t_end - t) / (t_next - t);
     L.move_d[e] = move ? 1.0 : 0.0;
     const double tn = move ? t_next : t;
-    const double hn = optimal_step_lanes(hcur, ratio, root);
+    const double hn = optimal_step_from_root(hcur, ratio, root);
     L.t[e] = tn;
     L.h[e] = hn;
     L.attempts[e] = att;
@@ -349,9 +283,8 @@ NMODE_UNROLL
     L.dt_step[e] = dt;
   }
 #pragma omp simd
-  for (int64_t e = 0; e < kBlock; ++e) L.root[e] = clamp_ratio(L.ratio[e]);
-#pragma omp simd
-  for (int64_t e = 0; e < kBlock; ++e) L.root[e] = inv_fifth_root(L.root[e]);
+  for (int64_t e = 0; e < kBlock; ++e) L.root[e] = controller_root_arg(L.ratio[e]);
+  inv_fifth_root_lanes(L.root, kBlock);
   adj_control_lanes<T>(L, t_end, max_steps);
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) {

@@ -10,10 +10,8 @@
 //
 // Per lane the arithmetic is that of sys_solve_dopri5 / rk_step_vjp (same operations in the
 // same order; zero tableau terms skipped, which gives the same values for finite inputs),
-// with one exception: pow(ratio, 1/5) of the step controller is inv_fifth_root() below (libm's
-// pow does not vectorise and, called per lane and attempt, cost as much as the whole
-// vectorised step). It agrees with pow to about 2 ulps of the double step size, which the
-// float32 state never sees (T(dt) rounds it away) and float64 sees at rounding level.
+// with one exception: the step controller's pow(x, 1/5) is nmode_solve_cpu_lane_control.h's
+// inv_fifth_root(), which vectorises and agrees with pow to about 2 ulps of the step size.
 //
 // Exact backward without a stored trajectory: the forward of a block is run again with every
 // attempt's (y, T(dt), accepted/finishing) recorded in a block-local ring of kRecord attempts
@@ -26,6 +24,7 @@
 #include <cstdint>
 
 #include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_cpu_lane_control.h"
 
 // The lane logic is selects between floating-point values. GCC's default -ftrapping-math
 // keeps it from if-converting a floating-point operation (a comparison included) that sits on
@@ -45,89 +44,6 @@ namespace cpu_pe {
 constexpr int64_t kLanes = 32;
 constexpr int kRecord = 64;    // attempts per backward segment (block-local record)
 constexpr int kSegments = 32;  // controller snapshots: the backward handles kRecord * kSegments attempts
-
-// ------------------------------------------------------------------------------------------
-// x^(-1/5) for x > 0 without libm, and without division (a vector double division costs as
-// much as several polynomial sin evaluations). x = m 2^e, e = 5q + r (r in 0..4): the result
-// is 2^-q (m 2^r)^(-1/5); a quadratic start for m^(-1/5) on [1, 2) scaled by 2^(-r/5), then
-// Newton on z^-5 = m 2^r, which needs only products. Subnormal x is scaled up first.
-// ------------------------------------------------------------------------------------------
-// Bit casts as __builtin_bit_cast (a memcpy here becomes an aliasing byte copy that the
-// vectoriser gives up on).
-ODEKERN_ALWAYS_INLINE uint64_t bits_of(double x) { return __builtin_bit_cast(uint64_t, x); }
-ODEKERN_ALWAYS_INLINE double double_of(uint64_t u) { return __builtin_bit_cast(double, u); }
-
-ODEKERN_ALWAYS_INLINE double inv_fifth_root(double x) {
-  // Selects between values computed unconditionally (see the pragma above).
-  const bool tiny = x < 0x1p-1000;
-  const double x_scaled = x * 0x1p200;  // (2^200)^(-1/5) = 2^-40, undone below
-  const double xs = tiny ? x_scaled : x;
-  const uint64_t b = bits_of(xs);
-  const double two52 = 0x1p52;
-  // Biased exponent as a double: put it in the mantissa of 2^52 (no int64 -> double convert).
-  const double e = (double_of((b >> 52) | bits_of(two52)) - two52) - 1023.0;
-  const double m = double_of((b & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);  // [1, 2)
-  const double magic = 6755399441055744.0;  // 1.5 * 2^52: round to nearest integer
-  const double q = (((e - 2.0) * 0.2) + magic) - magic;  // (e - 2) / 5 is within 0.4 of q
-  const double r = e - 5.0 * q;                          // 0..4, exact
-  // 2^-q from its biased exponent placed in the mantissa of 2^52, shifted into place.
-  const double pow2mq = double_of(bits_of((1023.0 - q) + two52) << 52);
-  const double pow2r = r == 0.0 ? 1.0 : r == 1.0 ? 2.0 : r == 2.0 ? 4.0 : r == 3.0 ? 8.0 : 16.0;
-  const double inv_root2r = r == 0.0 ? 1.0 : r == 1.0 ? 0.8705505632961241 : r == 2.0 ? 0.757858283255199
-                          : r == 3.0 ? 0.6597539553864471 : 0.5743491774985174;
-  const double a = m * pow2r;  // exact
-  // m^(-1/5) on [1, 2): quadratic through m = 1, 1.5, 2 (relative error < 1.6e-3).
-  double z = inv_root2r * (1.2347883980345502 + m * (-0.28745787869988737 + m * 0.052669480665337165));
-  // Newton: z <- z + z (1 - a z^5) / 5; relative error 1.6e-3 -> 7e-6 -> 1.6e-10 -> rounding.
-NMODE_UNROLL
-  for (int i = 0; i < 3; ++i) {
-    const double z2 = z * z;
-    z = z + 0.2 * z * (1.0 - a * (z2 * z2 * z));
-  }
-  const double unscale = tiny ? 0x1p40 : 1.0;
-  // The header's exponent is the double 1.0 / 5.0 = 1/5 + delta (delta = 2^-56 * 0.8); match
-  // it: x^-(1/5 + delta) = x^(-1/5) (1 - delta ln x), ln x ~ (e + m - 1) ln 2 (error < 0.06,
-  // far below an ulp after the delta factor).
-  const double delta = 1.1102230246251565e-17;  // double(0.2) - 1/5
-  const double ln_x = ((e + (m - 1.0)) - (tiny ? 200.0 : 0.0)) * 0.6931471805599453;
-  return ((z * pow2mq) * unscale) * (1.0 - delta * ln_x);
-}
-
-// x^(1/5 + delta) = 1 / x^-(1/5 + delta) (once per lane: the division is fine here).
-ODEKERN_ALWAYS_INLINE double fifth_root(double x) { return 1.0 / inv_fifth_root(x); }
-
-// optimal_step of the header with 1 / pow(ratio, 1/5) -> inv_fifth_root. Outside [2^-20, 2^20] the
-// factor is clamped anyway (kSafety / 2^-4 > kIfactor, kSafety / 2^4 < kDfactor), so those ratios
-// (and 0, inf) take the clamp directly, exactly as the header's formula does.
-static_assert(kSafety * 16.0 > kIfactor && kSafety / 16.0 < kDfactor, "clamp shortcut of optimal_step_lane");
-ODEKERN_ALWAYS_INLINE double optimal_step_lane(double dt, double ratio) {
-  const double dfactor = ratio < 1.0 ? 1.0 : kDfactor;
-  const bool small = ratio < 0x1p-20, large = ratio > 0x1p20;
-  const double rc = small ? 1.0 : large ? 1.0 : ratio;
-  double factor = kSafety * inv_fifth_root(rc);
-  factor = factor > dfactor ? factor : dfactor;
-  factor = factor < kIfactor ? factor : kIfactor;
-  factor = small ? kIfactor : large ? kDfactor : factor;
-  const double grown = dt * kIfactor, scaled = dt * factor;
-  return ratio == 0.0 ? grown : scaled;
-}
-
-// initial_step_final of the header with pow -> fifth_root.
-ODEKERN_ALWAYS_INLINE double initial_step_final_lane(double h0, double d1, double d2) {
-  const bool flat = (d1 <= kInitialFlatFloor) & (d2 <= kInitialFlatFloor);
-  const double dm = d1 > d2 ? d1 : d2;
-  const double h0_small = h0 * kInitialFlatShrink, h0_big = kInitialMaxGrowth * h0;
-  const double h_flat = h0_small > kInitialTinyStep ? h0_small : kInitialTinyStep;
-  const double h_root = fifth_root(kInitialStepFraction / (flat ? 1.0 : dm));
-  const double h1 = flat ? h_flat : h_root;
-  return h0_big < h1 ? h0_big : h1;
-}
-
-// initial_step_h0 of the header, both sides computed (see fifth_root).
-ODEKERN_ALWAYS_INLINE double initial_step_h0_lane(double d0, double d1) {
-  const double h = kInitialStepFraction * d0 / d1;
-  return ((d0 < kInitialNormFloor) | (d1 < kInitialNormFloor)) ? kInitialTinyStep : h;
-}
 
 // fmax(0, v) for v >= 0 or NaN, as the scalar solver's running max starting at 0 computes it.
 // `zero` is 0.0 computed at run time (Params::zero): with a literal 0 GCC rewrites each later
