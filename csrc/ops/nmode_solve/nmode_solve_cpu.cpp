@@ -26,6 +26,7 @@
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
 #include "ops/nmode_solve/nmode_solve_cpu_parallel.h"
 #include "ops/nmode_solve/nmode_solve_cpu_paths.h"
+#include "ops/nmode_solve/nmode_solve_global_control.h"
 #include "ops/nmode_solve/nmode_solve_host.h"
 
 namespace odekern {
@@ -100,85 +101,75 @@ void* thread_scratch(size_t bytes, ScratchPtr& owned) {
   return cached.get();
 }
 
+// The passes global_dopri5 (nmode_solve_global_control.h) makes over the elements, as block
+// loops run on the thread pool.
+// Work buffers (every element is written before it is read): two for candidate states, two
+// for FSAL stages, padded to whole cache lines so no two share one. The current state starts
+// as y0 itself and f(y0) goes straight into the f0 output when it is asked for; candidates
+// always go to a scratch buffer other than the current one (y0 and f0 are never overwritten).
+// Finishing attempts write only the outputs (their candidate is not needed: accepted means
+// done, rejected means discarded).
 template <typename T>
-void global_forward(const T* y0, const T* g, const Blocking& B, double t0, double t1, double rtol,
-                    double atol, int64_t max_steps, T* y1, T* f0, T* f1, std::vector<double>& dts,
-                    int64_t& n_rej, double& theta) {
-  const int64_t N = B.N, tasks = B.tasks();
-  // Work buffers (every element is written before it is read): two for candidate states, two
-  // for FSAL stages, padded to whole cache lines so no two share one. The current state
-  // starts as y0 itself and f(y0) goes straight into the f0 output when it is asked for;
-  // candidates always go to a scratch buffer other than the current one (y0 and f0 are never
-  // overwritten). Finishing attempts write only the outputs (their candidate is not needed:
-  // accepted means done, rejected means discarded).
-  const int64_t stride = (N + 15) / 16 * 16;
+struct CpuGlobalPasses {
+  const T* g;
+  const Blocking& B;
+  T rtol, atol;
+  T *ya, *yb, *fa, *fb;
+  T *y1, *f1;
+  const T* ycur;
+  T* fcur;
+  T *ynew = nullptr, *fnew = nullptr;
+
+  std::string initial_norm_sums(double* s0, double* s1) {
+    std::vector<double> p0(B.tasks()), p1(B.tasks());
+    parallel_tasks(B.tasks(), [&](int64_t t) {
+      const int64_t o = B.offset(t);
+      initial_norms_block<T>(ycur + o, g + B.goffset(t), B.len(t), rtol, atol, fcur + o, &p0[t], &p1[t]);
+    });
+    for (int64_t t = 0; t < B.tasks(); ++t) {
+      *s0 += p0[t];
+      *s1 += p1[t];
+    }
+    return {};
+  }
+  std::string initial_d2_sum(double h0, double* s2) {
+    *s2 = parallel_task_sum(B.tasks(), [&](int64_t t) {
+      const int64_t o = B.offset(t);
+      return initial_d2_block<T>(ycur + o, fcur + o, g + B.goffset(t), B.len(t), T(h0), rtol, atol);
+    });
+    return {};
+  }
+  std::string attempt(double dt, bool finishing, double theta, double* ssum) {
+    T wl[7];
+    step_weights<T, kDopri5>(theta, wl);
+    ynew = (ycur == ya) ? yb : ya;
+    fnew = (fcur == fa) ? fb : fa;
+    *ssum = parallel_task_sum(B.tasks(), [&](int64_t tk) {
+      const int64_t o = B.offset(tk);
+      return global_attempt_block<T>(ycur + o, fcur + o, g + B.goffset(tk), B.len(tk), T(dt), finishing, wl,
+                                     rtol, atol, ynew + o, fnew + o, y1 + o, f1 != nullptr ? f1 + o : nullptr);
+    });
+    return {};
+  }
+  void accept() {
+    ycur = ynew;
+    fcur = fnew;
+  }
+};
+
+template <typename T>
+GlobalControlResult global_forward(const T* y0, const T* g, const Blocking& B, double t0, double t1,
+                                   double rtol, double atol, int64_t max_steps, T* y1, T* f0, T* f1) {
+  const int64_t stride = (B.N + 15) / 16 * 16;
   ScratchPtr owned;
   T* scratch = static_cast<T*>(thread_scratch(sizeof(T) * 4 * size_t(stride), owned));
-  T* ya = scratch;
-  T* yb = scratch + stride;
   T* fa = scratch + 2 * stride;
-  T* fb = scratch + 3 * stride;
-  const T* ycur = y0;
-  T* fcur = f0 != nullptr ? f0 : fa;
-  const T rt = T(rtol), at_ = T(atol);
-  std::vector<double> p0(tasks), p1(tasks);
-  parallel_tasks(tasks, [&](int64_t t) {
-    const int64_t o = B.offset(t);
-    initial_norms_block<T>(y0 + o, g + B.goffset(t), B.len(t), rt, at_, fcur + o, &p0[t], &p1[t]);
-  });
-  double s0 = 0, s1 = 0;
-  for (int64_t t = 0; t < tasks; ++t) {
-    s0 += p0[t];
-    s1 += p1[t];
-  }
-  const double d0 = std::sqrt(s0 / double(N)), d1 = std::sqrt(s1 / double(N));
-  const double h0 = initial_step_h0(d0, d1);
-  const double s2 = parallel_task_sum(tasks, [&](int64_t t) {
-    const int64_t o = B.offset(t);
-    return initial_d2_block<T>(y0 + o, fcur + o, g + B.goffset(t), B.len(t), T(h0), rt, at_);
-  });
-  const double d2 = std::sqrt(s2 / double(N)) / h0;
-  double h = initial_step_final(h0, d1, d2);
-
-  T wl[7];
-  double t = t0;
-  int64_t attempts = 0;
-  n_rej = 0;
-  while (true) {
-    TORCH_CHECK(attempts++ < max_steps, "nmode_solve: max_num_steps (", max_steps,
-                ") exceeded at t = ", t, " with last dt = ", h);
-    TORCH_CHECK(std::isfinite(h), "nmode_solve: non-finite step size at t = ", t,
-                " (non-finite values in the state?)");
-    const double dt = h, t_next = t + dt;
-    TORCH_CHECK(t_next > t, "nmode_solve: step size underflow (dt = ", dt, ") at t = ", t);
-    const bool finishing = t_next >= t1;
-    const double th = finishing ? (t1 - t) / (t_next - t) : 1.0;
-    step_weights<T, kDopri5>(th, wl);
-    T* ynew = (ycur == ya) ? yb : ya;
-    T* fnew = (fcur == fa) ? fb : fa;
-    const double ssum = parallel_task_sum(tasks, [&](int64_t tk) {
-      const int64_t o = B.offset(tk);
-      return global_attempt_block<T>(ycur + o, fcur + o, g + B.goffset(tk), B.len(tk), T(dt),
-                                     finishing, wl, rt, at_, ynew + o, fnew + o, y1 + o,
-                                     f1 != nullptr ? f1 + o : nullptr);
-    });
-    const double ratio = std::sqrt(ssum / double(N));
-    TORCH_CHECK(!std::isnan(ratio), "nmode_solve: non-finite values in the state at t = ", t,
-                finishing ? " (in the attempt that reaches t1)" : "");
-    if (ratio <= 1.0) {
-      dts.push_back(dt);
-      if (finishing) {
-        theta = th;
-        break;
-      }
-      ycur = ynew;
-      fcur = fnew;
-      t = t_next;
-    } else {
-      ++n_rej;
-    }
-    h = optimal_step(dt, ratio);
-  }
+  CpuGlobalPasses<T> passes{g, B, T(rtol), T(atol), scratch, scratch + stride, fa, scratch + 3 * stride,
+                            y1, f1, y0, f0 != nullptr ? f0 : fa};
+  GlobalControlResult result;
+  const std::string err = global_dopri5(passes, B.N, t0, t1, max_steps, &result);
+  TORCH_CHECK(err.empty(), err);
+  return result;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
@@ -227,8 +218,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
       });
     } else if (global) {
       // The finishing attempt's error sum carries y1's probe: it raises inside on a NaN sum.
-      global_forward<scalar_t>(py0, pg, B, t0, t1, rtol, atol, max_num_steps, py1, pf0, pf1, dts,
-                               n_rej, theta);
+      GlobalControlResult result = global_forward<scalar_t>(py0, pg, B, t0, t1, rtol, atol, max_num_steps,
+                                                            py1, pf0, pf1);
+      dts = std::move(result.dts);
+      n_rej = result.n_rejected;
+      theta = result.theta;
     } else {
       per_element_forward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, py1, pf0, pf1);
       probe = parallel_task_sum(B.tasks(), [&](int64_t t) {

@@ -16,6 +16,7 @@
 
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cuda.h"
+#include "ops/nmode_solve/nmode_solve_global_control.h"
 
 namespace odekern {
 namespace nmode {
@@ -193,80 +194,73 @@ std::string check(cudaError_t err, const char* what) {
   return err == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(err);
 }
 
-// Host-side torchdiffeq controller over the device kernels.
+// The passes global_dopri5 (nmode_solve_global_control.h) makes over the elements: one kernel
+// each, whose per-block partial sums are copied back and added on the host (the accept
+// decision needs them there: one synchronisation per attempt, as torchdiffeq's).
+template <typename T>
+struct CudaGlobalPasses {
+  const ForwardArgs& a;
+  cudaStream_t stream;
+  int nb;
+  T rtol, atol;
+  T *ycur, *fcur, *ynew, *fnew;
+  std::vector<double> part_host0, part_host1;
+
+  // Sums of the nb partials at each of parts[0..count) (device), after the work queued on the
+  // stream: one synchronisation.
+  std::string block_sums(const double* part, int count, double* const* sums, const char* what) {
+    std::vector<double>* host[2] = {&part_host0, &part_host1};
+    for (int k = 0; k < count; ++k)
+      cudaMemcpyAsync(host[k]->data(), part + k * nb, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
+    const std::string err = check(cudaStreamSynchronize(stream), what);
+    if (!err.empty()) return err;
+    for (int k = 0; k < count; ++k)
+      for (int b = 0; b < nb; ++b) *sums[k] += (*host[k])[b];
+    return err;
+  }
+  std::string initial_norm_sums(double* s0, double* s1) {
+    const T* y0 = static_cast<const T*>(a.y0);
+    const std::string err = check(cudaMemcpyAsync(ycur, y0, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream), "copy y0");
+    if (!err.empty()) return err;
+    launch_kernel<global_init_kernel<T>>(nb, kThreads, 0, stream, y0, static_cast<const T*>(a.g), a.N, a.G, rtol,
+                                         atol, fcur, a.partials, a.partials + nb);
+    if (a.f0 != nullptr) cudaMemcpyAsync(a.f0, fcur, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream);
+    double* sums[2] = {s0, s1};
+    return block_sums(a.partials, 2, sums, "initial step");
+  }
+  std::string initial_d2_sum(double h0, double* s2) {
+    launch_kernel<global_d2_kernel<T>>(nb, kThreads, 0, stream, static_cast<const T*>(a.y0), fcur,
+                                       static_cast<const T*>(a.g), a.N, a.G, T(h0), rtol, atol, a.partials);
+    return block_sums(a.partials, 1, &s2, "initial step");
+  }
+  std::string attempt(double dt, bool finishing, double theta, double* ssum) {
+    Dopri5Weights wts;
+    step_weights<double, kDopri5>(1.0, wts.w);
+    step_weights<double, kDopri5>(theta, wts.wl);
+    launch_kernel<global_attempt_kernel<T>>(nb, kThreads, 0, stream, ycur, fcur, static_cast<const T*>(a.g), a.N,
+                                            a.G, T(dt), wts, finishing, rtol, atol, ynew, fnew,
+                                            static_cast<T*>(a.y1), static_cast<T*>(a.f1), a.partials);
+    return block_sums(a.partials, 1, &ssum, "dopri5 attempt");
+  }
+  void accept() {
+    std::swap(ycur, ynew);
+    std::swap(fcur, fnew);
+  }
+};
+
 template <typename T>
 std::string global_forward(const ForwardArgs& a, cudaStream_t stream, std::vector<double>* dts,
                            int64_t* n_rejected, double* theta) {
-  const T* y0 = static_cast<const T*>(a.y0);
-  const T* g = static_cast<const T*>(a.g);
   T* scratch = static_cast<T*>(a.scratch);
-  T *ycur = scratch, *fcur = scratch + a.N, *ynew = scratch + 2 * a.N, *fnew = scratch + 3 * a.N;
   const int nb = blocks_for(a.N);
-  std::vector<double> h0p(nb), h1p(nb);
-  double* part0 = a.partials;
-  double* part1 = a.partials + nb;
-  const T rt = T(a.rtol), at = T(a.atol);
-  std::string err;
-  if (!(err = check(cudaMemcpyAsync(ycur, y0, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream), "copy y0")).empty()) return err;
-  launch_kernel<global_init_kernel<T>>(nb, kThreads, 0, stream, y0, g, a.N, a.G, rt, at, fcur, part0, part1);
-  if (a.f0 != nullptr)
-    cudaMemcpyAsync(a.f0, fcur, a.N * sizeof(T), cudaMemcpyDeviceToDevice, stream);
-  cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
-  cudaMemcpyAsync(h1p.data(), part1, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
-  if (!(err = check(cudaStreamSynchronize(stream), "initial step")).empty()) return err;
-  double s0 = 0, s1 = 0;
-  for (int b = 0; b < nb; ++b) {
-    s0 += h0p[b];
-    s1 += h1p[b];
-  }
-  const double d0 = std::sqrt(s0 / double(a.N)), d1 = std::sqrt(s1 / double(a.N));
-  const double h0 = initial_step_h0(d0, d1);
-  launch_kernel<global_d2_kernel<T>>(nb, kThreads, 0, stream, y0, fcur, g, a.N, a.G, T(h0), rt, at, part0);
-  cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
-  if (!(err = check(cudaStreamSynchronize(stream), "initial step")).empty()) return err;
-  double s2 = 0;
-  for (int b = 0; b < nb; ++b) s2 += h0p[b];
-  double h = initial_step_final(h0, d1, std::sqrt(s2 / double(a.N)) / h0);
-
-  Dopri5Weights wts;
-  step_weights<double, kDopri5>(1.0, wts.w);
-  double t = a.t0;
-  int64_t attempts = 0;
-  *n_rejected = 0;
-  while (true) {
-    if (attempts++ >= a.max_steps)
-      return "nmode_solve: max_num_steps (" + std::to_string(a.max_steps) + ") exceeded at t = " +
-             std::to_string(t) + " with last dt = " + std::to_string(h);
-    if (!std::isfinite(h)) return "nmode_solve: non-finite step size (non-finite values in the state?)";
-    const double dt = h, t_next = t + dt;
-    if (!(t_next > t)) return "nmode_solve: step size underflow (dt = " + std::to_string(dt) + ")";
-    const bool finishing = t_next >= a.t1;
-    const double th = finishing ? (a.t1 - t) / (t_next - t) : 1.0;
-    step_weights<double, kDopri5>(th, wts.wl);
-    launch_kernel<global_attempt_kernel<T>>(nb, kThreads, 0, stream, ycur, fcur, g, a.N, a.G, T(dt), wts, finishing, rt, at,
-                                                          ynew, fnew, static_cast<T*>(a.y1),
-                                                          static_cast<T*>(a.f1), part0);
-    cudaMemcpyAsync(h0p.data(), part0, nb * sizeof(double), cudaMemcpyDeviceToHost, stream);
-    if (!(err = check(cudaStreamSynchronize(stream), "dopri5 attempt")).empty()) return err;
-    double ss = 0;
-    for (int b = 0; b < nb; ++b) ss += h0p[b];
-    const double ratio = std::sqrt(ss / double(a.N));
-    if (std::isnan(ratio)) return "nmode_solve: non-finite values in the state";
-    if (ratio <= 1.0) {
-      dts->push_back(dt);
-      if (finishing) {
-        *theta = th;
-        break;
-      }
-      std::swap(ycur, ynew);
-      std::swap(fcur, fnew);
-      t = t_next;
-    } else {
-      ++*n_rejected;
-    }
-    h = optimal_step(dt, ratio);
-  }
-  return std::string();
+  CudaGlobalPasses<T> passes{a, stream, nb, T(a.rtol), T(a.atol), scratch, scratch + a.N, scratch + 2 * a.N,
+                             scratch + 3 * a.N, std::vector<double>(nb), std::vector<double>(nb)};
+  GlobalControlResult result;
+  const std::string err = global_dopri5(passes, a.N, a.t0, a.t1, a.max_steps, &result);
+  *dts = std::move(result.dts);
+  *n_rejected = result.n_rejected;
+  *theta = result.theta;
+  return err;
 }
 
 template <typename T>

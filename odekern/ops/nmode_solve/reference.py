@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from odekern.ops.nmode_solve import coefficients
+from odekern.ops.nmode_solve import coefficients, global_control
 from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_steps
 from odekern.solvers import controllers as ctl
 
@@ -108,39 +108,40 @@ def _elementwise_max(parts):
     return torch.stack([p.detach().double().abs() for p in parts]).amax(0)
 
 
+class _ReferencePasses:
+    """The passes of global control (global_control.GlobalPasses) in plain torch."""
+
+    def __init__(self, y0, g, rtol, atol):
+        self.fn = lambda x: (rhs(x[0], g),)  # noqa: E731
+        self.rtol, self.atol = rtol, atol
+        self.x = (y0,)
+        self.f0 = self.fn(self.x)
+        self.scale = [atol + rtol * xd.abs() for xd in self.x]
+        self.candidate = None
+
+    def initial_norms(self):
+        return (float(_rms([xd / s for xd, s in zip(self.x, self.scale)])),
+                float(_rms([fd / s for fd, s in zip(self.f0, self.scale)])))
+
+    def initial_change(self, h0):
+        x1 = tuple(xd + torch.tensor(h0, dtype=torch.float64).to(xd.dtype) * fd for xd, fd in zip(self.x, self.f0))
+        return float(_rms([(a - b) / s for a, b, s in zip(self.fn(x1), self.f0, self.scale)]))
+
+    def attempt(self, dt, finishing, theta):
+        ks = _rk_stages(self.fn, self.x, dt, "dopri5")
+        self.candidate = _combine(self.x, dt, ks, DOPRI5.b)
+        err = dt * sum(DOPRI5.err[j] * ks[j][0] for j in range(DOPRI5.stages))
+        tol = self.atol + self.rtol * torch.maximum(self.x[0].abs(), self.candidate[0].abs())
+        return float(_rms([err / tol]))
+
+    def accept(self):
+        self.x = self.candidate
+
+
 @torch.no_grad()
 def global_step_sequence(y0, g, t_span, rtol, atol, max_num_steps):
     """torchdiffeq's dopri5 step sequence on the whole tensor: (dts, n_rejected, theta)."""
-    fn = lambda x: (rhs(x[0], g),)  # noqa: E731
-    x = (y0,)
-    f = fn(x)
-    h = float(_initial_step(fn, x, f, rtol, atol, _rms))
-    t, dts, n_rej, attempts = 0.0, [], 0, 0
-    b = DOPRI5.b
-    while True:
-        if attempts >= max_num_steps:
-            raise RuntimeError(f"nmode_solve: max_num_steps ({max_num_steps}) exceeded at t = {t} "
-                               f"with last dt = {h}")
-        attempts += 1
-        dt = h
-        if not math.isfinite(dt) or not (t + dt > t):
-            raise RuntimeError(f"nmode_solve: step size underflow or non-finite (dt = {dt}) at t = {t}")
-        ks = _rk_stages(fn, x, dt, "dopri5")
-        x1 = _combine(x, dt, ks, b)
-        err = dt * sum(DOPRI5.err[j] * ks[j][0] for j in range(DOPRI5.stages))
-        tol = atol + rtol * torch.maximum(x[0].abs(), x1[0].abs())
-        ratio = float(_rms([err / tol]))
-        if math.isnan(ratio):
-            raise RuntimeError(f"nmode_solve: non-finite values in the state at t = {t}")
-        if ratio <= 1.0:
-            dts.append(dt)
-            if t + dt >= t_span:
-                return dts, n_rej, (t_span - t) / ((t + dt) - t)
-            x, f, t = x1, ks[6], t + dt
-        else:
-            n_rej += 1
-        h = float(_optimal_step(torch.tensor(dt, dtype=torch.float64),
-                                torch.tensor(ratio, dtype=torch.float64)))
+    return global_control.global_dopri5(_ReferencePasses(y0, g, rtol, atol), 0.0, t_span, max_num_steps)
 
 
 def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps):

@@ -1,8 +1,8 @@
 """Host side of the Triton backend of nmode_solve: the contract of config.py (``supports``,
 ``forward``, ``backward``), allocation, grids and launch options, and torchdiffeq's global step
-control driven from the host (one attempt kernel per step, the accept decision from a sum of
-per-program float64 partials, as the CPU backend). The controller is the solver core's
-(odekern/solvers/controllers.py), the step weights the reference's (coefficients.py).
+control driven from the host (global_control's loop, one attempt kernel per step, the accept
+decision from a sum of per-program float64 partials, as the CPU backend). The step weights are
+the reference's (coefficients.py).
 
 Backward: saved tensors are y0 and g only (plus the O(steps) ``stats``). Per-lane scratch is
 register arrays of REGISTER_CHECKPOINTS states, indexed through one-hot selects (registers
@@ -18,13 +18,12 @@ import math
 import torch
 import triton
 
-from odekern.ops.nmode_solve import coefficients, reference
+from odekern.ops.nmode_solve import coefficients, global_control, reference
 from odekern.ops.nmode_solve.config import METHODS, MethodId, NmodeConfig, fixed_grid_steps
 from odekern.ops.nmode_solve.triton.kernels import (_nmode_adjoint_bwd_kernel, _nmode_global_attempt_kernel,
                                                     _nmode_global_d2_kernel, _nmode_global_init_kernel,
                                                     _nmode_list_bwd_kernel, _nmode_list_fwd_kernel,
                                                     _nmode_pe_bwd_kernel, _nmode_pe_fwd_kernel)
-from odekern.solvers import controllers
 
 BLOCK = 128
 NUM_WARPS = 4
@@ -42,7 +41,6 @@ KERNEL_DTYPES = (torch.float32, torch.float64)
 DOPRI5 = coefficients.of("dopri5")
 # Stage slots of the weight vectors the kernels read (dopri5's seven stages).
 STAGE_SLOTS = DOPRI5.stages
-CONTROLLER = controllers.IntegralController(order=DOPRI5.order)
 _STATUS = {
     1: "max_num_steps ({max_steps}) exceeded by the per-element step size controller",
     2: "step size underflow in the per-element controller",
@@ -96,57 +94,55 @@ def _stats(n_acc: int, n_rej: int, theta: float, dts: list[float]) -> torch.Tens
     return torch.tensor([float(n_acc), float(n_rej), float(theta), *dts], dtype=torch.float64)
 
 
+class _TritonGlobalPasses:
+    """The passes of global control (global_control.GlobalPasses): one kernel each, whose
+    per-program float64 partials are summed for the host's decision (one synchronisation per
+    attempt, as torchdiffeq's)."""
+
+    def __init__(self, y0, g, cfg, need_f, y1, f0, f1):
+        self.y0, self.g, self.cfg, self.need_f = y0, g, cfg, need_f
+        self.y1, self.f0, self.f1 = y1, f0, f1
+        self.N, self.G = y0.numel(), g.numel()
+        self.grid = _grid(self.N)
+        self.ycur, self.fcur = y0.clone(), torch.empty_like(y0)
+        self.ynew, self.fnew = torch.empty_like(y0), torch.empty_like(y0)
+        self.part = torch.empty(self.grid[0], dtype=torch.float64, device=y0.device)
+        self.w_one = _weights("dopri5", 1.0, y0.dtype, y0.device)
+
+    def initial_norms(self):
+        part2 = torch.empty(2 * self.grid[0], dtype=torch.float64, device=self.y0.device)
+        _nmode_global_init_kernel[self.grid](self.y0, self.g, self.fcur, part2,
+                                             _params(self.y0.device, self.cfg.rtol, self.cfg.atol),
+                                             self.N, self.G, BLOCK=BLOCK, **LAUNCH)
+        sums = part2.view(-1, 2).sum(0).tolist()
+        if self.need_f:
+            self.f0.copy_(self.fcur)
+        return math.sqrt(sums[0] / self.N), math.sqrt(sums[1] / self.N)
+
+    def initial_change(self, h0):
+        _nmode_global_d2_kernel[self.grid](self.y0, self.fcur, self.g, self.part,
+                                           _params(self.y0.device, self.cfg.rtol, self.cfg.atol, h0),
+                                           self.N, self.G, BLOCK=BLOCK, **LAUNCH)
+        return math.sqrt(self.part.sum().item() / self.N)
+
+    def attempt(self, dt, finishing, theta):
+        wl = _weights("dopri5", theta, self.y0.dtype, self.y0.device) if finishing else self.w_one
+        _nmode_global_attempt_kernel[self.grid](
+            self.ycur, self.fcur, self.g, self.ynew, self.fnew, self.part, self.y1,
+            self.f1 if self.need_f else self.y1, _params(self.y0.device, self.cfg.rtol, self.cfg.atol, dt),
+            wl, self.N, self.G, FINISHING=finishing, NEED_F=self.need_f, BLOCK=BLOCK, **LAUNCH)
+        return math.sqrt(self.part.sum().item() / self.N)
+
+    def accept(self):
+        self.ycur, self.ynew = self.ynew, self.ycur
+        self.fcur, self.fnew = self.fnew, self.fcur
+
+
 def _global_forward(y0, g, t0, t1, cfg, need_f, y1, f0, f1):
-    """torchdiffeq's controller on the host, one attempt kernel per step (as the CPU backend)."""
-    N, G, dev, dt_ = y0.numel(), g.numel(), y0.device, y0.dtype
-    grid = _grid(N)
-    ycur, fcur = y0.clone(), torch.empty_like(y0)
-    ynew, fnew = torch.empty_like(y0), torch.empty_like(y0)
-    part2 = torch.empty(2 * grid[0], dtype=torch.float64, device=dev)
-    _nmode_global_init_kernel[grid](y0, g, fcur, part2, _params(dev, cfg.rtol, cfg.atol), N, G,
-                                    BLOCK=BLOCK, **LAUNCH)
-    sums = part2.view(-1, 2).sum(0).tolist()
-    if need_f:
-        f0.copy_(fcur)
-    d0, d1 = math.sqrt(sums[0] / N), math.sqrt(sums[1] / N)
-    h0 = controllers.initial_trial_step(d0, d1)
-    part = torch.empty(grid[0], dtype=torch.float64, device=dev)
-    _nmode_global_d2_kernel[grid](y0, fcur, g, part, _params(dev, cfg.rtol, cfg.atol, h0), N, G,
-                                  BLOCK=BLOCK, **LAUNCH)
-    d2 = math.sqrt(part.sum().item() / N) / h0
-    h = controllers.initial_step_from_trial(h0, d1, d2, order=DOPRI5.order - 1)
-    w_one = _weights("dopri5", 1.0, dt_, dev)
-    t, attempts, n_rej, dts = t0, 0, 0, []
-    while True:
-        if attempts >= cfg.max_num_steps:
-            raise RuntimeError(f"nmode_solve: max_num_steps ({cfg.max_num_steps}) exceeded at "
-                               f"t = {t} with last dt = {h}")
-        attempts += 1
-        if not math.isfinite(h):
-            raise RuntimeError(f"nmode_solve: non-finite step size at t = {t} "
-                               "(non-finite values in the state?)")
-        dt, t_next = h, t + h
-        if not t_next > t:
-            raise RuntimeError(f"nmode_solve: step size underflow (dt = {dt}) at t = {t}")
-        finishing = t_next >= t1
-        theta = (t1 - t) / (t_next - t) if finishing else 1.0
-        wl = _weights("dopri5", theta, dt_, dev) if finishing else w_one
-        _nmode_global_attempt_kernel[grid](
-            ycur, fcur, g, ynew, fnew, part, y1, f1 if need_f else y1, _params(dev, cfg.rtol, cfg.atol, dt),
-            wl, N, G, FINISHING=finishing, NEED_F=need_f, BLOCK=BLOCK, **LAUNCH)
-        ratio = math.sqrt(part.sum().item() / N)
-        if math.isnan(ratio):
-            raise RuntimeError(f"nmode_solve: non-finite values in the state at t = {t}")
-        if ratio <= 1.0:
-            dts.append(dt)
-            if finishing:
-                return _stats(len(dts), n_rej, theta, dts)
-            ycur, ynew = ynew, ycur
-            fcur, fnew = fnew, fcur
-            t = t_next
-        else:
-            n_rej += 1
-        h = CONTROLLER.next_step(dt, ratio)  # in float64, like the header
+    """Global control: global_control's loop over the passes above."""
+    passes = _TritonGlobalPasses(y0, g, cfg, need_f, y1, f0, f1)
+    dts, n_rej, theta = global_control.global_dopri5(passes, t0, t1, cfg.max_num_steps)
+    return _stats(len(dts), n_rej, theta, dts)
 
 
 def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeConfig,
