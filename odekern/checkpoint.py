@@ -154,7 +154,7 @@ class _Replay:
             stepper = RKStepper(self.tableau, y, reuse_buffers=False)
             result = st.empty_like(y)
             scratch = st.empty_like(y) if i1 - i0 > 1 else None
-            first_bad = None  # device-side index of the first NaN/inf step, read once below
+            watch = st.NonFiniteWatch()  # read once, below
             for i in range(i0, i1):
                 out = result if (i1 - 1 - i) % 2 == 0 else scratch
                 t0, t1 = self.times[i], self.times[i + 1]
@@ -165,9 +165,10 @@ class _Replay:
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
                 del y_next
-                first_bad = st.first_nonfinite_step(first_bad, out, i)
+                watch.record(out)
                 y = out
-            if (bad_step := int(first_bad)) >= 0:
+            if (bad := watch.first_bad_step(y)) is not None:
+                bad_step = i0 + bad
                 raise_non_finite(self.method, self.rhs.user_time(self.times[bad_step]),
                                  f"the step to t={self.rhs.user_time(self.times[bad_step + 1]):.6g} produced "
                                  "NaN/inf; the ODE may be unstable at this step size (try a smaller step_size)")

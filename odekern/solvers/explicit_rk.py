@@ -47,24 +47,29 @@ class RKStepper:
         n = len(tab.c)
         ks = [f0]
         yi = y0
+        dt_time = None  # dt in the precision of time, made once per step
         for i in range(1, n):
             # An FSAL method's last stage input *is* the solution: it goes straight into ``out``.
             buffer = out if (tab.fsal and i == n - 1) else self._stage_buffers[i]
             yi = stages.stage_state(y0, dt, tab.a[i], ks, out=buffer)
-            ti = t_end if tab.c[i] == 1.0 else t0 + _stage_offset(tab.c[i], dt, t0)
+            if tab.c[i] == 1.0:
+                ti = t_end
+            else:
+                dt_time = _time_step(dt, t0) if dt_time is None else dt_time
+                ti = t0 + dt_time * tab.c[i]
             ks.append(rhs(ti, yi))
         if tab.fsal:
             return yi, ks
         return stages.step_solution(y0, dt, tab.b, ks, out=out), ks
 
 
-def _stage_offset(c: float, dt: Any, t0: Any) -> Any:
-    """``c * dt``, rounded as torchdiffeq rounds it: in ``t0``'s precision when time is a tensor
-    of less than float64 (a Python ``dt`` would form the product in double, and the stage time
-    could land one float32 ulp away)."""
+def _time_step(dt: Any, t0: Any) -> Any:
+    """``dt`` for forming stage times ``t0 + c * dt`` rounded as torchdiffeq rounds them: in
+    ``t0``'s precision when time is a tensor of less than float64 (a Python ``dt`` would form
+    the product in double, and the stage time could land one float32 ulp away)."""
     if isinstance(dt, float) and isinstance(t0, Tensor) and t0.dtype != torch.float64:
-        return t0.new_tensor(dt) * c
-    return c * dt
+        return t0.new_tensor(dt)
+    return dt
 
 
 class FixedGridRK(FixedGridSolver):

@@ -158,9 +158,9 @@ class FixedGridSolver(Solver):
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
         else:
             dts = None if t.requires_grad else (grid[1:] - grid[:-1]).tolist()
-        # NaN/inf is tracked on the device (the index of the first bad step) and read once after
-        # the loop, so a fixed-grid solve makes no host sync per step.
-        first_bad = None
+        # NaN/inf is tracked on the device (one sum per step) and read once after the loop, so a
+        # fixed-grid solve makes no host sync per step.
+        watch = state.NonFiniteWatch()
         track = not (torch.compiler.is_compiling() or state.inside_vmap()
                      or any(c.is_meta for c in state.components(self.y0)))
         j, y0, n_steps, dt = 1, self.y0, 0, 0.0
@@ -177,7 +177,7 @@ class FixedGridSolver(Solver):
                 state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
                                            f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
             elif track:
-                first_bad = state.first_nonfinite_step(first_bad, y1, i)
+                watch.record(y1)
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
                 row = state.row(solution, j)
@@ -193,7 +193,7 @@ class FixedGridSolver(Solver):
                 store(solution, j, row, value)
                 j += 1
             y0 = y1
-        if first_bad is not None and (bad_step := int(first_bad)) >= 0:
+        if track and (bad_step := watch.first_bad_step(y0)) is not None:
             reached = self.rhs.user_time(grid_vals[bad_step + 1])
             raise_non_finite(self.method, self.rhs.user_time(grid_vals[bad_step]),
                              f"the step to t={reached:.6g} produced NaN/inf; the ODE may be unstable at "

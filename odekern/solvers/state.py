@@ -160,14 +160,51 @@ def any_nonfinite(state: State) -> Tensor:
     return out
 
 
-def first_nonfinite_step(first_bad: Tensor | None, state: State, step: int) -> Tensor:
-    """Device-side record of the first step whose result is NaN/inf: ``first_bad`` (None before
-    the first step, else a 0-dim int64 tensor, -1 while all are finite) updated with ``state``,
-    the result of ``step``. Nothing is read on the host; the caller reads it once at the end."""
-    bad = any_nonfinite(state)
-    if first_bad is None:
-        return torch.where(bad, step, -1)
-    return torch.where(bad & (first_bad < 0), step, first_bad)
+class NonFiniteWatch:
+    """Device-side record of which steps produced NaN/inf, for solves that must not read the
+    device per step. ``record(state)`` adds one sum per component: a sum is finite when every
+    element is (NaN and inf propagate), and a sum is the cheapest full pass torch has (a fraction
+    of ``isfinite().all()``'s cost). ``first_bad_step(final)`` reads the device once at the end.
+
+    A sum can also overflow on finite elements near the dtype's limit. The final state settles
+    it: every step of odekern's solvers adds to the current state (y1 = y0 + ...), so a NaN/inf
+    never leaves the state again, and a finite final state means no step went bad. Probes are
+    folded into a bool vector every ``CHUNK`` steps, so a long solve holds one byte per step."""
+
+    CHUNK = 256
+
+    def __init__(self) -> None:
+        self._pending: list[Tensor] = []
+        self._finite: list[Tensor] = []  # per folded chunk: whether each probe was finite
+        self._per_step = 0
+
+    def record(self, state: State) -> None:
+        # Detached: a probe is no part of the model (and must not keep the state alive).
+        probes = [c.detach().sum() for c in components(state) if c.numel()]
+        self._per_step = len(probes)
+        self._pending.extend(probes)
+        if len(self._pending) >= self.CHUNK:
+            self._fold()
+
+    def _fold(self) -> None:
+        self._finite.append(torch.isfinite(torch.stack(self._pending)))
+        self._pending = []
+
+    def first_bad_step(self, final: State) -> int | None:
+        """The index of the first recorded step whose state has a NaN/inf, or None; ``final``
+        is the last recorded state."""
+        if self._pending:
+            self._fold()
+        if not self._finite or self._per_step == 0:
+            return None
+        bad = ~torch.cat(self._finite)
+        first = int(torch.where(bad.any(), torch.argmax(bad.to(torch.uint8)), -1))
+        if first < 0:
+            return None
+        with torch.no_grad():
+            if all(bool(torch.isfinite(c).all()) for c in components(final)):
+                return None  # the sums overflowed on finite values
+        return first // self._per_step
 
 
 def assert_finite_traced(state: State, message: str) -> None:

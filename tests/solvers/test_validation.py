@@ -193,6 +193,35 @@ def test_finiteness_check_is_exact_when_the_fast_sum_overflows_or_cancels():
     assert not all_finite(both)
 
 
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_fixed_grid_solve_of_finite_values_whose_sum_overflows_does_not_raise(method):
+    # The per-step probe is a sum, which overflows to inf on these finite float32 values; the
+    # solution must come back unchanged (f = 0), not as a NonFiniteError.
+    y0 = torch.full((4,), 3e38)
+    ys = odeint(lambda t, y: torch.zeros_like(y), y0, torch.tensor([0.0, 1.0]), method=method,
+                options={"step_size": 0.25})
+    assert torch.equal(ys[-1], y0)
+
+
+def test_first_bad_step_is_found_beyond_the_first_folded_chunk():
+    # 400 Euler steps of 1/400 (more than NonFiniteWatch.CHUNK probes), f NaN from t > 0.75: the
+    # first NaN comes from the step starting at the first grid time above 0.75 (Euler evaluates
+    # f at step starts), computed here independently on the same float64 grid.
+    from odekern.solvers.state import NonFiniteWatch
+
+    n = 400
+    assert n > NonFiniteWatch.CHUNK
+    grid = torch.linspace(0.0, 1.0, n + 1, dtype=F64)
+    first_nan_start = float(grid[grid > 0.75][0])
+
+    def nan_late(t, y):
+        return torch.where(t > 0.75, torch.full_like(y, float("nan")), -y)
+
+    with pytest.raises(NonFiniteError, match=rf"after t={first_nan_start:g}:"):
+        odeint(nan_late, torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+               options={"step_size": 1.0 / n})
+
+
 @pytest.mark.parametrize("step_size", [1e-300, 1e-9])
 @pytest.mark.parametrize("method", ["euler", "rk4"])
 def test_fixed_grid_beyond_the_step_budget_raises_before_allocating(step_size, method):

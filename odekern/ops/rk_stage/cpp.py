@@ -59,7 +59,11 @@ def _into(out: torch.Tensor, run) -> None:
 def combine_out(y, ks, coeffs, out) -> None:
     yc = None if y is None else y.contiguous()
     kc = [k.contiguous() for k in ks]
-    _into(out, lambda o: _ops().rk_combine_out(yc, kc, [float(c) for c in coeffs], o))
+    coeffs = [float(c) for c in coeffs]
+    if out.is_contiguous():  # the solvers' own buffers always are: no closure on the hot path
+        _ops().rk_combine_out(yc, kc, coeffs, out)
+    else:
+        _into(out, lambda o: _ops().rk_combine_out(yc, kc, coeffs, o))
 
 
 def error_ratio(y0, y1, ks, err_coeffs, rtol, atol) -> torch.Tensor:
