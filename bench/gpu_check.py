@@ -28,13 +28,13 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 from torch import nn
 
 import odekern
+from networks import atomic_files
 from odekern import dispatch
 from odekern.ops.nmode_solve import reference as nmode_reference
 from odekern.testing import PeakMemory
@@ -353,20 +353,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".gpu_check_", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu-results"), help="output directory")
@@ -390,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_cnm_unet(b, size["unet_batch"], size["unet_size"], size["unet_kw"])
     bench_memory(b, size["mem_shape"], size["mem_steps"])
     results = {"mode": mode, "env": environment(device), "benchmarks": b.rows, "memory": b.memory, "notes": b.notes}
-    write_atomic(os.path.join(args.out, "benchmarks.json"), json.dumps(results, indent=1, default=str))
-    write_atomic(os.path.join(args.out, "benchmarks.md"), markdown(results))
+    atomic_files.atomic_write_bytes(os.path.join(args.out, "benchmarks.json"),
+                                    json.dumps(results, indent=1, default=str).encode("utf-8"))
+    atomic_files.atomic_write_bytes(os.path.join(args.out, "benchmarks.md"), markdown(results).encode("utf-8"))
     failed = [r for r in b.rows + b.memory if "error" in r]
     print(markdown(results))
     for r in failed:

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli
 from networks.evaluate import EvalConfig, evaluation_dataset, predict_logits
@@ -39,7 +40,7 @@ OVERLAY_COLOUR = np.array([1.0, 0.9, 0.0])  # yellow, as the paper's Figure 2
 
 
 def _save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    with ckpt.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
     return Path(path)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli
 from networks.data import IMAGE_EXTENSIONS, read_image_folder
@@ -28,7 +29,7 @@ from networks.evaluate import predict_logits, supports_duse
 def save_mask(mask: torch.Tensor, path: Path) -> Path:
     """Write a ``[H, W]`` {0, 1} mask as an 8-bit PNG (0 / 255), atomically."""
     arr = (mask.to(torch.uint8) * 255).cpu().numpy().astype(np.uint8)
-    with ckpt.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
     return path
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli, ddp
 from networks.models import MODEL_NAMES
@@ -417,7 +418,7 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
             path = save(epoch + 1, 0, [0.0, 0.0, 0.0], None, status)
             if ctx.is_main:
                 if improved:
-                    ckpt.atomic_write_bytes(out / "best.pt", Path(path).read_bytes())
+                    atomic_files.atomic_write_bytes(out / "best.pt", Path(path).read_bytes())
                 msg = (f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
                        f"dice {record['train_dice']:.4f}")
                 if "val_dice" in record:

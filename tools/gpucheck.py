@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 
+from networks import atomic_files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS: dict[str, int] = {"sm_80": 80, "sm_90": 90}
 DEFAULT_NVCC = "/usr/local/bin/nvcc"
@@ -377,18 +379,9 @@ def format_table(results: list[KernelResult]) -> str:
 
 
 def write_json(path: str, results: list[KernelResult]) -> None:
-    """Write results atomically (temp file in the same directory, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".gpucheck_", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in results], f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write results atomically (networks.atomic_files: never a half-written file)."""
+    text = json.dumps([dataclasses.asdict(r) for r in results], indent=1)
+    atomic_files.atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from networks import atomic_files
 from networks import checkpoint as ckpt
 
 
 def test_atomic_write_replaces_content_and_leaves_no_temp(tmp_path):
     target = tmp_path / "sub" / "file.bin"
-    ckpt.atomic_write_bytes(target, b"first")
-    ckpt.atomic_write_bytes(target, b"second")
+    atomic_files.atomic_write_bytes(target, b"first")
+    atomic_files.atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
 
@@ -29,7 +30,7 @@ def test_failed_write_keeps_old_file(tmp_path):
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of a save
 
     with pytest.raises(KeyboardInterrupt):
-        ckpt.atomic_write(target, explode)
+        atomic_files.atomic_write(target, explode)
     assert torch.equal(ckpt.torch_load(target)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
@@ -43,7 +44,7 @@ def test_written_files_get_normal_permissions(tmp_path):
 
 
 def test_atomic_path_keeps_extension_for_format_sniffing_writers(tmp_path):
-    with ckpt.atomic_path(tmp_path / "fig.png") as tmp:
+    with atomic_files.atomic_path(tmp_path / "fig.png") as tmp:
         assert tmp.suffix == ".png" and tmp.parent == tmp_path
         tmp.write_bytes(b"x")
     assert (tmp_path / "fig.png").read_bytes() == b"x"
