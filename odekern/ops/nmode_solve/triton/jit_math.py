@@ -178,7 +178,8 @@ def dense_weights(theta):
 
 @triton.jit
 def sys_stages(y, a, g, dt, fy, fa, fb, METHOD: tl.constexpr, ADJ: tl.constexpr):
-    """All stages of one step of the state (y[, a_y, a_g]) from the FSAL value f(y)."""
+    """Stages 2..7 of one step of the state (y[, a_y, a_g]) from the FSAL value f(y): three
+    tuples (of y, a_y, a_g), each indexed by stage - 2; unused stages repeat f."""
     y2 = fy
     a2 = fa
     b2 = fb
@@ -212,15 +213,15 @@ def sys_stages(y, a, g, dt, fy, fa, fb, METHOD: tl.constexpr, ADJ: tl.constexpr)
                             stage_input(a, dt, fa, a2, a3, a4, a5, a5, METHOD, 5), g, ADJ)
         y7, a7, b7 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y5, y6, METHOD, 6),
                             stage_input(a, dt, fa, a2, a3, a4, a5, a6, METHOD, 6), g, ADJ)
-    return (y2, y3, y4, y5, y6, y7, a2, a3, a4, a5, a6, a7, b2, b3, b4, b5, b6, b7)
+    return (y2, y3, y4, y5, y6, y7), (a2, a3, a4, a5, a6, a7), (b2, b3, b4, b5, b6, b7)
 
 
 @triton.jit
 def step(y, g, dt, w1, w2, w3, w4, w5, w6, w7, METHOD: tl.constexpr):
     """One step of the nmODE with weights w (b, or dopri5's dense weights on a last step)."""
     f = rhs(y, g)
-    k = sys_stages(y, y, g, dt, f, f, f, METHOD, False)
-    return combine(y, dt, w1, w2, w3, w4, w5, w6, w7, f, k[0], k[1], k[2], k[3], k[4], k[5],
+    ky, _ka, _kb = sys_stages(y, y, g, dt, f, f, f, METHOD, False)
+    return combine(y, dt, w1, w2, w3, w4, w5, w6, w7, f, ky[0], ky[1], ky[2], ky[3], ky[4], ky[5],
                     METHOD)
 
 
@@ -440,15 +441,15 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
         status = tl.where(under, 2, status)
         act = act & (under == 0)
         dtT = dt.to(T)
-        k = sys_stages(y, a, g, dtT, fy, fa, fb, DOPRI5, ADJ)
-        y1 = stage_input(y, dtT, fy, k[0], k[1], k[2], k[3], k[4], DOPRI5, 6)
-        ratio = error_ratio(dopri5_error(dtT, fy, k[1], k[2], k[3], k[4], k[5]), y, y1, rtol, atol)
+        ky, ka, kb = sys_stages(y, a, g, dtT, fy, fa, fb, DOPRI5, ADJ)
+        y1 = stage_input(y, dtT, fy, ky[0], ky[1], ky[2], ky[3], ky[4], DOPRI5, 6)
+        ratio = error_ratio(dopri5_error(dtT, fy, ky[1], ky[2], ky[3], ky[4], ky[5]), y, y1, rtol, atol)
         if ADJ:
-            a1 = stage_input(a, dtT, fa, k[6], k[7], k[8], k[9], k[10], DOPRI5, 6)
-            bb1 = stage_input(b, dtT, fb, k[12], k[13], k[14], k[15], k[16], DOPRI5, 6)
-            ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fa, k[7], k[8], k[9], k[10], k[11]),
+            a1 = stage_input(a, dtT, fa, ka[0], ka[1], ka[2], ka[3], ka[4], DOPRI5, 6)
+            bb1 = stage_input(b, dtT, fb, kb[0], kb[1], kb[2], kb[3], kb[4], DOPRI5, 6)
+            ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fa, ka[1], ka[2], ka[3], ka[4], ka[5]),
                                              a, a1, rtol, atol))
-            ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fb, k[13], k[14], k[15], k[16], k[17]),
+            ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fb, kb[1], kb[2], kb[3], kb[4], kb[5]),
                                              b, bb1, rtol, atol))
         nonfinite = act & (ratio != ratio)  # noqa: PLR0124 - the NaN test
         status = tl.where(nonfinite, 3, status)
@@ -469,16 +470,16 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
         w6 = w6.to(T)
         w7 = w7.to(T)
         step_on = accept & (finish == 0)
-        yd = combine(y, dtT, w1, w2, w3, w4, w5, w6, w7, fy, k[0], k[1], k[2], k[3], k[4], k[5], 4)
+        yd = combine(y, dtT, w1, w2, w3, w4, w5, w6, w7, fy, ky[0], ky[1], ky[2], ky[3], ky[4], ky[5], 4)
         y = tl.where(finish, yd, tl.where(step_on, y1, y))
-        fy = tl.where(step_on, k[5], fy)
+        fy = tl.where(step_on, ky[5], fy)
         if ADJ:
-            ad = combine(a, dtT, w1, w2, w3, w4, w5, w6, w7, fa, k[6], k[7], k[8], k[9], k[10], k[11], 4)
-            bd = combine(b, dtT, w1, w2, w3, w4, w5, w6, w7, fb, k[12], k[13], k[14], k[15], k[16], k[17], 4)
+            ad = combine(a, dtT, w1, w2, w3, w4, w5, w6, w7, fa, ka[0], ka[1], ka[2], ka[3], ka[4], ka[5], 4)
+            bd = combine(b, dtT, w1, w2, w3, w4, w5, w6, w7, fb, kb[0], kb[1], kb[2], kb[3], kb[4], kb[5], 4)
             a = tl.where(finish, ad, tl.where(step_on, a1, a))
             b = tl.where(finish, bd, tl.where(step_on, bb1, b))
-            fa = tl.where(step_on, k[11], fa)
-            fb = tl.where(step_on, k[17], fb)
+            fa = tl.where(step_on, ka[5], fa)
+            fb = tl.where(step_on, kb[5], fb)
         t = tl.where(step_on, t_next, t)
         theta = th
         index += accept.to(tl.int32)
@@ -526,21 +527,21 @@ def list_solve_adjoint(y, a, b, g, dts_ptr, n, METHOD: tl.constexpr):
     for i in range(n):
         dt = tl.load(dts_ptr + i).to(T)
         fy, fa, fb = sys_f(y, a, g, True)
-        k = sys_stages(y, a, g, dt, fy, fa, fb, METHOD, True)
+        ky, ka, kb = sys_stages(y, a, g, dt, fy, fa, fb, METHOD, True)
         if METHOD == EULER:
             y = y + dt * (EULER_B0 * fy)
             a = a + dt * (EULER_B0 * fa)
             b = b + dt * (EULER_B0 * fb)
         elif METHOD == MIDPOINT:
-            y = y + dt * (MIDPOINT_B0 * fy + MIDPOINT_B1 * k[0])
-            a = a + dt * (MIDPOINT_B0 * fa + MIDPOINT_B1 * k[6])
-            b = b + dt * (MIDPOINT_B0 * fb + MIDPOINT_B1 * k[12])
+            y = y + dt * (MIDPOINT_B0 * fy + MIDPOINT_B1 * ky[0])
+            a = a + dt * (MIDPOINT_B0 * fa + MIDPOINT_B1 * ka[0])
+            b = b + dt * (MIDPOINT_B0 * fb + MIDPOINT_B1 * kb[0])
         elif METHOD == RK4:
-            y = y + dt * (RK38_B0 * fy + RK38_B1 * k[0] + RK38_B2 * k[1] + RK38_B3 * k[2])
-            a = a + dt * (RK38_B0 * fa + RK38_B1 * k[6] + RK38_B2 * k[7] + RK38_B3 * k[8])
-            b = b + dt * (RK38_B0 * fb + RK38_B1 * k[12] + RK38_B2 * k[13] + RK38_B3 * k[14])
+            y = y + dt * (RK38_B0 * fy + RK38_B1 * ky[0] + RK38_B2 * ky[1] + RK38_B3 * ky[2])
+            a = a + dt * (RK38_B0 * fa + RK38_B1 * ka[0] + RK38_B2 * ka[1] + RK38_B3 * ka[2])
+            b = b + dt * (RK38_B0 * fb + RK38_B1 * kb[0] + RK38_B2 * kb[1] + RK38_B3 * kb[2])
         else:
-            y = y + dt * (RK4C_B0 * fy + RK4C_B1 * k[0] + RK4C_B2 * k[1] + RK4C_B3 * k[2])
-            a = a + dt * (RK4C_B0 * fa + RK4C_B1 * k[6] + RK4C_B2 * k[7] + RK4C_B3 * k[8])
-            b = b + dt * (RK4C_B0 * fb + RK4C_B1 * k[12] + RK4C_B2 * k[13] + RK4C_B3 * k[14])
+            y = y + dt * (RK4C_B0 * fy + RK4C_B1 * ky[0] + RK4C_B2 * ky[1] + RK4C_B3 * ky[2])
+            a = a + dt * (RK4C_B0 * fa + RK4C_B1 * ka[0] + RK4C_B2 * ka[1] + RK4C_B3 * ka[2])
+            b = b + dt * (RK4C_B0 * fb + RK4C_B1 * kb[0] + RK4C_B2 * kb[1] + RK4C_B3 * kb[2])
     return y, a, b

@@ -87,18 +87,18 @@ def _nmode_global_attempt_kernel(y_ptr, f_ptr, g_ptr, ynew_ptr, fnew_ptr, part_p
     rtol = tl.load(par_ptr + 0)
     atol = tl.load(par_ptr + 1)
     dt = tl.load(par_ptr + 2).to(T)
-    k = sys_stages(y, y, g, dt, f, f, f, DOPRI5, False)
-    y1 = stage_input(y, dt, f, k[0], k[1], k[2], k[3], k[4], DOPRI5, 6)
-    err = dopri5_error(dt, f, k[1], k[2], k[3], k[4], k[5])
+    ky, _ka, _kb = sys_stages(y, y, g, dt, f, f, f, DOPRI5, False)
+    y1 = stage_input(y, dt, f, ky[0], ky[1], ky[2], ky[3], ky[4], DOPRI5, 6)
+    err = dopri5_error(dt, f, ky[1], ky[2], ky[3], ky[4], ky[5])
     r = err / (atol.to(T) + rtol.to(T) * tl.maximum(tl.abs(y), tl.abs(y1)))
     r = r.to(tl.float64)
     tl.store(part_ptr + pid, tl.sum(tl.where(lane, r * r, 0.0), axis=0))
     tl.store(ynew_ptr + offs, y1, mask=lane)
-    tl.store(fnew_ptr + offs, k[5], mask=lane)
+    tl.store(fnew_ptr + offs, ky[5], mask=lane)
     if FINISHING:
         wl = load_weights(wl_ptr, T)
         out = combine(y, dt, wl[0], wl[1], wl[2], wl[3], wl[4], wl[5], wl[6],
-                       f, k[0], k[1], k[2], k[3], k[4], k[5], 4)
+                       f, ky[0], ky[1], ky[2], ky[3], ky[4], ky[5], 4)
         tl.store(out_ptr + offs, out, mask=lane)
         if NEED_F:
             tl.store(fout_ptr + offs, rhs(out, g), mask=lane)
