@@ -16,6 +16,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from odekern.ops.nmode_solve import reference as nmode_reference
+
 # (rtol, atol) for "same algorithm, different implementation" comparisons: rounding only.
 ROUNDING_TOL: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-12),
@@ -69,6 +71,20 @@ def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale:
     """Deterministic normal tensor (independent of the global RNG state)."""
     x = torch.randn(*shape, generator=make_generator(seed), dtype=torch.float64) * scale
     return x.to(dtype).requires_grad_(requires_grad)
+
+
+class NmodeRHS(torch.nn.Module):
+    """The nmODE right-hand side -y + sin^2(y + g) as a plain user module (g a parameter), for
+    comparing the fused nmode_solve with generic solvers; counts its calls in ``nfe``."""
+
+    def __init__(self, g: torch.Tensor):
+        super().__init__()
+        self.g = torch.nn.Parameter(g.clone())
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return nmode_reference.rhs(y, self.g)
 
 
 def non_contiguous(x: torch.Tensor) -> torch.Tensor:

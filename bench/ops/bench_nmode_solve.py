@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import odekern
-from odekern.testing import SavedTensorBytes
+from odekern.testing import NmodeRHS, SavedTensorBytes
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
@@ -36,17 +36,6 @@ def _inputs(dtype=torch.float32):
     y0 = torch.randn(SHAPE, generator=gen).to(dtype)
     g = (0.5 * torch.randn(G_SHAPE, generator=gen)).to(dtype)
     return y0, g
-
-
-class _RHS(torch.nn.Module):
-    def __init__(self, g):
-        super().__init__()
-        self.g = torch.nn.Parameter(g.clone())
-        self.nfe = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return -y + torch.sin(y + self.g) ** 2
 
 
 def _cnm_rhs_evaluations() -> int:
@@ -86,7 +75,7 @@ def test_rk4_forward_odekern(benchmark, run_bench, backend):
 
 def test_rk4_forward_torchdiffeq(benchmark, run_bench):
     y0, g = _inputs()
-    func = _RHS(g)
+    func = NmodeRHS(g)
     t = torch.tensor([0.0, 1.0])
     with torch.no_grad():
         run_bench(lambda: torchdiffeq.odeint(func, y0, t, method="rk4", options=dict(step_size=0.05)),
@@ -147,7 +136,7 @@ def test_cnm_forward_odekern_per_element(benchmark, run_bench):
 
 def test_cnm_forward_torchdiffeq(benchmark, run_bench):
     y0, g = _inputs()
-    func = _RHS(g)
+    func = NmodeRHS(g)
     t = torch.tensor([0.0, 0.05])
     with torch.no_grad():
         run_bench(lambda: torchdiffeq.odeint(func, y0, t, method="dopri5", **CNM), provider="torchdiffeq",
@@ -183,7 +172,7 @@ def test_cnm_fwd_bwd_odekern(benchmark, run_bench, gradient):
 
 def test_cnm_fwd_bwd_torchdiffeq_adjoint(benchmark, run_bench):
     y0, g = _inputs()
-    func = _RHS(g)
+    func = NmodeRHS(g)
     t = torch.tensor([0.0, 0.05])
 
     def go():
@@ -257,7 +246,7 @@ def _interleaved_providers():
     from torchdiffeq import odeint, odeint_adjoint
 
     y0, g = _inputs()
-    func = _RHS(g)
+    func = NmodeRHS(g)
     t = torch.tensor([0.0, 0.05])
     n_evals = _cnm_rhs_evaluations()
     flat, floor = y0.reshape(-1), _sin_sq_floor()

@@ -19,7 +19,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 import odekern
 from odekern.ops.nmode_solve.config import NmodeConfig
-from odekern.testing import SavedTensorBytes, assert_close, non_contiguous, randn
+from odekern.testing import NmodeRHS, SavedTensorBytes, assert_close, non_contiguous, randn
 
 from odekern import dispatch as backends
 
@@ -83,22 +83,11 @@ def test_forward_and_gradients_match_reference(backend, case, dtype, gradient):
 # ------------------------------------------------------------------------------------------
 # Against torchdiffeq (an independent library).
 # ------------------------------------------------------------------------------------------
-class _CountingRHS(torch.nn.Module):
-    def __init__(self, g):
-        super().__init__()
-        self.g = torch.nn.Parameter(g.clone())
-        self.nfe = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return -y + torch.sin(y + self.g) ** 2
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 def test_cnm_setting_matches_torchdiffeq_odeint_and_step_count(backend, dtype):
     y0, g = _inputs(dtype)
     _require(backend, y0, g, **CNM)
-    func = _CountingRHS(g)
+    func = NmodeRHS(g)
     want = odeint(func, y0, torch.tensor([0.0, 0.05], dtype=torch.float64), **CNM)[-1]
     # torchdiffeq's dopri5: 2 evaluations for the initial step, then 6 per attempt (FSAL).
     td_attempts = (func.nfe - 2) // 6
@@ -141,7 +130,7 @@ def test_cnm_gradients_match_torchdiffeq_odeint_adjoint(backend, control, gradie
     dtype = torch.float64
     y0, g = _inputs(dtype)
     _require(backend, y0, g, control=control, gradient=gradient, **CNM)
-    func = _CountingRHS(g)
+    func = NmodeRHS(g)
     a = y0.clone().requires_grad_(True)
     want = odeint_adjoint(func, a, torch.tensor([0.0, 0.05], dtype=dtype), **CNM)[-1]
     w = torch.linspace(-1, 1, want.numel(), dtype=dtype).view_as(want)
@@ -161,7 +150,7 @@ def test_rk4_adjoint_matches_torchdiffeq_odeint_adjoint_on_the_same_grid(backend
     dtype = torch.float64
     y0, g = _inputs(dtype)
     _require(backend, y0, g, method="rk4", step_size=0.05, gradient="adjoint")
-    func = _CountingRHS(g)
+    func = NmodeRHS(g)
     a = y0.clone().requires_grad_(True)
     want = odeint_adjoint(func, a, torch.tensor([0.0, 1.0], dtype=dtype), method="rk4",
                           options=dict(step_size=0.05))[-1]

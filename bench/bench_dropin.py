@@ -1,0 +1,259 @@
+"""Drop-in speed: the same user code solved by odekern, torchdiffeq and torchode.
+
+Every case is a user's RHS module (not a fused op), solved through the public API exactly as the
+import swap leaves it: ``odekern.odeint`` vs ``torchdiffeq.odeint`` (and the ``_adjoint``
+variants), for every method both libraries have, on three RHS families:
+
+- ``mlp``: a tiny MLP (64 samples x 16 features, one hidden layer of 64, tanh);
+- ``conv``: the continuous U-Net's ODE function (GroupNorm, conv3x3, softplus, conv1x1, tanh,
+  a cos(t) input channel; 2 x 16 channels x 32 x 32);
+- ``nmode``: the nmODE right-hand side -y + sin^2(y + g) as a plain module (g a parameter;
+  8 x 3 x 64 x 64), i.e. without odekern's fused nmode_solve.
+
+Modes: ``fwd`` (no graph), ``backprop`` (fwd + bwd through the solver's operations) and
+``adjoint`` (fwd + bwd, odeint_adjoint). torchode: dopri5 forward (it has no
+drop-in for the rest). ``ceiling`` is torchdiffeq's time over ``rhs_only``'s: the same RHS calls
+(and, for the gradient modes, the same vector-Jacobian products) with no solver around them,
+the most any solver could gain on that case. Timings: providers interleaved, minimum of rounds.
+
+    python bench/bench_dropin.py [--rounds 5] [--families mlp,conv,nmode] [--methods rk4,dopri5]
+    python -m pytest bench/bench_dropin.py --benchmark-only    # one row per case, extra_info
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import odekern
+from bench_stages import interleaved_minima
+from odekern.testing import NmodeRHS, tol
+
+FIXED_STEPS = 8
+ADAPTIVE_TOL = {"rtol": 1e-4, "atol": 1e-6}
+FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+METHODS = FIXED_METHODS + ADAPTIVE_METHODS
+MODES = ("fwd", "backprop", "adjoint")
+TORCHODE_METHODS = {"dopri5": "Dopri5"}
+# Per case: at most this many seconds of rounds per provider, but never fewer than MIN_ROUNDS.
+ROUND_BUDGET_S = 2.0
+MIN_ROUNDS = 2
+
+
+class Counted(nn.Module):
+    """The user's RHS, with a count of its calls (equal counts mean equal steps)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.inner(t, y)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim=16, hidden=64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+class ConvODEFunc(nn.Module):
+    """The continuous U-Net's ODE function: norm, conv3x3 on [x, cos t], softplus, conv1x1, tanh."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        self.norm = nn.GroupNorm(4, channels)
+        self.conv1 = nn.Conv2d(channels + 1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, t, x):
+        h = self.norm(x)
+        tt = torch.cos(t).to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
+        h = nn.functional.softplus(self.conv1(torch.cat([h, tt], 1)))
+        return torch.tanh(self.conv2(h))
+
+
+def family(name: str):
+    """(RHS module, y0, t) of a family, seeded."""
+    torch.manual_seed(0)
+    if name == "mlp":
+        return Counted(MLP()), torch.randn(64, 16), torch.tensor([0.0, 1.0])
+    if name == "conv":
+        return Counted(ConvODEFunc()), torch.randn(2, 16, 32, 32), torch.tensor([0.0, 1.0])
+    if name == "nmode":
+        shape = (8, 3, 64, 64)
+        g = 0.5 * torch.randn(1, *shape[1:])
+        return Counted(NmodeRHS(g)), torch.randn(shape), torch.tensor([0.0, 1.0])
+    raise ValueError(f"family must be one of mlp, conv, nmode, got {name!r}")
+
+
+def solve_kwargs(method: str, t: torch.Tensor) -> dict:
+    if method in FIXED_METHODS:
+        return {"method": method, "options": {"step_size": float(t[-1] - t[0]) / FIXED_STEPS}}
+    return {"method": method, **ADAPTIVE_TOL}
+
+
+def _run(lib, func, y0, t, method, mode):
+    kw = solve_kwargs(method, t)
+    if mode == "fwd":
+        with torch.no_grad():
+            return lib.odeint(func, y0, t, **kw)
+    x = y0.clone().requires_grad_()
+    if mode == "backprop":
+        out = lib.odeint(func, x, t, **kw)
+    else:
+        out = lib.odeint_adjoint(func, x, t, adjoint_params=tuple(func.parameters()), **kw)
+    out[-1].square().sum().backward()
+    func.zero_grad(set_to_none=True)
+    return out.detach()
+
+
+def _rhs_only(func, y0, t, mode, n_forward, n_backward):
+    """The RHS calls a solve makes, and nothing else: n_forward evaluations (recorded for
+    backprop, which then runs their backward), plus, for the adjoint, n_backward evaluations
+    each with one vector-Jacobian product."""
+    t0 = t[0]
+
+    def run():
+        if mode == "fwd":
+            with torch.no_grad():
+                for _ in range(n_forward):
+                    func.inner(t0, y0)
+            return
+        if mode == "backprop":
+            x = y0.clone().requires_grad_()
+            sum(func.inner(t0, x).sum() for _ in range(n_forward)).backward()
+            func.zero_grad(set_to_none=True)
+            return
+        with torch.no_grad():
+            for _ in range(n_forward):
+                func.inner(t0, y0)
+        params = tuple(func.parameters())
+        for _ in range(n_backward):
+            with torch.enable_grad():
+                x = y0.clone().requires_grad_()
+                f = func.inner(t0, x)
+                torch.autograd.grad(f, (x,) + params, torch.ones_like(f), allow_unused=True)
+
+    return run
+
+
+def _torchode(func, y0, t, method):
+    import torchode as to
+
+    shape = y0.shape
+    term = to.ODETerm(lambda tt, y: func(tt[0], y.reshape(shape)).reshape(shape[0], -1))
+    step = getattr(to, TORCHODE_METHODS[method])(term=term)
+    solver = to.AutoDiffAdjoint(step, to.IntegralController(term=term, **ADAPTIVE_TOL))
+    problem = to.InitialValueProblem(y0=y0.reshape(shape[0], -1), t_eval=t.expand(shape[0], -1))
+
+    def run():
+        with torch.no_grad():
+            return solver.solve(problem)
+
+    return run
+
+
+def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
+    """Interleaved minima of every provider for one case, with RHS-call counts and ratios."""
+    func, y0, t = family(family_name)
+    counts, slowest = {}, 0.0
+    for lib in (odekern, torchdiffeq):
+        func.calls = 0
+        start = time.perf_counter()
+        out = _run(lib, func, y0, t, method, mode)
+        slowest = max(slowest, time.perf_counter() - start)
+        counts[lib.__name__] = func.calls
+        counts[lib.__name__ + ":result"] = out
+    # Slow cases (the adjoint of a many-step solve) get fewer rounds: the whole bench stays minutes.
+    rounds = max(MIN_ROUNDS, min(rounds, int(ROUND_BUDGET_S / slowest)))
+    func.calls = 0
+    with torch.no_grad():
+        odekern.odeint(func, y0, t, **solve_kwargs(method, t))
+    n_forward = func.calls
+    providers = {
+        "odekern": lambda: _run(odekern, func, y0, t, method, mode),
+        "torchdiffeq": lambda: _run(torchdiffeq, func, y0, t, method, mode),
+        "rhs_only": _rhs_only(func, y0, t, mode, n_forward, counts["odekern"] - n_forward),
+    }
+    if mode == "fwd" and method in TORCHODE_METHODS:
+        providers["torchode"] = _torchode(func, y0, t, method)
+    best = interleaved_minima(providers, rounds)
+    same = torch.allclose(counts["odekern:result"], counts["torchdiffeq:result"], **_agreement(method))
+    return {
+        "family": family_name, "method": method, "mode": mode, **{k + "_s": v for k, v in best.items()},
+        "speedup_vs_torchdiffeq": best["torchdiffeq"] / best["odekern"],
+        "ceiling": best["torchdiffeq"] / best["rhs_only"],
+        "nfe_odekern": counts["odekern"], "nfe_torchdiffeq": counts["torchdiffeq"], "results_agree": same,
+    }
+
+
+def _agreement(method: str) -> dict:
+    """How closely the two libraries' solutions must agree for the row to count as the same
+    solve (the parity tests check this properly; here it guards the timing's meaning)."""
+    return tol(torch.float32, "cross") if method in FIXED_METHODS else {"rtol": 1e-3, "atol": 1e-4}
+
+
+CASES = [(f, m, mode) for f in ("mlp", "conv", "nmode") for m in METHODS for mode in MODES]
+
+
+@pytest.mark.parametrize("family_name,method,mode", CASES)
+def test_dropin(benchmark, run_bench, family_name, method, mode):
+    row = measure(family_name, method, mode, rounds=3)
+    func, y0, t = family(family_name)
+    run_bench(lambda: _run(odekern, func, y0, t, method, mode), provider="odekern", rounds=1,
+              **{k: v for k, v in row.items() if not isinstance(v, torch.Tensor)})
+
+
+def _table(rows: list[dict]) -> str:
+    head = ("| RHS | method | mode | odekern | torchdiffeq | ratio | torchode | ceiling | RHS calls |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        ode = f"{r['torchode_s'] * 1e3:.2f} ms" if "torchode_s" in r else ""
+        calls = (str(r["nfe_odekern"]) if r["nfe_odekern"] == r["nfe_torchdiffeq"]
+                 else f"{r['nfe_odekern']} vs {r['nfe_torchdiffeq']}")
+        mark = "" if r["results_agree"] else " (results differ)"
+        lines.append(f"| {r['family']} | {r['method']} | {r['mode']} | {r['odekern_s'] * 1e3:.2f} ms | "
+                     f"{r['torchdiffeq_s'] * 1e3:.2f} ms | {r['speedup_vs_torchdiffeq']:.2f}x{mark} | {ode} | "
+                     f"{r['ceiling']:.2f}x | {calls} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="odekern vs torchdiffeq (and torchode) on user RHS modules")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--families", default="mlp,conv,nmode")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for fam in args.families.split(","):
+        for method in args.methods.split(","):
+            for mode in args.modes.split(","):
+                if (fam, method, mode) in CASES:
+                    rows.append(measure(fam, method, mode, args.rounds))
+                    print(_table(rows[-1:]).splitlines()[-1], flush=True)
+    slower = [r for r in rows if r["speedup_vs_torchdiffeq"] < 1.0]
+    print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, min of {args.rounds} rounds\n")
+    print(_table(rows))
+    geo = math.exp(sum(math.log(r["speedup_vs_torchdiffeq"]) for r in rows) / len(rows))
+    print(f"\n{len(rows)} cases, geometric mean {geo:.2f}x, {len(slower)} below 1.0x")
+
+
+if __name__ == "__main__":
+    main()
