@@ -146,13 +146,15 @@ _TINY_EXTENSION = textwrap.dedent("""
 
 
 def _scratch_project(root: Path) -> Path:
-    """setup.py and pyproject.toml of odekern with one tiny C++ source instead of csrc/."""
+    """setup.py and pyproject.toml of odekern (with the compiler flags it reads) and one tiny C++
+    source instead of csrc/."""
     root.mkdir()
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, root / name)
     (root / "odekern").mkdir()
     (root / "odekern" / "__init__.py").write_text("")
     (root / "csrc").mkdir()
+    shutil.copy(REPO / "csrc" / "build_flags.json", root / "csrc" / "build_flags.json")
     (root / "csrc" / "tiny.cpp").write_text(_TINY_EXTENSION)
     return root
 
