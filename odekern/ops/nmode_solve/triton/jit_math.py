@@ -505,6 +505,23 @@ def load_weights(w_ptr, T: tl.constexpr):
 
 
 @triton.jit
+def list_step(y, g, dt, w, wl, last, METHOD: tl.constexpr):
+    """One step of a step list: weights w (7-tuple), or wl on the last step (dopri5's dense
+    output at theta)."""
+    return step(y, g, dt, tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
+                tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]), tl.where(last, wl[4], w[4]),
+                tl.where(last, wl[5], w[5]), tl.where(last, wl[6], w[6]), METHOD)
+
+
+@triton.jit
+def list_step_vjp(y, g, dt, w, wl, last, yb1, METHOD: tl.constexpr):
+    """Reverse mode of list_step (step_vjp with the same weights)."""
+    return step_vjp(y, g, dt, tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
+                    tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]), tl.where(last, wl[4], w[4]),
+                    tl.where(last, wl[5], w[5]), tl.where(last, wl[6], w[6]), yb1, METHOD)
+
+
+@triton.jit
 def list_solve(y, g, dts_ptr, n, w_ptr, wl_ptr, METHOD: tl.constexpr):
     """y after the shared step list (last step with the weights wl)."""
     T = y.dtype
@@ -512,11 +529,7 @@ def list_solve(y, g, dts_ptr, n, w_ptr, wl_ptr, METHOD: tl.constexpr):
     wl = load_weights(wl_ptr, T)
     for i in range(n):
         dt = tl.load(dts_ptr + i).to(T)
-        last = i == n - 1
-        y = step(y, g, dt, tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
-                  tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]),
-                  tl.where(last, wl[4], w[4]), tl.where(last, wl[5], w[5]),
-                  tl.where(last, wl[6], w[6]), METHOD)
+        y = list_step(y, g, dt, w, wl, i == n - 1, METHOD)
     return y
 
 

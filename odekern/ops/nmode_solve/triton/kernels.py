@@ -17,7 +17,7 @@ import triton.language as tl
 from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 - read by the jit code
     DOPRI5,
 )
-from odekern.ops.nmode_solve.triton.jit_math import (combine, dense_weights, dopri5_error, initial_step, list_solve, list_solve_adjoint, load_weights, pe_dopri5, pick, rhs, rhs_vjp, stage_input, step, step_vjp, sys_stages)
+from odekern.ops.nmode_solve.triton.jit_math import (combine, dense_weights, dopri5_error, initial_step, list_solve, list_solve_adjoint, list_step, list_step_vjp, load_weights, pe_dopri5, pick, rhs, rhs_vjp, stage_input, step, step_vjp, sys_stages)
 
 
 @triton.jit(do_not_specialize=["n", "N", "G"])
@@ -148,11 +148,7 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
     for i in range(n):
         ck = tl.where((rows == i // seg) & (i % seg == 0), y[None, :], ck)
         dt = tl.load(dts_ptr + i).to(T)
-        last = i == n - 1
-        y = step(y, g, dt, tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
-                  tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]),
-                  tl.where(last, wl[4], w[4]), tl.where(last, wl[5], w[5]),
-                  tl.where(last, wl[6], w[6]), METHOD)
+        y = list_step(y, g, dt, w, wl, i == n - 1, METHOD)
     yb = tl.load(gy1_ptr + offs, mask=lane, other=0.0)
     gb = tl.zeros([BLOCK], T)
     if HAS_GF1:
@@ -174,12 +170,8 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
                                w[5], w[6], METHOD)
             for jj in range(end - start):
                 i = end - 1 - jj
-                last = i == n - 1
-                yb, dg = step_vjp(pick(buf, rows, i - start), g, tl.load(dts_ptr + i).to(T),
-                                   tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
-                                   tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]),
-                                   tl.where(last, wl[4], w[4]), tl.where(last, wl[5], w[5]),
-                                   tl.where(last, wl[6], w[6]), yb, METHOD)
+                yb, dg = list_step_vjp(pick(buf, rows, i - start), g, tl.load(dts_ptr + i).to(T), w, wl,
+                                       i == n - 1, yb, METHOD)
                 gb += dg
         else:
             for jj in range(end - start):
@@ -188,12 +180,7 @@ def _nmode_list_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg
                 for m in range(start, i):
                     yi = step(yi, g, tl.load(dts_ptr + m).to(T), w[0], w[1], w[2], w[3], w[4],
                                w[5], w[6], METHOD)
-                last = i == n - 1
-                yb, dg = step_vjp(yi, g, tl.load(dts_ptr + i).to(T),
-                                   tl.where(last, wl[0], w[0]), tl.where(last, wl[1], w[1]),
-                                   tl.where(last, wl[2], w[2]), tl.where(last, wl[3], w[3]),
-                                   tl.where(last, wl[4], w[4]), tl.where(last, wl[5], w[5]),
-                                   tl.where(last, wl[6], w[6]), yb, METHOD)
+                yb, dg = list_step_vjp(yi, g, tl.load(dts_ptr + i).to(T), w, wl, i == n - 1, yb, METHOD)
                 gb += dg
     if HAS_GF0:
         dy, dg = rhs_vjp(y0, g, tl.load(gf0_ptr + offs, mask=lane, other=0.0))
