@@ -187,7 +187,10 @@ class NonFiniteWatch:
             self._fold()
 
     def _fold(self) -> None:
-        self._finite.append(torch.isfinite(torch.stack(self._pending)))
+        if len({p.dtype for p in self._pending}) == 1:
+            self._finite.append(torch.isfinite(torch.stack(self._pending)))
+        else:  # components of different dtypes cannot be stacked: their flags can
+            self._finite.append(torch.stack([torch.isfinite(p) for p in self._pending]))
         self._pending = []
 
     def first_bad_step(self, final: State) -> int | None:

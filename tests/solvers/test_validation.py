@@ -222,6 +222,17 @@ def test_first_bad_step_is_found_beyond_the_first_folded_chunk():
                options={"step_size": 1.0 / n})
 
 
+def test_nonfinite_watch_takes_components_of_different_dtypes():
+    from odekern.solvers.state import NonFiniteWatch
+
+    watch = NonFiniteWatch()
+    bad = torch.ones(2, dtype=torch.complex64)
+    bad[1] = complex(float("nan"), 0.0)
+    watch.record((torch.ones(3), torch.ones(2, dtype=torch.complex64)))
+    watch.record((torch.ones(3), bad))
+    assert watch.first_bad_step((torch.ones(3), bad)) == 1
+
+
 @pytest.mark.parametrize("step_size", [1e-300, 1e-9])
 @pytest.mark.parametrize("method", ["euler", "rk4"])
 def test_fixed_grid_beyond_the_step_budget_raises_before_allocating(step_size, method):
