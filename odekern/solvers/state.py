@@ -148,18 +148,6 @@ def all_finite(state: State) -> bool:
         return all(math.isfinite(abs(c.sum().item())) or bool(torch.isfinite(c).all()) for c in components(state))
 
 
-def any_nonfinite(state: State) -> Tensor:
-    """A 0-dim bool tensor on the state's device: whether any element is NaN/inf. Nothing is read
-    on the host, so callers can accumulate it and look once."""
-    flags = [~torch.isfinite(c).all() for c in components(state) if c.numel()]
-    if not flags:
-        return torch.zeros((), dtype=torch.bool, device=first(state).device)
-    out = flags[0]
-    for f in flags[1:]:
-        out = out | f
-    return out
-
-
 class NonFiniteWatch:
     """Device-side record of which steps produced NaN/inf, for solves that must not read the
     device per step. ``record(state)`` adds one sum per component: a sum is finite when every
