@@ -145,7 +145,20 @@ class AdaptiveRK(Solver):
                 self._attempt(s, t.device)
             row = state.row(solution, i)
             store(solution, i, row, interpolation.evaluate(s.coeffs, s.t_prev, s.t, t[i], out=row))
+        self._check_outputs_finite(solution, tv)
         return solution, self._status(s, True, "reached the last output time", tv[-1], len(tv))
+
+    def _check_outputs_finite(self, solution: Tensor, tv: list[float]) -> None:
+        """Every accepted state is finite (a non-finite attempt is retried smaller), but the dense
+        output between them can still overflow for a state near its dtype's range: a NaN/inf
+        answer is refused, not returned (torchdiffeq returns it). One pass and one read per solve."""
+        if state.all_finite(solution):
+            return
+        bad = next(i for i in range(len(tv)) if not state.all_finite(state.row(solution, i)))
+        raise_non_finite(self.method, self.rhs.user_time(tv[max(bad - 1, 0)]),
+                         f"its value at the output time t={self.rhs.user_time(tv[bad]):.6g}, interpolated between "
+                         "finite steps, overflowed: the state is near the limit of its dtype "
+                         "(solve in float64, or rescale the state)")
 
     def _start(self, t0: Tensor) -> _State:
         """The solve's state at ``t0`` (in ``time_dtype``): f(t0, y0) and the first step size."""

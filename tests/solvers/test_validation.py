@@ -205,6 +205,14 @@ def test_solve_of_finite_values_whose_sum_overflows_does_not_raise(method):
     assert_close(ys[-1], y0)  # adaptive: the dense output at t1 rounds
 
 
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_adaptive_output_interpolated_past_the_dtype_range_raises_instead_of_nan(method):
+    # Every accepted state is finite (3e38, f = 0), but the dense output evaluated between them
+    # overflows float32: torchdiffeq returns NaN there; odekern names the output time instead.
+    with pytest.raises(NonFiniteError, match=r"output time t=1, interpolated between finite steps"):
+        odeint(lambda t, y: torch.zeros_like(y), torch.full((4,), 3e38), torch.tensor([0.0, 1.0]), method=method)
+
+
 def test_first_bad_step_is_found_beyond_the_first_folded_chunk():
     # 400 Euler steps of 1/400 (more than NonFiniteWatch.CHUNK probes), f NaN from t > 0.75: the
     # first NaN comes from the step starting at the first grid time above 0.75 (Euler evaluates
