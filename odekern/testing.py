@@ -42,6 +42,29 @@ LOW_PRECISION_SOLVE_TOL: dict[torch.dtype, tuple[float, float]] = {
 
 LOW_PRECISION_FACTOR = 2.0
 
+# Comparisons of whole nmODE solves (tests/ops), each with the reason for its size:
+# - step sizes of two implementations of one adaptive solve: they come from the error estimate,
+#   a difference of nearly equal stage sums (~rtol of the state), so last-bit differences in f
+#   grow by ~1/rtol (1e-7) there;
+STEP_SIZE_RTOL = 1e-6
+# - gradients of a solve against autograd through the same steps (many steps, a reduction over
+#   the state for g): rounding accumulated over the solve;
+SOLVE_GRADIENT_ATOL: dict[torch.dtype, float] = {torch.float64: 1e-10, torch.float32: 2e-5}
+# - a continuous adjoint against a discrete gradient at rtol 1e-7 (different step sequences):
+#   both within the solver's accuracy of the true gradient; per-element control's last step
+#   ends in a dense output that is not error-controlled, ~50x looser;
+ADJOINT_VS_DISCRETE_ATOL = {"global": 1e-6, "per_element": 5e-5}
+# - gradcheck of a solve against finite differences: the checkpoint (exact) gradient is that of
+#   the discrete solve, so only the differences' rounding and the moving step sizes (of the order
+#   of the local error) remain; the adjoint is the ODE's gradient, off by the discretisation.
+# - a kernel backend's float64 solve and its gradients against the reference's: the kernels'
+#   polynomial sin^2 against torch.sin, accumulated over the steps;
+BACKEND_SOLVE_ATOL_FP64 = 1e-9
+# - the exact gradient against backprop through torchdiffeq on the same steps (float64): the
+#   same arithmetic in another order;
+EXACT_GRADIENT_TOL_FP64 = {"rtol": 1e-9, "atol": 1e-11}
+SOLVE_GRADCHECK_TOL = {"checkpoint": {"atol": 1e-5, "rtol": 1e-3}, "adjoint": {"atol": 5e-4, "rtol": 5e-3}}
+
 # Order conditions of a tableau published as decimals or as rational approximations (tsit5,
 # dopri8): they hold to the digits given, not exactly. (Exact-fraction tableaus must give 0.)
 ORDER_CONDITION_TOL = 1e-13

@@ -19,7 +19,9 @@ from torchdiffeq import odeint, odeint_adjoint
 
 import odekern
 from odekern.ops.nmode_solve.config import NmodeConfig
-from odekern.testing import NmodeRHS, SavedTensorBytes, assert_close, non_contiguous, randn
+from odekern.testing import (ADJOINT_VS_DISCRETE_ATOL, BACKEND_SOLVE_ATOL_FP64, SOLVE_GRADCHECK_TOL,
+                             SOLVE_GRADIENT_ATOL, NmodeRHS, SavedTensorBytes, assert_close, non_contiguous,
+                             randn)
 
 from odekern import dispatch as backends
 
@@ -113,7 +115,7 @@ def test_rk4_setting_matches_torchdiffeq_forward_and_backprop(backend, dtype):
     y1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=0.05, backend=backend)
     assert_close(y1, want.detach())
     for x, r in zip(grads, want_grads):
-        assert_close(x, r, atol=1e-10 if dtype == torch.float64 else 2e-5)
+        assert_close(x, r, atol=SOLVE_GRADIENT_ATOL[dtype])
 
 
 def _solve_with_grads_y_only(y0, g, t1, backend, w, **kw):
@@ -141,9 +143,8 @@ def test_cnm_gradients_match_torchdiffeq_odeint_adjoint(backend, control, gradie
     # algorithm on each scalar; its last step may overshoot t1 by up to 10x and the dense
     # output there is not error-controlled, so it is ~100x less accurate than the RMS-norm
     # global control at the same rtol (see test_both_controls_are_accurate_to_the_tolerance).
-    atol = 1e-6 if control == "global" else 5e-5
-    assert_close(gy0, want_gy0, kind="cross", atol=atol)
-    assert_close(gg, want_gg, kind="cross", atol=atol)
+    assert_close(gy0, want_gy0, kind="cross", atol=ADJOINT_VS_DISCRETE_ATOL[control])
+    assert_close(gg, want_gg, kind="cross", atol=ADJOINT_VS_DISCRETE_ATOL[control])
 
 
 def test_rk4_adjoint_matches_torchdiffeq_odeint_adjoint_on_the_same_grid(backend):
@@ -158,8 +159,8 @@ def test_rk4_adjoint_matches_torchdiffeq_odeint_adjoint_on_the_same_grid(backend
     want_gy0, want_gg = torch.autograd.grad((w * want).sum(), (a, func.g))
     _, _, _, gy0, gg = _solve_with_grads_y_only(y0, g, 1.0, backend, w, method="rk4", step_size=0.05,
                                                 gradient="adjoint")
-    assert_close(gy0, want_gy0, atol=1e-10)
-    assert_close(gg, want_gg, atol=1e-10)
+    assert_close(gy0, want_gy0, atol=SOLVE_GRADIENT_ATOL[dtype])
+    assert_close(gg, want_gg, atol=SOLVE_GRADIENT_ATOL[dtype])
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,8 +189,7 @@ def test_gradcheck(backend, case, gradient):
 
     # The adjoint is the gradient of the ODE, not of the discrete solve: it matches finite
     # differences to the discretisation error.
-    tol = dict(atol=1e-5, rtol=1e-3) if gradient == "checkpoint" else dict(atol=5e-4, rtol=5e-3)
-    assert torch.autograd.gradcheck(fn, (y0, g), **tol)
+    assert torch.autograd.gradcheck(fn, (y0, g), **SOLVE_GRADCHECK_TOL[gradient])
 
 
 # ------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_shapes_and_broadcasts(backend, shape, g_shape):
     want = _solve_with_grads(y0, g, 0.05, "reference", **kw)
     for x, r in zip(got, want):
         assert x.shape == r.shape
-        assert_close(x, r, atol=1e-9)
+        assert_close(x, r, atol=BACKEND_SOLVE_ATOL_FP64)
 
 
 def test_non_contiguous_inputs(backend):
