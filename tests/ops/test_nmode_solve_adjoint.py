@@ -16,7 +16,7 @@ import torch
 from nmode_skips import require_backend
 
 import odekern
-from odekern.testing import assert_close, randn
+from odekern.testing import SOLVE_GRADCHECK_TOL, assert_close, randn
 
 from odekern import dispatch as backends
 
@@ -108,7 +108,7 @@ def test_adjoint_gradcheck_on_a_size_that_is_not_a_block_multiple(backend):
 
     # The adjoint is the gradient of the ODE, not of the discrete solve: it matches finite
     # differences to the discretisation error (same tolerance as test_nmode_solve.py).
-    assert torch.autograd.gradcheck(fn, (y0, g), atol=5e-4, rtol=5e-3)
+    assert torch.autograd.gradcheck(fn, (y0, g), **SOLVE_GRADCHECK_TOL["adjoint"])
 
 
 def test_adjoint_step_limit_raises_like_the_reference(backend):
