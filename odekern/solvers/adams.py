@@ -64,6 +64,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
         self._bashforth = {m: bashforth(m).floats() for m in range(1, max_order)}
         self._moulton = {m + 1: moulton(m + 1).floats() for m in range(1, max_order)}
         self._rk4 = RKStepper(RK4_38, y0, self._reuse_buffers)
+        self._stages = self._rk4.stages
         buffer = state.empty_like if self._reuse_buffers else (lambda _: None)
         self._dy_buffers = [buffer(y0), buffer(y0)]
         self._corrector_input = buffer(y0)
@@ -87,21 +88,21 @@ class AdamsBashforthMoulton(FixedGridSolver):
                                    t_end_stages=self._end_time(t1))
             return y1, f0
         history = list(self._history)[:m]
-        dy = stages.adams_increment(dt, self._bashforth[m], history, out=self._dy_buffers[0])
+        dy = self._stages.adams_increment(dt, self._bashforth[m], history, out=self._dy_buffers[0])
         if self.implicit:
             dy = self._correct(t1, dt, y0, dy, history, m)
-        return stages.add(y0, dy, out=self._next_buffer(y0)), f0
+        return self._stages.add(y0, dy, out=self._next_buffer(y0)), f0
 
     def _correct(self, t1, dt, y0, dy, history, m):
         weights = self._moulton[m + 1]
-        known = stages.adams_increment(dt, weights[1:], history, out=self._known_buffer)
+        known = self._stages.adams_increment(dt, weights[1:], history, out=self._known_buffer)
         converged = False
         for it in range(self.max_iters):
             dy_old = dy
-            f1 = self.rhs(t1, stages.add(y0, dy_old, out=self._corrector_input), self._end_perturb())
-            dy = stages.linear_combination((weights[0],), (f1,), scale=dt, base=known,
+            f1 = self.rhs(t1, self._stages.add(y0, dy_old, out=self._corrector_input), self._end_perturb())
+            dy = self._stages.linear_combination((weights[0],), (f1,), scale=dt, base=known,
                                            out=self._dy_buffers[(it + 1) % 2])
-            diff = stages.linear_combination((1.0, -1.0), (dy_old, dy), out=self._diff_buffer)
+            diff = self._stages.linear_combination((1.0, -1.0), (dy_old, dy), out=self._diff_buffer)
             ratio = stages.error_ratio(diff,
                                        dy_old, dy, self.rtol, self.atol, max_norm)
             converged = bool(ratio < 1)

@@ -48,6 +48,9 @@ def check_time(t: Any, name: str = "t") -> bool:
         raise AssertedValueError(f"{name} must be 1-D (a sequence of time points), got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name} must contain at least one time point, got an empty tensor")
+    if t.numel() <= _TIME_VALUES_READ and not torch.compiler.is_compiling():
+        # A handful of times is checked faster as Python floats (one read) than by tensor ops.
+        return _check_time_values(t.detach().tolist(), name)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {t.tolist()}")
     if t.numel() < 2:
@@ -60,6 +63,30 @@ def check_time(t: Any, name: str = "t") -> bool:
     bad = int(torch.nonzero(diff * diff[0] <= 0)[0])
     raise AssertedValueError(f"{name} must be strictly increasing or strictly decreasing, but {name}[{bad}]="
                      f"{t[bad].item()} and {name}[{bad + 1}]={t[bad + 1].item()} break the order")
+
+
+# Up to this many output times, check_time reads them once and checks them in Python.
+_TIME_VALUES_READ = 1024
+
+
+def _check_time_values(values: list[float], name: str) -> bool:
+    """``check_time``'s checks on the times as Python floats; True when decreasing."""
+    if not all(map(math.isfinite, values)):
+        raise ValueError(f"{name} must be finite, got {values}")
+    return _check_time_order(values, name)
+
+
+def _check_time_order(values: list[float], name: str) -> bool:
+    """Times must be strictly monotonic; True when they decrease."""
+    if len(values) < 2:
+        return False
+    increasing = values[1] > values[0]
+    for i in range(len(values) - 1):
+        a, b = values[i], values[i + 1]
+        if not (b > a if increasing else b < a):
+            raise AssertedValueError(f"{name} must be strictly increasing or strictly decreasing, but {name}[{i}]="
+                                     f"{a} and {name}[{i + 1}]={b} break the order")
+    return not increasing
 
 
 def check_state(y0: Any, name: str = "y0") -> None:
@@ -159,12 +186,7 @@ def check_time_values(values: Sequence[float], name: str = "t") -> bool:
         raise ValueError(f"{name} must contain at least one time point, got an empty sequence")
     if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise ValueError(f"{name} must be finite real numbers, got {list(values)}")
-    diffs = [b - a for a, b in zip(values[:-1], values[1:])]
-    if all(d > 0 for d in diffs):
-        return False
-    if all(d < 0 for d in diffs):
-        return True
-    raise ValueError(f"{name} must be strictly increasing or strictly decreasing, got {list(values)}")
+    return _check_time_order(list(values), name)
 
 
 def check_method(method: str | None, valid: Iterable[str], default: str = "dopri5") -> str:

@@ -30,6 +30,7 @@ class RKStepper:
         (An FSAL last stage's input is the caller's ``out``, which the caller alternates.)"""
         self.tableau = tableau
         self.tab: FloatTableau = tableau.floats()
+        self.stages = stages.SolveStages(y0)
         n = tableau.num_stages
         # Stage i writes its input into its own buffer: an RHS that returns its input tensor
         # (e.g. f(t, y) = y) then still leaves earlier stages' k intact.
@@ -51,7 +52,7 @@ class RKStepper:
         for i in range(1, n):
             # An FSAL method's last stage input *is* the solution: it goes straight into ``out``.
             buffer = out if (tab.fsal and i == n - 1) else self._stage_buffers[i]
-            yi = stages.stage_state(y0, dt, tab.a[i], ks, out=buffer)
+            yi = self.stages.stage_state(y0, dt, tab.a[i], ks, out=buffer)
             if tab.c[i] == 1.0:
                 ti = t_end
             else:
@@ -60,7 +61,7 @@ class RKStepper:
             ks.append(rhs(ti, yi))
         if tab.fsal:
             return yi, ks
-        return stages.step_solution(y0, dt, tab.b, ks, out=out), ks
+        return self.stages.step_solution(y0, dt, tab.b, ks, out=out), ks
 
 
 def _time_step(dt: Any, t0: Any) -> Any:

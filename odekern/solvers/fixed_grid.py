@@ -44,16 +44,29 @@ def _check_grid_budget(start: float, end: float, step_size: float) -> None:
 
 def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
     """``t[0], t[0] + h, ...`` up to and including ``t[-1]`` (the last point is set to ``t[-1]``)."""
+    return grid_and_values_from_step_size(t, step_size)[0]
+
+
+def grid_and_values_from_step_size(t: Tensor, step_size: float) -> tuple[Tensor, list[float]]:
+    """``grid_from_step_size`` and the same times as Python floats, from two device reads."""
     start, end = t[0], t[-1]
-    _check_grid_budget(float(start.detach()), float(end.detach()), step_size)
+    start_f, end_f = t.detach()[[0, -1]].tolist()
+    _check_grid_budget(start_f, end_f, step_size)
+    # The point count in t's precision, as torchdiffeq computes it.
     n_points = math.ceil(((end - start) / step_size + 1).item())
     grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
     grid[-1] = end
+    values = grid.tolist()
     # ``start + k * step_size`` can round onto or past ``end`` one point early (0.3 + 6 * 0.1 >
-    # 0.9): torchdiffeq then takes a step of about -1e-16; that point is dropped instead.
-    keep = torch.ones(n_points, dtype=torch.bool, device=t.device)
-    keep[:-1] = grid[:-1] < end
-    return grid if bool(keep.all()) else grid[keep]
+    # 0.9): torchdiffeq then takes a step of about -1e-16; that point is dropped instead. The
+    # points grow with k, so such points are the last ones before ``end``.
+    kept = len(values) - 1
+    while kept > 0 and values[kept - 1] >= values[-1]:
+        kept -= 1
+    if kept < len(values) - 1:
+        grid = torch.cat([grid[:kept], grid[-1:]])
+        values = values[:kept] + values[-1:]
+    return grid, values
 
 
 def grid_values_from_step_size(start: float, end: float, step_size: float) -> list[float]:
@@ -93,23 +106,25 @@ class FixedGridSolver(Solver):
         self._reuse_buffers = not torch.is_grad_enabled()
         self._y_buffers = [state.empty_like(y0), state.empty_like(y0)] if self._reuse_buffers else None
 
-    def _grid(self, t: Tensor) -> Tensor:
+    def _grid(self, t: Tensor, t_vals: list[float]) -> tuple[Tensor, list[float]]:
+        """The time grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
         if self.step_size is not None:
-            grid = grid_from_step_size(t, self.step_size)
-        elif self.grid_constructor is not None:
-            grid = self.grid_constructor(self.rhs, self.y0, t)
-            if not isinstance(grid, Tensor) or grid.dim() != 1 or len(grid) < 2:
-                raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times")
-            grid = grid.to(t.dtype)
-        else:
-            grid = t
-        if len(t) > 1:
-            if grid[0].item() != t[0].item() or grid[-1].item() != t[-1].item():
-                raise ValueError(f"the time grid must start at t[0]={t[0].item()} and end at t[-1]={t[-1].item()}, "
-                                 f"got [{grid[0].item()}, ..., {grid[-1].item()}]")
-            if not bool((grid[1:] > grid[:-1]).all()):
+            # Starts at t[0] and ends at t[-1] exactly, strictly increasing by construction.
+            return grid_and_values_from_step_size(t, self.step_size)
+        if self.grid_constructor is None:
+            return t, t_vals
+        grid = self.grid_constructor(self.rhs, self.y0, t)
+        if not isinstance(grid, Tensor) or grid.dim() != 1 or len(grid) < 2:
+            raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times")
+        grid = grid.to(t.dtype)
+        grid_vals = grid.tolist()
+        if len(t_vals) > 1:
+            if grid_vals[0] != t_vals[0] or grid_vals[-1] != t_vals[-1]:
+                raise ValueError(f"the time grid must start at t[0]={t_vals[0]} and end at t[-1]={t_vals[-1]}, "
+                                 f"got [{grid_vals[0]}, ..., {grid_vals[-1]}]")
+            if not all(b > a for a, b in zip(grid_vals[:-1], grid_vals[1:])):
                 raise ValueError("the time grid must be strictly monotonic in the direction of t")
-        return grid
+        return grid, grid_vals
 
     def _next_buffer(self, current: Tensor) -> Tensor | None:
         """The state buffer not holding ``current`` (double buffering, no aliasing)."""
@@ -149,15 +164,17 @@ class FixedGridSolver(Solver):
                          if self.step_size is not None else t_vals)
             grid = grid_vals
         else:
-            grid = self._grid(t)
-            t_vals, grid_vals = t.tolist(), grid.tolist()
+            t_vals = t.tolist()
+            grid, grid_vals = self._grid(t, t_vals)
         self._before_integrate()
         # Step sizes as Python floats (read once, not per step: on a GPU each read is a host
         # sync), unless t is differentiated, where dt must stay a tensor.
         if known:
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
         else:
-            dts = None if t.requires_grad else (grid[1:] - grid[:-1]).tolist()
+            # In t's precision, as torchdiffeq's t1 - t0 (Python's double subtraction is that for float64).
+            dts = (None if t.requires_grad else [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
+                   if t.dtype == torch.float64 else (grid[1:] - grid[:-1]).tolist())
         # NaN/inf is tracked on the device (one sum per step) and read once after the loop, so a
         # fixed-grid solve makes no host sync per step.
         watch = state.NonFiniteWatch()

@@ -29,7 +29,7 @@ import torch
 
 from odekern.solvers.norms import component_rms_combiner
 from odekern.solvers.state import (any_carries_tangent, component, components, is_tuple, join,
-                                   records_derivatives, widened)
+                                   no_transform_active, records_derivatives, widened)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
@@ -44,6 +44,16 @@ class FusedStages(Protocol):
 
     def try_combine(self, base: Optional[Tensor], ks: Sequence[Tensor], coeffs: Sequence[float],
                     out: Optional[Tensor]) -> Optional[Tensor]: ...
+
+    def bind_combine(self, like: Tensor) -> Optional[Callable[[Optional[Tensor], list, list, Tensor], None]]:
+        """The kernel writing ``base + sum_j coeffs[j] ks[j]`` into ``out`` for unrecorded
+        operands shaped, typed and placed like ``like``, chosen now for a whole solve; None
+        when no fused backend would run them."""
+        ...
+
+    def fuses_recorded(self, like: Tensor) -> bool:
+        """Whether ``try_combine`` may fuse autograd-recorded combinations of such operands."""
+        ...
 
     def can_error_ratio(self, y0: Tensor, ks: Sequence[Tensor]) -> bool: ...
 
@@ -84,10 +94,26 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
     fused = _fused_linear_combination(coeffs, ks, scale, base, out)  # rk_stage kernels
     if fused is not None:
         return fused
+    return _torch_linear_combination(coeffs, ks, scale, base, out)
+
+
+def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
+                              base: Optional[Tensor], out: Optional[Tensor]) -> Tensor:
+    """``linear_combination`` of one tensor component in plain PyTorch."""
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
     if _records_grad([base, *(k for _, k in terms)], scale) or out is None:
         like = base if base is not None else (terms[0][1] if terms else None)
-        if isinstance(scale, Tensor) and like is not None and scale.dtype != like.dtype:
+        if not terms:
+            return base.clone() if base is not None else torch.zeros_like(ks[0])
+        if not isinstance(scale, Tensor):
+            # One add per term (no separate scaling op, half the autograd nodes of mul + add).
+            h = float(scale)
+            c0, k0 = terms[0]
+            acc = torch.add(base, k0, alpha=h * c0) if base is not None else k0 * (h * c0)
+            for c, k in terms[1:]:
+                acc = torch.add(acc, k, alpha=h * c)
+            return acc
+        if scale.dtype != like.dtype:
             # A time step in another dtype than the state (a float32 grid for a float64 state):
             # its value is used exactly, the products are formed in the state's precision.
             scale = scale.to(like.dtype)
@@ -95,8 +121,6 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
         for c, k in terms:
             term = k * (scale * c)
             acc = term if acc is None else acc + term
-        if acc is None:
-            return base.clone() if base is not None else torch.zeros_like(ks[0])
         return acc if base is None else base + acc
     h = float(scale)
     if not terms:
@@ -108,6 +132,65 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
     if base is not None:
         out.add_(base)
     return out
+
+
+class SolveStages:
+    """``linear_combination`` and the step functions built on it, bound to one solve's state.
+
+    The fused-kernel decision (backend, override, size threshold) depends only on the state's
+    dtype, device and size and on the backend override, so it is taken once per component when
+    the solve starts: an unrecorded combination then costs one kernel call instead of a backend
+    selection, which on a state of a few thousand elements costs more than the kernel. Results
+    are those of the module functions of the same names, which run whenever the bound kernel
+    does not apply (autograd recording, a differentiable step, forward-mode tangents)."""
+
+    def __init__(self, like: State):
+        parts = components(like)
+        bind = _fused is not None and not torch.compiler.is_compiling() and not any_carries_tangent(parts)
+        self._kernels = [_fused.bind_combine(c) if bind else None for c in parts]
+        # Recorded combinations of states too small to fuse go straight to the PyTorch code.
+        self._fuse_recorded = [_fused is not None and _fused.fuses_recorded(c) for c in parts]
+
+    def linear_combination(self, coeffs: Sequence[float], ks: Sequence[State], *, scale: TimeLike = 1.0,
+                           base: Optional[State] = None, out: Optional[State] = None) -> State:
+        """``base + scale * sum_j coeffs[j] * ks[j]``, as ``linear_combination``."""
+        if is_tuple(base if base is not None else ks[0]):
+            return join((self._component(i, coeffs, _each(ks, i), scale, component(base, i), component(out, i))
+                         for i in range(len(self._kernels))), out)
+        return self._component(0, coeffs, ks, scale, base, out)
+
+    def _component(self, i: int, coeffs, ks, scale, base, out) -> Tensor:
+        if not isinstance(scale, Tensor) and no_transform_active():
+            recording = torch.is_grad_enabled() and ((base is not None and base.requires_grad)
+                                                     or any(k.requires_grad for k in ks))
+            kernel = self._kernels[i]
+            if not recording and kernel is not None and out is not None:
+                kept = [(k, scale * c) for c, k in zip(coeffs, ks) if c != 0.0]
+                if kept:
+                    kernel(base, [k for k, _ in kept], [w for _, w in kept], out)
+                    return out
+            elif recording and not self._fuse_recorded[i]:
+                return _torch_linear_combination(coeffs, ks, scale, base, out)
+        return linear_combination(coeffs, ks, scale=scale, base=base, out=out)
+
+    def stage_state(self, y0: State, dt: TimeLike, a_row: Sequence[float], ks: Sequence[State],
+                    out: Optional[State] = None) -> State:
+        """As the module function ``stage_state``."""
+        return self.linear_combination(a_row, ks, scale=dt, base=y0, out=out)
+
+    def step_solution(self, y0: State, dt: TimeLike, b: Sequence[float], ks: Sequence[State],
+                      out: Optional[State] = None) -> State:
+        """As the module function ``step_solution``."""
+        return self.linear_combination(b, ks, scale=dt, base=y0, out=out)
+
+    def adams_increment(self, dt: TimeLike, coeffs: Sequence[float], history: Sequence[State],
+                        out: Optional[State] = None) -> State:
+        """As the module function ``adams_increment``."""
+        return self.linear_combination(coeffs, history, scale=dt, out=out)
+
+    def add(self, y0: State, dy: State, out: Optional[State] = None) -> State:
+        """As the module function ``add``."""
+        return self.linear_combination((1.0,), (dy,), base=y0, out=out)
 
 
 def stage_state(y0: Tensor, dt: TimeLike, a_row: Sequence[float], ks: Sequence[Tensor],

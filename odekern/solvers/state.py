@@ -83,11 +83,17 @@ def carries_tangent(x: Tensor) -> bool:
     return forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None
 
 
+def no_transform_active() -> bool:
+    """No forward-mode AD level and no torch.func transform is active, so no tensor can carry a
+    tangent or batch dimensions (two global flags; cheap enough for every combination)."""
+    return forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None
+
+
 def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
     """``carries_tangent`` for any of ``tensors``; two global flags answer it outside transforms."""
     if torch.compiler.is_compiling():
         return False  # torch.compile traces torch.func transforms itself, on fake tensors
-    if forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None:
+    if no_transform_active():
         return False
     return any(x is not None and carries_tangent(x) for x in tensors)
 
@@ -184,10 +190,18 @@ class NonFiniteWatch:
     def first_bad_step(self, final: State) -> int | None:
         """The index of the first recorded step whose state has a NaN/inf, or None; ``final``
         is the last recorded state."""
+        if self._per_step == 0:
+            return None
+        if not self._finite:
+            # One read settles the common case: the probes' total is finite only when every
+            # probe is (a NaN/inf, or an overflowing total, takes the exact search below).
+            if not self._pending:
+                return None
+            if (len({p.dtype for p in self._pending}) == 1
+                    and math.isfinite(abs(torch.stack(self._pending).sum().item()))):
+                return None
         if self._pending:
             self._fold()
-        if not self._finite or self._per_step == 0:
-            return None
         bad = ~torch.cat(self._finite)
         first = int(torch.where(bad.any(), torch.argmax(bad.to(torch.uint8)), -1))
         if first < 0:

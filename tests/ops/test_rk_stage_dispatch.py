@@ -135,3 +135,67 @@ def test_solver_results_identical_on_both_sides_of_the_threshold(monkeypatch):
         with torch.no_grad():
             results.append(odekern.odeint(f, y0, t, method="dopri5", rtol=1e-7, atol=1e-9))
     testing.assert_close(results[0], results[1])
+
+
+def test_solve_stages_decide_once_and_match_the_module_functions(counted, monkeypatch):
+    """A solve's bound stages select the backend once, call the kernel once per combination
+    without a further selection, and give the module function's values."""
+    _needs_cpu()
+    monkeypatch.setitem(dispatch.MIN_NUMEL, "no_grad", 0)
+    odekern.dispatch.clear_selection_cache()
+    selections = []
+    real_select = odekern.dispatch.select
+    monkeypatch.setattr(odekern.dispatch, "select", lambda *a, **kw: selections.append(1) or real_select(*a, **kw))
+    y, ks = _operands(40)
+    bound = stages.SolveStages(y)
+    assert len(selections) == 1
+    coeffs = [0.5, 0.0, -0.75]
+    with torch.no_grad():
+        for _ in range(3):
+            out = torch.empty_like(y)
+            got = bound.stage_state(y, 0.2, coeffs, ks, out=out)
+            assert got is out
+            testing.assert_close(got, stages.stage_state(y, 0.2, coeffs, ks))
+    assert counted[op.COMBINE] == 3 + 3  # the bound calls and the module function's
+    assert len(selections) == 1  # the selection cache answered the module function
+
+
+@pytest.mark.parametrize("recording", [False, True])
+def test_solve_stages_on_tuple_states_and_recorded_operands(recording):
+    """Tuple states combine per component; recorded operands keep their gradients."""
+    parts = [_operands(n, requires_grad=recording) for n in (1, 30)]
+    y = tuple(p[0] for p in parts)
+    ks = [tuple(p[1][j] for p in parts) for j in range(3)]
+    bound = stages.SolveStages(y)
+    out = tuple(torch.empty_like(c) for c in y)
+    coeffs = [0.5, -0.25, 0.125]
+    with torch.set_grad_enabled(recording):
+        got = bound.linear_combination(coeffs, ks, scale=0.3, base=y, out=out)
+    assert (got is out) == (not recording)
+    for i, c in enumerate(got):
+        testing.assert_close(c.detach(), _expected(y[i], [k[i] for k in ks], coeffs, 0.3))
+    if recording:
+        (g,) = torch.autograd.grad(sum(c.sum() for c in got), ks[1][1])
+        testing.assert_close(g, torch.full_like(g, 0.3 * -0.25))
+
+
+def test_solve_stages_keep_a_differentiable_step_differentiable():
+    y, ks = _operands(12)
+    dt = torch.tensor(0.3, dtype=y.dtype, requires_grad=True)
+    got = stages.SolveStages(y).stage_state(y, dt, [2.0], ks[:1], out=torch.empty_like(y))
+    (g,) = torch.autograd.grad(got.sum(), dt)
+    testing.assert_close(g, 2.0 * ks[0].sum())
+
+
+def test_solve_stages_take_the_backend_in_force_when_the_solve_starts(counted, monkeypatch):
+    _needs_cpu()
+    monkeypatch.setitem(dispatch.MIN_NUMEL, "no_grad", 10**9)
+    y, ks = _operands(17)
+    with odekern.use_backend("cpu"):
+        bound = stages.SolveStages(y)
+    with torch.no_grad():
+        got = bound.add(y, ks[0], out=torch.empty_like(y))
+    assert counted[op.COMBINE] == 1
+    testing.assert_close(got, y + ks[0])
+    with pytest.raises(RuntimeError, match="cuda"), odekern.use_backend("cuda"):
+        stages.SolveStages(y)

@@ -85,6 +85,22 @@ def try_combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs
     return out
 
 
+def bind_combine(like: torch.Tensor):
+    """The kernel that ``try_combine`` would run on unrecorded operands like ``like`` (same
+    dtype, device and size), as ``kernel(base, ks, coeffs, out)``, or None. Decided once: the
+    solvers bind it per solve (``stages.SolveStages``)."""
+    forced = requested_backend(None)
+    if not _worth_fusing(like.numel(), False, forced):
+        return None
+    chosen = backend_for(op.COMBINE, like, [like], forced)
+    return None if chosen is None else chosen.fn
+
+
+def fuses_recorded(like: torch.Tensor) -> bool:
+    """Whether ``try_combine`` may fuse autograd-recorded combinations of operands like ``like``."""
+    return _worth_fusing(like.numel(), True, requested_backend(None))
+
+
 def _error_ratio_backend(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> Optional[OpBackend]:
     forced = requested_backend(None)
     if not _worth_fusing(y0.numel(), False, forced) or not ks:
@@ -112,5 +128,6 @@ def try_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tenso
         return ratio.to(device=y0.device, dtype=torch.float64).reshape(())
 
 
-# This module is the solvers' FusedStages provider (try_combine, can_error_ratio, try_error_ratio).
+# This module is the solvers' FusedStages provider (try_combine, bind_combine, fuses_recorded,
+# can_error_ratio, try_error_ratio).
 stages.register_fused_stages(sys.modules[__name__])
