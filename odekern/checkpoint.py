@@ -40,7 +40,7 @@ from torch import nn
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
 from odekern.odeint import warn_unsupported_callbacks
-from odekern.solvers.base import RHS, Perturb, beside
+from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
     check_time,
@@ -293,7 +293,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     check_state(y0)
     check_time(t)
     t = coerce_time(t, y0)
-    warn_unsupported_callbacks(func, method, METHODS[method].CALLBACKS)
+    warn_unsupported_callbacks(step_callbacks(func), method, METHODS[method].CALLBACKS)
     check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
     check_tolerance(atol, "atol")
     if t.requires_grad:

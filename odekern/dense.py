@@ -33,7 +33,7 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     t0 = torch.as_tensor(t0)
     t0 = t0 if t0.is_floating_point() else t0.to(y0.dtype)
     t = torch.stack([t0.reshape(()), torch.as_tensor(t1).to(t0).reshape(())])
-    method, y0, t, _, options, reverse = checked_inputs(func, y0, t, rtol, atol, method, options)
+    method, y0, t, _, options, reverse, _ = checked_inputs(func, y0, t, rtol, atol, method, options)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"odeint_dense needs an adaptive method (one of {sorted(ADAPTIVE_METHODS)}), got {method!r}")
     options.pop("on_max_steps", None)  # the solve below always raises when it runs out of steps

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from odekern.solvers import events, state
-from odekern.solvers.base import CALLBACK_NAMES, RHS, SolveStatus
+from odekern.solvers.base import RHS, SolveStatus, step_callbacks
 from odekern.solvers.checks import (
     check_method,
     check_options,
@@ -112,7 +112,8 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         RuntimeError when ``max_num_steps`` is exceeded or the step size underflows;
         ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
     """
-    method, y0, t, t_values, options, reverse = checked_inputs(func, y0, t, rtol, atol, method, options)
+    method, y0, t, t_values, options, reverse, callbacks = checked_inputs(func, y0, t, rtol, atol, method,
+                                                                          options)
     return_status = options.get("on_max_steps", "raise") == "return"
     if event_fn is not None:
         return _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status)
@@ -136,19 +137,20 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         sample_norm = rms_norm if norm_option is None else norm
         solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, sample_norm)
     else:
-        solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, rtol, atol, method=method, norm=norm,
-                                 **options)
+        solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0, callbacks), y0, rtol, atol, method=method,
+                                 norm=norm, **options)
         solution, status = solver.integrate(t, t_values)
     return (solution, status) if return_status else solution
 
 
 def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method: str | None,
-                   options: dict | None) -> tuple[str, State, Tensor, list | None, dict, bool]:
+                   options: dict | None) -> tuple[str, State, Tensor, list | None, dict, bool, dict]:
     """odeint's argument checks and torchdiffeq's normalisations (options without the names the
     method does not take, tuple state promoted, ``t`` on ``y0``'s device, callback warnings).
 
-    Returns ``(method, y0, t, t_values, options, reverse)``: ``t_values`` the times as Python
-    numbers when given so (else None), ``reverse``: ``t`` decreases."""
+    Returns ``(method, y0, t, t_values, options, reverse, callbacks)``: ``t_values`` the times as
+    Python numbers when given so (else None), ``reverse``: ``t`` decreases, ``callbacks``: the
+    step callbacks ``func`` has (``base.step_callbacks``)."""
     method = check_method(method, METHODS, DEFAULT_METHOD)
     if method in ADAPTIVE_METHODS and state.inside_vmap():
         raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "
@@ -174,8 +176,9 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     else:
         reverse = check_time(t)
         t = coerce_time(t, y0)
-    warn_unsupported_callbacks(func, method, solver_cls.CALLBACKS)
-    return method, y0, t, t_values, options, reverse
+    callbacks = step_callbacks(func)
+    warn_unsupported_callbacks(callbacks, method, solver_cls.CALLBACKS)
+    return method, y0, t, t_values, options, reverse, callbacks
 
 
 def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, options: dict, reverse: bool):
@@ -207,10 +210,10 @@ def promote_tuple_state(y0: Any) -> Any:
     return tuple(c.to(common) for c in y0)
 
 
-def warn_unsupported_callbacks(func: Callable, method: str, supported: frozenset) -> None:
-    """torchdiffeq's warning when ``func`` has step callbacks the method never calls."""
-    present = {name for name in CALLBACK_NAMES if hasattr(func, name)}
-    unsupported = present - supported
+def warn_unsupported_callbacks(callbacks: dict, method: str, supported: frozenset) -> None:
+    """torchdiffeq's warning when ``func`` has step callbacks (``callbacks``, from
+    ``base.step_callbacks``) the method never calls."""
+    unsupported = set(callbacks) - supported
     if unsupported:
         warnings.warn(f"Solver '{method}' does not support callbacks {unsupported}")
 

@@ -60,7 +60,11 @@ class AdamsRule:
         return len(self.nodes)
 
     def floats(self) -> tuple[float, ...]:
-        return tuple(float(w) for w in self.weights)
+        """The weights as Python floats, made once per rule (every Adams solve asks for all of them)."""
+        cached = self.__dict__.get("_floats")
+        if cached is None:
+            cached = self.__dict__["_floats"] = tuple(float(w) for w in self.weights)
+        return cached
 
 
 @cache

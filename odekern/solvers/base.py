@@ -39,6 +39,16 @@ CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
 
 
+_MISSING = object()
+
+
+def step_callbacks(func: Any) -> dict[str, Callable]:
+    """The step callbacks ``func`` has (``CALLBACK_NAMES``), each looked up once (on an
+    ``nn.Module`` every absent name costs an AttributeError)."""
+    found = {name: getattr(func, name, _MISSING) for name in CALLBACK_NAMES}
+    return {name: fn for name, fn in found.items() if fn is not _MISSING}
+
+
 def beside(t: Tensor | float, dtype: torch.dtype, direction: int, device: torch.device | None = None) -> Tensor:
     """The ``dtype`` float next to ``t`` (``direction`` +1: above, -1: below), d/dt kept at 1.
     ``device``: where a ``t`` given as a Python number goes.
@@ -62,11 +72,13 @@ class RHS:
     The step callbacks ``func.callback_step`` / ``callback_accept_step`` / ``callback_reject_step``
     (torchdiffeq's protocol) are found here once and called through ``callback``."""
 
-    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], time_sign: float = 1.0):
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], time_sign: float = 1.0,
+                 callbacks: dict[str, Callable] | None = None):
+        """``callbacks``: ``step_callbacks(func)`` when the caller has already looked them up."""
         self.func = func
         self.time_sign = time_sign
         self.nfe = 0
-        self.callbacks = {name: getattr(func, name) for name in CALLBACK_NAMES if hasattr(func, name)}
+        self.callbacks = step_callbacks(func) if callbacks is None else callbacks
 
     def callback(self, name: str, t0: Tensor, y0: state.State, dt: Any) -> None:
         """Call ``func.<name>(t0, y0, dt)`` if ``func`` has it; ``t0`` in the caller's time

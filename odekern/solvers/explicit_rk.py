@@ -31,6 +31,7 @@ class RKStepper:
         self.tableau = tableau
         self.tab: FloatTableau = tableau.floats()
         self.stages = stages.SolveStages(y0)
+        self._offsets: tuple | None = None  # (step size key, stage offsets)
         n = tableau.num_stages
         # Stage i writes its input into its own buffer: an RHS that returns its input tensor
         # (e.g. f(t, y) = y) then still leaves earlier stages' k intact.
@@ -48,7 +49,7 @@ class RKStepper:
         n = len(tab.c)
         ks = [f0]
         yi = y0
-        dt_time = None  # dt in the precision of time, made once per step
+        offsets = None  # c[i] * dt in the precision of time, made once per step size
         for i in range(1, n):
             # An FSAL method's last stage input *is* the solution: it goes straight into ``out``.
             buffer = out if (tab.fsal and i == n - 1) else self._stage_buffers[i]
@@ -56,12 +57,25 @@ class RKStepper:
             if tab.c[i] == 1.0:
                 ti = t_end
             else:
-                dt_time = _time_step(dt, t0) if dt_time is None else dt_time
-                ti = t0 + dt_time * tab.c[i]
+                offsets = self._stage_offsets(dt, t0) if offsets is None else offsets
+                ti = t0 + offsets[i]
             ks.append(rhs(ti, yi))
         if tab.fsal:
             return yi, ks
         return self.stages.step_solution(y0, dt, tab.b, ks, out=out), ks
+
+
+    def _stage_offsets(self, dt: Any, t0: Any) -> list:
+        """``dt * c[i]`` per stage, formed as torchdiffeq forms them; kept while the step size
+        repeats (every step of a uniform grid), so a stage time costs one addition."""
+        key = (dt, t0.dtype, t0.device) if isinstance(dt, float) and isinstance(t0, Tensor) else None
+        if key is not None and self._offsets is not None and self._offsets[0] == key:
+            return self._offsets[1]
+        dt_time = _time_step(dt, t0)
+        offsets = [None] + [None if c == 1.0 else dt_time * c for c in self.tab.c[1:]]
+        if key is not None:
+            self._offsets = (key, offsets)
+        return offsets
 
 
 def _time_step(dt: Any, t0: Any) -> Any:

@@ -47,10 +47,12 @@ def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
     return grid_and_values_from_step_size(t, step_size)[0]
 
 
-def grid_and_values_from_step_size(t: Tensor, step_size: float) -> tuple[Tensor, list[float]]:
-    """``grid_from_step_size`` and the same times as Python floats, from two device reads."""
+def grid_and_values_from_step_size(t: Tensor, step_size: float,
+                                   t_vals: list[float] | None = None) -> tuple[Tensor, list[float]]:
+    """``grid_from_step_size`` and the same times as Python floats (``t_vals``: ``t`` as floats,
+    when the caller has read it)."""
     start, end = t[0], t[-1]
-    start_f, end_f = t.detach()[[0, -1]].tolist()
+    start_f, end_f = (t_vals[0], t_vals[-1]) if t_vals is not None else t.detach()[[0, -1]].tolist()
     _check_grid_budget(start_f, end_f, step_size)
     # The point count in t's precision, as torchdiffeq computes it.
     n_points = math.ceil(((end - start) / step_size + 1).item())
@@ -110,7 +112,7 @@ class FixedGridSolver(Solver):
         """The time grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
         if self.step_size is not None:
             # Starts at t[0] and ends at t[-1] exactly, strictly increasing by construction.
-            return grid_and_values_from_step_size(t, self.step_size)
+            return grid_and_values_from_step_size(t, self.step_size, t_vals)
         if self.grid_constructor is None:
             return t, t_vals
         grid = self.grid_constructor(self.rhs, self.y0, t)
@@ -180,11 +182,13 @@ class FixedGridSolver(Solver):
         watch = state.NonFiniteWatch()
         track = not (torch.compiler.is_compiling() or state.inside_vmap()
                      or any(c.is_meta for c in state.components(self.y0)))
+        # The grid's points as 0-dim tensors made at once (indexing the grid per step costs more).
+        points = grid.unbind() if isinstance(grid, Tensor) else grid
         j, y0, n_steps, dt = 1, self.y0, 0, 0.0
         for i in range(len(grid_vals) - 1):
             if j >= len(t_vals):
                 break
-            t0, t1 = grid[i], grid[i + 1]
+            t0, t1 = points[i], points[i + 1]
             dt = dts[i] if dts is not None else t1 - t0
             if self.rhs.callbacks:  # torchdiffeq hands the step as a tensor
                 self.rhs.callback("callback_step", t0, y0, t1 - t0 if isinstance(t0, Tensor) else dt)

@@ -45,14 +45,11 @@ class FusedStages(Protocol):
     def try_combine(self, base: Optional[Tensor], ks: Sequence[Tensor], coeffs: Sequence[float],
                     out: Optional[Tensor]) -> Optional[Tensor]: ...
 
-    def bind_combine(self, like: Tensor) -> Optional[Callable[[Optional[Tensor], list, list, Tensor], None]]:
-        """The kernel writing ``base + sum_j coeffs[j] ks[j]`` into ``out`` for unrecorded
-        operands shaped, typed and placed like ``like``, chosen now for a whole solve; None
-        when no fused backend would run them."""
-        ...
-
-    def fuses_recorded(self, like: Tensor) -> bool:
-        """Whether ``try_combine`` may fuse autograd-recorded combinations of such operands."""
+    def bind_combine(self, like: Tensor) -> tuple[Optional[Callable[[Optional[Tensor], list, list, Tensor], None]],
+                                                  bool]:
+        """For a whole solve on operands shaped, typed and placed like ``like``: the kernel
+        writing ``base + sum_j coeffs[j] ks[j]`` into ``out`` for unrecorded operands (None when
+        no fused backend would run them), and whether ``try_combine`` may fuse recorded ones."""
         ...
 
     def can_error_ratio(self, y0: Tensor, ks: Sequence[Tensor]) -> bool: ...
@@ -147,14 +144,16 @@ class SolveStages:
     def __init__(self, like: State):
         parts = components(like)
         bind = _fused is not None and not torch.compiler.is_compiling() and not any_carries_tangent(parts)
-        self._kernels = [_fused.bind_combine(c) if bind else None for c in parts]
+        bound = [_fused.bind_combine(c) if bind else (None, _fused is not None) for c in parts]
+        self._kernels = [kernel for kernel, _ in bound]
         # Recorded combinations of states too small to fuse go straight to the PyTorch code.
-        self._fuse_recorded = [_fused is not None and _fused.fuses_recorded(c) for c in parts]
+        self._fuse_recorded = [fuse for _, fuse in bound]
+        self._tuple = is_tuple(like)
 
     def linear_combination(self, coeffs: Sequence[float], ks: Sequence[State], *, scale: TimeLike = 1.0,
                            base: Optional[State] = None, out: Optional[State] = None) -> State:
         """``base + scale * sum_j coeffs[j] * ks[j]``, as ``linear_combination``."""
-        if is_tuple(base if base is not None else ks[0]):
+        if self._tuple:
             return join((self._component(i, coeffs, _each(ks, i), scale, component(base, i), component(out, i))
                          for i in range(len(self._kernels))), out)
         return self._component(0, coeffs, ks, scale, base, out)
@@ -165,9 +164,13 @@ class SolveStages:
                                                      or any(k.requires_grad for k in ks))
             kernel = self._kernels[i]
             if not recording and kernel is not None and out is not None:
-                kept = [(k, scale * c) for c, k in zip(coeffs, ks) if c != 0.0]
+                kept, weights = [], []
+                for c, k in zip(coeffs, ks):
+                    if c != 0.0:
+                        kept.append(k)
+                        weights.append(scale * c)
                 if kept:
-                    kernel(base, [k for k, _ in kept], [w for _, w in kept], out)
+                    kernel(base, kept, weights, out)
                     return out
             elif recording and not self._fuse_recorded[i]:
                 return _torch_linear_combination(coeffs, ks, scale, base, out)
@@ -176,12 +179,16 @@ class SolveStages:
     def stage_state(self, y0: State, dt: TimeLike, a_row: Sequence[float], ks: Sequence[State],
                     out: Optional[State] = None) -> State:
         """As the module function ``stage_state``."""
-        return self.linear_combination(a_row, ks, scale=dt, base=y0, out=out)
+        if self._tuple:
+            return self.linear_combination(a_row, ks, scale=dt, base=y0, out=out)
+        return self._component(0, a_row, ks, dt, y0, out)
 
     def step_solution(self, y0: State, dt: TimeLike, b: Sequence[float], ks: Sequence[State],
                       out: Optional[State] = None) -> State:
         """As the module function ``step_solution``."""
-        return self.linear_combination(b, ks, scale=dt, base=y0, out=out)
+        if self._tuple:
+            return self.linear_combination(b, ks, scale=dt, base=y0, out=out)
+        return self._component(0, b, ks, dt, y0, out)
 
     def adams_increment(self, dt: TimeLike, coeffs: Sequence[float], history: Sequence[State],
                         out: Optional[State] = None) -> State:

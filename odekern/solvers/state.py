@@ -174,7 +174,7 @@ class NonFiniteWatch:
 
     def record(self, state: State) -> None:
         # Detached: a probe is no part of the model (and must not keep the state alive).
-        probes = [c.detach().sum() for c in components(state) if c.numel()]
+        probes = [(c.detach() if c.requires_grad else c).sum() for c in components(state) if c.numel()]
         self._per_step = len(probes)
         self._pending.extend(probes)
         if len(self._pending) >= self.CHUNK:

@@ -57,9 +57,9 @@ def _into(out: torch.Tensor, run) -> None:
 
 
 def combine_out(y, ks, coeffs, out) -> None:
+    """``coeffs``: Python floats (every caller passes them so)."""
     yc = None if y is None else y.contiguous()
     kc = [k.contiguous() for k in ks]
-    coeffs = [float(c) for c in coeffs]
     if out.is_contiguous():  # the solvers' own buffers always are: no closure on the hot path
         _ops().rk_combine_out(yc, kc, coeffs, out)
     else:

@@ -86,19 +86,16 @@ def try_combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs
 
 
 def bind_combine(like: torch.Tensor):
-    """The kernel that ``try_combine`` would run on unrecorded operands like ``like`` (same
-    dtype, device and size), as ``kernel(base, ks, coeffs, out)``, or None. Decided once: the
-    solvers bind it per solve (``stages.SolveStages``)."""
+    """For a solve on operands like ``like`` (same dtype, device and size): the kernel that
+    ``try_combine`` would run on unrecorded operands, as ``kernel(base, ks, coeffs, out)`` (None:
+    the PyTorch code), and whether recorded operands may be fused. The solvers bind this once per
+    solve (``stages.SolveStages``), so the backend in force when the solve starts is used."""
     forced = requested_backend(None)
+    fuse_recorded = _worth_fusing(like.numel(), True, forced)
     if not _worth_fusing(like.numel(), False, forced):
-        return None
+        return None, fuse_recorded
     chosen = backend_for(op.COMBINE, like, [like], forced)
-    return None if chosen is None else chosen.fn
-
-
-def fuses_recorded(like: torch.Tensor) -> bool:
-    """Whether ``try_combine`` may fuse autograd-recorded combinations of operands like ``like``."""
-    return _worth_fusing(like.numel(), True, requested_backend(None))
+    return (None if chosen is None else chosen.fn), fuse_recorded
 
 
 def _error_ratio_backend(y0: torch.Tensor, ks: Sequence[torch.Tensor]) -> Optional[OpBackend]:
@@ -128,6 +125,6 @@ def try_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tenso
         return ratio.to(device=y0.device, dtype=torch.float64).reshape(())
 
 
-# This module is the solvers' FusedStages provider (try_combine, bind_combine, fuses_recorded,
-# can_error_ratio, try_error_ratio).
+# This module is the solvers' FusedStages provider (try_combine, bind_combine, can_error_ratio,
+# try_error_ratio).
 stages.register_fused_stages(sys.modules[__name__])
