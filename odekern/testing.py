@@ -65,6 +65,39 @@ BACKEND_SOLVE_ATOL_FP64 = 1e-9
 EXACT_GRADIENT_TOL_FP64 = {"rtol": 1e-9, "atol": 1e-11}
 SOLVE_GRADCHECK_TOL = {"checkpoint": {"atol": 1e-5, "rtol": 1e-3}, "adjoint": {"atol": 5e-4, "rtol": 5e-3}}
 
+# gradcheck (float64, finite differences with eps 1e-6) of a whole solve through the solver: the
+# differences' own rounding (~1e-10 / eps) and, for an adaptive method, step sizes that move
+# with the inputs by the order of the local error.
+GRADCHECK_SOLVE = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-4}
+# gradcheck of a whole network (float64): many more operations between input and output.
+GRADCHECK_NETWORK = {"eps": 1e-6, "atol": 1e-5}
+# Two float64 evaluations of one formula whose operations run in another order (a module's
+# returned f against its right-hand side evaluated again, a closed-form corruption): a few ulps.
+SAME_FORMULA_ATOL_FP64 = 1e-12
+# A kernel backend's whole solve (and gradients) against the reference's, per dtype: the
+# kernels' sin^2 polynomial against torch.sin, accumulated over the steps.
+BACKEND_SOLVE_ATOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+# A fused RMS error ratio against the reference's: float64 partial sums in another order.
+ERROR_RATIO_RTOL = 1e-5
+# Tableau coefficients given as decimals in a reference against exact fractions: the decimals'
+# own rounding.
+DECIMAL_COEFFICIENT_TOL = {"rtol": 1e-13, "atol": 1e-13}
+
+# Networks against their official (torchdiffeq-built) code in float64, relative to each tensor's
+# largest entry (``peak_relative_tol``): the same solver steps, so rounding only;
+SAME_STEPS_REL_FP64 = 1e-9
+# and gradients from continuous adjoints, whose backward steps differ between the libraries:
+# within the solve tolerance of the tensor's scale.
+ADJOINT_GRADIENT_REL = 1e-5
+
+
+def peak_relative_tol(expected: torch.Tensor, rel: float, floor: float = 1e-9) -> dict[str, float]:
+    """rtol ``rel`` and atol ``rel`` times the largest ``|expected|`` (at least ``floor``): for
+    tensors whose entries span many scales (gradients), where an entry near zero carries the
+    rounding of the large ones (a conv bias before a train-mode norm has a true gradient of 0)."""
+    return {"rtol": rel, "atol": max(rel * expected.abs().max().item(), floor)}
+
+
 # Order conditions of a tableau published as decimals or as rational approximations (tsit5,
 # dopri8): they hold to the digits given, not exactly. (Exact-fraction tableaus must give 0.)
 ORDER_CONDITION_TOL = 1e-13

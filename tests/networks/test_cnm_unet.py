@@ -9,7 +9,7 @@ from netutil import TINY_CNM, images, require_nmode
 from reference_odes import TorchdiffeqNmODE, nmode_gamma_and_conv, solve_nmode
 
 from networks import build_model
-from odekern.testing import assert_close
+from odekern.testing import ADJOINT_GRADIENT_REL, GRADCHECK_NETWORK, assert_close, peak_relative_tol
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def test_matches_torchdiffeq_odeint_adjoint(mode, gradient):
     # each tensor's scale (atol = 1e-5 * max |reference|, at least 1e-9: a conv bias before a
     # train-mode BN has a true gradient of 0, both sides give rounding noise).
     def close(actual, expected, what):
-        assert_close(actual, expected, "cross", what, rtol=1e-5, atol=max(1e-5 * expected.abs().max().item(), 1e-9))
+        assert_close(actual, expected, "cross", what, **peak_relative_tol(expected, ADJOINT_GRADIENT_REL))
 
     close(y, y_ref, "logits")
     close(gx, gx_ref, "input gradient")
@@ -141,7 +141,7 @@ def test_gradcheck_float64():
     model = build_model("cnm-unet", image_size=16, encoder_widths=(2, 2, 2, 2, 2), rtol=1e-10,
                         atol=1e-12).double().eval()
     x = images(1, size=16, dtype=torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(model, (x,), fast_mode=True, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(model, (x,), fast_mode=True, **GRADCHECK_NETWORK)
 
 
 def test_fixed_step_solver_for_the_ablation_matches_torchdiffeq():

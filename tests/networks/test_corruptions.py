@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from networks.corruptions import CORRUPTIONS, add_gaussian_noise, corrupt, disk_kernel
+from odekern.testing import SAME_FORMULA_ATOL_FP64
 
 IMAGENET_C = {
     "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
@@ -37,7 +38,7 @@ def test_brightness_matches_colorsys(severity):
     c = IMAGENET_C["brightness"][severity - 1]
     image = _image(severity)
     expected = _hsv_reference(image, lambda h, s, v: (h, s, min(max(v + c, 0), 1)))
-    torch.testing.assert_close(corrupt(image, "brightness", severity), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(corrupt(image, "brightness", severity), expected, rtol=0, atol=SAME_FORMULA_ATOL_FP64)
 
 
 @pytest.mark.parametrize("severity", [1, 3, 5])
@@ -45,7 +46,7 @@ def test_saturate_matches_colorsys(severity):
     scale, shift = IMAGENET_C["saturate"][severity - 1]
     image = _image(10 + severity)
     expected = _hsv_reference(image, lambda h, s, v: (h, min(max(s * scale + shift, 0), 1), v))
-    torch.testing.assert_close(corrupt(image, "saturate", severity), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(corrupt(image, "saturate", severity), expected, rtol=0, atol=SAME_FORMULA_ATOL_FP64)
 
 
 @pytest.mark.parametrize("severity", [1, 5])

@@ -9,7 +9,7 @@ from official_references import AuthorsCNMUNet, AuthorsContinuousUNet
 from networks import DUSEConfig, build_model, load_official
 from networks.layers import layer_parameter_count, parameter_count
 from networks.official import _cnm_name, _continuous_name
-from odekern.testing import assert_close
+from odekern.testing import ADJOINT_GRADIENT_REL, SAME_STEPS_REL_FP64, assert_close, peak_relative_tol
 
 
 def _randomised(module, seed=0):
@@ -54,7 +54,7 @@ def test_continuous_unet_equals_authors_network(gradient, kind):
     y_ref, gx_ref, grads_ref = _grads(reference, x_ref)
 
     def close(actual, expected, what):
-        assert_close(actual, expected, "cross", what, rtol=1e-9, atol=1e-9 * max(expected.abs().max().item(), 1.0))
+        assert_close(actual, expected, "cross", what, **peak_relative_tol(expected, SAME_STEPS_REL_FP64))
 
     close(y, y_ref, "logits")
     close(gx, gx_ref, "input gradient")
@@ -85,7 +85,7 @@ def test_cnm_unet_equals_authors_network(mode):
     y_ref, gx_ref, grads_ref = _grads(reference, x_ref)
 
     def close(actual, expected, what):
-        assert_close(actual, expected, "cross", what, rtol=1e-5, atol=max(1e-5 * expected.abs().max().item(), 1e-9))
+        assert_close(actual, expected, "cross", what, **peak_relative_tol(expected, ADJOINT_GRADIENT_REL))
 
     close(y, y_ref, "logits")
     close(gx, gx_ref, "input gradient")

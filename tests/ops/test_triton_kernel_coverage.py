@@ -16,7 +16,7 @@ import odekern
 from odekern import dispatch
 from odekern.ops.rk_stage import reference as rk_ref
 from odekern.ops.rk_stage import rk_combine, rk_error_ratio
-from odekern.testing import assert_close, randn
+from odekern.testing import BACKEND_SOLVE_ATOL, ERROR_RATIO_RTOL, assert_close, randn
 from tools import gpucheck
 
 if dispatch.availability().get("triton") is not True:
@@ -55,14 +55,14 @@ def test_every_triton_kernel_runs_and_matches_reference(dtype, triton_launches):
                 y1.pow(2).sum().backward()
                 outs.append((y1.detach(), y0.grad, g.grad))
             for got, want in zip(*outs):
-                assert_close(got, want, atol=1e-5 if dtype == torch.float32 else 1e-10)
+                assert_close(got, want, atol=BACKEND_SOLVE_ATOL[dtype])
     y, k1, k2 = (randn(37, dtype=dtype, seed=s) for s in (3, 4, 5))
     out = torch.empty_like(y)
     assert_close(rk_combine(y, [k1, k2], [0.1, -0.2], out=out, backend="triton"),
                  rk_ref.rk_combine(y, [k1, k2], [0.1, -0.2]))
     y1 = rk_ref.rk_combine(y, [k1, k2], [0.1, -0.2])
     want_ratio = rk_ref.rk_error_ratio(y, y1, [k1, k2], [0.01, 0.02], 1e-3, 1e-6)
-    assert_close(rk_error_ratio(y, y1, [k1, k2], [0.01, 0.02], rtol=1e-3, atol=1e-6, backend="triton"), want_ratio, rtol=1e-5)
+    assert_close(rk_error_ratio(y, y1, [k1, k2], [0.01, 0.02], rtol=1e-3, atol=1e-6, backend="triton"), want_ratio, rtol=ERROR_RATIO_RTOL)
 
     name = str(dtype).removeprefix("torch.")
     ran = {kernel for kernel, dtypes in triton_launches if name in dtypes}

@@ -18,7 +18,7 @@ from odekern.solvers.adams_coefficients import AdamsRule, bashforth, moulton
 from odekern.solvers.interpolation import DenseOutput
 from odekern.solvers.tableau import ButcherTableau, polynomial_weights_at
 from odekern.solvers.tableaus import ALL_TABLEAUS, DOPRI5, TSIT5
-from odekern.testing import ORDER_CONDITION_TOL
+from odekern.testing import DECIMAL_COEFFICIENT_TOL, ORDER_CONDITION_TOL
 
 # Published as decimals / rational approximations: order conditions hold to the digits given.
 INEXACT = {"dopri8", "tsit5"}
@@ -105,7 +105,7 @@ def test_tsit5_matches_torchode_coefficients():
     torch.testing.assert_close(_f64(TSIT5.b_err), ref.b_err, **exact)
     # torchode keeps the interpolant's theta**2..theta**4 stage weights (theta**1 is k_0 alone).
     torch.testing.assert_close(torch.tensor([[float(x) for x in row] for row in TSIT5.b_dense[1:]],
-                                            dtype=torch.float64), ref.b_other, rtol=0, atol=1e-13)
+                                            dtype=torch.float64), ref.b_other, **DECIMAL_COEFFICIENT_TOL)
     assert [float(x) for x in TSIT5.b_dense[0]] == [1.0] + [0.0] * 6
     assert TSIT5.fsal
 
@@ -143,14 +143,14 @@ def test_tableau_is_frozen():
 @pytest.mark.parametrize("k", range(1, 13))
 def test_adams_coefficients_match_torchdiffeq(k):
     torch.testing.assert_close(torch.tensor(bashforth(k).floats(), dtype=torch.float64),
-                               tdq_adams._BASHFORTH_DIVISOR[k], rtol=1e-13, atol=1e-13)
+                               tdq_adams._BASHFORTH_DIVISOR[k], **DECIMAL_COEFFICIENT_TOL)
     if k == 1:
         # torchdiffeq's 1-point Moulton entry shares Bashforth's divisor 11 (giving 1/11); it is
         # never used (its corrector needs >= 4 points). The exact rule is backward Euler: [1].
         assert moulton(1).floats() == (1.0,)
         return
     torch.testing.assert_close(torch.tensor(moulton(k).floats(), dtype=torch.float64),
-                               tdq_adams._MOULTON_DIVISOR[k], rtol=1e-13, atol=1e-13)
+                               tdq_adams._MOULTON_DIVISOR[k], **DECIMAL_COEFFICIENT_TOL)
 
 
 def test_broken_adams_rule_raises():
