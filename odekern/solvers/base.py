@@ -106,11 +106,15 @@ class RHS:
         dy = state.as_state(dy)
         if state.is_tuple(y):
             check_tuple_rhs_output(dy, y, -t if self.time_sign < 0 else t)
-        else:
-            check_rhs_output(dy, y, -t if self.time_sign < 0 else t)
-        if self.time_sign < 0:
-            dy = state.map_state(torch.neg, dy)
-        return state.map_state(_as_dtype_of, dy, y)
+            dy = tuple(map(_as_dtype_of, dy, y))
+            if self.time_sign > 0:
+                return dy
+            if state.no_transform_active() and not torch.compiler.is_compiling():
+                return tuple(torch._foreach_neg(list(dy)))  # one call for every component
+            return tuple(map(torch.neg, dy))
+        check_rhs_output(dy, y, -t if self.time_sign < 0 else t)
+        dy = _as_dtype_of(dy, y)
+        return dy if self.time_sign > 0 else torch.neg(dy)
 
     def user_time(self, t: Any) -> float:
         """A solver-internal time as the caller sees it (undoing the reversal)."""

@@ -27,9 +27,9 @@ from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
-from odekern.solvers.norms import component_rms_combiner
-from odekern.solvers.state import (any_carries_tangent, component, components, is_tuple, join,
-                                   no_transform_active, records_derivatives, widened)
+from odekern.solvers.norms import component_rms_combiner, max_norm
+from odekern.solvers.state import (LOW_PRECISION, State, any_carries_tangent, component, components, is_tuple,
+                                   join, no_transform_active, records_derivatives, widened)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
@@ -141,6 +141,11 @@ class SolveStages:
     are those of the module functions of the same names, which run whenever the bound kernel
     does not apply (autograd recording, a differentiable step, forward-mode tangents)."""
 
+    # Components of a tuple state below this size are combined together by multi-tensor
+    # (foreach) operations, one call per term for all of them: a call per component costs more
+    # than the arithmetic on a parameter adjoint or a bias.
+    SMALL_COMPONENT = 1 << 12
+
     def __init__(self, like: State):
         parts = components(like)
         bind = _fused is not None and not torch.compiler.is_compiling() and not any_carries_tangent(parts)
@@ -149,14 +154,49 @@ class SolveStages:
         # Recorded combinations of states too small to fuse go straight to the PyTorch code.
         self._fuse_recorded = [fuse for _, fuse in bound]
         self._tuple = is_tuple(like)
+        small = [i for i, c in enumerate(parts) if c.numel() < self.SMALL_COMPONENT] if self._tuple else []
+        self._small = small if len(small) > 1 else []
+        self._large = [i for i in range(len(parts)) if i not in self._small]
 
     def linear_combination(self, coeffs: Sequence[float], ks: Sequence[State], *, scale: TimeLike = 1.0,
                            base: Optional[State] = None, out: Optional[State] = None) -> State:
         """``base + scale * sum_j coeffs[j] * ks[j]``, as ``linear_combination``."""
         if self._tuple:
-            return join((self._component(i, coeffs, _each(ks, i), scale, component(base, i), component(out, i))
-                         for i in range(len(self._kernels))), out)
+            parts = self._small_components(coeffs, ks, scale, base, out) if self._small else None
+            if parts is None:
+                return join((self._component(i, coeffs, _each(ks, i), scale, component(base, i), component(out, i))
+                             for i in range(len(self._kernels))), out)
+            for i in self._large:
+                parts[i] = self._component(i, coeffs, _each(ks, i), scale, component(base, i), component(out, i))
+            return join(parts, out)
         return self._component(0, coeffs, ks, scale, base, out)
+
+    def _small_components(self, coeffs, ks, scale, base, out) -> Optional[list]:
+        """The small components of an unrecorded tuple combination by foreach operations, written
+        into ``out`` when given (the others are left None for the caller), or None when they
+        must take the per-component path."""
+        if isinstance(scale, Tensor) or not no_transform_active() or torch.compiler.is_compiling():
+            return None
+        small = self._small
+        terms = [([k[i] for i in small], scale * c) for c, k in zip(coeffs, ks) if c != 0.0]
+        bases = None if base is None else [base[i] for i in small]
+        if not terms or (torch.is_grad_enabled() and any(
+                t.requires_grad for t in [*(bases or ()), *(t for group, _ in terms for t in group)])):
+            return None
+        if out is not None:  # the caller's buffers (a solver keeps its stage inputs there)
+            results = [out[i] for i in small]
+            torch._foreach_copy_(results, bases) if bases is not None else torch._foreach_zero_(results)
+            rest = terms
+        else:
+            (first, weight), rest = terms[0], terms[1:]
+            results = (torch._foreach_add(bases, first, alpha=weight) if bases is not None
+                       else torch._foreach_mul(first, weight))
+        for group, weight in rest:
+            torch._foreach_add_(results, group, alpha=weight)
+        parts: list = [None] * len(self._kernels)
+        for i, r in zip(small, results):
+            parts[i] = r
+        return parts
 
     def _component(self, i: int, coeffs, ks, scale, base, out) -> Tensor:
         if not isinstance(scale, Tensor) and no_transform_active():
@@ -228,7 +268,29 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeL
     fused = _fused_error_ratio(y0, y1, (err,), (1.0,), 1.0, rtol, atol, norm)  # rk_stage
     if fused is not None:
         return fused
+    if norm is max_norm and is_tuple(err):
+        ratio = _tuple_max_error_ratio(err, y0, y1, rtol, atol)
+        if ratio is not None:
+            return ratio
     return norm(_scaled_error(err, y0, y1, rtol, atol)).abs()
+
+
+def _tuple_max_error_ratio(err, y0, y1, rtol, atol) -> Optional[Tensor]:
+    """The max-norm error ratio of a tuple state by foreach operations (a few calls for all
+    components instead of several operations per component), or None when the tolerances are
+    not plain numbers, a component is of low precision, or a transform is active."""
+    if not (isinstance(rtol, (int, float)) and isinstance(atol, (int, float))) or not no_transform_active():
+        return None
+    kept = [i for i, e in enumerate(err) if e.numel()]
+    if not kept or any(err[i].dtype in LOW_PRECISION for i in kept) or torch.compiler.is_compiling():
+        return None
+    scale = torch._foreach_abs([y0[i] for i in kept])
+    torch._foreach_maximum_(scale, torch._foreach_abs([y1[i] for i in kept]))
+    torch._foreach_mul_(scale, rtol)
+    torch._foreach_add_(scale, atol)
+    scaled = torch._foreach_abs([err[i] for i in kept])
+    torch._foreach_div_(scaled, scale)
+    return torch.stack(torch._foreach_max(scaled)).max()
 
 
 def _scaled_error(err, y0, y1, rtol, atol):

@@ -3,12 +3,15 @@ autograd never sees in-place writes, and solvers stay correct when the RHS alias
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from solver_problems import ALL_METHODS, NEW_ADAPTIVE
 
 from odekern import odeint
 from odekern.solvers import stages
+from odekern.solvers.norms import max_norm
 from odekern.testing import assert_close, randn
 
 F64 = torch.float64
@@ -92,3 +95,17 @@ def test_rhs_returning_its_input_is_safe_with_reused_buffers(method):
     assert torch.equal(y, y_fresh)
     tol = 2e-2 if method == "euler" else 1e-4
     assert_close(y, y0 * torch.exp(t)[:, None], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tuple_max_norm_error_ratio_matches_the_per_component_formula(dtype):
+    """The Adams corrector's max-norm ratio of a tuple state (foreach operations) equals the
+    per-component formula, empty components skipped."""
+    shapes = [(), (5, 3), (0,), (7,)]
+    err, y0, y1 = ([randn(max(1, math.prod(s)), dtype=dtype, seed=10 * j + i)[:math.prod(s)].reshape(s)
+                    for i, s in enumerate(shapes)] for j in range(3))
+    err, y0, y1 = tuple(err), tuple(y0), tuple(y1)
+    got = stages.error_ratio(err, y0, y1, 1e-3, 1e-6, max_norm)
+    expected = max((e.abs() / (1e-6 + 1e-3 * torch.maximum(a.abs(), b.abs()))).max()
+                   for e, a, b in zip(err, y0, y1) if e.numel())
+    assert_close(got, expected)
