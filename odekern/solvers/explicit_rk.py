@@ -64,7 +64,6 @@ class RKStepper:
             return yi, ks
         return self.stages.step_solution(y0, dt, tab.b, ks, out=out), ks
 
-
     def _stage_offsets(self, dt: Any, t0: Any) -> list:
         """``dt * c[i]`` per stage, formed as torchdiffeq forms them; kept while the step size
         repeats (every step of a uniform grid), so a stage time costs one addition."""
