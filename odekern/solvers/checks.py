@@ -50,7 +50,10 @@ def check_time(t: Any, name: str = "t") -> bool:
         raise ValueError(f"{name} must contain at least one time point, got an empty tensor")
     if t.numel() <= _TIME_VALUES_READ and not torch.compiler.is_compiling():
         # A handful of times is checked faster as Python floats (one read) than by tensor ops.
-        return _check_time_values(t.detach().tolist(), name)
+        values = t.detach().tolist()
+        if not all(map(math.isfinite, values)):
+            raise ValueError(f"{name} must be finite, got {values}")
+        return _check_time_order(values, name)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {t.tolist()}")
     if t.numel() < 2:
@@ -67,13 +70,6 @@ def check_time(t: Any, name: str = "t") -> bool:
 
 # Up to this many output times, check_time reads them once and checks them in Python.
 _TIME_VALUES_READ = 1024
-
-
-def _check_time_values(values: list[float], name: str) -> bool:
-    """``check_time``'s checks on the times as Python floats; True when decreasing."""
-    if not all(map(math.isfinite, values)):
-        raise ValueError(f"{name} must be finite, got {values}")
-    return _check_time_order(values, name)
 
 
 def _check_time_order(values: list[float], name: str) -> bool:

@@ -171,12 +171,13 @@ class FixedGridSolver(Solver):
         self._before_integrate()
         # Step sizes as Python floats (read once, not per step: on a GPU each read is a host
         # sync), unless t is differentiated, where dt must stay a tensor.
-        if known:
+        if not known and t.requires_grad:
+            dts = None
+        elif known or t.dtype == torch.float64:
+            # Python's double subtraction is t1 - t0 in float64.
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
         else:
-            # In t's precision, as torchdiffeq's t1 - t0 (Python's double subtraction is that for float64).
-            dts = (None if t.requires_grad else [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
-                   if t.dtype == torch.float64 else (grid[1:] - grid[:-1]).tolist())
+            dts = (grid[1:] - grid[:-1]).tolist()  # in t's precision, as torchdiffeq's t1 - t0
         # NaN/inf is tracked on the device (one sum per step) and read once after the loop, so a
         # fixed-grid solve makes no host sync per step.
         watch = state.NonFiniteWatch()

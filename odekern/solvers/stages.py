@@ -204,11 +204,7 @@ class SolveStages:
                                                      or any(k.requires_grad for k in ks))
             kernel = self._kernels[i]
             if not recording and kernel is not None and out is not None:
-                kept, weights = [], []
-                for c, k in zip(coeffs, ks):
-                    if c != 0.0:
-                        kept.append(k)
-                        weights.append(scale * c)
+                kept, weights = _fused_terms(coeffs, ks, scale)
                 if kept:
                     kernel(base, kept, weights, out)
                     return out
@@ -219,16 +215,12 @@ class SolveStages:
     def stage_state(self, y0: State, dt: TimeLike, a_row: Sequence[float], ks: Sequence[State],
                     out: Optional[State] = None) -> State:
         """As the module function ``stage_state``."""
-        if self._tuple:
-            return self.linear_combination(a_row, ks, scale=dt, base=y0, out=out)
-        return self._component(0, a_row, ks, dt, y0, out)
+        return self.linear_combination(a_row, ks, scale=dt, base=y0, out=out)
 
     def step_solution(self, y0: State, dt: TimeLike, b: Sequence[float], ks: Sequence[State],
                       out: Optional[State] = None) -> State:
         """As the module function ``step_solution``."""
-        if self._tuple:
-            return self.linear_combination(b, ks, scale=dt, base=y0, out=out)
-        return self._component(0, b, ks, dt, y0, out)
+        return self.linear_combination(b, ks, scale=dt, base=y0, out=out)
 
     def adams_increment(self, dt: TimeLike, coeffs: Sequence[float], history: Sequence[State],
                         out: Optional[State] = None) -> State:
@@ -383,8 +375,12 @@ def _fused_terms(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike)
     if isinstance(scale, Tensor) and scale.requires_grad and torch.is_grad_enabled():
         return None
     h = float(scale)
-    kept = [(k, h * float(c)) for c, k in zip(coeffs, ks) if c != 0.0]
-    return [k for k, _ in kept], [c for _, c in kept]
+    kept, weights = [], []
+    for c, k in zip(coeffs, ks):
+        if c != 0.0:
+            kept.append(k)
+            weights.append(h * float(c))
+    return kept, weights
 
 
 def _fused_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,

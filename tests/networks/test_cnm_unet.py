@@ -9,7 +9,7 @@ from netutil import TINY_CNM, images, require_nmode
 from reference_odes import TorchdiffeqNmODE, nmode_gamma_and_conv, solve_nmode
 
 from networks import build_model
-from odekern.testing import ADJOINT_GRADIENT_REL, GRADCHECK_NETWORK, assert_close, peak_relative_tol
+from odekern.testing import ADJOINT_GRADIENT_REL, NETWORK_GRADCHECK_TOL, assert_close, peak_relative_tol
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +141,7 @@ def test_gradcheck_float64():
     model = build_model("cnm-unet", image_size=16, encoder_widths=(2, 2, 2, 2, 2), rtol=1e-10,
                         atol=1e-12).double().eval()
     x = images(1, size=16, dtype=torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(model, (x,), fast_mode=True, **GRADCHECK_NETWORK)
+    assert torch.autograd.gradcheck(model, (x,), fast_mode=True, **NETWORK_GRADCHECK_TOL)
 
 
 def test_fixed_step_solver_for_the_ablation_matches_torchdiffeq():

@@ -19,7 +19,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 import odekern
 from odekern.ops.nmode_solve.config import NmodeConfig
-from odekern.testing import (ADJOINT_VS_DISCRETE_ATOL, BACKEND_SOLVE_ATOL_FP64, SOLVE_GRADCHECK_TOL,
+from odekern.testing import (ADJOINT_VS_DISCRETE_ATOL, BACKEND_SOLVE_ATOL, SOLVE_GRADCHECK_TOL,
                              SOLVE_GRADIENT_ATOL, NmodeRHS, SavedTensorBytes, assert_close, non_contiguous,
                              randn)
 
@@ -207,7 +207,7 @@ def test_shapes_and_broadcasts(backend, shape, g_shape):
     want = _solve_with_grads(y0, g, 0.05, "reference", **kw)
     for x, r in zip(got, want):
         assert x.shape == r.shape
-        assert_close(x, r, atol=BACKEND_SOLVE_ATOL_FP64)
+        assert_close(x, r, atol=BACKEND_SOLVE_ATOL[torch.float64])
 
 
 def test_non_contiguous_inputs(backend):

@@ -8,7 +8,7 @@ import torch
 from solver_problems import ALL_METHODS, NEW_ADAPTIVE
 
 from odekern import odeint
-from odekern.testing import GRADCHECK_SOLVE, randn
+from odekern.testing import ODEINT_GRADCHECK_TOL, randn
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
 
@@ -31,7 +31,7 @@ def test_gradcheck_backprop(method):
     def solve(y0, A, b, t):
         return odeint(_rhs(A, b), y0, t, method=method, **tol)
 
-    assert torch.autograd.gradcheck(solve, (y0, A, b, t), **GRADCHECK_SOLVE, fast_mode=True)
+    assert torch.autograd.gradcheck(solve, (y0, A, b, t), **ODEINT_GRADCHECK_TOL, fast_mode=True)
 
 
 @pytest.mark.parametrize("method", ["rk4", "midpoint"])
@@ -45,7 +45,7 @@ def test_gradcheck_step_size_grid_with_interpolated_outputs(method):
     def solve(y0, A, b, t):
         return odeint(_rhs(A, b), y0, t, method=method, options={"step_size": 0.1})
 
-    assert torch.autograd.gradcheck(solve, (y0, A, b, t), **GRADCHECK_SOLVE, fast_mode=True)
+    assert torch.autograd.gradcheck(solve, (y0, A, b, t), **ODEINT_GRADCHECK_TOL, fast_mode=True)
 
 
 @pytest.mark.parametrize("method", NEW_ADAPTIVE)
@@ -63,4 +63,4 @@ def test_gradcheck_backprop_other_adaptive_methods(method):
     def solve(y0, A, b, t):
         return odeint(_rhs(A, b), y0, t, method=method, options={"first_step": h, "min_step": h, "max_step": h})
 
-    assert torch.autograd.gradcheck(solve, (y0, A, b, t), **GRADCHECK_SOLVE, fast_mode=True)
+    assert torch.autograd.gradcheck(solve, (y0, A, b, t), **ODEINT_GRADCHECK_TOL, fast_mode=True)
