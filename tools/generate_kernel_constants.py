@@ -134,9 +134,9 @@ def render_triton() -> str:
     lines = []
     for m in MethodId:
         c, p = coefficients.COEFFICIENTS[m], TRITON_PREFIX[m]
-        lines.append(f"# {m.name.lower()}: a(i, j) (nonzero entries), b(j)"
+        # a(i, j) is not here: the jit code reads it at compile time (jit_math.stage_coupling).
+        lines.append(f"# {m.name.lower()}: b(j)"
                      + (", e(j) (error weights), mid(j) (dense-output midpoint)" if c.err else ""))
-        lines += [f"{p}_A{i}{j} = tl.constexpr({v!r})" for i, row in enumerate(c.a) for j, v in enumerate(row) if v != 0.0]
         lines += [f"{p}_B{j} = tl.constexpr({v!r})" for j, v in enumerate(c.b)]
         lines += [f"{p}_E{j} = tl.constexpr({v!r})" for j, v in enumerate(c.err or ())]
         lines += [f"{p}_MID{j} = tl.constexpr({v!r})" for j, v in enumerate(c.mid or ())]

@@ -2,8 +2,10 @@
 stages and steps (forward and reverse mode), torchdiffeq's step-size controller, the
 per-element dopri5 loop and the step-list solves. kernels.py builds the kernels from these.
 
-Every coefficient and controller constant comes from constants_generated.py (derived from the
-solver core's tableaus and controllers), so this file restates no number of a method. The math
+Every coefficient and controller constant is derived from the solver core's tableaus and
+controllers: the stage coupling a(i, j) is read at compile time from coefficients.py
+(stage_coupling), the rest from constants_generated.py, so this file restates no number of a
+method. The math
 follows csrc/ops/nmode_solve/nmode_solve.h (same tableaus, accumulation order and controller
 with time in float64 and stages in the state's dtype), with three differences that move
 rounding only, each covered by the tolerances the backend tests use
@@ -16,18 +18,16 @@ partial sums are added in another order.
 import triton
 import triton.language as tl
 
+from odekern.ops.nmode_solve.coefficients import COEFFICIENTS
+from odekern.ops.nmode_solve.config import MethodId
 from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 - read by the jit code
-    DENSE_F0_1, DENSE_F0_2, DENSE_F0_3, DENSE_F0_4, DENSE_F1_2, DENSE_F1_3, DENSE_F1_4,
-    DENSE_MID_2, DENSE_MID_3, DENSE_MID_4, DENSE_Y1_2, DENSE_Y1_3, DENSE_Y1_4, DFACTOR, DOPRI5,
-    DP5_A10, DP5_A20, DP5_A21, DP5_A30, DP5_A31, DP5_A32, DP5_A40, DP5_A41, DP5_A42, DP5_A43,
-    DP5_A50, DP5_A51, DP5_A52, DP5_A53, DP5_A54, DP5_A60, DP5_A62, DP5_A63, DP5_A64, DP5_A65,
-    DP5_B0, DP5_B1, DP5_B2, DP5_B3, DP5_B4, DP5_B5, DP5_B6, DP5_E0, DP5_E2, DP5_E3, DP5_E4, DP5_E5,
-    DP5_E6, DP5_MID0, DP5_MID1, DP5_MID2, DP5_MID3, DP5_MID4, DP5_MID5, DP5_MID6, EULER, EULER_B0,
-    IFACTOR, INITIAL_FLAT_FLOOR, INITIAL_FLAT_SHRINK, INITIAL_MAX_GROWTH, INITIAL_NORM_FLOOR,
-    INITIAL_STEP_FRACTION, INITIAL_TINY_STEP, MIDPOINT, MIDPOINT_A10, MIDPOINT_B0, MIDPOINT_B1,
-    RK38_A10, RK38_A20, RK38_A21, RK38_A30, RK38_A31, RK38_A32, RK38_B0, RK38_B1, RK38_B2, RK38_B3,
-    RK4, RK4C_A10, RK4C_A21, RK4C_A32, RK4C_B0, RK4C_B1, RK4C_B2, RK4C_B3, RK4_CLASSIC, SAFETY,
-    STEP_EXPONENT,
+    DENSE_F0_1, DENSE_F0_2, DENSE_F0_3, DENSE_F0_4, DENSE_F1_2, DENSE_F1_3, DENSE_F1_4, DENSE_MID_2,
+    DENSE_MID_3, DENSE_MID_4, DENSE_Y1_2, DENSE_Y1_3, DENSE_Y1_4, DFACTOR, DOPRI5, DP5_B0, DP5_B1,
+    DP5_B2, DP5_B3, DP5_B4, DP5_B5, DP5_B6, DP5_E0, DP5_E2, DP5_E3, DP5_E4, DP5_E5, DP5_E6,
+    DP5_MID0, DP5_MID1, DP5_MID2, DP5_MID3, DP5_MID4, DP5_MID5, DP5_MID6, EULER, EULER_B0, IFACTOR,
+    INITIAL_FLAT_FLOOR, INITIAL_FLAT_SHRINK, INITIAL_MAX_GROWTH, INITIAL_NORM_FLOOR,
+    INITIAL_STEP_FRACTION, INITIAL_TINY_STEP, MIDPOINT, MIDPOINT_B0, MIDPOINT_B1, RK38_B0, RK38_B1,
+    RK38_B2, RK38_B3, RK4, RK4C_B0, RK4C_B1, RK4C_B2, RK4C_B3, RK4_CLASSIC, SAFETY, STEP_EXPONENT,
 )
 
 
@@ -98,39 +98,53 @@ def sys_f(y, a, g, ADJ: tl.constexpr):
 
 # ================================================================ math: Butcher tableau rows
 
+@triton.constexpr_function
+def stage_coupling(method, i, j):
+    """a(i, j) of the tableau of nmode_solve's method id ``method`` (0 where j >= i), read at
+    compile time from coefficients.py: the jit code below names no coupling coefficient."""
+    row = COEFFICIENTS[MethodId(method)].a[i]
+    return row[j] if j < len(row) else 0.0
+
+
+@triton.jit
+def coupled(acc, k, dt, sb, METHOD: tl.constexpr, I: tl.constexpr, J: tl.constexpr, REVERSE: tl.constexpr):
+    """One term of stage I's input through stage J (nothing where a(I, J) = 0). Forward:
+    acc + a(I, J) k, the sum's next term. Reverse: k's cotangent acc + dt a(I, J) sb, with sb
+    the stage input's cotangent (the transpose of the same term)."""
+    if stage_coupling(METHOD, I, J) != 0.0:
+        if REVERSE:
+            acc += dt * stage_coupling(METHOD, I, J) * sb
+        else:
+            acc = acc + stage_coupling(METHOD, I, J) * k
+    return acc
+
+
 @triton.jit
 def stage_input(x, dt, k1, k2, k3, k4, k5, k6, METHOD: tl.constexpr, I: tl.constexpr):
-    """Input of stage I (1-based stage I+1): x + dt * sum_j a(I, j) k_j, header order."""
-    if METHOD == MIDPOINT:
-        r = x + dt * (MIDPOINT_A10 * k1)
-    elif METHOD == RK4:  # 3/8 rule
-        if I == 1:
-            r = x + dt * (RK38_A10 * k1)
-        elif I == 2:
-            r = x + dt * (RK38_A20 * k1 + RK38_A21 * k2)
-        else:
-            r = x + dt * (RK38_A30 * k1 + RK38_A31 * k2 + RK38_A32 * k3)
-    elif METHOD == RK4_CLASSIC:
-        if I == 1:
-            r = x + dt * (RK4C_A10 * k1)
-        elif I == 2:
-            r = x + dt * (RK4C_A21 * k2)
-        else:
-            r = x + dt * (RK4C_A32 * k3)
-    else:  # dopri5
-        if I == 1:
-            r = x + dt * (DP5_A10 * k1)
-        elif I == 2:
-            r = x + dt * (DP5_A20 * k1 + DP5_A21 * k2)
-        elif I == 3:
-            r = x + dt * (DP5_A30 * k1 + DP5_A31 * k2 + DP5_A32 * k3)
-        elif I == 4:
-            r = x + dt * (DP5_A40 * k1 + DP5_A41 * k2 + DP5_A42 * k3 + DP5_A43 * k4)
-        elif I == 5:
-            r = x + dt * (DP5_A50 * k1 + DP5_A51 * k2 + DP5_A52 * k3 + DP5_A53 * k4 + DP5_A54 * k5)
-        else:
-            r = x + dt * (DP5_A60 * k1 + DP5_A62 * k3 + DP5_A63 * k4 + DP5_A64 * k5 + DP5_A65 * k6)
-    return r
+    """Input of stage I (1-based stage I+1): x + dt * sum_j a(I, j) k_j over the nonzero
+    a(I, j) in order, as the header sums them (-0.0 + v is v exactly and folds away)."""
+    acc = coupled(-0.0, k1, dt, dt, METHOD, I, 0, False)
+    acc = coupled(acc, k2, dt, dt, METHOD, I, 1, False)
+    acc = coupled(acc, k3, dt, dt, METHOD, I, 2, False)
+    acc = coupled(acc, k4, dt, dt, METHOD, I, 3, False)
+    acc = coupled(acc, k5, dt, dt, METHOD, I, 4, False)
+    acc = coupled(acc, k6, dt, dt, METHOD, I, 5, False)
+    return x + dt * acc
+
+
+@triton.jit
+def stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb, q, dt, yb, gb, METHOD: tl.constexpr, I: tl.constexpr):
+    """Reverse of stage I (0-based) of a step, k = f(s) with s = stage_input(y, ..., I): with
+    q = sin(2(s+g)), s's cotangent sb = kb f_y(s) = kb (q - 1) goes to y (yb) and, through
+    the stage coupling, to the earlier stages' cotangents kb_j; g receives kb f_g = kb q."""
+    sb = kb * (q - 1.0)
+    kb1 = coupled(kb1, kb1, dt, sb, METHOD, I, 0, True)
+    kb2 = coupled(kb2, kb2, dt, sb, METHOD, I, 1, True)
+    kb3 = coupled(kb3, kb3, dt, sb, METHOD, I, 2, True)
+    kb4 = coupled(kb4, kb4, dt, sb, METHOD, I, 3, True)
+    kb5 = coupled(kb5, kb5, dt, sb, METHOD, I, 4, True)
+    kb6 = coupled(kb6, kb6, dt, sb, METHOD, I, 5, True)
+    return kb1, kb2, kb3, kb4, kb5, kb6, yb + sb, gb + kb * q
 
 
 @triton.jit
@@ -225,131 +239,58 @@ def step(y, g, dt, w1, w2, w3, w4, w5, w6, w7, METHOD: tl.constexpr):
                     METHOD)
 
 
+@triton.constexpr_function
+def stage_count(method):
+    return COEFFICIENTS[MethodId(method)].stages
+
+
 @triton.jit
 def step_vjp(y, g, dt, w1, w2, w3, w4, w5, w6, w7, yb1, METHOD: tl.constexpr):
     """Reverse mode of y1 = step(y): returns (d y1/d y)^T yb1 and (d y1/d g)^T yb1.
 
     Stages are recomputed with their sin(2(s+g)); then kbar_j = dt w_j yb1 + sum_{i>j} dt
     a(i,j) sbar_i with sbar_i = kbar_i f_y(s_i), walked from the last stage down (header order).
+    dopri5 includes its 7th (FSAL) stage: its weight is 0 except on an interpolated last step,
+    where the header includes it; with weight 0 it adds exact zeros.
     """
+    S: tl.constexpr = stage_count(METHOD)
     k1, q1 = rhs_sin2(y, g)
+    # Stages a method lacks repeat stage 1 (never read: each use below sits under S).
+    k2, q2, k3, q3, k4, q4, k5, q5, k6, q6, q7 = k1, q1, k1, q1, k1, q1, k1, q1, k1, q1, q1
+    if S >= 2:
+        k2, q2 = rhs_sin2(stage_input(y, dt, k1, k1, k1, k1, k1, k1, METHOD, 1), g)
+    if S >= 3:
+        k3, q3 = rhs_sin2(stage_input(y, dt, k1, k2, k2, k2, k2, k2, METHOD, 2), g)
+    if S >= 4:
+        k4, q4 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k3, k3, k3, METHOD, 3), g)
+    if S >= 5:
+        k5, q5 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k4, k4, METHOD, 4), g)
+    if S >= 6:
+        k6, q6 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k5, METHOD, 5), g)
+    if S >= 7:
+        _k7, q7 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k6, METHOD, 6), g)
+    kb1 = dt * w1 * yb1
+    kb2 = dt * w2 * yb1
+    kb3 = dt * w3 * yb1
+    kb4 = dt * w4 * yb1
+    kb5 = dt * w5 * yb1
+    kb6 = dt * w6 * yb1
+    kb7 = dt * w7 * yb1
+    yb = yb1
     gb = yb1 * 0.0
-    if METHOD == EULER:
-        kb1 = dt * w1 * yb1
-        yb = yb1
-    elif METHOD == MIDPOINT:
-        k2, q2 = rhs_sin2(y + dt * (MIDPOINT_A10 * k1), g)
-        kb1 = dt * w1 * yb1
-        kb2 = dt * w2 * yb1
-        yb = yb1
-        sb = kb2 * (q2 - 1.0)
-        gb += kb2 * q2
-        yb += sb
-        kb1 += dt * MIDPOINT_A10 * sb
-    elif METHOD == RK4:
-        k2, q2 = rhs_sin2(y + dt * (RK38_A10 * k1), g)
-        k3, q3 = rhs_sin2(y + dt * (RK38_A20 * k1 + RK38_A21 * k2), g)
-        k4, q4 = rhs_sin2(y + dt * (RK38_A30 * k1 + RK38_A31 * k2 + RK38_A32 * k3), g)
-        kb1 = dt * w1 * yb1
-        kb2 = dt * w2 * yb1
-        kb3 = dt * w3 * yb1
-        kb4 = dt * w4 * yb1
-        yb = yb1
-        sb = kb4 * (q4 - 1.0)
-        gb += kb4 * q4
-        yb += sb
-        kb1 += dt * RK38_A30 * sb
-        kb2 += dt * RK38_A31 * sb
-        kb3 += dt * RK38_A32 * sb
-        sb = kb3 * (q3 - 1.0)
-        gb += kb3 * q3
-        yb += sb
-        kb1 += dt * RK38_A20 * sb
-        kb2 += dt * RK38_A21 * sb
-        sb = kb2 * (q2 - 1.0)
-        gb += kb2 * q2
-        yb += sb
-        kb1 += dt * RK38_A10 * sb
-    elif METHOD == RK4_CLASSIC:
-        k2, q2 = rhs_sin2(y + dt * (RK4C_A10 * k1), g)
-        k3, q3 = rhs_sin2(y + dt * (RK4C_A21 * k2), g)
-        k4, q4 = rhs_sin2(y + dt * (RK4C_A32 * k3), g)
-        kb1 = dt * w1 * yb1
-        kb2 = dt * w2 * yb1
-        kb3 = dt * w3 * yb1
-        kb4 = dt * w4 * yb1
-        yb = yb1
-        sb = kb4 * (q4 - 1.0)
-        gb += kb4 * q4
-        yb += sb
-        kb3 += dt * RK4C_A32 * sb
-        sb = kb3 * (q3 - 1.0)
-        gb += kb3 * q3
-        yb += sb
-        kb2 += dt * RK4C_A21 * sb
-        sb = kb2 * (q2 - 1.0)
-        gb += kb2 * q2
-        yb += sb
-        kb1 += dt * RK4C_A10 * sb
-    else:
-        # dopri5 with its 7th (FSAL) stage: its weight is 0 except on an interpolated last
-        # step, where the header includes it; with weight 0 it adds exact zeros.
-        s = stage_input(y, dt, k1, k1, k1, k1, k1, k1, DOPRI5, 1)
-        k2, q2 = rhs_sin2(s, g)
-        k3, q3 = rhs_sin2(stage_input(y, dt, k1, k2, k2, k2, k2, k2, DOPRI5, 2), g)
-        k4, q4 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k3, k3, k3, DOPRI5, 3), g)
-        k5, q5 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k4, k4, DOPRI5, 4), g)
-        k6, q6 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k5, DOPRI5, 5), g)
-        _k7, q7 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k6, DOPRI5, 6), g)
-        kb1 = dt * w1 * yb1
-        kb2 = dt * w2 * yb1
-        kb3 = dt * w3 * yb1
-        kb4 = dt * w4 * yb1
-        kb5 = dt * w5 * yb1
-        kb6 = dt * w6 * yb1
-        kb7 = dt * w7 * yb1
-        yb = yb1
-        sb = kb7 * (q7 - 1.0)
-        gb += kb7 * q7
-        yb += sb
-        kb1 += dt * DP5_A60 * sb
-        kb3 += dt * DP5_A62 * sb
-        kb4 += dt * DP5_A63 * sb
-        kb5 += dt * DP5_A64 * sb
-        kb6 += dt * DP5_A65 * sb
-        sb = kb6 * (q6 - 1.0)
-        gb += kb6 * q6
-        yb += sb
-        kb1 += dt * DP5_A50 * sb
-        kb2 += dt * DP5_A51 * sb
-        kb3 += dt * DP5_A52 * sb
-        kb4 += dt * DP5_A53 * sb
-        kb5 += dt * DP5_A54 * sb
-        sb = kb5 * (q5 - 1.0)
-        gb += kb5 * q5
-        yb += sb
-        kb1 += dt * DP5_A40 * sb
-        kb2 += dt * DP5_A41 * sb
-        kb3 += dt * DP5_A42 * sb
-        kb4 += dt * DP5_A43 * sb
-        sb = kb4 * (q4 - 1.0)
-        gb += kb4 * q4
-        yb += sb
-        kb1 += dt * DP5_A30 * sb
-        kb2 += dt * DP5_A31 * sb
-        kb3 += dt * DP5_A32 * sb
-        sb = kb3 * (q3 - 1.0)
-        gb += kb3 * q3
-        yb += sb
-        kb1 += dt * DP5_A20 * sb
-        kb2 += dt * DP5_A21 * sb
-        sb = kb2 * (q2 - 1.0)
-        gb += kb2 * q2
-        yb += sb
-        kb1 += dt * DP5_A10 * sb
-    sb = kb1 * (q1 - 1.0)
-    gb += kb1 * q1
-    yb += sb
+    if S >= 7:
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb7, q7, dt, yb, gb, METHOD, 6)
+    if S >= 6:
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb6, q6, dt, yb, gb, METHOD, 5)
+    if S >= 5:
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb5, q5, dt, yb, gb, METHOD, 4)
+    if S >= 4:
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb4, q4, dt, yb, gb, METHOD, 3)
+    if S >= 3:
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb3, q3, dt, yb, gb, METHOD, 2)
+    if S >= 2:
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb2, q2, dt, yb, gb, METHOD, 1)
+    kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb1, q1, dt, yb, gb, METHOD, 0)
     return yb, gb
 
 
