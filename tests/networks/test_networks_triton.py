@@ -10,7 +10,7 @@ from netutil import TINY_CNM, TINY_CONTINUOUS, images, require_nmode
 
 from networks import build_model
 from odekern import dispatch
-from odekern.testing import assert_close
+from odekern.testing import SAME_STEPS_REL_FP64, assert_close, peak_relative_tol
 
 if dispatch.availability().get("triton") is not True:
     pytest.skip(f"triton backend unavailable: {dispatch.availability().get('triton')}", allow_module_level=True)
@@ -46,4 +46,4 @@ def test_network_forward_backward_triton_matches_cpu(name, triton_launches):
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert b is not None and a is not None, f"tensor {i}: missing gradient"
-        assert_close(a, b, atol=1e-9 * max(1.0, b.abs().max().item()), msg=f"{name}: tensor {i}")
+        assert_close(a, b, msg=f"{name}: tensor {i}", **peak_relative_tol(b, SAME_STEPS_REL_FP64, floor=SAME_STEPS_REL_FP64))

@@ -11,32 +11,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nmode_backends import require_available
 
 import odekern
 from odekern.solvers import NonFiniteError
 from odekern.testing import randn
 
-BACKENDS = ["cpu", "reference"]
 
-
-def require_backend(name: str) -> None:
-    available = odekern.backends()[name]
-    if available is not True:
-        pytest.skip(f"backend {name} unavailable: {available}")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("t1, step_size", [(1e19, 1e-3), (1e9, 1e-3), (1.0, 1e-300)])
 def test_fixed_grid_beyond_the_step_budget_raises_before_solving(backend, t1, step_size):
-    require_backend(backend)
     y = randn(4, 3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="max_num_steps=100000"):
         odekern.nmode_solve(y, y, 0.0, t1, method="euler", step_size=step_size, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_step_budget_counts_the_grid_exactly(backend):
-    require_backend(backend)
     y = randn(5, dtype=torch.float64)
     odekern.nmode_solve(y, y, 0.0, 1.0, method="euler", step_size=0.1, max_num_steps=10, backend=backend)
     with pytest.raises(RuntimeError, match="max_num_steps=9"):
@@ -46,7 +35,7 @@ def test_step_budget_counts_the_grid_exactly(backend):
 @pytest.mark.parametrize("dtype, t1", [(torch.float32, 40.0), (torch.float64, 100.0)])
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_adjoint_over_a_span_it_cannot_resolve_raises(dtype, t1, method):
-    require_backend("cpu")
+    require_available("cpu")
     y0 = torch.rand(64, dtype=dtype, generator=torch.Generator().manual_seed(0)).requires_grad_()
     g = torch.rand(64, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
     y1 = odekern.nmode_solve(y0, g, 0.0, t1, method=method, step_size=0.1, gradient="adjoint", backend="cpu")
@@ -60,7 +49,7 @@ def test_adjoint_over_a_span_it_cannot_resolve_raises(dtype, t1, method):
 
 def test_a_non_finite_incoming_gradient_passes_through():
     """AMP's GradScaler relies on inf gradients reaching the parameters to skip a step."""
-    require_backend("cpu")
+    require_available("cpu")
     y0 = randn(8, dtype=torch.float32).requires_grad_()
     y1 = odekern.nmode_solve(y0, torch.zeros(8), 0.0, 0.5, gradient="adjoint", backend="cpu")
     grad, = torch.autograd.grad(y1, y0, torch.full((8,), float("inf")))
@@ -69,7 +58,7 @@ def test_a_non_finite_incoming_gradient_passes_through():
 
 @pytest.mark.parametrize("dtype, magnitude", [(torch.float32, 1e6), (torch.float64, 1e9)])
 def test_states_beyond_the_fast_sine_range_raise(dtype, magnitude):
-    require_backend("cpu")
+    require_available("cpu")
     y0 = torch.full((16,), magnitude, dtype=dtype)
     with pytest.raises(RuntimeError, match="sin\\^2 range"):
         odekern.nmode_solve(y0, torch.zeros_like(y0), 0.0, 0.05, method="rk4", step_size=0.01, backend="cpu")

@@ -9,7 +9,7 @@ import torch
 from torchdiffeq import odeint_adjoint
 
 import odekern
-from odekern.testing import SAME_FORMULA_ATOL_FP64, assert_close, randn
+from odekern.testing import BACKEND_SOLVE_ATOL, SAME_FORMULA_ATOL_FP64, assert_close, randn
 
 
 def _module(gradient="checkpoint", control="global", dtype=torch.float64):
@@ -60,7 +60,7 @@ def test_return_f_is_the_rhs_and_differentiable_into_the_conv():
     m_ref.solve_kwargs["backend"] = "reference"
     y1r, _, f1r = m_ref(y0, return_f=True)
     lr = (f1r.mean() - 0.1).abs() + (f1r.var() - 0.2).abs()
-    assert_close(gw, torch.autograd.grad(lr, m_ref.conv.weight)[0], atol=1e-10)
+    assert_close(gw, torch.autograd.grad(lr, m_ref.conv.weight)[0], atol=BACKEND_SOLVE_ATOL[torch.float64])
 
 
 def test_module_defaults_and_validation():

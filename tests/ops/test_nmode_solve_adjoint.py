@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nmode_skips import require_backend
+from nmode_backends import interpreted, require_backend
 
 import odekern
-from odekern.testing import SOLVE_GRADCHECK_TOL, assert_close, randn
+from odekern.testing import SOLVE_GRADCHECK_TOL, assert_close, backend_peak_atol, randn
 
 from odekern import dispatch as backends
 
@@ -61,6 +61,9 @@ SIZES = {
 @pytest.mark.parametrize("size", list(SIZES))
 def test_dopri5_adjoint_matches_reference(backend, size, control, dtype):
     shape, g_shape = SIZES[size]
+    if size == "across-tasks" and interpreted(backend):
+        pytest.skip("straddles the CPU backend's tasks; Triton's 128-lane blocks are straddled by "
+                    "the smaller sizes, and interpreted this size takes ~15 s per case")
     # A wide spread of amplitudes: elements need different numbers of adjoint steps.
     y0, g = _inputs(shape, g_shape, dtype, y_scale=2.5)
     kw = dict(CNM, control=control)
@@ -68,9 +71,7 @@ def test_dopri5_adjoint_matches_reference(backend, size, control, dtype):
     got = _adjoint_grads(y0, g, 0.05, backend, **kw)
     want = _adjoint_grads(y0, g, 0.05, "reference", **kw)
     for name, x, r in zip(("grad_y0", "grad_g"), got, want):
-        scale = max(1.0, r.abs().max().item())
-        assert_close(x, r, msg=f"{backend} {size} {control}: {name}",
-                     atol=scale * (1e-10 if dtype == torch.float64 else 5e-6))
+        assert_close(x, r, msg=f"{backend} {size} {control}: {name}", atol=backend_peak_atol(r))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -82,8 +83,7 @@ def test_fixed_step_adjoint_matches_reference(backend, method, step_size, t1, dt
     got = _adjoint_grads(y0, g, t1, backend, **kw)
     want = _adjoint_grads(y0, g, t1, "reference", **kw)
     for name, x, r in zip(("grad_y0", "grad_g"), got, want):
-        scale = max(1.0, r.abs().max().item())
-        assert_close(x, r, msg=f"{backend} {method}: {name}", atol=scale * (1e-10 if dtype == torch.float64 else 5e-6))
+        assert_close(x, r, msg=f"{backend} {method}: {name}", atol=backend_peak_atol(r))
 
 
 def test_adjoint_long_interval_many_steps_matches_reference(backend):
@@ -108,7 +108,8 @@ def test_adjoint_gradcheck_on_a_size_that_is_not_a_block_multiple(backend):
 
     # The adjoint is the gradient of the ODE, not of the discrete solve: it matches finite
     # differences to the discretisation error (same tolerance as test_nmode_solve.py).
-    assert torch.autograd.gradcheck(fn, (y0, g), **SOLVE_GRADCHECK_TOL["adjoint"])
+    # Interpreted Triton: fast mode (one random projection of the 134-input Jacobian).
+    assert torch.autograd.gradcheck(fn, (y0, g), fast_mode=interpreted(backend), **SOLVE_GRADCHECK_TOL["adjoint"])
 
 
 def test_adjoint_step_limit_raises_like_the_reference(backend):

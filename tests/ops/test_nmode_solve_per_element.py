@@ -6,7 +6,7 @@ tests/native), and against the pure-PyTorch reference.
 The lanes do per element the scalar solver's arithmetic, except that the controller's
 pow(ratio, 1/5) is a polynomial + Newton fifth root (libm's pow does not vectorise). That moves
 a step size by about an ulp of a double: float32 states never see it (T(dt) rounds it away),
-so float32 is compared bit for bit; float64 agrees to rounding level (REL64 below).
+so float32 is compared bit for bit; float64 agrees to rounding level (VECTORISED_VS_SCALAR_REL_FP64).
 Sizes are not multiples of the block (32 lanes); y0 and g mix magnitudes so that lanes of one
 block need very different numbers of steps (and some blocks exceed the backward's per-segment
 record of 64 attempts, so the segment replay runs).
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import odekern
-from odekern.testing import assert_close, randn
+from odekern.testing import VECTORISED_VS_SCALAR_REL_FP64, assert_close, randn
 
 pytestmark = pytest.mark.skipif(odekern.backends()["cpu"] is not True, reason="needs the C++ extension")
 
@@ -28,9 +28,6 @@ def _scalar_oracle(testing_ops):
     """The scalar solver lives in the test extension (built on first use)."""
 
 
-# float64, vectorised vs scalar: absolute, relative to max(largest value, 1) -- gradients of long
-# solves are exponentially small (e^-t) while their rounding stays at the cotangent's scale (1).
-REL64 = 1e-12
 MAX_STEPS = 10**6
 
 
@@ -70,7 +67,7 @@ def _same(actual, expected, dtype, what):
             f"{(actual - expected).abs().max().item():.3e}")
     else:
         scale = max(expected.abs().max().item(), 1.0)
-        assert_close(actual, expected, rtol=0.0, atol=REL64 * scale, msg=what)
+        assert_close(actual, expected, rtol=0.0, atol=VECTORISED_VS_SCALAR_REL_FP64 * scale, msg=what)
 
 
 # (n, g_n, t1, rtol, atol): CNM setting on odd sizes (incl. one element and a block plus one);

@@ -11,18 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+from nmode_backends import require_available
 
 import odekern
 from odekern.ops.nmode_solve import NmodeConfig, reference
 from odekern.testing import assert_close, randn
 
 F64 = torch.float64
-
-
-def require_backend(name: str) -> None:
-    available = odekern.backends()[name]
-    if available is not True:
-        pytest.skip(f"backend {name} unavailable: {available}")
 RK4 = dict(method="rk4", step_size=0.1)
 SETTINGS = [RK4, dict(method="dopri5"), dict(method="dopri5", control="per_element")]
 
@@ -40,10 +35,8 @@ def _vjp_through_backend(y0, g, v_y, v_g, u, backend, **kw):
     return (gy * v_y).sum() + (gg * v_g).sum()
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("kw", SETTINGS, ids=lambda k: "-".join(map(str, k.values())))
 def test_jvp_matches_reverse_mode(backend, kw):
-    require_backend(backend)
     y0, g = _inputs()
     v_y, v_g, u = randn(*y0.shape, dtype=F64, seed=5), randn(*g.shape, dtype=F64, seed=6), randn(*y0.shape, dtype=F64, seed=7)
     solve = lambda y, gg: odekern.nmode_solve(y, gg, 0.0, 0.5, backend=backend, **kw)  # noqa: E731
@@ -53,7 +46,7 @@ def test_jvp_matches_reverse_mode(backend, kw):
 
 
 def test_forward_ad_dual_tensors_match_finite_differences():
-    require_backend("cpu")
+    require_available("cpu")
     y0, g = _inputs(3)
     v = randn(*y0.shape, dtype=F64, seed=4)
     with fwAD.dual_level():
@@ -68,7 +61,7 @@ def test_forward_ad_dual_tensors_match_finite_differences():
 
 @pytest.mark.parametrize("transform", ["grad", "jacrev", "jacfwd", "hessian"])
 def test_func_transforms_agree_with_autograd(transform):
-    require_backend("cpu")
+    require_available("cpu")
     y0, g = randn(5, dtype=F64, seed=8), randn(5, dtype=F64, seed=9)
     loss = lambda y: (odekern.nmode_solve(y, g, 0.0, 0.5, **RK4) ** 2).sum()  # noqa: E731
     result = getattr(torch.func, transform)(loss)(y0)
@@ -89,7 +82,7 @@ def test_func_transforms_agree_with_autograd(transform):
 
 
 def test_vmap_matches_a_loop_for_fixed_steps_and_refuses_adaptive():
-    require_backend("cpu")
+    require_available("cpu")
     ys, g = randn(4, 3, dtype=F64, seed=10), randn(3, dtype=F64, seed=11)
     solve = lambda y: odekern.nmode_solve(y, g, 0.0, 0.5, **RK4)  # noqa: E731
     assert_close(torch.func.vmap(solve)(ys), torch.stack([solve(y) for y in ys]))
@@ -100,7 +93,7 @@ def test_vmap_matches_a_loop_for_fixed_steps_and_refuses_adaptive():
 @pytest.mark.parametrize("which", ["t0", "t1"])
 @pytest.mark.parametrize("return_f", [False, True])
 def test_time_gradients_are_those_of_the_exact_solution(which, return_f):
-    require_backend("cpu")
+    require_available("cpu")
     y0, g = _inputs(12)
     times = {"t0": torch.tensor(0.1, dtype=F64, requires_grad=True),
              "t1": torch.tensor(0.6, dtype=F64, requires_grad=True)}
@@ -124,9 +117,7 @@ def test_time_gradients_are_those_of_the_exact_solution(which, return_f):
     assert_close(grad, (solve(plus) - solve(minus)) / (2 * eps), kind="cross")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_channels_last_input_keeps_its_memory_format(backend):
-    require_backend(backend)
     y0 = randn(2, 3, 5, 4, dtype=torch.float32, seed=13).contiguous(memory_format=torch.channels_last)
     g = randn(1, 3, 5, 4, dtype=torch.float32, seed=14)
     y1, f0, f1 = odekern.nmode_solve(y0, g, 0.0, 0.5, backend=backend, return_f=True)

@@ -16,7 +16,7 @@ import torchdiffeq
 from torch import nn
 
 import odekern
-from odekern.testing import assert_close, tol
+from odekern.testing import ODEINT_GRADCHECK_TOL, assert_close, tol
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
@@ -100,7 +100,7 @@ def test_event_time_gradcheck(method):
 
     y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
     t0 = torch.tensor(0.3, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(event_time, (y0, t0), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(event_time, (y0, t0), **ODEINT_GRADCHECK_TOL)
 
 
 def _bounces(lib, y0, e, n, method):

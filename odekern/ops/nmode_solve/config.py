@@ -101,7 +101,8 @@ DEPRECATED_GRADIENTS = {"exact": "checkpoint"}
 DEFAULT_MAX_NUM_STEPS = 100_000
 
 # States kept per element by the C++ exact backward (two levels: checkpoints and one segment);
-# the kernels read it from the generated header. Triton keeps fewer, in registers (triton.py, REGISTER_CHECKPOINTS).
+# the kernels read it from the generated header. Triton keeps fewer, in registers
+# (triton/launch.py, REGISTER_CHECKPOINTS).
 CHECKPOINTS = 32
 
 
