@@ -83,18 +83,57 @@ def test_rk4_forward_torchdiffeq(benchmark, run_bench):
     RESULTS["rk4-fwd:torchdiffeq"] = benchmark.stats.stats.min
 
 
-def _sin_sq_floor():
-    """The floor op of the test extension (tests/native: built on first use, never shipped)."""
+def _floor_op(name="nmode_sin_sq_floor"):
+    """A floor op of the test extension (tests/native: built on first use, never shipped):
+    ``nmode_sin_sq_floor`` (the forward RHS's sin^2) or ``nmode_sincos_floor`` (the adjoint's)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
     from native import build
 
-    return build.load().nmode_sin_sq_floor
+    return getattr(build.load(), name)
 
 
 def _floor_poly(n_evals):
     y0, _ = _inputs()
-    floor = _sin_sq_floor()
+    floor = _floor_op()
     return lambda: floor(y0.reshape(-1), n_evals)
+
+
+def _adjoint_backward_evaluations() -> tuple[int, int]:
+    """RHS evaluations per element of gradient="adjoint"'s backward on the CNM setting (loss =
+    y1.sum()): the forward ones that recompute y(t1) along the forward's accepted steps (6 per
+    step, 7 on the last, whose dense output needs the FSAL stage), and the adjoint system's (2
+    for the initial step, then 6 per attempt of the element's own dopri5, FSAL), the latter
+    averaged over the elements with the reference's attempt counts."""
+    from odekern.ops.nmode_solve import reference
+    from odekern.ops.nmode_solve.config import NmodeConfig
+    from odekern.ops.nmode_solve.op import nmode_solve_op
+
+    y0, g = _inputs()
+    cfg = NmodeConfig()
+    y1, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *cfg.to_args(), False, "auto", -1)
+    recompute = 6 * int(stats[0]) + 1
+    gf = g.reshape(-1).repeat(SHAPE[0])
+    counts = torch.zeros(y1.shape, dtype=torch.int64)
+    x = (y1, torch.ones_like(y1), torch.zeros_like(y1))
+    reference.solve_per_element(lambda s: reference.adjoint_rhs(s, gf), x, 0.05, cfg.rtol, cfg.atol,
+                                cfg.max_num_steps, attempt_counts=counts)
+    return recompute, round(2 + 6 * counts.double().mean().item())
+
+
+def _adjoint_backward_floor():
+    """The floor of the adjoint's backward: its sin^2 and sincos evaluations, no memory traffic."""
+    recompute, adjoint = _adjoint_backward_evaluations()
+    flat = _inputs()[0].reshape(-1)
+    sin_sq, sincos = _floor_op(), _floor_op("nmode_sincos_floor")
+    return lambda: (sin_sq(flat, recompute), sincos(flat, adjoint)), recompute, adjoint
+
+
+def _adjoint_backward_only():
+    """The backward of gradient="adjoint" alone, replayed on one recorded forward."""
+    y0, g = _inputs()
+    a, b = y0.clone().requires_grad_(True), g.clone().requires_grad_(True)
+    y1 = odekern.nmode_solve(a, b, 0.0, 0.05, gradient="adjoint", **CNM)
+    return lambda: torch.autograd.grad(y1.sum(), (a, b), retain_graph=True)
 
 
 def test_rk4_floor_poly(benchmark, run_bench):
@@ -189,6 +228,18 @@ def test_cnm_floor_poly(benchmark, run_bench):
     RESULTS["cnm-fwd:floor-poly"] = benchmark.stats.stats.min
 
 
+def test_cnm_adjoint_backward_odekern(benchmark, run_bench):
+    run_bench(_adjoint_backward_only(), provider="odekern-cpu-adjoint", setting="cnm-bwd", shape=list(SHAPE))
+    RESULTS["cnm-bwd:odekern-adjoint"] = benchmark.stats.stats.min
+
+
+def test_cnm_adjoint_backward_floor(benchmark, run_bench):
+    floor, recompute, adjoint = _adjoint_backward_floor()
+    run_bench(floor, provider="floor-poly", setting="cnm-bwd", shape=list(SHAPE),
+              sin_sq_per_element=recompute, sincos_per_element=adjoint)
+    RESULTS["cnm-bwd:floor-poly"] = benchmark.stats.stats.min
+
+
 # ------------------------------------------------------------------------------------------
 # Peak memory vs steps (deterministic: bytes saved for backward), and the summary.
 # ------------------------------------------------------------------------------------------
@@ -225,6 +276,7 @@ def test_zz_summary(benchmark, run_bench):
     ratio("cnm fwd: odekern / floor-poly", "cnm-fwd:odekern", "cnm-fwd:floor-poly")
     ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern checkpoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-checkpoint")
     ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern adjoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-adjoint")
+    ratio("cnm adjoint bwd: odekern / floor-poly", "cnm-bwd:odekern-adjoint", "cnm-bwd:floor-poly")
     lines = ["", "| measurement | seconds (min) |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in r.items() if not k.startswith("memory")]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.1f}x |" for k, v in ratios.items()]
@@ -249,7 +301,8 @@ def _interleaved_providers():
     func = NmodeRHS(g)
     t = torch.tensor([0.0, 0.05])
     n_evals = _cnm_rhs_evaluations()
-    flat, floor = y0.reshape(-1), _sin_sq_floor()
+    flat, floor = y0.reshape(-1), _floor_op()
+    bwd_floor, recompute, adjoint = _adjoint_backward_floor()
 
     def fwd_bwd(gradient):
         def go():
@@ -271,6 +324,8 @@ def _interleaved_providers():
         "fwd:floor": lambda: floor(flat, n_evals),
         "fwd:torchdiffeq": td_fwd,
         "fwd+bwd:odekern-adjoint": fwd_bwd("adjoint"),
+        "bwd:odekern-adjoint": _adjoint_backward_only(),
+        "bwd:floor": bwd_floor,
         "fwd+bwd:odekern-checkpoint": fwd_bwd("checkpoint"),
         "fwd+bwd:torchdiffeq-adjoint": td_adjoint,
     }
@@ -280,7 +335,7 @@ def _interleaved_providers():
         fn()
         return time.perf_counter() - t0
 
-    return providers, timed, n_evals
+    return providers, timed, (n_evals, recompute, adjoint)
 
 
 def _interleaved_main(argv=None):
@@ -292,11 +347,12 @@ def _interleaved_main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--only", default="", help="comma-separated provider prefixes (default: all)")
     args = ap.parse_args(argv)
-    providers, timed, n_evals = _interleaved_providers()
+    providers, timed, (n_evals, recompute, adjoint) = _interleaved_providers()
     if args.only:
         keep = tuple(args.only.split(","))
-        providers = {k: v for k, v in providers.items() if k.startswith(keep) or k == "fwd:floor"}
-    print(f"shape {list(SHAPE)} float32, CNM dopri5 global control, floor = {n_evals} sin^2 per element; "
+        providers = {k: v for k, v in providers.items() if k.startswith(keep) or k.endswith(":floor")}
+    print(f"shape {list(SHAPE)} float32, CNM dopri5 global control; forward floor = {n_evals} sin^2 per "
+          f"element, adjoint backward floor = {recompute} sin^2 + {adjoint} sincos per element; "
           f"{machine_description_short()}; min over {args.rounds} rounds")
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -320,6 +376,7 @@ def _interleaved_main(argv=None):
                 print(f"  {label:44s} {best[num] / best[den]:6.2f}x")
 
         ratio("fwd: odekern / floor", "fwd:odekern", "fwd:floor")
+        ratio("bwd: odekern adjoint / floor", "bwd:odekern-adjoint", "bwd:floor")
         ratio("fwd: torchdiffeq / odekern", "fwd:torchdiffeq", "fwd:odekern")
         ratio("fwd+bwd: td odeint_adjoint / odekern adjoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-adjoint")
         ratio("fwd+bwd: td odeint_adjoint / odekern checkpoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-checkpoint")

@@ -44,6 +44,7 @@ def _register_fakes() -> None:
     def _(y0, g, t0, t1, rtol, atol, max_num_steps, grad_y1, grad_f0, grad_f1):
         return torch.empty_like(y0), torch.empty_like(y0), torch.empty_like(y0)
 
-    @torch.library.register_fake(f"{LIBRARY}::nmode_sin_sq_floor")
-    def _(x, reps):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    for floor in ("nmode_sin_sq_floor", "nmode_sincos_floor"):
+        @torch.library.register_fake(f"{LIBRARY}::{floor}")
+        def _(x, reps):
+            return torch.empty_like(x, memory_format=torch.contiguous_format)

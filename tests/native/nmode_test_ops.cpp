@@ -7,6 +7,8 @@
 // - nmode_sin_sq_floor: the speed floor of a solve, `reps` chained evaluations per element of
 //   the RHS's transcendental (fast_sin_sq), block-resident (no memory traffic);
 //   bench/ops/bench_nmode_solve.py compares solves against it at their RHS-evaluation count.
+// - nmode_sincos_floor: the same for the continuous adjoint's RHS (one fast_sincos per
+//   evaluation: f and its derivative sin 2x), the floor of gradient="adjoint"'s backward.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -65,32 +67,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nmode_pe_scalar_reference_cpu(
   return {y1, gy0, gg};
 }
 
-template <typename T>
-ODEKERN_ISA_CLONES void sin_sq_floor_block(const T* __restrict x, int64_t len, int64_t reps, T* __restrict out) {
+// The transcendental work of one RHS evaluation: the forward's fast_sin_sq, or the adjoint
+// system's sincos (rhs_and_sin2: f and sin 2x from one range reduction). Chained evaluations
+// (v <- eval(v)) so that none can be skipped; the values stay bounded.
+struct SinSqEval {
+  template <typename T>
+  static ODEKERN_ALWAYS_INLINE T apply(T v) { return fast_sin_sq(v); }
+};
+struct SinCosEval {
+  template <typename T>
+  static ODEKERN_ALWAYS_INLINE T apply(T v) {
+    T s2;
+    const T f = rhs_and_sin2(v, T(0), &s2);
+    return f + s2;
+  }
+};
+
+template <typename Eval, typename T>
+ODEKERN_ISA_CLONES void floor_block(const T* __restrict x, int64_t len, int64_t reps, T* __restrict out) {
   alignas(64) T v[cpu::kBlock];
   for (int64_t e = 0; e < len; ++e) v[e] = x[e];
   for (int64_t r = 0; r < reps; ++r) {
 #pragma omp simd
-    for (int64_t e = 0; e < len; ++e) v[e] = fast_sin_sq(v[e]);
+    for (int64_t e = 0; e < len; ++e) v[e] = Eval::apply(v[e]);
   }
   for (int64_t e = 0; e < len; ++e) out[e] = v[e];
 }
 
-at::Tensor nmode_sin_sq_floor_cpu(const at::Tensor& x_, int64_t reps) {
+template <typename Eval>
+at::Tensor floor_cpu(const at::Tensor& x_, int64_t reps) {
   ODEKERN_CHECK_CPU(x_);
   ODEKERN_CHECK_FLOATING(x_);
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty_like(x);
   const int64_t N = x.numel(), block = cpu::kBlock, blocks = (N + block - 1) / block;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_sin_sq_floor_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_floor_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
     cpu::parallel_tasks(blocks, [&](int64_t k) {
-      sin_sq_floor_block<scalar_t>(px + k * block, std::min(block, N - k * block), reps, po + k * block);
+      floor_block<Eval, scalar_t>(px + k * block, std::min(block, N - k * block), reps, po + k * block);
     });
   });
   return out;
 }
+
+at::Tensor nmode_sin_sq_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinSqEval>(x, reps); }
+at::Tensor nmode_sincos_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinCosEval>(x, reps); }
 
 }  // namespace
 }  // namespace nmode
@@ -102,9 +124,11 @@ TORCH_LIBRARY(odekern_testing, m) {
       "int max_num_steps, Tensor grad_y1, Tensor? grad_f0, Tensor? grad_f1) "
       "-> (Tensor y1, Tensor grad_y0, Tensor grad_g)");
   m.def("nmode_sin_sq_floor(Tensor x, int reps) -> Tensor");
+  m.def("nmode_sincos_floor(Tensor x, int reps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(odekern_testing, CPU, m) {
   m.impl("nmode_pe_scalar_reference", &odekern::nmode::nmode_pe_scalar_reference_cpu);
   m.impl("nmode_sin_sq_floor", &odekern::nmode::nmode_sin_sq_floor_cpu);
+  m.impl("nmode_sincos_floor", &odekern::nmode::nmode_sincos_floor_cpu);
 }

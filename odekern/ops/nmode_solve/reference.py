@@ -144,10 +144,11 @@ def global_step_sequence(y0, g, t_span, rtol, atol, max_num_steps):
     return global_control.global_dopri5(_ReferencePasses(y0, g, rtol, atol), 0.0, t_span, max_num_steps)
 
 
-def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps):
+def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps, attempt_counts=None):
     """dopri5 where every element has its own step size (norm = max over the state tuple's
     components at that element), torchdiffeq's algorithm per element, masked; differentiable
-    in x with step sizes held constant."""
+    in x with step sizes held constant. ``attempt_counts`` (optional, an integer tensor shaped
+    like x's components) is incremented by each element's number of attempted steps."""
     f = fn(x)
     h = _initial_step(fn, x, f, rtol, atol, _elementwise_max).detach()
     t = torch.zeros_like(h)
@@ -160,6 +161,8 @@ def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps):
             raise RuntimeError(f"nmode_solve: max_num_steps ({max_num_steps}) exceeded by the "
                                "per-element step size controller")
         attempts += 1
+        if attempt_counts is not None:
+            attempt_counts += ~done
         dt = h
         dtc = dt.to(x[0].dtype)
         ks = _rk_stages(fn, x, dtc, "dopri5")
