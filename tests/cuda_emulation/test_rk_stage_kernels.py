@@ -37,3 +37,15 @@ def test_more_k_than_kmaxk_folds_in_chunks_in_place(emu, dtype):
     want = rk_ref.rk_combine(y, ks, coeffs)
     emu.rk_combine_out(y, ks, coeffs, y)  # out is y: the update happens in place
     assert_close(y, want)
+
+
+def test_no_stages_copies_or_zeroes_without_a_kernel(emu):
+    y = randn(37, dtype=torch.float64)
+    out = torch.full_like(y, float("nan"))
+    emu.rk_combine_out(y, [], [], out)
+    assert torch.equal(out, y)
+    emu.rk_combine_out(None, [], [], out)
+    assert torch.equal(out, torch.zeros_like(y))
+    before = y.clone()
+    emu.rk_combine_out(y, [], [], y)  # out is y: nothing to do
+    assert torch.equal(y, before)

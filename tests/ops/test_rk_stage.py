@@ -37,6 +37,14 @@ def test_combine_without_base(backend, dtype, nk):
     testing.assert_close(got, reference.rk_combine(None, ks, coeffs))
 
 
+def test_combine_without_stages_is_the_base(backend):
+    y = testing.randn(3, 5, dtype=torch.float64)
+    got = rk_combine(y, [], [], out=torch.full_like(y, float("nan")), backend=backend)
+    assert torch.equal(got, y)
+    with pytest.raises(ValueError, match="needs a base y or at least one k"):
+        rk_combine(None, [], [], out=torch.full_like(y, float("nan")), backend=backend)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("nk", [6, 9, 13])  # dopri5 (6 non-zero error weights), dopri8 (9), kMaxK

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "rk_stage.h"
+#include "rk_stage_host.h"
 
 namespace odekern {
 namespace rk_stage {
@@ -183,14 +184,7 @@ void rk_combine_out_cpu(const std::optional<at::Tensor>& y, at::TensorList ks,
   TORCH_CHECK(out.is_contiguous(), "rk_stage: out must be contiguous");
   const int64_t n = out.numel();
   if (n == 0) return;
-  if (ks.empty()) {
-    if (!y.has_value()) {
-      out.zero_();
-    } else if (!out.is_same(*y)) {
-      out.copy_(*y);
-    }
-    return;
-  }
+  if (combine_without_stages(y, ks, out)) return;
   if (out.scalar_type() == at::kFloat) {
     combine_impl<float>(y ? y->data_ptr<float>() : nullptr, ks, coeffs, out.data_ptr<float>(), n);
   } else {

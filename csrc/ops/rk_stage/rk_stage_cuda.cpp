@@ -7,10 +7,11 @@
 
 #include <odekern/cuda_binding.h>
 
+#include "rk_stage.h"
+#include "rk_stage_host.h"
+
 namespace odekern {
 namespace rk_stage {
-
-constexpr int kMaxKCuda = 13;  // rk_stage::kMaxK (rk_stage.h is not included to keep it host-only)
 
 int rk_error_ratio_cuda_partials(int64_t n);
 void rk_combine_cuda_launch(bool is_double, const void* y, const void* const* ks,
@@ -47,20 +48,13 @@ void rk_combine_out_cuda(const std::optional<at::Tensor>& y, at::TensorList ks,
   const int64_t n = out.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
-  if (ks.empty()) {
-    if (!y.has_value()) {
-      out.zero_();
-    } else if (!out.is_same(*y)) {
-      out.copy_(*y);
-    }
-    return;
-  }
+  if (combine_without_stages(y, ks, out)) return;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool is_double = out.scalar_type() == at::kDouble;
   const void* src = y.has_value() ? y->data_ptr() : nullptr;
-  for (size_t start = 0; start < ks.size(); start += kMaxKCuda) {
-    const int nk = static_cast<int>(std::min<size_t>(kMaxKCuda, ks.size() - start));
-    const void* kp[kMaxKCuda];
+  for (size_t start = 0; start < ks.size(); start += kMaxK) {
+    const int nk = static_cast<int>(std::min<size_t>(kMaxK, ks.size() - start));
+    const void* kp[kMaxK];
     for (int j = 0; j < nk; ++j) kp[j] = ks[start + j].data_ptr();
     rk_combine_cuda_launch(is_double, src, kp, coeffs.data() + start, nk, out.data_ptr(), n,
                            stream);
@@ -72,14 +66,14 @@ void rk_combine_out_cuda(const std::optional<at::Tensor>& y, at::TensorList ks,
 at::Tensor rk_error_ratio_cuda(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
                                at::ArrayRef<double> err_coeffs, double rtol, double atol) {
   check_cuda_operands(y0, ks, err_coeffs.size(), y1);
-  TORCH_CHECK(!ks.empty() && ks.size() <= kMaxKCuda, "rk_error_ratio: needs 1..", kMaxKCuda,
+  TORCH_CHECK(!ks.empty() && ks.size() <= static_cast<size_t>(kMaxK), "rk_error_ratio: needs 1..", kMaxK,
               " k tensors");
   const c10::cuda::CUDAGuard guard(y0.device());
   auto result = at::zeros({}, y0.options().dtype(at::kDouble));
   const int64_t n = y0.numel();
   if (n == 0) return result;
   auto partial = at::empty({rk_error_ratio_cuda_partials(n)}, y0.options().dtype(at::kDouble));
-  const void* kp[kMaxKCuda];
+  const void* kp[kMaxK];
   for (size_t j = 0; j < ks.size(); ++j) kp[j] = ks[j].data_ptr();
   rk_error_ratio_cuda_launch(y0.scalar_type() == at::kDouble, y0.data_ptr(), y1.data_ptr(), kp,
                              err_coeffs.data(), static_cast<int>(ks.size()), rtol, atol,
