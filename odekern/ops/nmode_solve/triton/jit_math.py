@@ -5,8 +5,7 @@ per-element dopri5 loop and the step-list solves. kernels.py builds the kernels 
 Every coefficient and controller constant is derived from the solver core's tableaus and
 controllers: the stage coupling a(i, j) is read at compile time from coefficients.py
 (stage_coupling), the rest from constants_generated.py, so this file restates no number of a
-method. The math
-follows csrc/ops/nmode_solve/nmode_solve.h (same tableaus, accumulation order and controller
+method. The math follows csrc/ops/nmode_solve/nmode_solve.h (same tableaus, accumulation order and controller
 with time in float64 and stages in the state's dtype), with three differences that move
 rounding only, each covered by the tolerances the backend tests use
 (odekern.testing.ROUNDING_TOL): the RHS takes sin^2(x) as (1 - cos 2x) / 2 from the shared
@@ -107,10 +106,12 @@ def stage_coupling(method, i, j):
 
 
 @triton.jit
-def coupled(acc, k, dt, sb, METHOD: tl.constexpr, I: tl.constexpr, J: tl.constexpr, REVERSE: tl.constexpr):
-    """One term of stage I's input through stage J (nothing where a(I, J) = 0). Forward:
-    acc + a(I, J) k, the sum's next term. Reverse: k's cotangent acc + dt a(I, J) sb, with sb
-    the stage input's cotangent (the transpose of the same term)."""
+def coupled(acc, k, dt, sb, METHOD: tl.constexpr, I: tl.constexpr, J: tl.constexpr,
+            REVERSE: tl.constexpr):
+    """One term of stage I's input through stage J (nothing where a(I, J) = 0). Forward (k
+    read, dt and sb not): acc + a(I, J) k, the sum's next term. Reverse (k not read): k's
+    cotangent acc + dt a(I, J) sb, with sb the stage input's cotangent (the transpose of the
+    same term)."""
     if stage_coupling(METHOD, I, J) != 0.0:
         if REVERSE:
             acc += dt * stage_coupling(METHOD, I, J) * sb
@@ -133,7 +134,8 @@ def stage_input(x, dt, k1, k2, k3, k4, k5, k6, METHOD: tl.constexpr, I: tl.const
 
 
 @triton.jit
-def stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb, q, dt, yb, gb, METHOD: tl.constexpr, I: tl.constexpr):
+def stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb, q, dt, yb, gb, METHOD: tl.constexpr,
+              I: tl.constexpr):
     """Reverse of stage I (0-based) of a step, k = f(s) with s = stage_input(y, ..., I): with
     q = sin(2(s+g)), s's cotangent sb = kb f_y(s) = kb (q - 1) goes to y (yb) and, through
     the stage coupling, to the earlier stages' cotangents kb_j; g receives kb f_g = kb q."""
@@ -241,6 +243,7 @@ def step(y, g, dt, w1, w2, w3, w4, w5, w6, w7, METHOD: tl.constexpr):
 
 @triton.constexpr_function
 def stage_count(method):
+    """Stages of nmode_solve's method id ``method`` (dopri5: 7, its FSAL stage included)."""
     return COEFFICIENTS[MethodId(method)].stages
 
 
@@ -279,18 +282,25 @@ def step_vjp(y, g, dt, w1, w2, w3, w4, w5, w6, w7, yb1, METHOD: tl.constexpr):
     yb = yb1
     gb = yb1 * 0.0
     if S >= 7:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb7, q7, dt, yb, gb, METHOD, 6)
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+            kb1, kb2, kb3, kb4, kb5, kb6, kb7, q7, dt, yb, gb, METHOD, 6)
     if S >= 6:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb6, q6, dt, yb, gb, METHOD, 5)
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+            kb1, kb2, kb3, kb4, kb5, kb6, kb6, q6, dt, yb, gb, METHOD, 5)
     if S >= 5:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb5, q5, dt, yb, gb, METHOD, 4)
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+            kb1, kb2, kb3, kb4, kb5, kb6, kb5, q5, dt, yb, gb, METHOD, 4)
     if S >= 4:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb4, q4, dt, yb, gb, METHOD, 3)
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+            kb1, kb2, kb3, kb4, kb5, kb6, kb4, q4, dt, yb, gb, METHOD, 3)
     if S >= 3:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb3, q3, dt, yb, gb, METHOD, 2)
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+            kb1, kb2, kb3, kb4, kb5, kb6, kb3, q3, dt, yb, gb, METHOD, 2)
     if S >= 2:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb2, q2, dt, yb, gb, METHOD, 1)
-    kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb1, q1, dt, yb, gb, METHOD, 0)
+        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+            kb1, kb2, kb3, kb4, kb5, kb6, kb2, q2, dt, yb, gb, METHOD, 1)
+    kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
+        kb1, kb2, kb3, kb4, kb5, kb6, kb1, q1, dt, yb, gb, METHOD, 0)
     return yb, gb
 
 

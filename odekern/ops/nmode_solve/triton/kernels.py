@@ -17,10 +17,11 @@ import triton.language as tl
 from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 - read by the jit code
     DOPRI5,
 )
-from odekern.ops.nmode_solve.triton.jit_math import (combine, dense_weights, dopri5_error, initial_step, list_solve,
-                                                     list_solve_adjoint, list_step, list_step_vjp, load_weights,
-                                                     pe_dopri5, pick, rhs, rhs_vjp, stage_input, step, step_vjp,
-                                                     sys_stages)
+from odekern.ops.nmode_solve.triton.jit_math import (
+    combine, dense_weights, dopri5_error, initial_step, list_solve, list_solve_adjoint, list_step,
+    list_step_vjp, load_weights, pe_dopri5, pick, rhs, rhs_vjp, stage_input, step, step_vjp,
+    sys_stages,
+)
 
 
 # ======================================================= a program's elements and cotangents
