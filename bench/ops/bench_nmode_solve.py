@@ -38,14 +38,21 @@ def _inputs(dtype=torch.float32):
     return y0, g
 
 
-def _cnm_rhs_evaluations() -> int:
-    """RHS evaluations per element of odekern's global-control dopri5 on the CNM setting."""
+def _cnm_forward():
+    """y(t1) and the step statistics (accepted, rejected, ...) of odekern's global-control
+    dopri5 on the CNM setting, from the op itself."""
     from odekern.ops.nmode_solve.config import NmodeConfig
     from odekern.ops.nmode_solve.op import nmode_solve_op
 
     y0, g = _inputs()
-    cfg = NmodeConfig()
-    _, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *cfg.to_args(), False, "auto", -1)
+    y1, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *NmodeConfig().to_args(), False,
+                                     "auto", -1)
+    return y1, stats
+
+
+def _cnm_rhs_evaluations() -> int:
+    """RHS evaluations per element of odekern's global-control dopri5 on the CNM setting."""
+    stats = _cnm_forward()[1]
     attempts = int(stats[0] + stats[1])
     return 2 + 6 * attempts  # initial-step selection (2) + 6 new stages per attempt (FSAL)
 
@@ -106,13 +113,11 @@ def _adjoint_backward_evaluations() -> tuple[int, int]:
     averaged over the elements with the reference's attempt counts."""
     from odekern.ops.nmode_solve import reference
     from odekern.ops.nmode_solve.config import NmodeConfig
-    from odekern.ops.nmode_solve.op import nmode_solve_op
 
-    y0, g = _inputs()
     cfg = NmodeConfig()
-    y1, _, _, stats = nmode_solve_op(y0.reshape(-1), g.reshape(-1), 0.0, 0.05, *cfg.to_args(), False, "auto", -1)
+    y1, stats = _cnm_forward()
     recompute = 6 * int(stats[0]) + 1
-    gf = g.reshape(-1).repeat(SHAPE[0])
+    gf = _inputs()[1].reshape(-1).repeat(SHAPE[0])
     counts = torch.zeros(y1.shape, dtype=torch.int64)
     x = (y1, torch.ones_like(y1), torch.zeros_like(y1))
     reference.solve_per_element(lambda s: reference.adjoint_rhs(s, gf), x, 0.05, cfg.rtol, cfg.atol,

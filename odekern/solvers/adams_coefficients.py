@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from functools import cache
+from functools import cache, cached_property
 
 MAX_ORDER = 12
 
@@ -61,10 +61,11 @@ class AdamsRule:
 
     def floats(self) -> tuple[float, ...]:
         """The weights as Python floats, made once per rule (every Adams solve asks for all of them)."""
-        cached = self.__dict__.get("_floats")
-        if cached is None:
-            cached = self.__dict__["_floats"] = tuple(float(w) for w in self.weights)
-        return cached
+        return self._floats
+
+    @cached_property
+    def _floats(self) -> tuple[float, ...]:
+        return tuple(float(w) for w in self.weights)
 
 
 @cache

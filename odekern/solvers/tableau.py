@@ -131,19 +131,20 @@ class ButcherTableau:
         return self.b_err is not None
 
     def floats(self) -> FloatTableau:
-        """The coefficients as Python floats, for the stepping loop (made once per tableau: every
-        solve asks, and converting the fractions costs more than a small solve's step)."""
-        cached = self.__dict__.get("_floats")
-        if cached is None:
-            f = lambda xs: tuple(float(x) for x in xs)
-            cached = FloatTableau(
-                c=f(self.c), a=tuple(f(r) for r in self.a), b=f(self.b),
-                b_err=None if self.b_err is None else f(self.b_err),
-                b_mid=None if self.b_mid is None else f(self.b_mid),
-                fsal=self.fsal,
-            )
-            self.__dict__["_floats"] = cached  # a frozen dataclass: its fields never change
-        return cached
+        """The coefficients as Python floats, for the stepping loop."""
+        return self._floats
+
+    @functools.cached_property
+    def _floats(self) -> FloatTableau:
+        # Made once per tableau (its fields never change): every solve asks, and converting the
+        # fractions costs more than a small solve's step.
+        f = lambda xs: tuple(float(x) for x in xs)
+        return FloatTableau(
+            c=f(self.c), a=tuple(f(r) for r in self.a), b=f(self.b),
+            b_err=None if self.b_err is None else f(self.b_err),
+            b_mid=None if self.b_mid is None else f(self.b_mid),
+            fsal=self.fsal,
+        )
 
     def order_conditions_residual(self, order: int, weights: Sequence[Number] | None = None,
                                   theta: Number = 1) -> float:
