@@ -326,6 +326,7 @@ def _interleaved_providers():
 
     providers = {
         "fwd:odekern": lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, **CNM),
+        "fwd:odekern-per_element": lambda: odekern.nmode_solve(y0, g, 0.0, 0.05, control="per_element", **CNM),
         "fwd:floor": lambda: floor(flat, n_evals),
         "fwd:torchdiffeq": td_fwd,
         "fwd+bwd:odekern-adjoint": fwd_bwd("adjoint"),
@@ -381,6 +382,7 @@ def _interleaved_main(argv=None):
                 print(f"  {label:44s} {best[num] / best[den]:6.2f}x")
 
         ratio("fwd: odekern / floor", "fwd:odekern", "fwd:floor")
+        ratio("fwd: per_element / global control", "fwd:odekern-per_element", "fwd:odekern")
         ratio("bwd: odekern adjoint / floor", "bwd:odekern-adjoint", "bwd:floor")
         ratio("fwd: torchdiffeq / odekern", "fwd:torchdiffeq", "fwd:odekern")
         ratio("fwd+bwd: td odeint_adjoint / odekern adjoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-adjoint")

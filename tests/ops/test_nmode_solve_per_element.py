@@ -7,9 +7,10 @@ The lanes do per element the scalar solver's arithmetic, except that the control
 pow(ratio, 1/5) is a polynomial + Newton fifth root (libm's pow does not vectorise). That moves
 a step size by about an ulp of a double: float32 states never see it (T(dt) rounds it away),
 so float32 is compared bit for bit; float64 agrees to rounding level (VECTORISED_VS_SCALAR_REL_FP64).
-Sizes are not multiples of the block (32 lanes); y0 and g mix magnitudes so that lanes of one
-block need very different numbers of steps (and some blocks exceed the backward's per-segment
-record of 64 attempts, so the segment replay runs).
+Sizes are not multiples of the block (32 lanes) nor of the forward's task (4,096 elements, whose
+lanes are refilled as elements finish); y0 and g mix magnitudes so that lanes of one block need
+very different numbers of steps (and some blocks exceed the backward's per-segment record of 64
+attempts, so the segment replay runs).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 import odekern
+from odekern.ops.nmode_solve import reference
 from odekern.testing import VECTORISED_VS_SCALAR_REL_FP64, assert_close, randn
 
 pytestmark = pytest.mark.skipif(odekern.backends()["cpu"] is not True, reason="needs the C++ extension")
@@ -101,6 +103,24 @@ def test_f_outputs_and_their_cotangents_match_the_scalar_solver(dtype):
     got = _vectorised(y0, g, t1, rtol, atol, gy1, gf0, gf1)
     for a, w, what in zip(got, want, ("y(t1)", "grad y0", "grad g")):
         _same(a, w, dtype, what)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_refilled_lanes_over_several_tasks_match_the_scalar_solver(dtype):
+    """The forward runs tasks of 4,096 elements whose lanes take the next element as soon as
+    theirs finishes: three tasks (the last one short), with y(t1), f(t0) and f(t1) of every
+    element compared. Each element's arithmetic is its lane's alone, so float32 is bit for bit."""
+    n, g_n = 3 * 2777, 2777
+    y0, g = _mixed_inputs(n, g_n, dtype, seed=4)
+    want_y1 = _scalar(y0, g, 0.05, 1e-7, 1e-9, torch.zeros(n, dtype=dtype))[0]
+    y1, f0, f1 = odekern.nmode_solve(y0.view(-1, g_n), g.view(1, g_n), 0.0, 0.05, control="per_element",
+                                     rtol=1e-7, atol=1e-9, return_f=True, backend="cpu")
+    _same(y1.reshape(-1), want_y1, dtype, "y(t1)")
+    # f is the C++ polynomial sin^2, the reference torch's sin: equal to rounding, and any
+    # element written to another's place would be far off.
+    gr = g.repeat(n // g_n)
+    assert_close(f0.reshape(-1), reference.rhs(y0, gr), msg="f(t0)")
+    assert_close(f1.reshape(-1), reference.rhs(want_y1, gr), msg="f(t1)")
 
 
 def test_lanes_match_the_pytorch_reference():

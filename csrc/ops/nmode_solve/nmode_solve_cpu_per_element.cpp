@@ -1,5 +1,6 @@
-// dopri5 with per-element step control on CPU, forward and exact backward: blocks of
-// cpu_pe::kLanes elements, each lane its own controller (nmode_solve_cpu_per_element.h).
+// dopri5 with per-element step control on CPU, forward and exact backward: lanes of
+// cpu_pe::kLanes elements, each lane its own controller (nmode_solve_cpu_per_element.h); the
+// forward refills lanes as elements finish, the exact backward runs fixed blocks.
 #include <algorithm>
 
 #include "ops/nmode_solve/nmode_solve.h"
@@ -15,11 +16,13 @@ namespace cpu {
 template <typename T>
 void per_element_forward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
                          double rtol, double atol, int64_t max_steps, T* y1, T* f0, T* f1) {
-  const int64_t blocks = (N + cpu_pe::kLanes - 1) / cpu_pe::kLanes;
-  const int worst = parallel_worst_status(blocks, [&](int64_t b) {
-    const int64_t o = b * cpu_pe::kLanes, len = std::min(cpu_pe::kLanes, N - o);
-    return cpu_pe::forward_block<T>(y0 + o, g, o, G, len, t1 - t0, rtol, atol, double(max_steps), y1 + o,
-                                    f0 ? f0 + o : nullptr, f1 ? f1 + o : nullptr);
+  // Tasks of many lanes' worth of elements: a task refills its lanes from its own elements, so
+  // long tasks keep them busy; 128 blocks of lanes still leave enough tasks to balance threads.
+  constexpr int64_t kTask = 128 * cpu_pe::kLanes;
+  const int64_t tasks = (N + kTask - 1) / kTask;
+  const int worst = parallel_worst_status(tasks, [&](int64_t t) {
+    return cpu_pe::forward_task<T>(y0, g, t * kTask, std::min(N, (t + 1) * kTask), G, t1 - t0, rtol, atol,
+                                   double(max_steps), y1, f0, f1);
   });
   check_status(worst, max_steps);
 }

@@ -80,9 +80,11 @@ ODEKERN_ALWAYS_INLINE void init_lanes(Lanes<T>& L, const T* y0, const T* g, int6
     L.g[e] = T(0);
     L.active[e] = e < len ? 1.0 : 0.0;
   }
+  int64_t gi = first % G;  // one division per block, not per element
   for (int64_t e = 0; e < len; ++e) {
     L.y[e] = y0[e];
-    L.g[e] = g[(first + e) % G];
+    L.g[e] = g[gi];
+    gi = gi + 1 == G ? 0 : gi + 1;
   }
 #pragma omp simd
   for (int64_t e = 0; e < kLanes; ++e) {
@@ -253,8 +255,136 @@ ODEKERN_ALWAYS_INLINE int worst_status(const Lanes<T>& L) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Forward of one block of len <= kLanes elements [first, first + len): y1, and f at t0 / t1
-// if requested. Returns the worst Status.
+// Forward of elements [first, end) (y0, y1, f0, f1 indexed by element): y1, and f at t0 / t1
+// if requested. Returns the worst Status (early, as soon as an element fails: the caller
+// raises and discards the outputs).
+//
+// A lane whose element finishes takes the task's next element at once, so lanes do not wait
+// for the slowest element of a fixed block (on the CNM setting elements need 1 to 7 attempts,
+// mean 2.1; a block of 32 in lockstep runs 3.1). Each element's arithmetic is that of
+// its lane alone, so y1 is the same bit for bit wherever and whenever the element runs (the
+// exact backward's replay in backward_block relies on that).
+// ------------------------------------------------------------------------------------------
+// The task's prepared starts: a ring of 2 kLanes slots, filled kLanes at a time by
+// init_lanes (vectorised) and handed out in order (start number c sits in slot c % (2 kLanes)
+// and is element first + c). Two halves, so that the next batch can be prepared while up to
+// kLanes - 1 starts of the current one are still to be handed out.
+template <typename T>
+struct Starts {
+  static constexpr int64_t kSlots = 2 * kLanes;
+  alignas(64) T y[kSlots];
+  alignas(64) T g[kSlots];
+  alignas(64) T f[kSlots];
+  alignas(64) double h[kSlots];
+  Lanes<T> batch;               // init_lanes' output, copied into the ring
+  int64_t ready = 0, used = 0;  // starts prepared / handed out
+  int64_t first, next, end;     // the task's first element; elements [next, end) not prepared
+};
+
+template <typename T>
+ODEKERN_ALWAYS_INLINE void prepare_starts(Starts<T>& R, const T* y0, const T* g, int64_t G, const Params& p,
+                                          T* f0) {
+  const int64_t len = R.end - R.next < kLanes ? R.end - R.next : kLanes;
+  init_lanes(R.batch, y0 + R.next, g, R.next, G, len, p);
+  if (f0 != nullptr)
+    for (int64_t e = 0; e < len; ++e) f0[R.next + e] = R.batch.f[e];
+  const int64_t o = R.ready % Starts<T>::kSlots;  // a multiple of kLanes: only the last batch is short
+#pragma omp simd
+  for (int64_t e = 0; e < kLanes; ++e) {
+    R.y[o + e] = R.batch.y[e];
+    R.g[o + e] = R.batch.g[e];
+    R.f[o + e] = R.batch.f[e];
+    R.h[o + e] = R.batch.h[e];
+  }
+  R.ready += len;
+  R.next += len;
+}
+
+// After an attempt into N: the output of every lane that ended (y1 if it finished, its status
+// if it failed), then the next start into it. Returns the number of active lanes. The lanes
+// are visited through a bit mask of the ended ones: a scan testing each lane mispredicts on
+// about half of them (about half of the lanes end in each attempt on the CNM setting), which
+// cost as much as the attempts the refill saves.
+template <typename T>
+ODEKERN_ALWAYS_INLINE int64_t refill(Lanes<T>& N, int64_t n_active, int64_t was_active, Starts<T>& R,
+                                     int64_t* __restrict elem, const T* y0, const T* g, int64_t G,
+                                     const Params& p, T* y1, T* f0, int& worst) {
+  static_assert(kLanes <= 64, "one bit per lane");
+  if (n_active == was_active) return n_active;
+  uint64_t ended = 0;
+  for (int64_t l = 0; l < kLanes; ++l)
+    ended |= uint64_t((elem[l] >= 0) & (N.active[l] == 0.0)) << l;
+  if (R.ready - R.used < __builtin_popcountll(ended) && R.next < R.end) prepare_starts(R, y0, g, G, p, f0);
+  for (uint64_t m = ended; m != 0; m &= m - 1) {
+    const int l = __builtin_ctzll(m);
+    const int st = int(N.status[l]);
+    worst = st > worst ? st : worst;
+    y1[elem[l]] = N.y[l];
+    elem[l] = -1;
+    if (R.used == R.ready) continue;  // the task has no element left
+    const int64_t j = R.used % Starts<T>::kSlots;
+    elem[l] = R.first + R.used++;
+    ++n_active;
+    N.y[l] = R.y[j];
+    N.g[l] = R.g[j];
+    N.f[l] = R.f[j];
+    N.h[l] = R.h[j];
+    N.dt[l] = T(R.h[j]);
+    N.t[l] = 0.0;
+    N.attempts[l] = 0.0;
+    N.theta[l] = 1.0;
+    N.active[l] = 1.0;
+    N.status[l] = double(kOk);
+  }
+  return n_active;
+}
+
+template <typename T>
+ODEKERN_ISA_CLONES int forward_task(const T* __restrict y0, const T* __restrict g, int64_t first,
+                                    int64_t end, int64_t G, double t_end, double rtol, double atol,
+                                    double max_steps, T* __restrict y1, T* __restrict f0,
+                                    T* __restrict f1) {
+  const Params p{t_end, rtol, atol, max_steps, t_end * 0.0};  // t_end is finite: zero is 0.0
+  // Two named states, stepped A -> B -> A: with distinct local objects (not buf[cur]) GCC can
+  // prove every lane access in bounds, which the vectoriser's if-conversion needs.
+  Lanes<T> A, B;
+  Starts<T> R;
+  R.first = R.next = first;
+  R.end = end;
+  prepare_starts(R, y0, g, G, p, f0);
+  A = R.batch;  // padding lanes of a short task start inactive
+  alignas(64) int64_t elem[kLanes];  // each lane's element, -1: idle
+  for (int64_t l = 0; l < kLanes; ++l) elem[l] = l < R.ready ? first + l : -1;
+  R.used = R.ready;
+  int64_t active = R.ready;
+  int worst = kOk;
+  while (active > 0 && worst == kOk) {
+    active = refill(B, attempt<T, false>(A, B, p, nullptr, 0), active, R, elem, y0, g, G, p, y1, f0, worst);
+    if (active == 0 || worst != kOk) break;
+    active = refill(A, attempt<T, false>(B, A, p, nullptr, 0), active, R, elem, y0, g, G, p, y1, f0, worst);
+  }
+  if (worst != kOk || f1 == nullptr) return worst;
+  // f at t1, kLanes elements at a time (g's repeats unrolled into a lane array).
+  alignas(64) T yl[kLanes], gl[kLanes], fl[kLanes];
+  int64_t gi = first % G;
+  for (int64_t o = first; o < end; o += kLanes) {
+    const int64_t len = end - o < kLanes ? end - o : kLanes;
+    for (int64_t e = 0; e < kLanes; ++e) {
+      yl[e] = e < len ? y1[o + e] : T(0);
+      gl[e] = e < len ? g[gi] : T(0);
+      if (e < len) gi = gi + 1 == G ? 0 : gi + 1;
+    }
+#pragma omp simd
+    for (int64_t e = 0; e < kLanes; ++e) fl[e] = rhs(yl[e], gl[e]);
+    for (int64_t e = 0; e < len; ++e) f1[o + e] = fl[e];
+  }
+  return worst;
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward of one block of len <= kLanes elements [first, first + len), all lanes in lockstep:
+// y1, and f at t0 / t1 if requested. Returns the worst Status. (The adjoint's y(t1) of a
+// block; forward_task is the op's forward.)
 // ------------------------------------------------------------------------------------------
 template <typename T>
 ODEKERN_ISA_CLONES int forward_block(const T* __restrict y0, const T* __restrict g, int64_t first,
