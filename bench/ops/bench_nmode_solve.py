@@ -352,7 +352,11 @@ def _interleaved_main(argv=None):
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--only", default="", help="comma-separated provider prefixes (default: all)")
+    ap.add_argument("--accuracy", action="store_true", help="accuracy and time of both step controls per rtol")
     args = ap.parse_args(argv)
+    if args.accuracy:
+        _accuracy_main(args.rounds)
+        return
     providers, timed, (n_evals, recompute, adjoint) = _interleaved_providers()
     if args.only:
         keep = tuple(args.only.split(","))
@@ -387,6 +391,31 @@ def _interleaved_main(argv=None):
         ratio("fwd: torchdiffeq / odekern", "fwd:torchdiffeq", "fwd:odekern")
         ratio("fwd+bwd: td odeint_adjoint / odekern adjoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-adjoint")
         ratio("fwd+bwd: td odeint_adjoint / odekern checkpoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-checkpoint")
+
+
+def _accuracy_main(rounds: int) -> None:
+    """Accuracy against time of both step controls: max |y(t1) - exact| (exact: a float64
+    per-element solve at rtol 1e-13) and the minimum time over `rounds`, 1 thread, per rtol."""
+    import time
+
+    torch.set_num_threads(1)
+    y0, g = _inputs()
+    exact = odekern.nmode_solve(y0.double(), g.double(), 0.0, 0.05, control="per_element", rtol=1e-13,
+                                atol=1e-15)
+    print(f"shape {list(SHAPE)}, dopri5 over [0, 0.05], atol = rtol / 100; {machine_description_short()}")
+    for dtype in (torch.float32, torch.float64):
+        a, b = y0.to(dtype), g.to(dtype)
+        for control in ("global", "per_element"):
+            for rtol in (1e-4, 1e-5, 1e-6, 1e-7, 1e-8):
+                def solve():
+                    return odekern.nmode_solve(a, b, 0.0, 0.05, control=control, rtol=rtol, atol=rtol * 1e-2)
+                err = (solve().double() - exact).abs().max().item()
+                best = float("inf")
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    solve()
+                    best = min(best, time.perf_counter() - t0)
+                print(f"  {str(dtype):14s} {control:12s} rtol {rtol:.0e}: max error {err:.2e}, {best * 1e3:6.2f} ms")
 
 
 def machine_description_short() -> str:
