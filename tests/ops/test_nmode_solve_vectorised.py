@@ -44,8 +44,6 @@ INSTANTIATIONS = {
 #define INSTANTIATE(T)                                                                          \\
   template int nm::cpu_pe::forward_task<T>(const T*, const T*, int64_t, int64_t, int64_t, double,    \\
                                            double, double, double, T*, T*, T*);                  \\
-  template int nm::cpu_pe::forward_block<T>(const T*, const T*, int64_t, int64_t, int64_t, double,   \\
-                                            double, double, double, T*, T*, T*);                 \\
   template int nm::cpu_pe::backward_block<T>(const T*, const T*, int64_t, int64_t, int64_t, double,  \\
                                              double, double, double, const T*, const T*, const T*, \\
                                              T*, T*);

@@ -374,12 +374,8 @@ ODEKERN_ALWAYS_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, 
     // y(t1) of per-element control: the forward's own lane solver, so it is the forward's y1
     // bit for bit (and vectorised: the scalar pe_solve per element cost as much as the rest of
     // the adjoint).
-    for (int64_t o = 0; o < len; o += cpu_pe::kLanes) {
-      const int64_t n = std::min(cpu_pe::kLanes, len - o);
-      status = std::max(status, cpu_pe::forward_block<T>(A.y0 + s + o, A.g, s + o, A.G, n, A.t_span, A.rtol,
-                                                         A.atol, double(A.max_steps), &S.x[0][o], nullptr,
-                                                         nullptr));
-    }
+    status = cpu_pe::forward_task<T>(A.y0 + s, A.g, s, A.G, len, A.t_span, A.rtol, A.atol, double(A.max_steps),
+                                     S.x[0], nullptr, nullptr);
   } else {
     for (int64_t i = 0; i < A.n; ++i)
       advance_block<T, M>(S.x[0], S.g, len, T(A.dts[i]), (i == A.n - 1) ? A.wl : A.w, i == A.n - 1);

@@ -21,8 +21,9 @@ void per_element_forward(const T* y0, const T* g, int64_t N, int64_t G, double t
   constexpr int64_t kTask = 128 * cpu_pe::kLanes;
   const int64_t tasks = (N + kTask - 1) / kTask;
   const int worst = parallel_worst_status(tasks, [&](int64_t t) {
-    return cpu_pe::forward_task<T>(y0, g, t * kTask, std::min(N, (t + 1) * kTask), G, t1 - t0, rtol, atol,
-                                   double(max_steps), y1, f0, f1);
+    const int64_t o = t * kTask;
+    return cpu_pe::forward_task<T>(y0 + o, g, o, G, std::min(kTask, N - o), t1 - t0, rtol, atol,
+                                   double(max_steps), y1 + o, f0 ? f0 + o : nullptr, f1 ? f1 + o : nullptr);
   });
   check_status(worst, max_steps);
 }

@@ -6,7 +6,8 @@
 // attempts one step on every lane at once: the stages are `#pragma omp simd` loops over the
 // lanes (each lane with its own dt), then one controller loop accepts / rejects / finishes
 // each lane with branch-free selects; lanes that are done are masked (their updates are
-// discarded) until the block's last lane finishes.
+// discarded). The forward (forward_task) gives a lane whose element finished the next element
+// at once; the exact backward (backward_block) runs a fixed block until its last lane finishes.
 //
 // Per lane the arithmetic is that of sys_solve_dopri5 / rk_step_vjp (same operations in the
 // same order; zero tableau terms skipped, which gives the same values for finite inputs),
@@ -255,19 +256,20 @@ ODEKERN_ALWAYS_INLINE int worst_status(const Lanes<T>& L) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Forward of elements [first, end) (y0, y1, f0, f1 indexed by element): y1, and f at t0 / t1
-// if requested. Returns the worst Status (early, as soon as an element fails: the caller
-// raises and discards the outputs).
+// Forward of len elements [first, first + len) (y0, y1, f0, f1 point at element `first`; g is
+// read at (first + i) % G): y1, and f at t0 / t1 if requested. Returns the worst Status (early,
+// as soon as an element fails: the caller raises and discards the outputs).
 //
 // A lane whose element finishes takes the task's next element at once, so lanes do not wait
 // for the slowest element of a fixed block (on the CNM setting elements need 1 to 7 attempts,
 // mean 2.1; a block of 32 in lockstep runs 3.1). Each element's arithmetic is that of
 // its lane alone, so y1 is the same bit for bit wherever and whenever the element runs (the
-// exact backward's replay in backward_block relies on that).
+// exact backward's replay in backward_block relies on that, and so does the continuous
+// adjoint, which recomputes y(t1) of 64 elements at a time with this function).
 // ------------------------------------------------------------------------------------------
 // The task's prepared starts: a ring of 2 kLanes slots, filled kLanes at a time by
 // init_lanes (vectorised) and handed out in order (start number c sits in slot c % (2 kLanes)
-// and is element first + c). Two halves, so that the next batch can be prepared while up to
+// and is the task's element c). Two halves, so that the next batch can be prepared while up to
 // kLanes - 1 starts of the current one are still to be handed out.
 template <typename T>
 struct Starts {
@@ -278,14 +280,15 @@ struct Starts {
   alignas(64) double h[kSlots];
   Lanes<T> batch;               // init_lanes' output, copied into the ring
   int64_t ready = 0, used = 0;  // starts prepared / handed out
-  int64_t first, next, end;     // the task's first element; elements [next, end) not prepared
+  int64_t first;                // the task's first element (for g's index)
+  int64_t next, len;            // the task's elements [next, len) are not prepared yet
 };
 
 template <typename T>
 ODEKERN_ALWAYS_INLINE void prepare_starts(Starts<T>& R, const T* y0, const T* g, int64_t G, const Params& p,
                                           T* f0) {
-  const int64_t len = R.end - R.next < kLanes ? R.end - R.next : kLanes;
-  init_lanes(R.batch, y0 + R.next, g, R.next, G, len, p);
+  const int64_t len = R.len - R.next < kLanes ? R.len - R.next : kLanes;
+  init_lanes(R.batch, y0 + R.next, g, R.first + R.next, G, len, p);
   if (f0 != nullptr)
     for (int64_t e = 0; e < len; ++e) f0[R.next + e] = R.batch.f[e];
   const int64_t o = R.ready % Starts<T>::kSlots;  // a multiple of kLanes: only the last batch is short
@@ -314,7 +317,7 @@ ODEKERN_ALWAYS_INLINE int64_t refill(Lanes<T>& N, int64_t n_active, int64_t was_
   uint64_t ended = 0;
   for (int64_t l = 0; l < kLanes; ++l)
     ended |= uint64_t((elem[l] >= 0) & (N.active[l] == 0.0)) << l;
-  if (R.ready - R.used < __builtin_popcountll(ended) && R.next < R.end) prepare_starts(R, y0, g, G, p, f0);
+  if (R.ready - R.used < __builtin_popcountll(ended) && R.next < R.len) prepare_starts(R, y0, g, G, p, f0);
   for (uint64_t m = ended; m != 0; m &= m - 1) {
     const int l = __builtin_ctzll(m);
     const int st = int(N.status[l]);
@@ -323,7 +326,7 @@ ODEKERN_ALWAYS_INLINE int64_t refill(Lanes<T>& N, int64_t n_active, int64_t was_
     elem[l] = -1;
     if (R.used == R.ready) continue;  // the task has no element left
     const int64_t j = R.used % Starts<T>::kSlots;
-    elem[l] = R.first + R.used++;
+    elem[l] = R.used++;
     ++n_active;
     N.y[l] = R.y[j];
     N.g[l] = R.g[j];
@@ -341,7 +344,7 @@ ODEKERN_ALWAYS_INLINE int64_t refill(Lanes<T>& N, int64_t n_active, int64_t was_
 
 template <typename T>
 ODEKERN_ISA_CLONES int forward_task(const T* __restrict y0, const T* __restrict g, int64_t first,
-                                    int64_t end, int64_t G, double t_end, double rtol, double atol,
+                                    int64_t G, int64_t len, double t_end, double rtol, double atol,
                                     double max_steps, T* __restrict y1, T* __restrict f0,
                                     T* __restrict f1) {
   const Params p{t_end, rtol, atol, max_steps, t_end * 0.0};  // t_end is finite: zero is 0.0
@@ -349,12 +352,13 @@ ODEKERN_ISA_CLONES int forward_task(const T* __restrict y0, const T* __restrict 
   // prove every lane access in bounds, which the vectoriser's if-conversion needs.
   Lanes<T> A, B;
   Starts<T> R;
-  R.first = R.next = first;
-  R.end = end;
+  R.first = first;
+  R.next = 0;
+  R.len = len;
   prepare_starts(R, y0, g, G, p, f0);
   A = R.batch;  // padding lanes of a short task start inactive
-  alignas(64) int64_t elem[kLanes];  // each lane's element, -1: idle
-  for (int64_t l = 0; l < kLanes; ++l) elem[l] = l < R.ready ? first + l : -1;
+  alignas(64) int64_t elem[kLanes];  // each lane's element (of the task), -1: idle
+  for (int64_t l = 0; l < kLanes; ++l) elem[l] = l < R.ready ? l : -1;
   R.used = R.ready;
   int64_t active = R.ready;
   int worst = kOk;
@@ -367,53 +371,18 @@ ODEKERN_ISA_CLONES int forward_task(const T* __restrict y0, const T* __restrict 
   // f at t1, kLanes elements at a time (g's repeats unrolled into a lane array).
   alignas(64) T yl[kLanes], gl[kLanes], fl[kLanes];
   int64_t gi = first % G;
-  for (int64_t o = first; o < end; o += kLanes) {
-    const int64_t len = end - o < kLanes ? end - o : kLanes;
+  for (int64_t o = 0; o < len; o += kLanes) {
+    const int64_t n = len - o < kLanes ? len - o : kLanes;
     for (int64_t e = 0; e < kLanes; ++e) {
-      yl[e] = e < len ? y1[o + e] : T(0);
-      gl[e] = e < len ? g[gi] : T(0);
-      if (e < len) gi = gi + 1 == G ? 0 : gi + 1;
+      yl[e] = e < n ? y1[o + e] : T(0);
+      gl[e] = e < n ? g[gi] : T(0);
+      if (e < n) gi = gi + 1 == G ? 0 : gi + 1;
     }
 #pragma omp simd
     for (int64_t e = 0; e < kLanes; ++e) fl[e] = rhs(yl[e], gl[e]);
-    for (int64_t e = 0; e < len; ++e) f1[o + e] = fl[e];
+    for (int64_t e = 0; e < n; ++e) f1[o + e] = fl[e];
   }
   return worst;
-}
-
-// ------------------------------------------------------------------------------------------
-// Forward of one block of len <= kLanes elements [first, first + len), all lanes in lockstep:
-// y1, and f at t0 / t1 if requested. Returns the worst Status. (The adjoint's y(t1) of a
-// block; forward_task is the op's forward.)
-// ------------------------------------------------------------------------------------------
-template <typename T>
-ODEKERN_ISA_CLONES int forward_block(const T* __restrict y0, const T* __restrict g, int64_t first,
-                                     int64_t G, int64_t len, double t_end, double rtol, double atol,
-                                     double max_steps, T* __restrict y1, T* __restrict f0,
-                                     T* __restrict f1) {
-  const Params p{t_end, rtol, atol, max_steps, t_end * 0.0};  // t_end is finite: zero is 0.0
-  // Two named states, stepped A -> B -> A: with distinct local objects (not buf[cur]) GCC can
-  // prove every lane access in bounds, which the vectoriser's if-conversion needs.
-  Lanes<T> A, B;
-  init_lanes(A, y0, g, first, G, len, p);
-  if (f0 != nullptr)
-    for (int64_t e = 0; e < len; ++e) f0[e] = A.f[e];
-  Lanes<T>* fin = nullptr;
-  while (fin == nullptr) {
-    if (attempt<T, false>(A, B, p, nullptr, 0) == 0) {
-      fin = &B;
-    } else if (attempt<T, false>(B, A, p, nullptr, 0) == 0) {
-      fin = &A;
-    }
-  }
-  Lanes<T>& L = *fin;
-  for (int64_t e = 0; e < len; ++e) y1[e] = L.y[e];
-  if (f1 != nullptr) {
-#pragma omp simd
-    for (int64_t e = 0; e < kLanes; ++e) L.f[e] = rhs(L.y[e], L.g[e]);
-    for (int64_t e = 0; e < len; ++e) f1[e] = L.f[e];
-  }
-  return worst_status(L);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -515,7 +484,7 @@ ODEKERN_ISA_CLONES int backward_block(const T* __restrict y0, const T* __restric
                                       double max_steps, const T* __restrict gy1, const T* __restrict gf0,
                                       const T* __restrict gf1, T* __restrict gy0, T* __restrict gg) {
   const Params p{t_end, rtol, atol, max_steps, t_end * 0.0};  // t_end is finite: zero is 0.0
-  Lanes<T> A, B;  // stepped A -> B -> A as in forward_block
+  Lanes<T> A, B;  // stepped A -> B -> A as in forward_task
   init_lanes(A, y0, g, first, G, len, p);
   Lanes<T> snap[kSegments];
   AttemptRecord<T> rec;
