@@ -110,7 +110,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
                 break
         if not converged:
             # torchdiffeq's text first, so filters written for it match.
-            warnings.warn(f"Functional iteration did not converge. Solution may be incorrect. (implicit_adams: "
+            warnings.warn(f"Functional iteration did not converge. Solution may be incorrect. ({self.method}: "
                           f"the corrector did not converge in {self.max_iters} iterations at "
                           f"t={self.rhs.user_time(t1):.6g}; lowering the order)")
             self._history.pop()

@@ -112,12 +112,14 @@ def test_implicit_adams_implicit_false_is_explicit_adams():
     assert_close(ours, explicit)
 
 
-def test_adams_corrector_warning_starts_like_torchdiffeqs():
-    # Filters written for torchdiffeq's text match odekern's (which adds where and why).
+@pytest.mark.parametrize("method", ["implicit_adams", "fixed_adams"])
+def test_adams_corrector_warning_starts_like_torchdiffeqs(method):
+    # Filters written for torchdiffeq's text match odekern's (which adds where and why, naming
+    # the method the user asked for).
     with pytest.warns(UserWarning, match=r"^Functional iteration did not converge\. Solution may be incorrect\. "
-                                         r"\(implicit_adams: .* at t="):
+                                         rf"\({method}: .* at t="):
         odekern.odeint(_smooth, randn(2, 3, dtype=F64, seed=3), torch.tensor([0.0, 1.0], dtype=F64),
-                       method="implicit_adams", options={"step_size": 0.1, "max_iters": 1})
+                       method=method, options={"step_size": 0.1, "max_iters": 1})
 
 
 def test_explicit_adams_refuses_implicit_with_torchdiffeqs_exception_type():
