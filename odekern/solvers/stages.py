@@ -27,7 +27,7 @@ from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
-from odekern.solvers.norms import component_rms_combiner, max_norm
+from odekern.solvers.norms import component_rms_combiner, max_norm, rms_norm
 from odekern.solvers.state import (LOW_PRECISION, State, any_carries_tangent, component, components, is_tuple,
                                    join, no_transform_active, records_derivatives, widened)
 
@@ -266,7 +266,9 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeL
         ratio = _tuple_max_error_ratio(err, y0, y1, rtol, atol)
         if ratio is not None:
             return ratio
-    return norm(_scaled_error(err, y0, y1, rtol, atol)).abs()
+    ratio = norm(_scaled_error(err, y0, y1, rtol, atol))
+    # A user's norm may come out negative (torchdiffeq takes abs()); the built-in ones cannot.
+    return ratio if norm is max_norm or norm is rms_norm else ratio.abs()
 
 
 def _tuple_max_error_ratio(err, y0, y1, rtol, atol) -> Optional[Tensor]:
