@@ -14,7 +14,8 @@ Modes: ``fwd`` (no graph), ``backprop`` (fwd + bwd through the solver's operatio
 ``adjoint`` (fwd + bwd, odeint_adjoint). torchode: dopri5 forward (it has no
 drop-in for the rest). ``ceiling`` is torchdiffeq's time over ``rhs_only``'s: the same RHS calls
 (and, for the gradient modes, the same vector-Jacobian products) with no solver around them,
-the most any solver could gain on that case. Timings: providers interleaved, minimum of rounds.
+the most any solver could gain on that case. Timings: providers interleaved, minimum of rounds;
+a round of a fast case times a batch of calls (about 20 ms) and reports the time per call.
 
     python bench/bench_dropin.py [--rounds 5] [--families mlp,conv,nmode] [--methods rk4,dopri5]
     python -m pytest bench/bench_dropin.py --benchmark-only    # one row per case, extra_info
@@ -45,6 +46,9 @@ TORCHODE_METHODS = {"dopri5": "Dopri5"}
 # Per case: at most this many seconds of rounds per provider, but never fewer than MIN_ROUNDS.
 ROUND_BUDGET_S = 2.0
 MIN_ROUNDS = 2
+# One sample of a fast case is a batch of calls lasting about this long: the minimum of a few
+# single sub-millisecond calls moves by +-10% between runs, that of batches by a few percent.
+BATCH_S = 0.02
 
 
 class Counted(nn.Module):
@@ -166,6 +170,13 @@ def _torchode(func, y0, t, method):
     return run
 
 
+def _batched(fn, n: int):
+    def run():
+        for _ in range(n):
+            fn()
+    return run
+
+
 def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
     """Interleaved minima of every provider for one case, with RHS-call counts and ratios."""
     func, y0, t = family(family_name)
@@ -178,7 +189,8 @@ def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
         counts[lib.__name__] = func.calls
         counts[lib.__name__ + ":result"] = out
     # Slow cases (the adjoint of a many-step solve) get fewer rounds: the whole bench stays minutes.
-    rounds = max(MIN_ROUNDS, min(rounds, int(ROUND_BUDGET_S / slowest)))
+    batch = max(1, math.ceil(BATCH_S / slowest))
+    rounds = max(MIN_ROUNDS, min(rounds, int(ROUND_BUDGET_S / (slowest * batch))))
     func.calls = 0
     with torch.no_grad():
         odekern.odeint(func, y0, t, **solve_kwargs(method, t))
@@ -190,7 +202,8 @@ def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
     }
     if mode == "fwd" and method in TORCHODE_METHODS:
         providers["torchode"] = _torchode(func, y0, t, method)
-    best = interleaved_minima(providers, rounds)
+    best = interleaved_minima({name: _batched(fn, batch) for name, fn in providers.items()}, rounds)
+    best = {name: t / batch for name, t in best.items()}
     same = torch.allclose(counts["odekern:result"], counts["torchdiffeq:result"], **_agreement(method))
     return {
         "family": family_name, "method": method, "mode": mode, **{k + "_s": v for k, v in best.items()},

@@ -29,7 +29,7 @@ import torch
 
 from odekern.solvers.norms import component_rms_combiner, max_norm, rms_norm
 from odekern.solvers.state import (LOW_PRECISION, State, any_carries_tangent, component, components, is_tuple,
-                                   join, no_transform_active, records_derivatives, widened)
+                                   join, map_state, no_transform_active, records_derivatives, widened)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
@@ -269,6 +269,15 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: TimeLike, atol: TimeL
     ratio = norm(_scaled_error(err, y0, y1, rtol, atol))
     # A user's norm may come out negative (torchdiffeq takes abs()); the built-in ones cannot.
     return ratio if norm is max_norm or norm is rms_norm else ratio.abs()
+
+
+def difference(a: State, b: State) -> State:
+    """``a - b``, unrecorded, for a test that only steers a solver (Adams' corrector): one
+    foreach call for a tuple state, where a combination would take several per component."""
+    with torch.no_grad():
+        if is_tuple(a) and no_transform_active() and not torch.compiler.is_compiling():
+            return tuple(torch._foreach_sub(list(a), list(b)))
+        return map_state(torch.sub, a, b)
 
 
 def _tuple_max_error_ratio(err, y0, y1, rtol, atol) -> Optional[Tensor]:

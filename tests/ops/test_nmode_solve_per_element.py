@@ -7,7 +7,7 @@ The lanes do per element the scalar solver's arithmetic, except that the control
 pow(ratio, 1/5) is a polynomial + Newton fifth root (libm's pow does not vectorise). That moves
 a step size by about an ulp of a double: float32 states never see it (T(dt) rounds it away),
 so float32 is compared bit for bit; float64 agrees to rounding level (VECTORISED_VS_SCALAR_REL_FP64).
-Sizes are not multiples of the block (32 lanes) nor of the forward's task (4,096 elements, whose
+Sizes are not multiples of the block (32 lanes) nor of the forward's tasks (runs of elements whose
 lanes are refilled as elements finish); y0 and g mix magnitudes so that lanes of one block need
 very different numbers of steps (and some blocks exceed the backward's per-segment record of 64
 attempts, so the segment replay runs).
@@ -107,9 +107,11 @@ def test_f_outputs_and_their_cotangents_match_the_scalar_solver(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_refilled_lanes_over_several_tasks_match_the_scalar_solver(dtype):
-    """The forward runs tasks of 4,096 elements whose lanes take the next element as soon as
-    theirs finishes: three tasks (the last one short), with y(t1), f(t0) and f(t1) of every
-    element compared. Each element's arithmetic is its lane's alone, so float32 is bit for bit."""
+    """The forward runs tasks (runs of up to 4,096 elements, at least 4 lanes' worth, about 8
+    per thread for a small state) whose lanes take the next element as soon as theirs finishes:
+    8,331 elements make several tasks with a short last one on any thread count; y(t1), f(t0)
+    and f(t1) of every element are compared. Each element's arithmetic is its lane's alone, so
+    float32 is bit for bit."""
     n, g_n = 3 * 2777, 2777
     y0, g = _mixed_inputs(n, g_n, dtype, seed=4)
     want_y1 = _scalar(y0, g, 0.05, 1e-7, 1e-9, torch.zeros(n, dtype=dtype))[0]
