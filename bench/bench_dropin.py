@@ -203,7 +203,7 @@ def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
     if mode == "fwd" and method in TORCHODE_METHODS:
         providers["torchode"] = _torchode(func, y0, t, method)
     best = interleaved_minima({name: _batched(fn, batch) for name, fn in providers.items()}, rounds)
-    best = {name: t / batch for name, t in best.items()}
+    best = {name: seconds / batch for name, seconds in best.items()}
     same = torch.allclose(counts["odekern:result"], counts["torchdiffeq:result"], **_agreement(method))
     return {
         "family": family_name, "method": method, "mode": mode, **{k + "_s": v for k, v in best.items()},
