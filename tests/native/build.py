@@ -48,3 +48,7 @@ def _register_fakes() -> None:
         @torch.library.register_fake(f"{LIBRARY}::{floor}")
         def _(x, reps):
             return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(f"{LIBRARY}::nmode_inv_fifth_root")
+    def _(x):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -9,6 +9,8 @@
 //   bench/ops/bench_nmode_solve.py compares solves against it at their RHS-evaluation count.
 // - nmode_sincos_floor: the same for the continuous adjoint's RHS (one fast_sincos per
 //   evaluation: f and its derivative sin 2x), the floor of gradient="adjoint"'s backward.
+// - nmode_inv_fifth_root: the CPU lane paths' x^(-1/5) (nmode_solve_cpu_lane_control.h, the
+//   vectorised loop the solvers call), float64, for its accuracy test against pow.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -16,6 +18,7 @@
 
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
+#include "ops/nmode_solve/nmode_solve_cpu_lane_control.h"
 #include "ops/nmode_solve/nmode_solve_cpu_parallel.h"
 #include "ops/nmode_solve/nmode_solve_host.h"
 
@@ -114,6 +117,14 @@ at::Tensor floor_cpu(const at::Tensor& x_, int64_t reps) {
 at::Tensor nmode_sin_sq_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinSqEval>(x, reps); }
 at::Tensor nmode_sincos_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinCosEval>(x, reps); }
 
+at::Tensor nmode_inv_fifth_root_cpu(const at::Tensor& x_) {
+  ODEKERN_CHECK_CPU(x_);
+  TORCH_CHECK(x_.scalar_type() == at::kDouble, "nmode_inv_fifth_root: x must be float64");
+  at::Tensor out = x_.contiguous().clone();
+  inv_fifth_root_lanes(out.data_ptr<double>(), out.numel());
+  return out;
+}
+
 }  // namespace
 }  // namespace nmode
 }  // namespace odekern
@@ -125,10 +136,12 @@ TORCH_LIBRARY(odekern_testing, m) {
       "-> (Tensor y1, Tensor grad_y0, Tensor grad_g)");
   m.def("nmode_sin_sq_floor(Tensor x, int reps) -> Tensor");
   m.def("nmode_sincos_floor(Tensor x, int reps) -> Tensor");
+  m.def("nmode_inv_fifth_root(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(odekern_testing, CPU, m) {
   m.impl("nmode_pe_scalar_reference", &odekern::nmode::nmode_pe_scalar_reference_cpu);
   m.impl("nmode_sin_sq_floor", &odekern::nmode::nmode_sin_sq_floor_cpu);
   m.impl("nmode_sincos_floor", &odekern::nmode::nmode_sincos_floor_cpu);
+  m.impl("nmode_inv_fifth_root", &odekern::nmode::nmode_inv_fifth_root_cpu);
 }

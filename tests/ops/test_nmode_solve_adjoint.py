@@ -1,7 +1,7 @@
 """nmode_solve's continuous adjoint (gradient="adjoint") on sizes that stress the vectorised
 CPU path: lanes of 64 elements that refill as elements finish (each element runs its own
-adaptive dopri5 on [y, a_y, a_g]), tasks of 4096 elements, g repeating across block and task
-boundaries.
+adaptive dopri5 on [y, a_y, a_g]), tasks of up to 4096 elements (a small state is cut into
+about 8 tasks per thread), g repeating across block and task boundaries.
 
 Oracle: the pure-PyTorch reference (odekern/ops/nmode_solve/reference.py: torch's own sin,
 the adjoint integrated per element with torchdiffeq's algorithm), "rounding" tolerances
@@ -51,7 +51,7 @@ SIZES = {
     "block-minus-one": ((63,), (63,)),
     "block-plus-one": ((5, 13), (13,)),            # 65 elements, g repeats inside blocks
     "odd-blocks": ((3, 130), (130,)),
-    "across-tasks": ((2, 2, 1051), (1, 2, 1051)),  # 4204 elements: two tasks, g straddles them
+    "across-tasks": ((2, 2, 1051), (1, 2, 1051)),  # 4204 elements: several tasks, g straddles them
     "scalar-g": ((4, 37), ()),
 }
 

@@ -22,17 +22,15 @@ void adjoint_backward(const T* y0, const T* g, int64_t N, int64_t G, const T* gy
     adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
     fixed_grid(0.0, t1 - t0, step_size, adj_dts.data());
   }
-  // Tasks of many blocks: a task's lanes are refilled from its own elements, so long tasks keep
-  // the lanes busy; 64 blocks still leave enough tasks to balance two threads.
-  constexpr int64_t kAdjointTask = 64 * kBlock;
-  const int64_t tasks = (N + kAdjointTask - 1) / kAdjointTask;
+  const int64_t per_task = refill_task_size(N, kBlock, 64);
+  const int64_t tasks = (N + per_task - 1) / per_task;
   int worst = kOk;
   with_step_weights<T>(method, theta, [&](auto M_, const T* w, const T* wl) {
     constexpr int M = decltype(M_)::value;
     const AdjointTask<T> task{y0, g, G, gy1, gf0, gf1, gy0, gfull, dts, n_list, w, wl, per_element_y1,
                               t1 - t0, rtol, atol, max_steps, adj_dts.data(), int64_t(adj_dts.size())};
     worst = parallel_worst_status(tasks, [&](int64_t t) {
-      return adjoint_backward_task<T, M>(task, t * kAdjointTask, std::min(N, (t + 1) * kAdjointTask));
+      return adjoint_backward_task<T, M>(task, t * per_task, std::min(N, (t + 1) * per_task));
     });
   });
   check_status(worst, max_steps);

@@ -54,6 +54,16 @@ void parallel_tasks(int64_t tasks, Fn fn) {
   });
 }
 
+// Elements per task for a task loop whose tasks refill their lanes from their own elements
+// (per-element control's forward, the continuous adjoint): long tasks keep the lanes busy (up
+// to max_units blocks of `unit` elements), and a small state is still cut into about 8 tasks
+// per thread (at least 4 blocks each) so that the threads share it.
+inline int64_t refill_task_size(int64_t n, int64_t unit, int64_t max_units) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t want = (n / (8 * threads) + unit - 1) / unit * unit;
+  return std::clamp(want, 4 * unit, max_units * unit);
+}
+
 // Deterministic parallel sum over tasks: per-task partials, summed in task order.
 template <class Fn>
 double parallel_task_sum(int64_t tasks, Fn fn) {

@@ -16,11 +16,7 @@ namespace cpu {
 template <typename T>
 void per_element_forward(const T* y0, const T* g, int64_t N, int64_t G, double t0, double t1,
                          double rtol, double atol, int64_t max_steps, T* y1, T* f0, T* f1) {
-  // Tasks of many lanes' worth of elements: a task refills its lanes from its own elements, so
-  // long tasks keep them busy (up to 128 lanes' worth), while a small state is still cut into
-  // about 8 tasks per thread so that the threads share it (down to 4 lanes' worth).
-  const int64_t lanes = cpu_pe::kLanes, threads = at::get_num_threads();
-  const int64_t per_task = std::clamp((N / (8 * threads) + lanes - 1) / lanes * lanes, 4 * lanes, 128 * lanes);
+  const int64_t per_task = refill_task_size(N, cpu_pe::kLanes, 128);
   const int64_t tasks = (N + per_task - 1) / per_task;
   const int worst = parallel_worst_status(tasks, [&](int64_t t) {
     const int64_t o = t * per_task;
