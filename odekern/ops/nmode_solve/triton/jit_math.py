@@ -121,32 +121,28 @@ def coupled(acc, k, dt, sb, METHOD: tl.constexpr, I: tl.constexpr, J: tl.constex
 
 
 @triton.jit
-def stage_input(x, dt, k1, k2, k3, k4, k5, k6, METHOD: tl.constexpr, I: tl.constexpr):
+def stage_input(x, dt, ks, METHOD: tl.constexpr, I: tl.constexpr):
     """Input of stage I (1-based stage I+1): x + dt * sum_j a(I, j) k_j over the nonzero
-    a(I, j) in order, as the header sums them (-0.0 + v is v exactly and folds away)."""
-    acc = coupled(-0.0, k1, dt, dt, METHOD, I, 0, False)
-    acc = coupled(acc, k2, dt, dt, METHOD, I, 1, False)
-    acc = coupled(acc, k3, dt, dt, METHOD, I, 2, False)
-    acc = coupled(acc, k4, dt, dt, METHOD, I, 3, False)
-    acc = coupled(acc, k5, dt, dt, METHOD, I, 4, False)
-    acc = coupled(acc, k6, dt, dt, METHOD, I, 5, False)
+    a(I, j) in order, as the header sums them (-0.0 + v is v exactly and folds away). ks: the
+    earlier stages k_0 .. k_{I-1} (a tuple; entries past them are never read)."""
+    acc = -0.0
+    for j in tl.static_range(I):
+        acc = coupled(acc, ks[j], dt, dt, METHOD, I, j, False)
     return x + dt * acc
 
 
 @triton.jit
-def stage_vjp(kb1, kb2, kb3, kb4, kb5, kb6, kb, q, dt, yb, gb, METHOD: tl.constexpr,
-              I: tl.constexpr):
+def stage_vjp(kbs, q, dt, yb, gb, METHOD: tl.constexpr, I: tl.constexpr):
     """Reverse of stage I (0-based) of a step, k = f(s) with s = stage_input(y, ..., I): with
-    q = sin(2(s+g)), s's cotangent sb = kb f_y(s) = kb (q - 1) goes to y (yb) and, through
-    the stage coupling, to the earlier stages' cotangents kb_j; g receives kb f_g = kb q."""
+    q = sin(2(s+g)), s's cotangent sb = kb f_y(s) = kb (q - 1), kb = kbs[I], goes to y (yb)
+    and, through the stage coupling, to the earlier stages' cotangents kbs[j]; g receives
+    kb f_g = kb q. Returns (kbs, yb, gb) with kbs updated."""
+    kb = kbs[I]
     sb = kb * (q - 1.0)
-    kb1 = coupled(kb1, kb1, dt, sb, METHOD, I, 0, True)
-    kb2 = coupled(kb2, kb2, dt, sb, METHOD, I, 1, True)
-    kb3 = coupled(kb3, kb3, dt, sb, METHOD, I, 2, True)
-    kb4 = coupled(kb4, kb4, dt, sb, METHOD, I, 3, True)
-    kb5 = coupled(kb5, kb5, dt, sb, METHOD, I, 4, True)
-    kb6 = coupled(kb6, kb6, dt, sb, METHOD, I, 5, True)
-    return kb1, kb2, kb3, kb4, kb5, kb6, yb + sb, gb + kb * q
+    out = ()
+    for j in tl.static_range(len(kbs)):
+        out = out + (coupled(kbs[j], kbs[j], dt, sb, METHOD, I, j, True),)
+    return out, yb + sb, gb + kb * q
 
 
 @triton.jit
@@ -215,20 +211,20 @@ def sys_stages(y, a, g, dt, fy, fa, fb, METHOD: tl.constexpr, ADJ: tl.constexpr)
     a7 = fa
     b7 = fb
     if METHOD >= MIDPOINT:
-        y2, a2, b2 = sys_f(stage_input(y, dt, fy, fy, fy, fy, fy, fy, METHOD, 1),
-                            stage_input(a, dt, fa, fa, fa, fa, fa, fa, METHOD, 1), g, ADJ)
+        y2, a2, b2 = sys_f(stage_input(y, dt, (fy,), METHOD, 1),
+                            stage_input(a, dt, (fa,), METHOD, 1), g, ADJ)
     if METHOD >= RK4:
-        y3, a3, b3 = sys_f(stage_input(y, dt, fy, y2, y2, y2, y2, y2, METHOD, 2),
-                            stage_input(a, dt, fa, a2, a2, a2, a2, a2, METHOD, 2), g, ADJ)
-        y4, a4, b4 = sys_f(stage_input(y, dt, fy, y2, y3, y3, y3, y3, METHOD, 3),
-                            stage_input(a, dt, fa, a2, a3, a3, a3, a3, METHOD, 3), g, ADJ)
+        y3, a3, b3 = sys_f(stage_input(y, dt, (fy, y2), METHOD, 2),
+                            stage_input(a, dt, (fa, a2), METHOD, 2), g, ADJ)
+        y4, a4, b4 = sys_f(stage_input(y, dt, (fy, y2, y3), METHOD, 3),
+                            stage_input(a, dt, (fa, a2, a3), METHOD, 3), g, ADJ)
     if METHOD == DOPRI5:
-        y5, a5, b5 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y4, y4, METHOD, 4),
-                            stage_input(a, dt, fa, a2, a3, a4, a4, a4, METHOD, 4), g, ADJ)
-        y6, a6, b6 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y5, y5, METHOD, 5),
-                            stage_input(a, dt, fa, a2, a3, a4, a5, a5, METHOD, 5), g, ADJ)
-        y7, a7, b7 = sys_f(stage_input(y, dt, fy, y2, y3, y4, y5, y6, METHOD, 6),
-                            stage_input(a, dt, fa, a2, a3, a4, a5, a6, METHOD, 6), g, ADJ)
+        y5, a5, b5 = sys_f(stage_input(y, dt, (fy, y2, y3, y4), METHOD, 4),
+                            stage_input(a, dt, (fa, a2, a3, a4), METHOD, 4), g, ADJ)
+        y6, a6, b6 = sys_f(stage_input(y, dt, (fy, y2, y3, y4, y5), METHOD, 5),
+                            stage_input(a, dt, (fa, a2, a3, a4, a5), METHOD, 5), g, ADJ)
+        y7, a7, b7 = sys_f(stage_input(y, dt, (fy, y2, y3, y4, y5, y6), METHOD, 6),
+                            stage_input(a, dt, (fa, a2, a3, a4, a5, a6), METHOD, 6), g, ADJ)
     return (y2, y3, y4, y5, y6, y7), (a2, a3, a4, a5, a6, a7), (b2, b3, b4, b5, b6, b7)
 
 
@@ -257,50 +253,21 @@ def step_vjp(y, g, dt, w1, w2, w3, w4, w5, w6, w7, yb1, METHOD: tl.constexpr):
     where the header includes it; with weight 0 it adds exact zeros.
     """
     S: tl.constexpr = stage_count(METHOD)
-    k1, q1 = rhs_sin2(y, g)
-    # Stages a method lacks repeat stage 1 (never read: each use below sits under S).
-    k2, q2, k3, q3, k4, q4, k5, q5, k6, q6, q7 = k1, q1, k1, q1, k1, q1, k1, q1, k1, q1, q1
-    if S >= 2:
-        k2, q2 = rhs_sin2(stage_input(y, dt, k1, k1, k1, k1, k1, k1, METHOD, 1), g)
-    if S >= 3:
-        k3, q3 = rhs_sin2(stage_input(y, dt, k1, k2, k2, k2, k2, k2, METHOD, 2), g)
-    if S >= 4:
-        k4, q4 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k3, k3, k3, METHOD, 3), g)
-    if S >= 5:
-        k5, q5 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k4, k4, METHOD, 4), g)
-    if S >= 6:
-        k6, q6 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k5, METHOD, 5), g)
-    if S >= 7:
-        _k7, q7 = rhs_sin2(stage_input(y, dt, k1, k2, k3, k4, k5, k6, METHOD, 6), g)
-    kb1 = dt * w1 * yb1
-    kb2 = dt * w2 * yb1
-    kb3 = dt * w3 * yb1
-    kb4 = dt * w4 * yb1
-    kb5 = dt * w5 * yb1
-    kb6 = dt * w6 * yb1
-    kb7 = dt * w7 * yb1
+    k, q = rhs_sin2(y, g)
+    ks = (k,)
+    qs = (q,)
+    for i in tl.static_range(1, S):
+        k, q = rhs_sin2(stage_input(y, dt, ks, METHOD, i), g)
+        ks = ks + (k,)
+        qs = qs + (q,)
+    ws = (w1, w2, w3, w4, w5, w6, w7)
+    kbs = ()
+    for j in tl.static_range(S):
+        kbs = kbs + (dt * ws[j] * yb1,)
     yb = yb1
     gb = yb1 * 0.0
-    if S >= 7:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-            kb1, kb2, kb3, kb4, kb5, kb6, kb7, q7, dt, yb, gb, METHOD, 6)
-    if S >= 6:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-            kb1, kb2, kb3, kb4, kb5, kb6, kb6, q6, dt, yb, gb, METHOD, 5)
-    if S >= 5:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-            kb1, kb2, kb3, kb4, kb5, kb6, kb5, q5, dt, yb, gb, METHOD, 4)
-    if S >= 4:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-            kb1, kb2, kb3, kb4, kb5, kb6, kb4, q4, dt, yb, gb, METHOD, 3)
-    if S >= 3:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-            kb1, kb2, kb3, kb4, kb5, kb6, kb3, q3, dt, yb, gb, METHOD, 2)
-    if S >= 2:
-        kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-            kb1, kb2, kb3, kb4, kb5, kb6, kb2, q2, dt, yb, gb, METHOD, 1)
-    kb1, kb2, kb3, kb4, kb5, kb6, yb, gb = stage_vjp(
-        kb1, kb2, kb3, kb4, kb5, kb6, kb1, q1, dt, yb, gb, METHOD, 0)
+    for i in tl.static_range(S - 1, -1, -1):
+        kbs, yb, gb = stage_vjp(kbs, qs[i], dt, yb, gb, METHOD, i)
     return yb, gb
 
 
@@ -393,11 +360,11 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
         act = act & (under == 0)
         dtT = dt.to(T)
         ky, ka, kb = sys_stages(y, a, g, dtT, fy, fa, fb, DOPRI5, ADJ)
-        y1 = stage_input(y, dtT, fy, ky[0], ky[1], ky[2], ky[3], ky[4], DOPRI5, 6)
+        y1 = stage_input(y, dtT, (fy, ky[0], ky[1], ky[2], ky[3], ky[4]), DOPRI5, 6)
         ratio = error_ratio(dopri5_error(dtT, fy, ky[1], ky[2], ky[3], ky[4], ky[5]), y, y1, rtol, atol)
         if ADJ:
-            a1 = stage_input(a, dtT, fa, ka[0], ka[1], ka[2], ka[3], ka[4], DOPRI5, 6)
-            bb1 = stage_input(b, dtT, fb, kb[0], kb[1], kb[2], kb[3], kb[4], DOPRI5, 6)
+            a1 = stage_input(a, dtT, (fa, ka[0], ka[1], ka[2], ka[3], ka[4]), DOPRI5, 6)
+            bb1 = stage_input(b, dtT, (fb, kb[0], kb[1], kb[2], kb[3], kb[4]), DOPRI5, 6)
             ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fa, ka[1], ka[2], ka[3], ka[4], ka[5]),
                                              a, a1, rtol, atol))
             ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fb, kb[1], kb[2], kb[3], kb[4], kb[5]),

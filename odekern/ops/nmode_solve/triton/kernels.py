@@ -121,7 +121,7 @@ def _nmode_global_attempt_kernel(y_ptr, f_ptr, g_ptr, ynew_ptr, fnew_ptr, part_p
     atol = tl.load(par_ptr + 1)
     dt = tl.load(par_ptr + 2).to(T)
     ky, _ka, _kb = sys_stages(y, y, g, dt, f, f, f, DOPRI5, False)
-    y1 = stage_input(y, dt, f, ky[0], ky[1], ky[2], ky[3], ky[4], DOPRI5, 6)
+    y1 = stage_input(y, dt, (f, ky[0], ky[1], ky[2], ky[3], ky[4]), DOPRI5, 6)
     err = dopri5_error(dt, f, ky[1], ky[2], ky[3], ky[4], ky[5])
     r = err / (atol.to(T) + rtol.to(T) * tl.maximum(tl.abs(y), tl.abs(y1)))
     r = r.to(tl.float64)
