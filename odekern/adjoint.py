@@ -11,11 +11,16 @@ augmented state
 from each output time back to the previous one with ``odekern.odeint``, restarting ``y`` from
 the stored forward value and adding the incoming ``dL/dy(t_i)`` at every output time.
 
-The augmented state is a tuple ``(a_t, *y, *a_y, *a_theta)`` solved natively by the solvers
-(``odekern.solvers.state``): nothing is concatenated, and the dynamics hand back ``f(t, y)``
-and the vector-Jacobian products as they come out of autograd. The adaptive error norm is the
-same as torchdiffeq's default adjoint norm (max over the norms of the parts), so both libraries
-take the same backward steps; it is computed from one fused RMS per component.
+For a tensor ``y`` the parts ``(a_t, y, a_y, *a_theta)`` are solved as one flat tensor, as
+torchdiffeq does: they are many and often tiny (an MLP's parameters), and every solver operation
+would otherwise be paid once per part; the dynamics concatenate ``f(t, y)`` and the
+vector-Jacobian products once per evaluation. For a tuple ``y`` (a higher-order block's
+``(x, v)``) they stay a tuple state, so no part is ever copied. Either way a custom
+``adjoint_options["norm"]`` and the ``callback_*_adjoint`` callbacks receive the parts as a
+tuple, as in torchdiffeq. The adaptive error norm is torchdiffeq's default adjoint norm (max
+over the norms of the parts), so both libraries take the same backward steps; for the built-in
+state norms it comes from one float64 norm per part in a single call (or, for a tuple state,
+from the fused error pass's RMS per part).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ SEMINORM = "seminorm"
 
 @dataclasses.dataclass(frozen=True)
 class _AugmentedLayout:
-    """Which components of the augmented backward state ``(a_t, *y, *a_y, *a_theta)`` are which.
+    """Which parts of the augmented backward state ``(a_t, *y, *a_y, *a_theta)`` are which.
 
     ``y`` and ``a_y`` are tuples of components (one for a tensor state)."""
 
@@ -67,24 +72,96 @@ class _AugmentedLayout:
         return tuple(parts) if self.tuple_y else parts[0]
 
 
+class _FlatParts:
+    """The backward state of a tensor y: the parts laid end to end in one flat tensor."""
+
+    def __init__(self, parts: Sequence[torch.Tensor]):
+        self.shapes = tuple(p.shape for p in parts)
+        self.sizes = tuple(p.numel() for p in parts)
+
+    def to_state(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The parts as views of ``flat``."""
+        return tuple(p.view(shape) for p, shape in zip(self.pieces(flat), self.shapes))
+
+    def pieces(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The parts as 1-d views of ``flat`` (for reductions)."""
+        return flat.split(self.sizes)
+
+
+class _TupleParts:
+    """The backward state of a tuple y (a higher-order block's (x, v)): the parts as a tuple
+    state, so no part is copied (the solvers handle tuples natively)."""
+
+    def __init__(self, parts: Sequence[torch.Tensor]):
+        self.sizes = tuple(p.numel() for p in parts)
+
+    def to_state(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(parts)
+
+    def split(self, aug: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return aug
+
+    pieces = split
+
+
+def _packing(layout: _AugmentedLayout, parts: Sequence[torch.Tensor]) -> _FlatParts | _TupleParts:
+    """How the backward solves the parts: flat for a tensor y, as torchdiffeq does (its parts are
+    many and often tiny, an MLP's parameters, and every solver operation would otherwise be
+    paid once per part); a tuple for a tuple y, whose components are never concatenated."""
+    return _TupleParts(parts) if layout.tuple_y else _FlatParts(parts)
+
+
 class _AdjointNorm:
     """Error norm of the backward solve: max of |a_t|, the state norm of y and of a_y, and the RMS
-    norm of each a_theta (left out for the seminorm).
+    norm of each a_theta (left out for the seminorm), on the solved backward state.
 
     Taking the max per part (not one RMS over everything) stops a huge parameter vector from
     diluting the error of the state, and equals torchdiffeq's default adjoint norm (its
     ``adjoint_seminorm`` with ``seminorm=True``).
     """
 
-    def __init__(self, layout: _AugmentedLayout, state_norm: Callable, seminorm: bool = False):
+    def __init__(self, layout: _AugmentedLayout, parts: _FlatParts | _TupleParts, state_norm: Callable,
+                 seminorm: bool = False):
         self.layout = layout
+        self.parts = parts
         self.state_norm = state_norm
         self.seminorm = seminorm
-        # Fusable (see norms.component_rms_combiner) exactly when the state norm is.
+        # The built-in state norms follow from per-part RMS values (norms.component_rms_combiner).
         self._combine_state = component_rms_combiner(state_norm)
-        self.from_component_rms = self._from_component_rms if self._combine_state is not None else None
+        n, counts = layout.n_y, parts.sizes
+        # Part sizes as the norm counts them: the parameters' are 0 (skipped) for the seminorm.
+        self._measured = counts if not seminorm else counts[:1 + 2 * n] + (0,) * (len(counts) - 1 - 2 * n)
+        self._root_counts: dict[torch.device, torch.Tensor] = {}
+        # A tuple state's fused error pass gives one RMS per part (stages._fused_error_ratio).
+        fused = self._combine_state is not None and isinstance(parts, _TupleParts)
+        self.from_component_rms = (lambda rms, counts: self._from_rms(rms)) if fused else None
 
-    def __call__(self, aug: Sequence[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, aug) -> torch.Tensor:
+        if self._combine_state is None:
+            return self._of_parts(self.parts.split(aug))
+        pieces = [p.abs() if p.is_complex() else p for p in self.parts.pieces(aug)]
+        norms = torch.stack(torch._foreach_norm(pieces, 2, dtype=torch.float64))
+        return self._from_rms((norms / self._root_count(norms.device)).unbind())
+
+    def _root_count(self, device: torch.device) -> torch.Tensor:
+        root = self._root_counts.get(device)
+        if root is None:  # sqrt of each part's size (1 for an empty part, whose norm is 0)
+            root = torch.tensor([max(c, 1) for c in self.parts.sizes], dtype=torch.float64, device=device).sqrt()
+            self._root_counts[device] = root
+        return root
+
+    def _from_rms(self, rms: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The norm from the RMS of every part (the RMS of the scalar a_t is |a_t|)."""
+        n, combine, counts = self.layout.n_y, self._combine_state, self._measured
+        norms = [rms[0], combine(rms[1:1 + n], counts[1:1 + n]), combine(rms[1 + n:1 + 2 * n], counts[1 + n:1 + 2 * n])]
+        norms += [r for r, c in zip(rms[1 + 2 * n:], counts[1 + 2 * n:]) if c]
+        return torch.stack(norms).max()
+
+    def _of_parts(self, aug: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The norm by the state norm itself (a user's, or one not built from RMS values)."""
         adj_t, y, adj_y, adj_params = self.layout.unpack(aug)
         norms = [
             adj_t.abs(),
@@ -95,31 +172,47 @@ class _AdjointNorm:
             norms += [rms_norm(p) for p in adj_params if p.numel()]
         return torch.stack([n.to(state.real_dtype(adj_t.dtype)) for n in norms]).max()
 
-    def _from_component_rms(self, rms: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
-        """The same norm from per-component RMS values (the RMS of the scalar a_t is |a_t|)."""
-        n, combine = self.layout.n_y, self._combine_state
-        norms = [rms[0], combine(rms[1:1 + n], counts[1:1 + n]), combine(rms[1 + n:1 + 2 * n], counts[1 + n:1 + 2 * n])]
-        if not self.seminorm:
-            norms += [r for r, c in zip(rms[1 + 2 * n:], counts[1 + 2 * n:]) if c]
-        return torch.stack(norms).max()
+
+class _NormOfParts:
+    """A user's ``adjoint_options["norm"]``: it receives the parts ``(a_t, *y, *a_y, *a_theta)``
+    as a tuple, as in torchdiffeq, also when the backward solves them flat."""
+
+    def __init__(self, norm: Callable, parts: _FlatParts | _TupleParts):
+        self.norm = norm
+        self.parts = parts
+
+    def __call__(self, aug):
+        return self.norm(self.parts.split(aug))
+
+
+class _CallbackOfParts:
+    """A ``callback_*_adjoint`` of func: called with the parts as a tuple, as in torchdiffeq."""
+
+    def __init__(self, callback: Callable, parts: _FlatParts | _TupleParts):
+        self.callback = callback
+        self.parts = parts
+
+    def __call__(self, t0, aug, dt):
+        return self.callback(t0, self.parts.split(aug), dt)
 
 
 class _AugmentedDynamics:
-    """Right-hand side of the augmented backward ODE on the tuple state (no concatenation)."""
+    """Right-hand side of the augmented backward ODE on the solved backward state."""
 
-    def __init__(self, func: Callable, layout: _AugmentedLayout, params: tuple[torch.Tensor, ...],
-                 t_requires_grad: bool):
+    def __init__(self, func: Callable, layout: _AugmentedLayout, parts: _FlatParts | _TupleParts,
+                 params: tuple[torch.Tensor, ...], t_requires_grad: bool):
         self.func = func
         self.layout = layout
+        self.parts = parts
         self.params = params
         self.t_requires_grad = t_requires_grad
         # func.callback_*_adjoint are the backward solve's step callbacks (torchdiffeq's protocol).
         for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
             if hasattr(func, adjoint_name):
-                setattr(self, name, getattr(func, adjoint_name))
+                setattr(self, name, _CallbackOfParts(getattr(func, adjoint_name), parts))
 
-    def __call__(self, t: torch.Tensor, aug: tuple) -> tuple:
-        _, y, adj_y, _ = self.layout.unpack(aug)
+    def __call__(self, t: torch.Tensor, aug):
+        _, y, adj_y, _ = self.layout.unpack(self.parts.split(aug))
         with torch.enable_grad():
             t_in = t.detach().requires_grad_(self.t_requires_grad)
             y_in = tuple(c.detach().requires_grad_(True) for c in y)
@@ -142,7 +235,7 @@ class _AugmentedDynamics:
         # In the backward state's dtype (a real parameter of a complex ODE is carried as complex).
         vjp_params = [torch.zeros_like(p, dtype=like.dtype) if g is None else g.to(like.dtype)
                       for p, g in zip(self.params, vjp_params)]
-        return self.layout.pack(vjp_t, [fc.detach() for fc in f], vjp_y, vjp_params)
+        return self.parts.to_state(self.layout.pack(vjp_t, [fc.detach() for fc in f], vjp_y, vjp_params))
 
 
 def _components_of_output(f: Any, y: Sequence[torch.Tensor]) -> tuple:
@@ -212,16 +305,20 @@ class _OdeintAdjoint(torch.autograd.Function):
             event_t, saved, grad_ys = saved[0], saved[1:], grad_ys[1:]
             t = torch.cat([t[:1], event_t.reshape(1).to(t)])
         ys, params = tuple(saved[:layout.n_y]), tuple(saved[layout.n_y:])
-        dynamics = _AugmentedDynamics(cfg.func, layout, params, ctx.t_requires_grad)
+        like = ys[0]
+        # The parts' shapes, from a state of them (its values are not used).
+        parts = _packing(layout, layout.pack(torch.zeros((), dtype=like.dtype), tuple(c[-1] for c in ys),
+                                             tuple(c[-1] for c in ys), params))
+        dynamics = _AugmentedDynamics(cfg.func, layout, parts, params, ctx.t_requires_grad)
         adjoint_options = dict(cfg.adjoint_options)
-        if adjoint_options.get("norm") == SEMINORM:
-            adjoint_options["norm"] = _AdjointNorm(layout, cfg.state_norm, seminorm=True)
-        adjoint_options.setdefault("norm", _AdjointNorm(layout, cfg.state_norm))
-        solve = odeint
+        norm = adjoint_options.get("norm")
+        if norm is None or norm == SEMINORM:
+            adjoint_options["norm"] = _AdjointNorm(layout, parts, cfg.state_norm, seminorm=norm == SEMINORM)
+        elif callable(norm):
+            adjoint_options["norm"] = _NormOfParts(norm, parts)
 
         forced = use_backend(ctx.backend) if ctx.backend is not None else contextlib.nullcontext()
         with torch.no_grad(), forced:
-            like = ys[0]
             grad_ys = [g.to(like.dtype) for g in grad_ys]
             adj_t = torch.zeros((), dtype=like.dtype, device=like.device)
             adj_y = tuple(g[-1].clone() for g in grad_ys)
@@ -237,10 +334,10 @@ class _OdeintAdjoint(torch.autograd.Function):
                     direct = sum((fc * g[i]).sum() for fc, g in zip(f_i, grad_ys))
                     time_grads[i] = direct.to(t.dtype)
                     adj_t = adj_t - direct
-                solution = solve(dynamics, layout.pack(adj_t, y_i, adj_y, adj_params), t[i - 1:i + 1].flip(0),
-                                 rtol=cfg.adjoint_rtol, atol=cfg.adjoint_atol, method=cfg.adjoint_method,
-                                 options=adjoint_options)
-                adj_t, _, adj_y, adj_params = layout.unpack(state.row(solution, 1))
+                start = parts.to_state(layout.pack(adj_t, y_i, adj_y, adj_params))
+                solution = odeint(dynamics, start, t[i - 1:i + 1].flip(0), rtol=cfg.adjoint_rtol,
+                                  atol=cfg.adjoint_atol, method=cfg.adjoint_method, options=adjoint_options)
+                adj_t, _, adj_y, adj_params = layout.unpack(parts.split(state.row(solution, 1)))
                 adj_y = tuple(a + g[i - 1] for a, g in zip(adj_y, grad_ys))
 
             if ctx.t_requires_grad:

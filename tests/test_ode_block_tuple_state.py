@@ -15,7 +15,7 @@ import torchdiffeq
 from torch import nn
 
 from odekern import ODEBlock
-from odekern.adjoint import _AugmentedDynamics, _AugmentedLayout
+from odekern.adjoint import _AugmentedDynamics, _AugmentedLayout, _TupleParts
 from odekern.testing import OpCounter, assert_close, randn
 
 F64 = torch.float64
@@ -105,10 +105,10 @@ def test_adjoint_dynamics_pass_the_velocity_on_without_copy():
     dx/dt component is the state's v storage itself."""
     block = _block(dtype=F64)
     params = tuple(block.dynamics.parameters())
-    dynamics = _AugmentedDynamics(block.dynamics, _AugmentedLayout(2, True), params, False)
     x, v = randn(1, C, 4, 4, dtype=F64, seed=6), randn(1, C, 4, 4, dtype=F64, seed=7)
     adj = (randn(1, C, 4, 4, dtype=F64, seed=8), randn(1, C, 4, 4, dtype=F64, seed=9))
     aug = (torch.zeros((), dtype=F64), x, v, *adj, *(torch.zeros_like(p) for p in params))
+    dynamics = _AugmentedDynamics(block.dynamics, _AugmentedLayout(2, True), _TupleParts(aug), params, False)
     t = torch.tensor(0.1, dtype=F64)
     out = dynamics(t, aug)
     assert len(out) == len(aug)

@@ -217,6 +217,89 @@ def test_tuple_state_matches_single_tensor():
         assert_close(g, r, kind="rounding", msg=name)
 
 
+# --------------------------------------------------------------------------- the backward state
+
+
+def _rms(x):
+    return x.abs().pow(2).mean().sqrt()
+
+
+def _part(shape, dtype, seed, scale):
+    """A random part of the backward state (complex ones with an imaginary part)."""
+    x = randn(1, *shape, dtype=F64, seed=seed, scale=scale)[0]  # randn() takes no empty shape
+    if dtype.is_complex:
+        x = torch.complex(x, randn(1, *shape, dtype=F64, seed=seed + 100, scale=scale)[0])
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.complex128], ids=str)
+@pytest.mark.parametrize("seminorm", [False, True], ids=["norm", "seminorm"])
+@pytest.mark.parametrize("y_kind,state_norm", [("tensor", "default"), ("tuple", "default"), ("tensor", "max"),
+                                               ("tuple", "user")])
+@pytest.mark.parametrize("solved", ["flat", "tuple"])
+def test_adjoint_norm_is_the_max_of_its_parts_norms(dtype, seminorm, y_kind, state_norm, solved):
+    """The backward solves (a_t, *y, *a_y, *a_theta) as one flat tensor (a tensor y) or as a
+    tuple state (a tuple y); its error norm is torchdiffeq's default adjoint norm: max(|a_t|,
+    norm(y), norm(a_y), rms of each a_theta), the parameters left out for the seminorm. The
+    built-in state norms take the one-call route (a float64 norm per part), the others are
+    called on the parts; both against the definition, for both ways of solving."""
+    from odekern.adjoint import _AdjointNorm, _AugmentedLayout, _FlatParts, _TupleParts
+    from odekern.solvers.norms import max_norm, resolve_norm
+
+    y_shapes = [(2, 3)] if y_kind == "tensor" else [(2, 3), (4,)]
+    shapes = [()] + y_shapes + y_shapes + [(5, 2), (0,), (3,)]  # an empty parameter is skipped
+    # Each part on its own scale, so a wrong pairing of parts and norms changes the answer.
+    parts = [_part(s, dtype, seed=40 + i, scale=2.0 ** (i - 4)) for i, s in enumerate(shapes)]
+    n = len(y_shapes)
+    user = lambda y: sum(c.abs().sum() for c in y) / 7  # noqa: E731 - a user's norm of a tuple y
+    norm_of_y = {"default": resolve_norm(None, y_kind == "tuple"), "max": max_norm, "user": user}[state_norm]
+    layout = _AugmentedLayout(n, y_kind == "tuple")
+    packing = (_FlatParts if solved == "flat" else _TupleParts)(parts)
+    got = _AdjointNorm(layout, packing, norm_of_y, seminorm=seminorm)(packing.to_state(parts))
+
+    def of_y(ys):
+        if state_norm == "default":  # RMS of a tensor, max of the RMS of each component of a tuple
+            return max(_rms(c) for c in ys)
+        if state_norm == "max":
+            return max(c.abs().max() for c in ys)
+        return user(ys)
+
+    want = [parts[0].abs(), of_y(parts[1:1 + n]), of_y(parts[1 + n:1 + 2 * n])]
+    if not seminorm:
+        want += [_rms(p) for p in parts[1 + 2 * n:] if p.numel()]
+    want = torch.stack([w.to(F64) for w in want]).max()
+    assert got.ndim == 0
+    assert_close(got.to(F64), want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+@pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
+def test_custom_adjoint_norm_and_callbacks_receive_the_parts_as_in_torchdiffeq(tuple_state):
+    """A user's adjoint norm and callback_step_adjoint see the backward state as torchdiffeq
+    hands it over: a tuple (a_t, *y, *a_y, *a_theta), not the flat tensor that is solved; the
+    gradients agree."""
+    results = {}
+    for lib, solve in (("odekern", odeint_adjoint), ("torchdiffeq", torchdiffeq.odeint_adjoint)):
+        func, y0, t = _make("mlp")
+        seen = {"norm": set(), "callback": set()}
+
+        def norm(aug, seen=seen):
+            seen["norm"].add(tuple(tuple(c.shape) for c in aug))
+            return max(c.abs().max() for c in aug)
+
+        func.callback_step_adjoint = lambda t0, aug, dt, seen=seen: seen["callback"].add(
+            tuple(tuple(c.shape) for c in aug))
+        state = (y0[:, :1], y0[:, 1:]) if tuple_state else y0
+        wrapped = (lambda t_, s: tuple(func(t_, torch.cat(s, -1)).split([1, 2], -1))) if tuple_state else func
+        ys = solve(wrapped, state, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": norm})
+        loss = sum((c ** 2).sum() for c in ys) if tuple_state else (ys ** 2).sum()
+        results[lib] = (seen, torch.autograd.grad(loss, (y0, *func.parameters())))
+    (ours, our_grads), (theirs, their_grads) = results["odekern"], results["torchdiffeq"]
+    assert ours == theirs
+    assert len(ours["norm"]) == 1 and len(next(iter(ours["norm"]))) == (5 if tuple_state else 3) + 4
+    for a, b in zip(our_grads, their_grads):
+        assert_close(a, b, kind="cross")
+
+
 def test_adjoint_params_for_plain_function():
     """A non-Module func: gradients reach exactly the tensors named in adjoint_params."""
     A = randn(3, 3, dtype=F64, seed=4, scale=0.5, requires_grad=True)

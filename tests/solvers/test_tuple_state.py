@@ -17,7 +17,7 @@ from solver_problems import Counting
 
 import odekern
 from odekern import odeint, odeint_adjoint
-from odekern.adjoint import _AdjointNorm, _AugmentedLayout
+from odekern.adjoint import _AdjointNorm, _AugmentedLayout, _TupleParts
 from odekern.dispatch import registered, replaced
 from odekern.solvers import stages
 from odekern.solvers.base import RHS
@@ -171,11 +171,11 @@ def test_fused_error_ratio_of_tuple_equals_reference(backend, norm_name):
         stack.enter_context(replaced("rk_error_ratio", name,
                                      lambda *args, _fn=entry.fn: passes.append(1) or _fn(*args)))
 
-    # The adjoint layout (a_t, y, a_y, a_theta) with y a 1-component state; a_theta 0-dim.
+    # The adjoint's tuple state (a_t, y, a_y, a_theta) with y a 1-component tuple; a_theta 0-dim.
     shapes = [(), (2, 3), (2, 3), (4,), ()] if norm_name == "adjoint" else SHAPES
-    norm = {"rms": rms_norm, "mixed": mixed_norm,
-            "adjoint": _AdjointNorm(_AugmentedLayout(1, False), rms_norm)}[norm_name]
     y0 = tuple(_rand(s, 10 + i) for i, s in enumerate(shapes))
+    norm = {"rms": rms_norm, "mixed": mixed_norm,
+            "adjoint": _AdjointNorm(_AugmentedLayout(1, True), _TupleParts(y0), rms_norm)}[norm_name]
     y1 = tuple(_rand(s, 20 + i) for i, s in enumerate(shapes))
     ks = [tuple(_rand(s, 30 + 7 * j + i) for i, s in enumerate(shapes)) for j in range(3)]
     coeffs, dt = (0.3, -0.5, 0.2), 0.05
