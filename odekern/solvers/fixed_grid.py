@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -54,11 +55,15 @@ def grid_and_values_from_step_size(t: Tensor, step_size: float,
     start, end = t[0], t[-1]
     start_f, end_f = (t_vals[0], t_vals[-1]) if t_vals is not None else t.detach()[[0, -1]].tolist()
     _check_grid_budget(start_f, end_f, step_size)
-    # The point count in t's precision, as torchdiffeq computes it.
-    n_points = math.ceil(((end - start) / step_size + 1).item())
-    grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
-    grid[-1] = end
-    values = grid.tolist()
+    values = None if state.records_derivatives([t]) else _grid_values_in(t.dtype, start_f, end_f, step_size)
+    if values is not None:
+        grid = torch.tensor(values, dtype=t.dtype, device=t.device)
+    else:
+        # The point count in t's precision, as torchdiffeq computes it.
+        n_points = _point_count(((end - start) / step_size + 1).item(), t.dtype, start_f, end_f)
+        grid = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
+        grid[-1] = end
+        values = grid.tolist()
     # ``start + k * step_size`` can round onto or past ``end`` one point early (0.3 + 6 * 0.1 >
     # 0.9): torchdiffeq then takes a step of about -1e-16; that point is dropped instead. The
     # points grow with k, so such points are the last ones before ``end``.
@@ -69,6 +74,51 @@ def grid_and_values_from_step_size(t: Tensor, step_size: float,
         grid = torch.cat([grid[:kept], grid[-1:]])
         values = values[:kept] + values[-1:]
     return grid, values
+
+
+def _point_count(count: float, dtype: torch.dtype, start: float, end: float) -> int:
+    """The grid's point count from its value in t's dtype, where the span may overflow."""
+    if not math.isfinite(count):
+        raise ValueError(f"t's span [{start:.6g}, {end:.6g}] overflows {dtype} (t's dtype), in which the fixed "
+                         "grid is built: pass t in float64 or rescale time")
+    return math.ceil(count)
+
+
+_FLOAT32 = struct.Struct("f")
+
+
+def _to_float32(x: float) -> float:
+    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
+
+
+def rounding_to(dtype: torch.dtype) -> Callable[[float], float] | None:
+    """Rounds a Python float to ``dtype`` (float64: as it is), or None for another dtype.
+
+    With it, the arithmetic of a float32 (or float64) tensor op is done on Python floats bit
+    for bit: one +, -, * or / of two float32 values computed in double and rounded once to
+    float32 is the correctly rounded float32 result (double has more than 2 x 24 + 2 bits)."""
+    if dtype == torch.float64:
+        return float
+    if dtype == torch.float32:
+        return _to_float32
+    return None
+
+
+def _grid_values_in(dtype: torch.dtype, start: float, end: float, step_size: float) -> list[float] | None:
+    """torchdiffeq's grid ``arange(n) * step_size + start`` (last point ``end``) in ``dtype``,
+    computed on Python floats without a tensor operation (those cost ~20 us per solve, as much
+    as several steps of a small state), or None where that cannot be exact (a dtype other than
+    float32/float64, or times beyond float32's range)."""
+    rounded = rounding_to(dtype)
+    if rounded is None:
+        return None
+    try:
+        h = rounded(step_size)
+        n_points = _point_count(rounded(rounded(rounded(end - start) / h) + 1), dtype, start, end)
+        values = [rounded(rounded(k * h) + start) for k in range(n_points - 1)]
+    except OverflowError:  # float32 cannot hold it: torch's arithmetic then decides
+        return None
+    return values + [end]
 
 
 def grid_values_from_step_size(start: float, end: float, step_size: float) -> list[float]:
@@ -173,11 +223,13 @@ class FixedGridSolver(Solver):
         # sync), unless t is differentiated, where dt must stay a tensor.
         if not known and t.requires_grad:
             dts = None
-        elif known or t.dtype == torch.float64:
-            # Python's double subtraction is t1 - t0 in float64.
+        elif known:
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
+        elif (rounded := rounding_to(t.dtype)) is not None:
+            # t1 - t0 in t's precision, as torchdiffeq's, without a tensor operation.
+            dts = [rounded(b - a) for a, b in zip(grid_vals[:-1], grid_vals[1:])]
         else:
-            dts = (grid[1:] - grid[:-1]).tolist()  # in t's precision, as torchdiffeq's t1 - t0
+            dts = (grid[1:] - grid[:-1]).tolist()
         # NaN/inf is tracked on the device (one sum per step) and read once after the loop, so a
         # fixed-grid solve makes no host sync per step.
         watch = state.NonFiniteWatch()

@@ -1,0 +1,87 @@
+"""The fixed grid from ``step_size`` is torchdiffeq's, bit for bit, although odekern builds it
+on Python floats (no tensor arithmetic, no device read).
+
+Reference: torchdiffeq's own grid constructor (``arange(n) * step_size + t[0]`` in ``t``'s
+dtype, last point ``t[-1]``), called on the same ``t``; the step sizes against ``grid[1:] -
+grid[:-1]`` in that dtype. Fuzzed over spans, signs, magnitudes and step sizes with hypothesis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchdiffeq._impl.solvers import FixedGridODESolver
+
+from odekern.solvers.fixed_grid import grid_and_values_from_step_size, rounding_to
+
+FUZZ = settings(max_examples=400, deadline=None, derandomize=True)
+
+
+def _torchdiffeq_grid(t: torch.Tensor, step_size: float) -> torch.Tensor:
+    return FixedGridODESolver._grid_constructor_from_step_size(step_size)(None, None, t)
+
+
+@st.composite
+def spans(draw):
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    scale = 10.0 ** draw(st.integers(-3, 4))
+    start = draw(st.floats(-1.0, 1.0)) * scale
+    length = draw(st.floats(1e-3, 2.0)) * scale
+    t = torch.tensor([start, start + length], dtype=dtype)
+    if not t[1] > t[0]:
+        t[1] = torch.nextafter(t[0], t[0] + 1)
+    span = float(t[1] - t[0])
+    step_size = draw(st.one_of(st.just(0.1), st.just(1 / 3), st.floats(span / 300, span * 1.5),
+                               st.integers(1, 300).map(lambda n: span / n)))
+    return t, step_size
+
+
+@FUZZ
+@given(spans())
+def test_grid_is_torchdiffeqs_bit_for_bit(case):
+    t, step_size = case
+    grid, values = grid_and_values_from_step_size(t, step_size, t.tolist())
+    want = _torchdiffeq_grid(t, step_size).tolist()
+    # torchdiffeq keeps a point that rounds onto or past t[-1] (then steps back by ~1 ulp);
+    # odekern drops it, which is the only intended difference.
+    want = [v for v in want[:-1] if v < want[-1]] + want[-1:]
+    assert grid.dtype == t.dtype and grid.tolist() == values == want
+    rounded = rounding_to(t.dtype)
+    steps = [rounded(b - a) for a, b in zip(values[:-1], values[1:])]
+    assert steps == (grid[1:] - grid[:-1]).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_times_take_torchs_arithmetic(dtype):
+    """No Python rounding for float16/bfloat16 times: the grid comes from tensor operations."""
+    assert rounding_to(dtype) is None
+    t = torch.tensor([0.0, 1.0], dtype=dtype)
+    grid, values = grid_and_values_from_step_size(t, 0.1, t.tolist())
+    assert grid.tolist() == values == _torchdiffeq_grid(t, 0.1).tolist()
+
+
+def test_differentiated_times_keep_their_gradient():
+    t = torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    grid, values = grid_and_values_from_step_size(t, 0.25, t.tolist())
+    assert values == _torchdiffeq_grid(t.detach(), 0.25).tolist()
+    (d_t,) = torch.autograd.grad(grid.sum(), t)
+    n = len(values)
+    assert d_t.tolist() == [n - 1, 1.0]  # every point but the last moves with t[0]; the last is t[-1]
+
+
+def test_times_near_float32s_limit():
+    """A grid near float32's largest value is still torchdiffeq's; a span that overflows float32
+    is refused by name (it used to fail inside the point count's ceil)."""
+    big = float(torch.finfo(torch.float32).max)
+    t = torch.tensor([-big, -big / 2], dtype=torch.float32)
+    step = abs(float(t[1] - t[0])) / 4
+    grid, values = grid_and_values_from_step_size(t, step, t.tolist())
+    assert values == _torchdiffeq_grid(t, step).tolist() and all(math.isfinite(v) for v in values)
+    wide = torch.tensor([-big, big], dtype=torch.float32)
+    for requires_grad in (False, True):  # both ways of building the grid
+        with pytest.raises(ValueError, match=r"t's span .* overflows torch.float32"):
+            grid_and_values_from_step_size(wide.clone().requires_grad_(requires_grad), big / 2, wide.tolist())
