@@ -105,7 +105,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
             with torch.no_grad():
                 ratio = stages.error_ratio(stages.difference(dy_old, dy), dy_old, dy, self.rtol, self.atol,
                                            max_norm)
-            converged = bool(ratio < 1)
+            converged = float(ratio) < 1  # one read; no comparison op (NaN: not converged)
             if converged:
                 break
         if not converged:

@@ -46,10 +46,11 @@ class FusedStages(Protocol):
                     out: Optional[Tensor]) -> Optional[Tensor]: ...
 
     def bind_combine(self, like: Tensor) -> tuple[Optional[Callable[[Optional[Tensor], list, list, Tensor], None]],
-                                                  bool]:
+                                                  bool, bool]:
         """For a whole solve on operands shaped, typed and placed like ``like``: the kernel
         writing ``base + sum_j coeffs[j] ks[j]`` into ``out`` for unrecorded operands (None when
-        no fused backend would run them), and whether ``try_combine`` may fuse recorded ones."""
+        no fused backend would run them), whether ``try_combine`` may fuse recorded ones, and
+        whether the kernel is to run single-term combinations too (else the PyTorch code does)."""
         ...
 
     def can_error_ratio(self, y0: Tensor, ks: Sequence[Tensor]) -> bool: ...
@@ -122,12 +123,14 @@ def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
     h = float(scale)
     if not terms:
         return out.copy_(base) if base is not None else out.zero_()
+    # The recorded path's operations in its order, so both give the same values.
     c0, k0 = terms[0]
-    torch.mul(k0, h * c0, out=out)
+    if base is not None:
+        torch.add(base, k0, alpha=h * c0, out=out)
+    else:
+        torch.mul(k0, h * c0, out=out)
     for c, k in terms[1:]:
         out.add_(k, alpha=h * c)
-    if base is not None:
-        out.add_(base)
     return out
 
 
@@ -149,10 +152,11 @@ class SolveStages:
     def __init__(self, like: State):
         parts = components(like)
         bind = _fused is not None and not torch.compiler.is_compiling() and not any_carries_tangent(parts)
-        bound = [_fused.bind_combine(c) if bind else (None, _fused is not None) for c in parts]
-        self._kernels = [kernel for kernel, _ in bound]
+        bound = [_fused.bind_combine(c) if bind else (None, _fused is not None, False) for c in parts]
+        self._kernels = [kernel for kernel, _, _ in bound]
         # Recorded combinations of states too small to fuse go straight to the PyTorch code.
-        self._fuse_recorded = [fuse for _, fuse in bound]
+        self._fuse_recorded = [fuse for _, fuse, _ in bound]
+        self._fuse_single = [single for _, _, single in bound]
         self._tuple = is_tuple(like)
         small = [i for i, c in enumerate(parts) if c.numel() < self.SMALL_COMPONENT] if self._tuple else []
         self._small = small if len(small) > 1 else []
@@ -207,9 +211,11 @@ class SolveStages:
             kernel = self._kernels[i]
             if not recording and kernel is not None and out is not None:
                 kept, weights = _fused_terms(coeffs, ks, scale)
-                if kept:
+                if len(kept) > 1 or (kept and self._fuse_single[i]):
                     kernel(base, kept, weights, out)
                     return out
+                if kept:  # one term: a single PyTorch op beats a kernel call (bind_combine)
+                    return _torch_linear_combination(coeffs, ks, scale, base, out)
             elif recording and not self._fuse_recorded[i]:
                 return _torch_linear_combination(coeffs, ks, scale, base, out)
         return linear_combination(coeffs, ks, scale=scale, base=base, out=out)

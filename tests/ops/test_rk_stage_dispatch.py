@@ -199,3 +199,25 @@ def test_solve_stages_take_the_backend_in_force_when_the_solve_starts(counted, m
     testing.assert_close(got, y + ks[0])
     with pytest.raises(RuntimeError, match="cuda"), odekern.use_backend("cuda"):
         stages.SolveStages(y)
+
+
+def test_single_term_combinations_take_pytorch_unless_a_backend_is_forced(counted):
+    """``base + c k`` is one torch op, cheaper than any kernel call (dispatch.MIN_TERMS): in
+    automatic selection neither a solve's bound stages nor the module function call a kernel for
+    it, while a forced backend still runs it; the values agree either way."""
+    _needs_cpu()
+    y, ks = _operands(64)
+    want = y + 0.3 * 0.5 * ks[0]
+    with torch.no_grad():
+        for forced in (None, "cpu"):
+            with odekern.use_backend(forced) if forced else contextlib.nullcontext():
+                bound = stages.SolveStages(y)
+                before = counted[op.COMBINE]
+                got = [bound.stage_state(y, 0.3, [0.5], ks[:1], out=torch.empty_like(y)),
+                       stages.stage_state(y, 0.3, [0.5], ks[:1], out=torch.empty_like(y))]
+                # Two terms still go to the kernel in both modes.
+                bound.stage_state(y, 0.3, [0.5, 0.25], ks[:2], out=torch.empty_like(y))
+            calls = counted[op.COMBINE] - before
+            assert calls == (3 if forced else 1), forced
+            for g in got:
+                testing.assert_close(g, want)

@@ -35,6 +35,23 @@ def test_linear_combination_out_path_matches_plain_formula(dtype):
     assert_close(stages.error_estimate(dt, coeffs, ks), (expected - base.double()).to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("with_base", [True, False], ids=["base", "no_base"])
+@pytest.mark.parametrize("n_terms", [1, 3])
+def test_plain_pytorch_out_path_equals_the_recorded_path_bit_for_bit(dtype, with_base, n_terms):
+    """The PyTorch code writes into ``out`` with the recorded path's operations in its order, so a
+    solve gives the same values with and without a graph (and a single-term combination, which
+    skips the kernels, is one op)."""
+    ks, base = _ks(n_terms, dtype=dtype), randn(4, 5, dtype=dtype, seed=3) if with_base else None
+    coeffs, dt = (0.3, -1.1, 0.7)[:n_terms], 0.1
+    out = torch.empty(4, 5, dtype=dtype)
+    unrecorded = stages._torch_linear_combination(coeffs, ks, dt, base, out)
+    recorded = stages._torch_linear_combination(coeffs, ks, dt, base, None)
+    assert unrecorded is out and torch.equal(unrecorded, recorded)
+    plain = (base.double() if with_base else 0) + sum(dt * c * k.double() for c, k in zip(coeffs, ks))
+    assert_close(unrecorded, plain.to(dtype))
+
+
 def test_zero_coefficients_are_skipped():
     ks = _ks()
     ks[1] = torch.full_like(ks[1], float("inf"))
