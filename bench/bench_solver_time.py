@@ -1,0 +1,111 @@
+"""The solvers' own time on the drop-in bench's conv state: a solve's time minus the time spent
+inside the right-hand side, for odekern and torchdiffeq, with three right-hand sides on the same
+state (2 x 16 x 32 x 32, float32, fixed grid of 8 steps, no graph):
+
+- ``conv``: the drop-in bench's conv module (the continuous U-Net's ODE function);
+- ``cheap``: ``-0.1 y``, so the state stays in the caches between stages;
+- ``cache-thrashing``: ``-0.1 y`` after touching 16 MB, so, as behind a real network, every stage
+  combination reads its operands from memory.
+
+It shows what bounds the solver time behind a large RHS: the cheap RHS shows the operations
+the solver does, the cache-thrashing one the memory traffic both libraries must pay. Rounds
+interleave the libraries; each reports its minimum.
+
+    python bench/bench_solver_time.py [--rounds 7] [--methods euler,heun3,rk4]
+    python -m pytest bench/bench_solver_time.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import odekern
+from bench_dropin import FIXED_STEPS, family
+
+RHS_KINDS = ("conv", "cheap", "cache-thrashing")
+METHODS = ("euler", "heun3", "rk4")
+THRASH_BYTES = 16 << 20
+
+
+class TimedRHS(nn.Module):
+    """The RHS with the seconds spent inside it summed (what is left of a solve is the solver's)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.inner = family("conv")[0].inner if kind == "conv" else None
+        self.junk = torch.zeros(THRASH_BYTES // 4) if kind == "cache-thrashing" else None
+        self.seconds = 0.0
+
+    def forward(self, t, y):
+        start = time.perf_counter()
+        if self.inner is not None:
+            out = self.inner(t, y)
+        else:
+            if self.junk is not None:
+                self.junk.add_(1.0)
+            out = -0.1 * y
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def solver_seconds(kind: str, method: str, rounds: int) -> dict:
+    """Minimum over interleaved rounds of (solve time - time inside the RHS), per library."""
+    func = TimedRHS(kind)
+    y0, t = family("conv")[1:]
+    options = {"step_size": float(t[-1] - t[0]) / FIXED_STEPS}
+    best = {}
+    libs = (odekern, torchdiffeq)
+    for r in range(rounds + 1):  # the first round warms up
+        for lib in libs[r % 2:] + libs[:r % 2]:
+            func.seconds = 0.0
+            start = time.perf_counter()
+            with torch.no_grad():
+                lib.odeint(func, y0, t, method=method, options=options)
+            own = time.perf_counter() - start - func.seconds
+            if r:
+                best[lib.__name__] = min(best.get(lib.__name__, float("inf")), own)
+    return {"rhs": kind, "method": method, "odekern_s": best["odekern"], "torchdiffeq_s": best["torchdiffeq"],
+            "ratio": best["torchdiffeq"] / best["odekern"]}
+
+
+@pytest.mark.parametrize("kind", RHS_KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_solver_time(run_bench, kind, method):
+    row = solver_seconds(kind, method, rounds=5)
+    func = TimedRHS(kind)
+    y0, t = family("conv")[1:]
+    options = {"step_size": float(t[-1] - t[0]) / FIXED_STEPS}
+
+    def solve():
+        with torch.no_grad():
+            odekern.odeint(func, y0, t, method=method, options=options)
+
+    run_bench(solve, provider="odekern", **row)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="the solvers' own time behind three right-hand sides")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"{args.threads} threads, torch {torch.__version__}, min of {args.rounds} rounds\n")
+    print("| RHS | method | odekern solver time | torchdiffeq solver time | torchdiffeq / odekern |")
+    print("|---|---|---|---|---|")
+    for kind in RHS_KINDS:
+        for method in args.methods.split(","):
+            r = solver_seconds(kind, method, args.rounds)
+            print(f"| {kind} | {method} | {r['odekern_s'] * 1e3:.2f} ms | {r['torchdiffeq_s'] * 1e3:.2f} ms | "
+                  f"{r['ratio']:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
