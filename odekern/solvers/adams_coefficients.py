@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from functools import cache, cached_property
+from functools import cache
 
 MAX_ORDER = 12
 
@@ -54,6 +54,9 @@ class AdamsRule:
             if moment != Fraction(1, p + 1):
                 raise ValueError(f"AdamsRule on nodes {self.nodes}: weighted moment of degree {p} is {moment}, "
                                  f"expected 1/{p + 1} (rule not exact for polynomials of degree {p})")
+        # Made here, not lazily, as ButcherTableau's floats (a lazy cache would take a lock that
+        # torch.compile cannot trace).
+        object.__setattr__(self, "_floats", tuple(float(w) for w in self.weights))
 
     @property
     def order(self) -> int:
@@ -62,10 +65,6 @@ class AdamsRule:
     def floats(self) -> tuple[float, ...]:
         """The weights as Python floats, made once per rule (every Adams solve asks for all of them)."""
         return self._floats
-
-    @cached_property
-    def _floats(self) -> tuple[float, ...]:
-        return tuple(float(w) for w in self.weights)
 
 
 @cache

@@ -107,8 +107,7 @@ def rounding_to(dtype: torch.dtype) -> Callable[[float], float] | None:
 def _grid_values_in(dtype: torch.dtype, start: float, end: float, step_size: float) -> list[float] | None:
     """torchdiffeq's grid ``arange(n) * step_size + start`` (last point ``end``) in ``dtype``,
     computed on Python floats without a tensor operation (those cost ~20 us per solve, as much
-    as several steps of a small state), or None where that cannot be exact (a dtype other than
-    float32/float64, or times beyond float32's range)."""
+    as several steps of a small state), or None for a dtype other than float32/float64."""
     rounded = rounding_to(dtype)
     if rounded is None:
         return None
@@ -116,7 +115,7 @@ def _grid_values_in(dtype: torch.dtype, start: float, end: float, step_size: flo
         h = rounded(step_size)
         n_points = _point_count(rounded(rounded(rounded(end - start) / h) + 1), dtype, start, end)
         values = [rounded(rounded(k * h) + start) for k in range(n_points - 1)]
-    except OverflowError:  # float32 cannot hold it: torch's arithmetic then decides
+    except OverflowError:  # a Python whose struct refuses to round to float32's infinity
         return None
     return values + [end]
 

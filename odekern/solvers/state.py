@@ -3,8 +3,8 @@
 Tuple states (a second-order block's ``(x, v)``, the adjoint's ``(a_t, *y, *a_y, *a_theta)``
 for a tuple ``y``) are never concatenated: every operation the solvers do on a state goes
 through the helpers below (or through ``stages``, which applies each combination per
-component), so each component keeps its own storage and an RHS may return a component of its input as a component of its output
-without any copy.
+component), so each component keeps its own storage and an RHS may return a component of its
+input as a component of its output without any copy.
 """
 
 from __future__ import annotations

@@ -75,6 +75,10 @@ class ButcherTableau:
         if self.b_dense is not None:
             set_(self, "b_dense", tuple(_fracs(row) for row in self.b_dense))
         self._check()
+        # Made here, once per tableau (its fields never change), not lazily: functools'
+        # cached_property takes a lock on Python 3.11, which torch.compile cannot trace, so the
+        # first solve of a process inside a compiled region would break the graph there.
+        set_(self, "_floats", self._make_floats())
 
     def _fail(self, what: str) -> None:
         raise ValueError(f"ButcherTableau {self.name!r}: {what}")
@@ -134,10 +138,8 @@ class ButcherTableau:
         """The coefficients as Python floats, for the stepping loop."""
         return self._floats
 
-    @functools.cached_property
-    def _floats(self) -> FloatTableau:
-        # Made once per tableau (its fields never change): every solve asks, and converting the
-        # fractions costs more than a small solve's step.
+    def _make_floats(self) -> FloatTableau:
+        # Every solve asks, and converting the fractions costs more than a small solve's step.
         f = lambda xs: tuple(float(x) for x in xs)
         return FloatTableau(
             c=f(self.c), a=tuple(f(r) for r in self.a), b=f(self.b),

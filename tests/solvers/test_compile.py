@@ -8,6 +8,9 @@ non-finite solution raises as in eager (an in-graph assertion on CPU).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch._dynamo as dynamo
@@ -85,3 +88,24 @@ def test_python_times_are_validated():
         odekern.odeint(lambda t, y: -y, torch.ones(2), [0.0, float("nan")])
     backward = odekern.odeint(lambda t, y: -y, torch.ones(2), [1.0, 0.0], method="rk4", options={"step_size": 0.1})
     assert_close(backward[-1], torch.full((2,), torch.e), kind="cross", rtol=1e-5)
+
+
+FIRST_SOLVE = """
+import torch, torch._dynamo as dynamo, odekern
+field = torch.nn.Conv2d(2, 2, 3, padding=1)
+y0 = torch.randn(1, 2, 6, 6)
+for method in ("euler", "rk4"):
+    solve = lambda y: odekern.odeint(lambda t, z: torch.tanh(field(z)), y, [0.0, 1.0], method=method,
+                                     options={"step_size": 0.25})
+    reasons = [r.reason for r in dynamo.explain(solve)(y0).break_reasons]
+    assert not reasons, (method, reasons)
+print("ok")
+"""
+
+
+def test_the_first_solve_of_a_process_compiles_whole():
+    """In a fresh process nothing is cached yet: a solver's coefficients as floats must not come
+    from a lazy cache such as functools.cached_property, whose lock (Python 3.11) dynamo cannot
+    trace, or the first solve inside torch.compile breaks the graph (an error with fullgraph=True)."""
+    done = subprocess.run([sys.executable, "-c", FIRST_SOLVE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
