@@ -17,7 +17,8 @@ would otherwise be paid once per part; the dynamics concatenate ``f(t, y)`` and 
 vector-Jacobian products once per evaluation. For a tuple ``y`` (a higher-order block's
 ``(x, v)``) they stay a tuple state, so no part is ever copied. Either way a custom
 ``adjoint_options["norm"]`` and the ``callback_*_adjoint`` callbacks receive the parts as a
-tuple, as in torchdiffeq. The adaptive error norm is torchdiffeq's default adjoint norm (max
+tuple, as in torchdiffeq (its callbacks see a tuple y's components flattened and concatenated,
+torchdiffeq's own form of a tuple state). The adaptive error norm is torchdiffeq's default adjoint norm (max
 over the norms of the parts), so both libraries take the same backward steps; for the built-in
 state norms it comes from one float64 norm per part in a single call (or, for a tuple state,
 from the fused error pass's RMS per part).
@@ -186,14 +187,23 @@ class _NormOfParts:
 
 
 class _CallbackOfParts:
-    """A ``callback_*_adjoint`` of func: called with the parts as a tuple, as in torchdiffeq."""
+    """A ``callback_*_adjoint`` of func, called with the backward state exactly as torchdiffeq
+    hands it over: ``(a_t, y, a_y, *a_theta)``, where for a tuple y torchdiffeq's y and a_y are
+    its flat concatenations (its own representation of a tuple state, which a callback written
+    for it indexes)."""
 
-    def __init__(self, callback: Callable, parts: _FlatParts | _TupleParts):
+    def __init__(self, callback: Callable, layout: _AugmentedLayout, parts: _FlatParts | _TupleParts):
         self.callback = callback
+        self.layout = layout
         self.parts = parts
 
     def __call__(self, t0, aug, dt):
-        return self.callback(t0, self.parts.split(aug), dt)
+        aug = self.parts.split(aug)
+        if self.layout.tuple_y:
+            adj_t, y, adj_y, adj_params = self.layout.unpack(aug)
+            flat = lambda cs: torch.cat([c.reshape(-1) for c in cs])  # noqa: E731
+            aug = (adj_t, flat(y), flat(adj_y), *adj_params)
+        return self.callback(t0, aug, dt)
 
 
 class _AugmentedDynamics:
@@ -209,7 +219,7 @@ class _AugmentedDynamics:
         # func.callback_*_adjoint are the backward solve's step callbacks (torchdiffeq's protocol).
         for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
             if hasattr(func, adjoint_name):
-                setattr(self, name, _CallbackOfParts(getattr(func, adjoint_name), parts))
+                setattr(self, name, _CallbackOfParts(getattr(func, adjoint_name), layout, parts))
 
     def __call__(self, t: torch.Tensor, aug):
         _, y, adj_y, _ = self.layout.unpack(self.parts.split(aug))

@@ -272,11 +272,23 @@ def test_adjoint_norm_is_the_max_of_its_parts_norms(dtype, seminorm, y_kind, sta
     assert_close(got.to(F64), want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
 
+class _SplitState(nn.Module):
+    """``func`` of a (2, 3) state solved as the tuple of its columns (:1, 1:)."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func = func
+
+    def forward(self, t, state):
+        return tuple(self.func(t, torch.cat(state, -1)).split([1, 2], -1))
+
+
 @pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
 def test_custom_adjoint_norm_and_callbacks_receive_the_parts_as_in_torchdiffeq(tuple_state):
     """A user's adjoint norm and callback_step_adjoint see the backward state as torchdiffeq
-    hands it over: a tuple (a_t, *y, *a_y, *a_theta), not the flat tensor that is solved; the
-    gradients agree."""
+    hands it over, not the flat tensor that is solved: the norm a tuple (a_t, *y, *a_y,
+    *a_theta), the callback (a_t, y, a_y, *a_theta) with a tuple y's components flattened and
+    concatenated (torchdiffeq's own form of a tuple state). The gradients agree."""
     results = {}
     for lib, solve in (("odekern", odeint_adjoint), ("torchdiffeq", torchdiffeq.odeint_adjoint)):
         func, y0, t = _make("mlp")
@@ -286,16 +298,18 @@ def test_custom_adjoint_norm_and_callbacks_receive_the_parts_as_in_torchdiffeq(t
             seen["norm"].add(tuple(tuple(c.shape) for c in aug))
             return max(c.abs().max() for c in aug)
 
-        func.callback_step_adjoint = lambda t0, aug, dt, seen=seen: seen["callback"].add(
-            tuple(tuple(c.shape) for c in aug))
         state = (y0[:, :1], y0[:, 1:]) if tuple_state else y0
-        wrapped = (lambda t_, s: tuple(func(t_, torch.cat(s, -1)).split([1, 2], -1))) if tuple_state else func
-        ys = solve(wrapped, state, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": norm})
+        solved = _SplitState(func) if tuple_state else func
+        solved.callback_step_adjoint = lambda t0, aug, dt, seen=seen: seen["callback"].add(
+            tuple(tuple(c.shape) for c in aug))
+        ys = solve(solved, state, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": norm})
         loss = sum((c ** 2).sum() for c in ys) if tuple_state else (ys ** 2).sum()
         results[lib] = (seen, torch.autograd.grad(loss, (y0, *func.parameters())))
     (ours, our_grads), (theirs, their_grads) = results["odekern"], results["torchdiffeq"]
     assert ours == theirs
-    assert len(ours["norm"]) == 1 and len(next(iter(ours["norm"]))) == (5 if tuple_state else 3) + 4
+    # a_t, y and a_y (the norm: split like the state), the 4 parameters.
+    assert [len(shapes) for shapes in ours["norm"]] == [(5 if tuple_state else 3) + 4]
+    assert [len(shapes) for shapes in ours["callback"]] == [3 + 4]
     for a, b in zip(our_grads, their_grads):
         assert_close(a, b, kind="cross")
 

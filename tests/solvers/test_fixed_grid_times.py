@@ -75,7 +75,7 @@ def test_differentiated_times_keep_their_gradient():
 
 def test_times_near_float32s_limit():
     """A grid near float32's largest value is still torchdiffeq's; a span that overflows float32
-    is refused by name (it used to fail inside the point count's ceil)."""
+    is refused by name, not left to fail inside the point count's ceil."""
     big = float(torch.finfo(torch.float32).max)
     t = torch.tensor([-big, -big / 2], dtype=torch.float32)
     step = abs(float(t[1] - t[0])) / 4
