@@ -123,8 +123,7 @@ def _grid_values_in(dtype: torch.dtype, start: float, end: float, step_size: flo
 def grid_values_from_step_size(start: float, end: float, step_size: float) -> list[float]:
     """``grid_from_step_size`` on Python floats (times known without reading a tensor)."""
     _check_grid_budget(start, end, step_size)
-    n_points = math.ceil((end - start) / step_size + 1)
-    return [start + k * step_size for k in range(n_points - 1)] + [end]
+    return _grid_values_in(torch.float64, start, end, step_size)
 
 
 class FixedGridSolver(Solver):
