@@ -31,6 +31,7 @@ a message naming the alternatives ("backprop", "adjoint").
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,7 +47,8 @@ from odekern.solvers.checks import (
     check_time,
     check_tolerance,
     coerce_time,
-    raise_non_finite,
+    raise_non_finite_step,
+    raise_non_finite_unrepeated,
 )
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
 from odekern.solvers.fixed_grid import grid_from_step_size
@@ -147,14 +149,29 @@ class _Replay:
         result so that the last lands in the result) and one step's stage values, all freed on
         return: nothing stays allocated between the recorded steps of the backward pass. Stage
         inputs are fresh tensors rather than reused buffers so that only the live ones exist.
+
+        NaN/inf: only the result is checked (it never leaves the state once in it, as in
+        ``FixedGridSolver._locate_non_finite``); when it is not finite the steps are taken again,
+        each checked, to name the one that went bad.
         """
         if i1 == i0:
             return y
+        result = self._advance(i0, y, i1, callbacks, watch=None)
+        if not st.all_finite(result):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._advance(i0, y, i1, callbacks=False, watch=st.NonFiniteWatch())  # raises
+            raise_non_finite_unrepeated(self.method, self.rhs.user_time(self.times[i0]),
+                                        self.rhs.user_time(self.times[i1]))
+        return result
+
+    def _advance(self, i0: int, y: st.State, i1: int, callbacks: bool, watch: st.NonFiniteWatch | None) -> st.State:
+        """``advance``'s steps; with a ``watch``, raises NonFiniteError naming the first step
+        whose state is not finite."""
         with torch.no_grad():
             stepper = RKStepper(self.tableau, y, reuse_buffers=False)
             result = st.empty_like(y)
             scratch = st.empty_like(y) if i1 - i0 > 1 else None
-            watch = st.NonFiniteWatch()  # read once, below
             for i in range(i0, i1):
                 out = result if (i1 - 1 - i) % 2 == 0 else scratch
                 t0, t1 = self.times[i], self.times[i + 1]
@@ -165,13 +182,13 @@ class _Replay:
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
                 del y_next
-                watch.record(out)
+                if watch is not None:
+                    watch.record(out)
                 y = out
-            if (bad := watch.first_bad_step(y)) is not None:
+            if watch is not None and (bad := watch.first_bad_step(y)) is not None:
                 bad_step = i0 + bad
-                raise_non_finite(self.method, self.rhs.user_time(self.times[bad_step]),
-                                 f"the step to t={self.rhs.user_time(self.times[bad_step + 1]):.6g} produced "
-                                 "NaN/inf; the ODE may be unstable at this step size (try a smaller step_size)")
+                raise_non_finite_step(self.method, self.rhs.user_time(self.times[bad_step]),
+                                      self.rhs.user_time(self.times[bad_step + 1]))
             return result
 
 

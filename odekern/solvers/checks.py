@@ -296,3 +296,19 @@ class NonFiniteError(FloatingPointError, RuntimeError):
 def raise_non_finite(method: str, t_reached: float, detail: str) -> None:
     raise NonFiniteError(f"odeint(method={method!r}): the solution became non-finite (NaN or inf) "
                          f"after t={t_reached:.6g}: {detail}")
+
+
+_UNSTABLE_HINT = "the ODE may be unstable at this step size (try a smaller step_size)"
+
+
+def raise_non_finite_step(method: str, t0: float, t1: float) -> None:
+    """The fixed-grid step from ``t0`` to ``t1`` (the caller's times) produced NaN/inf."""
+    raise_non_finite(method, t0, f"the step to t={t1:.6g} produced NaN/inf; {_UNSTABLE_HINT}")
+
+
+def raise_non_finite_unrepeated(method: str, t_finite: float, t_bad: float) -> None:
+    """Fixed-grid steps ended in a non-finite state at ``t_bad`` (finite at ``t_finite``), but
+    their repeat, checking each step, did not fail again."""
+    raise_non_finite(method, t_finite, f"the solution at t={t_bad:.6g} is not finite (a repeat of the steps "
+                                       f"checking each one did not fail again: func does not repeat itself); "
+                                       f"{_UNSTABLE_HINT}")

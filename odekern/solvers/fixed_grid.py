@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import math
 import struct
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +20,8 @@ import torch
 
 from odekern.solvers import stages, state
 from odekern.solvers.base import RHS, Perturb, Solver, SolveStatus, beside, store
-from odekern.solvers.checks import check_on_max_steps, check_positive, raise_non_finite
+from odekern.solvers.checks import (check_on_max_steps, check_positive, raise_non_finite_step,
+                                    raise_non_finite_unrepeated)
 
 Tensor = torch.Tensor
 
@@ -154,6 +156,7 @@ class FixedGridSolver(Solver):
         self.interp = interp
         # Preallocated buffers only when autograd cannot need the intermediate values.
         self._reuse_buffers = not torch.is_grad_enabled()
+        self._locating = False  # a repeat of a failed solve that checks every step
         self._y_buffers = [state.empty_like(y0), state.empty_like(y0)] if self._reuse_buffers else None
 
     def _grid(self, t: Tensor, t_vals: list[float]) -> tuple[Tensor, list[float]]:
@@ -203,6 +206,32 @@ class FixedGridSolver(Solver):
     def _before_integrate(self) -> None:
         """Reset per-solve state (e.g. the Adams history)."""
 
+    def _locate_non_finite(self, t: Tensor, t_values: Sequence[float] | None, solution: state.State,
+                           t_vals: list[float]) -> None:
+        """Raises NonFiniteError for a solve whose final state is not finite.
+
+        A NaN/inf never leaves the state once in it (every step adds to the current state,
+        y1 = y0 + ...), so a finite final state proves every step finite and a solve checks only
+        that: per-step checks would cost a pass over the state and a reduction each step (a few
+        percent of a conv RHS's solve, more for small states). To name the step that went bad,
+        the failed solve is repeated, unrecorded, without callbacks or warnings, checking every
+        step. ``func`` is called again there; one that does not repeat itself (random, or with
+        state) may not fail again, and the error then names the two output times between which
+        the solution became non-finite."""
+        callbacks, self.rhs.callbacks = self.rhs.callbacks, {}
+        self._locating = True
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.integrate(t, t_values)  # raises, naming the step
+        finally:
+            self._locating = False
+            self.rhs.callbacks = callbacks
+        rows = [state.row(solution, j) for j in range(len(t_vals))]
+        first_bad = next((j for j, r in enumerate(rows) if not state.all_finite(r)), len(rows) - 1)
+        raise_non_finite_unrepeated(self.method, self.rhs.user_time(t_vals[max(first_bad - 1, 0)]),
+                                    self.rhs.user_time(t_vals[first_bad]))
+
     def integrate(self, t: Tensor, t_values: Sequence[float] | None = None) -> tuple[Tensor, SolveStatus]:
         solution = self._new_solution(len(t))
         # Times known as Python floats (and t not differentiated): the grid is built and walked
@@ -228,9 +257,9 @@ class FixedGridSolver(Solver):
             dts = [rounded(b - a) for a, b in zip(grid_vals[:-1], grid_vals[1:])]
         else:
             dts = (grid[1:] - grid[:-1]).tolist()
-        # NaN/inf is tracked on the device (one sum per step) and read once after the loop, so a
-        # fixed-grid solve makes no host sync per step.
-        watch = state.NonFiniteWatch()
+        # NaN/inf: the final state is read once after the loop (no host sync and no extra pass
+        # per step); see _locate_non_finite. A locating repeat watches every step.
+        watch = state.NonFiniteWatch() if self._locating else None
         track = not (torch.compiler.is_compiling() or state.inside_vmap()
                      or any(c.is_meta for c in state.components(self.y0)))
         # The grid's points as 0-dim tensors made at once (indexing the grid per step costs more).
@@ -248,7 +277,7 @@ class FixedGridSolver(Solver):
             if torch.compiler.is_compiling():
                 state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
                                            f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
-            elif track:
+            elif watch is not None and track:
                 watch.record(y1)
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
@@ -265,11 +294,11 @@ class FixedGridSolver(Solver):
                 store(solution, j, row, value)
                 j += 1
             y0 = y1
-        if track and (bad_step := watch.first_bad_step(y0)) is not None:
-            reached = self.rhs.user_time(grid_vals[bad_step + 1])
-            raise_non_finite(self.method, self.rhs.user_time(grid_vals[bad_step]),
-                             f"the step to t={reached:.6g} produced NaN/inf; the ODE may be unstable at "
-                             "this step size (try a smaller step_size)")
+        if track and watch is not None and (bad_step := watch.first_bad_step(y0)) is not None:
+            raise_non_finite_step(self.method, self.rhs.user_time(grid_vals[bad_step]),
+                                  self.rhs.user_time(grid_vals[bad_step + 1]))
+        if track and watch is None and not state.all_finite(y0):
+            self._locate_non_finite(t, t_values, solution, t_vals)
         last_dt = float(dt.detach()) if isinstance(dt, Tensor) else dt
         status = SolveStatus(success=True, message="reached the last output time",
                              t_reached=self.rhs.user_time(t_vals[-1]), n_outputs_reached=len(t_vals),

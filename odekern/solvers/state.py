@@ -137,8 +137,8 @@ def widened(x: Tensor) -> Tensor:
 
 
 def all_finite(state: State) -> bool:
-    """No NaN/inf in any component. Solvers call this every step, so it first tries one sum per
-    component (a single reduction pass, ~9x cheaper than ``isfinite(c).all()`` on a 2M-element
+    """No NaN/inf in any component. Solvers call this on final states and event steps, so it
+    first tries one sum per component (a single reduction pass, ~9x cheaper than ``isfinite(c).all()`` on a 2M-element
     state): a NaN or inf element makes the sum non-finite, so a finite sum proves the component
     finite; a non-finite sum (a NaN/inf, or an overflow of finite values) is decided exactly.
     The sum is tested as a Python float: a tensor isfinite + bool costs two more dispatches.
@@ -155,7 +155,8 @@ def all_finite(state: State) -> bool:
 
 
 class NonFiniteWatch:
-    """Device-side record of which steps produced NaN/inf, for solves that must not read the
+    """Device-side record of which steps produced NaN/inf, kept by the repeat of a fixed-grid
+    solve whose final state was not finite (to name the step that went bad) without reading the
     device per step. ``record(state)`` adds one sum per component: a sum is finite when every
     element is (NaN and inf propagate), and a sum is the cheapest full pass torch has (a fraction
     of ``isfinite().all()``'s cost). ``first_bad_step(final)`` reads the device once at the end.

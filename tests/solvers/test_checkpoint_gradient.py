@@ -175,6 +175,21 @@ def test_nan_mid_solve_names_the_time():
     def blows_up(t, y):
         return torch.where(t > 0.45, torch.full_like(y, float("nan")), -y)
 
-    with pytest.raises(odekern.solvers.NonFiniteError, match=r"t=0\.[45]"):
+    # rk4 (3/8 rule) evaluates at t0 + h/3 and t0 + 2h/3: the step from 0.4 is the first to see t > 0.45.
+    with pytest.raises(odekern.solvers.NonFiniteError, match=r"after t=0\.4: the step to t=0\.5 produced NaN/inf"):
         odeint_checkpointed(blows_up, torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                            checkpoints=2, method="rk4", options={"step_size": 0.1})
+
+
+def test_nan_from_a_func_that_does_not_repeat_itself_names_the_segment():
+    # Only the result of a run of steps is checked; the repeat that names the step sees no NaN here.
+    calls = []
+
+    def nan_once(t, y):
+        calls.append(float(t))
+        return torch.full_like(y, float("nan")) if len(calls) == 6 else -y
+
+    with pytest.raises(odekern.solvers.NonFiniteError,
+                       match=r"the solution at t=[0-9.]+ is not finite \(a repeat of the steps checking each one"):
+        odeint_checkpointed(nan_once, torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
                             checkpoints=2, method="rk4", options={"step_size": 0.1})

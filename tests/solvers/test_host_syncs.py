@@ -2,9 +2,9 @@
 (``aten._local_scalar_dense``, what ``.item()``, ``float()``, ``bool()`` and ``.tolist()`` call):
 on a GPU each one stalls the host until the device has caught up.
 
-Fixed-grid solves read nothing per step (the NaN/inf check is tracked on the device and read
-once at the end; step sizes are read once); adaptive solves read at most one value per step
-attempt (the accept decision), as torchdiffeq does.
+Fixed-grid solves read nothing per step (NaN/inf is checked once, on the final state; step sizes
+are read once) and add no reduction over the state per step; adaptive solves read at most one
+value per step attempt (the accept decision), as torchdiffeq does.
 """
 
 from __future__ import annotations
@@ -47,6 +47,21 @@ def test_fixed_grid_solves_read_nothing_per_step(method, grad):
     fine, n_fine = _reads(method, {"step_size": 0.01}, grad)
     assert n_fine > 5 * n_coarse
     assert fine == coarse, f"{fine - coarse} more host reads for {n_fine - n_coarse} more steps"
+
+
+def _reductions(method, step_size):
+    y0 = randn(2, 4, 8, 8, seed=1)
+    with torch.no_grad(), OpCounter() as ops:
+        odekern.odeint(Field(), y0, torch.tensor([0.0, 0.5, 1.0]), method=method, options={"step_size": step_size})
+    return sum(n for name, n in ops.counts.items() if name in ("aten.sum", "aten.isfinite", "aten.all"))
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "explicit_adams"])
+def test_fixed_grid_solves_check_finiteness_once_not_per_step(method):
+    # The RHS (conv, tanh, cos) has no reduction of its own: every one counted is the solver's.
+    coarse, fine = _reductions(method, 0.1), _reductions(method, 0.01)
+    assert coarse >= 1, "the final state is not checked"
+    assert fine == coarse, f"{fine - coarse} more reductions for 90 more steps"
 
 
 def test_adaptive_solves_read_at_most_one_value_per_step_attempt():

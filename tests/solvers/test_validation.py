@@ -232,6 +232,43 @@ def test_first_bad_step_is_found_beyond_the_first_folded_chunk():
                options={"step_size": 1.0 / n})
 
 
+def test_non_finite_from_a_func_that_does_not_repeat_itself_names_the_output_times():
+    # A solve checks only its final state; to name the step it repeats itself checking every
+    # step. This func returns NaN on its fifth call only (the step from t=0.5 of the first
+    # solve), so the repeat finishes: the error names the output times around the failure.
+    calls = []
+
+    def nan_once(t, y):
+        calls.append(float(t))
+        return torch.full_like(y, float("nan")) if len(calls) == 5 else -y
+
+    with pytest.raises(NonFiniteError, match=r"after t=0\.5: the solution at t=1 is not finite \(a repeat of "
+                                             r"the steps checking each one did not fail again"):
+        odeint(nan_once, _y0(), torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=F64), method="euler",
+               options={"step_size": 0.125})
+    assert len(calls) == 2 * 12  # the solve, then its repeat
+
+
+def test_locating_a_non_finite_step_calls_each_step_callback_once():
+    class BlowsUp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+
+        def forward(self, t, y):
+            return torch.where(t > 0.5, torch.full_like(y, float("nan")), -y)
+
+        def callback_step(self, t0, y0, dt):
+            self.steps.append(float(t0))
+
+    func = BlowsUp()
+    with pytest.warns(UserWarning, match="did not converge"), \
+            pytest.raises(NonFiniteError, match=r"after t=0\.5: the step to t=0\.625 produced NaN/inf"):
+        odeint(func, _y0(), torch.tensor([0.0, 1.0], dtype=F64), method="implicit_adams",
+               options={"step_size": 0.125})
+    assert func.steps == [0.125 * k for k in range(8)]
+
+
 def test_nonfinite_watch_takes_components_of_different_dtypes():
     from odekern.solvers.state import NonFiniteWatch
 
