@@ -16,6 +16,8 @@ drop-in for the rest). ``ceiling`` is torchdiffeq's time over ``rhs_only``'s: th
 (and, for the gradient modes, the same vector-Jacobian products) with no solver around them,
 the most any solver could gain on that case. Timings: providers interleaved, minimum of rounds;
 a round of a fast case times a batch of calls (about 20 ms) and reports the time per call.
+``paired``: the median over rounds of torchdiffeq's time over odekern's in the same round
+(``bench_stages.paired_ratio``), robust to the host's speed drifting between rounds.
 
     python bench/bench_dropin.py [--rounds 5] [--families mlp,conv,nmode] [--methods rk4,dopri5]
     python -m pytest bench/bench_dropin.py --benchmark-only    # one row per case, extra_info
@@ -33,7 +35,7 @@ import torchdiffeq
 from torch import nn
 
 import odekern
-from bench_stages import interleaved_minima
+from bench_stages import interleaved_rounds, paired_ratio
 from odekern.testing import NmodeRHS, tol
 
 FIXED_STEPS = 8
@@ -202,12 +204,13 @@ def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
     }
     if mode == "fwd" and method in TORCHODE_METHODS:
         providers["torchode"] = _torchode(func, y0, t, method)
-    best = interleaved_minima({name: _batched(fn, batch) for name, fn in providers.items()}, rounds)
-    best = {name: seconds / batch for name, seconds in best.items()}
+    times = interleaved_rounds({name: _batched(fn, batch) for name, fn in providers.items()}, rounds)
+    best = {name: min(seconds) / batch for name, seconds in times.items()}
     same = torch.allclose(counts["odekern:result"], counts["torchdiffeq:result"], **_agreement(method))
     return {
         "family": family_name, "method": method, "mode": mode, **{k + "_s": v for k, v in best.items()},
         "speedup_vs_torchdiffeq": best["torchdiffeq"] / best["odekern"],
+        "paired_speedup": paired_ratio(times, "torchdiffeq", "odekern"),
         "ceiling": best["torchdiffeq"] / best["rhs_only"],
         "nfe_odekern": counts["odekern"], "nfe_torchdiffeq": counts["torchdiffeq"], "results_agree": same,
     }
@@ -231,8 +234,8 @@ def test_dropin(benchmark, run_bench, family_name, method, mode):
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| RHS | method | mode | odekern | torchdiffeq | ratio | torchode | ceiling | RHS calls |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| RHS | method | mode | odekern | torchdiffeq | ratio | paired | torchode | ceiling | RHS calls |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         ode = f"{r['torchode_s'] * 1e3:.2f} ms" if "torchode_s" in r else ""
@@ -240,7 +243,7 @@ def _table(rows: list[dict]) -> str:
                  else f"{r['nfe_odekern']} vs {r['nfe_torchdiffeq']}")
         mark = "" if r["results_agree"] else " (results differ)"
         lines.append(f"| {r['family']} | {r['method']} | {r['mode']} | {r['odekern_s'] * 1e3:.2f} ms | "
-                     f"{r['torchdiffeq_s'] * 1e3:.2f} ms | {r['speedup_vs_torchdiffeq']:.2f}x{mark} | {ode} | "
+                     f"{r['torchdiffeq_s'] * 1e3:.2f} ms | {r['speedup_vs_torchdiffeq']:.2f}x{mark} | {r['paired_speedup']:.2f}x | {ode} | "
                      f"{r['ceiling']:.2f}x | {calls} |")
     return "\n".join(lines)
 
@@ -261,11 +264,13 @@ def main(argv=None) -> None:
                 if (fam, method, mode) in CASES:
                     rows.append(measure(fam, method, mode, args.rounds))
                     print(_table(rows[-1:]).splitlines()[-1], flush=True)
-    slower = [r for r in rows if r["speedup_vs_torchdiffeq"] < 1.0]
-    print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, min of {args.rounds} rounds\n")
+    print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, {args.rounds} rounds\n")
     print(_table(rows))
-    geo = math.exp(sum(math.log(r["speedup_vs_torchdiffeq"]) for r in rows) / len(rows))
-    print(f"\n{len(rows)} cases, geometric mean {geo:.2f}x, {len(slower)} below 1.0x")
+    for key, what in (("speedup_vs_torchdiffeq", "ratio of minima"), ("paired_speedup", "paired ratio")):
+        ratios = [r[key] for r in rows]
+        geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        print(f"\n{what}: {len(rows)} cases, geometric mean {geo:.2f}x, {sum(x < 1.0 for x in ratios)} below "
+              f"1.0x, lowest {min(ratios):.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ plain PyTorch path, without and with autograd: the measurement behind
 ``odekern.ops.rk_stage.dispatch.MIN_NUMEL``.
 """
 
+import statistics
 import time
 
 import pytest
@@ -68,19 +69,31 @@ def _problem(size):
     return ConvRHS(shape[1]), torch.randn(*shape) * 0.5, torch.tensor([0.0, 1.0])
 
 
-def interleaved_minima(providers: dict, rounds: int) -> dict:
+def interleaved_rounds(providers: dict, rounds: int) -> dict:
     """Each provider once as warm-up, then ``rounds`` rounds of all providers (rotating the order
-    so none always runs right after another); the minimum time per provider."""
+    so none always runs right after another); every provider's time per round."""
     names = list(providers)
     for name in names:
         providers[name]()
-    best = {name: float("inf") for name in names}
+    times = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
             providers[name]()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_minima(providers: dict, rounds: int) -> dict:
+    """``interleaved_rounds``' minimum time per provider."""
+    return {name: min(t) for name, t in interleaved_rounds(providers, rounds).items()}
+
+
+def paired_ratio(times: dict, baseline: str, ours: str) -> float:
+    """The median over rounds of baseline time / our time, each pair timed back to back in the
+    same round: on a host whose speed drifts for seconds at a time (this VM's), two minima can
+    come from different speeds, a ratio within one round cannot."""
+    return statistics.median(b / a for a, b in zip(times[ours], times[baseline]))
 
 
 def _count_calls(func, fn):
