@@ -165,7 +165,8 @@ class _Replay:
                                         self.rhs.user_time(self.times[i1]))
         return result
 
-    def _advance(self, i0: int, y: st.State, i1: int, callbacks: bool, watch: st.NonFiniteWatch | None) -> st.State:
+    def _advance(self, i0: int, y: st.State, i1: int, callbacks: bool,
+                 watch: st.NonFiniteWatch | None) -> st.State:
         """``advance``'s steps; with a ``watch``, raises NonFiniteError naming the first step
         whose state is not finite."""
         with torch.no_grad():
