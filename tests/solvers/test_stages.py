@@ -7,7 +7,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from solver_problems import ALL_METHODS, NEW_ADAPTIVE
+from torchdiffeq._impl.misc import _compute_error_ratio, _linf_norm
 
 from odekern import odeint
 from odekern.solvers import stages
@@ -126,3 +129,33 @@ def test_tuple_max_norm_error_ratio_matches_the_per_component_formula(dtype):
     expected = max((e.abs() / (1e-6 + 1e-3 * torch.maximum(a.abs(), b.abs()))).max()
                    for e, a, b in zip(err, y0, y1) if e.numel())
     assert_close(got, expected)
+
+
+_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                    st.sampled_from([0.0, -0.0, 1e-30, 3e38, -3e38]))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(pairs=st.lists(st.tuples(_FLOATS, _FLOATS), min_size=1, max_size=40),
+       dtype=st.sampled_from([torch.float32, torch.float64]), rtol=st.sampled_from([1e-7, 1e-3, 0.0]),
+       atol=st.sampled_from([1e-9, 1e-6, 0.0]))
+def test_corrector_difference_ratio_is_torchdiffeqs_bit_for_bit(pairs, dtype, rtol, atol):
+    # The in-place convergence test of Adams' corrector against torchdiffeq's own formula
+    # (fixed_adams._has_converged: max-norm ratio of |a - b|), NaN/inf, zeros and overflow included.
+    a = torch.tensor([p[0] for p in pairs], dtype=dtype)
+    b = torch.tensor([p[1] for p in pairs], dtype=dtype)
+    expected = _compute_error_ratio(torch.abs(a - b), rtol, atol, a, b, _linf_norm)
+    got = stages.difference_ratio(a, b, rtol, atol)
+    assert got.dtype == expected.dtype
+    assert torch.equal(got, expected) or (got.isnan() and expected.isnan()), (got, expected)
+    a0, b0 = (torch.tensor([p[i] for p in pairs], dtype=dtype) for i in (0, 1))
+    torch.testing.assert_close((a, b), (a0, b0), rtol=0, atol=0, equal_nan=True)  # inputs untouched
+
+
+def test_corrector_difference_ratio_of_other_states_takes_the_general_path():
+    # Tuple states, tensor tolerances and low precision take error_ratio's path: same value.
+    a, b = randn(6, seed=1), randn(6, seed=2)
+    for args in (((a, a * 2), (b, b * 2), 1e-3, 1e-6), (a, b, torch.tensor(1e-3), 1e-6),
+                 (a.half(), b.half(), 1e-3, 1e-6)):
+        expected = stages.error_ratio(stages.difference(args[0], args[1]), *args, max_norm)
+        assert torch.equal(stages.difference_ratio(*args), expected)
