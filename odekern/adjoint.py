@@ -18,10 +18,10 @@ vector-Jacobian products once per evaluation. For a tuple ``y`` (a higher-order 
 ``(x, v)``) they stay a tuple state, so no part is ever copied. Either way a custom
 ``adjoint_options["norm"]`` and the ``callback_*_adjoint`` callbacks receive the parts as a
 tuple, as in torchdiffeq (its callbacks see a tuple y's components flattened and concatenated,
-torchdiffeq's own form of a tuple state). The adaptive error norm is torchdiffeq's default adjoint norm (max
-over the norms of the parts), so both libraries take the same backward steps; for the built-in
-state norms it comes from one float64 norm per part in a single call (or, for a tuple state,
-from the fused error pass's RMS per part).
+torchdiffeq's own form of a tuple state). The adaptive error norm is torchdiffeq's default
+adjoint norm (max over the norms of the parts), so both libraries take the same backward steps;
+for the built-in state norms it comes from one float64 norm per part in a single call (or, for
+a tuple state, from the fused error pass's RMS per part).
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ class _AugmentedLayout:
         return tuple(parts) if self.tuple_y else parts[0]
 
 
+def _concatenated(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parts flattened and laid end to end in one 1-d tensor."""
+    return torch.cat([p.reshape(-1) for p in parts])
+
+
 class _FlatParts:
     """The backward state of a tensor y: the parts laid end to end in one flat tensor."""
 
@@ -81,7 +86,7 @@ class _FlatParts:
         self.sizes = tuple(p.numel() for p in parts)
 
     def to_state(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([p.reshape(-1) for p in parts])
+        return _concatenated(parts)
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The parts as views of ``flat``."""
@@ -201,8 +206,7 @@ class _CallbackOfParts:
         aug = self.parts.split(aug)
         if self.layout.tuple_y:
             adj_t, y, adj_y, adj_params = self.layout.unpack(aug)
-            flat = lambda cs: torch.cat([c.reshape(-1) for c in cs])  # noqa: E731
-            aug = (adj_t, flat(y), flat(adj_y), *adj_params)
+            aug = (adj_t, _concatenated(y), _concatenated(adj_y), *adj_params)
         return self.callback(t0, aug, dt)
 
 

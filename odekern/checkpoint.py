@@ -152,23 +152,22 @@ class _Replay:
 
         NaN/inf: only the result is checked (it never leaves the state once in it, as in
         ``FixedGridSolver._locate_non_finite``); when it is not finite the steps are taken again,
-        each checked, to name the one that went bad.
+        each checked, up to the one that went bad, which the error names.
         """
         if i1 == i0:
             return y
-        result = self._advance(i0, y, i1, callbacks, watch=None)
+        result = self._advance(i0, y, i1, callbacks, checked=False)
         if not st.all_finite(result):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._advance(i0, y, i1, callbacks=False, watch=st.NonFiniteWatch())  # raises
+                self._advance(i0, y, i1, callbacks=False, checked=True)  # raises
             raise_non_finite_unrepeated(self.method, self.rhs.user_time(self.times[i0]),
                                         self.rhs.user_time(self.times[i1]))
         return result
 
-    def _advance(self, i0: int, y: st.State, i1: int, callbacks: bool,
-                 watch: st.NonFiniteWatch | None) -> st.State:
-        """``advance``'s steps; with a ``watch``, raises NonFiniteError naming the first step
-        whose state is not finite."""
+    def _advance(self, i0: int, y: st.State, i1: int, callbacks: bool, checked: bool) -> st.State:
+        """``advance``'s steps; ``checked``: raise NonFiniteError at the first step whose state is
+        not finite, naming it."""
         with torch.no_grad():
             stepper = RKStepper(self.tableau, y, reuse_buffers=False)
             result = st.empty_like(y)
@@ -183,13 +182,9 @@ class _Replay:
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
                 del y_next
-                if watch is not None:
-                    watch.record(out)
+                if checked and not st.all_finite(out):
+                    raise_non_finite_step(self.method, self.rhs.user_time(t0), self.rhs.user_time(t1))
                 y = out
-            if watch is not None and (bad := watch.first_bad_step(y)) is not None:
-                bad_step = i0 + bad
-                raise_non_finite_step(self.method, self.rhs.user_time(self.times[bad_step]),
-                                      self.rhs.user_time(self.times[bad_step + 1]))
             return result
 
 

@@ -215,9 +215,9 @@ class FixedGridSolver(Solver):
         that: per-step checks would cost a pass over the state and a reduction each step (a few
         percent of a conv RHS's solve, more for small states). To name the step that went bad,
         the failed solve is repeated, unrecorded, without callbacks or warnings, checking every
-        step. ``func`` is called again there; one that does not repeat itself (random, or with
-        state) may not fail again, and the error then names the two output times between which
-        the solution became non-finite."""
+        step and stopping at the first that went bad. ``func`` is called again there; one that
+        does not repeat itself (random, or with state) may not fail again, and the error then
+        names the two output times between which the solution became non-finite."""
         callbacks, self.rhs.callbacks = self.rhs.callbacks, {}
         self._locating = True
         try:
@@ -258,8 +258,7 @@ class FixedGridSolver(Solver):
         else:
             dts = (grid[1:] - grid[:-1]).tolist()
         # NaN/inf: the final state is read once after the loop (no host sync and no extra pass
-        # per step); see _locate_non_finite. A locating repeat watches every step.
-        watch = state.NonFiniteWatch() if self._locating else None
+        # per step); see _locate_non_finite. Its repeat of a failed solve checks every step.
         track = not (torch.compiler.is_compiling() or state.inside_vmap()
                      or any(c.is_meta for c in state.components(self.y0)))
         # The grid's points as 0-dim tensors made at once (indexing the grid per step costs more).
@@ -277,8 +276,9 @@ class FixedGridSolver(Solver):
             if torch.compiler.is_compiling():
                 state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
                                            f"non-finite (NaN or inf) after t={self.rhs.user_time(grid_vals[i]):.6g}")
-            elif watch is not None and track:
-                watch.record(y1)
+            elif self._locating and not state.all_finite(y1):
+                raise_non_finite_step(self.method, self.rhs.user_time(grid_vals[i]),
+                                      self.rhs.user_time(grid_vals[i + 1]))
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
                 row = state.row(solution, j)
@@ -294,10 +294,7 @@ class FixedGridSolver(Solver):
                 store(solution, j, row, value)
                 j += 1
             y0 = y1
-        if track and watch is not None and (bad_step := watch.first_bad_step(y0)) is not None:
-            raise_non_finite_step(self.method, self.rhs.user_time(grid_vals[bad_step]),
-                                  self.rhs.user_time(grid_vals[bad_step + 1]))
-        if track and watch is None and not state.all_finite(y0):
+        if track and not self._locating and not state.all_finite(y0):
             self._locate_non_finite(t, t_values, solution, t_vals)
         last_dt = float(dt.detach()) if isinstance(dt, Tensor) else dt
         status = SolveStatus(success=True, message="reached the last output time",

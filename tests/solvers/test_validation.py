@@ -213,14 +213,11 @@ def test_adaptive_output_interpolated_past_the_dtype_range_raises_instead_of_nan
         odeint(lambda t, y: torch.zeros_like(y), torch.full((4,), 3e38), torch.tensor([0.0, 1.0]), method=method)
 
 
-def test_first_bad_step_is_found_beyond_the_first_folded_chunk():
-    # 400 Euler steps of 1/400 (more than NonFiniteWatch.CHUNK probes), f NaN from t > 0.75: the
-    # first NaN comes from the step starting at the first grid time above 0.75 (Euler evaluates
-    # f at step starts), computed here independently on the same float64 grid.
-    from odekern.solvers.state import NonFiniteWatch
-
+def test_first_bad_step_of_a_long_solve_is_found():
+    # 400 Euler steps of 1/400, f NaN from t > 0.75: the first NaN comes from the step starting
+    # at the first grid time above 0.75 (Euler evaluates f at step starts), computed here
+    # independently on the same float64 grid.
     n = 400
-    assert n > NonFiniteWatch.CHUNK
     grid = torch.linspace(0.0, 1.0, n + 1, dtype=F64)
     first_nan_start = float(grid[grid > 0.75][0])
 
@@ -269,15 +266,17 @@ def test_locating_a_non_finite_step_calls_each_step_callback_once():
     assert func.steps == [0.125 * k for k in range(8)]
 
 
-def test_nonfinite_watch_takes_components_of_different_dtypes():
-    from odekern.solvers.state import NonFiniteWatch
+def test_first_bad_step_of_a_tuple_state_with_components_of_different_dtypes_is_found():
+    # A float32 and a complex64 component; only the complex one turns NaN, from the euler step
+    # starting at 0.25 (f is evaluated at step starts).
+    def f(t, y):
+        x, z = y
+        bad = torch.full_like(z, complex(float("nan"), 0.0))
+        return -x, torch.where(t > 0.2, bad, -z)
 
-    watch = NonFiniteWatch()
-    bad = torch.ones(2, dtype=torch.complex64)
-    bad[1] = complex(float("nan"), 0.0)
-    watch.record((torch.ones(3), torch.ones(2, dtype=torch.complex64)))
-    watch.record((torch.ones(3), bad))
-    assert watch.first_bad_step((torch.ones(3), bad)) == 1
+    with pytest.raises(NonFiniteError, match=r"after t=0\.25: the step to t=0\.5 produced NaN/inf"):
+        odeint(f, (torch.ones(3), torch.ones(2, dtype=torch.complex64)), torch.tensor([0.0, 1.0]),
+               method="euler", options={"step_size": 0.25})
 
 
 @pytest.mark.parametrize("step_size", [1e-300, 1e-9])
