@@ -85,13 +85,16 @@ def _check_time_order(values: list[float], name: str) -> bool:
     return not increasing
 
 
-def check_state(y0: Any, name: str = "y0") -> None:
-    """``y0`` must be a finite floating point tensor (or a non-empty tuple of them)."""
+def check_state(y0: Any, name: str = "y0", *, finite: bool = True) -> None:
+    """``y0`` must be a finite floating point tensor (or a non-empty tuple of them).
+
+    ``finite=False`` checks the type only, for a caller whose own solve checks the values (the
+    check reads the tensor: a pass over it, and a device sync on a GPU)."""
     if isinstance(y0, tuple):
         if len(y0) == 0:
             raise ValueError(f"{name} must be a tensor or a non-empty tuple of tensors, got an empty tuple")
         for i, part in enumerate(y0):
-            check_state(part, f"{name}[{i}]")
+            check_state(part, f"{name}[{i}]", finite=finite)
         dtypes = {p.dtype for p in y0}
         devices = {p.device for p in y0}
         if len(dtypes) > 1 or len(devices) > 1:
@@ -104,6 +107,8 @@ def check_state(y0: Any, name: str = "y0") -> None:
         raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64) or a "
                         "complex one (complex64/complex128), "
                         f"got dtype {y0.dtype}")
+    if not finite:
+        return
     if torch.compiler.is_compiling():
         assert_finite_traced(y0, f"{name} must be finite, but it contains NaN or inf")
     elif not all_finite(y0):
