@@ -9,6 +9,8 @@ variants), for every method both libraries have, on three RHS families:
   a cos(t) input channel; 2 x 16 channels x 32 x 32);
 - ``nmode``: the nmODE right-hand side -y + sin^2(y + g) as a plain module (g a parameter;
   8 x 3 x 64 x 64), i.e. without odekern's fused nmode_solve.
+- ``nmode-large`` (only when asked for with ``--families``): the same on 4 x 32 x 128 x 128, the
+  size of a U-Net's feature map, where passes over the state, not calls, make the solver's time.
 
 Modes: ``fwd`` (no graph), ``backprop`` (fwd + bwd through the solver's operations) and
 ``adjoint`` (fwd + bwd, odeint_adjoint). torchode: dopri5 forward (it has no
@@ -98,11 +100,11 @@ def family(name: str):
         return Counted(MLP()), torch.randn(64, 16), torch.tensor([0.0, 1.0])
     if name == "conv":
         return Counted(ConvODEFunc()), torch.randn(2, 16, 32, 32), torch.tensor([0.0, 1.0])
-    if name == "nmode":
-        shape = (8, 3, 64, 64)
+    if name in ("nmode", "nmode-large"):
+        shape = (8, 3, 64, 64) if name == "nmode" else (4, 32, 128, 128)
         g = 0.5 * torch.randn(1, *shape[1:])
         return Counted(NmodeRHS(g)), torch.randn(shape), torch.tensor([0.0, 1.0])
-    raise ValueError(f"family must be one of mlp, conv, nmode, got {name!r}")
+    raise ValueError(f"family must be one of {', '.join(FAMILIES + EXTRA_FAMILIES)}, got {name!r}")
 
 
 def solve_kwargs(method: str, t: torch.Tensor) -> dict:
@@ -222,7 +224,10 @@ def _agreement(method: str) -> dict:
     return tol(torch.float32, "cross") if method in FIXED_METHODS else {"rtol": 1e-3, "atol": 1e-4}
 
 
-CASES = [(f, m, mode) for f in ("mlp", "conv", "nmode") for m in METHODS for mode in MODES]
+FAMILIES = ("mlp", "conv", "nmode")
+# Not in the default run (seconds per solve): the nmODE RHS on a feature map of a U-Net's size.
+EXTRA_FAMILIES = ("nmode-large",)
+CASES = [(f, m, mode) for f in FAMILIES for m in METHODS for mode in MODES]
 
 
 @pytest.mark.parametrize("family_name,method,mode", CASES)
@@ -251,7 +256,7 @@ def _table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="odekern vs torchdiffeq (and torchode) on user RHS modules")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--families", default="mlp,conv,nmode")
+    ap.add_argument("--families", default=",".join(FAMILIES), help=f"also: {', '.join(EXTRA_FAMILIES)}")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -261,7 +266,7 @@ def main(argv=None) -> None:
     for fam in args.families.split(","):
         for method in args.methods.split(","):
             for mode in args.modes.split(","):
-                if (fam, method, mode) in CASES:
+                if fam in EXTRA_FAMILIES or (fam, method, mode) in CASES:
                     rows.append(measure(fam, method, mode, args.rounds))
                     print(_table(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, {args.rounds} rounds\n")

@@ -101,8 +101,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
             dy = self._stages.linear_combination((weights[0],), (f1,), scale=dt, base=known,
                                            out=self._dy_buffers[(it + 1) % 2])
             # The convergence test only steers the iteration: nothing of it is recorded.
-            ratio = stages.difference_ratio(dy_old, dy, self.rtol, self.atol)
-            converged = float(ratio) < 1  # one read; no comparison op (NaN: not converged)
+            converged = stages.corrector_converged(dy_old, dy, self.rtol, self.atol)
             if converged:
                 break
         if not converged:

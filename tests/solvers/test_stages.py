@@ -152,6 +152,62 @@ def test_corrector_difference_ratio_is_torchdiffeqs_bit_for_bit(pairs, dtype, rt
     torch.testing.assert_close((a, b), (a0, b0), rtol=0, atol=0, equal_nan=True)  # inputs untouched
 
 
+_PREFIX = stages.CORRECTOR_TEST_PREFIX
+_BAD = st.sampled_from([("far", 1.0), ("nan", float("nan")), ("inf", float("inf")), ("zero", 0.0)])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(n=st.sampled_from([2 * _PREFIX + 1, 3 * _PREFIX + 7]), dtype=st.sampled_from([torch.float32, F64]),
+       where=st.lists(st.sampled_from(["start", "prefix-end", "after-prefix", "last"]), max_size=3),
+       bad=_BAD, rtol=st.sampled_from([1e-7, 1e-3]), atol=st.sampled_from([1e-9, 0.0]),
+       transposed=st.booleans())
+def test_corrector_converged_decides_as_torchdiffeq_whatever_the_prefix_sees(n, dtype, where, bad, rtol, atol,
+                                                                            transposed):
+    # A large CPU state tests a prefix first; the answer must be torchdiffeq's max-ratio < 1 for a
+    # failing element anywhere (inside the prefix, just past it, last), NaN / inf included, and
+    # for a non-contiguous state (which skips the prefix).
+    a = randn(n, dtype=dtype, seed=3)
+    b = a * (1 + 1e-9) if dtype == F64 else a.clone()
+    kind, value = bad
+    at = {"start": 0, "prefix-end": _PREFIX - 1, "after-prefix": _PREFIX, "last": n - 1}
+    for w in where:
+        if kind == "far":
+            b[at[w]] = a[at[w]] + value
+        elif kind == "zero":  # 0 / 0 where atol is 0: NaN in torchdiffeq's quotient
+            a[at[w]] = b[at[w]] = 0.0
+        else:
+            b[at[w]] = value
+    if transposed:
+        a, b = a[: n - n % 3].reshape(3, -1).t(), b[: n - n % 3].reshape(3, -1).t()
+    expected = float(_compute_error_ratio(torch.abs(a - b), rtol, atol, a, b, _linf_norm)) < 1
+    assert stages.corrector_converged(a, b, rtol, atol) is expected
+
+
+def test_corrector_converged_reads_only_the_prefix_when_it_fails():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sizes(TorchDispatchMode):  # the largest difference a - b formed
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten.sub:
+                self.largest = max(self.largest, out.numel())
+            return out
+
+    n = 4 * _PREFIX
+    a = randn(n, seed=4)
+    for failing, largest, converged in ((3, _PREFIX, False), (n - 1, n, False), (None, n, True)):
+        b = a.clone()
+        if failing is not None:
+            b[failing] += 1.0
+        with Sizes() as seen:
+            assert stages.corrector_converged(a, b, 1e-7, 1e-9) is converged
+        assert seen.largest == largest, (failing, seen.largest)
+
+
 def test_corrector_difference_ratio_of_other_states_takes_the_general_path():
     # Tuple states, tensor tolerances and low precision take error_ratio's path: same value.
     a, b = randn(6, seed=1), randn(6, seed=2)
