@@ -6,12 +6,14 @@ state (2 x 16 x 32 x 32, float32, fixed grid of 8 steps, no graph):
 - ``cheap``: ``-0.1 y``, so the state stays in the caches between stages;
 - ``cache-thrashing``: ``-0.1 y`` after touching 16 MB, so, as behind a real network, every stage
   combination reads its operands from memory.
+- ``nmode-large`` (only with ``--kinds``): the nmODE RHS module on bench_dropin's 2M-element
+  state (4 x 32 x 128 x 128), where each pass over the state moves megabytes.
 
 It shows what bounds the solver time behind a large RHS: the cheap RHS shows the operations
 the solver does, the cache-thrashing one the memory traffic both libraries must pay. Rounds
 interleave the libraries; each reports its minimum.
 
-    python bench/bench_solver_time.py [--rounds 7] [--methods euler,heun3,rk4]
+    python bench/bench_solver_time.py [--rounds 7] [--methods euler,heun3,rk4] [--kinds nmode-large]
     python -m pytest bench/bench_solver_time.py --benchmark-only
 """
 
@@ -29,6 +31,8 @@ import odekern
 from bench_dropin import FIXED_STEPS, family
 
 RHS_KINDS = ("conv", "cheap", "cache-thrashing")
+# Only when asked for with --kinds: the nmODE RHS module on bench_dropin's 2M-element state.
+EXTRA_KINDS = ("nmode-large",)
 METHODS = ("euler", "heun3", "rk4")
 THRASH_BYTES = 16 << 20
 
@@ -39,7 +43,7 @@ class TimedRHS(nn.Module):
     def __init__(self, kind: str):
         super().__init__()
         self.kind = kind
-        self.inner = family("conv")[0].inner if kind == "conv" else None
+        self.inner = family(_state_of(kind))[0].inner if kind in ("conv", "nmode-large") else None
         self.junk = torch.zeros(THRASH_BYTES // 4) if kind == "cache-thrashing" else None
         self.seconds = 0.0
 
@@ -55,10 +59,15 @@ class TimedRHS(nn.Module):
         return out
 
 
+def _state_of(kind: str) -> str:
+    """The bench_dropin family whose state (and, for conv and nmode-large, RHS) a kind uses."""
+    return "nmode-large" if kind == "nmode-large" else "conv"
+
+
 def solver_seconds(kind: str, method: str, rounds: int) -> dict:
     """Minimum over interleaved rounds of (solve time - time inside the RHS), per library."""
     func = TimedRHS(kind)
-    y0, t = family("conv")[1:]
+    y0, t = family(_state_of(kind))[1:]
     options = {"step_size": float(t[-1] - t[0]) / FIXED_STEPS}
     best = {}
     libs = (odekern, torchdiffeq)
@@ -95,12 +104,13 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--kinds", default=",".join(RHS_KINDS), help=f"also: {', '.join(EXTRA_KINDS)}")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.threads} threads, torch {torch.__version__}, min of {args.rounds} rounds\n")
     print("| RHS | method | odekern solver time | torchdiffeq solver time | torchdiffeq / odekern |")
     print("|---|---|---|---|---|")
-    for kind in RHS_KINDS:
+    for kind in args.kinds.split(","):
         for method in args.methods.split(","):
             r = solver_seconds(kind, method, args.rounds)
             print(f"| {kind} | {method} | {r['odekern_s'] * 1e3:.2f} ms | {r['torchdiffeq_s'] * 1e3:.2f} ms | "
