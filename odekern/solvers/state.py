@@ -137,11 +137,12 @@ def widened(x: Tensor) -> Tensor:
 
 
 def all_finite(state: State) -> bool:
-    """No NaN/inf in any component. Solvers call this on final states (event solves and the
-    repeat of a failed fixed-grid solve on every step), so it first tries one sum per component (a single reduction pass, ~9x cheaper than
-    ``isfinite(c).all()`` on a 2M-element state): a NaN or inf element makes the sum non-finite,
-    so a finite sum proves the component finite; a non-finite sum (a NaN/inf, or an overflow of
-    finite values) is decided exactly.
+    """No NaN/inf in any component. Called on inputs, on final states and, where a step must be
+    named, per step (event solves; the repeat of a failed fixed-grid solve), so it first tries
+    one sum per component (a single reduction pass, ~9x cheaper than ``isfinite(c).all()`` on a
+    2M-element state): a NaN or inf element makes the sum non-finite, so a finite sum proves the
+    component finite; a non-finite sum (a NaN/inf, or an overflow of finite values) is decided
+    exactly.
     The sum is tested as a Python float: a tensor isfinite + bool costs two more dispatches.
     Under ``torch.func.vmap`` no value can be read, so the check cannot run and answers True:
     a non-finite result then shows as NaN/inf in the output (only fixed-grid solves run there).
