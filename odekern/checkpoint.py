@@ -17,9 +17,10 @@ forward pass already stored (``n <= c``: none; 64 steps: about 3.1n with c=4, 1.
 c=1: ``n (n - 1) / 2``). Recomputation runs without autograd and holds, besides the state it
 stores, one scratch state and one step's stage values, freed before the next recorded step.
 
-Every step, recorded or not, is the same ``RKStepper.step`` call with the same time tensors as
-``odeint``'s fixed-grid loop, so the arithmetic (and the fused rk_stage kernels it dispatches to)
-is exactly that of the recorded solve.
+Every step, recorded or not, is the same ``RKStepper.step`` call with the same time tensors and
+step sizes as ``odeint``'s fixed-grid loop, so the arithmetic (and the fused rk_stage kernels it
+dispatches to) is exactly that of the recorded solve. No step reads a tensor value on the host
+(a device sync on a GPU): step sizes are read once, NaN/inf is checked once, on the final state.
 
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
 component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
@@ -31,6 +32,7 @@ a message naming the alternatives ("backprop", "adjoint").
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,7 +53,7 @@ from odekern.solvers.checks import (
     raise_non_finite_unrepeated,
 )
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
-from odekern.solvers.fixed_grid import grid_from_step_size
+from odekern.solvers.fixed_grid import grid_and_values_from_step_size, step_sizes
 from odekern.solvers.norms import GLOBAL
 from odekern.solvers.registry import METHODS
 
@@ -79,7 +81,8 @@ def check_method_checkpointable(method: str | None) -> str:
     return method
 
 
-def _step_grid(t: Tensor, options: dict) -> Tensor:
+def _step_grid(t: Tensor, t_vals: list[float], options: dict) -> tuple[Tensor, list[float]]:
+    """The step grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
     unsupported = sorted(set(options) - {"step_size", "interp", "norm", "perturb", "control"})
     if options.get("control", GLOBAL) != GLOBAL:
         unsupported.append(f"control={options['control']!r}")
@@ -89,26 +92,36 @@ def _step_grid(t: Tensor, options: dict) -> Tensor:
                          "control='global', which mean nothing on a fixed grid)")
     step = options.get("step_size")
     if step is None:
-        return t
+        return t, t_vals
     step = float(step)
     if not step > 0:
         raise ValueError(f"options['step_size'] must be > 0, got {step}")
-    reverse = t.numel() > 1 and bool(t[-1] < t[0])
+    if not _decreasing(t_vals):
+        return grid_and_values_from_step_size(t, step, t_vals)
     # odeint solves a decreasing t as the increasing -t; build the identical grid.
-    return -grid_from_step_size(-t, step) if reverse else grid_from_step_size(t, step)
+    grid, values = grid_and_values_from_step_size(-t, step, [-v for v in t_vals])
+    return -grid, [-v for v in values]
 
 
-def _output_nodes(t: Tensor, grid: Tensor) -> list[int]:
-    """Index in ``grid`` of every output time (outputs must lie on the step grid)."""
-    spacing = (grid[1:] - grid[:-1]).abs().min().item() if grid.numel() > 1 else 1.0
+def _decreasing(values: list[float]) -> bool:
+    return len(values) > 1 and values[-1] < values[0]
+
+
+def _output_nodes(t_vals: list[float], grid_vals: list[float]) -> list[int]:
+    """Index in the step grid of every output time (outputs must lie on the grid). On Python
+    floats: a tensor read per output time would be a device sync each."""
+    sign = -1.0 if _decreasing(grid_vals) else 1.0
+    ascending = [sign * g for g in grid_vals]  # the grid is strictly monotonic
+    spacing = min(b - a for a, b in zip(ascending[:-1], ascending[1:])) if len(ascending) > 1 else 1.0
     nodes = []
-    for j, tj in enumerate(t.tolist()):
-        dist = (grid - tj).abs()
-        i = int(torch.argmin(dist))
-        if dist[i].item() > 1e-6 * spacing:
+    for j, tj in enumerate(t_vals):
+        k = bisect.bisect_left(ascending, sign * tj)
+        # The nearer of the two neighbours, the earlier one on a tie.
+        i = min((c for c in (k - 1, k) if 0 <= c < len(ascending)), key=lambda c: abs(ascending[c] - sign * tj))
+        if abs(ascending[i] - sign * tj) > 1e-6 * spacing:
             raise ValueError(
                 f"gradient mode 'checkpoint' needs every output time on the step grid, but t[{j}]={tj} "
-                f"falls between grid points (nearest {grid[i].item()}); choose a step_size that divides "
+                f"falls between grid points (nearest {grid_vals[i]}); choose a step_size that divides "
                 "the output intervals, or use gradient='backprop'")
         nodes.append(i)
     return nodes
@@ -117,53 +130,64 @@ def _output_nodes(t: Tensor, grid: Tensor) -> list[int]:
 class _Replay:
     """Steps of the solve, recorded or not, as ``odeint``'s fixed-grid loop takes them."""
 
-    def __init__(self, func, grid: Tensor, nodes: list[int], checkpoints: int, method: str, params,
-                 perturb: bool = False):
-        self.func, self.grid, self.nodes = func, grid, nodes
+    def __init__(self, func, grid: Tensor, grid_vals: list[float], nodes: list[int], checkpoints: int,
+                 method: str, params, perturb: bool = False):
+        self.func, self.nodes = func, nodes
         self.checkpoints, self.method, self.params = checkpoints, method, params
         self.perturb = perturb
         # odeint solves a decreasing t as the increasing -t with a sign-flipping RHS; so do we.
-        reverse = grid.numel() > 1 and bool(grid[-1] < grid[0])
-        self.times = -grid if reverse else grid
+        reverse = _decreasing(grid_vals)
+        times = -grid if reverse else grid
+        self.values = [-v for v in grid_vals] if reverse else list(grid_vals)
+        # As odeint's fixed-grid loop: the points as 0-dim tensors (what func receives) and the
+        # step sizes as Python floats, read once (a read per step is a device sync per step).
+        self.points = times.unbind()
+        self.dts = step_sizes(times, self.values)
         self.rhs = RHS(func, -1.0 if reverse else 1.0)
         self.tableau = METHODS[method].tableau
 
     def step(self, i: int, y: st.State) -> st.State:
         """The state at node ``i + 1`` from ``y`` at node ``i``, recorded when grad is enabled."""
-        t0, t1 = self.times[i], self.times[i + 1]
         stepper = RKStepper(self.tableau, y, reuse_buffers=False)
-        return self._step(stepper, t0, t1, y, None)
+        return self._step(stepper, i, y, None)
 
-    def _step(self, stepper: RKStepper, t0: Tensor, t1: Tensor, y: st.State, out) -> st.State:
-        """One step as FixedGridRK takes it (``perturb`` included)."""
+    def _step(self, stepper: RKStepper, i: int, y: st.State, out) -> st.State:
+        """Step ``i`` as FixedGridRK takes it (``perturb`` included)."""
+        t0, t1 = self.points[i], self.points[i + 1]
         f0 = self.rhs(t0, y, Perturb.NEXT if self.perturb else Perturb.NONE)
         t_end = beside(t1, st.first(y).dtype, -1) if self.perturb else None
-        return stepper.step(self.rhs, t0, t1 - t0, t1, y, f0, out=out, t_end_stages=t_end)[0]
+        return stepper.step(self.rhs, t0, self.dts[i], t1, y, f0, out=out, t_end_stages=t_end)[0]
 
     def advance(self, i0: int, y: st.State, i1: int, callbacks: bool = False) -> st.State:
-        """The state at node ``i1`` from ``y`` at node ``i0``, unrecorded, in a new tensor.
-        ``callbacks``: call ``func.callback_step`` before each step (the forward pass does; the
-        backward pass's recomputations do not, so the user sees each step once).
+        """The state at node ``i1`` from ``y`` at node ``i0``, unrecorded, in a new tensor, its
+        values unchecked (``check_finite``). ``callbacks``: call ``func.callback_step`` before
+        each step (the forward pass does; the backward pass's recomputations do not, so the user
+        sees each step once).
 
         Memory: besides the result, one scratch state (the steps alternate between it and the
         result so that the last lands in the result) and one step's stage values, all freed on
         return: nothing stays allocated between the recorded steps of the backward pass. Stage
         inputs are fresh tensors rather than reused buffers so that only the live ones exist.
-
-        NaN/inf: only the result is checked (it never leaves the state once in it, as in
-        ``FixedGridSolver._locate_non_finite``); when it is not finite the steps are taken again,
-        each checked, up to the one that went bad, which the error names.
         """
         if i1 == i0:
             return y
-        result = self._advance(i0, y, i1, callbacks, checked=False)
-        if not st.all_finite(result):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._advance(i0, y, i1, callbacks=False, checked=True)  # raises
-            raise_non_finite_unrepeated(self.method, self.rhs.user_time(self.times[i0]),
-                                        self.rhs.user_time(self.times[i1]))
-        return result
+        return self._advance(i0, y, i1, callbacks, checked=False)
+
+    def check_finite(self, i0: int, y: st.State, i1: int, result: st.State) -> None:
+        """Raises NonFiniteError when ``result``, the state at node ``i1`` reached from ``y`` at
+        ``i0``, holds a NaN/inf. Only ``result`` is read (a NaN/inf never leaves the state once
+        in it, as in ``FixedGridSolver._locate_non_finite``): the forward pass checks its final
+        state once, so no step reads a value (a device sync on a GPU), and the backward pass's
+        recomputations, which repeat the forward's steps exactly, are not checked again. When
+        ``result`` is not finite the steps are taken again, each checked, up to the one that
+        went bad, which the error names."""
+        if st.all_finite(result):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._advance(i0, y, i1, callbacks=False, checked=True)  # raises
+        raise_non_finite_unrepeated(self.method, self.rhs.user_time(self.values[i0]),
+                                    self.rhs.user_time(self.values[i1]))
 
     def _advance(self, i0: int, y: st.State, i1: int, callbacks: bool, checked: bool) -> st.State:
         """``advance``'s steps; ``checked``: raise NonFiniteError at the first step whose state is
@@ -174,16 +198,16 @@ class _Replay:
             scratch = st.empty_like(y) if i1 - i0 > 1 else None
             for i in range(i0, i1):
                 out = result if (i1 - 1 - i) % 2 == 0 else scratch
-                t0, t1 = self.times[i], self.times[i + 1]
-                if callbacks:
-                    self.rhs.callback("callback_step", t0, y, t1 - t0)
-                y_next = self._step(stepper, t0, t1, y, out)
+                if callbacks:  # the step as a tensor, as odeint hands it
+                    self.rhs.callback("callback_step", self.points[i], y, self.points[i + 1] - self.points[i])
+                y_next = self._step(stepper, i, y, out)
                 for part, value in zip(st.components(out), st.components(y_next)):
                     if value is not part:  # a stage function may hand back a fresh tensor
                         part.copy_(value)
                 del y_next
                 if checked and not st.all_finite(out):
-                    raise_non_finite_step(self.method, self.rhs.user_time(t0), self.rhs.user_time(t1))
+                    raise_non_finite_step(self.method, self.rhs.user_time(self.values[i]),
+                                          self.rhs.user_time(self.values[i + 1]))
                 y = out
             return result
 
@@ -256,6 +280,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         for b in sorted(set(nodes[1:]) | set(first_sweep)):
             y = states[b] = replay.advance(at, y, b, callbacks=True)
             at = b
+        replay.check_finite(nodes[0], y0, at, y)
         ctx.replay = replay
         ctx.stored = {i: states[i] for i in first_sweep}
         ctx.is_tuple = is_tuple
@@ -313,13 +338,15 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         raise ValueError("gradient mode 'checkpoint' does not differentiate with respect to t; "
                          "pass t without requires_grad or use gradient='backprop'")
     options = dict(options or {})
-    grid = _step_grid(t, options)
-    nodes = _output_nodes(t, grid) if t.numel() > 1 else [0]
+    t_vals = t.tolist()
+    grid, grid_vals = _step_grid(t, t_vals, options)
+    nodes = _output_nodes(t_vals, grid_vals) if len(t_vals) > 1 else [0]
     if adjoint_params is None:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
     parts = st.components(y0)
-    replay = _Replay(func, grid, nodes, checkpoints, method, params, perturb=bool(options.get("perturb", False)))
+    replay = _Replay(func, grid, grid_vals, nodes, checkpoints, method, params,
+                     perturb=bool(options.get("perturb", False)))
     solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0),
                                          len(parts), *parts, *params)
     return st.rebuild(y0, solutions)

@@ -45,15 +45,10 @@ def _check_grid_budget(start: float, end: float, step_size: float) -> None:
                          "step_size")
 
 
-def grid_from_step_size(t: Tensor, step_size: float) -> Tensor:
-    """``t[0], t[0] + h, ...`` up to and including ``t[-1]`` (the last point is set to ``t[-1]``)."""
-    return grid_and_values_from_step_size(t, step_size)[0]
-
-
 def grid_and_values_from_step_size(t: Tensor, step_size: float,
                                    t_vals: list[float] | None = None) -> tuple[Tensor, list[float]]:
-    """``grid_from_step_size`` and the same times as Python floats (``t_vals``: ``t`` as floats,
-    when the caller has read it)."""
+    """``t[0], t[0] + h, ...`` up to and including ``t[-1]`` (the last point is set to ``t[-1]``),
+    as a tensor and as Python floats (``t_vals``: ``t`` as floats, when the caller has read it)."""
     start, end = t[0], t[-1]
     start_f, end_f = (t_vals[0], t_vals[-1]) if t_vals is not None else t.detach()[[0, -1]].tolist()
     _check_grid_budget(start_f, end_f, step_size)
@@ -122,8 +117,19 @@ def _grid_values_in(dtype: torch.dtype, start: float, end: float, step_size: flo
     return values + [end]
 
 
+def step_sizes(grid: Tensor, grid_vals: Sequence[float]) -> list[float]:
+    """The grid's steps ``t1 - t0`` in its precision, as torchdiffeq forms them, as Python floats:
+    for a float32/float64 grid rounded from ``grid_vals`` without a tensor operation, else
+    computed by torch and read once (a read per step would be a device sync per step)."""
+    rounded = rounding_to(grid.dtype)
+    if rounded is None:
+        return (grid[1:] - grid[:-1]).tolist()
+    return [rounded(b - a) for a, b in zip(grid_vals[:-1], grid_vals[1:])]
+
+
 def grid_values_from_step_size(start: float, end: float, step_size: float) -> list[float]:
-    """``grid_from_step_size`` on Python floats (times known without reading a tensor)."""
+    """``grid_and_values_from_step_size``'s values from Python floats (times known without
+    reading a tensor)."""
     _check_grid_budget(start, end, step_size)
     return _grid_values_in(torch.float64, start, end, step_size)
 
@@ -252,11 +258,8 @@ class FixedGridSolver(Solver):
             dts = None
         elif known:
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
-        elif (rounded := rounding_to(t.dtype)) is not None:
-            # t1 - t0 in t's precision, as torchdiffeq's, without a tensor operation.
-            dts = [rounded(b - a) for a, b in zip(grid_vals[:-1], grid_vals[1:])]
         else:
-            dts = (grid[1:] - grid[:-1]).tolist()
+            dts = step_sizes(grid, grid_vals)
         # NaN/inf: the final state is read once after the loop (no host sync and no extra pass
         # per step); see _locate_non_finite. Its repeat of a failed solve checks every step.
         track = not (torch.compiler.is_compiling() or state.inside_vmap()

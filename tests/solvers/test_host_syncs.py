@@ -3,8 +3,9 @@
 on a GPU each one stalls the host until the device has caught up.
 
 Fixed-grid solves read nothing per step (NaN/inf is checked once, on the final state; step sizes
-are read once) and add no reduction over the state per step; adaptive solves read at most one
-value per step attempt (the accept decision), as torchdiffeq does.
+are read once) and add no reduction over the state per step, in every gradient mode, backward
+passes included; adaptive solves read at most one value per step attempt (the accept decision),
+as torchdiffeq does.
 """
 
 from __future__ import annotations
@@ -47,6 +48,26 @@ def test_fixed_grid_solves_read_nothing_per_step(method, grad):
     fine, n_fine = _reads(method, {"step_size": 0.01}, grad)
     assert n_fine > 5 * n_coarse
     assert fine == coarse, f"{fine - coarse} more host reads for {n_fine - n_coarse} more steps"
+
+
+def _block_reads(gradient, method, step_size):
+    """Host reads of an ODEBlock's forward and of its backward, in a gradient mode."""
+    block = odekern.ODEBlock(Field(), method=method, options={"step_size": step_size}, gradient=gradient)
+    x = randn(2, 4, 8, 8, seed=1).requires_grad_(True)
+    with OpCounter() as forward:
+        out = block(x)
+    with OpCounter() as backward:
+        out.sum().backward()
+    return forward.counts[SCALAR_READ], backward.counts[SCALAR_READ]
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint", "checkpoint"])
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_fixed_grid_gradient_modes_read_nothing_per_step(gradient, method):
+    # 10 steps against 100; the checkpoint mode's backward recomputes steps from its stored
+    # states, and neither those nor the recorded steps may read a value.
+    coarse, fine = _block_reads(gradient, method, 0.1), _block_reads(gradient, method, 0.01)
+    assert fine == coarse, f"host reads (forward, backward): {coarse} for 10 steps, {fine} for 100"
 
 
 def _reductions(method, step_size):
