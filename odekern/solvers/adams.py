@@ -60,6 +60,13 @@ class AdamsBashforthMoulton(FixedGridSolver):
             warnings.warn(f"options['max_order']={max_order} is below {_MIN_HISTORY + 1}: every step is an RK4 step")
         self.max_order = max_order
         self.max_iters = max_iters
+        # torchdiffeq's text first, so filters written for it match. The same text at every step:
+        # Python's default filter then shows it once, as torchdiffeq's, instead of once per
+        # step of every solve, and no time is read from the device to name the step.
+        self._unconverged_message = (
+            f"Functional iteration did not converge. Solution may be incorrect. ({self.method}: the corrector "
+            f"did not converge in {max_iters} iteration{'s' if max_iters != 1 else ''} at some step; the "
+            "order is lowered at each such step)")
         self._bashforth = {m: bashforth(m).floats() for m in range(1, max_order)}
         self._moulton = {m + 1: moulton(m + 1).floats() for m in range(1, max_order)}
         self._rk4 = RKStepper(RK4_38, y0, self._reuse_buffers)
@@ -105,10 +112,7 @@ class AdamsBashforthMoulton(FixedGridSolver):
             if converged:
                 break
         if not converged:
-            # torchdiffeq's text first, so filters written for it match.
-            warnings.warn(f"Functional iteration did not converge. Solution may be incorrect. ({self.method}: "
-                          f"the corrector did not converge in {self.max_iters} iterations at "
-                          f"t={self.rhs.user_time(t1):.6g}; lowering the order)")
+            warnings.warn(self._unconverged_message)
             self._history.pop()
         return dy
 

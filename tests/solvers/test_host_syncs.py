@@ -50,6 +50,18 @@ def test_fixed_grid_solves_read_nothing_per_step(method, grad):
     assert fine == coarse, f"{fine - coarse} more host reads for {n_fine - n_coarse} more steps"
 
 
+@pytest.mark.parametrize("method", ["implicit_adams", "fixed_adams"])
+def test_adams_corrector_reads_one_value_per_iteration(method):
+    # The Moulton corrector's convergence test is a decision per iteration, read on the host as
+    # torchdiffeq reads it; nothing else is read per step. A tight tolerance makes it iterate.
+    max_iters = 3
+    options = {"max_iters": max_iters}
+    coarse, n_coarse = _reads(method, {**options, "step_size": 0.1}, False, rtol=1e-10, atol=1e-12)
+    fine, n_fine = _reads(method, {**options, "step_size": 0.01}, False, rtol=1e-10, atol=1e-12)
+    assert fine > coarse, "the corrector's convergence test was not read"
+    assert fine - coarse <= max_iters * (n_fine - n_coarse)
+
+
 def _block_reads(gradient, method, step_size):
     """Host reads of an ODEBlock's forward and of its backward, in a gradient mode."""
     block = odekern.ODEBlock(Field(), method=method, options={"step_size": step_size}, gradient=gradient)
