@@ -19,7 +19,8 @@ vector-Jacobian products once per evaluation. For a tuple ``y`` (a higher-order 
 ``adjoint_options["norm"]`` and the ``callback_*_adjoint`` callbacks receive the parts as a
 tuple, as in torchdiffeq (its callbacks see a tuple y's components flattened and concatenated,
 torchdiffeq's own form of a tuple state). The adaptive error norm is torchdiffeq's default
-adjoint norm (max over the norms of the parts), so both libraries take the same backward steps;
+adjoint norm (max over the norms of the parts, |a_t| included: a_t integrates dL/dt also when
+``t`` needs no gradient, as in torchdiffeq), so both libraries take the same backward steps;
 for the built-in state norms it comes from one float64 norm per part in a single call (or, for
 a tuple state, from the fused error pass's RMS per part).
 """
@@ -231,12 +232,11 @@ class _AugmentedDynamics:
     """Right-hand side of the augmented backward ODE on the solved backward state."""
 
     def __init__(self, func: Callable, layout: _AugmentedLayout, parts: _FlatParts | _TupleParts,
-                 params: tuple[torch.Tensor, ...], t_requires_grad: bool):
+                 params: tuple[torch.Tensor, ...]):
         self.func = func
         self.layout = layout
         self.parts = parts
         self.params = params
-        self.t_requires_grad = t_requires_grad
         # func.callback_*_adjoint are the backward solve's step callbacks (torchdiffeq's protocol).
         for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
             if hasattr(func, adjoint_name):
@@ -245,10 +245,13 @@ class _AugmentedDynamics:
     def __call__(self, t: torch.Tensor, aug):
         y, adj_y = self.layout.y_and_adj_y(self.parts, aug)
         with torch.enable_grad():
-            t_in = t.detach().requires_grad_(self.t_requires_grad)
+            # a_t integrates dL/dt also when t needs no gradient, as torchdiffeq's backward does:
+            # its error joins the step control (the norm's |a_t|), so the backward solve takes
+            # torchdiffeq's steps, and its gradients are torchdiffeq's.
+            t_in = t.detach().requires_grad_(True)
             y_in = tuple(c.detach().requires_grad_(True) for c in y)
             f = _components_of_output(self.func(t_in, self.layout.user_state(y_in)), y_in)
-            wrt = ((t_in,) if self.t_requires_grad else ()) + y_in + self.params
+            wrt = (t_in,) + y_in + self.params
             # A component of f that is an input component itself (a second-order block's
             # velocity) is a graph leaf: autograd handles it like any other output.
             outputs = [(fc, -a) for fc, a in zip(f, adj_y) if fc.requires_grad]
@@ -256,8 +259,6 @@ class _AugmentedDynamics:
                 vjps = torch.autograd.grad([o for o, _ in outputs], wrt, [g for _, g in outputs], allow_unused=True)
             else:  # f depends on none of them (e.g. a constant field): every vjp is zero
                 vjps = (None,) * len(wrt)
-        if not self.t_requires_grad:
-            vjps = (None,) + tuple(vjps)
         n = self.layout.n_y
         vjp_t, vjp_y, vjp_params = vjps[0], vjps[1:1 + n], vjps[1 + n:]
         like = y[0]
@@ -340,7 +341,7 @@ class _OdeintAdjoint(torch.autograd.Function):
         # The parts' shapes, from a state of them (its values are not used).
         parts = _packing(layout, layout.pack(torch.zeros((), dtype=like.dtype), tuple(c[-1] for c in ys),
                                              tuple(c[-1] for c in ys), params))
-        dynamics = _AugmentedDynamics(cfg.func, layout, parts, params, ctx.t_requires_grad)
+        dynamics = _AugmentedDynamics(cfg.func, layout, parts, params)
         adjoint_options = dict(cfg.adjoint_options)
         norm = adjoint_options.get("norm")
         if norm is None or norm == SEMINORM:

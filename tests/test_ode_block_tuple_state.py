@@ -108,7 +108,7 @@ def test_adjoint_dynamics_pass_the_velocity_on_without_copy():
     x, v = randn(1, C, 4, 4, dtype=F64, seed=6), randn(1, C, 4, 4, dtype=F64, seed=7)
     adj = (randn(1, C, 4, 4, dtype=F64, seed=8), randn(1, C, 4, 4, dtype=F64, seed=9))
     aug = (torch.zeros((), dtype=F64), x, v, *adj, *(torch.zeros_like(p) for p in params))
-    dynamics = _AugmentedDynamics(block.dynamics, _AugmentedLayout(2, True), _TupleParts(aug), params, False)
+    dynamics = _AugmentedDynamics(block.dynamics, _AugmentedLayout(2, True), _TupleParts(aug), params)
     t = torch.tensor(0.1, dtype=F64)
     out = dynamics(t, aug)
     assert len(out) == len(aug)
