@@ -132,7 +132,7 @@ class _Replay:
 
     def __init__(self, func, grid: Tensor, grid_vals: list[float], nodes: list[int], checkpoints: int,
                  method: str, params, perturb: bool = False):
-        self.func, self.nodes = func, nodes
+        self.nodes = nodes
         self.checkpoints, self.method, self.params = checkpoints, method, params
         self.perturb = perturb
         # odeint solves a decreasing t as the increasing -t with a sign-flipping RHS; so do we.
