@@ -41,7 +41,7 @@ from odekern.dispatch import requested_backend, use_backend
 from odekern.odeint import odeint, promote_tuple_state
 from odekern.reachable import warn_unreached
 from odekern.solvers import state
-from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import check_params, check_state, check_time, coerce_time, shape_or_type
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
 
@@ -131,11 +131,20 @@ class _TupleParts:
         return aug[first:stop]
 
 
+# A tensor y of at least this many elements is solved backward as a tuple state: laying the
+# parts end to end costs a pass over y and a_y per RHS call, which from about here outweighs the
+# calls per part of every combination (a conv RHS, rk4: even at 2^15 elements, 1.6x fewer
+# solver overhead at 2^17, 2x at 2^21; bench/bench_stages.py's adjoint rows).
+TUPLE_PACKING_MIN_NUMEL = 1 << 16
+
+
 def _packing(layout: _AugmentedLayout, parts: Sequence[torch.Tensor]) -> _FlatParts | _TupleParts:
-    """How the backward solves the parts: flat for a tensor y, as torchdiffeq does (its parts are
-    many and often tiny, an MLP's parameters, and every solver operation would otherwise be
-    paid once per part); a tuple for a tuple y, whose components are never concatenated."""
-    return _TupleParts(parts) if layout.tuple_y else _FlatParts(parts)
+    """How the backward solves the parts: a tuple for a tuple y, whose components are never
+    concatenated, and for a large tensor y (``TUPLE_PACKING_MIN_NUMEL``); flat otherwise, as
+    torchdiffeq does (its parts are many and often tiny, an MLP's parameters, and every solver
+    operation would otherwise be paid once per part)."""
+    tuple_packing = layout.tuple_y or parts[1].numel() >= TUPLE_PACKING_MIN_NUMEL
+    return _TupleParts(parts) if tuple_packing else _FlatParts(parts)
 
 
 class _AdjointNorm:
@@ -228,7 +237,7 @@ class _CallbackOfParts:
         return self.callback(t0, aug, dt)
 
 
-class _AugmentedDynamics:
+class _AugmentedDynamics(TimeReversible):
     """Right-hand side of the augmented backward ODE on the solved backward state."""
 
     def __init__(self, func: Callable, layout: _AugmentedLayout, parts: _FlatParts | _TupleParts,
@@ -243,6 +252,18 @@ class _AugmentedDynamics:
                 setattr(self, name, _CallbackOfParts(getattr(func, adjoint_name), layout, parts))
 
     def __call__(self, t: torch.Tensor, aug):
+        return self._derivative(t, aug, reversed_time=False)
+
+    def reversed_derivative(self, t: torch.Tensor, aug):
+        """``-self(t, aug)`` (``base.TimeReversible``), for a backward solve on decreasing
+        times (every backward of a forward solve on increasing times): the adjoint parts' vector-
+        Jacobian products take ``a_y`` as their cotangent instead of ``-a_y``, so only ``f`` is
+        negated, where negating the whole output would cost a pass over every part and ``-a_y``
+        another over ``a_y``. Autograd's products are linear in the cotangent, and negation
+        commutes with IEEE rounding: the values are exactly those negated."""
+        return self._derivative(t, aug, reversed_time=True)
+
+    def _derivative(self, t: torch.Tensor, aug, reversed_time: bool):
         y, adj_y = self.layout.y_and_adj_y(self.parts, aug)
         with torch.enable_grad():
             # a_t integrates dL/dt also when t needs no gradient, as torchdiffeq's backward does:
@@ -254,7 +275,7 @@ class _AugmentedDynamics:
             wrt = (t_in,) + y_in + self.params
             # A component of f that is an input component itself (a second-order block's
             # velocity) is a graph leaf: autograd handles it like any other output.
-            outputs = [(fc, -a) for fc, a in zip(f, adj_y) if fc.requires_grad]
+            outputs = [(fc, a if reversed_time else -a) for fc, a in zip(f, adj_y) if fc.requires_grad]
             if outputs:
                 vjps = torch.autograd.grad([o for o, _ in outputs], wrt, [g for _, g in outputs], allow_unused=True)
             else:  # f depends on none of them (e.g. a constant field): every vjp is zero
@@ -267,7 +288,8 @@ class _AugmentedDynamics:
         # In the backward state's dtype (a real parameter of a complex ODE is carried as complex).
         vjp_params = [torch.zeros_like(p, dtype=like.dtype) if g is None else g.to(like.dtype)
                       for p, g in zip(self.params, vjp_params)]
-        return self.parts.to_state(self.layout.pack(vjp_t, [fc.detach() for fc in f], vjp_y, vjp_params))
+        f = [torch.neg(fc.detach()) if reversed_time else fc.detach() for fc in f]
+        return self.parts.to_state(self.layout.pack(vjp_t, f, vjp_y, vjp_params))
 
 
 def _components_of_output(f: Any, y: Sequence[torch.Tensor]) -> tuple:
