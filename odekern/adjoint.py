@@ -133,8 +133,9 @@ class _TupleParts:
 
 # A tensor y of at least this many elements is solved backward as a tuple state: laying the
 # parts end to end costs a pass over y and a_y per RHS call, which from about here outweighs the
-# calls per part of every combination (a conv RHS, rk4: even at 2^15 elements, 1.6x fewer
-# solver overhead at 2^17, 2x at 2^21; bench/bench_stages.py's adjoint rows).
+# calls per part of every combination (a conv RHS, rk4, the solver's own time in the backward:
+# even at 2^15 elements, 1.2x less as a tuple at 2^17 and 2^19, 1.3-1.4x at 2^21, the size of
+# bench/bench_stages.py's adjoint rows).
 TUPLE_PACKING_MIN_NUMEL = 1 << 16
 
 

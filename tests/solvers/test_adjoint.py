@@ -357,7 +357,6 @@ def test_custom_adjoint_norm_and_callbacks_receive_the_parts_as_in_torchdiffeq(t
         assert_close(a, b, kind="cross")
 
 
-
 class _ElementwiseRHS(nn.Module):
     """Time dependent, with a per-element parameter: cheap on a state large enough for the
     backward to solve it as a tuple. Counts its evaluations."""
@@ -452,6 +451,7 @@ def test_reversed_derivative_is_the_negated_derivative_exactly(dtype, solved):
     assert all(torch.equal(a, b) for a, b in zip(packing.split(through_reversed), packing.split(reversed_)))
     RHS(dynamics, time_sign=1.0)(t, aug)
     assert calls == ["reversed", "forward"]
+
 
 def test_adjoint_params_for_plain_function():
     """A non-Module func: gradients reach exactly the tensors named in adjoint_params."""
