@@ -284,7 +284,7 @@ NMODE_UNROLL
   }
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) L.root[e] = controller_root_arg(L.ratio[e]);
-  inv_fifth_root_lanes(L.root, kBlock);
+  inv_fifth_root_normal_lanes(L.root, kBlock);
   adj_control_lanes<T>(L, t_end, max_steps);
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) {
