@@ -13,6 +13,15 @@ It shows what bounds the solver time behind a large RHS: the cheap RHS shows the
 the solver does, the cache-thrashing one the memory traffic both libraries must pay. Rounds
 interleave the libraries; each reports its minimum.
 
+On the nmode-large state, whose stages do not fit in the caches, the table also gives the memory
+floor of an explicit RK method: the passes over the state that its step makes when each stage
+input and the step's solution are formed from y and the stages their tableau row names (as
+torchdiffeq forms them, and so odekern, which matches its results): one read of y and of each
+such stage and one write per combination, plus the copy of y0 into the solution's first row,
+each pass timed at this machine's memory speed (``torch.add`` over operands that do not fit in
+the caches). No solver that forms the combinations so can take less time than that, and
+"torchdiffeq / floor" bounds the ratio any such solver could show.
+
     python bench/bench_solver_time.py [--rounds 7] [--methods euler,heun3,rk4] [--kinds nmode-large]
     python -m pytest bench/bench_solver_time.py --benchmark-only
 """
@@ -20,6 +29,7 @@ interleave the libraries; each reports its minimum.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import pytest
@@ -29,12 +39,16 @@ from torch import nn
 
 import odekern
 from bench_dropin import FIXED_STEPS, family
+from odekern.solvers.registry import METHODS as SOLVERS
 
 RHS_KINDS = ("conv", "cheap", "cache-thrashing")
 # Only when asked for with --kinds: the nmODE RHS module on bench_dropin's 2M-element state.
 EXTRA_KINDS = ("nmode-large",)
 METHODS = ("euler", "heun3", "rk4")
 THRASH_BYTES = 16 << 20
+# Operands of the memory-speed measurement rotate through this many bytes, several times the
+# last-level cache, so each pass reads from and writes to memory.
+MEMORY_POOL_BYTES = 256 << 20
 
 
 class TimedRHS(nn.Module):
@@ -84,6 +98,43 @@ def solver_seconds(kind: str, method: str, rounds: int) -> dict:
             "ratio": best["torchdiffeq"] / best["odekern"]}
 
 
+def combination_passes(method: str) -> int | None:
+    """Passes over the state per step of a fixed-grid explicit RK method (None for others): each
+    stage input ``y + dt sum_j a_ij k_j`` and the solution ``y + dt sum_j b_j k_j`` read y and
+    every k_j with a nonzero coefficient and write once."""
+    tableau = getattr(SOLVERS.get(method), "tableau", None)
+    if tableau is None or tableau.adaptive:
+        return None
+    tab = tableau.floats()
+    rows = [row for row in tab.a[1:]] + [tab.b]
+    return sum(2 + sum(1 for c in row if c != 0.0) for row in rows)
+
+
+def memory_pass_seconds(like: torch.Tensor, rounds: int) -> float:
+    """Seconds for one pass (a read or a write) over a tensor like ``like`` in memory: the
+    fastest of ``rounds`` sweeps of ``torch.add(a, b, out=c)`` (three passes each) over operands
+    rotating through MEMORY_POOL_BYTES."""
+    count = 3 * max(1, math.ceil(MEMORY_POOL_BYTES / (3 * like.numel() * like.element_size())))
+    pool = [torch.rand_like(like) for _ in range(count)]
+    best = float("inf")
+    for _ in range(rounds + 1):  # the first sweep warms up
+        start = time.perf_counter()
+        for i in range(0, count, 3):
+            torch.add(pool[i], pool[i + 1], out=pool[i + 2])
+        best = min(best, (time.perf_counter() - start) / count)
+    return best
+
+
+def memory_floor_seconds(kind: str, method: str, rounds: int) -> float | None:
+    """The memory floor of a fixed-grid solve on this kind's state (None where it does not apply:
+    adaptive and Adams methods, and states that fit in the caches)."""
+    passes = combination_passes(method)
+    if passes is None or kind not in EXTRA_KINDS:
+        return None
+    y0 = family(_state_of(kind))[1]
+    return (passes * FIXED_STEPS + 2) * memory_pass_seconds(y0, rounds)
+
+
 @pytest.mark.parametrize("kind", RHS_KINDS)
 @pytest.mark.parametrize("method", METHODS)
 def test_solver_time(run_bench, kind, method):
@@ -108,13 +159,17 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.threads} threads, torch {torch.__version__}, min of {args.rounds} rounds\n")
-    print("| RHS | method | odekern solver time | torchdiffeq solver time | torchdiffeq / odekern |")
-    print("|---|---|---|---|---|")
+    print("| RHS | method | odekern solver time | torchdiffeq solver time | torchdiffeq / odekern "
+          "| memory floor | odekern / floor | torchdiffeq / floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
         for method in args.methods.split(","):
             r = solver_seconds(kind, method, args.rounds)
+            floor = memory_floor_seconds(kind, method, args.rounds)
+            floor_cells = ("| | |" if floor is None else
+                           f"{floor * 1e3:.2f} ms | {r['odekern_s'] / floor:.2f}x | {r['torchdiffeq_s'] / floor:.2f}x |")
             print(f"| {kind} | {method} | {r['odekern_s'] * 1e3:.2f} ms | {r['torchdiffeq_s'] * 1e3:.2f} ms | "
-                  f"{r['ratio']:.2f}x |", flush=True)
+                  f"{r['ratio']:.2f}x | {floor_cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ class FixedGridSolver(Solver):
         self._reuse_buffers = not torch.is_grad_enabled()
         self._locating = False  # a repeat of a failed solve that checks every step
         self._y_buffers = [state.empty_like(y0), state.empty_like(y0)] if self._reuse_buffers else None
+        self._step_output: state.State | None = None  # where the current step writes y1 (see integrate)
 
     def _grid(self, t: Tensor, t_vals: list[float]) -> tuple[Tensor, list[float]]:
         """The time grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
@@ -186,9 +187,12 @@ class FixedGridSolver(Solver):
         return grid, grid_vals
 
     def _next_buffer(self, current: Tensor) -> Tensor | None:
-        """The state buffer not holding ``current`` (double buffering, no aliasing)."""
+        """Where a step writes its solution: the output row it ends on, else the state buffer not
+        holding ``current`` (double buffering, no aliasing)."""
         if not self._reuse_buffers:
             return None
+        if self._step_output is not None:
+            return self._step_output
         a, b = self._y_buffers
         return b if current is a else a
 
@@ -264,6 +268,7 @@ class FixedGridSolver(Solver):
         # per step); see _locate_non_finite. Its repeat of a failed solve checks every step.
         track = not (torch.compiler.is_compiling() or state.inside_vmap()
                      or any(c.is_meta for c in state.components(self.y0)))
+        rows_in_place = self._reuse_buffers and all(c[0].is_contiguous() for c in state.components(solution))
         # The grid's points as 0-dim tensors made at once (indexing the grid per step costs more).
         points = grid.unbind() if isinstance(grid, Tensor) else grid
         j, y0, n_steps, dt = 1, self.y0, 0, 0.0
@@ -274,7 +279,15 @@ class FixedGridSolver(Solver):
             dt = dts[i] if dts is not None else t1 - t0
             if self.rhs.callbacks:  # torchdiffeq hands the step as a tensor
                 self.rhs.callback("callback_step", t0, y0, t1 - t0 if isinstance(t0, Tensor) else dt)
+            # A step that ends on an output time writes its solution straight into that output's
+            # row, which saves a copy of the state per output (a pass over 8 MB on a U-Net-sized
+            # feature map); only where buffers are reused (no graph is recorded) and the rows are
+            # contiguous like the buffers (a channels_last row would cost the fused kernels a
+            # contiguous copy in and out).
+            out_row = state.row(solution, j) if rows_in_place and grid_vals[i + 1] == t_vals[j] else None
+            self._step_output = out_row
             y1, f0 = self._step(t0, dt, t1, y0)
+            self._step_output = None
             n_steps += 1
             if torch.compiler.is_compiling():
                 state.assert_finite_traced(y1, f"odeint(method={self.method!r}): the solution became "
@@ -284,7 +297,7 @@ class FixedGridSolver(Solver):
                                       self.rhs.user_time(grid_vals[i + 1]))
             f1 = None
             while j < len(t_vals) and grid_vals[i + 1] >= t_vals[j]:
-                row = state.row(solution, j)
+                row = out_row if out_row is not None and t_vals[j] == grid_vals[i + 1] else state.row(solution, j)
                 if t_vals[j] == grid_vals[i + 1]:
                     value = y1
                 elif t_vals[j] == grid_vals[i]:
