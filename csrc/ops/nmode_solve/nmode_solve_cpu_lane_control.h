@@ -38,9 +38,9 @@ constexpr double kFifthExponentExcess = 1.1102230246251565e-17;  // double(0.2) 
 constexpr double kLn2 = 0.6931471805599453;
 
 // For normal x (x >= 2^-1022): the step controller's clamped ratios and most initial-step
-// arguments. Every operation is a product, a sum or a bit operation, and about 50 of them per
-// element are the whole cost of a lane's step control, so each one counts: 2^r and 2^-q come
-// from the exponent field, and the start needs no table.
+// arguments. Every operation is a product, a sum or a bit operation; at about 45 of them per
+// element the root dominates a lane's step control, so each one counts: 2^r and 2^-q come from
+// the exponent field, and the start needs no table.
 ODEKERN_ALWAYS_INLINE double inv_fifth_root_normal(double x) {
   const uint64_t b = bits_of(x);
   const double two52 = 0x1p52;
@@ -73,7 +73,8 @@ NMODE_UNROLL
 }
 
 // Every x > 0, subnormals included (the initial-step selection feeds unclamped values): those
-// are scaled by 2^200 first, which the result undoes with 2^-40 and the excess factor's ln 2^200.
+// are scaled by 2^200 first; (x 2^200)^-(1/5 + excess) = x^-(1/5 + excess) 2^-40 (1 - excess
+// ln 2^200) to rounding, which the result undoes.
 ODEKERN_ALWAYS_INLINE double inv_fifth_root(double x) {
   // Selects between values computed unconditionally (see the pragma above).
   const bool tiny = x < 0x1p-1000;
@@ -97,10 +98,10 @@ static ODEKERN_ISA_CLONES __attribute__((noinline)) void inv_fifth_root_normal_l
 // x^(1/5 + excess) = 1 / x^-(1/5 + excess) (once per lane: the division is fine here).
 ODEKERN_ALWAYS_INLINE double fifth_root(double x) { return 1.0 / inv_fifth_root(x); }
 
-// optimal_step of the header (torchdiffeq's _optimal_step_size, order 5) with 1 / pow(ratio, 1/5)
-// -> inv_fifth_root_normal(controller_root_arg(ratio)), in two parts so that a caller can take the root
-// in a loop of its own (GCC vectorises inv_fifth_root only in a loop whose input comes from
-// memory). Outside [2^-20, 2^20] the factor is clamped to ifactor or dfactor whatever the root
+// optimal_step of the header (torchdiffeq's _optimal_step_size, order 5) with 1 / pow(ratio,
+// 1/5) -> inv_fifth_root_normal(controller_root_arg(ratio)), in two parts so that a caller can
+// take the root in a loop of its own (GCC vectorises the root only in a loop whose input comes
+// from memory). Outside [2^-20, 2^20] the factor is clamped to ifactor or dfactor whatever the root
 // (kSafety * 16 > kIfactor, kSafety / 16 < kDfactor), so ratios there (0 and inf included) are
 // clamped into it without changing the result.
 static_assert(kSafety * 16.0 > kIfactor && kSafety / 16.0 < kDfactor, "ratio clamp of controller_root_arg");
