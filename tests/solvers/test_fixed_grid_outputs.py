@@ -1,8 +1,9 @@
 """Where a fixed-grid solve puts its outputs: without a graph, a step that ends on an output time
 writes its solution straight into that output's (contiguous) row of the result, so the only
 copy into the result is y0's into row 0 (each avoided copy is a pass over the state, 8 MB on a
-U-Net-sized feature map). The values are torchdiffeq's, which is the reference here; the rows that follow
-are the next steps' inputs, so a row overwritten by a later step would show as a wrong value.
+U-Net-sized feature map). The values are torchdiffeq's, which is the reference here; the rows
+that follow are the next steps' inputs, so a row overwritten by a later step would show as a
+wrong value.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from odekern.testing import randn
 
 
 class CopiesIntoResult(TorchDispatchMode):
-    """Counts copies into the storage of a solve's result, recognised by its size: ``rows`` rows
-    of ``row_bytes`` (no other tensor of the solve has it)."""
+    """Counts copies into the storage of a solve's result (of each component's, for a tuple
+    state), recognised by its size: ``rows`` rows of a component (no other tensor of these
+    solves has that size)."""
 
-    def __init__(self, rows: int, row_bytes: int):
+    def __init__(self, rows: int, *components: torch.Tensor):
         super().__init__()
-        self.result_bytes, self.count = rows * row_bytes, 0
+        self.result_bytes = {rows * c.numel() * c.element_size() for c in components}
+        self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.aten.copy_ and args[0].untyped_storage().nbytes() == self.result_bytes:
+        if func.overloadpacket is torch.ops.aten.copy_ and args[0].untyped_storage().nbytes() in self.result_bytes:
             self.count += 1
         return func(*args, **(kwargs or {}))
 
@@ -47,7 +50,7 @@ def test_outputs_are_written_in_place_and_equal_torchdiffeqs(method, times, memo
     y0 = randn(2, 3, 4, 5, seed=1).contiguous(memory_format=memory_format)
     t = torch.tensor(TIMES[times])
     options = {"step_size": 0.125}
-    with torch.no_grad(), CopiesIntoResult(len(t), y0.numel() * y0.element_size()) as copies:
+    with torch.no_grad(), CopiesIntoResult(len(t), y0) as copies:
         got = odekern.odeint(_func, y0, t, method=method, options=options)
     with torch.no_grad():
         want = torchdiffeq.odeint(_func, y0, t, method=method, options=options)
@@ -70,9 +73,11 @@ def test_tuple_state_outputs_are_written_in_place():
         return torch.cos(y[0]) - y[0], -0.5 * y[1]
 
     for method in ("euler", "rk4"):
-        with torch.no_grad():
+        with torch.no_grad(), CopiesIntoResult(len(t), *y0) as copies:
             got = odekern.odeint(func, y0, t, method=method, options={"step_size": 0.125})
+        with torch.no_grad():
             want = torchdiffeq.odeint(func, y0, t, method=method, options={"step_size": 0.125})
+        assert copies.count == len(y0), f"{copies.count} copies into the result; only y0's into row 0"
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=method)
 
