@@ -289,9 +289,10 @@ class SavedTensorBytes:
         self._hooks.__exit__(*exc)
 
 
-class _OpObserver:
+class OpObserver:
     """Base of the measures that watch every operator below autograd (a TorchDispatchMode, so
-    autograd's backward ops are seen too): subclasses implement ``_observe(func, out)``."""
+    autograd's backward ops are seen too): subclasses implement ``_observe(func, out)`` (``out``:
+    the op's result, for an in-place op such as ``copy_`` its destination)."""
 
     def __init__(self):
         observer = self
@@ -315,7 +316,7 @@ class _OpObserver:
         self._mode.__exit__(*exc)
 
 
-class OpCounter(_OpObserver):
+class OpCounter(OpObserver):
     """``with OpCounter() as ops: ...`` then ``ops.counts["aten.cat"]`` (a Counter by op name,
     e.g. ``"odekern.rk_combine_out"``) and ``ops.largest["aten.cat"]``: the most elements one call
     of that op produced. Tells whether a solve concatenates its state, not just whether Python
@@ -334,7 +335,7 @@ class OpCounter(_OpObserver):
         self.largest[name] = max(self.largest[name], size)
 
 
-class LiveTensorBytes(_OpObserver):
+class LiveTensorBytes(OpObserver):
     """``with LiveTensorBytes() as live: ...`` then ``live.peak_bytes``: the most bytes of tensor
     storage created inside the block and alive at the same time, exact at operator granularity
     (every op is seen, and a weak reference tells when each storage is freed). Deterministic,
