@@ -106,7 +106,7 @@ def combination_passes(method: str) -> int | None:
     if tableau is None or tableau.adaptive:
         return None
     tab = tableau.floats()
-    rows = [row for row in tab.a[1:]] + [tab.b]
+    rows = [*tab.a[1:], tab.b]
     return sum(2 + sum(1 for c in row if c != 0.0) for row in rows)
 
 
@@ -125,14 +125,14 @@ def memory_pass_seconds(like: torch.Tensor, rounds: int) -> float:
     return best
 
 
-def memory_floor_seconds(kind: str, method: str, rounds: int) -> float | None:
-    """The memory floor of a fixed-grid solve on this kind's state (None where it does not apply:
-    adaptive and Adams methods, and states that fit in the caches)."""
+def memory_floor_seconds(method: str, pass_seconds: float | None) -> float | None:
+    """The memory floor of a fixed-grid solve whose passes over the state take ``pass_seconds``
+    each (None where it does not apply: adaptive and Adams methods, and states that fit in the
+    caches, given as ``pass_seconds=None``)."""
     passes = combination_passes(method)
-    if passes is None or kind not in EXTRA_KINDS:
+    if passes is None or pass_seconds is None:
         return None
-    y0 = family(_state_of(kind))[1]
-    return (passes * FIXED_STEPS + 2) * memory_pass_seconds(y0, rounds)
+    return (passes * FIXED_STEPS + 2) * pass_seconds
 
 
 @pytest.mark.parametrize("kind", RHS_KINDS)
@@ -163,9 +163,12 @@ def main(argv=None) -> None:
           "| memory floor | odekern / floor | torchdiffeq / floor |")
     print("|---|---|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
+        # One memory speed per state, so that the floors of one table compare.
+        pass_seconds = (memory_pass_seconds(family(_state_of(kind))[1], args.rounds)
+                        if kind in EXTRA_KINDS else None)
         for method in args.methods.split(","):
             r = solver_seconds(kind, method, args.rounds)
-            floor = memory_floor_seconds(kind, method, args.rounds)
+            floor = memory_floor_seconds(method, pass_seconds)
             floor_cells = ("| | |" if floor is None else
                            f"{floor * 1e3:.2f} ms | {r['odekern_s'] / floor:.2f}x | {r['torchdiffeq_s'] / floor:.2f}x |")
             print(f"| {kind} | {method} | {r['odekern_s'] * 1e3:.2f} ms | {r['torchdiffeq_s'] * 1e3:.2f} ms | "
