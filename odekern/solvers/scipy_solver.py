@@ -14,7 +14,8 @@ It behaves as torchdiffeq's ``scipy_solver``, so code that uses it runs unchange
 
 Beyond torchdiffeq: a tuple state is solved as one flat system and returned as a tuple; a failed
 solve_ivp (its ``success`` False) raises ``RuntimeError`` with SciPy's message instead of
-returning fewer rows than output times; bfloat16 states work (SciPy sees float64).
+returning fewer rows than output times; bfloat16 states work (SciPy sees float64). A complex
+state is integrated in the complex domain, as torchdiffeq does (SciPy sees complex128).
 """
 
 from __future__ import annotations
@@ -64,11 +65,19 @@ class ScipySolver(Solver):
         self.solver = solver
         self.min_step, self.max_step = min_step, max_step
         self._parts = state.components(y0)
-        self._flat_y0 = np.concatenate([p.detach().to("cpu", torch.float64).reshape(-1).numpy() for p in self._parts])
+        # SciPy integrates a complex state in the complex domain (RK45, RK23, DOP853, BDF; the
+        # others refuse it with a ValueError): a complex state must not be cast to float64.
+        self._flat_dtype = torch.complex128 if self._parts[0].is_complex() else torch.float64
+        self._flat_y0 = self._flat(self._parts)
         self._sizes = [p.numel() for p in self._parts]
 
+    def _flat(self, parts: tuple[Tensor, ...]) -> np.ndarray:
+        """``parts`` as one flat NumPy vector of SciPy's dtype (float64 or complex128)."""
+        return np.concatenate([p.detach().to("cpu", self._flat_dtype).reshape(-1).numpy() for p in parts])
+
     def _unflatten(self, flat: Tensor, lead: tuple[int, ...]) -> state.State:
-        """Rows of ``flat`` (``[*lead, n]``, float64 CPU) as the state's components."""
+        """Rows of ``flat`` (``[*lead, n]``, float64 or complex128 CPU) as the state's components
+        (all real or all complex: a tuple state's components share one dtype)."""
         pieces = torch.split(flat, self._sizes, dim=-1)
         return state.rebuild(self.y0, (piece.reshape((*lead, *p.shape)).to(p.device, p.dtype)
                                        for piece, p in zip(pieces, self._parts)))
@@ -77,9 +86,8 @@ class ScipySolver(Solver):
         like = state.first(self.y0)
         tt = torch.tensor(t, dtype=torch.float64, device=like.device)
         with torch.no_grad():
-            dy = self.rhs(tt, self._unflatten(torch.from_numpy(np.asarray(y, dtype=np.float64)), ()))
-        return np.concatenate([d.detach().to("cpu", torch.float64).reshape(-1).numpy()
-                               for d in state.components(dy)])
+            dy = self.rhs(tt, self._unflatten(torch.from_numpy(np.asarray(y, dtype=self._flat_y0.dtype)), ()))
+        return self._flat(state.components(dy))
 
     def integrate(self, t: Tensor, t_values: Any = None) -> tuple[state.State, SolveStatus]:
         if torch.is_grad_enabled() and any(p.requires_grad for p in self._parts):

@@ -17,6 +17,7 @@ import torchdiffeq
 from solver_problems import MLPODE, TupleOscillator
 
 from odekern import odeint, odeint_adjoint
+from odekern.solvers.state import real_dtype
 from odekern.testing import assert_close, randn
 
 DTYPES = [torch.float32, torch.float64]
@@ -110,3 +111,29 @@ def test_unknown_scipy_method_is_scipys_error():
     for solve in (odeint, torchdiffeq.odeint):
         with pytest.raises(ValueError, match="`method` must be one of"):
             solve(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": "RK99"})
+
+
+@pytest.mark.parametrize("solver", ["RK45", "DOP853"])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_complex_state_is_integrated_in_the_complex_domain(solver, dtype):
+    """dy/dt = (i - 0.5) y: y(t) = y0 exp((i - 0.5) t) rotates, so a solve that dropped the
+    imaginary part (or cast the state to float64) is far off."""
+    rate = torch.tensor(-0.5 + 1.0j, dtype=dtype)
+    y0 = torch.tensor([1.0 + 1.0j, 2.0 - 0.5j, -0.3j], dtype=dtype)
+    t = torch.tensor([0.0, 0.7, 2.0], dtype=real_dtype(dtype))
+    y = _quiet(odeint, lambda t, y: rate * y, y0, t, method="scipy_solver", rtol=1e-10, atol=1e-12,
+               options={"solver": solver})
+    y_ref = _quiet(torchdiffeq.odeint, lambda t, y: rate * y, y0, t, method="scipy_solver", rtol=1e-10,
+                   atol=1e-12, options={"solver": solver})
+    exact = y0 * torch.exp(rate * t[:, None])
+    assert y.dtype == dtype == y_ref.dtype
+    assert_close(y, exact, atol=1e-5 if dtype == torch.complex64 else 1e-8, rtol=0.0)
+    assert_close(y, y_ref, kind="cross")
+
+
+def test_complex_state_with_a_real_domain_solver_raises_as_in_torchdiffeq():
+    y0 = torch.tensor([1.0 + 1.0j], dtype=torch.complex128)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for solve in (odeint, torchdiffeq.odeint):
+        with pytest.raises(ValueError, match="complex"):
+            _quiet(solve, lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": "LSODA"})
