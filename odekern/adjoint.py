@@ -42,8 +42,16 @@ from odekern.odeint import odeint, promote_tuple_state
 from odekern.reachable import warn_unreached
 from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
-from odekern.solvers.checks import check_params, check_state, check_time, coerce_time, shape_or_type
+from odekern.solvers.checks import (
+    check_params,
+    check_state,
+    check_time,
+    check_tolerance_resolvable,
+    coerce_time,
+    shape_or_type,
+)
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
+from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD
 
 #: ``adjoint_options["norm"]`` for torchdiffeq's seminorm: the backward error norm leaves out the
 #: parameter adjoints (they do not feed back into the dynamics), so fewer backward steps are taken.
@@ -550,6 +558,8 @@ def odeint_adjoint(
             "a (solution, status) result cannot be differentiated by the adjoint"
         )
 
+    # How a tolerance error names them: the forward's when the adjoint's default to them.
+    names = ("rtol" if adjoint_rtol is None else "adjoint_rtol", "atol" if adjoint_atol is None else "adjoint_atol")
     adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     adjoint_atol = atol if adjoint_atol is None else adjoint_atol
     adjoint_options = _adjoint_options(method, options, adjoint_method, adjoint_options)
@@ -557,6 +567,10 @@ def odeint_adjoint(
 
     _check_scalar_tolerance(adjoint_rtol, "adjoint_rtol")
     _check_scalar_tolerance(adjoint_atol, "adjoint_atol")
+    if (adjoint_method or DEFAULT_METHOD) in ADAPTIVE_METHODS:
+        # The backward state holds y: its tolerances must be resolvable there too (checked on
+        # y0 here, before the forward solve, rather than deep inside backward()).
+        check_tolerance_resolvable(adjoint_rtol, adjoint_atol, y0, adjoint_method or DEFAULT_METHOD, names)
 
     tuple_state = state.is_tuple(y0)
     cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,

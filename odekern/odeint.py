@@ -23,6 +23,7 @@ from odekern.solvers.checks import (
     check_time,
     check_time_values,
     check_tolerance,
+    check_tolerance_resolvable,
     check_tolerances_not_both_zero,
     coerce_time,
 )
@@ -165,6 +166,7 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     check_tolerance(atol, "atol")
     if method in ADAPTIVE_METHODS:
         check_tolerances_not_both_zero(rtol, atol, method)
+        check_tolerance_resolvable(rtol, atol, y0, method)
     t_values = None
     if isinstance(t, (list, tuple)):
         # Times as Python numbers: fixed-grid solves then never read a tensor, so

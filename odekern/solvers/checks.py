@@ -180,6 +180,59 @@ def check_tolerances_not_both_zero(rtol: Any, atol: Any, method: str) -> None:
                          "would meet that tolerance; set one of them > 0")
 
 
+def resolvable_tolerance(dtype: torch.dtype) -> float:
+    """The smallest relative tolerance an adaptive solve of a ``dtype`` state is allowed: (8 u)^2,
+    u = the dtype's unit roundoff (bfloat16 9.8e-4, float16 1.5e-5, float32 2.3e-13).
+
+    The error estimate of a step carries rounding noise of about u dt |f|, so the steps that pass
+    a relative tolerance ``tol`` move y by about tol / u relative. Below u^2 that is less than
+    y's own rounding: steps leave y unchanged, pass with a zero error estimate, and the solve
+    returns (nearly) y0 at the end time. Between u^2 and about 64 u^2 the many tiny steps each
+    round y and the result is still wrong by 10-100% (measured with every adaptive method on
+    bfloat16 and float16 states; at 64 u^2 the error is 2-27 times the dtype's eps)."""
+    u = torch.finfo(real_dtype(dtype)).eps / 2
+    return (8 * u) ** 2
+
+
+def check_tolerance_resolvable(rtol: Any, atol: Any, y0: Any, method: str,
+                               names: tuple[str, str] = ("rtol", "atol")) -> None:
+    """An adaptive method's tolerance must be resolvable by the state's dtype: for every element,
+    ``rtol + atol / |y0|`` >= ``resolvable_tolerance(dtype)`` (elements where y0 is 0 always are).
+    A float ``rtol`` at or above that bound is accepted without reading the state."""
+    parts = y0 if isinstance(y0, tuple) else (y0,)
+    if any(isinstance(v, (tuple, list)) and (not isinstance(y0, tuple) or len(v) != len(parts)) for v in (rtol, atol)):
+        return  # per-component tolerances that do not fit y0 are rejected where they are applied
+    for i, part in enumerate(parts):
+        if not isinstance(part, Tensor) or part.numel() == 0:
+            continue
+        r, a = (v[i] if isinstance(v, (tuple, list)) else v for v in (rtol, atol))
+        floor = resolvable_tolerance(part.dtype)
+        if not isinstance(r, Tensor) and r >= floor:
+            continue
+        size = part.detach().abs().to(torch.float64)
+        as64 = lambda v: v.detach().to(size.device, torch.float64) if isinstance(v, Tensor) else v  # noqa: E731
+        try:
+            relative = as64(r) + as64(a) / size
+        except RuntimeError:
+            continue  # tolerances that do not broadcast to y0 are rejected where they are applied
+        # 0 / 0 where y0 and atol are both 0: that element has no bound to break (and a NaN would
+        # hide the others from min()).
+        worst = float(torch.nan_to_num(relative, nan=math.inf).min())
+        if worst < floor:
+            dtype = str(part.dtype).removeprefix("torch.")
+            where = "" if not isinstance(y0, tuple) else f" (component {i} of the tuple y0)"
+            raise ValueError(
+                f"{names[0]}={_tolerance_text(r)} with {names[1]}={_tolerance_text(a)} asks the adaptive method "
+                f"{method!r} for more accuracy than a {dtype} state{where} can hold: steps that "
+                f"meet it change y by less than its rounding, so the solve would stall and return a wrong "
+                f"result. Need {names[0]} + {names[1]} / |y0| >= {floor:.2g} for {dtype} "
+                f"(here {worst:.2g}); loosen the tolerances or solve in a wider dtype (e.g. y0.float())")
+
+
+def _tolerance_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else f"tensor of shape {tuple(v.shape)}"
+
+
 def check_time_values(values: Sequence[float], name: str = "t") -> bool:
     """``check_time`` for times given as Python numbers (no tensor read: torch.compile traces
     through). Returns True when they decrease."""
