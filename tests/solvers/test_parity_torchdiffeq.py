@@ -181,6 +181,55 @@ def test_step_t_and_jump_t_match_torchdiffeq():
         _assert_same_nfe("dopri5", ours.n, theirs.n)
 
 
+def _smooth_field(t, y):
+    w = torch.tensor([[0.3, -0.5, 0.2], [0.4, 0.1, -0.6], [-0.2, 0.5, 0.3]], dtype=y.dtype)
+    return torch.tanh(y @ w) * torch.cos(2 * t) - 0.1 * y * t
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "dopri8"])
+def test_time_gradient_through_steps_shortened_to_step_t_and_jump_t(method):
+    """A step shortened to land on a step_t / jump_t point moves with t[0] like every other step
+    (its size held constant), so d loss / d t agrees with central differences of a tight solve,
+    an independent reference (a landing time taken as a constant lost ~70% of d/dt[0]), and with
+    torchdiffeq, which also differentiates the shortened step's size: the two differ by the
+    truncation error."""
+    y0 = randn(2, 3, dtype=torch.float64, seed=1)
+    base = torch.tensor([0.0, 0.45, 1.0], dtype=torch.float64)
+    opts = {"first_step": 0.05, "step_t": [0.33], "jump_t": [0.61]}
+
+    def loss(tt):
+        return odeint(_smooth_field, y0, tt, method="dopri8", rtol=1e-13, atol=1e-14).square().sum()
+
+    h = 1e-6
+    finite_differences = torch.stack([(loss(base + h * e) - loss(base - h * e)) / (2 * h)
+                                      for e in torch.eye(3, dtype=torch.float64)])
+    grads = []
+    for solve in (odeint, torchdiffeq.odeint):
+        t = base.clone().requires_grad_()
+        solve(_smooth_field, y0, t, method=method, rtol=1e-8, atol=1e-10, options=dict(opts)).square().sum().backward()
+        grads.append(t.grad)
+    assert_close(grads[0], finite_differences, rtol=1e-2, atol=0.0, msg="against central differences")
+    assert_close(grads[0], grads[1], rtol=2e-3, atol=0.0, msg="against torchdiffeq")
+
+
+def test_step_t_and_jump_t_as_lists_are_times_of_t_also_when_t_decreases():
+    """Lists and tensors mean the same times (torchdiffeq negates only tensors for a decreasing
+    t, so its list entries land at their negatives: docs/migrating-from-torchdiffeq.md)."""
+    y0 = randn(2, 3, dtype=torch.float64, seed=2)
+    t = torch.tensor([0.0, -0.45, -1.0], dtype=torch.float64)
+    seen = []
+
+    def func(tt, y):
+        seen.append(float(tt))
+        return _smooth_field(tt, y)
+
+    from_lists = odeint(func, y0, t, options={"step_t": [-0.33], "jump_t": [-0.61]})
+    assert -0.33 in seen and any(-0.61 < v < -0.61 + 1e-12 for v in seen)  # the jump is met from its near side
+    from_tensors = odeint(_smooth_field, y0, t, options={"step_t": torch.tensor([-0.33], dtype=torch.float64),
+                                                         "jump_t": torch.tensor([-0.61], dtype=torch.float64)})
+    assert torch.equal(from_lists, from_tensors)
+
+
 @pytest.mark.parametrize("method", ["heun2", "heun3", "fixed_adams"])
 def test_other_torchdiffeq_fixed_grid_names_match(method):
     func = MLPODE(3)
