@@ -30,9 +30,12 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     if not isinstance(y0, Tensor):
         raise TypeError(f"odeint_dense: y0 must be a torch.Tensor (tuple states are not supported, as in "
                         f"torchdiffeq), got {type(y0).__name__}")
-    t0 = torch.as_tensor(t0)
-    t0 = t0 if t0.is_floating_point() else t0.to(y0.dtype)
-    t = torch.stack([t0.reshape(()), torch.as_tensor(t1).to(t0).reshape(())])
+    # Times given as numbers are taken in the state's precision (torch.as_tensor would make a
+    # Python float float32 and round it even for a float64 state).
+    like = dict(dtype=state.real_dtype(y0.dtype), device=y0.device)
+    t0 = t0 if isinstance(t0, Tensor) and t0.is_floating_point() else torch.as_tensor(t0, **like)
+    t1 = t1.to(t0) if isinstance(t1, Tensor) else torch.as_tensor(t1, dtype=t0.dtype, device=t0.device)
+    t = torch.stack([t0.reshape(()), t1.reshape(())])
     method, y0, t, _, options, reverse, _ = checked_inputs(func, y0, t, rtol, atol, method, options)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"odeint_dense needs an adaptive method (one of {sorted(ADAPTIVE_METHODS)}), got {method!r}")

@@ -261,10 +261,22 @@ def _flip_time_options(options: dict) -> None:
     """Re-express time-valued options for the negated time axis used by a backward solve."""
     for name in ("step_t", "jump_t"):
         if options.get(name) is not None:
-            options[name] = [-float(v) for v in torch.as_tensor(options[name]).reshape(-1).tolist()]
+            options[name] = _negated_times(options[name])
     user_grid = options.get("grid_constructor")
     if user_grid is not None:
         options["grid_constructor"] = lambda f, y, t_neg: -user_grid(f, y, -t_neg)
+
+
+def _negated_times(values: Any) -> Any:
+    """Time points (a tensor or a sequence of numbers, taken in float64: a list through
+    torch.as_tensor would round them to float32) negated; anything else as is, for the solver's
+    option check to name."""
+    if isinstance(values, Tensor):
+        return [-v for v in values.reshape(-1).tolist()]
+    try:
+        return [-float(v) for v in values]
+    except TypeError:
+        return values
 
 
 def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, norm):

@@ -44,3 +44,21 @@ def test_dense_output_backward_in_time_and_its_range():
 def test_dense_output_needs_an_adaptive_method():
     with pytest.raises(ValueError, match=r"odeint_dense needs an adaptive method"):
         odekern.odeint_dense(_oscillator, torch.ones(2), 0.0, 1.0, method="rk4")
+
+
+def test_times_given_as_numbers_keep_a_float64_states_precision():
+    """0.1 and 1.3 are not float32 numbers: the solve starts at 0.1 itself and covers [0.1, 1.3]
+    exactly (as a tensor t0 in float64 does), not their float32 roundings."""
+    seen = []
+
+    def func(t, y):
+        seen.append(float(t))
+        return _oscillator(t, y)
+
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    dense = odekern.odeint_dense(func, y0, 0.1, 1.3)
+    assert seen[0] == 0.1
+    assert_close(dense(torch.tensor(1.3, dtype=F64)), odekern.odeint_dense(
+        _oscillator, y0, torch.tensor(0.1, dtype=F64), torch.tensor(1.3, dtype=F64))(torch.tensor(1.3, dtype=F64)))
+    with pytest.raises(ValueError, match="t_eval must lie in"):
+        dense(torch.tensor(1.3 + 1e-12, dtype=F64))  # 1.3 in float32 is 1.3000000477
