@@ -192,12 +192,11 @@ class AdaptiveRK(Solver):
             t1 = s.t + dt
         else:  # shortened to hit a step_t / jump_t point exactly
             t1f, dt = t_land, t_land - s.tf
-            t1 = torch.tensor(t1f, dtype=self.time_dtype, device=device)
-            if s.t.requires_grad:
-                # Exactly the point, and d(t1)/d(s.t) = 1 as for every other step (its size is
-                # held constant): the times after it still move with t[0], so its gradient
-                # stays whole (a constant t1 cut the path and lost most of it).
-                t1 = t1 + (s.t - s.t.detach())
+            # Exactly the point, and d(t1)/d(s.t) = 1 as for every other step (its size is held
+            # constant): the times after it still move with t[0], so its derivative stays whole
+            # (a constant t1 cut the path and lost most of it). Unconditional, so that forward-mode
+            # tangents and torch.func transforms, which requires_grad does not show, keep it too.
+            t1 = torch.tensor(t1f, dtype=self.time_dtype, device=device) + (s.t - s.t.detach())
         s.last_dt = dt
         # Landing on a discontinuity: the c = 1 stages see f from the side we come from.
         t_end = beside(t1, state.first(s.y).dtype, -1) if on_jump else None

@@ -210,6 +210,11 @@ def test_time_gradient_through_steps_shortened_to_step_t_and_jump_t(method):
         grads.append(t.grad)
     assert_close(grads[0], finite_differences, rtol=1e-2, atol=0.0, msg="against central differences")
     assert_close(grads[0], grads[1], rtol=2e-3, atol=0.0, msg="against torchdiffeq")
+    # Forward mode carries the same derivative (a tangent, which requires_grad does not show).
+    _, along_t0 = torch.func.jvp(lambda tt: odeint(_smooth_field, y0, tt, method=method, rtol=1e-8, atol=1e-10,
+                                                   options=dict(opts)).square().sum(),
+                                 (base,), (torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64),))
+    assert_close(along_t0, grads[0][0], msg="jvp along t[0]")
 
 
 def test_step_t_and_jump_t_as_lists_are_times_of_t_also_when_t_decreases():
