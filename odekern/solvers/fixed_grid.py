@@ -244,9 +244,12 @@ class FixedGridSolver(Solver):
 
     def integrate(self, t: Tensor, t_values: Sequence[float] | None = None) -> tuple[Tensor, SolveStatus]:
         solution = self._new_solution(len(t))
+        # Is t differentiated, by autograd or by forward-mode / torch.func (a tangent that
+        # requires_grad does not show)? Then the steps must stay tensors that carry it.
+        t_differentiated = t.requires_grad or state.any_carries_tangent([t])
         # Times known as Python floats (and t not differentiated): the grid is built and walked
         # in Python, so nothing reads a tensor and torch.compile traces the whole solve.
-        known = t_values is not None and self.grid_constructor is None and not t.requires_grad
+        known = t_values is not None and self.grid_constructor is None and not t_differentiated
         if known:
             t_vals = list(t_values)
             grid_vals = (grid_values_from_step_size(t_vals[0], t_vals[-1], self.step_size)
@@ -258,7 +261,7 @@ class FixedGridSolver(Solver):
         self._before_integrate()
         # Step sizes as Python floats (read once, not per step: on a GPU each read is a host
         # sync), unless t is differentiated, where dt must stay a tensor.
-        if not known and t.requires_grad:
+        if not known and t_differentiated:
             dts = None
         elif known:
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]

@@ -68,6 +68,37 @@ def test_func_transforms_agree_with_autograd(transform, solver):
     assert_close(result.reshape(-1), grad, kind="cross")
 
 
+@pytest.mark.parametrize("kw", [
+    FIXED, dict(method="euler"), dict(method="implicit_adams", options=dict(step_size=0.1)),
+    dict(method="midpoint", options=dict(step_size=0.1, interp="cubic")),
+    dict(method="bosh3", options=dict(first_step=0.05, step_t=[0.3], jump_t=[0.7])),
+], ids=["rk4", "euler-on-t", "implicit_adams", "midpoint-cubic", "bosh3-step_t-jump_t"])
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["increasing", "decreasing"])
+def test_jvp_with_respect_to_t_matches_reverse_mode_and_finite_differences(kw, direction):
+    """A tangent on the output times moves the grid (fixed grids) or every step's time (adaptive
+    methods) as a gradient does; it is not visible as requires_grad, and a solve that took t
+    as constant lost 50-200% of the derivative."""
+    func = Decay()
+    y0 = randn(4, 5, dtype=F64, seed=7)
+    # 0.45 lies between grid points: a finite difference there is smooth (at a grid point the
+    # linear interpolation's slope jumps).
+    times = direction * torch.tensor([0.0, 0.45, 1.0], dtype=F64)
+    # v moves t[0] and t[-1] together: a finite difference that changed t[-1] - t[0] could add a
+    # tiny last step to a step_size grid, which an Adams method (constant-step weights) takes
+    # badly; reverse mode checks the general direction.
+    v = torch.tensor([0.3, -0.7, 0.3], dtype=F64)
+    loss = lambda tt: odekern.odeint(func, y0, tt, **kw).square().sum()  # noqa: E731
+    _, along_v = torch.func.jvp(loss, (times,), (v,))
+    t = times.clone().requires_grad_()
+    grad, = torch.autograd.grad(loss(t), t)
+    assert_close(along_v, (grad * v).sum())
+    u = torch.tensor([0.3, -0.7, 1.1], dtype=F64)
+    assert_close(torch.func.jvp(loss, (times,), (u,))[1], (grad * u).sum())
+    if kw["method"] != "bosh3":  # adaptive steps move with rtol-level jumps under finite differences
+        eps = 1e-6
+        assert_close(along_v, (loss(times + eps * v) - loss(times - eps * v)) / (2 * eps), kind="cross")
+
+
 def test_vmap_matches_a_loop_for_fixed_grids_and_refuses_adaptive_methods():
     func = Decay()
     ys = randn(5, 30, dtype=F64, seed=6)
