@@ -567,10 +567,11 @@ def odeint_adjoint(
 
     _check_scalar_tolerance(adjoint_rtol, "adjoint_rtol")
     _check_scalar_tolerance(adjoint_atol, "adjoint_atol")
-    if (adjoint_method or DEFAULT_METHOD) in ADAPTIVE_METHODS:
+    backward_method = adjoint_method or DEFAULT_METHOD
+    if backward_method in ADAPTIVE_METHODS:
         # The backward state holds y: its tolerances must be resolvable there too (checked on
         # y0 here, before the forward solve, rather than deep inside backward()).
-        check_tolerance_resolvable(adjoint_rtol, adjoint_atol, y0, adjoint_method or DEFAULT_METHOD, names)
+        check_tolerance_resolvable(adjoint_rtol, adjoint_atol, y0, backward_method, names)
 
     tuple_state = state.is_tuple(y0)
     cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,

@@ -26,6 +26,7 @@ from odekern.solvers.checks import (
     check_tolerance_resolvable,
     check_tolerances_not_both_zero,
     coerce_time,
+    time_points,
 )
 from odekern.solvers.norms import GLOBAL, PER_SAMPLE, canonical_control, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
@@ -261,22 +262,10 @@ def _flip_time_options(options: dict) -> None:
     """Re-express time-valued options for the negated time axis used by a backward solve."""
     for name in ("step_t", "jump_t"):
         if options.get(name) is not None:
-            options[name] = _negated_times(options[name])
+            options[name] = [-v for v in time_points(options[name], name)]
     user_grid = options.get("grid_constructor")
     if user_grid is not None:
         options["grid_constructor"] = lambda f, y, t_neg: -user_grid(f, y, -t_neg)
-
-
-def _negated_times(values: Any) -> Any:
-    """Time points (a tensor or a sequence of numbers, taken in float64: a list through
-    torch.as_tensor would round them to float32) negated; anything else as is, for the solver's
-    option check to name."""
-    if isinstance(values, Tensor):
-        return [-v for v in values.reshape(-1).tolist()]
-    try:
-        return [-float(v) for v in values]
-    except TypeError:
-        return values
 
 
 def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, norm):

@@ -33,7 +33,13 @@ import torch
 
 from odekern.solvers import interpolation, stages, state
 from odekern.solvers.base import CALLBACK_NAMES, RHS, Perturb, Solver, SolveStatus, beside, store
-from odekern.solvers.checks import check_on_max_steps, check_positive, check_step_bounds, raise_non_finite
+from odekern.solvers.checks import (
+    check_on_max_steps,
+    check_positive,
+    check_step_bounds,
+    raise_non_finite,
+    time_points,
+)
 from odekern.solvers.controllers import DFACTOR, IFACTOR, SAFETY, IntegralController, select_initial_step
 from odekern.solvers.explicit_rk import RKStepper
 from odekern.solvers.norms import rms_norm
@@ -44,18 +50,6 @@ Tensor = torch.Tensor
 
 ADAPTIVE_OPTIONS = frozenset({"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
                               "step_t", "jump_t", "norm", "control", "dtype", "on_max_steps"})
-
-
-def _time_points(values: Any, name: str) -> list[float]:
-    if values is None:
-        return []
-    if isinstance(values, Tensor):
-        values = values.reshape(-1).tolist()
-    try:
-        points = sorted(float(v) for v in values)
-    except TypeError:
-        raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
-    return points
 
 
 class AdaptiveRK(Solver):
@@ -90,8 +84,8 @@ class AdaptiveRK(Solver):
                                              dfactor=float(dfactor), min_step=min_step, max_step=max_step)
         self.max_num_steps = max_num_steps
         self.on_max_steps = on_max_steps
-        self.step_t = _time_points(step_t, "step_t")
-        self.jump_t = _time_points(jump_t, "jump_t")
+        self.step_t = time_points(step_t, "step_t")
+        self.jump_t = time_points(jump_t, "jump_t")
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("options['step_t'] and options['jump_t'] must not share any time point")
         self.dense = interpolation.DenseOutput.for_tableau(self.tableau)

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 from odekern.solvers.compat import solver_class_name
-from odekern.solvers.state import all_finite, assert_finite_traced, real_dtype
+from odekern.solvers.state import (
+    all_finite,
+    assert_finite_traced,
+    component,
+    components,
+    is_tuple,
+    real_dtype,
+)
 
 Tensor = torch.Tensor
 
@@ -199,13 +206,13 @@ def check_tolerance_resolvable(rtol: Any, atol: Any, y0: Any, method: str,
     """An adaptive method's tolerance must be resolvable by the state's dtype: for every element,
     ``rtol + atol / |y0|`` >= ``resolvable_tolerance(dtype)`` (elements where y0 is 0 always are).
     A float ``rtol`` at or above that bound is accepted without reading the state."""
-    parts = y0 if isinstance(y0, tuple) else (y0,)
-    if any(isinstance(v, (tuple, list)) and (not isinstance(y0, tuple) or len(v) != len(parts)) for v in (rtol, atol)):
+    parts = components(y0)
+    if any(isinstance(v, (tuple, list)) and (not is_tuple(y0) or len(v) != len(parts)) for v in (rtol, atol)):
         return  # per-component tolerances that do not fit y0 are rejected where they are applied
     for i, part in enumerate(parts):
         if not isinstance(part, Tensor) or part.numel() == 0:
             continue
-        r, a = (v[i] if isinstance(v, (tuple, list)) else v for v in (rtol, atol))
+        r, a = component(rtol, i), component(atol, i)
         floor = resolvable_tolerance(part.dtype)
         if not isinstance(r, Tensor) and r >= floor:
             continue
@@ -220,7 +227,7 @@ def check_tolerance_resolvable(rtol: Any, atol: Any, y0: Any, method: str,
         worst = float(torch.nan_to_num(relative, nan=math.inf).min())
         if worst < floor:
             dtype = str(part.dtype).removeprefix("torch.")
-            where = "" if not isinstance(y0, tuple) else f" (component {i} of the tuple y0)"
+            where = f" (component {i} of the tuple y0)" if is_tuple(y0) else ""
             raise ValueError(
                 f"{names[0]}={_tolerance_text(r)} with {names[1]}={_tolerance_text(a)} asks the adaptive method "
                 f"{method!r} for more accuracy than a {dtype} state{where} can hold: steps that "
@@ -231,6 +238,20 @@ def check_tolerance_resolvable(rtol: Any, atol: Any, y0: Any, method: str,
 
 def _tolerance_text(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else f"tensor of shape {tuple(v.shape)}"
+
+
+def time_points(values: Any, name: str) -> list[float]:
+    """``options[name]`` (``step_t`` / ``jump_t``: a tensor or a sequence of numbers, or None) as
+    sorted Python floats, read in full precision (a list through torch.as_tensor would be
+    rounded to float32)."""
+    if values is None:
+        return []
+    if isinstance(values, Tensor):
+        values = values.reshape(-1).tolist()
+    try:
+        return sorted(float(v) for v in values)
+    except TypeError:
+        raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
 
 
 def check_time_values(values: Sequence[float], name: str = "t") -> bool:

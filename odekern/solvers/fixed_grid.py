@@ -261,7 +261,7 @@ class FixedGridSolver(Solver):
         self._before_integrate()
         # Step sizes as Python floats (read once, not per step: on a GPU each read is a host
         # sync), unless t is differentiated, where dt must stay a tensor.
-        if not known and t_differentiated:
+        if t_differentiated:
             dts = None
         elif known:
             dts = [b - a for a, b in zip(grid_vals[:-1], grid_vals[1:])]
