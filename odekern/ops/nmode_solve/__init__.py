@@ -94,11 +94,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
             "global", because the global norm holds every element to the step the hardest one
             needs while each element alone takes a few large steps (CNM setting, float32
             [8,3,128,128], max |y(t1) - exact|: rtol 1e-7: global 4.0e-7, per_element 1.1e-5;
-            rtol 1e-5: 2.1e-5 vs 3.9e-5); tighten rtol if you need more. Speed on CPU: lanes of
-            32 elements with their own controllers (vectorised stages and controllers, masked
-            lanes), ~6x slower than "global" here: a block runs until its slowest element is
-            done, and every element pays its own initial-step probe and controller. Fixed-step
-            methods ignore ``control``.
+            rtol 1e-5: 3.4e-5 vs 3.8e-5); tighten rtol if you need more. Speed on CPU: lanes of
+            32 elements with their own controllers (vectorised stages and controllers, a lane
+            refilled as its element finishes); every element pays its own initial-step probe and
+            a float64 controller, so at equal accuracy it costs 4.6x "global" in float32 and 2.9x
+            in float64 here (docs/benchmarks.md). Fixed-step methods ignore ``control``.
         gradient: ``"checkpoint"`` (default): the gradient of the discrete solve (as backprop
             through the solver, step sizes held constant), recomputed per element from a few
             checkpoints: only y0 and g are saved, memory is O(1) in the number of steps.
