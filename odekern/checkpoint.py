@@ -42,7 +42,7 @@ from torch import nn
 
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
-from odekern.odeint import warn_unsupported_callbacks
+from odekern.odeint import odeint, warn_unsupported_callbacks
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
@@ -322,7 +322,8 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     stored states: exact discrete gradients, memory flat in the number of steps.
 
     Gradients flow to ``y0`` and to ``adjoint_params`` (default: ``func.parameters()`` when ``func``
-    is an ``nn.Module``), not to ``t``.
+    is an ``nn.Module``), not to ``t``. Inside torch.func transforms (grad, jacrev, jvp, vmap) the
+    solve is ``odeint``'s, whose derivatives are exactly these, without the memory bound.
     """
     checkpoints = check_checkpoints(checkpoints)
     method = check_method_checkpointable(method)
@@ -345,6 +346,12 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
     parts = st.components(y0)
+    if not (st.no_transform_active() or torch.compiler.is_compiling()):
+        # Inside a torch.func transform (grad, jacrev, jvp, vmap) or a forward-mode AD level the
+        # recomputing backward cannot run (torch.func differentiates through the function's
+        # forward); odeint takes the same steps with the same arithmetic, so its derivatives are
+        # exactly the checkpointed ones (the memory bound does not hold there).
+        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
     replay = _Replay(func, grid, grid_vals, nodes, checkpoints, method, params,
                      perturb=bool(options.get("perturb", False)))
     solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0),

@@ -119,3 +119,35 @@ def test_ode_block_jvp_with_respect_to_parameters():
     out = block(x)
     grads = torch.autograd.grad(out, list(params.values()), u)
     assert_close((u * tangent).sum(), sum(g.sum() for g in grads))
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "vmap-grad"])
+def test_checkpoint_mode_under_transforms_equals_its_eager_gradient(transform):
+    """gradient="checkpoint" under torch.func solves as odeint does; the oracle is the eager
+    checkpointed backward (recomputation from stored states, a different code path)."""
+    block = ODEBlock(Decay(), t=(0.0, 0.5, 1.0), method="rk4", step_size=0.1, gradient="checkpoint",
+                     checkpoints=2).double()
+    params = dict(block.named_parameters())
+    xs = randn(3, 2, 20, dtype=F64, seed=9)
+    u = randn(2, 20, dtype=F64, seed=10)
+    loss = lambda p, x: (torch.func.functional_call(block, p, (x,)) * u).sum()  # noqa: E731
+
+    def eager(x):
+        x = x.clone().requires_grad_()
+        return torch.autograd.grad(loss(params, x), [*params.values(), x])
+
+    if transform == "grad":
+        got_p, got_x = torch.func.grad(loss, argnums=(0, 1))(params, xs[0])
+        want = eager(xs[0])
+        assert_close(torch.stack([*got_p.values()]), torch.stack(want[:-1]))
+        assert_close(got_x, want[-1])
+    elif transform == "jacrev":
+        assert_close(torch.func.jacrev(loss, argnums=1)(params, xs[0]), eager(xs[0])[-1])
+    elif transform == "jvp":
+        direction = randn(2, 20, dtype=F64, seed=11)
+        _, tangent = torch.func.jvp(lambda x: loss(params, x), (xs[0],), (direction,))
+        assert_close(tangent, (eager(xs[0])[-1] * direction).sum())
+    else:
+        got = torch.func.vmap(torch.func.grad(loss, argnums=1), in_dims=(None, 0))(params, xs)
+        assert_close(got, torch.stack([eager(x)[-1] for x in xs]))
+
