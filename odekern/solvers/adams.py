@@ -40,6 +40,9 @@ _MIN_HISTORY = 3
 
 class AdamsBashforthMoulton(FixedGridSolver):
     OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters", "implicit"}
+    # The multistep coefficients assume equal steps: moving one grid point would differentiate
+    # that assumption (derivatives ~100x too large), so the step_size grid stays torchdiffeq's.
+    GRID_MOVES_WITH_OUTPUT_TIMES = False
     order = 4
     implicit = True
 

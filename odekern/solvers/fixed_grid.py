@@ -73,6 +73,23 @@ def grid_and_values_from_step_size(t: Tensor, step_size: float,
     return grid, values
 
 
+def through_output_times(grid: Tensor, values: list[float], t: Tensor, t_vals: list[float]) -> Tensor:
+    """``grid`` whose inner points that equal an inner output time are that time's own tensor
+    (the same value): the steps on either side then move with it, as on the default grid (t
+    itself), so the output there gets the step's derivative, about f(t_j, y(t_j)). As a point
+    ``t[0] + k * step_size`` it did not depend on t_j, and that output's derivative was 0
+    (torchdiffeq's grid), while an output just off the grid gets its interpolant's slope. Only
+    ``t``-differentiated solves need it (values are unchanged)."""
+    position = {v: k for k, v in enumerate(values[1:-1], start=1)}
+    pairs = [(position[v], j) for j, v in enumerate(t_vals[1:-1], start=1) if v in position]
+    if not pairs:
+        return grid
+    points, outputs = zip(*pairs)
+    grid = grid.clone()
+    grid[list(points)] = t[list(outputs)]
+    return grid
+
+
 def _point_count(count: float, dtype: torch.dtype, start: float, end: float) -> int:
     """The grid's point count from its value in t's dtype, where the span may overflow."""
     if not math.isfinite(count):
@@ -139,6 +156,10 @@ class FixedGridSolver(Solver):
 
     OPTIONS = FIXED_GRID_OPTIONS
     CALLBACKS = frozenset({"callback_step"})  # no accepted / rejected steps on a fixed grid
+    # Whether a step_size grid's points that equal output times move with them when t is
+    # differentiated (see through_output_times): right for one-step methods, whose step depends
+    # on its own size only.
+    GRID_MOVES_WITH_OUTPUT_TIMES = True
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str,
                  step_size: float | None = None, grid_constructor=None, interp: str = "linear",
@@ -170,7 +191,10 @@ class FixedGridSolver(Solver):
         """The time grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
         if self.step_size is not None:
             # Starts at t[0] and ends at t[-1] exactly, strictly increasing by construction.
-            return grid_and_values_from_step_size(t, self.step_size, t_vals)
+            grid, grid_vals = grid_and_values_from_step_size(t, self.step_size, t_vals)
+            if self.GRID_MOVES_WITH_OUTPUT_TIMES and (t.requires_grad or state.any_carries_tangent([t])):
+                grid = through_output_times(grid, grid_vals, t, t_vals)
+            return grid, grid_vals
         if self.grid_constructor is None:
             return t, t_vals
         grid = self.grid_constructor(self.rhs, self.y0, t)

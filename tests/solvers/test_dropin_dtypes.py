@@ -19,12 +19,14 @@ from torch import nn
 
 import odekern
 from odekern.solvers.checks import coerce_time
+from odekern.solvers.fixed_grid import grid_and_values_from_step_size
 from odekern.testing import assert_close, randn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F32, F64 = torch.float32, torch.float64
 PAIRS = [(F32, F64), (F64, F32)]  # (y0 dtype, t dtype)
 METHODS = {"dopri5": None, "rk4": {"step_size": 0.1}, "euler": None, "implicit_adams": {"step_size": 0.1}}
+TIMES = [0.0, 0.3, 0.9]
 
 
 class TimeSeen(nn.Module):
@@ -43,7 +45,7 @@ class TimeSeen(nn.Module):
 def _case(lib, y_dtype, t_dtype, method, gradient, tuple_state=False):
     func = TimeSeen(y_dtype)
     y0 = randn(2, 3, dtype=y_dtype, seed=1).requires_grad_(True)
-    t = torch.tensor([0.0, 0.3, 0.9], dtype=t_dtype, requires_grad=True)
+    t = torch.tensor(TIMES, dtype=t_dtype, requires_grad=True)
     state = (y0, 2 * y0) if tuple_state else y0
     rhs = (lambda s, y: (func(s, y[0]), func(s, y[1]))) if tuple_state else func
     solve = lib.odeint_adjoint if gradient == "adjoint" else lib.odeint
@@ -77,8 +79,24 @@ def test_mixed_time_dtype_matches_torchdiffeq(y_dtype, t_dtype, method, gradient
     assert_close(ours[0], theirs[0], **tol)
     for name, a, b in zip(["y0", "t", "params"], our_grads, their_grads):
         assert a.dtype == b.dtype, name
+        if name == "t" and gradient == "backprop" and _inner_time_on_grid(t_dtype, method):
+            # An inner output time on the step_size grid (0.3 in float32) moves its grid point in
+            # odekern, not in torchdiffeq, which changes d/dt there and d/dt[0]
+            # (tests/solvers/test_fixed_grid_times.py checks them against the exact solution).
+            continue
         # Gradients carry the state's precision whatever their dtype (d/dt of a float32 solve).
         assert_close(a.to(y_dtype), b.to(y_dtype), msg=f"d/d{name}", **tol)
+
+
+def _inner_time_on_grid(t_dtype: torch.dtype, method: str) -> bool:
+    """Whether an inner output time of ``_case`` is a point of the method's step_size grid, for
+    a one-step method (multistep Adams grids stay torchdiffeq's)."""
+    step = (METHODS[method] or {}).get("step_size")
+    if step is None or "adams" in method:
+        return False
+    times = torch.tensor(TIMES, dtype=t_dtype)
+    grid = grid_and_values_from_step_size(times, step)[1]
+    return any(v in grid for v in times[1:-1].tolist())
 
 
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])

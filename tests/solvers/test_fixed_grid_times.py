@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from odekern.solvers.fixed_grid import grid_and_values_from_step_size, rounding_to
+from odekern.testing import assert_close
 
 FUZZ = settings(max_examples=400, deadline=None, derandomize=True)
 
@@ -85,3 +86,33 @@ def test_times_near_float32s_limit():
     for requires_grad in (False, True):  # both ways of building the grid
         with pytest.raises(ValueError, match=r"t's span .* overflows torch.float32"):
             grid_and_values_from_step_size(wide.clone().requires_grad_(requires_grad), big / 2, wide.tolist())
+
+
+@pytest.mark.parametrize("method, tolerance", [("rk4", 1e-6), ("midpoint", 3e-3)])
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["increasing", "decreasing"])
+def test_output_times_on_grid_points_get_the_solutions_time_derivative(method, tolerance, direction):
+    """An inner output time equal to a step_size grid point is that point: the steps on either
+    side move with it, so d y(t_j) / d t_j is the solution's slope (and d y(t_j) / d t_0 its
+    negative) to the method's order. As a point t[0] + k * step_size it did not move, and both
+    derivatives were 0 (torchdiffeq's grid). Oracle: the exact solution of y' = -w y; values
+    are torchdiffeq's (to rounding). Reverse mode and forward mode (jacfwd) alike."""
+    import torchdiffeq
+
+    import odekern
+
+    w = 0.8
+    y0 = torch.tensor([1.3, -0.4], dtype=torch.float64)
+    times = direction * torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)  # 0.5 = 10 steps of 0.05
+    options = {"step_size": 0.05}
+    solve = lambda tt: odekern.odeint(lambda t, y: -w * y, y0, tt, method=method, options=options)  # noqa: E731
+    exact = y0 * torch.exp(-w * (times - times[0]))[:, None]  # [time, element]
+    want = torch.zeros(3, 2, 3, dtype=torch.float64)  # d y(t_j)[e] / d t_k
+    for j in (1, 2):
+        want[j, :, j] = -w * exact[j]
+        want[j, :, 0] = w * exact[j]
+    got = torch.autograd.functional.jacobian(solve, times)
+    assert (got - want).abs().max().item() < tolerance
+    got_forward = torch.func.jacfwd(solve)(times)
+    assert (got_forward - want).abs().max().item() < tolerance
+    reference = torchdiffeq.odeint(lambda t, y: -w * y, y0, times, method=method, options=options)
+    assert_close(solve(times.clone().requires_grad_()).detach(), reference)
