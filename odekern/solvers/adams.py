@@ -40,9 +40,10 @@ _MIN_HISTORY = 3
 
 class AdamsBashforthMoulton(FixedGridSolver):
     OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters", "implicit"}
-    # The multistep coefficients assume equal steps: moving one grid point would differentiate
-    # that assumption (derivatives ~100x too large), so the step_size grid stays torchdiffeq's.
-    GRID_MOVES_WITH_OUTPUT_TIMES = False
+    # The multistep coefficients assume equal steps: differentiating a moved grid point
+    # differentiates that assumption (derivatives ~100x too large), so the step_size grid stays
+    # torchdiffeq's and a solve whose inner times are differentiated warns.
+    ONE_STEP = False
     order = 4
     implicit = True
 

@@ -20,7 +20,7 @@ import torch
 
 from odekern.solvers import stages, state
 from odekern.solvers.base import RHS, Perturb, Solver, SolveStatus, beside, store
-from odekern.solvers.checks import (check_on_max_steps, check_positive, raise_non_finite_step,
+from odekern.solvers.checks import (check_on_max_steps, check_positive, raise_non_finite_step, warn_caller,
                                     raise_non_finite_unrepeated)
 
 Tensor = torch.Tensor
@@ -156,10 +156,10 @@ class FixedGridSolver(Solver):
 
     OPTIONS = FIXED_GRID_OPTIONS
     CALLBACKS = frozenset({"callback_step"})  # no accepted / rejected steps on a fixed grid
-    # Whether a step_size grid's points that equal output times move with them when t is
-    # differentiated (see through_output_times): right for one-step methods, whose step depends
-    # on its own size only.
-    GRID_MOVES_WITH_OUTPUT_TIMES = True
+    # One-step methods: a step depends on its own size only, so a step_size grid's points that
+    # equal output times move with them when t is differentiated (see through_output_times).
+    # Multistep methods keep torchdiffeq's grid and warn when inner times are differentiated.
+    ONE_STEP = True
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str,
                  step_size: float | None = None, grid_constructor=None, interp: str = "linear",
@@ -192,7 +192,7 @@ class FixedGridSolver(Solver):
         if self.step_size is not None:
             # Starts at t[0] and ends at t[-1] exactly, strictly increasing by construction.
             grid, grid_vals = grid_and_values_from_step_size(t, self.step_size, t_vals)
-            if self.GRID_MOVES_WITH_OUTPUT_TIMES and (t.requires_grad or state.any_carries_tangent([t])):
+            if self.ONE_STEP and (t.requires_grad or state.any_carries_tangent([t])):
                 grid = through_output_times(grid, grid_vals, t, t_vals)
             return grid, grid_vals
         if self.grid_constructor is None:
@@ -271,6 +271,12 @@ class FixedGridSolver(Solver):
         # Is t differentiated, by autograd or by forward-mode / torch.func (a tangent that
         # requires_grad does not show)? Then the steps must stay tensors that carry it.
         t_differentiated = t.requires_grad or state.any_carries_tangent([t])
+        if (not self.ONE_STEP and len(t) > 2
+                and ((t.requires_grad and torch.is_grad_enabled()) or state.any_carries_tangent([t]))):
+            warn_caller(f"odeint(method={self.method!r}): derivatives with respect to the inner output "
+                        "times (and to t[0] through them) are unreliable: the method's constant-step "
+                        "weights do not follow a moved time point (off by up to ~10x |f| on smooth "
+                        "problems); use odeint_adjoint for derivatives with respect to t")
         # Times known as Python floats (and t not differentiated): the grid is built and walked
         # in Python, so nothing reads a tensor and torch.compile traces the whole solve.
         known = t_values is not None and self.grid_constructor is None and not t_differentiated

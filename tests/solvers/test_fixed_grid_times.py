@@ -9,6 +9,7 @@ grid[:-1]`` in that dtype. Fuzzed over spans, signs, magnitudes and step sizes w
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -116,3 +117,34 @@ def test_output_times_on_grid_points_get_the_solutions_time_derivative(method, t
     assert (got_forward - want).abs().max().item() < tolerance
     reference = torchdiffeq.odeint(lambda t, y: -w * y, y0, times, method=method, options=options)
     assert_close(solve(times.clone().requires_grad_()).detach(), reference)
+
+
+@pytest.mark.parametrize("method", ["implicit_adams", "explicit_adams"])
+def test_multistep_time_derivatives_warn_and_the_adjoints_are_right(method):
+    """Backprop through Adams' constant-step weights differentiates a moved inner time point
+    into nonsense (torchdiffeq's too): odeint warns when inner times are differentiated, and
+    odeint_adjoint, which does not warn, gives the exact solution's derivatives."""
+    import odekern
+
+    w = 0.8
+
+    class Decay(torch.nn.Module):
+        def forward(self, t, y):
+            return -w * y
+
+    y0 = torch.tensor([1.3], dtype=torch.float64)
+    times = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="use odeint_adjoint for derivatives with respect to t"):
+        odekern.odeint(Decay(), y0, times.clone().requires_grad_(), method=method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odekern.odeint(Decay(), y0, times[[0, -1]].clone().requires_grad_(), method=method)  # no inner time
+        odekern.odeint(Decay(), y0, times, method=method)  # t not differentiated
+        solve = lambda tt: odekern.odeint_adjoint(Decay(), y0, tt, method=method,  # noqa: E731
+                                                  options={"step_size": 0.05}, adjoint_params=())[:, 0]
+        got = torch.autograd.functional.jacobian(solve, times)
+    exact = y0 * torch.exp(-w * times)
+    want = torch.zeros(3, 3, dtype=torch.float64)
+    for j in (1, 2):
+        want[j, j], want[j, 0] = -w * exact[j], w * exact[j]
+    assert (got - want).abs().max().item() < 1e-3
