@@ -41,8 +41,9 @@ _MIN_HISTORY = 3
 class AdamsBashforthMoulton(FixedGridSolver):
     OPTIONS = FIXED_GRID_OPTIONS | {"max_order", "max_iters", "implicit"}
     # The multistep coefficients assume equal steps: differentiating a moved grid point
-    # differentiates that assumption (derivatives ~100x too large), so the step_size grid stays
-    # torchdiffeq's and a solve whose inner times are differentiated warns.
+    # differentiates that assumption (a step_size grid point moved with an output time gave
+    # derivatives ~100x |f|), so the step_size grid stays torchdiffeq's and a solve whose inner
+    # times are differentiated warns.
     ONE_STEP = False
     order = 4
     implicit = True
