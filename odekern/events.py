@@ -56,7 +56,11 @@ def odeint_event(func: Callable, y0: Any, t0: Any, *, event_fn: Callable, revers
 
     combined = combine_event_functions(event_fn, t[0], y0)
     parts = state.components(solution)
-    out = _EventGradient.apply(func, combined, state.is_tuple(y0), event_t, *(p[-1] for p in parts))
+    # An autograd.Function's backward is invisible to torch.func transforms and forward-mode AD:
+    # there the same rerouting is done with differentiable ops.
+    reroute = (_EventGradient.apply if state.no_transform_active() or torch.compiler.is_compiling()
+               else _reroute_with_ops)
+    out = reroute(func, combined, state.is_tuple(y0), event_t, *(p[-1] for p in parts))
     event_t, state_t = out[0], out[1:]
     solution = state.rebuild(solution, (torch.cat([p[:-1], s[None]]) for p, s in zip(parts, state_t)))
     return event_t, solution
@@ -96,6 +100,28 @@ class _EventGradient(torch.autograd.Function):
         factor = (-grad_t / (dcdt + _DENOMINATOR_EPS)).reshape(())
         grad_state = [g + d * factor.to(d.dtype) for g, d in zip(grad_state, dstate)]
         return (None, None, None, None, *grad_state)
+
+
+def _reroute_with_ops(func, event_fn, tuple_state, event_t, *state_t):
+    """``_EventGradient`` in differentiable ops, with the same first derivatives: zero-valued
+    terms carry them. The event time moves by ``-(dg/dy . dy) / dg/dt_total`` and the state with
+    it along ``f``, so a derivative reaching either lands on the state at the event as there.
+    ``f``, ``dg/dt`` and ``dg/dy`` are constants, as in ``_EventGradient.backward``."""
+    t_const = event_t.detach()
+    s_const = [s.detach() for s in state_t]
+
+    def as_user(parts):
+        return tuple(parts) if tuple_state else parts[0]
+
+    with torch.no_grad():  # func sees time in the state's dtype, as in the solve
+        f_val = [f.detach() for f in state.components(func(t_const.to(s_const[0].dtype), as_user(s_const)))]
+    c, pull = torch.func.vjp(lambda tt, *ss: event_fn(tt, as_user(list(ss))), t_const, *s_const)
+    par_dt, *dstate = (d.detach() for d in pull(torch.ones_like(c)))
+    dcdt = par_dt + sum(torch.sum(d * f) for d, f in zip(dstate, f_val))
+    moved = sum(torch.sum(d * (s - s.detach())) for d, s in zip(dstate, state_t))
+    shift = (-moved / (dcdt + _DENOMINATOR_EPS)).reshape(())
+    return (t_const + shift.to(t_const.dtype),
+            *(s + f * shift.to(s.dtype) for s, f in zip(state_t, f_val)))
 
 
 __all__ = ["odeint_event"]

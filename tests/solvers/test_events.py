@@ -173,3 +173,43 @@ def test_odeint_event_fn_refuses_what_it_cannot_do():
         odekern.odeint(*args, atol=torch.full((2, 1), 1e-9), event_fn=lambda t, y: y.sum() - 0.5)
     with pytest.raises(RuntimeError, match=r"max_num_steps=3 exceeded before the event"):
         odekern.odeint(*args, options={"max_num_steps": 3}, event_fn=lambda t, y: y.sum() + 5.0)
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "forward_ad"])
+@pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
+def test_event_time_derivatives_under_torch_func_match_the_closed_form(transform, tuple_state):
+    """Inside torch.func transforms and forward-mode AD (where torchdiffeq's odeint_event raises)
+    the event time's derivatives are the closed form's, with respect to y0 and to func's
+    parameters (through functional_call)."""
+    h0, v0, g, t0 = 2.0, 1.5, 9.81, 0.25
+    func = Fall(g, tuple_state=tuple_state)
+    s = math.sqrt(v0 ** 2 + 2 * g * h0)
+    duration = (v0 + s) / g
+    expected_y0 = torch.tensor([1 / s, (1 + v0 / s) / g], dtype=F64)
+    expected_g = h0 / (s * g) - duration / g
+
+    def event_time(y0, params=None):
+        state = tuple(y0.unbind()) if tuple_state else y0
+        f = func if params is None else (lambda t, y: torch.func.functional_call(func, params, (t, y)))
+        return odekern.odeint_event(f, state, torch.tensor(t0, dtype=F64), event_fn=_ground, method="dopri5",
+                                    rtol=1e-10, atol=ATOL)[0]
+
+    y0 = torch.tensor([h0, v0], dtype=F64)
+    params = {k: v.detach() for k, v in func.named_parameters()}
+    if transform == "grad":
+        d_y0, d_params = torch.func.grad(event_time, argnums=(0, 1))(y0, params)
+        assert_close(d_y0, expected_y0, kind="cross")
+        assert_close(d_params["g"], torch.tensor(expected_g, dtype=F64), kind="cross")
+    elif transform == "jacrev":
+        assert_close(torch.func.jacrev(event_time)(y0), expected_y0, kind="cross")
+    elif transform == "jvp":
+        direction = torch.tensor([0.3, -0.8], dtype=F64)
+        _, tangent = torch.func.jvp(event_time, (y0,), (direction,))
+        assert_close(tangent, (expected_y0 * direction).sum(), kind="cross")
+    else:
+        import torch.autograd.forward_ad as fwAD
+
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(y0, torch.tensor([1.0, 0.0], dtype=F64))
+            tangent = fwAD.unpack_dual(event_time(dual)).tangent
+        assert_close(tangent, expected_y0[0], kind="cross")
