@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from odekern.odeint import odeint
 from odekern.solvers import state
@@ -106,7 +107,11 @@ def _reroute_with_ops(func, event_fn, tuple_state, event_t, *state_t):
     """``_EventGradient`` in differentiable ops, with the same first derivatives: zero-valued
     terms carry them. The event time moves by ``-(dg/dy . dy) / dg/dt_total`` and the state with
     it along ``f``, so a derivative reaching either lands on the state at the event as there.
-    ``f``, ``dg/dt`` and ``dg/dy`` are constants, as in ``_EventGradient.backward``."""
+    ``f``, ``dg/dt`` and ``dg/dy`` are constants, as in ``_EventGradient.backward``, so second
+    derivatives would be wrong: nested differentiating transforms are refused."""
+    if _differentiating_levels() > 1:
+        raise RuntimeError("odeint_event: second derivatives of the event time (nested grad / jacrev / "
+                           "jvp / jacfwd, hessian) are not supported; its first derivatives are")
     t_const = event_t.detach()
     s_const = [s.detach() for s in state_t]
 
@@ -122,6 +127,15 @@ def _reroute_with_ops(func, event_fn, tuple_state, event_t, *state_t):
     shift = (-moved / (dcdt + _DENOMINATOR_EPS)).reshape(())
     return (t_const + shift.to(t_const.dtype),
             *(s + f * shift.to(s.dtype) for s, f in zip(state_t, f_val)))
+
+
+def _differentiating_levels() -> int:
+    """How many active transforms differentiate: torch.func grad / jvp levels (vmap batches and
+    does not count), else 1 for a forward-mode AD level (torch.func.jvp opens one itself)."""
+    differentiating = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    levels = sum(level.key() in differentiating for level in stack)
+    return levels if levels else int(forward_ad._current_level >= 0)
 
 
 __all__ = ["odeint_event"]

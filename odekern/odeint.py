@@ -118,6 +118,10 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
                                                                           options)
     return_status = options.get("on_max_steps", "raise") == "return"
     if event_fn is not None:
+        if state.inside_vmap():
+            raise ValueError("odeint(event_fn=...) and odeint_event cannot run under torch.func.vmap: the "
+                             "event time is found by root finding on the state's values; solve each batch "
+                             "element's event in a loop (vmap over a fixed-grid odeint without event_fn works)")
         return _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status)
 
     tuple_state = state.is_tuple(y0)

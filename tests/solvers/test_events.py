@@ -213,3 +213,23 @@ def test_event_time_derivatives_under_torch_func_match_the_closed_form(transform
             dual = fwAD.make_dual(y0, torch.tensor([1.0, 0.0], dtype=F64))
             tangent = fwAD.unpack_dual(event_time(dual)).tangent
         assert_close(tangent, expected_y0[0], kind="cross")
+
+
+def test_second_derivatives_and_vmap_of_the_event_time_are_refused():
+    """The rerouting holds f and dg/dy at the event constant, so nested differentiating
+    transforms would give wrong second derivatives (they gave 0): they raise instead, as vmap does
+    (it raised torch's own data-dependent control flow error)."""
+    func = Fall(9.81)
+
+    def event_time(y0):
+        return odekern.odeint_event(func, y0, 0.0, event_fn=_ground, method="rk4", options=SOLVERS["rk4"],
+                                    atol=ATOL)[0]
+
+    y0 = torch.tensor([2.0, 1.5], dtype=F64)
+    with pytest.raises(RuntimeError, match="second derivatives of the event time"):
+        torch.func.grad(lambda y: torch.func.grad(event_time)(y)[0])(y0)
+    with pytest.raises(RuntimeError, match="second derivatives of the event time"):
+        torch.func.jvp(torch.func.grad(event_time), (y0,), (torch.ones_like(y0),))
+    # The event time comes from root finding on the state's values, which vmap cannot branch on.
+    with pytest.raises(ValueError, match="cannot run under torch.func.vmap"):
+        torch.func.vmap(torch.func.grad(event_time))(torch.stack([y0, 1.1 * y0]))
