@@ -187,12 +187,12 @@ class FixedGridSolver(Solver):
         self._y_buffers = [state.empty_like(y0), state.empty_like(y0)] if self._reuse_buffers else None
         self._step_output: state.State | None = None  # where the current step writes y1 (see integrate)
 
-    def _grid(self, t: Tensor, t_vals: list[float]) -> tuple[Tensor, list[float]]:
+    def _grid(self, t: Tensor, t_vals: list[float], t_differentiated: bool) -> tuple[Tensor, list[float]]:
         """The time grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
         if self.step_size is not None:
             # Starts at t[0] and ends at t[-1] exactly, strictly increasing by construction.
             grid, grid_vals = grid_and_values_from_step_size(t, self.step_size, t_vals)
-            if self.ONE_STEP and (t.requires_grad or state.any_carries_tangent([t])):
+            if self.ONE_STEP and t_differentiated:
                 grid = through_output_times(grid, grid_vals, t, t_vals)
             return grid, grid_vals
         if self.grid_constructor is None:
@@ -271,8 +271,7 @@ class FixedGridSolver(Solver):
         # Is t differentiated, by autograd or by forward-mode / torch.func (a tangent that
         # requires_grad does not show)? Then the steps must stay tensors that carry it.
         t_differentiated = t.requires_grad or state.any_carries_tangent([t])
-        if (not self.ONE_STEP and len(t) > 2
-                and ((t.requires_grad and torch.is_grad_enabled()) or state.any_carries_tangent([t]))):
+        if not self.ONE_STEP and len(t) > 2 and state.records_derivatives([t]):
             warn_caller(f"odeint(method={self.method!r}): derivatives with respect to the inner output "
                         "times (and to t[0] through them) are unreliable: the method's constant-step "
                         "weights do not follow a moved time point (off by up to ~10x |f| on smooth "
@@ -287,7 +286,7 @@ class FixedGridSolver(Solver):
             grid = grid_vals
         else:
             t_vals = t.tolist()
-            grid, grid_vals = self._grid(t, t_vals)
+            grid, grid_vals = self._grid(t, t_vals, t_differentiated)
         self._before_integrate()
         # Step sizes as Python floats (read once, not per step: on a GPU each read is a host
         # sync), unless t is differentiated, where dt must stay a tensor.
