@@ -98,6 +98,8 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
 def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
                               base: Optional[Tensor], out: Optional[Tensor]) -> Tensor:
     """``linear_combination`` of one tensor component in plain PyTorch."""
+    # The increment sum_j c_j k_j is formed first and base added once, as torchdiffeq's y0 + dy
+    # (csrc/ops/rk_stage/rk_stage.h's combine says why); a single term is one add either way.
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
     if _records_grad([base, *(k for _, k in terms)], scale) or out is None:
         like = base if base is not None else (terms[0][1] if terms else None)
@@ -107,10 +109,12 @@ def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
             # One add per term (no separate scaling op, half the autograd nodes of mul + add).
             h = float(scale)
             c0, k0 = terms[0]
-            acc = torch.add(base, k0, alpha=h * c0) if base is not None else k0 * (h * c0)
+            if base is not None and len(terms) == 1:
+                return torch.add(base, k0, alpha=h * c0)
+            acc = k0 * (h * c0)
             for c, k in terms[1:]:
                 acc = torch.add(acc, k, alpha=h * c)
-            return acc
+            return acc if base is None else base + acc
         if scale.dtype != like.dtype:
             # A time step in another dtype than the state (a float32 grid for a float64 state):
             # its value is used exactly, the products are formed in the state's precision.
@@ -125,13 +129,18 @@ def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
         return out.copy_(base) if base is not None else out.zero_()
     # The recorded path's operations in its order, so both give the same values.
     c0, k0 = terms[0]
-    if base is not None:
-        torch.add(base, k0, alpha=h * c0, out=out)
-    else:
-        torch.mul(k0, h * c0, out=out)
+    if base is not None and len(terms) == 1:
+        return torch.add(base, k0, alpha=h * c0, out=out)
+    increment = out if base is None or not _overlap(out, base) else torch.empty_like(out)
+    torch.mul(k0, h * c0, out=increment)
     for c, k in terms[1:]:
-        out.add_(k, alpha=h * c)
-    return out
+        increment.add_(k, alpha=h * c)
+    return out if base is None else torch.add(base, increment, out=out)
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether writing ``a`` may change ``b`` (a caller's ``out`` that is, or views, its base)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 class SolveStages:
@@ -187,16 +196,19 @@ class SolveStages:
         if not terms or (torch.is_grad_enabled() and any(
                 t.requires_grad for t in [*(bases or ()), *(t for group, _ in terms for t in group)])):
             return None
-        if out is not None:  # the caller's buffers (a solver keeps its stage inputs there)
-            results = [out[i] for i in small]
-            torch._foreach_copy_(results, bases) if bases is not None else torch._foreach_zero_(results)
-            rest = terms
+        # As _torch_linear_combination: the increment first, then the base once.
+        (first, weight), rest = terms[0], terms[1:]
+        if bases is not None and not rest:
+            results = torch._foreach_add(bases, first, alpha=weight)
         else:
-            (first, weight), rest = terms[0], terms[1:]
-            results = (torch._foreach_add(bases, first, alpha=weight) if bases is not None
-                       else torch._foreach_mul(first, weight))
-        for group, weight in rest:
-            torch._foreach_add_(results, group, alpha=weight)
+            results = torch._foreach_mul(first, weight)
+            for group, weight in rest:
+                torch._foreach_add_(results, group, alpha=weight)
+            if bases is not None:
+                torch._foreach_add_(results, bases)
+        if out is not None:  # the caller's buffers (a solver keeps its stage inputs there)
+            torch._foreach_copy_([out[i] for i in small], results)
+            results = [out[i] for i in small]
         parts: list = [None] * len(self._kernels)
         for i, r in zip(small, results):
             parts[i] = r

@@ -39,6 +39,15 @@ def test_more_k_than_kmaxk_folds_in_chunks_in_place(emu, dtype):
     assert_close(y, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp32"])
+def test_combine_rounds_into_the_base_once(emu, dtype):
+    eps = torch.finfo(dtype).eps  # as tests/ops/test_rk_stage.py's test of the same name
+    y = torch.ones(300, dtype=dtype)
+    out = torch.full_like(y, float("nan"))
+    emu.rk_combine_out(y, [torch.ones_like(y)] * 4, [0.4 * eps] * 4, out)
+    assert torch.equal(out, torch.full_like(y, 1 + 2 * eps))
+
+
 def test_no_stages_copies_or_zeroes_without_a_kernel(emu):
     y = randn(37, dtype=torch.float64)
     out = torch.full_like(y, float("nan"))

@@ -30,6 +30,18 @@ def test_combine_matches_reference(backend, dtype, shape, nk):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_combine_rounds_into_the_base_once(backend, dtype):
+    # Four terms of 0.4 ulp(1): added onto y = 1 one at a time each rounds away; their sum, 1.6
+    # ulp, added once rounds to 1 + 2 ulp (torchdiffeq's y0 + dy). Over many small steps the
+    # first way drifts (tests/solvers/test_rounding_drift.py).
+    eps = torch.finfo(dtype).eps
+    y = torch.ones(1031, dtype=dtype)
+    ks = [torch.ones_like(y) for _ in range(4)]
+    got = rk_combine(y, ks, [0.4 * eps] * 4, out=torch.full_like(y, float("nan")), backend=backend)
+    assert torch.equal(got, torch.full_like(y, 1 + 2 * eps))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nk", [1, 7, 8])
 def test_combine_without_base(backend, dtype, nk):
     _, ks, coeffs = _inputs((3, 5, 7), nk, dtype, seed=23)

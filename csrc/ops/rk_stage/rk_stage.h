@@ -1,9 +1,9 @@
 // Per-element math of the rk_stage op family, shared by the CPU loop and the CUDA kernel.
 //
 // Everything an explicit Runge-Kutta / Adams solver does between two RHS calls is one of:
-//   combine:     out = y + sum_j c_j * k_j                    (c_j = dt * w_j, up to
+//   combine:     out = y + (sum_j c_j * k_j)                  (c_j = dt * w_j, up to
 //                                                            kMaxK terms per pass)
-//   final+error: y1  = y0 + sum_j c_j * k_j,  e = sum_j d_j * k_j,
+//   final+error: y1  = y0 + (sum_j c_j * k_j),  e = sum_j d_j * k_j,
 //                r   = e / (atol + rtol * max(|y0|, |y1|)),  accumulate r*r
 // The solver's RMS error ratio is sqrt(sum r*r / n); the sum is a fused reduction over the
 // same pass that produces y1, so no error tensor is ever materialised.
@@ -25,19 +25,19 @@ constexpr int kMaxK = 13;
 // Coefficients already multiplied by dt, in the element type: the CPU loop and the CUDA kernel
 // then do exactly the same multiply-adds in the same order.
 template <typename T, int NK>
-ODEKERN_HD T combine(T y, const T (&k)[NK], const T (&c)[NK]) {
-  T acc = y;
-#pragma unroll
-  for (int j = 0; j < NK; ++j) acc += c[j] * k[j];
-  return acc;
-}
-
-template <typename T, int NK>
 ODEKERN_HD T weighted_sum(const T (&k)[NK], const T (&d)[NK]) {
   T acc = T(0);
 #pragma unroll
   for (int j = 0; j < NK; ++j) acc += d[j] * k[j];
   return acc;
+}
+
+// The increment is summed first and y rounded into once, as torchdiffeq's y0 + dy: adding the
+// terms onto y one by one rounds at y's magnitude once per term, and those roundings drift the
+// same way step after step (rk4 in float32 over 1000 steps: 6x the rounding error).
+template <typename T, int NK>
+ODEKERN_HD T combine(T y, const T (&k)[NK], const T (&c)[NK]) {
+  return y + weighted_sum<T, NK>(k, c);
 }
 
 // Squared error-ratio term of one element; returned in the accumulation type so the

@@ -1,6 +1,6 @@
 """The spec of the rk_stage op family in plain, differentiable PyTorch.
 
-- ``rk_combine(y, ks, coeffs) = y + sum_j coeffs[j] * ks[j]``: a Runge-Kutta stage input
+- ``rk_combine(y, ks, coeffs) = y + (sum_j coeffs[j] * ks[j])``: a Runge-Kutta stage input
   (coeffs = dt * a_i), the final combination (dt * b) or an Adams history combination;
   ``y=None`` drops the base term (embedded error estimates, Adams increments).
 - ``rk_error_ratio(y0, y1, ks, err_coeffs, rtol, atol)``: with ``e = sum_j err_coeffs[j] *
@@ -20,12 +20,15 @@ import torch
 
 
 def rk_combine(y: Optional[torch.Tensor], ks: Sequence[torch.Tensor], coeffs: Sequence) -> torch.Tensor:
-    out = y
+    increment = None
     for c, k in zip(coeffs, ks):
-        out = c * k if out is None else out + c * k
-    if out is None:  # no base and no terms: the empty sum
-        raise ValueError("rk_combine: needs a base y or at least one k tensor")
-    return out
+        increment = c * k if increment is None else increment + c * k
+    if increment is None:
+        if y is None:  # no base and no terms: the empty sum
+            raise ValueError("rk_combine: needs a base y or at least one k tensor")
+        return y
+    # The increment first, then y once, as torchdiffeq's y0 + dy (see csrc/ops/rk_stage/rk_stage.h).
+    return increment if y is None else y + increment
 
 
 def rk_error_ratio(y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor],

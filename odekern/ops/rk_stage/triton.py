@@ -30,10 +30,7 @@ def _rk_combine_fwd_kernel(y_ptr, out_ptr, c_ptr, k0, k1, k2, k3, k4, k5, k6,
                            NK: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    if HAS_BASE:
-        acc = _weighted_k(tl.load(y_ptr + offs, mask=mask, other=0.0), c_ptr, 0, k0, offs, mask)
-    else:
-        acc = tl.load(c_ptr + 0) * tl.load(k0 + offs, mask=mask, other=0.0)
+    acc = tl.load(c_ptr + 0) * tl.load(k0 + offs, mask=mask, other=0.0)
     if NK > 1:
         acc = _weighted_k(acc, c_ptr, 1, k1, offs, mask)
     if NK > 2:
@@ -58,6 +55,8 @@ def _rk_combine_fwd_kernel(y_ptr, out_ptr, c_ptr, k0, k1, k2, k3, k4, k5, k6,
         acc = _weighted_k(acc, c_ptr, 11, k11, offs, mask)
     if NK > 12:
         acc = _weighted_k(acc, c_ptr, 12, k12, offs, mask)
+    if HAS_BASE:  # the increment first, then y once (rk_stage.h's combine says why)
+        acc = tl.load(y_ptr + offs, mask=mask, other=0.0) + acc
     tl.store(out_ptr + offs, acc, mask=mask)
 
 
