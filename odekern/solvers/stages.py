@@ -23,7 +23,7 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -98,8 +98,10 @@ def linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], *, scale: 
 def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], scale: TimeLike,
                               base: Optional[Tensor], out: Optional[Tensor]) -> Tensor:
     """``linear_combination`` of one tensor component in plain PyTorch."""
-    # The increment sum_j c_j k_j is formed first and base added once, as torchdiffeq's y0 + dy
-    # (csrc/ops/rk_stage/rk_stage.h's combine says why); a single term is one add either way.
+    # The increment is formed first and base added once, as torchdiffeq's y0 + dy
+    # (csrc/ops/rk_stage/rk_stage.h's combine says why). With a base it is formed as
+    # c_p (k_p + sum_j (c_j / c_p) k_j) (_pivoted), so that base and increment still take one
+    # add per term (a separate scaling op would add a pass over the state).
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
     if _records_grad([base, *(k for _, k in terms)], scale) or out is None:
         like = base if base is not None else (terms[0][1] if terms else None)
@@ -111,10 +113,16 @@ def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
             c0, k0 = terms[0]
             if base is not None and len(terms) == 1:
                 return torch.add(base, k0, alpha=h * c0)
+            if base is not None:
+                weight, k_p, ((r, k), *rest) = _pivoted(terms, h)
+                acc = torch.add(k_p, k, alpha=r)
+                for r, k in rest:
+                    acc = torch.add(acc, k, alpha=r)
+                return torch.add(base, acc, alpha=weight)
             acc = k0 * (h * c0)
             for c, k in terms[1:]:
                 acc = torch.add(acc, k, alpha=h * c)
-            return acc if base is None else base + acc
+            return acc
         if scale.dtype != like.dtype:
             # A time step in another dtype than the state (a float32 grid for a float64 state):
             # its value is used exactly, the products are formed in the state's precision.
@@ -131,11 +139,31 @@ def _torch_linear_combination(coeffs: Sequence[float], ks: Sequence[Tensor], sca
     c0, k0 = terms[0]
     if base is not None and len(terms) == 1:
         return torch.add(base, k0, alpha=h * c0, out=out)
-    increment = out if base is None or not _overlap(out, base) else torch.empty_like(out)
-    torch.mul(k0, h * c0, out=increment)
-    for c, k in terms[1:]:
-        increment.add_(k, alpha=h * c)
-    return out if base is None else torch.add(base, increment, out=out)
+    if base is None:
+        torch.mul(k0, h * c0, out=out)
+        for c, k in terms[1:]:
+            out.add_(k, alpha=h * c)
+        return out
+    increment = out if not _overlap(out, base) else torch.empty_like(out)
+    weight, k_p, ((r, k), *rest) = _pivoted(terms, h)
+    torch.add(k_p, k, alpha=r, out=increment)
+    for r, k in rest:
+        increment.add_(k, alpha=r)
+    return torch.add(base, increment, alpha=weight, out=out)
+
+
+def _pivoted(terms: Sequence[tuple[float, Any]], h: float) -> tuple[float, Any, list[tuple[float, Any]]]:
+    """``(h c_p, k_p, [(c_j / c_p, k_j) for j != p])`` for terms ``(c_j, k_j)`` (at least two, no
+    zero c): ``h sum_j c_j k_j = h c_p (k_p + sum_j (c_j / c_p) k_j)``. p is the first term of
+    largest |c|, so every ratio is at most 1 in magnitude; the other terms keep their order, so
+    the first of them is ``terms[0]`` unless that is the pivot (the first operation reads k_0
+    either way, as the callers' ``out`` buffers assume)."""
+    p = 0
+    for j in range(1, len(terms)):  # a loop, not max(key=...), which torch.compile cannot trace
+        if abs(terms[j][0]) > abs(terms[p][0]):
+            p = j
+    c_p, k_p = terms[p]
+    return h * c_p, k_p, [(c / c_p, k) for j, (c, k) in enumerate(terms) if j != p]
 
 
 def _overlap(a: Tensor, b: Tensor) -> bool:
@@ -200,12 +228,16 @@ class SolveStages:
         (first, weight), rest = terms[0], terms[1:]
         if bases is not None and not rest:
             results = torch._foreach_add(bases, first, alpha=weight)
+        elif bases is not None:
+            weight, pivot, ((r, group), *others) = _pivoted([(c, group) for group, c in terms], 1.0)
+            results = torch._foreach_add(pivot, group, alpha=r)
+            for r, group in others:
+                torch._foreach_add_(results, group, alpha=r)
+            results = torch._foreach_add(bases, results, alpha=weight)
         else:
             results = torch._foreach_mul(first, weight)
             for group, weight in rest:
                 torch._foreach_add_(results, group, alpha=weight)
-            if bases is not None:
-                torch._foreach_add_(results, bases)
         if out is not None:  # the caller's buffers (a solver keeps its stage inputs there)
             torch._foreach_copy_([out[i] for i in small], results)
             results = [out[i] for i in small]

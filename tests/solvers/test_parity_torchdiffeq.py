@@ -294,27 +294,35 @@ def test_adaptive_methods_match_torchdiffeq_outputs_and_steps(method, dtype, pro
         with torch.no_grad():
             y = odeint(ours, y0, tt, method=method, **METHOD_TOL.get(method, ADAPTIVE_TOL))
             y_ref = torchdiffeq.odeint(theirs, y0, tt, method=method, **METHOD_TOL.get(method, ADAPTIVE_TOL))
-        exact = _float64_solution(problem, tt) if dtype == torch.float32 else None
         for i, (a, b) in enumerate(_pairs(y, y_ref)):
             assert a.shape == b.shape and a.dtype == b.dtype
-            if exact is not None and not torch.allclose(a, b, **testing.tol(dtype, "cross")):
-                # float32 error estimates carry rounding noise (dopri8's, a sum of nine stages,
-                # the most): once a step size differs by an ulp the step sequences part, and the
-                # outputs between steps differ by up to the dense output's error. Then each
-                # must be as accurate as the other against float64.
-                e = _pairs(exact, exact)[i][0]
-                assert_adaptive_accuracy_ok(a, b, e, **METHOD_TOL.get(method, ADAPTIVE_TOL))
-                assert_adaptive_accuracy_ok(b, a, e, **METHOD_TOL.get(method, ADAPTIVE_TOL))
+            if dtype == torch.float32 and not torch.allclose(a, b, **testing.tol(dtype, "cross")):
+                _assert_float32_as_accurate(a, b, method, problem, tt, i)
             else:
                 assert_close(a, b, kind="cross", msg=f"{method} {problem} {dtype} t={tt.tolist()}")
         assert abs(ours.n - theirs.n) <= one_step, f"{method}: {ours.n} vs torchdiffeq's {theirs.n} evaluations"
 
 
-def _float64_solution(problem, t):
-    """``problem`` solved in float64 at 1e-12, stepping onto the output times (no interpolation)."""
+def _assert_float32_as_accurate(a, b, method, problem, t, component):
+    """float32 error estimates carry rounding noise (dopri8's, a sum of nine stages, the most):
+    once one step size differs by an ulp the step sequences part, and outputs between steps differ
+    by up to the dense output's error, which for dopri8 is well above the tolerance (docs/methods.md).
+    The noisier the estimates, the more steps are rejected and the smaller that error gets, so the
+    two libraries' errors follow their rounding, not their correctness. Each must then be at most
+    LOW_PRECISION_FACTOR times the larger of the other's error and the method's own error at this
+    tolerance (the same solve in float64, free of that noise), or within the tolerance budget."""
+    tol = METHOD_TOL.get(method, ADAPTIVE_TOL)
     func, y0 = PROBLEMS[problem](torch.float64)
     with torch.no_grad():
-        return odeint(func, y0, t.double(), method="dopri8", rtol=1e-12, atol=1e-14, options={"step_t": t.double()})
+        exact = odeint(func, y0, t.double(), method="dopri8", rtol=1e-12, atol=1e-14, options={"step_t": t.double()})
+        own = odeint(func, y0, t.double(), method=method, **tol)
+    exact, own = _pairs(exact, exact)[component][0], _pairs(own, own)[component][0]
+    error = {name: (x.double() - exact).abs().max().item() for name, x in (("odekern", a), ("torchdiffeq", b),
+                                                                          ("float64", own))}
+    budget = testing.ADAPTIVE_GLOBAL_ERROR_FACTOR * (tol["atol"] + tol["rtol"] * exact.abs().max().item())
+    for name, other in (("odekern", "torchdiffeq"), ("torchdiffeq", "odekern")):
+        bound = max(testing.LOW_PRECISION_FACTOR * max(error[other], error["float64"]), budget)
+        assert error[name] <= bound, f"{method} {problem} float32: errors {error}, budget {budget:.2e}"
 
 
 def _gradients(solve, func, y0, t, **kw):
