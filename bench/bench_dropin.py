@@ -218,10 +218,19 @@ def measure(family_name: str, method: str, mode: str, rounds: int) -> dict:
     }
 
 
+# Adaptive methods whose outputs between steps come from a dense output of lower order than the
+# method (docs/methods.md): those outputs are off by more than the tolerance (the nmODE module's
+# dopri8 at rtol 1e-4: 2e-3 in both libraries), so two solves whose float32 step sequences part
+# on rounding noise differ by up to that much.
+LOW_ORDER_DENSE_OUTPUT = ("dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
 def _agreement(method: str) -> dict:
     """How closely the two libraries' solutions must agree for the row to count as the same
     solve (the parity tests check this properly; here it guards the timing's meaning)."""
-    return tol(torch.float32, "cross") if method in FIXED_METHODS else {"rtol": 1e-3, "atol": 1e-4}
+    if method in FIXED_METHODS:
+        return tol(torch.float32, "cross")
+    return {"rtol": 1e-2, "atol": 1e-3} if method in LOW_ORDER_DENSE_OUTPUT else {"rtol": 1e-3, "atol": 1e-4}
 
 
 FAMILIES = ("mlp", "conv", "nmode")
