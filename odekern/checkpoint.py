@@ -346,7 +346,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
     parts = st.components(y0)
-    if not (st.no_transform_active() or torch.compiler.is_compiling()):
+    if st.inside_transform():
         # Inside a torch.func transform (grad, jacrev, jvp, vmap) or a forward-mode AD level the
         # recomputing backward cannot run (torch.func differentiates through the function's
         # forward); odeint takes the same steps with the same arithmetic, so its derivatives are

@@ -59,8 +59,7 @@ def odeint_event(func: Callable, y0: Any, t0: Any, *, event_fn: Callable, revers
     parts = state.components(solution)
     # An autograd.Function's backward is invisible to torch.func transforms and forward-mode AD:
     # there the same rerouting is done with differentiable ops.
-    reroute = (_EventGradient.apply if state.no_transform_active() or torch.compiler.is_compiling()
-               else _reroute_with_ops)
+    reroute = _reroute_with_ops if state.inside_transform() else _EventGradient.apply
     out = reroute(func, combined, state.is_tuple(y0), event_t, *(p[-1] for p in parts))
     event_t, state_t = out[0], out[1:]
     solution = state.rebuild(solution, (torch.cat([p[:-1], s[None]]) for p, s in zip(parts, state_t)))

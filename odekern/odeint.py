@@ -164,7 +164,7 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
                          "(e.g. method='rk4' with options={'step_size': ...}) inside vmap, or solve the "
                          "batch directly with options={'control': 'per_sample'}")
     solver_cls = METHODS[method]
-    options = check_options(method, canonical_control(options, stacklevel=4), solver_cls.OPTIONS)
+    options = check_options(method, canonical_control(options), solver_cls.OPTIONS)
     y0 = promote_tuple_state(y0)
     check_state(y0)
     check_tolerance(rtol, "rtol")

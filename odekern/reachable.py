@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import types
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+
+from odekern.solvers.checks import warn_caller
 
 Tensor = torch.Tensor
 
@@ -93,11 +94,11 @@ def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor]) -> None:
             continue
         _warned[id(tensor)] = tensor
         kind = "a parameter" if isinstance(tensor, nn.Parameter) else "a tensor"
-        warnings.warn(
+        warn_caller(
             f"odeint_adjoint: {name} ({kind} of shape {tuple(tensor.shape)}) requires grad and is reachable "
             "from func, but it is not in adjoint_params, so the adjoint gives it no gradient and it will not "
             "train. Pass it in adjoint_params, register it as an nn.Parameter of func, or detach it if it "
-            "should stay fixed.", stacklevel=3)
+            "should stay fixed.")
 
 
 __all__ = ["tensors_requiring_grad", "warn_unreached"]

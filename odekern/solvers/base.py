@@ -128,7 +128,7 @@ class RHS:
             dy = tuple(map(_as_dtype_of, dy, y))
             if not self._negate:
                 return dy
-            if state.no_transform_active() and not torch.compiler.is_compiling():
+            if state.plain_eager():
                 return tuple(torch._foreach_neg(list(dy)))  # one call for every component
             return tuple(map(torch.neg, dy))
         check_rhs_output(dy, y, -t if self.time_sign < 0 else t)

@@ -10,11 +10,11 @@ from those (None when it cannot, e.g. the max norm: the error is then materialis
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from odekern.solvers.checks import warn_caller
 from odekern.solvers.state import components, is_tuple
 
 Tensor = torch.Tensor
@@ -27,7 +27,7 @@ PER_SAMPLE = "per_sample"
 CONTROLS = (GLOBAL, PER_SAMPLE)
 
 
-def canonical_control(options, where: str = "options", stacklevel: int = 3):
+def canonical_control(options, where: str = "options"):
     """``options`` (a copy) with the step control under its one name, ``control``: the former
     spelling ``norm="per_sample"`` still works, with a DeprecationWarning. Raises ValueError for
     an unknown control or for both spellings disagreeing. Anything but a mapping is returned as
@@ -36,8 +36,8 @@ def canonical_control(options, where: str = "options", stacklevel: int = 3):
         return options
     out = dict(options)
     if isinstance(out.get("norm"), str) and out["norm"] == PER_SAMPLE:
-        warnings.warn(f"{where}['norm']='per_sample' is now {where}['control']='per_sample' (the same "
-                      "per-sample step control)", DeprecationWarning, stacklevel=stacklevel)
+        warn_caller(f"{where}['norm']='per_sample' is now {where}['control']='per_sample' (the same "
+                    "per-sample step control)", DeprecationWarning)
         del out["norm"]
         if out.setdefault("control", PER_SAMPLE) != PER_SAMPLE:
             raise ValueError(f"{where}['norm']='per_sample' contradicts {where}['control']={out['control']!r}")

@@ -21,7 +21,6 @@ state is integrated in the complex domain, as torchdiffeq does (SciPy sees compl
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from scipy.integrate import solve_ivp
 
 from odekern.solvers import state
 from odekern.solvers.base import RHS, Solver, SolveStatus
+from odekern.solvers.checks import warn_caller
 
 Tensor = torch.Tensor
 
@@ -91,9 +91,9 @@ class ScipySolver(Solver):
 
     def integrate(self, t: Tensor, t_values: Any = None) -> tuple[state.State, SolveStatus]:
         if torch.is_grad_enabled() and any(p.requires_grad for p in self._parts):
-            warnings.warn("odeint(method='scipy_solver') is forward only: no gradient flows to y0 or to "
-                          "func's parameters through it (use odekern.odeint_adjoint, or an odekern method, "
-                          "for gradients)", stacklevel=4)
+            warn_caller("odeint(method='scipy_solver') is forward only: no gradient flows to y0 or to "
+                        "func's parameters through it (use odekern.odeint_adjoint, or an odekern method, "
+                        "for gradients)")
         tv = t.detach().to("cpu", torch.float64).numpy()
         if len(tv) == 1:
             solution = self._unflatten(torch.from_numpy(self._flat_y0)[None], (1,))

@@ -29,7 +29,8 @@ import torch
 
 from odekern.solvers.norms import component_rms_combiner, max_norm, rms_norm
 from odekern.solvers.state import (LOW_PRECISION, State, any_carries_tangent, component, components, is_tuple,
-                                   join, map_state, no_transform_active, records_derivatives, widened)
+                                   join, map_state, no_transform_active, plain_eager, records_derivatives,
+                                   widened)
 
 Tensor = torch.Tensor
 TimeLike = Union[float, Tensor]
@@ -216,7 +217,7 @@ class SolveStages:
         """The small components of an unrecorded tuple combination by foreach operations, written
         into ``out`` when given (the others are left None for the caller), or None when they
         must take the per-component path."""
-        if isinstance(scale, Tensor) or not no_transform_active() or torch.compiler.is_compiling():
+        if isinstance(scale, Tensor) or not plain_eager():
             return None
         small = self._small
         terms = [([k[i] for i in small], scale * c) for c, k in zip(coeffs, ks) if c != 0.0]
@@ -330,7 +331,7 @@ def _plain_real(a: State, rtol: TimeLike, atol: TimeLike) -> bool:
     outside transforms: the case whose corrector quotient is formed in place (``_in_place_ratio``)."""
     return (isinstance(a, Tensor) and a.numel() > 0 and a.is_floating_point() and a.dtype not in LOW_PRECISION
             and isinstance(rtol, (int, float)) and isinstance(atol, (int, float))
-            and no_transform_active() and not torch.compiler.is_compiling())
+            and plain_eager())
 
 
 def _in_place_ratio(a: Tensor, b: Tensor, rtol: float, atol: float) -> Tensor:
@@ -378,7 +379,7 @@ def difference(a: State, b: State) -> State:
     """``a - b``, unrecorded, for a test that only steers a solver (Adams' corrector): one
     foreach call for a tuple state, where a combination would take several per component."""
     with torch.no_grad():
-        if is_tuple(a) and no_transform_active() and not torch.compiler.is_compiling():
+        if is_tuple(a) and plain_eager():
             return tuple(torch._foreach_sub(list(a), list(b)))
         return map_state(torch.sub, a, b)
 
@@ -387,10 +388,10 @@ def _tuple_max_error_ratio(err, y0, y1, rtol, atol) -> Optional[Tensor]:
     """The max-norm error ratio of a tuple state by foreach operations (a few calls for all
     components instead of several operations per component), or None when the tolerances are
     not plain numbers, a component is of low precision, or a transform is active."""
-    if not (isinstance(rtol, (int, float)) and isinstance(atol, (int, float))) or not no_transform_active():
+    if not (isinstance(rtol, (int, float)) and isinstance(atol, (int, float))) or not plain_eager():
         return None
     kept = [i for i, e in enumerate(err) if e.numel()]
-    if not kept or any(err[i].dtype in LOW_PRECISION for i in kept) or torch.compiler.is_compiling():
+    if not kept or any(err[i].dtype in LOW_PRECISION for i in kept):
         return None
     scale = torch._foreach_abs([y0[i] for i in kept])
     torch._foreach_maximum_(scale, torch._foreach_abs([y1[i] for i in kept]))

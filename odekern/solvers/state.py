@@ -89,6 +89,19 @@ def no_transform_active() -> bool:
     return forward_ad._current_level < 0 and torch._C._functorch.maybe_current_level() is None
 
 
+def plain_eager() -> bool:
+    """Eager code outside every transform: no tensor carries a tangent or batch dimensions and
+    torch.compile is not tracing, so the fast paths (foreach operations, in-place buffers) apply."""
+    return no_transform_active() and not torch.compiler.is_compiling()
+
+
+def inside_transform() -> bool:
+    """Eager code under a torch.func transform or a forward-mode AD level, where an
+    autograd.Function's backward is not used (torch.func differentiates its forward). Not under
+    torch.compile, which traces the transforms itself."""
+    return not (no_transform_active() or torch.compiler.is_compiling())
+
+
 def any_carries_tangent(tensors: Iterable[Tensor | None]) -> bool:
     """``carries_tangent`` for any of ``tensors``; two global flags answer it outside transforms."""
     if torch.compiler.is_compiling():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 
 import torch
 
@@ -14,6 +13,7 @@ from odekern.ops.nmode_solve.config import (DEFAULT_MAX_NUM_STEPS, DEPRECATED_GR
                                             fixed_grid_step_count)
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph, stats_capacity)
+from odekern.solvers.checks import warn_caller
 from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap, is_dense
 
 __all__ = ["nmode_solve", "NmodeConfig", "canonical_gradient"]
@@ -39,8 +39,8 @@ def canonical_gradient(gradient):
     """The gradient mode's current name; the former ones still work, with a warning."""
     if isinstance(gradient, str) and gradient in DEPRECATED_GRADIENTS:
         new = DEPRECATED_GRADIENTS[gradient]
-        warnings.warn(f"gradient={gradient!r} is now called gradient={new!r} (the same gradient)",
-                      DeprecationWarning, stacklevel=3)
+        warn_caller(f"gradient={gradient!r} is now called gradient={new!r} (the same gradient)",
+                    DeprecationWarning)
         return new
     return gradient
 
