@@ -105,12 +105,12 @@ def _floor_poly(n_evals):
     return lambda: floor(y0.reshape(-1), n_evals)
 
 
-def _adjoint_backward_evaluations() -> tuple[int, int]:
+def _adjoint_backward_evaluations() -> tuple[int, float]:
     """RHS evaluations per element of gradient="adjoint"'s backward on the CNM setting (loss =
     y1.sum()): the forward ones that recompute y(t1) along the forward's accepted steps (6 per
-    step, 7 on the last, whose dense output needs the FSAL stage), and the adjoint system's (2
-    for the initial step, then 6 per attempt of the element's own dopri5, FSAL), the latter
-    averaged over the elements with the reference's attempt counts."""
+    step, 7 on the last, whose dense output needs the FSAL stage), and the mean number of
+    attempts of the adjoint system's own dopri5 per element (the reference's counts), each
+    taking 6 evaluations (FSAL) after the 2 of the initial-step selection."""
     from odekern.ops.nmode_solve import reference
     from odekern.ops.nmode_solve.config import NmodeConfig
 
@@ -122,15 +122,30 @@ def _adjoint_backward_evaluations() -> tuple[int, int]:
     x = (y1, torch.ones_like(y1), torch.zeros_like(y1))
     reference.solve_per_element(lambda s: reference.adjoint_rhs(s, gf), x, 0.05, cfg.rtol, cfg.atol,
                                 cfg.max_num_steps, attempt_counts=counts)
-    return recompute, round(2 + 6 * counts.double().mean().item())
+    return recompute, counts.double().mean().item()
 
 
-def _adjoint_backward_floor():
-    """The floor of the adjoint's backward: its sin^2 and sincos evaluations, no memory traffic."""
-    recompute, adjoint = _adjoint_backward_evaluations()
+def _adjoint_backward_floors():
+    """Floors of the adjoint's backward, all without memory traffic: "floor", its sin^2 and
+    sincos evaluations alone; "arithmetic-floor", the same evaluations with each adjoint
+    attempt's stage and error arithmetic (nmode_adjoint_attempt_floor), the least any dopri5
+    continuous adjoint of this system costs whatever its step control; "controlled-floor", that
+    with the backward's per-element float64 controller. Returns (providers, sin^2 count,
+    sincos count, mean attempts) per element."""
+    recompute, attempts = _adjoint_backward_evaluations()
+    adjoint = round(2 + 6 * attempts)
     flat = _inputs()[0].reshape(-1)
     sin_sq, sincos = _floor_op(), _floor_op("nmode_sincos_floor")
-    return lambda: (sin_sq(flat, recompute), sincos(flat, adjoint)), recompute, adjoint
+    attempt = _floor_op("nmode_adjoint_attempt_floor")
+
+    def with_attempts(control):
+        # The attempt floor evaluates the first stage itself: with one more sincos, the 2 of
+        # the initial-step selection.
+        return lambda: (sin_sq(flat, recompute), sincos(flat, 1), attempt(flat, attempts, control))
+
+    floors = {"floor": lambda: (sin_sq(flat, recompute), sincos(flat, adjoint)),
+              "arithmetic-floor": with_attempts(False), "controlled-floor": with_attempts(True)}
+    return floors, recompute, adjoint, attempts
 
 
 def _adjoint_backward_only():
@@ -238,11 +253,13 @@ def test_cnm_adjoint_backward_odekern(benchmark, run_bench):
     RESULTS["cnm-bwd:odekern-adjoint"] = benchmark.stats.stats.min
 
 
-def test_cnm_adjoint_backward_floor(benchmark, run_bench):
-    floor, recompute, adjoint = _adjoint_backward_floor()
-    run_bench(floor, provider="floor-poly", setting="cnm-bwd", shape=list(SHAPE),
-              sin_sq_per_element=recompute, sincos_per_element=adjoint)
-    RESULTS["cnm-bwd:floor-poly"] = benchmark.stats.stats.min
+@pytest.mark.parametrize("floor", ["floor", "arithmetic-floor", "controlled-floor"])
+def test_cnm_adjoint_backward_floor(benchmark, run_bench, floor):
+    floors, recompute, adjoint, attempts = _adjoint_backward_floors()
+    provider = "floor-poly" if floor == "floor" else floor
+    run_bench(floors[floor], provider=provider, setting="cnm-bwd", shape=list(SHAPE),
+              sin_sq_per_element=recompute, sincos_per_element=adjoint, attempts_per_element=round(attempts, 3))
+    RESULTS[f"cnm-bwd:{provider}"] = benchmark.stats.stats.min
 
 
 # ------------------------------------------------------------------------------------------
@@ -282,6 +299,8 @@ def test_zz_summary(benchmark, run_bench):
     ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern checkpoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-checkpoint")
     ratio("cnm fwd+bwd: torchdiffeq adjoint / odekern adjoint", "cnm-fwd+bwd:torchdiffeq", "cnm-fwd+bwd:odekern-adjoint")
     ratio("cnm adjoint bwd: odekern / floor-poly", "cnm-bwd:odekern-adjoint", "cnm-bwd:floor-poly")
+    ratio("cnm adjoint bwd: arithmetic-floor / floor-poly", "cnm-bwd:arithmetic-floor", "cnm-bwd:floor-poly")
+    ratio("cnm adjoint bwd: odekern / arithmetic-floor", "cnm-bwd:odekern-adjoint", "cnm-bwd:arithmetic-floor")
     lines = ["", "| measurement | seconds (min) |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in r.items() if not k.startswith("memory")]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.1f}x |" for k, v in ratios.items()]
@@ -307,7 +326,7 @@ def _interleaved_providers():
     t = torch.tensor([0.0, 0.05])
     n_evals = _cnm_rhs_evaluations()
     flat, floor = y0.reshape(-1), _floor_op()
-    bwd_floor, recompute, adjoint = _adjoint_backward_floor()
+    bwd_floors, recompute, adjoint, attempts = _adjoint_backward_floors()
 
     def fwd_bwd(gradient):
         def go():
@@ -331,7 +350,7 @@ def _interleaved_providers():
         "fwd:torchdiffeq": td_fwd,
         "fwd+bwd:odekern-adjoint": fwd_bwd("adjoint"),
         "bwd:odekern-adjoint": _adjoint_backward_only(),
-        "bwd:floor": bwd_floor,
+        **{f"bwd:{name}": fn for name, fn in bwd_floors.items()},
         "fwd+bwd:odekern-checkpoint": fwd_bwd("checkpoint"),
         "fwd+bwd:torchdiffeq-adjoint": td_adjoint,
     }
@@ -341,7 +360,7 @@ def _interleaved_providers():
         fn()
         return time.perf_counter() - t0
 
-    return providers, timed, (n_evals, recompute, adjoint)
+    return providers, timed, (n_evals, recompute, adjoint, attempts)
 
 
 def _interleaved_main(argv=None):
@@ -357,12 +376,13 @@ def _interleaved_main(argv=None):
     if args.accuracy:
         _accuracy_main(args.rounds)
         return
-    providers, timed, (n_evals, recompute, adjoint) = _interleaved_providers()
+    providers, timed, (n_evals, recompute, adjoint, attempts) = _interleaved_providers()
     if args.only:
         keep = tuple(args.only.split(","))
-        providers = {k: v for k, v in providers.items() if k.startswith(keep) or k.endswith(":floor")}
+        providers = {k: v for k, v in providers.items() if k.startswith(keep) or k.endswith("floor")}
     print(f"shape {list(SHAPE)} float32, CNM dopri5 global control; forward floor = {n_evals} sin^2 per "
-          f"element, adjoint backward floor = {recompute} sin^2 + {adjoint} sincos per element; "
+          f"element, adjoint backward floor = {recompute} sin^2 + {adjoint} sincos per element "
+          f"({attempts:.2f} adjoint attempts); "
           f"{machine_description_short()}; min over {args.rounds} rounds")
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -388,6 +408,9 @@ def _interleaved_main(argv=None):
         ratio("fwd: odekern / floor", "fwd:odekern", "fwd:floor")
         ratio("fwd: per_element / global control", "fwd:odekern-per_element", "fwd:odekern")
         ratio("bwd: odekern adjoint / floor", "bwd:odekern-adjoint", "bwd:floor")
+        ratio("bwd: arithmetic floor / floor", "bwd:arithmetic-floor", "bwd:floor")
+        ratio("bwd: controlled floor / floor", "bwd:controlled-floor", "bwd:floor")
+        ratio("bwd: odekern adjoint / arithmetic floor", "bwd:odekern-adjoint", "bwd:arithmetic-floor")
         ratio("fwd: torchdiffeq / odekern", "fwd:torchdiffeq", "fwd:odekern")
         ratio("fwd+bwd: td odeint_adjoint / odekern adjoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-adjoint")
         ratio("fwd+bwd: td odeint_adjoint / odekern checkpoint", "fwd+bwd:torchdiffeq-adjoint", "fwd+bwd:odekern-checkpoint")

@@ -49,6 +49,10 @@ def _register_fakes() -> None:
         def _(x, reps):
             return torch.empty_like(x, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake(f"{LIBRARY}::nmode_adjoint_attempt_floor")
+    def _(x, attempts, control):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake(f"{LIBRARY}::nmode_inv_fifth_root")
     def _(x):
         return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -9,14 +9,21 @@
 //   bench/ops/bench_nmode_solve.py compares solves against it at their RHS-evaluation count.
 // - nmode_sincos_floor: the same for the continuous adjoint's RHS (one fast_sincos per
 //   evaluation: f and its derivative sin 2x), the floor of gradient="adjoint"'s backward.
+// - nmode_adjoint_attempt_floor: dopri5 attempts on the adjoint system with the backward's own
+//   stage and error code (adj_candidate_lanes), every attempt accepted, block-resident (no
+//   memory traffic): without `control`, the arithmetic any dopri5 solve of that system does per
+//   attempt besides its sincos evaluations, whatever its step control; with it, plus the
+//   backward's per-lane float64 controller.
 // - nmode_inv_fifth_root: the CPU lane paths' x^(-1/5) (nmode_solve_cpu_lane_control.h, the
 //   vectorised loop the solvers call), float64, for its accuracy test against pow.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "ops/nmode_solve/nmode_solve.h"
+#include "ops/nmode_solve/nmode_solve_cpu_adjoint.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
 #include "ops/nmode_solve/nmode_solve_cpu_lane_control.h"
 #include "ops/nmode_solve/nmode_solve_cpu_parallel.h"
@@ -117,6 +124,72 @@ at::Tensor floor_cpu(const at::Tensor& x_, int64_t reps) {
 at::Tensor nmode_sin_sq_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinSqEval>(x, reps); }
 at::Tensor nmode_sincos_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinCosEval>(x, reps); }
 
+// x = [v, 1, 0] per lane (v from the input), g = 0, a step so small that the state stays
+// bounded over any number of attempts; returns a_y after the attempts, which keeps every
+// attempt live. With `control`, each attempt is the backward's whole adj_attempt_lanes (the
+// per-lane float64 controller included; t_end out of reach, so no lane finishes, and the step
+// set back after each attempt).
+template <typename T>
+ODEKERN_ISA_CLONES void adjoint_attempt_block(const T* __restrict v, int64_t len, int64_t attempts, bool control,
+                                              T* __restrict out) {
+  alignas(64) cpu::AdjLanes<T> L;
+  for (int64_t e = 0; e < cpu::kBlock; ++e) {
+    L.x[0][e] = e < len ? v[e] : T(0);
+    L.x[1][e] = T(1);
+    L.x[2][e] = T(0);
+    L.g[e] = T(0);
+    L.dt[e] = T(1e-3);
+    L.h[e] = 1e-3;
+    L.t[e] = 0.0;
+    L.attempts[e] = 0.0;
+    L.active[e] = 1.0;
+  }
+  cpu::AdjSweep<T, kDopri5, 0, 1>::run(L.x, L.g, L.dt, cpu::kBlock, L.k);
+  const T rtol = T(1e-7), atol = T(1e-9);
+  for (int64_t r = 0; r < attempts; ++r) {
+    if (control) {
+      cpu::adj_attempt_lanes<T>(L, 1e300, rtol, atol, 1e300);
+      // Back to the fixed step the controller grew (the work does not depend on it).
+      for (int64_t e = 0; e < cpu::kBlock; ++e) {
+        L.dt[e] = T(1e-3);
+        L.h[e] = 1e-3;
+      }
+      continue;
+    }
+    cpu::adj_candidate_lanes<T>(L, rtol, atol);
+#pragma omp simd
+    for (int64_t e = 0; e < cpu::kBlock; ++e) {
+NMODE_UNROLL
+      for (int d = 0; d < 3; ++d) {
+        L.x[d][e] = L.x1[d][e];
+        L.k[d][0][e] = L.k[d][6][e];
+      }
+    }
+  }
+  for (int64_t e = 0; e < len; ++e) out[e] = L.x[1][e];
+}
+
+// `attempts` per element on average: block k runs floor((k + 1) A) - floor(k A) of them, so that
+// a fractional mean (an attempt count averaged over elements) is timed as such.
+at::Tensor nmode_adjoint_attempt_floor_cpu(const at::Tensor& x_, double attempts, bool control) {
+  ODEKERN_CHECK_CPU(x_);
+  ODEKERN_CHECK_FLOATING(x_);
+  TORCH_CHECK(attempts >= 0.0 && attempts < 1e6, "nmode_adjoint_attempt_floor: attempts must be in [0, 1e6), got ",
+              attempts);
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = at::empty_like(x);
+  const int64_t N = x.numel(), block = cpu::kBlock, blocks = (N + block - 1) / block;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_adjoint_attempt_floor_cpu", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    cpu::parallel_tasks(blocks, [&](int64_t k) {
+      const auto runs = int64_t(std::floor(double(k + 1) * attempts)) - int64_t(std::floor(double(k) * attempts));
+      adjoint_attempt_block<scalar_t>(px + k * block, std::min(block, N - k * block), runs, control, po + k * block);
+    });
+  });
+  return out;
+}
+
 at::Tensor nmode_inv_fifth_root_cpu(const at::Tensor& x_) {
   ODEKERN_CHECK_CPU(x_);
   TORCH_CHECK(x_.scalar_type() == at::kDouble, "nmode_inv_fifth_root: x must be float64");
@@ -136,6 +209,7 @@ TORCH_LIBRARY(odekern_testing, m) {
       "-> (Tensor y1, Tensor grad_y0, Tensor grad_g)");
   m.def("nmode_sin_sq_floor(Tensor x, int reps) -> Tensor");
   m.def("nmode_sincos_floor(Tensor x, int reps) -> Tensor");
+  m.def("nmode_adjoint_attempt_floor(Tensor x, float attempts, bool control) -> Tensor");
   m.def("nmode_inv_fifth_root(Tensor x) -> Tensor");
 }
 
@@ -143,5 +217,6 @@ TORCH_LIBRARY_IMPL(odekern_testing, CPU, m) {
   m.impl("nmode_pe_scalar_reference", &odekern::nmode::nmode_pe_scalar_reference_cpu);
   m.impl("nmode_sin_sq_floor", &odekern::nmode::nmode_sin_sq_floor_cpu);
   m.impl("nmode_sincos_floor", &odekern::nmode::nmode_sincos_floor_cpu);
+  m.impl("nmode_adjoint_attempt_floor", &odekern::nmode::nmode_adjoint_attempt_floor_cpu);
   m.impl("nmode_inv_fifth_root", &odekern::nmode::nmode_inv_fifth_root_cpu);
 }

@@ -32,6 +32,7 @@ def _cases():
         "odekern_testing::nmode_pe_scalar_reference": (y, y[:5], 0.0, 0.05, 1e-7, 1e-9, 1000, y, None, y),
         "odekern_testing::nmode_sin_sq_floor": (y, 3),
         "odekern_testing::nmode_sincos_floor": (y, 3),
+        "odekern_testing::nmode_adjoint_attempt_floor": (y, 1.5, False),
         "odekern_testing::nmode_inv_fifth_root": (y.abs() + 0.1,),
     }
 

@@ -256,13 +256,11 @@ ODEKERN_ALWAYS_INLINE void adj_control_lanes(AdjLanes<T>& L, double t_end, doubl
 }
 #pragma GCC pop_options
 
-// One dopri5 attempt of every lane, then each lane's controller: accept / reject, move on,
-// or finish (the dense output is adj_dense_out_lanes). Idle lanes compute on stale finite
-// data and report kLaneRunning.
-// Three loops of one precision each (state in T, controller in double), each branch-free so
-// that it vectorises.
+// The candidate, its error ratio (max over the three components) and the stages of one attempt
+// of every lane: the arithmetic any dopri5 attempt on the adjoint system does, controller aside
+// (the test extension's nmode_adjoint_attempt_floor times it alone).
 template <typename T>
-ODEKERN_ALWAYS_INLINE void adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
+ODEKERN_ALWAYS_INLINE void adj_candidate_lanes(AdjLanes<T>& L, T rtol, T atol) {
   using D = Tableau<kDopri5>;
   AdjSweep<T, kDopri5, 1, 7>::run(L.x, L.g, L.dt, kBlock, L.k);
 #pragma omp simd
@@ -282,6 +280,16 @@ NMODE_UNROLL
     L.ratio[e] = double(rmax);
     L.dt_step[e] = dt;
   }
+}
+
+// One dopri5 attempt of every lane, then each lane's controller: accept / reject, move on,
+// or finish (the dense output is adj_dense_out_lanes). Idle lanes compute on stale finite
+// data and report kLaneRunning.
+// Three loops of one precision each (state in T, controller in double), each branch-free so
+// that it vectorises.
+template <typename T>
+ODEKERN_ALWAYS_INLINE void adj_attempt_lanes(AdjLanes<T>& L, double t_end, T rtol, T atol, double max_steps) {
+  adj_candidate_lanes<T>(L, rtol, atol);
 #pragma omp simd
   for (int64_t e = 0; e < kBlock; ++e) L.root[e] = controller_root_arg(L.ratio[e]);
   inv_fifth_root_normal_lanes(L.root, kBlock);
