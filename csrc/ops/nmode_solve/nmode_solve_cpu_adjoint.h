@@ -165,11 +165,14 @@ NMODE_UNROLL
     }
     s.root_arg[e] = d2;
   }
-#pragma omp simd  // left scalar by GCC 12 ("control flow in loop"); a few selects per element
+#pragma omp simd
   for (int64_t e = 0; e < len; ++e) {
     const double h0 = s.h0[e], d1 = s.h_small[e], d2 = s.root_arg[e];
-    const double dm = d1 > d2 ? d1 : d2;
-    s.root_arg[e] = (1.0 / kInitialStepFraction) * (dm > kInitialFlatFloor ? dm : kInitialFlatFloor);
+    // max(d1, d2, kInitialFlatFloor), clamping d1 first: GCC 12 leaves the loop scalar ("control
+    // flow in loop") when the clamp follows max(d1, d2).
+    const double d1c = d1 > kInitialFlatFloor ? d1 : kInitialFlatFloor;
+    const double dm = d2 > d1c ? d2 : d1c;
+    s.root_arg[e] = (1.0 / kInitialStepFraction) * dm;
     s.small[e] = ((d1 <= kInitialFlatFloor) & (d2 <= kInitialFlatFloor)) ? 1.0 : 0.0;
     const double hs = h0 * kInitialFlatShrink;
     s.h_small[e] = hs > kInitialTinyStep ? hs : kInitialTinyStep;
