@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import warnings
 
 import torch  # noqa: F401 - loads libc10/libtorch, which odekern._C links against
+
+from odekern._warnings import warn_caller
 
 # What to run when the extension is missing or stale (docs/install.md).
 REBUILD = "bash scripts/install.sh, or pip install --no-build-isolation -e . where torch is installed"
@@ -47,12 +48,8 @@ def warn_if_missing() -> None:
     global _warned
     if not HAS_EXT and not _warned:
         _warned = True
-        warnings.warn(
-            f"{LOAD_ERROR}; odekern falls back to its pure-PyTorch reference backend. "
-            f"For the fused kernels run {REBUILD}.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warn_caller(f"{LOAD_ERROR}; odekern falls back to its pure-PyTorch reference backend. "
+                    f"For the fused kernels run {REBUILD}.", RuntimeWarning)
 
 
 def build_info() -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from odekern.solvers.checks import warn_caller
+from odekern._warnings import warn_caller
 
 Tensor = torch.Tensor
 

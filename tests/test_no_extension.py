@@ -40,6 +40,8 @@ _WITHOUT_EXTENSION = textwrap.dedent("""
         odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=0.05)
     fallback = [w for w in caught if "reference backend" in str(w.message)]
     assert len(fallback) == 1, [str(w.message) for w in caught]
+    # Attributed to the user's call (this script), not to the odekern frame that selected a backend.
+    assert fallback[0].filename == "<string>", (fallback[0].filename, fallback[0].lineno)
 
     # Independent check of the fallback's numbers: plain RK4 (3/8 rule) on -y + sin^2(y + g).
     def f(y):

@@ -1,5 +1,5 @@
 """A warning about a user's call names that call's line, however deep inside odekern it is raised
-(``odekern.solvers.checks.warn_caller``): Python's default filters show a DeprecationWarning only
+(``odekern._warnings.warn_caller``): Python's default filters show a DeprecationWarning only
 when it is attributed to ``__main__``, and a user looking for what to change needs the line.
 
 Each case is a function whose one statement (the line after its ``def``) is the user's call."""

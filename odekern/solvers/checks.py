@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -33,19 +31,6 @@ class AssertedValueError(ValueError, AssertionError):
     """A bad argument value that torchdiffeq reports with ``assert``: a ``ValueError`` here (the
     argument is wrong), and an ``AssertionError`` too, so code that catches torchdiffeq's
     exception keeps working."""
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` attributed to the first frame outside odekern (the user's call),
-    however deep inside the solvers it is raised."""
-    level, frame = 2, sys._getframe(1)  # stacklevel 1 is this function, 2 its caller
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
-        frame = frame.f_back
-        level += 1
-    warnings.warn(message, category, stacklevel=level)
 
 
 def shape_or_type(value: Any) -> Any:

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from odekern._warnings import warn_caller
 from odekern.solvers import stages, state
 from odekern.solvers.base import RHS, Perturb, Solver, SolveStatus, beside, store
-from odekern.solvers.checks import (check_on_max_steps, check_positive, raise_non_finite_step, warn_caller,
+from odekern.solvers.checks import (check_on_max_steps, check_positive, raise_non_finite_step,
                                     raise_non_finite_unrepeated)
 
 Tensor = torch.Tensor

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from odekern.solvers.checks import warn_caller
+from odekern._warnings import warn_caller
 from odekern.solvers.state import components, is_tuple
 
 Tensor = torch.Tensor

@@ -29,7 +29,7 @@ from scipy.integrate import solve_ivp
 
 from odekern.solvers import state
 from odekern.solvers.base import RHS, Solver, SolveStatus
-from odekern.solvers.checks import warn_caller
+from odekern._warnings import warn_caller
 
 Tensor = torch.Tensor
 

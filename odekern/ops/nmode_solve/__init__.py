@@ -13,7 +13,7 @@ from odekern.ops.nmode_solve.config import (DEFAULT_MAX_NUM_STEPS, DEPRECATED_GR
                                             fixed_grid_step_count)
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph, stats_capacity)
-from odekern.solvers.checks import warn_caller
+from odekern._warnings import warn_caller
 from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vmap, is_dense
 
 __all__ = ["nmode_solve", "NmodeConfig", "canonical_gradient"]
