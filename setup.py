@@ -183,7 +183,7 @@ def _TolerantBuild(base):
                 _log(f"odekern._C: recompiling only what changed among its {files} files since the last "
                      f"build (objects in {self.build_temp})")
             else:
-                _log(f"compiling {files} files into odekern._C: about 4 minutes on 2 idle cores (this "
+                _log(f"compiling {files} files into odekern._C: about 2 minutes on 2 idle cores (this "
                      f"machine has {os.cpu_count()}; MAX_JOBS=N limits parallel jobs), longer on a busy "
                      f"machine; objects are kept in {self.build_temp} for the next build")
             try:

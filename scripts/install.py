@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     incremental = any((ROOT / "build").glob("temp.*/.ninja_log"))
     say(f"3/3 odekern[{extras}], editable, with its C++ kernels compiled against this torch: "
         + ("only the files changed since the last build are recompiled (objects in build/)" if incremental
-           else "the first build takes about 4 minutes on 2 idle cores, longer on a busy machine")
+           else "the first build takes about 2 minutes on 2 idle cores, longer on a busy machine")
         + f"; full log in {LOG.relative_to(ROOT)}")
     progress = BuildProgress()
     run.build(["install", "-v", "--no-build-isolation", "-e", *requirements], progress)
