@@ -4,7 +4,18 @@
 with its reason* (never silently passed), so the test report shows exactly what ran.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# torch.compile's caches outlive the process (by default in /tmp/torchinductor_$USER) and know a
+# custom op by its name, not by its schema or autograd formula: a graph compiled against an
+# earlier odekern would be replayed against this one. Each session compiles afresh in a folder
+# of its own (unless one is chosen explicitly), so no result depends on what ran before.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="odekern-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 # Triton kernels run in its interpreter on CPU tensors; this must be set before triton.jit
 # decorates anything, i.e. before odekern's Triton modules are imported. AOT compilation for
