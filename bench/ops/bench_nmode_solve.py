@@ -105,47 +105,44 @@ def _floor_poly(n_evals):
     return lambda: floor(y0.reshape(-1), n_evals)
 
 
-def _adjoint_backward_evaluations() -> tuple[int, float]:
-    """RHS evaluations per element of gradient="adjoint"'s backward on the CNM setting (loss =
-    y1.sum()): the forward ones that recompute y(t1) along the forward's accepted steps (6 per
-    step, 7 on the last, whose dense output needs the FSAL stage), and the mean number of
-    attempts of the adjoint system's own dopri5 per element (the reference's counts), each
-    taking 6 evaluations (FSAL) after the 2 of the initial-step selection."""
+def _adjoint_attempts() -> float:
+    """Mean number of attempts per element of the adjoint system's own dopri5 in
+    gradient="adjoint"'s backward on the CNM setting (loss = y1.sum(); the reference's counts).
+    Each takes 6 RHS evaluations (FSAL) after the 2 of the initial-step selection; the backward
+    starts at the forward's y(t1) and evaluates nothing else."""
     from odekern.ops.nmode_solve import reference
     from odekern.ops.nmode_solve.config import NmodeConfig
 
     cfg = NmodeConfig()
-    y1, stats = _cnm_forward()
-    recompute = 6 * int(stats[0]) + 1
+    y1, _ = _cnm_forward()
     gf = _inputs()[1].reshape(-1).repeat(SHAPE[0])
     counts = torch.zeros(y1.shape, dtype=torch.int64)
     x = (y1, torch.ones_like(y1), torch.zeros_like(y1))
     reference.solve_per_element(lambda s: reference.adjoint_rhs(s, gf), x, 0.05, cfg.rtol, cfg.atol,
                                 cfg.max_num_steps, attempt_counts=counts)
-    return recompute, counts.double().mean().item()
+    return counts.double().mean().item()
 
 
 def _adjoint_backward_floors():
-    """Floors of the adjoint's backward, all without memory traffic: "floor", its sin^2 and
-    sincos evaluations alone; "arithmetic-floor", the same evaluations with each adjoint
-    attempt's stage and error arithmetic (nmode_adjoint_attempt_floor), the least any dopri5
-    continuous adjoint of this system costs whatever its step control; "controlled-floor", that
-    with the backward's per-element float64 controller. Returns (providers, sin^2 count,
-    sincos count, mean attempts) per element."""
-    recompute, attempts = _adjoint_backward_evaluations()
+    """Floors of the adjoint's backward, all without memory traffic: "floor", its sincos
+    evaluations alone; "arithmetic-floor", the same evaluations with each attempt's stage and
+    error arithmetic (nmode_adjoint_attempt_floor), the least any dopri5 continuous adjoint of
+    this system costs whatever its step control; "controlled-floor", that with the backward's
+    per-element float64 controller. Returns (providers, sincos count, mean attempts) per
+    element."""
+    attempts = _adjoint_attempts()
     adjoint = round(2 + 6 * attempts)
     flat = _inputs()[0].reshape(-1)
-    sin_sq, sincos = _floor_op(), _floor_op("nmode_sincos_floor")
-    attempt = _floor_op("nmode_adjoint_attempt_floor")
+    sincos, attempt = _floor_op("nmode_sincos_floor"), _floor_op("nmode_adjoint_attempt_floor")
 
     def with_attempts(control):
         # The attempt floor evaluates the first stage itself: with one more sincos, the 2 of
         # the initial-step selection.
-        return lambda: (sin_sq(flat, recompute), sincos(flat, 1), attempt(flat, attempts, control))
+        return lambda: (sincos(flat, 1), attempt(flat, attempts, control))
 
-    floors = {"floor": lambda: (sin_sq(flat, recompute), sincos(flat, adjoint)),
+    floors = {"floor": lambda: sincos(flat, adjoint),
               "arithmetic-floor": with_attempts(False), "controlled-floor": with_attempts(True)}
-    return floors, recompute, adjoint, attempts
+    return floors, adjoint, attempts
 
 
 def _adjoint_backward_only():
@@ -255,10 +252,10 @@ def test_cnm_adjoint_backward_odekern(benchmark, run_bench):
 
 @pytest.mark.parametrize("floor", ["floor", "arithmetic-floor", "controlled-floor"])
 def test_cnm_adjoint_backward_floor(benchmark, run_bench, floor):
-    floors, recompute, adjoint, attempts = _adjoint_backward_floors()
+    floors, adjoint, attempts = _adjoint_backward_floors()
     provider = "floor-poly" if floor == "floor" else floor
     run_bench(floors[floor], provider=provider, setting="cnm-bwd", shape=list(SHAPE),
-              sin_sq_per_element=recompute, sincos_per_element=adjoint, attempts_per_element=round(attempts, 3))
+              sincos_per_element=adjoint, attempts_per_element=round(attempts, 3))
     RESULTS[f"cnm-bwd:{provider}"] = benchmark.stats.stats.min
 
 
@@ -326,7 +323,7 @@ def _interleaved_providers():
     t = torch.tensor([0.0, 0.05])
     n_evals = _cnm_rhs_evaluations()
     flat, floor = y0.reshape(-1), _floor_op()
-    bwd_floors, recompute, adjoint, attempts = _adjoint_backward_floors()
+    bwd_floors, adjoint, attempts = _adjoint_backward_floors()
 
     def fwd_bwd(gradient):
         def go():
@@ -360,7 +357,7 @@ def _interleaved_providers():
         fn()
         return time.perf_counter() - t0
 
-    return providers, timed, (n_evals, recompute, adjoint, attempts)
+    return providers, timed, (n_evals, adjoint, attempts)
 
 
 def _interleaved_main(argv=None):
@@ -376,13 +373,12 @@ def _interleaved_main(argv=None):
     if args.accuracy:
         _accuracy_main(args.rounds)
         return
-    providers, timed, (n_evals, recompute, adjoint, attempts) = _interleaved_providers()
+    providers, timed, (n_evals, adjoint, attempts) = _interleaved_providers()
     if args.only:
         keep = tuple(args.only.split(","))
         providers = {k: v for k, v in providers.items() if k.startswith(keep) or k.endswith("floor")}
     print(f"shape {list(SHAPE)} float32, CNM dopri5 global control; forward floor = {n_evals} sin^2 per "
-          f"element, adjoint backward floor = {recompute} sin^2 + {adjoint} sincos per element "
-          f"({attempts:.2f} adjoint attempts); "
+          f"element, adjoint backward floor = {adjoint} sincos per element ({attempts:.2f} attempts); "
           f"{machine_description_short()}; min over {args.rounds} rounds")
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)

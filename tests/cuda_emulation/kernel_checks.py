@@ -82,15 +82,19 @@ def nmode_check(emu, case: str, gradient: str, dtype: torch.dtype, n: int, g_cou
     gf0 = randn(n, dtype=dtype, seed=n + 3)
     gf1 = randn(n, dtype=dtype, seed=n + 4)
     for grads in ((gy1, gf0, gf1), (gy1, None, None)):  # None: the kernels' nullptr branches
-        got_b = emu.nmode_solve_bwd(*grads, y0, g, got[3], 0.0, t1, method, step_size, rtol, atol,
+        # The adjoint starts at the forward's y(t1), each implementation at its own.
+        y1_got, y1_want = (got[0], want[0]) if gradient == "adjoint" else (None, None)
+        got_b = emu.nmode_solve_bwd(*grads, y0, g, y1_got, got[3], 0.0, t1, method, step_size, rtol, atol,
                                     control, gradient, max_steps)
-        want_b = nmode_ref.backward(*grads, y0, g, want[3], 0.0, t1, cfg)
+        want_b = nmode_ref.backward(*grads, y0, g, y1_want, want[3], 0.0, t1, cfg)
         if dtype == torch.float32 and control == "per_element" and method == "dopri5":
             # Each element re-derives its float32 step sequence in the backward; the kernel's
             # and the reference's differ by rounding, and the exact gradient follows its own
             # steps: the low-precision rule against the float64 reference instead.
+            y1_64 = nmode_ref.forward(y0.double(), g.double(), 0.0, t1, cfg, False)[0]
             want64 = nmode_ref.backward(*(None if x is None else x.double() for x in grads), y0.double(),
-                                        g.double(), want[3], 0.0, t1, cfg)
+                                        g.double(), y1_64 if gradient == "adjoint" else None, want[3], 0.0,
+                                        t1, cfg)
             # The rule compares worst errors over a sample; a handful of elements can sit a
             # few ulps apart by chance, so below a warp's worth they get "cross" tolerances
             # against float64 instead.

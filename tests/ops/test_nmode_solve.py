@@ -10,6 +10,7 @@ Shapes are small stand-ins for CNM-UNet's [8,3,256,256] (odd sizes, a broadcast 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import pytest
@@ -329,9 +330,11 @@ def test_opcheck(case):
     args = (y0, g, 0.0, t1, *cfg.to_args(), True, "auto", stats_capacity(0.0, t1, cfg))
     torch.library.opcheck(nmode_solve_op, args)
     y1, f0, f1, stats = nmode_solve_op(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
-    torch.library.opcheck(nmode_solve_backward_op,
-                          (torch.ones(12, dtype=torch.float64), None, torch.ones(12, dtype=torch.float64),
-                           y0.detach(), g.detach(), stats, 0.0, t1, *cfg.to_args(), "auto"))
+    for gradient, start in (("checkpoint", None), ("adjoint", y1)):  # the adjoint starts at y(t1)
+        grad_cfg = dataclasses.replace(cfg, gradient=gradient)
+        torch.library.opcheck(nmode_solve_backward_op,
+                              (torch.ones(12, dtype=torch.float64), None, torch.ones(12, dtype=torch.float64),
+                               y0.detach(), g.detach(), start, stats, 0.0, t1, *grad_cfg.to_args(), "auto"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,25 +343,39 @@ def test_opcheck(case):
 # The only O(steps) part is `stats` (8 bytes per step size); the reference backend (autograd
 # through the solver) is shown to grow, so the measure does see trajectories.
 # ------------------------------------------------------------------------------------------
-def _saved_bytes(backend, n_steps):
+def _saved_bytes(backend, n_steps, gradient="checkpoint"):
     y0, g = _inputs(torch.float32, (2, 3, 16, 16), (1, 3, 16, 16))
     y0.requires_grad_(True)
     with SavedTensorBytes() as saved:
-        y1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=1.0 / n_steps, backend=backend)
+        y1 = odekern.nmode_solve(y0, g, 0.0, 1.0, method="rk4", step_size=1.0 / n_steps, gradient=gradient,
+                                 backend=backend)
     y1.sum().backward()
     return saved.nbytes
 
 
-def test_saved_memory_is_constant_in_steps(backend):
+# The checkpointed gradient keeps y0 and g; the adjoint also y1, where its backward solve starts.
+@pytest.mark.parametrize("gradient, states", [("checkpoint", 1), ("adjoint", 2)])
+def test_saved_memory_is_constant_in_steps(backend, gradient, states):
     y0, g = _inputs(torch.float32, (2, 3, 16, 16), (1, 3, 16, 16))
-    _require(backend, y0, g, method="rk4", step_size=0.1)
+    _require(backend, y0, g, method="rk4", step_size=0.1, gradient=gradient)
     steps = (2, 4, 8) if interpreted(backend) else (4, 16, 64)
-    sizes = {n: _saved_bytes(backend, n) for n in steps}
-    state_bytes = y0.numel() * 4 + g.numel() * 4
+    sizes = {n: _saved_bytes(backend, n, gradient) for n in steps}
+    state_bytes = states * y0.numel() * 4 + g.numel() * 4
     for n, b in sizes.items():
         assert b <= state_bytes + 8 * (n + 3), f"saved {b} bytes at {n} steps: {sizes}"
     # Only the O(steps) scalars in stats grow.
     assert sizes[steps[-1]] - sizes[steps[0]] == 8 * (steps[-1] - steps[0]), sizes
+
+
+def test_adjoint_backward_after_y1_modified_in_place_raises():
+    """The adjoint's backward starts at the saved y1: changing it in place first is reported by
+    autograd (as for torchdiffeq's odeint_adjoint), never solved from the changed values."""
+    y0, g = _inputs(torch.float64, (2, 5), (5,))
+    y0.requires_grad_(True)
+    y1 = odekern.nmode_solve(y0, g, 0.0, 0.5, method="rk4", step_size=0.1, gradient="adjoint")
+    y1.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y1.sum().backward()
 
 
 def test_saved_memory_measure_sees_a_trajectory():

@@ -73,20 +73,21 @@ def test_exact_backward_recomputation_paths(monkeypatch, checkpoints):
     for cfg, t1 in ((NmodeConfig(method="euler", step_size=0.05), 0.35),
                     (NmodeConfig(method="dopri5", control="per_element", rtol=1e-9, atol=1e-11), 0.1)):
         stats = tri.forward(y0, g, 0.0, t1, cfg, False)[3]
-        got = tri.backward(gy1, None, gf1, y0, g, stats, 0.0, t1, cfg)
-        want = reference.backward(gy1, None, gf1, y0, g, stats, 0.0, t1, cfg)
+        got = tri.backward(gy1, None, gf1, y0, g, None, stats, 0.0, t1, cfg)
+        want = reference.backward(gy1, None, gf1, y0, g, None, stats, 0.0, t1, cfg)
         for a, b in zip(got, want):
             assert_close(a, b, msg=f"{cfg.method} C={checkpoints}")
 
 
 def test_direct_backward_without_f_cotangents():
-    """grad_f0/grad_f1 may be None; saved state is y0, g and the stats only."""
+    """grad_f0/grad_f1 may be None; the checkpointed gradient's saved state is y0, g and the
+    stats only (y1 None)."""
     cfg = NmodeConfig(method="dopri5", control="per_element")
     y0, g = randn(70, dtype=torch.float64, seed=10), randn(35, dtype=torch.float64, seed=11)
     gy1 = randn(70, dtype=torch.float64, seed=12)
     _, _, _, stats = tri.forward(y0, g, 0.0, 0.05, cfg, False)
-    got = tri.backward(gy1, None, None, y0, g, stats, 0.0, 0.05, cfg)
-    want = reference.backward(gy1, None, None, y0, g, stats, 0.0, 0.05, cfg)
+    got = tri.backward(gy1, None, None, y0, g, None, stats, 0.0, 0.05, cfg)
+    want = reference.backward(gy1, None, None, y0, g, None, stats, 0.0, 0.05, cfg)
     assert got[0].shape == (70,) and got[1].shape == (35,)
     for a, b in zip(got, want):
         assert_close(a, b)

@@ -27,7 +27,7 @@ def _cases():
         "odekern_C::rk_combine_out": (y, ks, [0.1, 0.2], torch.empty_like(y)),
         "odekern_C::rk_error_ratio": (y, y + 1, ks, [0.01, -0.01], 1e-3, 1e-5),
         "odekern_C::nmode_solve_fwd": (y, y[:5], 0.0, 0.2, "rk4", 0.1, 1e-7, 1e-9, "global", 100, True),
-        "odekern_C::nmode_solve_bwd": (y, None, y, y, y[:5], stats, 0.0, 0.2, "rk4", 0.1, 1e-7, 1e-9,
+        "odekern_C::nmode_solve_bwd": (y, None, y, y, y[:5], None, stats, 0.0, 0.2, "rk4", 0.1, 1e-7, 1e-9,
                                        "global", "checkpoint", 100),
         "odekern_testing::nmode_pe_scalar_reference": (y, y[:5], 0.0, 0.05, 1e-7, 1e-9, 1000, y, None, y),
         "odekern_testing::nmode_sin_sq_floor": (y, 3),

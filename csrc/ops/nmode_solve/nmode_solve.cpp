@@ -4,7 +4,8 @@
 //
 // Layout contract (see odekern/ops/nmode_solve/config.py): y0 [N] and g [G] contiguous 1-D,
 // N % G == 0, element e uses g[e % G]; stats is a float64 CPU tensor
-// [n_accepted, n_rejected, theta, dt_0, ..., dt_{n-1}].
+// [n_accepted, n_rejected, theta, dt_0, ..., dt_{n-1}]; y1 (the forward's y(t1), where the
+// continuous adjoint starts) is required for gradient="adjoint" and unused otherwise.
 #include <torch/library.h>
 
 #include <odekern/macros.h>
@@ -16,6 +17,6 @@ TORCH_LIBRARY_FRAGMENT(ODEKERN_LIBRARY_NS, m) {
       "-> (Tensor y1, Tensor f0, Tensor f1, Tensor stats)");
   m.def(
       "nmode_solve_bwd(Tensor grad_y1, Tensor? grad_f0, Tensor? grad_f1, Tensor y0, Tensor g, "
-      "Tensor stats, float t0, float t1, str method, float step_size, float rtol, float atol, "
+      "Tensor? y1, Tensor stats, float t0, float t1, str method, float step_size, float rtol, float atol, "
       "str control, str gradient, int max_num_steps) -> (Tensor grad_y0, Tensor grad_g)");
 }

@@ -244,12 +244,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
     const at::Tensor& grad_y1_, const c10::optional<at::Tensor>& grad_f0_,
     const c10::optional<at::Tensor>& grad_f1_, const at::Tensor& y0_, const at::Tensor& g_,
-    const at::Tensor& stats_, double t0, double t1, c10::string_view method_name, double step_size,
-    double rtol, double atol, c10::string_view control, c10::string_view gradient, int64_t max_num_steps) {
+    const c10::optional<at::Tensor>& y1_, const at::Tensor& stats_, double t0, double t1,
+    c10::string_view method_name, double step_size, double rtol, double atol, c10::string_view control,
+    c10::string_view gradient, int64_t max_num_steps) {
   check_inputs(y0_, g_);
   const int method = parse_method(std::string(method_name));
   const bool global = std::string(control) == "global";
   const bool adjoint = std::string(gradient) == "adjoint";
+  const at::Tensor y1 = adjoint_start(y1_, y0_, adjoint);
   const at::Tensor y0 = y0_.contiguous(), g = g_.contiguous();
   const at::Tensor gy1 = grad_y1_.contiguous();
   const bool has_gf0 = grad_f0_.has_value() && grad_f0_->defined() && grad_f0_->numel() > 0;
@@ -302,8 +304,8 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cpu(
     }
     at::Tensor gfull = at::empty_like(y0);
     if (adjoint) {
-      adjoint_backward<scalar_t>(py0, pg, N, G, pgy1, pgf0, pgf1, method, dts, n_list, theta, !list_mode, t0,
-                                 t1, step_size, rtol, atol, max_num_steps, pgy0, gfull.data_ptr<scalar_t>());
+      adjoint_backward<scalar_t>(py0, y1.data_ptr<scalar_t>(), pg, N, G, pgy1, pgf0, pgf1, method, t0, t1,
+                                 step_size, rtol, atol, max_num_steps, pgy0, gfull.data_ptr<scalar_t>());
     } else {
       per_element_backward<scalar_t>(py0, pg, N, G, t0, t1, rtol, atol, max_num_steps, pgy1, pgf0, pgf1,
                                      pgy0, gfull.data_ptr<scalar_t>());

@@ -13,10 +13,9 @@ namespace nmode {
 namespace cpu {
 
 template <typename T>
-void adjoint_backward(const T* y0, const T* g, int64_t N, int64_t G, const T* gy1, const T* gf0,
-                      const T* gf1, int method, const double* dts, int64_t n_list, double theta,
-                      bool per_element_y1, double t0, double t1, double step_size, double rtol,
-                      double atol, int64_t max_steps, T* gy0, T* gfull) {
+void adjoint_backward(const T* y0, const T* y1, const T* g, int64_t N, int64_t G, const T* gy1, const T* gf0,
+                      const T* gf1, int method, double t0, double t1, double step_size, double rtol, double atol,
+                      int64_t max_steps, T* gy0, T* gfull) {
   std::vector<double> adj_dts;
   if (method != kDopri5) {
     adj_dts.resize(static_cast<size_t>(fixed_grid(0.0, t1 - t0, step_size, nullptr)));
@@ -25,10 +24,10 @@ void adjoint_backward(const T* y0, const T* g, int64_t N, int64_t G, const T* gy
   const int64_t per_task = refill_task_size(N, kBlock, 64);
   const int64_t tasks = (N + per_task - 1) / per_task;
   int worst = kOk;
-  with_step_weights<T>(method, theta, [&](auto M_, const T* w, const T* wl) {
+  dispatch_method(method, [&](auto M_) {
     constexpr int M = decltype(M_)::value;
-    const AdjointTask<T> task{y0, g, G, gy1, gf0, gf1, gy0, gfull, dts, n_list, w, wl, per_element_y1,
-                              t1 - t0, rtol, atol, max_steps, adj_dts.data(), int64_t(adj_dts.size())};
+    const AdjointTask<T> task{y0, y1, g, G, gy1, gf0, gf1, gy0, gfull, t1 - t0, rtol, atol, max_steps,
+                              adj_dts.data(), int64_t(adj_dts.size())};
     worst = parallel_worst_status(tasks, [&](int64_t t) {
       return adjoint_backward_task<T, M>(task, t * per_task, std::min(N, (t + 1) * per_task));
     });
@@ -36,13 +35,12 @@ void adjoint_backward(const T* y0, const T* g, int64_t N, int64_t G, const T* gy
   check_status(worst, max_steps);
 }
 
-template void adjoint_backward<float>(const float*, const float*, int64_t, int64_t, const float*, const float*,
-                                      const float*, int, const double*, int64_t, double, bool, double,
-                                      double, double, double, double, int64_t, float*, float*);
-template void adjoint_backward<double>(const double*, const double*, int64_t, int64_t, const double*,
-                                       const double*, const double*, int, const double*, int64_t, double,
-                                       bool, double, double, double, double, double, int64_t, double*,
-                                       double*);
+template void adjoint_backward<float>(const float*, const float*, const float*, int64_t, int64_t, const float*,
+                                      const float*, const float*, int, double, double, double, double, double,
+                                      int64_t, float*, float*);
+template void adjoint_backward<double>(const double*, const double*, const double*, int64_t, int64_t,
+                                       const double*, const double*, const double*, int, double, double, double,
+                                       double, double, int64_t, double*, double*);
 
 }  // namespace cpu
 }  // namespace nmode

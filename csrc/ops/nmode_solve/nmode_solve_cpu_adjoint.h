@@ -24,7 +24,6 @@
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cpu_kernels.h"
 #include "ops/nmode_solve/nmode_solve_cpu_lane_control.h"
-#include "ops/nmode_solve/nmode_solve_cpu_per_element.h"
 
 namespace odekern {
 namespace nmode {
@@ -341,14 +340,15 @@ NMODE_UNROLL
 }
 
 // ------------------------------------------------------------------------------------------
-// The whole adjoint backward of elements [b, e): y(t1) recomputed from y0 (the forward's step
-// list, or per-element control), cotangent seeds from grad_y1 and grad_f1, the adjoint solve,
-// and grad_f0's contribution. Writes grad_y0 and the per-element grad_g contribution (summed
-// over the repeats of g by the caller). Returns the worst Status of the task's elements.
+// The whole adjoint backward of elements [b, e): cotangent seeds at the forward's y(t1) from
+// grad_y1 and grad_f1, the adjoint solve, and grad_f0's contribution. Writes grad_y0 and the
+// per-element grad_g contribution (summed over the repeats of g by the caller). Returns the
+// worst Status of the task's elements.
 // ------------------------------------------------------------------------------------------
 template <typename T>
 struct AdjointTask {
   const T* y0;
+  const T* y1;  // the forward's y(t1), where the backward solve starts
   const T* g;
   int64_t G;
   const T* gy1;
@@ -356,13 +356,6 @@ struct AdjointTask {
   const T* gf1;  // may be null
   T* gy0;
   T* gfull;
-  // y(t1): the forward's list of steps (w: tableau weights, wl: the last step's), or
-  // per-element control (pe_y1).
-  const double* dts;
-  int64_t n;
-  const T* w;
-  const T* wl;
-  bool pe_y1;
   double t_span, rtol, atol;
   int64_t max_steps;
   // Fixed-step methods: the reversed grid.
@@ -372,24 +365,13 @@ struct AdjointTask {
 
 // x = [y(t1), a_y(t1), 0] and g of elements [s, s + len), len <= kBlock; grad_f1's part of
 // grad_g goes to gfull (the adjoint's a_g(t0) is added to it at the end).
-template <typename T, int M>
-ODEKERN_ALWAYS_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, int64_t len, AdjStart<T>& S) {
+template <typename T>
+ODEKERN_ALWAYS_INLINE void adj_prepare_block(const AdjointTask<T>& A, int64_t s, int64_t len, AdjStart<T>& S) {
   int64_t gi = s % A.G;
   for (int64_t e = 0; e < len; ++e) {
     S.g[e] = A.g[gi];
     gi = (gi + 1 == A.G) ? 0 : gi + 1;
-    S.x[0][e] = A.y0[s + e];
-  }
-  int status = kOk;
-  if (A.pe_y1) {
-    // y(t1) of per-element control: the forward's own lane solver, so it is the forward's y1
-    // bit for bit (and vectorised: the scalar pe_solve per element cost as much as the rest of
-    // the adjoint).
-    status = cpu_pe::forward_task<T>(A.y0 + s, A.g, s, A.G, len, A.t_span, A.rtol, A.atol, double(A.max_steps),
-                                     S.x[0], nullptr, nullptr);
-  } else {
-    for (int64_t i = 0; i < A.n; ++i)
-      advance_block<T, M>(S.x[0], S.g, len, T(A.dts[i]), (i == A.n - 1) ? A.wl : A.w, i == A.n - 1);
+    S.x[0][e] = A.y1[s + e];
   }
   T* gb = A.gfull + s;
 #pragma omp simd  // left scalar by GCC 12 (the grad_f1 test); once per element
@@ -400,7 +382,6 @@ ODEKERN_ALWAYS_INLINE int adj_prepare_block(const AdjointTask<T>& A, int64_t s, 
     S.x[2][e] = T(0);
     gb[e] = v;
   }
-  return status;
 }
 
 // Where a task's refill stands: the next element, and the prepared block [ps, ps + plen).
@@ -410,14 +391,14 @@ struct AdjFeed {
 
 // Puts the task's next element into lane l (preparing the next block of starts when the
 // prepared one is used up); false if the task has none left.
-template <typename T, int M>
+template <typename T>
 ODEKERN_ALWAYS_INLINE bool adj_load_lane(const AdjointTask<T>& A, AdjFeed& F, AdjStart<T>& S, AdjLanes<T>& L,
-                                int64_t l, int& worst) {
+                                int64_t l) {
   if (F.next == F.end) return false;
   if (F.next == F.ps + F.plen) {
     F.ps = F.next;
     F.plen = std::min(kBlock, F.end - F.next);
-    worst = std::max(worst, adj_prepare_block<T, M>(A, F.ps, F.plen, S));
+    adj_prepare_block<T>(A, F.ps, F.plen, S);
     adj_initial_step_block<T>(S, F.plen, A.rtol, A.atol);
   }
   const int64_t j = F.next - F.ps;
@@ -442,7 +423,7 @@ ODEKERN_ISA_CLONES int adjoint_backward_task(const AdjointTask<T>& A, int64_t b,
   if (M != kDopri5) {
     for (int64_t s = b; s < end; s += kBlock) {
       const int64_t len = std::min(kBlock, end - s);
-      worst = std::max(worst, adj_prepare_block<T, M>(A, s, len, S));
+      adj_prepare_block<T>(A, s, len, S);
       adj_list_block<T, M>(S.x, S.g, len, A.adj_dts, A.adj_n);
       for (int64_t e = 0; e < len; ++e) {
         A.gy0[s + e] = S.x[1][e];
@@ -470,7 +451,7 @@ ODEKERN_ISA_CLONES int adjoint_backward_task(const AdjointTask<T>& A, int64_t b,
     const double max_steps = double(A.max_steps);  // exact (< 2^53)
     const T rt = T(A.rtol), at_ = T(A.atol);
     int64_t active = 0;
-    for (int64_t l = 0; l < kBlock; ++l) active += adj_load_lane<T, M>(A, F, S, L, l, worst) ? 1 : 0;
+    for (int64_t l = 0; l < kBlock; ++l) active += adj_load_lane<T>(A, F, S, L, l) ? 1 : 0;
     int64_t ended_lanes[kBlock];
     while (active > 0) {
       adj_attempt_lanes<T>(L, A.t_span, rt, at_, max_steps);
@@ -490,7 +471,7 @@ ODEKERN_ISA_CLONES int adjoint_backward_task(const AdjointTask<T>& A, int64_t b,
           worst = std::max(worst, int(L.status[l]));
           A.gy0[i] = T(0);
         }
-        if (!adj_load_lane<T, M>(A, F, S, L, l, worst)) {
+        if (!adj_load_lane<T>(A, F, S, L, l)) {
           L.active[l] = 0;
           L.elem[l] = -1;
           --active;

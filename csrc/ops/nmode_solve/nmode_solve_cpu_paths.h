@@ -11,15 +11,12 @@ namespace odekern {
 namespace nmode {
 namespace cpu {
 
-// Continuous adjoint backward: grad_y0 and the per-element grad_g (gfull, not yet summed over
-// g's repeats). y(t1) comes from the forward's accepted steps dts[0..n_list) with the last
-// step's dense output at theta (fixed grids and global control), or is recomputed per element
-// (per_element_y1). Raises on a failed per-element controller.
+// Continuous adjoint backward from the forward's y(t1) (y1): grad_y0 and the per-element grad_g
+// (gfull, not yet summed over g's repeats). Raises on a failed per-element controller.
 template <typename T>
-void adjoint_backward(const T* y0, const T* g, int64_t N, int64_t G, const T* gy1, const T* gf0,
-                      const T* gf1, int method, const double* dts, int64_t n_list, double theta,
-                      bool per_element_y1, double t0, double t1, double step_size, double rtol,
-                      double atol, int64_t max_steps, T* gy0, T* gfull);
+void adjoint_backward(const T* y0, const T* y1, const T* g, int64_t N, int64_t G, const T* gy1, const T* gf0,
+                      const T* gf1, int method, double t0, double t1, double step_size, double rtol, double atol,
+                      int64_t max_steps, T* gy0, T* gfull);
 
 // dopri5 with per-element step control: forward (f0/f1 may be null) and its exact backward
 // (gf0/gf1 may be null; gfull as above). Raise on a failed controller.

@@ -97,8 +97,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cuda(
 std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cuda(
     const at::Tensor& grad_y1_, const c10::optional<at::Tensor>& grad_f0_,
     const c10::optional<at::Tensor>& grad_f1_, const at::Tensor& y0_, const at::Tensor& g_,
-    const at::Tensor& stats_, double t0, double t1, c10::string_view method_name, double step_size,
-    double rtol, double atol, c10::string_view control, c10::string_view gradient, int64_t max_num_steps) {
+    const c10::optional<at::Tensor>& y1_, const at::Tensor& stats_, double t0, double t1,
+    c10::string_view method_name, double step_size, double rtol, double atol, c10::string_view control,
+    c10::string_view gradient, int64_t max_num_steps) {
   check_inputs(y0_, g_);
   const c10::cuda::CUDAGuard guard(y0_.device());
   const at::Tensor y0 = y0_.contiguous(), g = g_.contiguous(), gy1 = grad_y1_.contiguous();
@@ -109,6 +110,7 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cuda(
   const int method = parse_method(std::string(method_name));
   const bool global = std::string(control) == "global";
   const bool adjoint = std::string(gradient) == "adjoint";
+  const at::Tensor y1 = adjoint_start(y1_, y0, adjoint);
   at::Tensor gy0 = at::empty_like(y0);
   at::Tensor gg = at::zeros_like(g);
   if (y0.numel() == 0) return {gy0, gg};
@@ -124,6 +126,7 @@ std::tuple<at::Tensor, at::Tensor> nmode_solve_bwd_cuda(
   at::Tensor status = at::zeros({1}, y0.options().dtype(at::kInt));
   cuda::BackwardArgs a{};
   a.y0 = y0.data_ptr();
+  a.y1 = adjoint ? y1.data_ptr() : nullptr;
   a.g = g.data_ptr();
   a.gy1 = gy1.data_ptr();
   a.gf0 = has_gf0 ? gf0.data_ptr() : nullptr;

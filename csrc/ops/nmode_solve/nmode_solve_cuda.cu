@@ -150,7 +150,7 @@ struct BwdArgs {
 };
 
 template <typename T, int M>
-__global__ void bwd_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT g, global_ptr<const T> ODEKERN_RESTRICT gy1,
+__global__ void bwd_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<const T> ODEKERN_RESTRICT y1s, global_ptr<const T> ODEKERN_RESTRICT g, global_ptr<const T> ODEKERN_RESTRICT gy1,
                            global_ptr<const T> ODEKERN_RESTRICT gf0, global_ptr<const T> ODEKERN_RESTRICT gf1, BwdArgs a,
                            global_ptr<T> ODEKERN_RESTRICT gy0, global_ptr<T> ODEKERN_RESTRICT gg, global_ptr<int> status) {
   const int64_t gi_idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -160,9 +160,12 @@ __global__ void bwd_kernel(global_ptr<const T> ODEKERN_RESTRICT y0, global_ptr<c
   int worst = kOk;
   for (int64_t e = gi_idx; e < a.N; e += a.G) {
     const T y0e = y0[e];
-    // y(t1), needed for the f1 cotangent and as the adjoint's starting point.
+    // y(t1), needed for the f1 cotangent and as the adjoint's starting point: the forward's
+    // (y1s, the adjoint), or solved for again (the checkpointed gradient replays the solve).
     T y1 = y0e;
-    if (a.list_mode) {
+    if (y1s != nullptr) {
+      y1 = y1s[e];
+    } else if (a.list_mode) {
       for (int64_t i = 0; i < a.n; ++i) y1 = step_fwd<T, M>(y1, gi, a.dts[i], i == a.n - 1 ? a.theta : 1.0);
     } else {
       const int st = pe_solve<T>(&y1, gi, a.p);
@@ -298,8 +301,8 @@ std::string backward_t(const BackwardArgs& a, cudaStream_t stream) {
   dispatch_method(a.method, [&](auto M_) {
     constexpr int M = decltype(M_)::value;
     launch_kernel<bwd_kernel<T, M>>(blocks_for(a.G), kThreads, 0, stream, 
-        static_cast<const T*>(a.y0), static_cast<const T*>(a.g), static_cast<const T*>(a.gy1),
-        static_cast<const T*>(a.gf0), static_cast<const T*>(a.gf1), k, static_cast<T*>(a.gy0),
+        static_cast<const T*>(a.y0), static_cast<const T*>(a.y1), static_cast<const T*>(a.g),
+        static_cast<const T*>(a.gy1), static_cast<const T*>(a.gf0), static_cast<const T*>(a.gf1), k, static_cast<T*>(a.gy0),
         static_cast<T*>(a.gg), a.status);
   });
   int status = 0;

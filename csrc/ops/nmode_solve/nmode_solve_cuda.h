@@ -34,6 +34,7 @@ struct ForwardArgs {
 
 struct BackwardArgs {
   const void* y0;
+  const void* y1;       // the forward's y(t1) (the adjoint's start), or nullptr: solved for again
   const void* g;
   const void* gy1;
   const void* gf0;      // or nullptr

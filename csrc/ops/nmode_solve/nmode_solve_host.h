@@ -2,7 +2,9 @@
 // turning a per-element status code into a Python exception). Not included by the .cu.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
 
 #include <string>
 
@@ -27,6 +29,16 @@ inline void check_status(int status, int64_t max_num_steps) {
               ") exceeded by the per-element step size controller");
   TORCH_CHECK(status != kStepUnderflow, "nmode_solve: step size underflow in the per-element controller");
   TORCH_CHECK(status != kNonFinite, "nmode_solve: non-finite values in the state");
+}
+
+// The continuous adjoint's starting point, the forward's y(t1): required (y0's shape, dtype and
+// device) for gradient="adjoint", unused otherwise (an undefined tensor is returned).
+inline at::Tensor adjoint_start(const c10::optional<at::Tensor>& y1, const at::Tensor& y0, bool adjoint) {
+  if (!adjoint) return at::Tensor();
+  TORCH_CHECK(y1.has_value() && y1->defined(), "nmode_solve_bwd: gradient='adjoint' needs y1, the forward's y(t1)");
+  TORCH_CHECK(y1->sizes() == y0.sizes() && y1->scalar_type() == y0.scalar_type() && y1->device() == y0.device(),
+              "nmode_solve_bwd: y1 must have y0's shape, dtype and device");
+  return y1->contiguous();
 }
 
 }  // namespace nmode

@@ -104,7 +104,9 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
             checkpoints: only y0 and g are saved, memory is O(1) in the number of steps.
             ``"adjoint"``: the continuous adjoint (Chen et al. 2018) per element, as
             torchdiffeq's ``odeint_adjoint`` (agrees with "checkpoint" to within the solver
-            tolerance; unstable over long spans, where it raises). ``"exact"`` is the former
+            tolerance; unstable over long spans, where it raises); saves y0, g and y1, from
+            which its backward solve starts (so, as with torchdiffeq, y1 must not be modified
+            in place before the backward). ``"exact"`` is the former
             name of ``"checkpoint"`` (deprecated). Double backward is not supported.
         return_f: also return ``f0 = f(y0)`` and ``f1 = f(y(t1))`` (DUSE's statistics, cnm-unet
             Eq. 3-4), computed in the same pass and differentiable.

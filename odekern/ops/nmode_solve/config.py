@@ -9,7 +9,7 @@ Backend contract (``reference``, ``cpu``, ``cuda``, ``triton`` all implement exa
 ``odekern/ops/nmode_solve/op.py`` and ``__init__.py`` are the only callers)::
 
     forward(y0, g, t0, t1, cfg, need_f) -> (y1, f0, f1, stats)
-    backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg) -> (grad_y0, grad_g)
+    backward(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, t0, t1, cfg) -> (grad_y0, grad_g)
     checks_output_finite(y0) -> bool      (optional) True if forward raises RuntimeError
                                           rather than return a non-finite y1 for these inputs
 
@@ -29,8 +29,8 @@ Tensors handed to a backend (the op layer prepares them; backends may assume all
 Forward outputs:
 
 - ``y1``: [N], y at t1. ``f0 = f(y0, g)`` and ``f1 = f(y1, g)``: [N] each (or empty, above).
-- ``stats``: 1-D float64 CPU tensor, what the backward needs besides y0 and g (O(steps)
-  scalars, never a trajectory)::
+- ``stats``: 1-D float64 CPU tensor, what the backward needs besides y0 and g (and, for the
+  adjoint, y1) (O(steps) scalars, never a trajectory)::
 
       stats[0] = n_accepted       accepted steps of the shared step sequence (0 for
                                   control="per_element": each element re-derives its own)
@@ -59,6 +59,8 @@ Backward (``cfg.gradient``):
   ``grad_y0 = a_y(t0) + grad_f0 * df/dy(y0)``, ``grad_g = a_g(t0) + grad_f0 * df/dg(y0)``.
   Fixed-step methods use the same grid reversed; dopri5 uses per-element adaptive control on
   the augmented state (error norm = max over its three components) with cfg.rtol/atol.
+- ``y1``: the forward's y(t1) ([N], contiguous) for ``"adjoint"``, whose backward solve starts
+  there; None for ``"checkpoint"``, which replays the solve from y0.
 - ``grad_f0``/``grad_f1`` may be None (treated as zero); ``grad_y1`` is always a tensor.
 - Outputs: ``grad_y0`` [N] and ``grad_g`` [G] (already summed over the N // G repeats).
 - Double backward is not supported (raises).

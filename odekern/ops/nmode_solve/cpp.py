@@ -15,9 +15,9 @@ def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeC
                                               max_steps, need_f)
 
 
-def backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0: float, t1: float, cfg: NmodeConfig):
+def backward(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, t0: float, t1: float, cfg: NmodeConfig):
     method, step_size, rtol, atol, control, gradient, max_steps = cfg.to_args()
-    return torch.ops.odekern_C.nmode_solve_bwd(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method,
+    return torch.ops.odekern_C.nmode_solve_bwd(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, t0, t1, method,
                                               step_size, rtol, atol, control, gradient, max_steps)
 
 
@@ -46,6 +46,6 @@ if hasattr(torch.ops.odekern_C, "nmode_solve_fwd"):
                 torch.empty(stats_len, dtype=torch.float64, device="cpu"))
 
     @torch.library.register_fake("odekern_C::nmode_solve_bwd")
-    def _(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method, step_size, rtol, atol, control,
+    def _(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, t0, t1, method, step_size, rtol, atol, control,
           gradient, max_num_steps):
         return torch.empty_like(y0), torch.empty_like(g)

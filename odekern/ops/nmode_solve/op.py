@@ -138,18 +138,21 @@ def _(y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_s
 @torch.library.custom_op("odekern::nmode_solve_backward", mutates_args=())
 def nmode_solve_backward_op(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None,
                             grad_f1: torch.Tensor | None, y0: torch.Tensor, g: torch.Tensor,
-                            stats: torch.Tensor, t0: float, t1: float, method: str,
+                            y1: torch.Tensor | None, stats: torch.Tensor, t0: float, t1: float, method: str,
                             step_size: float, rtol: float, atol: float, control: str,
                             gradient: str, max_num_steps: int, backend: str
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = NmodeConfig.from_args(method, step_size, rtol, atol, control, gradient, max_num_steps)
+    if cfg.gradient == "adjoint" and (y1 is None or y1.shape != y0.shape):
+        raise ValueError(f"nmode_solve_backward: gradient='adjoint' needs y1, the forward's y(t1) shaped like "
+                         f"y0 {tuple(y0.shape)}, got {None if y1 is None else tuple(y1.shape)}")
     impl = select_backend(y0, g, cfg, backend)
     if not all(x is None or all_finite(x) for x in (grad_y1, grad_f0, grad_f1)):
         # A non-finite incoming gradient (e.g. AMP's loss scaling overflowing on purpose) makes
         # the gradient non-finite; it is passed on without solving, for the scaler to see.
         return torch.full_like(y0, math.nan), torch.full_like(g, math.nan)
     try:
-        gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, stats, t0, t1, cfg)
+        gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, y1, stats, t0, t1, cfg)
     except RuntimeError as exc:
         if cfg.gradient != "adjoint":
             raise
@@ -171,7 +174,7 @@ def _adjoint_diverged(t0: float, t1: float, detail: str) -> str:
 
 
 @nmode_solve_backward_op.register_fake
-def _(grad_y1, grad_f0, grad_f1, y0, g, stats, *args):
+def _(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, *args):
     return torch.empty_like(y0), torch.empty_like(g)
 
 
@@ -194,19 +197,23 @@ torch.library.register_autograd("odekern::nmode_solve_backward", _double_backwar
 def _setup_context(ctx, inputs, output):
     y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend, _ = inputs
     stats = output[3]
-    ctx.save_for_backward(y0, g, stats)
+    # The continuous adjoint starts its backward solve at y(t1): kept rather than solved for
+    # again (which cost the backward a whole forward solve; one tensor, O(1) in steps, as
+    # torchdiffeq's odeint_adjoint keeps it). The checkpointed gradient replays the steps
+    # from y0 anyway and keeps only y0 and g.
+    ctx.save_for_backward(y0, g, stats, output[0] if gradient == "adjoint" else None)
     ctx.args = (t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, backend)
     ctx.need_f = need_f
 
 
 def _backward(ctx, grad_y1, grad_f0, grad_f1, _grad_stats):
-    y0, g, stats = ctx.saved_tensors
+    y0, g, stats, y1 = ctx.saved_tensors
     t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, backend = ctx.args
     if grad_y1 is None:
         grad_y1 = torch.zeros_like(y0)
     if not ctx.need_f:
         grad_f0 = grad_f1 = None
-    gy0, gg = nmode_solve_backward_op(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, method,
+    gy0, gg = nmode_solve_backward_op(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, t0, t1, method,
                                       step_size, rtol, atol, control, gradient, max_num_steps, backend)
     return gy0, gg, None, None, None, None, None, None, None, None, None, None, None, None
 

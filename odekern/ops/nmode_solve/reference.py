@@ -222,7 +222,7 @@ def forward(y0, g, t0, t1, cfg: NmodeConfig, need_f: bool):
     return y1, f0, f1, stats
 
 
-def backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg: NmodeConfig):
+def backward(grad_y1, grad_f0, grad_f1, y0, g, y1, stats, t0, t1, cfg: NmodeConfig):
     if y0.numel() == 0:
         return torch.zeros_like(y0), torch.zeros_like(g)
     if cfg.gradient == "checkpoint":
@@ -238,13 +238,12 @@ def backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg: NmodeConfig):
         zero = torch.zeros_like(y0)
         return vjp((grad_y1, grad_f0 if grad_f0 is not None else zero,
                     grad_f1 if grad_f1 is not None else zero))
-    return _adjoint_backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg)
+    return _adjoint_backward(grad_y1, grad_f0, grad_f1, y0, g, y1, t0, t1, cfg)
 
 
 @torch.no_grad()
-def _adjoint_backward(grad_y1, grad_f0, grad_f1, y0, g, stats, t0, t1, cfg):
+def _adjoint_backward(grad_y1, grad_f0, grad_f1, y0, g, y1, t0, t1, cfg):
     gf = _expand_g(g, y0.numel())
-    y1, _ = _solve(y0, gf, t0, t1, cfg, stats if cfg.adaptive and cfg.control == "global" else None)
     a = grad_y1.clone()
     ag = torch.zeros_like(y0)
     if grad_f1 is not None:

@@ -51,8 +51,7 @@ def aot_variants() -> list[dict]:
             variants += [
                 (kernels._nmode_list_fwd_kernel, {"METHOD": mid, "NEED_F": True}, f"{method} need_f"),
                 (kernels._nmode_list_bwd_kernel, {"METHOD": mid, **grads}, f"{method} grad_f"),
-                (kernels._nmode_adjoint_bwd_kernel, {"METHOD": mid, "LIST": method != "dopri5", **grads},
-                 f"{method} {'list' if method != 'dopri5' else 'per_element'}"),
+                (kernels._nmode_adjoint_bwd_kernel, {"METHOD": mid, **grads}, f"{method} adjoint"),
             ]
         variants += [
             (kernels._nmode_global_init_kernel, {}, ""),

@@ -250,26 +250,21 @@ def _nmode_pe_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg_p
 
 
 @triton.jit(do_not_specialize=["n", "n_adj", "max_steps", "N", "G"])
-def _nmode_adjoint_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg_ptr, status_ptr,
-                              par_ptr, dts_ptr, w_ptr, wl_ptr, n, adj_dts_ptr, n_adj, max_steps, N, G,
-                              METHOD: tl.constexpr, LIST: tl.constexpr, HAS_GF0: tl.constexpr,
+def _nmode_adjoint_bwd_kernel(y0_ptr, y1_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg_ptr, status_ptr,
+                              par_ptr, adj_dts_ptr, n_adj, max_steps, N, G,
+                              METHOD: tl.constexpr, HAS_GF0: tl.constexpr,
                               HAS_GF1: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr):
-    """Continuous adjoint per element: y(t1) is recomputed (step list if LIST, else the
-    per-element controller), then [y, a_y, a_g] runs from t1 back to t0 (reversed time), with
-    the fixed grid ``adj_dts`` or (dopri5) per-element adaptive control on all three."""
+    """Continuous adjoint per element from the forward's y(t1): [y, a_y, a_g] runs from t1 back
+    to t0 (reversed time), with the fixed grid ``adj_dts`` or (dopri5) per-element adaptive
+    control on all three."""
     pid, offs, lane = program_lanes(N, BLOCK)
     lane_i = lane.to(tl.int32)
     y0, g = load_lanes(y0_ptr, g_ptr, offs, lane, G)
+    y1 = tl.load(y1_ptr + offs, mask=lane, other=0.0)
     rtol = tl.load(par_ptr + 0)
     atol = tl.load(par_ptr + 1)
     t_span = tl.load(par_ptr + 2)
     status = tl.zeros([BLOCK], tl.int32)
-    if LIST:
-        y1 = list_solve(y0, g, dts_ptr, n, w_ptr, wl_ptr, METHOD)
-    else:
-        h0 = initial_step(y0, y0, g, rtol, atol, False)
-        y1, _a, _b, _n, _th, status, _by, _bd = pe_dopri5(
-            y0, y0, y0, g, h0, lane_i, t_span, rtol, atol, max_steps, 0, 0, False, False, C, BLOCK)
     yb, gb = seed_cotangents(y1, g, gy1_ptr, gf1_ptr, offs, lane, HAS_GF1)
     if METHOD == DOPRI5:
         h = initial_step(y1, yb, g, rtol, atol, True)

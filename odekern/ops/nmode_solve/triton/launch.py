@@ -190,8 +190,8 @@ def _present(t: torch.Tensor | None) -> bool:
 
 
 def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch.Tensor | None,
-             y0: torch.Tensor, g: torch.Tensor, stats: torch.Tensor, t0: float, t1: float,
-             cfg: NmodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+             y0: torch.Tensor, g: torch.Tensor, y1: torch.Tensor | None, stats: torch.Tensor, t0: float,
+             t1: float, cfg: NmodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The contract's backward: (grad_y0 [N], grad_g [G])."""
     reasons = supports(y0=y0, g=g, cfg=cfg)
     if reasons:
@@ -226,9 +226,9 @@ def backward(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None, grad_f1: torch
     else:
         adj = [] if cfg.adaptive else fixed_grid_steps(0.0, t1 - t0, float(cfg.step_size), cfg.max_num_steps)
         adj_t = torch.tensor(adj or [0.0], dtype=torch.float64, device=dev)
-        _nmode_adjoint_bwd_kernel[grid](y0, g, gy1, gf0, gf1, grad_y0, g_full, status, par, dts_t if n_list else adj_t,
-                                        w, wl, n_list, adj_t, len(adj), cfg.max_num_steps, N, G,
-                                        METHOD=int(MethodId.of(cfg.method)), LIST=list_mode, **common)
+        _nmode_adjoint_bwd_kernel[grid](y0, y1.contiguous(), g, gy1, gf0, gf1, grad_y0, g_full, status, par, adj_t,
+                                        len(adj), cfg.max_num_steps, N, G, METHOD=int(MethodId.of(cfg.method)),
+                                        **common)
     _check_status(status, cfg)
     grad_g = g_full.view(N // G, G).sum(0)
     return grad_y0, grad_g
