@@ -104,8 +104,10 @@ ODEKERN_ISA_CLONES void floor_block(const T* __restrict x, int64_t len, int64_t 
   for (int64_t e = 0; e < len; ++e) out[e] = v[e];
 }
 
-template <typename Eval>
-at::Tensor floor_cpu(const at::Tensor& x_, int64_t reps) {
+// The floors' frame: x (CPU, floating) in blocks of lanes, in parallel; run(k, x block, its
+// length, out block) for block k, with pointers of x's dtype.
+template <typename Run>
+at::Tensor over_blocks(const at::Tensor& x_, Run run) {
   ODEKERN_CHECK_CPU(x_);
   ODEKERN_CHECK_FLOATING(x_);
   const at::Tensor x = x_.contiguous();
@@ -115,10 +117,17 @@ at::Tensor floor_cpu(const at::Tensor& x_, int64_t reps) {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
     cpu::parallel_tasks(blocks, [&](int64_t k) {
-      floor_block<Eval, scalar_t>(px + k * block, std::min(block, N - k * block), reps, po + k * block);
+      run(k, px + k * block, std::min(block, N - k * block), po + k * block);
     });
   });
   return out;
+}
+
+template <typename Eval>
+at::Tensor floor_cpu(const at::Tensor& x, int64_t reps) {
+  return over_blocks(x, [&](int64_t, const auto* in, int64_t len, auto* out) {
+    floor_block<Eval>(in, len, reps, out);
+  });
 }
 
 at::Tensor nmode_sin_sq_floor_cpu(const at::Tensor& x, int64_t reps) { return floor_cpu<SinSqEval>(x, reps); }
@@ -171,23 +180,13 @@ NMODE_UNROLL
 
 // `attempts` per element on average: block k runs floor((k + 1) A) - floor(k A) of them, so that
 // a fractional mean (an attempt count averaged over elements) is timed as such.
-at::Tensor nmode_adjoint_attempt_floor_cpu(const at::Tensor& x_, double attempts, bool control) {
-  ODEKERN_CHECK_CPU(x_);
-  ODEKERN_CHECK_FLOATING(x_);
+at::Tensor nmode_adjoint_attempt_floor_cpu(const at::Tensor& x, double attempts, bool control) {
   TORCH_CHECK(attempts >= 0.0 && attempts < 1e6, "nmode_adjoint_attempt_floor: attempts must be in [0, 1e6), got ",
               attempts);
-  const at::Tensor x = x_.contiguous();
-  at::Tensor out = at::empty_like(x);
-  const int64_t N = x.numel(), block = cpu::kBlock, blocks = (N + block - 1) / block;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nmode_adjoint_attempt_floor_cpu", [&] {
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    cpu::parallel_tasks(blocks, [&](int64_t k) {
-      const auto runs = int64_t(std::floor(double(k + 1) * attempts)) - int64_t(std::floor(double(k) * attempts));
-      adjoint_attempt_block<scalar_t>(px + k * block, std::min(block, N - k * block), runs, control, po + k * block);
-    });
+  return over_blocks(x, [&](int64_t k, const auto* in, int64_t len, auto* out) {
+    const auto runs = int64_t(std::floor(double(k + 1) * attempts)) - int64_t(std::floor(double(k) * attempts));
+    adjoint_attempt_block(in, len, runs, control, out);
   });
-  return out;
 }
 
 at::Tensor nmode_inv_fifth_root_cpu(const at::Tensor& x_) {

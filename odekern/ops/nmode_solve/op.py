@@ -197,10 +197,10 @@ torch.library.register_autograd("odekern::nmode_solve_backward", _double_backwar
 def _setup_context(ctx, inputs, output):
     y0, g, t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, need_f, backend, _ = inputs
     stats = output[3]
-    # The continuous adjoint starts its backward solve at y(t1): kept rather than solved for
-    # again (which cost the backward a whole forward solve; one tensor, O(1) in steps, as
-    # torchdiffeq's odeint_adjoint keeps it). The checkpointed gradient replays the steps
-    # from y0 anyway and keeps only y0 and g.
+    # The continuous adjoint starts its backward solve at y(t1): kept (one tensor, O(1) in
+    # steps, as torchdiffeq's odeint_adjoint keeps it) rather than solved for again, which would
+    # cost the backward a whole forward solve. The checkpointed gradient replays the steps from
+    # y0 anyway and keeps only y0 and g.
     ctx.save_for_backward(y0, g, stats, output[0] if gradient == "adjoint" else None)
     ctx.args = (t0, t1, method, step_size, rtol, atol, control, gradient, max_num_steps, backend)
     ctx.need_f = need_f
