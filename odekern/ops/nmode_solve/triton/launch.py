@@ -4,7 +4,8 @@ control driven from the host (global_control's loop, one attempt kernel per step
 decision from a sum of per-program float64 partials, as the CPU backend). The step weights are
 the reference's (coefficients.py).
 
-Backward: saved tensors are y0 and g only (plus the O(steps) ``stats``). Per-lane scratch is
+Backward: saved tensors are y0 and g (plus the O(steps) ``stats``, and y(t1), where the
+continuous adjoint starts). Per-lane scratch is
 register arrays of REGISTER_CHECKPOINTS states, indexed through one-hot selects (registers
 cannot be indexed dynamically): the exact backward of a shared step sequence uses two-level
 checkpointing; per-element control replays the lane's controller from the start and records
