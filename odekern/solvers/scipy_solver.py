@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from odekern._warnings import warn_caller
 from odekern.solvers import state
 from odekern.solvers.base import RHS, Solver, SolveStatus
-from odekern._warnings import warn_caller
 
 Tensor = torch.Tensor
 

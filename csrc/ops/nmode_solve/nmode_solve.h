@@ -690,7 +690,7 @@ ODEKERN_HD int pe_solve_vjp(T y0, T g, const PerElementParams& p, T* ybar, T* gb
   return kOk;
 }
 
-// Continuous adjoint of one element. yT = y(t1) (recomputed by the caller), ybar = dL/dy(t1)
+// Continuous adjoint of one element. yT = y(t1) (the forward's, kept by the caller), ybar = dL/dy(t1)
 // (with the f1 contribution already added), gbar accumulates; both leave at t0.
 // Fixed-step methods use torchdiffeq's grid on the reversed interval (`dts`, n steps).
 template <typename T, int M, typename DtsPtr>

@@ -264,8 +264,7 @@ ODEKERN_ALWAYS_INLINE int worst_status(const Lanes<T>& L) {
 // for the slowest element of a fixed block (on the CNM setting elements need 1 to 7 attempts,
 // mean 2.1; a block of 32 in lockstep runs 3.1). Each element's arithmetic is that of
 // its lane alone, so y1 is the same bit for bit wherever and whenever the element runs (the
-// exact backward's replay in backward_block relies on that, and so does the continuous
-// adjoint, which recomputes y(t1) of 64 elements at a time with this function).
+// exact backward's replay in backward_block relies on that).
 // ------------------------------------------------------------------------------------------
 // The task's prepared starts: a ring of 2 kLanes slots, filled kLanes at a time by
 // init_lanes (vectorised) and handed out in order (start number c sits in slot c % (2 kLanes)
