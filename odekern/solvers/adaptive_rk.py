@@ -34,13 +34,15 @@ import torch
 from odekern.solvers import interpolation, stages, state
 from odekern.solvers.base import CALLBACK_NAMES, RHS, Perturb, Solver, SolveStatus, beside, store
 from odekern.solvers.checks import (
+    AssertedValueError,
     check_on_max_steps,
     check_positive,
     check_step_bounds,
     raise_non_finite,
     time_points,
 )
-from odekern.solvers.controllers import DFACTOR, IFACTOR, SAFETY, IntegralController, select_initial_step
+from odekern.solvers.controllers import (DFACTOR, IFACTOR, SAFETY, IntegralController, error_scale_has_zero,
+                                        select_initial_step)
 from odekern.solvers.explicit_rk import RKStepper
 from odekern.solvers.norms import rms_norm
 from odekern.solvers.tableau import ButcherTableau
@@ -159,9 +161,29 @@ class AdaptiveRK(Solver):
         f0 = self.rhs(t0, self.y0)
         if self.first_step is None:
             dt = select_initial_step(self.rhs, t0, self.y0, f0, self.order - 1, self.rtol, self.atol, self.norm)
+            if math.isnan(dt):
+                self._refuse_start(t0, f0)
         else:
             dt = self.first_step
         return _State(t=t0, tf=float(t0.detach()), y=self.y0, f=f0, dt=dt, t_prev=t0)
+
+    def _refuse_start(self, t0: Tensor, f0: Any) -> None:
+        """No first step can be sized from y0 and f0 (their scaled norm is not finite): say why."""
+        t = self.rhs.user_time(float(t0.detach()))
+        if not state.all_finite(f0):
+            raise_non_finite(self.method, t, "func(t0, y0) returned NaN/inf, so no first step can be chosen")
+        self._refuse_zero_error_scale(self.y0, t)
+        raise ValueError(f"odeint(method={self.method!r}): the norm of y0 or func(t0, y0), divided by the error "
+                         "scale atol + rtol * |y0|, is not finite: options['norm'] returned NaN/inf")
+
+    def _refuse_zero_error_scale(self, y: Any, t: float) -> None:
+        """A zero error scale (atol = 0 where y is 0) makes every error ratio 0/0: an argument
+        error, not a stiff problem (torchdiffeq stops with a zero step there)."""
+        if error_scale_has_zero(y, self.rtol, self.atol):
+            raise AssertedValueError(
+                f"odeint(method={self.method!r}): at t={t:.6g} a component of the state y is 0 where atol is 0, so "
+                "its error scale atol + rtol * |y| is 0 and no step can meet the tolerance; set atol > 0 (e.g. 1e-9), "
+                "or adjoint_atol > 0 for odeint_adjoint, whose backward state starts with zero gradients")
 
     def _status(self, s: _State, success: bool, message: str, t_reached: float, n_outputs: int) -> SolveStatus:
         return SolveStatus(success, message, self.rhs.user_time(t_reached), n_outputs, s.last_dt, s.n_accepted,
@@ -177,6 +199,7 @@ class AdaptiveRK(Solver):
         t1f = s.tf + dt
         if not t1f > s.tf:
             if s.last_ratio_non_finite:
+                self._refuse_zero_error_scale(s.y, rhs.user_time(s.tf))
                 raise_non_finite(self.method, rhs.user_time(s.tf), "every step beyond this time, down to "
                                  f"dt={dt:.3e}, gave a non-finite error estimate (func returns NaN/inf?)")
             raise RuntimeError(f"odeint(method={self.method!r}): step size underflow at t={rhs.user_time(s.tf):.6g} "
@@ -209,6 +232,7 @@ class AdaptiveRK(Solver):
         if s.last_ratio_non_finite:
             # The trial step blew up: retry smaller, unless it cannot get smaller.
             if dt <= ctrl.min_step:
+                self._refuse_zero_error_scale(s.y, rhs.user_time(s.tf))
                 raise_non_finite(self.method, rhs.user_time(s.tf),
                                  f"a step of dt={dt:.3e} (min_step) gave a non-finite error estimate")
             s.n_rejected += 1

@@ -66,10 +66,15 @@ class IntegralController:
 def select_initial_step(rhs: Callable[[Tensor, Tensor], Tensor], t0: Tensor, y0: Tensor, f0: Tensor,
                         order: int, rtol: Any, atol: Any, norm: Callable[[Tensor], Tensor]) -> float:
     """Hairer's starting step: an Euler step sized from |y0| and |f0|, refined by the change in
-    f over that trial step. One extra RHS evaluation. ``order`` is the error estimator's order."""
+    f over that trial step. One extra RHS evaluation. ``order`` is the error estimator's order.
+
+    NaN when y0 or f0, divided by the error scale, has no finite norm (f0 non-finite, or a zero
+    scale): no step can be sized from them, and the caller says which it is."""
     scale = _tolerance_scale(y0, rtol, atol)
     d0 = float(norm(map_state(lambda a, s: widened(a) / s, y0, scale)).abs())
     d1 = float(norm(map_state(lambda a, s: widened(a) / s, f0, scale)).abs())
+    if not (math.isfinite(d0) and math.isfinite(d1)):
+        return math.nan
     h0 = initial_trial_step(d0, d1)
     # Evaluate in the state's precision, as torchdiffeq does (so the same h0 is found).
     h0 = float(torch.tensor(h0, dtype=real_dtype(first(y0).dtype)))
@@ -93,6 +98,13 @@ def initial_step_from_trial(h0: float, d1: float, d2: float, order: int) -> floa
     else:
         h1 = (INITIAL_STEP_FRACTION / max(d1, d2)) ** (1.0 / (order + 1))
     return min(INITIAL_MAX_GROWTH * h0, h1)
+
+
+def error_scale_has_zero(y: Any, rtol: Any, atol: Any) -> bool:
+    """Whether ``atol + |y| * rtol`` is 0 for some component: there the error ratio is 0/0 (or
+    x/0), so no step size can meet the tolerance (atol = 0 and a component of y equal to 0)."""
+    scale = _tolerance_scale(y, rtol, atol)
+    return any(bool((s == 0).any()) for s in (scale if is_tuple(scale) else (scale,)))
 
 
 def _tolerance_scale(y0, rtol: Any, atol: Any):

@@ -172,6 +172,60 @@ def test_non_finite_mid_solve_names_the_time(method):
     assert issubclass(NonFiniteError, RuntimeError)
 
 
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "dopri8"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_func_at_the_start_of_an_adaptive_solve_names_it(method, bad):
+    # Choosing the first step divides by |f0|: a non-finite f0 is named, not left to surface as a
+    # ZeroDivisionError or a zero-step "underflow" that blames stiffness (as torchdiffeq's does).
+    with pytest.raises(NonFiniteError, match=rf"odeint\(method='{method}'\): .* after t=0\.25: "
+                                             r"func\(t0, y0\) returned NaN/inf, so no first step can be chosen"):
+        odeint(lambda t, y: y * bad, _y0(), torch.tensor([0.25, 1.0], dtype=F64), method=method)
+
+
+ZERO_SCALE = r"at t=0 a component of the state y is 0 where atol is 0, so its error scale atol \+ rtol \* \|y\| is 0"
+
+
+@pytest.mark.parametrize("options", [None, {"first_step": 0.1}, {"first_step": 0.1, "min_step": 0.01}])
+@pytest.mark.parametrize("atol", [0.0, torch.tensor([0.0, 1e-9], dtype=F64)])
+def test_zero_atol_where_the_state_is_zero_is_an_argument_error(options, atol):
+    # Every error ratio of that component is 0/0: torchdiffeq and the unchecked solver stop with
+    # a zero step, which reads like stiffness. Both AssertionError (as torchdiffeq) and ValueError.
+    y0 = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match=ZERO_SCALE) as raised:
+        odeint(_decay, y0, _t(), rtol=1e-6, atol=atol, options=options)
+    assert isinstance(raised.value, AssertionError)
+
+
+def test_zero_atol_is_fine_where_the_state_is_not_zero():
+    y0 = torch.tensor([0.0, 1.0], dtype=F64)
+    t = _t()
+    out = odeint(_decay, y0, t, rtol=1e-9, atol=torch.tensor([1e-12, 0.0], dtype=F64))
+    assert_close(out, y0 * torch.exp(-t)[:, None], rtol=1e-7, atol=1e-12)
+    pair = odeint(lambda t, y: (-y[0], -y[1]), (y0, y0 + 1), t, rtol=1e-9, atol=(1e-12, 0.0))
+    assert_close(pair[1], (y0 + 1) * torch.exp(-t)[:, None], rtol=1e-7, atol=0.0)
+    with pytest.raises(ValueError, match=ZERO_SCALE):
+        odeint(lambda t, y: (-y[0], -y[1]), (y0 + 1, y0), t, rtol=1e-9, atol=(1e-12, 0.0))
+
+
+def test_zero_atol_in_the_adjoint_backward_points_to_adjoint_atol():
+    # The backward state's parameter gradients start at 0: atol = 0 there fails in torchdiffeq too.
+    w = torch.nn.Parameter(torch.tensor([0.5, 0.7], dtype=F64))
+    out = odeint_adjoint(lambda t, y: -w * y, torch.tensor([1.0, 2.0], dtype=F64), _t(), rtol=1e-6, atol=0.0,
+                         adjoint_params=(w,))
+    with pytest.raises(ValueError, match=r"at t=1 a component of the state y is 0 where atol is 0.*adjoint_atol > 0"):
+        out[-1].sum().backward()
+    out = odeint_adjoint(lambda t, y: -w * y, torch.tensor([1.0, 2.0], dtype=F64), _t(), rtol=1e-6, atol=0.0,
+                         adjoint_params=(w,), adjoint_atol=1e-9)
+    out[-1].sum().backward()
+    expected = -_t()[-1] * torch.tensor([1.0, 2.0], dtype=F64) * torch.exp(-w.detach() * _t()[-1])
+    assert_close(w.grad, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_a_norm_returning_nan_is_named():
+    with pytest.raises(ValueError, match=r"options\['norm'\] returned NaN/inf"):
+        odeint(_decay, _y0(), _t(), options={"norm": lambda x: x.sum() * float("nan")})
+
+
 def test_overflow_to_inf_is_reported_with_time():
     # y' = y^2 from y0 = 1 with Euler steps of 0.1: the iterates overflow to inf in finitely many
     # steps. Independent reference: the same recursion in Python floats.
