@@ -34,12 +34,12 @@ import torch
 from odekern.solvers import interpolation, stages, state
 from odekern.solvers.base import CALLBACK_NAMES, RHS, Perturb, Solver, SolveStatus, beside, store
 from odekern.solvers.checks import (
-    AssertedValueError,
     check_on_max_steps,
     check_positive,
     check_step_bounds,
     raise_non_finite,
     time_points,
+    zero_error_scale,
 )
 from odekern.solvers.controllers import (DFACTOR, IFACTOR, SAFETY, IntegralController, error_scale_has_zero,
                                         select_initial_step)
@@ -177,13 +177,8 @@ class AdaptiveRK(Solver):
                          "scale atol + rtol * |y0|, is not finite: options['norm'] returned NaN/inf")
 
     def _refuse_zero_error_scale(self, y: Any, t: float) -> None:
-        """A zero error scale (atol = 0 where y is 0) makes every error ratio 0/0: an argument
-        error, not a stiff problem (torchdiffeq stops with a zero step there)."""
         if error_scale_has_zero(y, self.rtol, self.atol):
-            raise AssertedValueError(
-                f"odeint(method={self.method!r}): at t={t:.6g} a component of the state y is 0 where atol is 0, so "
-                "its error scale atol + rtol * |y| is 0 and no step can meet the tolerance; set atol > 0 (e.g. 1e-9), "
-                "or adjoint_atol > 0 for odeint_adjoint, whose backward state starts with zero gradients")
+            raise zero_error_scale(self.method, t)
 
     def _status(self, s: _State, success: bool, message: str, t_reached: float, n_outputs: int) -> SolveStatus:
         return SolveStatus(success, message, self.rhs.user_time(t_reached), n_outputs, s.last_dt, s.n_accepted,

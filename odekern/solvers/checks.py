@@ -366,6 +366,16 @@ def _t(t: Any) -> str:
     return f"{t.item():.6g}" if isinstance(t, Tensor) and t.numel() == 1 else str(t)
 
 
+def zero_error_scale(method: str, t: float) -> AssertedValueError:
+    """The error for a zero error scale (atol = 0 where the state is 0): every error ratio there
+    is 0/0, an argument error rather than a stiff problem (torchdiffeq stops with a zero step,
+    SciPy's solve_ivp can loop forever)."""
+    return AssertedValueError(
+        f"odeint(method={method!r}): at t={t:.6g} a component of the state y is 0 where atol is 0, so its error "
+        "scale atol + rtol * |y| is 0 and no step can meet the tolerance; set atol > 0 (e.g. 1e-9), "
+        "or adjoint_atol > 0 for odeint_adjoint, whose backward state starts with zero gradients")
+
+
 class NonFiniteError(FloatingPointError, RuntimeError):
     """The solution became NaN or inf during the solve (message names the time reached).
 

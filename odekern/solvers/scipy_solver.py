@@ -14,7 +14,8 @@ It behaves as torchdiffeq's ``scipy_solver``, so code that uses it runs unchange
 
 Beyond torchdiffeq: a tuple state is solved as one flat system and returned as a tuple; a failed
 solve_ivp (its ``success`` False) raises ``RuntimeError`` with SciPy's message instead of
-returning fewer rows than output times; bfloat16 states work (SciPy sees float64). A complex
+returning fewer rows than output times; atol 0 where y0 is 0 is refused (solve_ivp's step
+selection can loop forever on its 0/0 error scale); bfloat16 states work (SciPy sees float64). A complex
 state is integrated in the complex domain, as torchdiffeq does (SciPy sees complex128).
 """
 
@@ -30,6 +31,8 @@ from scipy.integrate import solve_ivp
 from odekern._warnings import warn_caller
 from odekern.solvers import state
 from odekern.solvers.base import RHS, Solver, SolveStatus
+from odekern.solvers.checks import zero_error_scale
+from odekern.solvers.controllers import error_scale_has_zero
 
 Tensor = torch.Tensor
 
@@ -98,6 +101,8 @@ class ScipySolver(Solver):
         if len(tv) == 1:
             solution = self._unflatten(torch.from_numpy(self._flat_y0)[None], (1,))
             return solution, SolveStatus(True, "single output time", self.rhs.user_time(tv[0]), 1, 0.0)
+        if error_scale_has_zero(self.y0, self.rtol, self.atol):
+            raise zero_error_scale("scipy_solver", self.rhs.user_time(tv[0]))
         sol = solve_ivp(self._numpy_rhs, t_span=[tv.min(), tv.max()], y0=self._flat_y0, t_eval=tv,
                         method=self.solver, rtol=_flat_numpy(self.rtol, self.y0),
                         atol=_flat_numpy(self.atol, self.y0), min_step=self.min_step, max_step=self.max_step)

@@ -137,3 +137,14 @@ def test_complex_state_with_a_real_domain_solver_raises_as_in_torchdiffeq():
     for solve in (odeint, torchdiffeq.odeint):
         with pytest.raises(ValueError, match="complex"):
             _quiet(solve, lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": "LSODA"})
+
+
+@pytest.mark.parametrize("solver", ["RK45", "LSODA"])
+def test_zero_atol_where_the_state_is_zero_is_refused_before_scipy_loops(solver):
+    # solve_ivp's RK45 never returns here (its first step is NaN); LSODA fails. Both are refused
+    # up front with the argument named, as the native adaptive methods refuse it.
+    y0 = torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"at t=0 a component of the state y is 0 where atol is 0") as raised:
+        odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-6, atol=0.0,
+               method="scipy_solver", options={"solver": solver})
+    assert isinstance(raised.value, AssertionError)
