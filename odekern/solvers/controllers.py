@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from odekern.solvers import stages
-from odekern.solvers.state import component, first, is_tuple, map_state, real_dtype, widened
+from odekern.solvers.state import component, components, first, is_tuple, map_state, real_dtype, widened
 
 Tensor = torch.Tensor
 
@@ -104,7 +104,7 @@ def error_scale_has_zero(y: Any, rtol: Any, atol: Any) -> bool:
     """Whether ``atol + |y| * rtol`` is 0 for some component: there the error ratio is 0/0 (or
     x/0), so no step size can meet the tolerance (atol = 0 and a component of y equal to 0)."""
     scale = _tolerance_scale(y, rtol, atol)
-    return any(bool((s == 0).any()) for s in (scale if is_tuple(scale) else (scale,)))
+    return any(bool((s == 0).any()) for s in components(scale))
 
 
 def _tolerance_scale(y0, rtol: Any, atol: Any):
