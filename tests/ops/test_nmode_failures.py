@@ -4,7 +4,8 @@
   grid exhausted memory, or the reference looped for ever);
 - the continuous adjoint over a long span, whose backward re-solve of y grows like
   e^(t1 - t0) until the fast sin^2 leaves its exact range (NaN gradients before);
-- states beyond the fast sin^2's exact range (garbage sines before).
+- states beyond the fused sine's exact range (garbage sines before, and misleading errors);
+- atol = 0 where y0 is 0 (0/0 error ratios).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from nmode_backends import require_available
 
 import odekern
+from odekern.ops.nmode_solve import fast_sine
 from odekern.solvers import NonFiniteError
-from odekern.testing import randn
+from odekern.testing import assert_close, randn
 
 
 @pytest.mark.parametrize("t1, step_size", [(1e19, 1e-3), (1e9, 1e-3), (1.0, 1e-300)])
@@ -56,16 +58,60 @@ def test_a_non_finite_incoming_gradient_passes_through():
     assert not bool(torch.isfinite(grad).all())
 
 
-@pytest.mark.parametrize("dtype, magnitude", [(torch.float32, 1e6), (torch.float64, 1e9)])
-def test_states_beyond_the_fast_sine_range_raise(dtype, magnitude):
-    require_available("cpu")
-    y0 = torch.full((16,), magnitude, dtype=dtype)
-    with pytest.raises(RuntimeError, match="sin\\^2 range"):
-        odekern.nmode_solve(y0, torch.zeros_like(y0), 0.0, 0.05, method="rk4", step_size=0.01, backend="cpu")
-    # The reference (torch's own sin) is exact there and agrees with the closed form of the
-    # first step's direction: y decays (-y dominates).
-    y1 = odekern.nmode_solve(y0, torch.zeros_like(y0), 0.0, 0.05, method="rk4", step_size=0.01, backend="reference")
-    assert bool((y1 < y0).all())
+SOLVES = {"rk4": dict(method="rk4", step_size=0.01), "dopri5": dict(method="dopri5"),
+          "dopri5-per-element": dict(method="dopri5", control="per_element")}
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NumPy, in the Triton interpreter
+@pytest.mark.parametrize("solve", SOLVES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["y0", "g"])
+def test_inputs_beyond_the_fused_sine_range_are_named(backend, solve, dtype, where):
+    """|y0 + g| beyond the fused kernels' sine range: every fused backend refuses with the input
+    named (the Triton kernels returned a wrong sine there, a misleading 'non-finite step size'
+    or 'step size underflow' came from the others); the reference (torch.sin) solves it."""
+    reach = 4 * fast_sine.REDUCTIONS[dtype].range
+    small = torch.linspace(0.1, 0.9, 16, dtype=dtype)
+    big = torch.linspace(reach, 2 * reach, 16, dtype=dtype)
+    y0, g = (big, small) if where == "y0" else (small, big)
+    if backend == "reference":
+        y1 = odekern.nmode_solve(y0, g, 0.0, 0.05, backend=backend, **SOLVES[solve])
+        exact = odekern.nmode_solve(y0.double(), g.double(), 0.0, 0.05, backend=backend, method="dopri5",
+                                    rtol=1e-10, atol=1e-12)
+        # y + g rounded in dtype moves sin^2 by up to |y + g| eps, over a span of 0.05.
+        rounding = 0.05 * 4 * torch.finfo(dtype).eps * float((y0 + g).abs().max())
+        assert_close(y1.double(), exact, rtol=1e-6, atol=1e-6 + rounding)
+        return
+    with pytest.raises(ValueError, match=r"\|y0 \+ g\| reaches .* beyond .*backend='reference'"):
+        odekern.nmode_solve(y0, g, 0.0, 0.05, backend=backend, **SOLVES[solve])
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_inputs_at_the_edge_of_the_fused_sine_range_are_solved(backend, solve):
+    """|y0 + g| up to the range itself is solved, and agrees with the reference (torch.sin)."""
+    edge = fast_sine.FLOAT32.range
+    y0 = edge - torch.linspace(0.0, 3.0, 16)
+    g = edge - y0 - torch.linspace(0.0, 0.5, 16)  # y0 + g from the edge down to edge - 0.5
+    ours = odekern.nmode_solve(y0, g, 0.0, 0.05, backend=backend, **SOLVES[solve])
+    ref = odekern.nmode_solve(y0.double(), g.double(), 0.0, 0.05, backend="reference", method="dopri5",
+                              rtol=1e-10, atol=1e-12)
+    assert_close(ours.double(), ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NumPy, in the Triton interpreter
+@pytest.mark.parametrize("solve", ["dopri5", "dopri5-per-element"])
+def test_zero_atol_where_y0_is_zero_is_refused_on_every_backend(backend, solve):
+    """Every error ratio of an element at 0 is then 0/0: backends failed apart (a NaN first
+    step named as a non-finite state; one returned a number), odeint refuses the same case."""
+    y0 = torch.tensor([0.5, 0.0, 0.25], dtype=torch.float64)
+    g = torch.full_like(y0, 0.3)
+    with pytest.raises(ValueError, match="atol is 0 and y0 has elements equal to 0"):
+        odekern.nmode_solve(y0, g, 0.0, 1.0, atol=0.0, backend=backend, **SOLVES[solve])
+    # atol = 0 with no zero element is a pure relative tolerance and is solved.
+    y0 = y0 + 0.1
+    ours = odekern.nmode_solve(y0, g, 0.0, 1.0, atol=0.0, rtol=1e-9, backend=backend, **SOLVES[solve])
+    ref = odekern.nmode_solve(y0, g, 0.0, 1.0, rtol=1e-12, atol=1e-14, backend="reference")
+    assert_close(ours, ref, rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from nmode_backends import interpreted, require_backend
@@ -283,10 +284,34 @@ def test_empty_input(backend):
     ((torch.zeros(2), torch.zeros(2)), {"backend": "tpu"}, ValueError, "backend must be"),
     (([0.0, 1.0], torch.zeros(2)), {}, TypeError, "y0 must be a torch.Tensor"),
     ((torch.zeros(2), torch.zeros(2)), {"rtol": -1.0}, ValueError, "rtol must be"),
+    # A bool or a string is not a number (True passed as 1; "0.1" failed inside a backend).
+    ((torch.zeros(2), torch.zeros(2)), {"max_num_steps": True}, TypeError, "max_num_steps must be an int, got bool"),
+    ((torch.zeros(2), torch.zeros(2)), {"max_num_steps": 10.5}, TypeError, "max_num_steps must be an int, got float"),
+    ((torch.zeros(2), torch.zeros(2)), {"max_num_steps": 0}, ValueError, "max_num_steps must be a positive int"),
+    ((torch.zeros(2), torch.zeros(2)), {"rtol": True}, TypeError, "rtol must be a real number, got bool"),
+    ((torch.zeros(2), torch.zeros(2)), {"atol": "1e-9"}, TypeError, "atol must be a real number, got str"),
+    ((torch.zeros(2), torch.zeros(2), 0.0, 1.0), {"method": "rk4", "step_size": "0.1"}, TypeError,
+     "step_size must be a real number, got str"),
+    ((torch.zeros(2), torch.zeros(2), 0.0, 1.0), {"method": "rk4", "step_size": torch.ones(2)}, ValueError,
+     "step_size must be a scalar"),
 ])
 def test_bad_input_raises_naming_the_argument(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         odekern.nmode_solve(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"rtol": np.float32(1e-6), "atol": np.float64(1e-9), "max_num_steps": np.int64(1000)},
+    {"rtol": torch.tensor(1e-6), "atol": torch.tensor(1e-9, dtype=torch.float64)},
+    {"method": "rk4", "step_size": np.float32(0.125)},
+    {"method": "rk4", "step_size": torch.tensor(0.125)},
+], ids=["numpy", "tensors", "numpy-step", "tensor-step"])
+def test_numpy_and_one_element_tensor_options_act_as_their_numbers(kwargs):
+    y0, g = _inputs(torch.float64, (2, 3), (3,))
+    plain = {k: float(v) if k != "max_num_steps" else int(v) for k, v in kwargs.items()
+             if k != "method"} | {k: v for k, v in kwargs.items() if k == "method"}
+    torch.testing.assert_close(odekern.nmode_solve(y0, g, 0.0, 0.5, **kwargs),
+                               odekern.nmode_solve(y0, g, 0.0, 0.5, **plain), rtol=0, atol=0)
 
 
 def test_wrong_device_for_g_is_named():

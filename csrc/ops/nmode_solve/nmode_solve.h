@@ -44,25 +44,9 @@ namespace nmode {
 // sincos without libm. x = k*pi/2 + r, |r| <= pi/4; pi/2 split in three parts whose leading
 // ones have few significant bits so k*part is exact (Cody-Waite) without needing FMA (the
 // baseline clone has none). Taylor kernels: error < 1e-9 relative (float), < 1e-18 (double).
-// k is rounded with the 1.5*2^p "magic number" trick, which vectorises.
+// k is rounded with the 1.5*2^p "magic number" trick, which vectorises. The constants and the
+// range are generated (TrigConst, from odekern/ops/nmode_solve/fast_sine.py).
 // ------------------------------------------------------------------------------------------
-template <typename T> struct TrigConst;
-template <> struct TrigConst<float> {
-  static constexpr float two_over_pi = 0.636619772367581343f;
-  static constexpr float pio2_hi = 1.5703125f;
-  static constexpr float pio2_mid = 4.837512969970703125e-4f;
-  static constexpr float pio2_lo = 7.549790126404332e-08f;
-  static constexpr float magic = 12582912.0f;  // 1.5 * 2^23
-  static constexpr float max_arg = 32768.0f;    // see fast_sincos
-};
-template <> struct TrigConst<double> {
-  static constexpr double two_over_pi = 0.63661977236758134308;
-  static constexpr double pio2_hi = 1.5707963267341256;
-  static constexpr double pio2_mid = 6.077100506303966e-11;
-  static constexpr double pio2_lo = 2.0222662487959506e-21;
-  static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
-  static constexpr double max_arg = 1e7;
-};
 
 // sin(r), cos(r) for |r| <= pi/4.
 NMODE_HOT void sincos_kernel(float r, float* s, float* c) {
@@ -84,9 +68,10 @@ NMODE_HOT void sincos_kernel(double r, double* s, double* c) {
 }
 
 // sin(x) and cos(x) together (one range reduction). The reduction keeps full accuracy for
-// |x| <= max_arg (2^15 float, 1e7 double; measured against exact sines); beyond that k*part is
-// no longer exact and the result would be silently wrong, so it becomes inf instead, which
-// every caller reports as a failed solve. The nmODE state stays far inside that range; only
+// |x| <= TrigConst::range (2^15 float, 1e7 double; measured against exact sines); beyond that
+// k*part is no longer exact and the result would be silently wrong, so it becomes inf instead
+// (from |k| > max_quarter_turns, at most a quarter turn past the range), which every caller
+// reports as a failed solve. The nmODE state stays far inside that range; only
 // the continuous adjoint's backward re-solve, which grows like e^(t1 - t0), can leave it.
 // The test is on the rounded multiple k of pi/2 (or pi) with integer ops and the poison is
 // added, not selected: GCC keeps the lane loops vectorised that way (a select on |x| made it
@@ -112,7 +97,7 @@ NMODE_HOT void fast_sincos(T x, T* s_out, T* c_out) {
   const T odd = T(q & 1), even = T(1) - odd;
   const T sin_v = odd * c + even * s;
   const T cos_v = odd * s + even * c;
-  const T poison = poison_beyond<T>(q, static_cast<int>(C::max_arg * C::two_over_pi));
+  const T poison = poison_beyond<T>(q, C::max_quarter_turns);
   *s_out = sin_v * T(1 - (q & 2)) + poison;
   *c_out = cos_v * T(1 - ((q + 1) & 2)) + poison;
 }
@@ -120,19 +105,17 @@ NMODE_HOT void fast_sincos(T x, T* s_out, T* c_out) {
 // sin^2(x) alone, for the forward RHS (the hot path: one call per element and stage). With
 // x = n pi + r, |r| <= pi/2, sin^2(x) = sin^2(r): no quadrant selection and no sign, one odd
 // polynomial; about half the work of fast_sincos, and unlike (1 - cos 2x) / 2 it keeps its
-// relative accuracy near x = 0. Same range as fast_sincos (inf beyond max_arg). Float:
+// relative accuracy near x = 0. Same range as fast_sincos (inf beyond it). Float:
 // least-squares fit on [-pi/2, pi/2] in relative error (max error of sin 1.1e-7 evaluated in
 // float, rounding level); double: Taylor to r^21 (truncation < 2e-18).
 template <typename T> struct SinPoly;
 template <> struct SinPoly<float> {
-  static constexpr float inv_pi = 0.318309886183790672f;
   NMODE_HOT static float sin_over_r_m1(float z) {  // (sin(r)/r - 1) / r^2 as a poly in z = r^2
     return -0.16666659712791443f + z * (0.00833306647837162f + z * (-0.00019809605146292597f +
            z * 2.6057839477289235e-06f));
   }
 };
 template <> struct SinPoly<double> {
-  static constexpr double inv_pi = 0.31830988618379067154;
   NMODE_HOT static double sin_over_r_m1(double z) {
     return -1.0 / 6 + z * (1.0 / 120 + z * (-1.0 / 5040 + z * (1.0 / 362880 + z * (-1.0 / 39916800 +
            z * (1.0 / 6227020800.0 + z * (-1.0 / 1307674368000.0 + z * (1.0 / 355687428096000.0 +
@@ -143,15 +126,14 @@ template <> struct SinPoly<double> {
 template <typename T>
 NMODE_HOT T fast_sin_sq(T x) {
   using C = TrigConst<T>;
-  const T n = (x * SinPoly<T>::inv_pi + C::magic) - C::magic;  // round(x / pi)
+  const T n = (x * C::inv_pi + C::magic) - C::magic;  // round(x / pi)
   // pi in three parts: twice pi/2's (exact), so n * part stays exact as in fast_sincos.
   T r = x - n * (T(2) * C::pio2_hi);
   r = r - n * (T(2) * C::pio2_mid);
   r = r - n * (T(2) * C::pio2_lo);
   const T z = r * r;
   const T s = r + (r * z) * SinPoly<T>::sin_over_r_m1(z);
-  const int max_turns = static_cast<int>(C::max_arg * SinPoly<T>::inv_pi);
-  return s * s + poison_beyond<T>(static_cast<int>(n), max_turns);
+  return s * s + poison_beyond<T>(static_cast<int>(n), C::max_half_turns);
 }
 
 // ------------------------------------------------------------------------------------------

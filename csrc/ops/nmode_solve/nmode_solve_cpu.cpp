@@ -231,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
     }
     TORCH_CHECK(probe == 0.0, "nmode_solve: y(t1) has non-finite values (inf or nan): non-finite "
                 "inputs, the solve overflowed (an explicit method unstable at this step_size), or |y + g| "
-                "left the fast sin^2 range (2^15 float32, 1e7 float64)");
+                "left the fused kernels' sine range during the solve");
   });
   const int64_t n_acc = (method == kDopri5 && !global) ? 0 : int64_t(dts.size());
   if (method == kDopri5 && !global) dts.clear();

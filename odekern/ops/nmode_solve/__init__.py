@@ -19,17 +19,22 @@ from odekern.solvers.state import LOW_PRECISION, any_carries_tangent, inside_vma
 __all__ = ["nmode_solve", "NmodeConfig", "canonical_gradient"]
 
 
+def _as_number(name: str, v) -> float:
+    """A real number or a one-element real tensor as a float; TypeError or ValueError naming
+    ``name`` otherwise (times, step sizes and tolerances may be given either way)."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (a number or a one-element tensor), got shape {tuple(v.shape)}")
+        if not v.dtype.is_floating_point and v.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be a real number, got a tensor of dtype {v.dtype}")
+        return float(v.item())
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+
+
 def _as_time(name: str, t) -> float:
-    if isinstance(t, torch.Tensor):
-        if t.numel() != 1:
-            raise ValueError(f"{name} must be a scalar (a number or a one-element tensor), got shape {tuple(t.shape)}")
-        if not t.dtype.is_floating_point and t.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"{name} must be a real number, got a tensor of dtype {t.dtype}")
-        t = float(t.item())
-    elif isinstance(t, numbers.Real) and not isinstance(t, bool):
-        t = float(t)
-    else:
-        raise TypeError(f"{name} must be a real number, got {type(t).__name__}")
+    t = _as_number(name, t)
     if not math.isfinite(t):
         raise ValueError(f"{name} must be finite, got {t}")
     return t
@@ -122,9 +127,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     channels_last).
 
     Raises:
-        ValueError for bad arguments and non-finite y0 or g; RuntimeError when the solve fails
-        (step budget exhausted, step size underflow, or a non-finite y(t1), e.g. an explicit
-        method overflowing at an unstable step size).
+        TypeError for arguments of the wrong type; ValueError for bad values, non-finite y0 or
+        g, atol = 0 where y0 is 0 (dopri5), and |y0 + g| beyond the range of the fused kernels'
+        sine (2^15 float32, 1e7 float64; the reference backend has none); RuntimeError when the
+        solve fails (step budget exhausted, step size underflow, or a non-finite y(t1), e.g. an
+        explicit method overflowing at an unstable step size).
 
     Returns:
         ``y1`` shaped like ``y0``, or ``(y1, f0, f1)`` with ``return_f=True``.
@@ -153,12 +160,20 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
         raise TypeError(f"return_f must be a bool, got {type(return_f).__name__}")
     check_backend_name(backend)
     gradient = canonical_gradient(gradient)
-    cfg = NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,
-                      gradient=gradient, max_num_steps=max_num_steps)
+    step_size = None if step_size is None else _as_number("step_size", step_size)
+    cfg = NmodeConfig(method=method, step_size=step_size, rtol=_as_number("rtol", rtol),
+                      atol=_as_number("atol", atol), control=control, gradient=gradient,
+                      max_num_steps=max_num_steps)
     if not cfg.adaptive:  # the step budget, before any backend allocates the grid
         fixed_grid_step_count(t0, t1, cfg.step_size, cfg.max_num_steps)
     if y0.is_meta:  # shapes only (e.g. a model built on the meta device): nothing to solve
         return (torch.empty_like(y0),) * 3 if return_f else torch.empty_like(y0)
+    if cfg.adaptive and cfg.atol == 0.0 and not inside_vmap() and not bool((y0 != 0).all()):
+        # Read only for atol = 0. Backends would fail apart there (a NaN first step, or a
+        # misleading "non-finite state"), and odeint refuses the same case.
+        raise ValueError(f"nmode_solve(method={method!r}): atol is 0 and y0 has elements equal to 0, whose "
+                         "error scale atol + rtol * |y| is then 0 (every error ratio 0/0), so no step can "
+                         "be sized; set atol > 0 (e.g. 1e-9)")
     if y0.dtype in LOW_PRECISION:
         # Solved in float32 (the controller and the stages need its range and precision), the
         # results rounded back to the inputs' dtype, as autocast does for precision-sensitive ops.

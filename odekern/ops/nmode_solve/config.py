@@ -75,6 +75,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 
 METHODS = ("dopri5", "rk4", "rk4_classic", "midpoint", "euler")
 
@@ -136,15 +137,21 @@ class NmodeConfig:
         if self.method not in ADAPTIVE_METHODS:
             if self.step_size is None:
                 raise ValueError(f"step_size is required for the fixed-step method {self.method!r}")
-        if self.step_size is not None and not (0.0 < float(self.step_size) < math.inf):
-            raise ValueError(f"step_size must be a finite number > 0, got {self.step_size!r}")
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", _real_number("step_size", self.step_size))
+            if not 0.0 < self.step_size < math.inf:
+                raise ValueError(f"step_size must be a finite number > 0, got {self.step_size!r}")
         for name in ("rtol", "atol"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v < math.inf):
+            v = _real_number(name, getattr(self, name))
+            object.__setattr__(self, name, v)
+            if not 0.0 <= v < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.rtol == 0.0 and self.atol == 0.0:
             raise ValueError("rtol and atol cannot both be zero")
-        if not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
+        if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, numbers.Integral):
+            raise TypeError(f"max_num_steps must be an int, got {type(self.max_num_steps).__name__}")
+        object.__setattr__(self, "max_num_steps", int(self.max_num_steps))
+        if self.max_num_steps < 1:
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}")
 
     @property
@@ -161,6 +168,15 @@ class NmodeConfig:
     def from_args(cls, method, step_size, rtol, atol, control, gradient, max_num_steps) -> "NmodeConfig":
         return cls(method, None if step_size < 0 else step_size, rtol, atol, control, gradient,
                    max_num_steps)
+
+
+def _real_number(name: str, v) -> float:
+    """``v`` as a float when it is a real number (a bool or a string is not one: they would pass
+    as 1.0 or fail deep inside a backend); TypeError naming ``name`` otherwise. One-element
+    tensors are read by the caller, which knows torch."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    return float(v)
 
 
 def fixed_grid_step_count(t0: float, t1: float, step_size: float, max_num_steps: int) -> int:

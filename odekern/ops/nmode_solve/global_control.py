@@ -42,6 +42,9 @@ def global_dopri5(passes: GlobalPasses, t0: float, t1: float,
     """The accepted steps, the number of rejected attempts, and the fraction of the last step
     that reaches t1."""
     d0, d1 = passes.initial_norms()
+    if not (math.isfinite(d0) and math.isfinite(d1)):  # the trial step below would divide by 0
+        raise RuntimeError(f"nmode_solve: non-finite values in y0 or f(y0) at t = {t0}, so no first "
+                           "step can be sized")
     h0 = controllers.initial_trial_step(d0, d1)
     d2 = passes.initial_change(h0) / h0
     h = controllers.initial_step_from_trial(h0, d1, d2, order=DOPRI5.order - 1)

@@ -17,7 +17,7 @@ import torch
 from odekern.dispatch import optional_module
 from odekern.dispatch import register as _register_backend
 from odekern.dispatch import select as _select_backend
-from odekern.ops.nmode_solve import cpp, reference
+from odekern.ops.nmode_solve import cpp, fast_sine, reference
 from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_step_count
 from odekern.solvers.checks import NonFiniteError
 from odekern.solvers.state import all_finite
@@ -95,25 +95,44 @@ def solve_without_graph(impl, y0: torch.Tensor, g: torch.Tensor, t0: float, t1: 
     costs ~0.15 ms per call, ~5% of a CNM-sized solve.
 
     Refuses a non-finite y(t1) here, inside the op, so that eager and compiled calls raise alike
-    (the data-dependent check is opaque to torch.compile). Non-finite inputs always give a
-    non-finite y1 or make the kernels raise, so they are only inspected in those cases; the
-    C++ CPU kernels check y1 themselves (``checks_output_finite``)."""
+    (the data-dependent check is opaque to torch.compile). Inputs that no solve can take (non-finite,
+    or beyond the fused sine's range) always give a non-finite y1 or make the kernels raise, so they
+    are only inspected in those cases; the C++ CPU kernels check y1 themselves
+    (``checks_output_finite``)."""
     try:
         y1, f0, f1, stats = impl.forward(y0, g, t0, t1, cfg, need_f)
     except RuntimeError:
-        check_finite_inputs(y0, g)
+        refuse_inputs_behind_a_failure(impl, y0, g)
         raise
     checked = getattr(impl, "checks_output_finite", None)
     if not (checked is not None and checked(y0)) and not all_finite(y1):
-        check_finite_inputs(y0, g)
+        refuse_inputs_behind_a_failure(impl, y0, g)
         raise RuntimeError(NONFINITE_Y1)
     return y1, f0, f1, stats.to("cpu", torch.float64)
 
 
 # Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
 NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve "
-                "overflowed (an explicit method unstable at this step_size), or |y + g| left the fast "
-                "sin^2 range (2^15 float32, 1e7 float64)")
+                "overflowed (an explicit method unstable at this step_size), or |y + g| left the fused "
+                "kernels' sine range during the solve")
+
+
+def refuse_inputs_behind_a_failure(impl, y0: torch.Tensor, g: torch.Tensor) -> None:
+    """Raises ValueError naming the input when a failed solve on backend ``impl`` is explained by
+    its inputs: non-finite values, or |y0 + g| beyond the range of the fused kernels' sine (the
+    reference uses torch.sin and has none). Returns when the failure is the solve's own."""
+    check_finite_inputs(y0, g)
+    if impl is reference:
+        return
+    worst = fast_sine.beyond_range(y0, g)
+    if worst is not None:
+        reduction = fast_sine.REDUCTIONS[y0.dtype]
+        wider = f" solve in float64 (range {fast_sine.FLOAT64.range:g}) or" if y0.dtype == torch.float32 else ""
+        raise ValueError(
+            f"nmode_solve: |y0 + g| reaches {worst:.6g}, beyond {reduction.range:g}, the range over which "
+            f"the fused kernels' sine is exact in {y0.dtype} (they refuse rather than return a wrong "
+            f"sine); the nmODE state stays near [0, 1], so check y0 and g, or{wider} use "
+            f"backend='reference' (torch.sin, no such limit)")
 
 
 def check_finite_inputs(y0: torch.Tensor, g: torch.Tensor) -> None:

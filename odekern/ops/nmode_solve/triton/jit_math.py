@@ -22,11 +22,13 @@ from odekern.ops.nmode_solve.config import MethodId
 from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 - read by the jit code
     DENSE_F0_1, DENSE_F0_2, DENSE_F0_3, DENSE_F0_4, DENSE_F1_2, DENSE_F1_3, DENSE_F1_4, DENSE_MID_2,
     DENSE_MID_3, DENSE_MID_4, DENSE_Y1_2, DENSE_Y1_3, DENSE_Y1_4, DFACTOR, DOPRI5, DP5_B0, DP5_B1,
-    DP5_B2, DP5_B3, DP5_B4, DP5_B5, DP5_B6, DP5_E0, DP5_E2, DP5_E3, DP5_E4, DP5_E5, DP5_E6,
-    DP5_MID0, DP5_MID1, DP5_MID2, DP5_MID3, DP5_MID4, DP5_MID5, DP5_MID6, EULER, EULER_B0, IFACTOR,
-    INITIAL_FLAT_FLOOR, INITIAL_FLAT_SHRINK, INITIAL_MAX_GROWTH, INITIAL_NORM_FLOOR,
-    INITIAL_STEP_FRACTION, INITIAL_TINY_STEP, MIDPOINT, MIDPOINT_B0, MIDPOINT_B1, RK38_B0, RK38_B1,
-    RK38_B2, RK38_B3, RK4, RK4C_B0, RK4C_B1, RK4C_B2, RK4C_B3, RK4_CLASSIC, SAFETY, STEP_EXPONENT,
+    DP5_B2, DP5_B3, DP5_B4, DP5_B5, DP5_B6, DP5_E0, DP5_E2, DP5_E3, DP5_E4, DP5_E5, DP5_E6, DP5_MID0,
+    DP5_MID1, DP5_MID2, DP5_MID3, DP5_MID4, DP5_MID5, DP5_MID6, EULER, EULER_B0, F32_MAGIC, F32_PIO2_HI,
+    F32_PIO2_LO, F32_PIO2_MID, F32_RANGE, F32_TWO_OVER_PI, F64_MAGIC, F64_PIO2_HI, F64_PIO2_LO,
+    F64_PIO2_MID, F64_RANGE, F64_TWO_OVER_PI, IFACTOR, INITIAL_FLAT_FLOOR, INITIAL_FLAT_SHRINK,
+    INITIAL_MAX_GROWTH, INITIAL_NORM_FLOOR, INITIAL_STEP_FRACTION, INITIAL_TINY_STEP, MIDPOINT,
+    MIDPOINT_B0, MIDPOINT_B1, RK38_B0, RK38_B1, RK38_B2, RK38_B3, RK4, RK4C_B0, RK4C_B1, RK4C_B2,
+    RK4C_B3, RK4_CLASSIC, SAFETY, STEP_EXPONENT,
 )
 
 
@@ -39,10 +41,10 @@ def sincos(x):
     Mirrored rather than tl.sin/tl.cos so that backends agree to the last bits and libdevice's
     large-argument path (a local array on the stack) stays out of the kernels."""
     if x.dtype == tl.float64:
-        kf = (x * 0.63661977236758134308 + 6755399441055744.0) - 6755399441055744.0
-        r = x - kf * 1.5707963267341256
-        r = r - kf * 6.077100506303966e-11
-        r = r - kf * 2.0222662487959506e-21
+        kf = (x * F64_TWO_OVER_PI + F64_MAGIC) - F64_MAGIC
+        r = x - kf * F64_PIO2_HI
+        r = r - kf * F64_PIO2_MID
+        r = r - kf * F64_PIO2_LO
         r2 = r * r
         s = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (
             -1.0 / 39916800 + r2 * (1.0 / 6227020800.0 + r2 * (-1.0 / 1307674368000.0
@@ -51,10 +53,10 @@ def sincos(x):
             -1.0 / 3628800 + r2 * (1.0 / 479001600.0 + r2 * (-1.0 / 87178291200.0 + r2 * (
                 1.0 / 20922789888000.0 + r2 * (-1.0 / 6402373705728000.0))))))))
     else:
-        kf = (x * 0.636619772367581343 + 12582912.0) - 12582912.0
-        r = x - kf * 1.5703125
-        r = r - kf * 4.837512969970703125e-4
-        r = r - kf * 7.549790126404332e-08
+        kf = (x * F32_TWO_OVER_PI + F32_MAGIC) - F32_MAGIC
+        r = x - kf * F32_PIO2_HI
+        r = r - kf * F32_PIO2_MID
+        r = r - kf * F32_PIO2_LO
         r2 = r * r
         s = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880))))
         c = 1.0 - 0.5 * r2 + r2 * r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320
@@ -67,16 +69,31 @@ def sincos(x):
 
 
 @triton.jit
+def sin2_cos2(x):
+    """sin(2x) and cos(2x) for x = y + g, inf where |x| is beyond the fused sine's range
+    (F32_RANGE / F64_RANGE), as in the header's kernels; the solve then names the input. The
+    range is on x although this reduces 2x (the header reduces x) so that every fused backend
+    accepts the same inputs; within it the result is as accurate as the header's
+    (tests/ops/test_fast_sine.py)."""
+    s, c = sincos(2.0 * x)
+    if x.dtype == tl.float64:
+        beyond = tl.abs(x) > F64_RANGE
+    else:
+        beyond = tl.abs(x) > F32_RANGE
+    return tl.where(beyond, float("inf"), s), tl.where(beyond, float("inf"), c)
+
+
+@triton.jit
 def rhs(y, g):
     # sin^2(x) = (1 - cos 2x) / 2: one transcendental per evaluation.
-    _, c = sincos(2.0 * (y + g))
+    _, c = sin2_cos2(y + g)
     return -y + (0.5 - 0.5 * c)
 
 
 @triton.jit
 def rhs_sin2(y, g):
     """f and sin(2(y+g)) = df/dg (df/dy = that - 1), from one range reduction."""
-    s, c = sincos(2.0 * (y + g))
+    s, c = sin2_cos2(y + g)
     return -y + (0.5 - 0.5 * c), s
 
 
