@@ -43,6 +43,8 @@ from odekern.reachable import warn_unreached
 from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
+    from_numpy,
+    options_from_numpy,
     check_params,
     check_state,
     check_time,
@@ -539,6 +541,8 @@ def odeint_adjoint(
     """
     if not callable(func):
         raise TypeError(f"odeint_adjoint: func must be callable, got {type(func).__name__}")
+    rtol, atol, adjoint_rtol, adjoint_atol = map(from_numpy, (rtol, atol, adjoint_rtol, adjoint_atol))
+    options, adjoint_options = options_from_numpy(options), options_from_numpy(adjoint_options)
     y0 = promote_tuple_state(y0)
     check_state(y0, finite=False)  # the values are checked by the forward solve (odeint)
     check_time(t)

@@ -13,6 +13,7 @@ import torch
 
 from odekern.odeint import build_solver, checked_inputs
 from odekern.solvers import interpolation, state
+from odekern.solvers.checks import from_numpy, options_from_numpy
 from odekern.solvers.registry import ADAPTIVE_METHODS
 
 Tensor = torch.Tensor
@@ -36,6 +37,7 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     t0 = t0 if isinstance(t0, Tensor) and t0.is_floating_point() else torch.as_tensor(t0, **like)
     t1 = t1.to(t0) if isinstance(t1, Tensor) else torch.as_tensor(t1, dtype=t0.dtype, device=t0.device)
     t = torch.stack([t0.reshape(()), t1.reshape(())])
+    rtol, atol, options = from_numpy(rtol), from_numpy(atol), options_from_numpy(options)
     method, y0, t, _, options, reverse, _ = checked_inputs(func, y0, t, rtol, atol, method, options)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"odeint_dense needs an adaptive method (one of {sorted(ADAPTIVE_METHODS)}), got {method!r}")

@@ -17,6 +17,8 @@ import torch
 from odekern.solvers import events, state
 from odekern.solvers.base import RHS, SolveStatus, step_callbacks
 from odekern.solvers.checks import (
+    from_numpy,
+    options_from_numpy,
     check_method,
     check_options,
     check_state,
@@ -114,6 +116,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         RuntimeError when ``max_num_steps`` is exceeded or the step size underflows;
         ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
     """
+    rtol, atol, options = from_numpy(rtol), from_numpy(atol), options_from_numpy(options)
     method, y0, t, t_values, options, reverse, callbacks = checked_inputs(func, y0, t, rtol, atol, method,
                                                                           options)
     return_status = options.get("on_max_steps", "raise") == "return"

@@ -8,6 +8,9 @@ and the 3x3 conv) + ``odeint_adjoint(nmODE, y, t=[0, t1], rtol, atol, method="do
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -34,11 +37,16 @@ class NmODE(nn.Module):
                  backend: str = "auto", max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
                  kernel_size: int = 3):
         super().__init__()
+        sizes = []
         for name, v in (("channels", channels), ("height", height), ("width", width)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not float(t1) > 0.0:
-            raise ValueError(f"t1 must be > 0, got {t1!r}")
+            sizes.append(int(v))
+        channels, height, width = sizes
+        if isinstance(t1, bool) or not isinstance(t1, numbers.Real):
+            raise TypeError(f"t1 must be a real number, got {type(t1).__name__}")
+        if not 0.0 < float(t1) < math.inf:
+            raise ValueError(f"t1 must be finite and > 0, got {t1!r}")
         gradient = canonical_gradient(gradient)
         NmodeConfig(method=method, step_size=step_size, rtol=rtol, atol=atol, control=control,
                     gradient=gradient, max_num_steps=max_num_steps)  # validates the options
@@ -58,6 +66,11 @@ class NmODE(nn.Module):
         return -y + torch.sin(y + self.phase()) ** 2
 
     def forward(self, y0: torch.Tensor, return_f: bool = False):
+        shape = tuple(self.gamma.shape[1:])
+        if not isinstance(y0, torch.Tensor) or y0.dim() < 4 or tuple(y0.shape[-3:]) != shape:
+            c, h, w = shape
+            got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
+            raise ValueError(f"NmODE({c}, {h}, {w}) takes inputs shaped [B, {c}, {h}, {w}], got {got}")
         g = self.phase().to(y0.dtype)
         return nmode_solve(y0, g, 0.0, self.t1, return_f=return_f, **self.solve_kwargs)
 

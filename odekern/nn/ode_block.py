@@ -21,7 +21,8 @@ from odekern.dispatch import check_backend_name, use_backend
 from odekern.adjoint import odeint_adjoint
 from odekern.checkpoint import check_checkpoints, check_method_checkpointable, odeint_checkpointed
 from odekern.odeint import odeint
-from odekern.solvers.checks import check_method, check_options, check_state, check_time, shape_or_type
+from odekern.solvers.checks import (check_method, check_options, check_state, check_time, from_numpy,
+                                    options_from_numpy, shape_or_type)
 from odekern.solvers.norms import canonical_control
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
 
@@ -172,6 +173,8 @@ class ODEBlock(nn.Module):
                 f"receive gradients; got {type(func).__name__}"
             )
         method = check_method(method, METHODS)
+        step_size, rtol, atol = from_numpy(step_size), from_numpy(rtol), from_numpy(atol)
+        options = options_from_numpy(options)
         if step_size is not None and (
             isinstance(step_size, bool)
             or not isinstance(step_size, (int, float))

@@ -158,6 +158,27 @@ def check_params(params: Iterable[Tensor], y0: Tensor, name: str = "params") -> 
                             "the ODE's parameters and state must share a dtype")
 
 
+def from_numpy(value: Any) -> Any:
+    """A NumPy value as the Python number or tensor odekern takes in its place: a NumPy scalar or
+    0-d array becomes its Python number (exactly), another array a tensor; anything else is
+    returned as is. torchdiffeq takes NumPy tolerances and options through tensor arithmetic, so
+    a drop-in must too, and converting once at the entry spares every later check and branch a
+    third kind of number."""
+    if type(value).__module__ != "numpy":  # no NumPy import for the common case
+        return value
+    if getattr(value, "ndim", None) == 0:
+        return value.item()
+    return torch.as_tensor(value) if hasattr(value, "__array__") else value
+
+
+def options_from_numpy(options: Any) -> Any:
+    """``options`` with its NumPy values converted by ``from_numpy`` (a new dict; anything that
+    is not a Mapping is returned for check_options to refuse)."""
+    if not isinstance(options, Mapping):
+        return options
+    return {k: from_numpy(v) for k, v in options.items()}
+
+
 def check_tolerance(value: Any, name: str) -> None:
     """``rtol`` / ``atol``: a non-negative float or tensor that does not require grad."""
     if isinstance(value, Tensor):

@@ -4,6 +4,7 @@ Tolerances: odekern.testing "cross" (another library)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchdiffeq import odeint_adjoint
@@ -72,8 +73,18 @@ def test_module_defaults_and_validation():
         odekern.NmODE(4, 8, 8, t1=0.0)
     with pytest.raises(ValueError, match="method"):
         odekern.NmODE(4, 8, 8, method="rk45")
-    with pytest.raises(ValueError, match="g of shape"):
-        m(torch.zeros(2, 4, 8, 9))
+    # The input is named as the module's (it once surfaced as a shape error of g, an internal).
+    for bad in (torch.zeros(2, 4, 8, 9), torch.zeros(2, 3, 8, 8), torch.zeros(4, 8, 8)):
+        with pytest.raises(ValueError, match=r"NmODE\(4, 8, 8\) takes inputs shaped \[B, 4, 8, 8\]"):
+            m(bad)
+    # NumPy sizes and times are numbers; a string time is not, inf is not finite.
+    assert odekern.NmODE(np.int64(4), 8, 8, t1=np.float32(0.25)).gamma.shape == (1, 4, 8, 8)
+    with pytest.raises(TypeError, match="t1 must be a real number, got str"):
+        odekern.NmODE(4, 8, 8, t1="0.05")
+    with pytest.raises(ValueError, match="t1 must be finite and > 0"):
+        odekern.NmODE(4, 8, 8, t1=float("inf"))
+    with pytest.raises(ValueError, match="height must be a positive int, got True"):
+        odekern.NmODE(4, True, 8)
 
 
 def test_former_gradient_name_still_works_with_a_deprecation_warning():

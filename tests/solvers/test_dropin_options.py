@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchdiffeq
@@ -232,3 +233,48 @@ def test_values_torchdiffeq_asserts_on_raise_assertion_and_value_errors(case):
             lib.odeint(lambda s, y: -y, y0, t, **kw)
     with pytest.raises(ValueError):
         odekern.odeint(lambda s, y: -y, y0, t, **kw)
+
+
+NUMPY_CASES = {
+    "tolerances": (dict(rtol=np.float32(1e-5), atol=np.float64(1e-8)),
+                   dict(rtol=float(np.float32(1e-5)), atol=1e-8)),
+    "per-component-rtol": (dict(rtol=np.array([1e-5, 1e-6, 1e-7]), atol=np.array(1e-9)),
+                           dict(rtol=torch.tensor([1e-5, 1e-6, 1e-7], dtype=F64), atol=1e-9)),
+    "step-size": (dict(method="rk4", options=dict(step_size=np.float32(0.1))),
+                  dict(method="rk4", options=dict(step_size=float(np.float32(0.1))))),
+    "step-options": (dict(options=dict(max_num_steps=np.int64(1000), first_step=np.float64(0.01),
+                                       max_step=np.float32(0.5))),
+                     dict(options=dict(max_num_steps=1000, first_step=0.01, max_step=0.5))),
+}
+
+
+@pytest.mark.parametrize("case", NUMPY_CASES)
+def test_numpy_tolerances_and_options_act_as_their_numbers(case):
+    """torchdiffeq takes NumPy scalars and arrays as tolerances and options (through tensor
+    arithmetic); odekern refused them with a TypeError. Now the same solution as with the Python
+    numbers (bit for bit), and torchdiffeq's to its tolerance."""
+    numpy_kw, plain_kw = NUMPY_CASES[case]
+    func, y0, t = MLPODE(3, seed=2), randn(2, 3, dtype=F64, seed=4), torch.tensor([0.0, 0.7, 1.2], dtype=F64)
+    ours = odekern.odeint(func, y0, t, **numpy_kw)
+    torch.testing.assert_close(ours, odekern.odeint(func, y0, t, **plain_kw), rtol=0, atol=0)
+    assert_close(ours, torchdiffeq.odeint(func, y0, t, **numpy_kw), "cross")
+
+
+def test_numpy_values_reach_odeint_adjoint_odeint_dense_and_ode_block():
+    func, t = MLPODE(3, seed=2), torch.tensor([0.0, 1.0], dtype=F64)
+
+    def grads(**kw):
+        y0 = randn(2, 3, dtype=F64, seed=4).requires_grad_(True)
+        odekern.odeint_adjoint(func, y0, t, **kw).sum().backward()
+        return y0.grad
+
+    torch.testing.assert_close(
+        grads(rtol=np.float32(1e-6), adjoint_rtol=np.float32(1e-6), adjoint_options=dict(max_num_steps=np.int64(500))),
+        grads(rtol=float(np.float32(1e-6)), adjoint_rtol=float(np.float32(1e-6)), adjoint_options=dict(max_num_steps=500)),
+        rtol=0, atol=0)
+    y0 = randn(2, 3, dtype=F64, seed=4)
+    dense = odekern.odeint_dense(func, y0, 0.0, 1.0, rtol=np.float32(1e-6), atol=np.float64(1e-9))
+    plain = odekern.odeint_dense(func, y0, 0.0, 1.0, rtol=float(np.float32(1e-6)), atol=1e-9)
+    torch.testing.assert_close(dense(torch.tensor(0.3, dtype=F64)), plain(torch.tensor(0.3, dtype=F64)), rtol=0, atol=0)
+    block = odekern.ODEBlock(func, step_size=np.float32(0.25), rtol=np.float32(1e-5))
+    torch.testing.assert_close(block(y0), odekern.ODEBlock(func, step_size=0.25)(y0), rtol=0, atol=0)
