@@ -267,12 +267,16 @@ def time_points(values: Any, name: str) -> list[float]:
     rounded to float32)."""
     if values is None:
         return []
+    if isinstance(values, numbers.Real) and not isinstance(values, bool):
+        values = [values]  # one time, as torchdiffeq takes it
     if isinstance(values, Tensor):
         values = values.reshape(-1).tolist()
     try:
+        if isinstance(values, (str, bytes)) or any(isinstance(v, (bool, str, bytes)) for v in values):
+            raise TypeError
         return sorted(float(v) for v in values)
     except TypeError:
-        raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
+        raise TypeError(f"options['{name}'] must be a time, or a 1-D tensor or sequence of times") from None
 
 
 def check_time_values(values: Sequence[float], name: str = "t") -> bool:

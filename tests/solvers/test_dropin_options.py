@@ -278,3 +278,22 @@ def test_numpy_values_reach_odeint_adjoint_odeint_dense_and_ode_block():
     torch.testing.assert_close(dense(torch.tensor(0.3, dtype=F64)), plain(torch.tensor(0.3, dtype=F64)), rtol=0, atol=0)
     block = odekern.ODEBlock(func, step_size=np.float32(0.25), rtol=np.float32(1e-5))
     torch.testing.assert_close(block(y0), odekern.ODEBlock(func, step_size=0.25)(y0), rtol=0, atol=0)
+
+
+def _kinked(t, y):
+    return -y * (1 + (t > 0.5).to(y.dtype))
+
+
+@pytest.mark.parametrize("name", ["jump_t", "step_t"])
+def test_one_time_given_as_a_number_is_taken_like_torchdiffeq(name):
+    y0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    ours = odekern.odeint(_kinked, y0, t, options={name: 0.5})
+    torch.testing.assert_close(ours, odekern.odeint(_kinked, y0, t, options={name: [0.5]}), rtol=0, atol=0)
+    assert_close(ours, torchdiffeq.odeint(_kinked, y0, t, options={name: 0.5}), "cross")
+
+
+@pytest.mark.parametrize("value", ["0.5", ["0.5"], [True], object()])
+def test_times_that_are_not_numbers_are_refused_naming_the_option(value):
+    with pytest.raises(TypeError, match=r"options\['jump_t'\] must be a time, or a 1-D tensor or sequence"):
+        odekern.odeint(_kinked, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                       options={"jump_t": value})
