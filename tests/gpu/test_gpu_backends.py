@@ -15,6 +15,7 @@ import torch
 import odekern
 from odekern import dispatch
 from odekern.checkpoint import checkpointable_methods
+from odekern.ops.nmode_solve import fast_sine
 from odekern.ops.rk_stage import reference as rk_ref
 from odekern.ops.rk_stage import rk_combine, rk_error_ratio
 from odekern.testing import assert_close, backend_peak_atol, randn
@@ -66,6 +67,19 @@ def test_nmode_solve_matches_reference_on_gpu(backend, case, gradient, dtype):
     for name, x, r in zip(("y1", "f0", "f1", "grad_y0", "grad_g"), got, want):
         kind = "cross" if dtype == torch.float32 and case == "dopri5-per_element" else "rounding"
         assert_close(x, r, kind=kind, msg=f"{backend} {case} {gradient}: {name}", atol=backend_peak_atol(r))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", list(NMODE_CASES))
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_nmode_solve_names_inputs_beyond_the_fused_sine_range_on_gpu(backend, case, dtype):
+    """The fused sine's range holds on the GPU kernels too: the input is named, no wrong sine."""
+    kw, t1 = NMODE_CASES[case]
+    reach = 4 * fast_sine.REDUCTIONS[dtype].range
+    y0 = torch.linspace(0.1, 0.9, 64, dtype=dtype, device=DEV)
+    g = torch.linspace(reach, 2 * reach, 64, dtype=dtype, device=DEV)
+    with pytest.raises(ValueError, match=r"\|y0 \+ g\| reaches"):
+        odekern.nmode_solve(y0, g, 0.0, t1, backend=backend, **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
