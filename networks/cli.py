@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import math
 import pickle
 import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
+
+import torch
 
 USAGE_ERROR = 2
 INTERNAL_ERROR = 1
@@ -67,6 +70,60 @@ def did_you_mean(value: str, choices: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` when ``value`` is close to one of ``choices``, else ``""``."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int >= ``minimum`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse's "invalid <name> value" wording
+    return parse
+
+
+def real(minimum: float = -math.inf, *, above: bool = False, below: float = math.inf) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float >= ``minimum`` (> with ``above``) and < ``below``.
+    NaN and inf are refused: a NaN learning rate, rotation or decay factor trained on silently."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        low_ok = value > minimum if above else value >= minimum
+        if not (math.isfinite(value) and low_ok and value < below):
+            bounds = [f"{'>' if above else '>='} {minimum:g}"] if minimum > -math.inf else []
+            bounds += [f"< {below:g}"] if below < math.inf else []
+            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, "
+                                             f"got {text}")
+        return value
+    parse.__name__ = "real"
+    return parse
+
+
+def device(text: str) -> str:
+    """An argparse ``type`` for ``--device``: auto, cpu, cuda or cuda:N, and a CUDA device
+    only where one exists (torch's own error there is an AssertionError about its build)."""
+    if text == "auto":
+        return text
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r} asks for a CUDA device, but this machine has none "
+                                             "(or torch was built without CUDA); use cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
+    return text
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

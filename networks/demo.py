@@ -26,9 +26,11 @@ from typing import Any
 import torch
 
 from networks import checkpoint as ckpt
+from networks import cli
 from networks import evaluate as evaluation
 from networks import figures
 from networks import train as training
+from networks.models import MODEL_NAMES
 from odekern import dispatch
 
 def fused_backend_report() -> dict[str, Any]:
@@ -100,34 +102,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m networks.demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m networks.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--model", default="cnm-unet")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--width", type=int, default=16, help="first encoder width (paper: 64)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--num-train", type=int, default=320)
-    p.add_argument("--num-val", type=int, default=64)
-    p.add_argument("--num-test", type=int, default=24)
-    p.add_argument("--num-overlays", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--corruptions", nargs="*", default=list(evaluation.CORRUPTIONS))
+    p.add_argument("--model", default="cnm-unet", choices=MODEL_NAMES)
+    p.add_argument("--size", type=cli.integer(1), default=64)
+    p.add_argument("--width", type=cli.integer(1), default=16, help="first encoder width (paper: 64)")
+    p.add_argument("--epochs", type=cli.integer(1), default=12)
+    p.add_argument("--num-train", type=cli.integer(1), default=320)
+    p.add_argument("--num-val", type=cli.integer(0), default=64)
+    p.add_argument("--num-test", type=cli.integer(1), default=24)
+    p.add_argument("--num-overlays", type=cli.integer(0), default=6)
+    p.add_argument("--batch-size", type=cli.integer(1), default=8)
+    p.add_argument("--lr", type=cli.real(0.0, above=True), default=None)
+    p.add_argument("--corruptions", nargs="*", default=list(evaluation.CORRUPTIONS), choices=list(evaluation.CORRUPTIONS),
+                   metavar="NAME", help="corruptions to evaluate: " + ", ".join(evaluation.CORRUPTIONS))
     p.add_argument("--no-duse", dest="duse", action="store_false", help="skip the DUSE evaluation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--threads", type=cli.integer(1), default=None)
+    p.add_argument("--max-steps-per-epoch", type=cli.integer(1), default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
+@cli.tool("python -m networks.demo")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("size", "width", "epochs", "num_train", "num_test", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"demo: --{name.replace('_', '-')} must be >= 1")
-    run(args)
+    run(build_parser().parse_args(argv))
     return 0
 
 

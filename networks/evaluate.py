@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solvers", nargs="*", default=[], help="solver ablation: re-score with these ODE solvers")
     p.add_argument("--out", default=None, help="results JSON (default: evaluation.json next to the checkpoint)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=cli.integer(1), default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 

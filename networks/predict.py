@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-size", dest="original_size", action="store_false",
                    help="write masks at the model's input size (without it: at each image's own size)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=cli.integer(1), default=None)
     return p
 
 

@@ -256,3 +256,57 @@ def test_tool_exit_codes(capsys):
     assert main(["exit-text"]) == 2 and capsys.readouterr().err == "demo-tool: old-style message\n"
     with pytest.raises(RuntimeError, match="kernel exploded"):
         main(["bug", "--debug"])
+
+
+FLAG_MISTAKES = [
+    ("--lr", "nan", "must be a finite number > 0, got nan"),
+    ("--lr", "abc", "expected a number, got 'abc'"),
+    ("--rotation", "nan", "must be a finite number >= 0, got nan"),
+    ("--gamma", "0", "must be a finite number > 0, got 0"),
+    ("--weight-decay", "-1", "must be a finite number >= 0, got -1"),
+    ("--eta-min", "inf", "must be a finite number >= 0, got inf"),
+    ("--val-fraction", "1.5", "must be a finite number >= 0 and < 1, got 1.5"),
+    ("--t-max", "0", "must be >= 1, got 0"),
+    ("--step-size", "0", "must be >= 1, got 0"),
+    ("--threads", "0", "must be >= 1, got 0"),
+    ("--workers", "-1", "must be >= 0, got -1"),
+    ("--max-steps-per-epoch", "0", "must be >= 1, got 0"),
+    ("--num-val", "-2", "must be >= 0, got -2"),
+    ("--device", "tpu", "expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("flag, value, says", FLAG_MISTAKES, ids=[f"{f}={v}" for f, v, _ in FLAG_MISTAKES])
+def test_train_flag_values_are_checked_before_anything_runs(tmp_path, capsys, flag, value, says):
+    """Each once trained silently on a NaN (learning rate, rotation, decay factor), failed late
+    with a Python error (--t-max 0: ZeroDivisionError; --device cuda: an AssertionError about
+    torch's build) or meant something unstated (0 threads or steps: no limit)."""
+    from networks import train
+
+    with pytest.raises(SystemExit) as exc:
+        train.main([flag, value, "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"odekern-train: argument {flag}: ") and says in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA device")
+def test_train_on_cuda_without_a_cuda_device_is_named(tmp_path, capsys):
+    from networks import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--device", "cuda", "--out", str(tmp_path / "run")])
+    assert "'cuda' asks for a CUDA device, but this machine has none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, prog", [("evaluate", "odekern-evaluate"), ("predict", "odekern-predict"),
+                                          ("demo", "python -m networks.demo")])
+def test_other_tools_check_their_counts_too(capsys, module, prog):
+    tool = __import__(f"networks.{module}", fromlist=["main"])
+    argv = ["--threads", "0"] + {"evaluate": ["x.pt"], "predict": ["x.pt", "in", "out"], "demo": []}[module]
+    with pytest.raises(SystemExit) as exc:
+        tool.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{prog}: argument --threads: must be >= 1, got 0 (see {prog} --help)"], err
