@@ -175,8 +175,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     unknown = [c for c in cfg.corruptions if c not in CORRUPTIONS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    if any(s < 0 for s in cfg.noise):
-        raise ValueError(f"noise sigmas must be >= 0, got {cfg.noise}")
+    if not all(math.isfinite(s) and s >= 0 for s in cfg.noise):
+        raise ValueError(f"noise sigmas must be finite and >= 0, got {cfg.noise}")
     model, state = ckpt.load_model(cfg.checkpoint)
     dataset, desc = evaluation_dataset(cfg, state["config"])
     use_duse = cfg.duse and supports_duse(model)
@@ -265,12 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(docs/datasets.md; default: the training data)")
     p.add_argument("--split", default="auto", choices=("auto", "val", "all", "test"),
                    help="auto: unseen synthetic images, the training folder's val split, or all of another folder")
-    p.add_argument("--num-images", type=int, default=64, help="synthetic test images")
-    p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--noise", type=float, nargs="*", default=list(DEFAULT_NOISE),
+    p.add_argument("--num-images", type=cli.integer(1), default=64, help="synthetic test images")
+    p.add_argument("--max-images", type=cli.integer(1), default=None, help="score only the first N images")
+    p.add_argument("--batch-size", type=cli.integer(1), default=8, help="images per forward pass")
+    p.add_argument("--noise", type=cli.real(0.0), nargs="*", default=list(DEFAULT_NOISE),
                    help="Gaussian noise sigmas (none: skip the sweep)")
-    p.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS),
+    p.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS), choices=CORRUPTIONS, metavar="NAME",
                    help=f"corruptions to apply, from {', '.join(CORRUPTIONS)} (default: all; none: skip)")
     p.add_argument("--severity", type=int, default=5, choices=(1, 2, 3, 4, 5))
     p.add_argument("--duse", action="store_true", help="also score with DUSE test-time adaptation (CNM-UNet)")
@@ -287,9 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    for name in ("num_images", "batch_size"):
-        if getattr(args, name) < 1:
-            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     cfg = EvalConfig(checkpoint=args.checkpoint, data=args.data, split=args.split, num_images=args.num_images,
                      batch_size=args.batch_size, noise=tuple(args.noise), corruptions=tuple(args.corruptions),
                      severity=args.severity, duse=args.duse, solvers=tuple(args.solvers), out=args.out,

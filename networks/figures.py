@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     o = sub.add_parser("overlays", help="prediction overlays of a checkpoint")
     o.add_argument("checkpoint")
-    o.add_argument("--num-images", type=int, default=6)
+    o.add_argument("--num-images", type=cli.integer(1), default=6)
     o.add_argument("--duse", action="store_true")
     o.add_argument("--data", default=None)
     o.add_argument("--out", required=True)

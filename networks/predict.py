@@ -108,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint written by odekern-train")
     p.add_argument("input", help="a folder of images, one image file, or a quoted glob pattern")
     p.add_argument("output", help="folder for the masks (<stem>.png)")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument("--threshold", type=cli.real(0.0, above=True, below=1.0), default=0.5, help="foreground probability threshold")
     p.add_argument("--duse", action="store_true", help="DUSE test-time adaptation per image (CNM-UNet)")
     p.add_argument("--model-size", dest="original_size", action="store_false",
                    help="write masks at the model's input size (without it: at each image's own size)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=cli.integer(1), default=8)
     p.add_argument("--threads", type=cli.integer(1), default=None)
     return p
 
@@ -122,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.batch_size < 1:
-        raise cli.UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     written = predict_folder(args.checkpoint, args.input, args.output, args.threshold, args.duse,
                              args.original_size, args.batch_size)
     print(f"wrote {len(written)} mask(s) to {args.output}")

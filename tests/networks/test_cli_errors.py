@@ -300,13 +300,27 @@ def test_train_on_cuda_without_a_cuda_device_is_named(tmp_path, capsys):
     assert "'cuda' asks for a CUDA device, but this machine has none" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module, prog", [("evaluate", "odekern-evaluate"), ("predict", "odekern-predict"),
-                                          ("demo", "python -m networks.demo")])
-def test_other_tools_check_their_counts_too(capsys, module, prog):
+OTHER_TOOL_MISTAKES = [
+    ("evaluate", ["x.pt", "--threads", "0"], "--threads: must be >= 1, got 0"),
+    ("evaluate", ["x.pt", "--noise", "0.2", "nan"], "--noise: must be a finite number >= 0, got nan"),
+    ("evaluate", ["x.pt", "--max-images", "0"], "--max-images: must be >= 1, got 0"),
+    ("evaluate", ["x.pt", "--corruptions", "fog"], "--corruptions: invalid choice: 'fog'"),
+    ("predict", ["x.pt", "in", "out", "--threshold", "1.5"], "--threshold: must be a finite number > 0 and < 1"),
+    ("predict", ["x.pt", "in", "out", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+    ("figures", ["overlays", "x.pt", "--out", "o", "--num-images", "0"], "--num-images: must be >= 1, got 0"),
+    ("demo", ["--threads", "0"], "--threads: must be >= 1, got 0"),
+    ("demo", ["--corruptions", "fog"], "--corruptions: invalid choice: 'fog'"),
+]
+PROGS = {"evaluate": "odekern-evaluate", "predict": "odekern-predict", "demo": "python -m networks.demo",
+         "figures": "python -m networks.figures overlays"}
+
+
+@pytest.mark.parametrize("module, argv, says", OTHER_TOOL_MISTAKES,
+                         ids=[f"{m}-{a[-2]}" for m, a, _ in OTHER_TOOL_MISTAKES])
+def test_other_tools_check_their_flags_too(capsys, module, argv, says):
     tool = __import__(f"networks.{module}", fromlist=["main"])
-    argv = ["--threads", "0"] + {"evaluate": ["x.pt"], "predict": ["x.pt", "in", "out"], "demo": []}[module]
     with pytest.raises(SystemExit) as exc:
         tool.main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"{prog}: argument --threads: must be >= 1, got 0 (see {prog} --help)"], err
+    assert len(err) == 1 and err[0].startswith(f"{PROGS[module]}: ") and says in err[0], err
