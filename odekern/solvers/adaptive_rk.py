@@ -44,7 +44,7 @@ from odekern.solvers.checks import (
 from odekern.solvers.controllers import (DFACTOR, IFACTOR, SAFETY, IntegralController, error_scale_has_zero,
                                         select_initial_step)
 from odekern.solvers.explicit_rk import RKStepper
-from odekern.solvers.norms import rms_norm
+from odekern.solvers.norms import BUILT_IN_NORMS, rms_norm
 from odekern.solvers.tableau import ButcherTableau
 from odekern.solvers.tableaus import ADAPTIVE_HEUN, BOSH3, DOPRI5, DOPRI8, FEHLBERG2, TSIT5
 
@@ -173,8 +173,15 @@ class AdaptiveRK(Solver):
         if not state.all_finite(f0):
             raise_non_finite(self.method, t, "func(t0, y0) returned NaN/inf, so no first step can be chosen")
         self._refuse_zero_error_scale(self.y0, t)
-        raise ValueError(f"odeint(method={self.method!r}): the norm of y0 or func(t0, y0), divided by the error "
-                         "scale atol + rtol * |y0|, is not finite: options['norm'] returned NaN/inf")
+        largest = max(float(c.detach().abs().max()) for c in state.components(f0) if c.numel())
+        if isinstance(self.norm, BUILT_IN_NORMS):
+            raise ValueError(f"odeint(method={self.method!r}): func(t0, y0) at t={t:.6g} is too large to measure "
+                             f"against the tolerances: up to {largest:.3g}, which divided by the error scale "
+                             "atol + rtol * |y0| overflows in the error norm; rescale the state or time, or "
+                             "loosen atol")
+        raise ValueError(f"odeint(method={self.method!r}): the norm of y0 or func(t0, y0) (up to {largest:.3g}), "
+                         "divided by the error scale atol + rtol * |y0|, is not finite: options['norm'] returned "
+                         "NaN/inf, or func(t0, y0) is too large for these tolerances")
 
     def _refuse_zero_error_scale(self, y: Any, t: float) -> None:
         if error_scale_has_zero(y, self.rtol, self.atol):

@@ -104,6 +104,7 @@ class MixedNorm:
 rms_norm = RMSNorm()
 max_norm = MaxNorm()
 mixed_norm = MixedNorm()
+BUILT_IN_NORMS = (RMSNorm, MaxNorm, MixedNorm)
 
 
 def component_rms_combiner(norm) -> Callable | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -224,6 +226,23 @@ def test_zero_atol_in_the_adjoint_backward_points_to_adjoint_atol():
 def test_a_norm_returning_nan_is_named():
     with pytest.raises(ValueError, match=r"options\['norm'\] returned NaN/inf"):
         odeint(_decay, _y0(), _t(), options={"norm": lambda x: x.sum() * float("nan")})
+
+
+@pytest.mark.parametrize("dtype, size, norm", [(torch.float32, 1e30, None), (torch.float32, 1e30, "max"),
+                                              (torch.float64, 1e200, None)])
+def test_a_derivative_too_large_for_the_error_norm_is_named_as_such(dtype, size, norm):
+    """|f0| / atol overflows the dtype (float32) or the RMS norm's squares (float64): the message
+    blamed a user norm even where none was given. torchdiffeq stops with 'underflow in dt'."""
+    options = {} if norm is None else {"norm": norm}
+    with pytest.raises(ValueError, match=re.escape(f"func(t0, y0) at t=0 is too large to measure against the "
+                                                   f"tolerances: up to {size:.3g}")):
+        odeint(lambda t, y: torch.full_like(y, size), torch.zeros(3, dtype=dtype),
+               torch.tensor([0.0, 1.0], dtype=dtype), options=options)
+    # The max norm squares nothing: in float64 it measures the same derivative, and y = size * t.
+    if dtype == torch.float64:
+        y = odeint(lambda t, y: torch.full_like(y, size), torch.zeros(3, dtype=dtype),
+                   torch.tensor([0.0, 1.0], dtype=dtype), options={"norm": "max"})
+        torch.testing.assert_close(y[-1], torch.full((3,), size, dtype=dtype), rtol=1e-12, atol=0)
 
 
 def test_overflow_to_inf_is_reported_with_time():
