@@ -245,7 +245,7 @@ def _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, rever
     solver = build_solver(func, y0, rtol, atol, method, options, reverse)
     if reverse:
         t = -t
-    event_t, y_event = events.until_event(solver, t[0], solver_event)
+    event_t, y_event = events.until_event(solver, t[0], solver_event, options.get("max_num_steps"))
     event_t = event_t.to(t)
     solution = state.rebuild(y0, (torch.stack([a, b]) for a, b in zip(state.components(y0), state.components(y_event))))
     return (-event_t if reverse else event_t), solution

@@ -23,6 +23,10 @@ EventFn = Callable[[Tensor, Any], Tensor]
 
 # torchdiffeq's bound on a fixed-grid event search (steps of ``step_size``).
 MAX_FIXED_GRID_EVENT_STEPS = 20000
+# The adaptive search's bound unless options['max_num_steps'] sets one. The search has no end
+# time, so torchdiffeq's budget there (2**31 - 1 attempts) turns an event that never comes into
+# a hang; bounded as fixed grids are, with an error that says how to search further.
+ADAPTIVE_EVENT_STEPS = 100_000
 
 
 def combine_event_functions(event_fn: EventFn, t0: Tensor, y0: state.State) -> EventFn:
@@ -66,8 +70,10 @@ def find_event(interp: Callable[[Tensor], state.State], sign0: Tensor, t0: Tenso
     return event_t, interp(event_t)
 
 
-def adaptive_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float) -> tuple[Tensor, state.State]:
-    """An adaptive RK solver (``odekern.solvers.adaptive_rk``) stepped until the event."""
+def adaptive_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float,
+                         max_steps: int) -> tuple[Tensor, state.State]:
+    """An adaptive RK solver (``odekern.solvers.adaptive_rk``) stepped until the event, at most
+    ``max_steps`` attempts."""
     device = state.first(solver.y0).device
     t0 = t0.to(device=device, dtype=solver.time_dtype)
     s = solver._start(t0)
@@ -76,8 +82,8 @@ def adaptive_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float) -> t
     sign0 = torch.sign(event_fn(s.t, s.y))
     attempts = 0
     while bool(sign0 == torch.sign(event_fn(s.t, s.y))):
-        if attempts >= solver.max_num_steps:
-            raise RuntimeError(f"odeint(method={solver.method!r}, event_fn=...): max_num_steps={solver.max_num_steps} "
+        if attempts >= max_steps:
+            raise RuntimeError(f"odeint(method={solver.method!r}, event_fn=...): max_num_steps={max_steps} "
                                f"exceeded before the event; reached t={solver.rhs.user_time(s.tf):.6g}. Increase "
                                "options['max_num_steps'] or check that event_fn crosses zero")
         attempts += 1
@@ -124,11 +130,13 @@ def _step_interpolant(solver, t0, t1, y0, y1, f0) -> Callable[[Tensor], state.St
     return lambda t: stages.hermite(y0, f0, y1, f1, dt, (t - t0) / dt)
 
 
-def until_event(solver, t0: Tensor, event_fn: EventFn) -> tuple[Tensor, state.State]:
-    """Dispatch on the solver kind; methods without a step loop (``scipy_solver``) are refused."""
+def until_event(solver, t0: Tensor, event_fn: EventFn, max_num_steps: int | None = None) -> tuple[Tensor, state.State]:
+    """Dispatch on the solver kind; methods without a step loop (``scipy_solver``) are refused.
+    ``max_num_steps``: the user's options['max_num_steps'], if given (adaptive methods)."""
     tol = event_tolerance(solver.atol)
     if hasattr(solver, "_start") and hasattr(solver, "_attempt"):
-        return adaptive_until_event(solver, t0, event_fn, tol)
+        max_steps = ADAPTIVE_EVENT_STEPS if max_num_steps is None else solver.max_num_steps
+        return adaptive_until_event(solver, t0, event_fn, tol, max_steps)
     if hasattr(solver, "_step") and hasattr(solver, "step_size"):
         return fixed_grid_until_event(solver, t0, event_fn, tol)
     raise ValueError(f"odeint(method={solver.method!r}) does not support event_fn")

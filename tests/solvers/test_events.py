@@ -175,6 +175,27 @@ def test_odeint_event_fn_refuses_what_it_cannot_do():
         odekern.odeint(*args, options={"max_num_steps": 3}, event_fn=lambda t, y: y.sum() + 5.0)
 
 
+def test_an_event_that_never_comes_ends_the_search_with_an_error(monkeypatch):
+    """y' = -y never reaches 2: torchdiffeq's adaptive search steps on for 2**31 - 1 attempts (a
+    hang). Without options['max_num_steps'] the search has a budget of its own (shrunk here to
+    keep the test short); with it, the user's budget counts, larger or smaller."""
+    from odekern.solvers import events
+
+    monkeypatch.setattr(events, "ADAPTIVE_EVENT_STEPS", 200)
+    never = dict(event_fn=lambda t, y: y.sum() - 2.0)
+    args = (lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor(0.0, dtype=F64))
+    with pytest.raises(RuntimeError, match=r"max_num_steps=200 exceeded before the event; reached t="):
+        odekern.odeint_event(*args, **never)
+    with pytest.raises(RuntimeError, match=r"max_num_steps=50 exceeded before the event"):
+        odekern.odeint_event(*args, **never, options={"max_num_steps": 50})
+    # An event 2000 time units away needs more attempts than the default here, fewer than the user's.
+    far = dict(event_fn=lambda t, y: t - 2000.0)
+    with pytest.raises(RuntimeError, match=r"max_num_steps=200 exceeded"):
+        odekern.odeint_event(*args, **far)
+    event_t, _ = odekern.odeint_event(*args, **far, options={"max_num_steps": 100_000})
+    assert abs(float(event_t) - 2000.0) < 1e-6
+
+
 @pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "forward_ad"])
 @pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
 def test_event_time_derivatives_under_torch_func_match_the_closed_form(transform, tuple_state):
