@@ -43,13 +43,13 @@ from odekern.reachable import warn_unreached
 from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
-    from_numpy,
-    options_from_numpy,
     check_params,
     check_state,
     check_time,
     check_tolerance_resolvable,
     coerce_time,
+    from_numpy,
+    options_from_numpy,
     shape_or_type,
 )
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm

@@ -17,8 +17,6 @@ import torch
 from odekern.solvers import events, state
 from odekern.solvers.base import RHS, SolveStatus, step_callbacks
 from odekern.solvers.checks import (
-    from_numpy,
-    options_from_numpy,
     check_method,
     check_options,
     check_state,
@@ -28,6 +26,8 @@ from odekern.solvers.checks import (
     check_tolerance_resolvable,
     check_tolerances_not_both_zero,
     coerce_time,
+    from_numpy,
+    options_from_numpy,
     time_points,
 )
 from odekern.solvers.norms import GLOBAL, PER_SAMPLE, canonical_control, resolve_norm, rms_norm

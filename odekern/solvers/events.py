@@ -130,12 +130,14 @@ def _step_interpolant(solver, t0, t1, y0, y1, f0) -> Callable[[Tensor], state.St
     return lambda t: stages.hermite(y0, f0, y1, f1, dt, (t - t0) / dt)
 
 
-def until_event(solver, t0: Tensor, event_fn: EventFn, max_num_steps: int | None = None) -> tuple[Tensor, state.State]:
+def until_event(solver, t0: Tensor, event_fn: EventFn,
+                max_num_steps: int | None = None) -> tuple[Tensor, state.State]:
     """Dispatch on the solver kind; methods without a step loop (``scipy_solver``) are refused.
-    ``max_num_steps``: the user's options['max_num_steps'], if given (adaptive methods)."""
+    ``max_num_steps``: the user's options['max_num_steps'] (checked by the solver), or None for
+    the adaptive search's own budget."""
     tol = event_tolerance(solver.atol)
     if hasattr(solver, "_start") and hasattr(solver, "_attempt"):
-        max_steps = ADAPTIVE_EVENT_STEPS if max_num_steps is None else solver.max_num_steps
+        max_steps = ADAPTIVE_EVENT_STEPS if max_num_steps is None else max_num_steps
         return adaptive_until_event(solver, t0, event_fn, tol, max_steps)
     if hasattr(solver, "_step") and hasattr(solver, "step_size"):
         return fixed_grid_until_event(solver, t0, event_fn, tol)

@@ -8,8 +8,8 @@ The kernels write x = k pi/2 + r with |r| <= pi/4 (k rounded by adding and subtr
 leading ones have few significant bits, so their products with k are exact or nearly so; a
 polynomial takes sin and cos of r. That keeps the sine as accurate as the argument's own rounding
 while |x| <= ``range``; beyond it k * pi/2 is no longer exact enough and the sine would be
-silently wrong, so every fused kernel returns inf (or NaN) there instead and the solve names the input
-(the pure-PyTorch reference uses torch.sin and has no such limit). The nmODE state stays near
+silently wrong, so every fused kernel returns inf (or NaN) there instead and the solve names the
+input (the pure-PyTorch reference uses torch.sin and has no such limit). The nmODE state stays near
 [0, 1], far inside the range; |y + g| leaves it only for pathological inputs.
 """
 
@@ -37,7 +37,7 @@ class Reduction:
     pio2_mid: float
     pio2_lo: float
     magic: float  # 1.5 * 2^(mantissa bits): (v + magic) - magic rounds v to an integer
-    range: float  # the sine is exact for |x| <= range, not finite from half a turn past it
+    range: float  # the sine is exact for |x| <= range, not finite from at most half a turn past it
 
     @property
     def max_quarter_turns(self) -> int:
