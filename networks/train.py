@@ -261,9 +261,30 @@ def _load_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     path = Path(cfg.out) / "last.pt" if cfg.resume in ("auto", "") else Path(cfg.resume)
     state = ckpt.load_checkpoint(path)
     stored = dict(state["config"])
+    _refuse_changed_settings(cfg, stored, path)
     for key in RESUME_OVERRIDABLE:
         stored[key] = getattr(cfg, key)
     return TrainConfig(**stored), state
+
+
+def _refuse_changed_settings(cfg: TrainConfig, stored: dict[str, Any], path: Path) -> None:
+    """A setting given on the command line that the resumed run would not use (it keeps the
+    checkpoint's, so the continued run is the same run) is a usage error, not silently dropped."""
+    defaults = TrainConfig()
+    changed = [f"{_flag(name)} {getattr(cfg, name)!r} (stored: {stored[name]!r})"
+               for name in (f.name for f in dataclasses.fields(TrainConfig))
+               if name not in RESUME_OVERRIDABLE and name in stored
+               and getattr(cfg, name) != getattr(defaults, name) and getattr(cfg, name) != stored[name]]
+    if changed:
+        allowed = ", ".join(_flag(name) for name in RESUME_OVERRIDABLE if name not in ("resume", "progress"))
+        raise cli.UsageError(f"--resume continues the run in {path} with its own settings, so "
+                             f"{'; '.join(changed)} would not apply; only {allowed} and --no-progress "
+                             "may change on resume (train a new run into another --out to change the rest)")
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a TrainConfig field (``model_options`` is given by --option)."""
+    return "--option" if name == "model_options" else f"--{name.replace('_', '-')}"
 
 
 def run(cfg: TrainConfig, step_callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -42,6 +42,18 @@ def test_resume_after_an_epoch_is_bit_exact(tmp_path):
     _assert_same_weights(_weights(tmp_path / "split" / "last.pt"), _weights(tmp_path / "straight" / "last.pt"))
 
 
+def test_resume_refuses_settings_it_would_not_apply(tmp_path):
+    """The resumed run keeps the checkpoint's settings; a different one given with --resume was
+    dropped silently (training went on at the stored learning rate), now it is named."""
+    training.run(_cfg(tmp_path, "run", epochs=1))
+    with pytest.raises(ValueError, match=r"--lr 0\.1 \(stored: 0\.001\); --seed 3 \(stored: 0\) would not apply"):
+        training.run(_cfg(tmp_path, "run", epochs=2, resume="auto", lr=0.1, seed=3))
+    assert ckpt.torch_load(tmp_path / "run" / "last.pt")["epoch"] == 1  # nothing trained or written
+    # The stored values themselves, and the settings a resume may change, are fine.
+    history = training.run(_cfg(tmp_path, "run", epochs=2, resume="auto", lr=0.001, workers=0))
+    assert len(history["epochs"]) == 2
+
+
 class _DropoutNet(nn.Module):
     """Test-only stand-in with dropout, so resume must also restore the global RNG."""
 
