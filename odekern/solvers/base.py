@@ -141,7 +141,8 @@ class RHS:
 
 
 def _as_dtype_of(dy: Tensor, y: Tensor) -> Tensor:
-    """dy/dt in the state's dtype (a lower-precision RHS output, e.g. under autocast, cast up)."""
+    """dy/dt in the state's dtype (an RHS output of another real dtype, e.g. bfloat16 under
+    autocast or float64 from a float64 buffer, cast to it: ``checks.castable_to_state``)."""
     return dy if dy.dtype == y.dtype else dy.to(y.dtype)
 
 

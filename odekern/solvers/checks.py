@@ -358,21 +358,21 @@ def _check_dtype_and_device(out: Tensor, y: Tensor, index: int | None = None) ->
     are formatted only on failure (this runs on every RHS call)."""
     if out.dtype == y.dtype and out.device == y.device:
         return
-    if out.device == y.device and accepts_lower_precision(out, y):
-        return  # RHS.__call__ casts it up once
+    if out.device == y.device and castable_to_state(out, y):
+        return  # RHS.__call__ casts it once
     out_name, y_name = ("func(t, y)", "the state y") if index is None else (f"func(t, y)[{index}]", f"y0[{index}]")
     if out.dtype != y.dtype:
-        raise TypeError(f"{out_name} returned dtype {out.dtype} but {y_name} has dtype {y.dtype}; "
-                        "dy/dt must have y's dtype (or a lower floating precision, which is cast up)")
+        raise TypeError(f"{out_name} returned dtype {out.dtype} but {y_name} has dtype {y.dtype}; a complex "
+                        "dy/dt needs a complex state (its imaginary part would be dropped)")
     raise ValueError(f"{out_name} returned a tensor on {out.device} but {y_name} is on {y.device}")
 
 
-def accepts_lower_precision(out: Tensor, y: Tensor) -> bool:
-    """A floating dy/dt of lower (or equal-width) precision than a floating state, as an RHS
-    under autocast returns (bfloat16 for a float32 state): accepted and cast to the state's dtype,
-    so the state keeps its precision."""
-    return (out.is_floating_point() and y.is_floating_point()
-            and out.element_size() <= y.element_size())
+def castable_to_state(out: Tensor, y: Tensor) -> bool:
+    """Whether a dy/dt of another dtype is cast to the state's: any real one (bfloat16 from an RHS
+    under autocast, float64 from a float64 buffer in the RHS of a float32 state, integers), as
+    torchdiffeq's arithmetic takes them, so the state keeps its own precision. Not a complex
+    dy/dt for a real state, whose imaginary part the cast would drop silently."""
+    return not out.is_complex() or y.is_complex()
 
 
 def check_tuple_rhs_output(out: Any, y: tuple, t: Any) -> None:

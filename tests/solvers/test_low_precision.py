@@ -50,9 +50,15 @@ def test_tuple_state_accepts_a_lower_precision_component():
         assert_close(a, b, **odekern.testing.tol(torch.bfloat16))
 
 
-def test_a_higher_precision_rhs_output_is_still_refused():
-    with pytest.raises(TypeError, match="lower floating precision"):
-        odekern.odeint(lambda t, y: y.double(), torch.ones(3), T, method="rk4")
+def test_a_higher_precision_component_is_cast_to_the_state_and_a_complex_one_refused():
+    y0 = (randn(3, seed=3), randn(3, seed=4))
+    out = odekern.odeint(lambda t, z: (z[1].double(), -z[0]), y0, T, method="rk4")
+    assert out[0].dtype == out[1].dtype == torch.float32
+    exact = odekern.odeint(lambda t, z: (z[1], -z[0]), y0, T, method="rk4")
+    for a, b in zip(out, exact):
+        assert_close(a, b)
+    with pytest.raises(TypeError, match=r"func\(t, y\)\[0\] returned dtype torch.complex64 .* needs a complex state"):
+        odekern.odeint(lambda t, z: (z[1] + 0j, -z[0]), y0, T, method="rk4")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

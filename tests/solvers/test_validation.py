@@ -141,12 +141,27 @@ def test_rhs_returning_wrong_shape(method):
         odeint(lambda t, y: y[0], _y0(), _t(), method=method)
 
 
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.int64], ids=["float64", "int64"])
+def test_rhs_returning_another_real_dtype_is_cast_to_the_state_like_torchdiffeq(method, out_dtype):
+    """A float64 buffer in the RHS of a float32 state (or an integer dy/dt): torchdiffeq solves it
+    through its arithmetic; a TypeError here broke such code when switching the import."""
+    import torchdiffeq
+
+    def func(t, y):
+        return (-1.5 * y).to(out_dtype) if out_dtype.is_floating_point else torch.ones_like(y, dtype=out_dtype)
+
+    y0, t = _y0().float(), _t().float()
+    options = {"step_size": 0.1} if method == "rk4" else None
+    ours = odeint(func, y0, t, method=method, options=options)
+    assert ours.dtype == torch.float32
+    assert_close(ours, torchdiffeq.odeint(func, y0, t, method=method, options=options), kind="cross")
+
+
 def test_rhs_returning_wrong_dtype_or_type():
-    with pytest.raises(TypeError, match=r"func\(t, y\) returned dtype torch.float64 but the state y has dtype "
-                                        r"torch.float32"):
-        odeint(lambda t, y: y.double(), _y0().float(), _t().float())
-    with pytest.raises(TypeError, match=r"returned dtype torch.int64"):
-        odeint(lambda t, y: y.long(), _y0(), _t())
+    with pytest.raises(TypeError, match=r"func\(t, y\) returned dtype torch.complex64 but the state y has dtype "
+                                        r"torch.float32; a complex dy/dt needs a complex state"):
+        odeint(lambda t, y: y + 0j, _y0().float(), _t().float())
     with pytest.raises(TypeError, match=r"func\(t, y\) must return a torch.Tensor \(dy/dt\), got float"):
         odeint(lambda t, y: 1.0, _y0(), _t(), method="euler")
     with pytest.raises(TypeError, match=r"func\(t, y\) must return a tuple of 2 tensors for a tuple state y0"):
