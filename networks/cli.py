@@ -82,7 +82,6 @@ def integer(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
-    parse.__name__ = "integer"  # argparse's "invalid <name> value" wording
     return parse
 
 
@@ -98,10 +97,9 @@ def real(minimum: float = -math.inf, *, above: bool = False, below: float = math
         if not (math.isfinite(value) and low_ok and value < below):
             bounds = [f"{'>' if above else '>='} {minimum:g}"] if minimum > -math.inf else []
             bounds += [f"< {below:g}"] if below < math.inf else []
-            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, "
-                                             f"got {text}")
+            within = " " + " and ".join(bounds) if bounds else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number{within}, got {text}")
         return value
-    parse.__name__ = "real"
     return parse
 
 

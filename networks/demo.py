@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-overlays", type=cli.integer(0), default=6)
     p.add_argument("--batch-size", type=cli.integer(1), default=8)
     p.add_argument("--lr", type=cli.real(0.0, above=True), default=None)
-    p.add_argument("--corruptions", nargs="*", default=list(evaluation.CORRUPTIONS), choices=list(evaluation.CORRUPTIONS),
-                   metavar="NAME", help="corruptions to evaluate: " + ", ".join(evaluation.CORRUPTIONS))
+    p.add_argument("--corruptions", nargs="*", default=list(evaluation.CORRUPTIONS),
+                   choices=evaluation.CORRUPTIONS, metavar="NAME",
+                   help="corruptions to evaluate: " + ", ".join(evaluation.CORRUPTIONS))
     p.add_argument("--no-duse", dest="duse", action="store_false", help="skip the DUSE evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=cli.integer(1), default=None)
