@@ -21,8 +21,8 @@ import torch
 from odekern._warnings import warn_caller
 from odekern.solvers import stages, state
 from odekern.solvers.base import RHS, Perturb, Solver, SolveStatus, beside, store
-from odekern.solvers.checks import (check_on_max_steps, check_positive, raise_non_finite_step,
-                                    raise_non_finite_unrepeated)
+from odekern.solvers.checks import (AssertedValueError, check_on_max_steps, check_positive,
+                                    raise_non_finite_step, raise_non_finite_unrepeated)
 
 Tensor = torch.Tensor
 
@@ -199,16 +199,24 @@ class FixedGridSolver(Solver):
         if self.grid_constructor is None:
             return t, t_vals
         grid = self.grid_constructor(self.rhs, self.y0, t)
-        if not isinstance(grid, Tensor) or grid.dim() != 1 or len(grid) < 2:
-            raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times")
+        if not isinstance(grid, Tensor):
+            raise TypeError(f"options['grid_constructor'] must return a 1-D tensor of times, got {type(grid).__name__}")
+        if grid.dim() != 1 or len(grid) < 2:
+            raise AssertedValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times, "
+                                     f"got shape {tuple(grid.shape)}")
         grid = grid.to(t.dtype)
         grid_vals = grid.tolist()
         if len(t_vals) > 1:
-            if grid_vals[0] != t_vals[0] or grid_vals[-1] != t_vals[-1]:
-                raise ValueError(f"the time grid must start at t[0]={t_vals[0]} and end at t[-1]={t_vals[-1]}, "
-                                 f"got [{grid_vals[0]}, ..., {grid_vals[-1]}]")
-            if not all(b > a for a, b in zip(grid_vals[:-1], grid_vals[1:])):
-                raise ValueError("the time grid must be strictly monotonic in the direction of t")
+            if grid_vals[0] != t_vals[0] or grid_vals[-1] != t_vals[-1]:  # torchdiffeq asserts this
+                raise AssertedValueError(f"the time grid must start at t[0]={t_vals[0]} and end at "
+                                         f"t[-1]={t_vals[-1]}, got [{grid_vals[0]}, ..., {grid_vals[-1]}]")
+            if not all(b >= a for a, b in zip(grid_vals[:-1], grid_vals[1:])):  # NaN fails too
+                raise ValueError("the time grid must be monotonic in the direction of t (and free of NaN)")
+            if len(set(grid_vals)) < len(grid_vals):
+                # A repeated point is a step of length 0, which changes nothing (torchdiffeq takes
+                # it so): dropped, so that no step or interpolation divides by its length.
+                keep = [0] + [i for i in range(1, len(grid_vals)) if grid_vals[i] != grid_vals[i - 1]]
+                grid, grid_vals = grid[keep], [grid_vals[i] for i in keep]
         return grid, grid_vals
 
     def _next_buffer(self, current: Tensor) -> Tensor | None:

@@ -297,3 +297,37 @@ def test_times_that_are_not_numbers_are_refused_naming_the_option(value):
     with pytest.raises(TypeError, match=r"options\['jump_t'\] must be a time, or a 1-D tensor or sequence"):
         odekern.odeint(_kinked, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
                        options={"jump_t": value})
+
+
+def _cos_decay(t, y):
+    return -y * torch.cos(t)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "explicit_adams", "implicit_adams"])
+def test_a_grid_with_repeated_points_solves_like_torchdiffeq(method):
+    """A repeated grid point is a step of length 0: torchdiffeq takes it; it was refused here."""
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    options = {"grid_constructor": lambda f, y, tt: torch.tensor([0, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0], dtype=F64)}
+    ours, theirs = (lib.odeint(_cos_decay, y0, t, method=method, options=options) for lib in (odekern, torchdiffeq))
+    assert_close(ours, theirs)
+    assert_close(*(torch.autograd.grad(ys.sum(), y0)[0] for ys in (ours, theirs)))
+
+
+GRID_MISTAKES = [  # (grid, exception types torchdiffeq's caller may catch, message)
+    (torch.linspace(0.1, 1.0, 10, dtype=F64), (AssertionError, ValueError), r"must start at t\[0\]=0.0 and end at"),
+    (torch.tensor([0.0], dtype=F64), (AssertionError, ValueError), r"1-D tensor of at least 2 times, got shape \(1,\)"),
+    ([0.0, 1.0], (TypeError,), r"must return a 1-D tensor of times, got list"),
+    (torch.tensor([0.0, 0.6, 0.3, 1.0], dtype=F64), (ValueError,), r"must be monotonic"),
+    (torch.tensor([0.0, float("nan"), 1.0], dtype=F64), (ValueError,), r"must be monotonic .*free of NaN"),
+]
+
+
+@pytest.mark.parametrize("grid, types, match", GRID_MISTAKES, ids=["ends", "one-point", "list", "unsorted", "nan"])
+def test_grid_constructor_mistakes_raise_torchdiffeqs_types_or_clearer_ones(grid, types, match):
+    """Ends that miss t and a one-point grid fail torchdiffeq's assert (both types here); an
+    unsorted or NaN grid, which torchdiffeq integrates into garbage or NaN, is refused."""
+    for exc in types:
+        with pytest.raises(exc, match=match):
+            odekern.odeint(_cos_decay, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rk4",
+                           options={"grid_constructor": lambda f, y, tt: grid})
