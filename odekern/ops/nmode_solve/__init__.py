@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
 from odekern.dispatch import check_backend_name
 from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import (DEFAULT_MAX_NUM_STEPS, DEPRECATED_GRADIENTS, NmodeConfig,
-                                            fixed_grid_step_count)
+                                            fixed_grid_step_count, real_number)
 from odekern.ops.nmode_solve.op import (  # registers the op and its backends
     nmode_solve_op, select_backend, solve_without_graph, stats_capacity)
 from odekern._warnings import warn_caller
@@ -28,9 +27,7 @@ def _as_number(name: str, v) -> float:
         if not v.dtype.is_floating_point and v.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"{name} must be a real number, got a tensor of dtype {v.dtype}")
         return float(v.item())
-    if isinstance(v, numbers.Real) and not isinstance(v, bool):
-        return float(v)
-    raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    return real_number(name, v)
 
 
 def _as_time(name: str, t) -> float:

@@ -138,11 +138,11 @@ class NmodeConfig:
             if self.step_size is None:
                 raise ValueError(f"step_size is required for the fixed-step method {self.method!r}")
         if self.step_size is not None:
-            object.__setattr__(self, "step_size", _real_number("step_size", self.step_size))
+            object.__setattr__(self, "step_size", real_number("step_size", self.step_size))
             if not 0.0 < self.step_size < math.inf:
                 raise ValueError(f"step_size must be a finite number > 0, got {self.step_size!r}")
         for name in ("rtol", "atol"):
-            v = _real_number(name, getattr(self, name))
+            v = real_number(name, getattr(self, name))
             object.__setattr__(self, name, v)
             if not 0.0 <= v < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -170,10 +170,10 @@ class NmodeConfig:
                    max_num_steps)
 
 
-def _real_number(name: str, v) -> float:
+def real_number(name: str, v) -> float:
     """``v`` as a float when it is a real number (a bool or a string is not one: they would pass
     as 1.0 or fail deep inside a backend); TypeError naming ``name`` otherwise. One-element
-    tensors are read by the caller, which knows torch."""
+    tensors are read by ``nmode_solve`` (this module stays free of torch)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     return float(v)
