@@ -272,7 +272,10 @@ def time_points(values: Any, name: str) -> list[float]:
     if isinstance(values, Tensor):
         values = values.reshape(-1).tolist()
     try:
-        if isinstance(values, (str, bytes)) or any(isinstance(v, (bool, str, bytes)) for v in values):
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        values = list(values)  # once: a generator would be used up by the check below
+        if any(isinstance(v, (bool, str, bytes)) for v in values):
             raise TypeError
         return sorted(float(v) for v in values)
     except TypeError:

@@ -290,6 +290,9 @@ def test_one_time_given_as_a_number_is_taken_like_torchdiffeq(name):
     ours = odekern.odeint(_kinked, y0, t, options={name: 0.5})
     torch.testing.assert_close(ours, odekern.odeint(_kinked, y0, t, options={name: [0.5]}), rtol=0, atol=0)
     assert_close(ours, torchdiffeq.odeint(_kinked, y0, t, options={name: 0.5}), "cross")
+    # Any iterable of times, a generator too (the type check must not use it up).
+    torch.testing.assert_close(odekern.odeint(_kinked, y0, t, options={name: (v for v in [0.5])}), ours,
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("value", ["0.5", ["0.5"], [True], object()])
