@@ -43,6 +43,7 @@ from torch import nn
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
+from odekern.reachable import tensors_requiring_grad, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
@@ -315,14 +316,33 @@ class _CheckpointedSolve(torch.autograd.Function):
         return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
 
 
+def _differentiated_tensors(func: Callable, adjoint_params: Sequence[Tensor] | None) -> tuple[Tensor, ...]:
+    """The tensors the backward pass differentiates besides ``y0``, each once. Without
+    ``adjoint_params``: ``func``'s parameters and every tensor requiring grad it reaches, so the
+    gradient is backpropagation's even for a tensor that is not a registered parameter (left
+    out, it would silently get none: the autograd graph of the recorded steps is never joined
+    to the caller's)."""
+    if adjoint_params is None:
+        own = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
+        given = (*own, *(tensor for _, tensor in tensors_requiring_grad(func)))
+    else:
+        given = tuple(adjoint_params)
+        warn_unreached(func, given, "odeint_checkpointed", "gradient mode 'checkpoint'")
+    unique = {id(p): p for p in given if isinstance(p, Tensor) and p.requires_grad}
+    return tuple(unique.values())
+
+
 def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints: int, rtol: Any = 1e-7,
                         atol: Any = 1e-9, method: str | None = "rk4", options: dict | None = None,
                         adjoint_params: Sequence[Tensor] | None = None) -> st.State:
     """``odeint(func, y0, t, ...)`` whose backward recomputes steps from at most ``checkpoints``
     stored states: exact discrete gradients, memory flat in the number of steps.
 
-    Gradients flow to ``y0`` and to ``adjoint_params`` (default: ``func.parameters()`` when ``func``
-    is an ``nn.Module``), not to ``t``. Inside torch.func transforms (grad, jacrev, jvp, vmap) the
+    Gradients flow to ``y0`` and to ``adjoint_params``, not to ``t``. By default, as with
+    backpropagation, to every tensor requiring grad that ``func`` uses: its parameters and any
+    tensor it reaches (a plain attribute such as a conditioning tensor computed by another
+    module, a closure's tensor; ``odekern.reachable``). An explicit ``adjoint_params`` limits
+    the gradient to those tensors, with a warning naming each reachable one left out. Inside torch.func transforms (grad, jacrev, jvp, vmap) the
     solve is ``odeint``'s, whose derivatives are exactly these, without the memory bound.
     """
     checkpoints = check_checkpoints(checkpoints)
@@ -342,9 +362,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     t_vals = t.tolist()
     grid, grid_vals = _step_grid(t, t_vals, options)
     nodes = _output_nodes(t_vals, grid_vals) if len(t_vals) > 1 else [0]
-    if adjoint_params is None:
-        adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
-    params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
+    params = _differentiated_tensors(func, adjoint_params)
     parts = st.components(y0)
     if st.inside_transform():
         # Inside a torch.func transform (grad, jacrev, jvp, vmap) or a forward-mode AD level the

@@ -4,11 +4,13 @@ The continuous adjoint differentiates only ``y0``, ``t`` and ``adjoint_params``.
 ``func`` uses and that requires grad -- a plain tensor attribute, a submodule's parameter left
 out of an explicit ``adjoint_params``, a tensor captured by a closure -- silently gets no
 gradient (torchdiffeq gives none either), so a model part the user means to train never
-trains. ``odeint_adjoint`` warns once per such tensor, naming it.
+trains. ``odeint_adjoint`` warns once per such tensor, naming it; so does the checkpointed
+gradient given an explicit ``adjoint_params``. Without one, the checkpointed gradient
+differentiates every tensor found here, as backpropagation would.
 
 The search follows module parameters, buffers and submodules, plain attributes, bound
-methods' ``self``, closures, ``functools.partial`` and lists/tuples/dicts, a few levels deep;
-it never calls anything.
+methods' ``self``, closures, the globals a function's code names, ``functools.partial`` and
+lists/tuples/dicts, a few levels deep; it never calls anything.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def _children(obj: object, name: str, depth: int) -> Iterable[tuple[object, str,
                 yield value, f"{name}.{key}", depth
     elif isinstance(obj, types.MethodType):
         yield obj.__self__, f"{name}.__self__", depth
+        yield obj.__func__, f"{name}.__func__", depth
     elif isinstance(obj, functools.partial):
         yield obj.func, f"{name}.func", depth
         for i, value in enumerate(obj.args):
@@ -73,6 +76,9 @@ def _children(obj: object, name: str, depth: int) -> Iterable[tuple[object, str,
                 yield cell.cell_contents, f"{name}.<closure {var}>", depth
             except ValueError:  # an empty cell
                 continue
+        for var in sorted(_global_names(obj.__code__)):
+            if var in obj.__globals__:
+                yield obj.__globals__[var], f"{name}.<global {var}>", depth
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
             yield value, f"{name}[{i}]", depth
@@ -85,9 +91,20 @@ def _children(obj: object, name: str, depth: int) -> Iterable[tuple[object, str,
             yield value, f"{name}.{key}", depth
 
 
-def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor]) -> None:
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global names ``code`` may read, its nested functions' and comprehensions' included
+    (a name there is a global or an attribute; only those found in the globals are followed)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor], caller: str = "odeint_adjoint",
+                   gradient: str = "the adjoint") -> None:
     """Warn (once per tensor) about tensors requiring grad that ``func`` reaches but that are
-    not in ``adjoint_params``: the adjoint gives them no gradient."""
+    not in ``adjoint_params``: ``gradient`` (the caller's) gives them no gradient."""
     given = {id(p) for p in adjoint_params}
     for name, tensor in tensors_requiring_grad(func):
         if id(tensor) in given or id(tensor) in _warned:
@@ -95,8 +112,8 @@ def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor]) -> None:
         _warned[id(tensor)] = tensor
         kind = "a parameter" if isinstance(tensor, nn.Parameter) else "a tensor"
         warn_caller(
-            f"odeint_adjoint: {name} ({kind} of shape {tuple(tensor.shape)}) requires grad and is reachable "
-            "from func, but it is not in adjoint_params, so the adjoint gives it no gradient and it will not "
+            f"{caller}: {name} ({kind} of shape {tuple(tensor.shape)}) requires grad and is reachable "
+            f"from func, but it is not in adjoint_params, so {gradient} gives it no gradient and it will not "
             "train. Pass it in adjoint_params, register it as an nn.Parameter of func, or detach it if it "
             "should stay fixed.")
 

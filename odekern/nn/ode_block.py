@@ -49,9 +49,9 @@ def _solve_adjoint(
 def _solve_checkpoint(
     dynamics: nn.Module, z0, t: torch.Tensor, *, checkpoints: int = 8, **solver_kwargs
 ):
-    return odeint_checkpointed(
-        dynamics, z0, t, checkpoints=checkpoints, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs
-    )
+    # No adjoint_params: the checkpointed gradient then reaches every tensor requiring grad that
+    # the dynamics use, registered or not, as "backprop" does.
+    return odeint_checkpointed(dynamics, z0, t, checkpoints=checkpoints, **solver_kwargs)
 
 
 GRADIENT_MODES: dict[str, Callable[..., torch.Tensor]] = {

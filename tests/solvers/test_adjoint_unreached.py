@@ -103,3 +103,25 @@ def test_data_parallel_replica_parameters_are_its_tensor_attributes():
     func.lin._is_replica = func._is_replica = True
     assert _unreached(func) == []
     assert func.lin.weight.grad is not None
+
+
+# Read by name inside the RHS function below: a module-level tensor, neither parameter nor closure.
+MODULE_LEVEL_SCALE = torch.ones(3, requires_grad=True)
+
+
+def _rhs_reading_a_global(t, y):
+    return -y * MODULE_LEVEL_SCALE
+
+
+def test_globals_named_by_the_function_are_searched():
+    class Holder(nn.Module):
+        def dynamics(self, t, y):
+            return _rhs_reading_a_global(t, y)
+
+    assert [m.split(" (")[0] for m in _unreached(_rhs_reading_a_global, adjoint_params=())] == [
+        "odeint_adjoint: func.<global MODULE_LEVEL_SCALE>"]
+    # Through a bound method's function and a helper it calls (warned once per tensor: a fresh one).
+    global MODULE_LEVEL_SCALE
+    MODULE_LEVEL_SCALE = torch.ones(3, requires_grad=True)
+    assert [m.split(" (")[0] for m in _unreached(Holder().dynamics, adjoint_params=())] == [
+        "odeint_adjoint: func.__func__.<global _rhs_reading_a_global>.<global MODULE_LEVEL_SCALE>"]

@@ -195,3 +195,76 @@ def test_nan_from_a_func_that_does_not_repeat_itself_names_the_segment():
                        match=r"the solution at t=[0-9.]+ is not finite \(a repeat of the steps checking each one"):
         odeint_checkpointed(nan_once, torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
                             checkpoints=2, method="rk4", options={"step_size": 0.1})
+
+
+class Conditioned(nn.Module):
+    """An RHS conditioned on a tensor another module computes, set as a plain attribute before
+    each solve (a common pattern: the conditioning is not a parameter of the RHS)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3).to(torch.float64)
+        self.context = None
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y) + self.context) * torch.cos(t)
+
+
+# Read by name inside an RHS function below: a module-level tensor, neither parameter nor closure.
+GLOBAL_RATE = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+
+
+def _global_rate_rhs(t, y):
+    return -GLOBAL_RATE * y
+
+
+def _block_grads(gradient, func, leaves, make_input):
+    for leaf in leaves:
+        leaf.grad = None
+    block = ODEBlock(func, method="rk4", step_size=0.125, gradient=gradient, checkpoints=2)
+    out = block(make_input())
+    (out * testing.randn(*out.shape, dtype=out.dtype, seed=98)).sum().backward()
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def _assert_checkpoint_equals_backprop(func, leaves, make_input):
+    ref, ref_grads = _block_grads("backprop", func, leaves, make_input)
+    got, got_grads = _block_grads("checkpoint", func, leaves, make_input)
+    testing.assert_close(got, ref)
+    for g, r in zip(got_grads, ref_grads):
+        assert r is not None and g is not None
+        testing.assert_close(g, r)
+
+
+def test_a_tensor_attribute_computed_by_another_module_gets_backprops_gradient():
+    # The encoder's gradient flows through the RHS's context tensor; leaving that tensor out of
+    # the differentiated inputs gave the encoder no gradient at all, without a word.
+    func = Conditioned()
+    encoder = nn.Linear(3, 3).to(torch.float64)
+    x = testing.randn(4, 3, dtype=torch.float64, seed=11)
+
+    def make_input():
+        func.context = encoder(x).exp()
+        return x
+
+    _assert_checkpoint_equals_backprop(func, [encoder.weight, encoder.bias, *func.lin.parameters()], make_input)
+
+
+def test_closure_and_global_tensors_get_backprops_gradient():
+    scale = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    x = testing.randn(4, 3, dtype=torch.float64, seed=12)  # does not require grad: only the tensors do
+    _assert_checkpoint_equals_backprop(lambda t, y: -y * scale, [scale], lambda: x)
+    _assert_checkpoint_equals_backprop(_global_rate_rhs, [GLOBAL_RATE], lambda: x)
+
+
+def test_explicit_adjoint_params_leaving_a_reachable_tensor_out_warn_and_are_respected():
+    func = Conditioned()
+    func.context = testing.randn(4, 3, dtype=torch.float64, seed=13, requires_grad=True)
+    y0 = testing.randn(4, 3, dtype=torch.float64, seed=14)
+    t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"odeint_checkpointed: func\.context \(a tensor of shape \(4, 3\)\) .*"
+                                         r"gradient mode 'checkpoint' gives it no gradient"):
+        out = odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"step_size": 0.25},
+                                  adjoint_params=tuple(func.parameters()))
+    out[-1].sum().backward()
+    assert func.context.grad is None and func.lin.weight.grad is not None
