@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import operator
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -28,13 +29,31 @@ from torch.utils.data import Dataset
 from networks.layouts import IMAGE_EXTENSIONS, Sample, find_samples, image_files, mask_key
 
 
+def _whole_number(value) -> int | None:
+    """``value`` as an int when it is one (a NumPy integer included), else None: a float, a
+    bool or a string is not read as a count (``int("64")`` would split a size into digits,
+    ``int(2.5)`` would drop a fraction silently)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _check_size(size: int | Sequence[int], argname: str = "size") -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"{argname} must be a positive int or (height, width), got {size!r}")
-    return size  # type: ignore[return-value]
+    pair = (size, size) if _whole_number(size) is not None else size
+    sides = tuple(_whole_number(s) for s in pair) if isinstance(pair, (tuple, list)) else ()
+    if len(sides) != 2 or None in sides or min(sides) < 1:
+        raise ValueError(f"{argname} must be a positive int or (height, width) of positive ints, got {size!r}")
+    return sides  # type: ignore[return-value]
+
+
+def _check_count(value, argname: str, minimum: int) -> int:
+    number = _whole_number(value)
+    if number is None or number < minimum:
+        raise ValueError(f"{argname} must be an int >= {minimum}, got {value!r}")
+    return number
 
 
 # ---------------------------------------------------------------------------------------
@@ -56,13 +75,12 @@ class SyntheticLesions(Dataset):
 
     def __init__(self, num_samples: int, size: int | Sequence[int] = 64, seed: int = 0, start: int = 0,
                  channels: int = 3):
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.num_samples = _check_count(num_samples, "num_samples", 1)
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.size = _check_size(size)
-        self.seed, self.start, self.channels = int(seed), int(start), channels
-        self.num_samples = int(num_samples)
+        self.seed, self.start = _check_count(seed, "seed", 0), _check_count(start, "start", 0)
+        self.channels = int(channels)
         # Generated once: cheap (~1 ms per 64x64 image) and then free for every epoch.
         pairs = [render_lesion(self.size, np.random.default_rng([self.seed, self.start + i]))
                  for i in range(self.num_samples)]

@@ -64,6 +64,30 @@ def test_synthetic_grey_and_bad_arguments():
         SyntheticLesions(2, 0)
 
 
+@pytest.mark.parametrize("size", ["64", 64.5, (32.5, 32), True, (16, 16, 16), None])
+def test_a_size_that_is_not_whole_numbers_is_refused_not_reinterpreted(size, tmp_path):
+    # int("64") per character made a 6x4 dataset; int(32.5) dropped the fraction silently.
+    with pytest.raises(ValueError, match=r"size must be a positive int or \(height, width\) of positive ints"):
+        SyntheticLesions(2, size)
+    _write_pair(tmp_path, "a")
+    with pytest.raises(ValueError, match="size must be"):
+        FolderSegmentation(tmp_path, size=size)
+
+
+@pytest.mark.parametrize("argument", ["num_samples", "seed", "start"])
+@pytest.mark.parametrize("value", [2.5, "3", True, -1])
+def test_counts_must_be_whole_numbers(argument, value):
+    kwargs = {"num_samples": 2, "size": 16, argument: value}
+    with pytest.raises(ValueError, match=f"{argument} must be an int >= "):
+        SyntheticLesions(**kwargs)
+
+
+def test_numpy_integers_are_whole_numbers():
+    ds = SyntheticLesions(np.int64(2), (np.int32(16), np.int64(24)), seed=np.int64(3))
+    assert ds.images.shape == (2, 3, 16, 24)
+    assert torch.equal(ds.images, SyntheticLesions(2, (16, 24), seed=3).images)
+
+
 # ---------------------------------------------------------------- folders
 
 
