@@ -74,11 +74,22 @@ def test_cpu_matches_reference_in_float64(problem):
 def test_cpu_float32_is_as_accurate_as_float32_allows(problem):
     shape, g_shape, span, kw, seed, scale = problem
     cpu = _solve("cpu", torch.float32, *problem)
-    exact = _solve("reference", torch.float64, *problem)
+    same = _solve("reference", torch.float64, *problem)  # float64, the same method and settings
     # Error budget of a float32 solve: its tolerance where it asked for less than float32 can
     # give, rounding accumulated over the steps, times the growth of errors over the span.
     steps = 1 if kw["method"] == "dopri5" else math.ceil(span / kw["step_size"])
     budget = max(kw.get("rtol", 0.0), 1e-5) * (1 + steps ** 0.5) * math.exp(span)
-    for a, b in zip(cpu, exact):
+    if kw["method"] == "dopri5":
+        # Against the exact solution: an accepted dopri5 step's true error can exceed its
+        # estimate several times at loose tolerances (rtol 1e-4, |y| ~ 6: 4e-3 in float64 too),
+        # and float32's rounding may tip an accept decision so that it takes other steps. Its
+        # budget adds twice the float64 solve's own error at the same settings.
+        exact = _solve("reference", torch.float64, shape, g_shape, span, {**kw, "rtol": 1e-12, "atol": 1e-14},
+                       seed, scale)
+    else:  # fixed steps: float32 takes the float64 solve's steps, so that solve is the answer
+        exact = same
+    for a, b, c in zip(cpu, exact, same):
         err = (a.double() - b).abs().max().item() if a.numel() else 0.0
-        assert err <= budget * (1 + b.abs().max().item() if b.numel() else 1), (err, budget, problem)
+        own_error = (c - b).abs().max().item() if c.numel() else 0.0
+        allowed = budget * (1 + b.abs().max().item() if b.numel() else 1) + 2 * own_error
+        assert err <= allowed, (err, allowed, problem)
