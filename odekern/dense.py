@@ -66,7 +66,8 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
         te = torch.as_tensor(t_eval, dtype=solver.time_dtype)
         flat = (sign * te).reshape(-1)
         lo, hi = float(ts[0].detach()), end  # solver time; the last step may overshoot ``end``
-        outside = (flat.detach().cpu() < lo) | (flat.detach().cpu() > hi)
+        inside = (flat.detach().cpu() >= lo) & (flat.detach().cpu() <= hi)
+        outside = ~inside  # NaN is outside too: it would select a piece and come back as NaN
         if bool(outside.any()):
             raise ValueError(f"odeint_dense: t_eval must lie in [{min(sign * lo, sign * hi):.6g}, "
                              f"{max(sign * lo, sign * hi):.6g}], got {te.reshape(-1)[outside].tolist()}")

@@ -277,9 +277,12 @@ def time_points(values: Any, name: str) -> list[float]:
         values = list(values)  # once: a generator would be used up by the check below
         if any(isinstance(v, (bool, str, bytes)) for v in values):
             raise TypeError
-        return sorted(float(v) for v in values)
+        times = [float(v) for v in values]
     except TypeError:
         raise TypeError(f"options['{name}'] must be a time, or a 1-D tensor or sequence of times") from None
+    if any(math.isnan(v) for v in times):  # sorted() would place it anywhere; the solve would skip it
+        raise ValueError(f"options['{name}'] must not contain NaN, got {times}")
+    return sorted(times)
 
 
 def check_time_values(values: Sequence[float], name: str = "t") -> bool:

@@ -39,6 +39,11 @@ def test_dense_output_backward_in_time_and_its_range():
     assert_close(dense(times), exact, kind="cross")
     with pytest.raises(ValueError, match=r"t_eval must lie in \[0, 3\]"):
         dense(torch.tensor(3.5, dtype=F64))
+    # A NaN time is no time in the range (it came back as a NaN solution, without a word).
+    with pytest.raises(ValueError, match=r"t_eval must lie in \[0, 3\], got \[nan\]"):
+        dense(torch.tensor([1.2, float("nan")], dtype=F64))
+    with pytest.raises(ValueError, match=r"got \[nan\]"):
+        dense(float("nan"))
 
 
 def test_dense_output_needs_an_adaptive_method():

@@ -302,6 +302,15 @@ def test_times_that_are_not_numbers_are_refused_naming_the_option(value):
                        options={"jump_t": value})
 
 
+@pytest.mark.parametrize("name", ["jump_t", "step_t"])
+@pytest.mark.parametrize("value", [float("nan"), [0.2, float("nan")], torch.tensor([float("nan"), 0.5])])
+def test_a_nan_time_is_refused_naming_the_option(name, value):
+    # It was skipped without a word: a time the user meant to step onto was never stepped onto.
+    with pytest.raises(ValueError, match=rf"options\['{name}'\] must not contain NaN"):
+        odekern.odeint(_kinked, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                       options={name: value})
+
+
 def _cos_decay(t, y):
     return -y * torch.cos(t)
 
