@@ -342,8 +342,10 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     backpropagation, to every tensor requiring grad that ``func`` uses: its parameters and any
     tensor it reaches (a plain attribute such as a conditioning tensor computed by another
     module, a closure's tensor; ``odekern.reachable``). An explicit ``adjoint_params`` limits
-    the gradient to those tensors, with a warning naming each reachable one left out. Inside torch.func transforms (grad, jacrev, jvp, vmap) the
-    solve is ``odeint``'s, whose derivatives are exactly these, without the memory bound.
+    the gradient to those tensors, with a warning naming each reachable one left out.
+
+    Inside torch.func transforms (grad, jacrev, jvp, vmap) the solve is ``odeint``'s, whose
+    derivatives are exactly these, without the memory bound.
     """
     checkpoints = check_checkpoints(checkpoints)
     method = check_method_checkpointable(method)
