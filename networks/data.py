@@ -42,8 +42,16 @@ def _whole_number(value) -> int | None:
 
 
 def _check_size(size: int | Sequence[int], argname: str = "size") -> tuple[int, int]:
-    pair = (size, size) if _whole_number(size) is not None else size
-    sides = tuple(_whole_number(s) for s in pair) if isinstance(pair, (tuple, list)) else ()
+    if _whole_number(size) is not None:
+        pair = (size, size)
+    elif isinstance(size, (str, bytes)):
+        pair = ()
+    else:
+        try:
+            pair = tuple(size)  # a tuple, a list, a NumPy array of two sides
+        except TypeError:
+            pair = ()
+    sides = tuple(_whole_number(s) for s in pair)
     if len(sides) != 2 or None in sides or min(sides) < 1:
         raise ValueError(f"{argname} must be a positive int or (height, width) of positive ints, got {size!r}")
     return sides  # type: ignore[return-value]

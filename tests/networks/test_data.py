@@ -85,6 +85,7 @@ def test_counts_must_be_whole_numbers(argument, value):
 def test_numpy_integers_are_whole_numbers():
     ds = SyntheticLesions(np.int64(2), (np.int32(16), np.int64(24)), seed=np.int64(3))
     assert ds.images.shape == (2, 3, 16, 24)
+    assert SyntheticLesions(1, np.array([16, 24])).images.shape == (1, 3, 16, 24)
     assert torch.equal(ds.images, SyntheticLesions(2, (16, 24), seed=3).images)
 
 

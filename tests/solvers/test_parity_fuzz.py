@@ -5,12 +5,12 @@ Random methods (every fixed-grid and adaptive method both have), states (tensor 
 times (increasing or decreasing, two to four of them), fixed-grid options (``perturb``, cubic
 interpolation), adaptive tolerances and ``first_step``, and ``odeint`` or ``odeint_adjoint``, on
 a time-dependent right-hand side in float64. Solutions must agree to rounding (fixed grids) or to
-1e-7 (adaptive methods, which take the same steps), gradients to 1e-6 relative, or, where an
-error estimate at rounding level let the step sizes part, as close to a tight solve's gradient as
-torchdiffeq's. Not compared:
-gradients of backprop through an adaptive solve whose first step the solver selects, which
-torchdiffeq differentiates through and odekern holds constant (docs/migrating-from-torchdiffeq.md,
-"Deliberate differences"); a given ``first_step`` removes that difference, so it is compared then.
+1e-7 (adaptive methods, which take the same steps), gradients to 1e-6 relative; where an error
+estimate at rounding level let the adaptive step sizes part, ours must be as close to a tight
+solve as torchdiffeq's. Not compared: gradients of backprop through an adaptive solve whose
+first step the solver selects, which torchdiffeq differentiates through and odekern holds
+constant (docs/migrating-from-torchdiffeq.md, "Deliberate differences"); a given ``first_step``
+removes that difference, so it is compared then.
 """
 
 from __future__ import annotations
