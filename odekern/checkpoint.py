@@ -43,7 +43,7 @@ from torch import nn
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
-from odekern.reachable import tensors_requiring_grad, warn_unreached
+from odekern.reachable import differentiable_tensors, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
@@ -323,11 +323,9 @@ def _differentiated_tensors(func: Callable, adjoint_params: Sequence[Tensor] | N
     out, it would silently get none: the autograd graph of the recorded steps is never joined
     to the caller's)."""
     if adjoint_params is None:
-        own = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
-        given = (*own, *(tensor for _, tensor in tensors_requiring_grad(func)))
-    else:
-        given = tuple(adjoint_params)
-        warn_unreached(func, given, "odeint_checkpointed", "gradient mode 'checkpoint'")
+        return differentiable_tensors(func)
+    given = tuple(adjoint_params)
+    warn_unreached(func, given, "odeint_checkpointed", "gradient mode 'checkpoint'")
     unique = {id(p): p for p in given if isinstance(p, Tensor) and p.requires_grad}
     return tuple(unique.values())
 

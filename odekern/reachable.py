@@ -6,7 +6,8 @@ out of an explicit ``adjoint_params``, a tensor captured by a closure -- silentl
 gradient (torchdiffeq gives none either), so a model part the user means to train never
 trains. ``odeint_adjoint`` warns once per such tensor, naming it; so does the checkpointed
 gradient given an explicit ``adjoint_params``. Without one, the checkpointed gradient
-differentiates every tensor found here, as backpropagation would.
+differentiates every tensor found here, as backpropagation would, and so does ``ODEBlock``'s
+adjoint (``differentiable_tensors``).
 
 The search follows module parameters, buffers and submodules, plain attributes, bound
 methods' ``self``, closures, the globals a function's code names, ``functools.partial`` and
@@ -91,6 +92,14 @@ def _children(obj: object, name: str, depth: int) -> Iterable[tuple[object, str,
             yield value, f"{name}.{key}", depth
 
 
+def differentiable_tensors(func: Callable) -> tuple[Tensor, ...]:
+    """Every tensor requiring grad that backpropagation through ``func`` could reach, each once:
+    its parameters (a module's, at any depth) and the tensors the search finds."""
+    own = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
+    found = (*own, *(tensor for _, tensor in tensors_requiring_grad(func)))
+    return tuple({id(t): t for t in found if t.requires_grad}.values())
+
+
 def _global_names(code: types.CodeType) -> set[str]:
     """The global names ``code`` may read, its nested functions' and comprehensions' included
     (a name there is a global or an attribute; only those found in the globals are followed)."""
@@ -118,4 +127,4 @@ def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor], caller: str
             "should stay fixed.")
 
 
-__all__ = ["tensors_requiring_grad", "warn_unreached"]
+__all__ = ["differentiable_tensors", "tensors_requiring_grad", "warn_unreached"]

@@ -453,3 +453,39 @@ def test_other_adaptive_methods_in_every_gradient_mode(method, gradient, request
     for a, b, e in zip(grads, ref_grads, exact):
         assert_adaptive_accuracy_ok(a, b, e, **tol)
         assert_adaptive_accuracy_ok(b, a, e, **tol)
+
+
+class Conditioned(nn.Module):
+    """dx/dt = tanh(conv(x) + context) (1 + t), ``context`` a tensor set on the module before each
+    solve by another module (not a parameter of this one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(C, C, 3, padding=1).to(F64)
+        self.context = None
+
+    def forward(self, t, x):
+        return torch.tanh(self.conv(x) + self.context) * (1 + t)
+
+
+@pytest.mark.parametrize("method,step_size", [("rk4", 0.25), ("dopri5", None)])
+def test_adjoint_mode_trains_the_module_behind_a_conditioning_tensor(method, step_size):
+    # The adjoint gave the module computing func.context no gradient (only func's parameters
+    # were adjoint parameters), while backprop and checkpoint trained it. Reference: torchdiffeq's
+    # odeint_adjoint told about the context explicitly.
+    func, encoder = Conditioned(), nn.Conv2d(C, C, 1).to(F64)
+    x = randn(2, C, 5, 5, dtype=F64, seed=21)
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    leaves = (encoder.weight, encoder.bias, *func.parameters())
+    func.context = encoder(x).tanh()
+    options = {} if step_size is None else {"step_size": step_size}
+    ref = torchdiffeq.odeint_adjoint(func, x, t, method=method, options=options,
+                                     adjoint_params=(*func.parameters(), func.context))[-1]
+    ref_grads = torch.autograd.grad(ref.square().sum(), leaves)
+    func.context = encoder(x).tanh()
+    block = ODEBlock(func, t=(0.0, 0.5), method=method, step_size=step_size, gradient="adjoint")
+    out = block(x)
+    got_grads = torch.autograd.grad(out.square().sum(), leaves)
+    assert_close(out, ref)
+    for g, r in zip(got_grads, ref_grads):
+        assert_close(g, r)

@@ -21,10 +21,12 @@ from odekern.dispatch import check_backend_name, use_backend
 from odekern.adjoint import odeint_adjoint
 from odekern.checkpoint import check_checkpoints, check_method_checkpointable, odeint_checkpointed
 from odekern.odeint import odeint
+from odekern.reachable import differentiable_tensors
 from odekern.solvers.checks import (check_method, check_options, check_state, check_time, from_numpy,
                                     options_from_numpy, shape_or_type)
 from odekern.solvers.norms import canonical_control
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
+from odekern.solvers.state import real_dtype
 
 # --------------------------------------------------------------------------- gradient modes
 # One entry per mode: ``solve(dynamics, z0, t, **solver_kwargs) -> solution at every t``.
@@ -41,9 +43,17 @@ def _solve_backprop(
 def _solve_adjoint(
     dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor, **solver_kwargs
 ) -> torch.Tensor:
-    return odeint_adjoint(
-        dynamics, z0, t, adjoint_params=tuple(dynamics.parameters()), **solver_kwargs
-    )
+    # Every tensor requiring grad that the dynamics use gets its gradient, as in the other modes
+    # (a conditioning tensor another module computes and sets on func: that module trains).
+    # The parameters always join (one of another dtype is refused, naming it); a reachable tensor
+    # that is not a parameter joins where the adjoint system can hold it, on the state's device
+    # and dtype; otherwise odeint_adjoint warns that it gets no gradient.
+    like = z0[0] if isinstance(z0, tuple) else z0
+    params = tuple(dynamics.parameters())
+    known = {id(p) for p in params}
+    extras = tuple(p for p in differentiable_tensors(dynamics) if id(p) not in known
+                   and p.device == like.device and p.dtype in (like.dtype, real_dtype(like.dtype)))
+    return odeint_adjoint(dynamics, z0, t, adjoint_params=params + extras, **solver_kwargs)
 
 
 def _solve_checkpoint(
@@ -108,16 +118,17 @@ class ODEBlock(nn.Module):
     Args:
         func: the right-hand side. ``order=1``: ``func(t, x) -> dx/dt`` (torchdiffeq's signature).
             ``order=m``: ``func(t, x, x', ..., x^(m-1)) -> x^(m)``, each argument shaped like ``x``.
-            Must be an ``nn.Module`` for ``gradient="adjoint"`` (its parameters get the gradients).
+            Must be an ``nn.Module`` for ``gradient="adjoint"``. In every gradient mode, gradients
+            reach its parameters and every tensor requiring grad it uses (a conditioning tensor
+            another module computes and sets on it included: that module trains).
         t: times; the solve runs from ``t[0]`` to ``t[-1]`` (inner times are extra grid/output points).
         method: solver name (see ``odekern.odeint``), default ``"rk4"``.
         step_size: fixed step for fixed-grid methods (``options["step_size"]``); ``None`` steps on ``t``.
         rtol, atol: tolerances of adaptive methods.
         gradient: ``"backprop"`` (autograd through the solver) or ``"adjoint"`` (continuous adjoint,
             memory flat in the number of steps) or ``"checkpoint"`` (the exact "backprop" gradient,
-            recomputing fixed-grid RK steps from at most ``checkpoints`` stored states; like
-            backprop it reaches every tensor requiring grad that ``func`` uses, a conditioning
-            tensor set on it included). Modes are the keys of ``GRADIENT_MODES``.
+            recomputing fixed-grid RK steps from at most ``checkpoints`` stored states). Modes are
+            the keys of ``GRADIENT_MODES``.
         order: ``m >= 1``. The solvers keep the state ``(x, x', ..., x^(m-1))`` as a tuple (no
             copy per stage); ``return_state`` / ``integrate_state`` concatenate it along dim 1.
         velocity_init: ``order >= 2``: module ``g`` with ``g(x) = [x'(t0), ..., x^(m-1)(t0)]``
