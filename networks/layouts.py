@@ -113,6 +113,22 @@ def _pair_by_key(layout: str, structure: str, images: dict[str, Path], masks: di
     return [Sample(images[k], tuple(sorted(masks[k])), rule) for k in sorted(images)]
 
 
+def _by_stem(layout: str, structure: str, paths: Iterable[Path]) -> dict[str, Path]:
+    """``paths`` by file stem. Two files of one stem (``a.png`` beside ``a.jpg``) would make one
+    sample and drop the other without a word: that raises, naming both."""
+    found: dict[str, Path] = {}
+    for p in paths:
+        _claim(layout, structure, found, file_stem(p), p)
+    return found
+
+
+def _claim(layout: str, structure: str, taken: dict[str, Path], key: str, path: Path) -> None:
+    if key in taken:
+        raise _fail(layout, structure, f"two files for {key!r} ({taken[key].name} and {path.name}); keep one",
+                    path)
+    taken[key] = path
+
+
 def _candidates(root: Path) -> list[Path]:
     """``root`` and its direct sub-folders: a release unpacks into one folder of its own."""
     if not root.is_dir():
@@ -147,7 +163,7 @@ def _isic(name: str, image_dir: str, mask_dir: str, mask_suffix: str, structure:
         for images_dir, masks_dir in found:
             if not masks_dir.is_dir():
                 raise _fail(name, structure, "missing the ground-truth folder for", images_dir)
-            images = {file_stem(p): p for p in image_files(images_dir)}
+            images = _by_stem(name, structure, image_files(images_dir))
             masks: dict[str, list[Path]] = {}
             for p in image_files(masks_dir):
                 stem = file_stem(p)
@@ -189,8 +205,8 @@ def _sibling_folders(name: str, image_names: tuple[str, ...], mask_names: tuple[
         found = locate(root)
         if found is None:
             raise LayoutError(f"{name} layout: folders not found in {root}\n  expected structure: {structure}")
-        images = {file_stem(p): p for p in image_files(found[0])}
-        masks = {file_stem(p): [p] for p in image_files(found[1])}
+        images = _by_stem(name, structure, image_files(found[0]))
+        masks = {k: [p] for k, p in _by_stem(name, structure, image_files(found[1])).items()}
         return _pair_by_key(name, structure, images, masks, rule)
 
     return Layout(name, structure, lambda root: locate(root) is not None, collect)
@@ -200,6 +216,7 @@ def _sibling_folders(name: str, image_names: tuple[str, ...], mask_names: tuple[
 
 
 _GLAS_IMAGE = re.compile(r"(train|testA|testB)_\d+$")
+_GLAS_STRUCTURE = "<folder>/train_1.bmp + train_1_anno.bmp (also testA_<n>, testB_<n>)"
 
 
 def _glas_folder(root: Path) -> Path | None:
@@ -210,19 +227,20 @@ def _glas_collect(root: Path) -> list[Sample]:
     folder = _glas_folder(root)
     if folder is None:
         raise LayoutError(f"glas layout: no train_<n> / testA_<n> / testB_<n> images in {root}\n"
-                          f"  expected structure: {GLAS.structure}")
-    images, masks = {}, {}
+                          f"  expected structure: {_GLAS_STRUCTURE}")
+    images: dict[str, Path] = {}
+    annotations: dict[str, Path] = {}
     for p in image_files(folder):
         stem = file_stem(p)
         if stem.endswith("_anno"):
-            masks[stem[: -len("_anno")]] = [p]
+            _claim("glas", _GLAS_STRUCTURE, annotations, stem[: -len("_anno")], p)
         elif _GLAS_IMAGE.match(stem):
-            images[stem] = p
-    return _pair_by_key("glas", GLAS.structure, images, masks, "nonzero")
+            _claim("glas", _GLAS_STRUCTURE, images, stem, p)
+    masks = {k: [p] for k, p in annotations.items()}
+    return _pair_by_key("glas", _GLAS_STRUCTURE, images, masks, "nonzero")
 
 
-GLAS = Layout("glas", "<folder>/train_1.bmp + train_1_anno.bmp (also testA_<n>, testB_<n>)",
-              lambda root: _glas_folder(root) is not None, _glas_collect)
+GLAS = Layout("glas", _GLAS_STRUCTURE, lambda root: _glas_folder(root) is not None, _glas_collect)
 
 
 # --------------------------------------------------------------------------- STARE
@@ -239,13 +257,14 @@ def _stare_collect(root: Path) -> list[Sample]:
     folder = _stare_folder(root)
     if folder is None:
         raise LayoutError(f"stare layout: folders not found in {root}\n  expected structure: {_STARE_STRUCTURE}")
-    images = {file_stem(p): p for p in image_files(folder / "stare-images")}
-    masks: dict[str, list[Path]] = {}
+    images = _by_stem("stare", _STARE_STRUCTURE, image_files(folder / "stare-images"))
+    labels: dict[str, Path] = {}
     for p in image_files(folder / "labels-ah"):
         stem = file_stem(p)
         if not stem.endswith(".ah"):
             raise _fail("stare", _STARE_STRUCTURE, "label not named <image>.ah.ppm", p)
-        masks[stem[: -len(".ah")]] = [p]
+        _claim("stare", _STARE_STRUCTURE, labels, stem[: -len(".ah")], p)
+    masks = {k: [p] for k, p in labels.items()}
     return _pair_by_key("stare", _STARE_STRUCTURE, images, masks, "binary")
 
 
@@ -317,7 +336,7 @@ def _busi_collect(root: Path) -> list[Sample]:
             if m:
                 masks.setdefault(m[1], []).append(p)
             else:
-                images[file_stem(p)] = p
+                _claim("busi", _BUSI_STRUCTURE, images, file_stem(p), p)
         samples += _pair_by_key("busi", _BUSI_STRUCTURE, images, masks, "binary")
     return samples
 
@@ -344,8 +363,8 @@ def _odoc(structure_name: str, rule: str) -> Layout:
     def collect(root: Path) -> list[Sample]:
         samples = []
         for images_dir, masks_dir in _odoc_pairs(root):
-            images = {file_stem(p): p for p in image_files(images_dir)}
-            masks = {file_stem(p): [p] for p in image_files(masks_dir)}
+            images = _by_stem(structure_name, _ODOC_STRUCTURE, image_files(images_dir))
+            masks = {k: [p] for k, p in _by_stem(structure_name, _ODOC_STRUCTURE, image_files(masks_dir)).items()}
             samples += _pair_by_key(structure_name, _ODOC_STRUCTURE, images, masks, rule)
         if not samples:
             raise LayoutError(f"{structure_name} layout: no image/ + mask/ folders in {root}\n"
@@ -380,7 +399,7 @@ def _generic_collect(root: Path) -> list[Sample]:
     if folder is None:
         raise LayoutError(f"images-masks layout: {root} has no images/ and masks/ sub-folders\n"
                           f"  expected structure: {_GENERIC_STRUCTURE}")
-    images = {file_stem(p): p for p in image_files(folder / "images")}
+    images = _by_stem("images-masks", _GENERIC_STRUCTURE, image_files(folder / "images"))
     masks: dict[str, list[Path]] = {}
     for p in image_files(folder / "masks"):
         key = mask_key(file_stem(p), images)

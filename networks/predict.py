@@ -24,6 +24,7 @@ from networks import checkpoint as ckpt
 from networks import cli
 from networks.data import IMAGE_EXTENSIONS, read_image_folder
 from networks.evaluate import predict_logits, supports_duse
+from networks.layouts import image_files
 
 
 def save_mask(mask: torch.Tensor, path: Path) -> Path:
@@ -34,22 +35,22 @@ def save_mask(mask: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def resolve_input(source: str | Path) -> Path | list[Path]:
-    """What ``source`` names: a folder (returned as is), one image file or a glob pattern
-    (returned as a list of files). Two files of a pattern with one stem would write one mask:
-    that raises."""
+def resolve_input(source: str | Path) -> list[Path]:
+    """The files ``source`` names: a folder's images, one image file or a glob pattern's files.
+    Two files with one stem (``a.png`` beside ``a.jpg``) would write one mask: that raises."""
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        return path
-    if path.is_file():
+        paths = image_files(path)
+    elif path.is_file():
         return [path]
-    if not any(c in text for c in "*?["):
+    elif not any(c in text for c in "*?["):
         raise FileNotFoundError(f"input not found: {text} (give a folder of images, one image file or a "
                                 "quoted glob pattern such as 'scans/*.png')")
-    paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-    if not paths:
-        raise FileNotFoundError(f"no file matches {text!r}")
+    else:
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        if not paths:
+            raise FileNotFoundError(f"no file matches {text!r}")
     stems: dict[str, Path] = {}
     for p in paths:
         if p.stem in stems:

@@ -195,3 +195,19 @@ def test_misnamed_mask_is_the_offending_file(tmp_path):
     (tmp_path / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000001_segmentation.png").rename(bad)
     with pytest.raises(LayoutError, match=r"mask not named <image>_segmentation.png: .*ISIC_0000001.png"):
         find_samples(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(set(LAYOUTS) - {"dsb2018"}) + ["odoc-disc"])
+def test_two_images_of_one_name_are_refused_naming_both(tmp_path, name):
+    # a.png beside a.jpg made one sample and dropped the other without a word. (DSB2018 keeps one
+    # image per folder and already says so.)
+    build = _odoc if name == "odoc-disc" else LAYOUTS[name][0]
+    build(tmp_path)
+    image = find_samples(tmp_path, name)[1][0].image
+    twin = image.parent / (image.name.split(".")[0] + (".bmp" if image.suffix != ".bmp" else ".png"))
+    _image(twin, seed=5)
+    with pytest.raises(LayoutError) as err:
+        find_samples(tmp_path, name)
+    message = str(err.value)
+    assert message.startswith(f"{name} layout: two files for ")
+    assert f"({image.name} and {twin.name})" in message or f"({twin.name} and {image.name})" in message

@@ -87,3 +87,7 @@ def test_single_image_and_glob_inputs(trained, tmp_path, capsys):
     (tmp_path / "b" / f"{one}.png").write_bytes((tmp_path / "in" / f"{one}.png").read_bytes())
     assert prediction.main([str(trained), str(tmp_path / "*" / f"{one}.png"), str(tmp_path / "dup")]) == 2
     assert "same name" in capsys.readouterr().err
+    # The same in one folder: a.png beside a.bmp wrote one mask over the other without a word.
+    Image.open(tmp_path / "in" / f"{one}.png").save(tmp_path / "in" / f"{one}.bmp")
+    assert prediction.main([str(trained), str(tmp_path / "in"), str(tmp_path / "twins")]) == 2
+    assert "same name" in capsys.readouterr().err and not (tmp_path / "twins" / f"{one}.png").exists()
