@@ -183,7 +183,11 @@ def pair_images_and_masks(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     if missing:
         raise FileNotFoundError(
             f"dataset folder {root} must contain images/ and masks/ subfolders; missing: {', '.join(missing)}")
-    images = {p.stem: p for p in _image_files(images_dir)}
+    images: dict[str, Path] = {}
+    for p in _image_files(images_dir):
+        if p.stem in images:  # one of them would be dropped without a word
+            raise ValueError(f"two images for stem {p.stem!r}: {images[p.stem].name} and {p.name}")
+        images[p.stem] = p
     masks: dict[str, Path] = {}
     for m in _image_files(masks_dir):
         key = mask_key(m.stem, images)

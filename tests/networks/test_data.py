@@ -150,6 +150,13 @@ def test_folder_mismatch_lists_every_orphan(tmp_path):
     assert "mask without image: gone.png" in str(err.value)
 
 
+def test_folder_with_two_images_of_one_stem_names_both(tmp_path):
+    _write_pair(tmp_path, "a")
+    _write_pair(tmp_path, "a", image_ext=".bmp")
+    with pytest.raises(ValueError, match=r"two images for stem 'a': a\.bmp and a\.png"):
+        pair_images_and_masks(tmp_path)
+
+
 def test_folder_missing_subfolder(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(ValueError, match="masks"):  # matches no layout: the message lists them
