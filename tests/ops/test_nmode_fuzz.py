@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import odekern
-from odekern.testing import tol
+from odekern.testing import LOW_PRECISION_FACTOR, tol
 
 pytestmark = pytest.mark.skipif(odekern.backends()["cpu"] is not True, reason="needs the C++ CPU backend")
 
@@ -63,8 +63,10 @@ def test_cpu_matches_reference_in_float64(problem):
     ref = _solve("reference", torch.float64, *problem)
     kw = problem[3]
     # Same algorithm, same steps: rounding, except the continuous adjoint and per-element
-    # control (the backends' adaptive backward solves decide their own steps).
-    loose = kw["gradient"] == "adjoint" and kw["method"] == "dopri5"
+    # control (the backends' adaptive backward solves decide their own steps; an element whose
+    # error estimate is at rounding level takes its next step size from the estimate's last
+    # digits, which the two backends round differently: 1e-11 apart at rtol 1e-6).
+    loose = kw["method"] == "dopri5" and (kw["gradient"] == "adjoint" or kw["control"] == "per_element")
     for a, b in zip(cpu, ref):
         torch.testing.assert_close(a, b, **tol(torch.float64, "cross" if loose else "rounding"))
 
@@ -95,9 +97,11 @@ def test_cpu_float32_is_as_accurate_as_float32_allows(problem):
         allowed = budget * (1 + b.abs().max().item() if b.numel() else 1) + 2 * own_error
         if err <= allowed:
             continue
-        # Beyond it, the error must be float32 dopri5's own, not the kernel's: the reference in
-        # float32 agrees (float32 per-element control at rtol 1e-4 can be 60x less accurate than
-        # float64 on an element; torchdiffeq solving that element alone in float32 is too).
+        # Beyond it, the error must be float32 dopri5's own, not the kernel's: no more than
+        # LOW_PRECISION_FACTOR times the float32 reference's (float32 per-element control at
+        # rtol 1e-4 can be 60x less accurate than float64 on an element; torchdiffeq solving that
+        # element alone in float32 is too).
         assert kw["method"] == "dopri5", (err, allowed, problem)
         plain = _solve("reference", torch.float32, *problem) if plain is None else plain
-        torch.testing.assert_close(a, plain[i], **tol(torch.float32, "cross"))
+        plain_error = (plain[i].double() - b).abs().max().item()
+        assert err <= LOW_PRECISION_FACTOR * plain_error, (err, allowed, plain_error, problem)
