@@ -2,14 +2,15 @@
 by both libraries through the same call.
 
 Random methods (adaptive, with or without ``first_step``, and fixed-grid with a step size and
-linear or cubic interpolation),
-batch shapes, event thresholds and directions, forward or reverse time, ``odeint`` or
-``odeint_adjoint`` as the interface, in float64. The state's first component is a clock (rate 1
-in the direction of integration), so the event ``clock - threshold + slope * y`` always comes,
-after a few steps or many. Event times and states must agree as solutions do (rounding on fixed
-grids, 1e-7 on adaptive ones, which take the same steps) plus the bisection's tolerance (atol on
-the time), and the gradients of the event time and state with respect to ``y0``, ``t0`` and the parameters to 1e-6 relative (not for backprop
-through an adaptive solve that selects its first step, a deliberate difference).
+linear or cubic interpolation), batch shapes, event thresholds and directions, forward or reverse
+time, ``odeint`` or ``odeint_adjoint`` as the interface, in float64. The state's first component
+is a clock (rate 1 in the direction of integration), so the event ``clock - threshold + slope * y``
+always comes, after a few steps or many. Event times and states must agree as solutions do
+(rounding on fixed grids, 1e-7 on adaptive ones, which take the same steps) plus the bisection's
+tolerance (atol on the time), and the gradients of the event time and state with respect to
+``y0``, ``t0`` and the parameters to 1e-6 relative (not for backprop through an adaptive solve
+that selects its first step, a deliberate difference). Where rounding-level error estimates let
+adaptive steps part, each value must be as close to a tight solve as torchdiffeq's.
 """
 
 from __future__ import annotations
