@@ -3,8 +3,9 @@
 Random shapes, methods, step sizes, spans, tolerances, dtypes and gradient modes; the backend
 is forced (``use_backend``) so the fused kernels run even on tiny states. Forward values and
 gradients must agree to rounding (same algorithm, same steps; float32 within the "cross"
-tolerance); float32 adaptive and explicit Adams solves, whose steps may move with rounding or
-amplify it, are held to the float64 solve (odekern.testing.assert_adaptive_accuracy_ok).
+tolerance); float32 adaptive solves, whose steps may move with rounding, are held to the float64
+solve (odekern.testing.assert_adaptive_accuracy_ok); the Adams methods, whose float32 results
+carry rounding amplified by their weights, are fuzzed in float64.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def problems(draw):
     else:
         kw["options"] = {"step_size": span / draw(st.integers(1, 20))}
     # implicit_adams in float32 at its default rtol (1e-7) cannot meet its corrector tolerance,
-    # so the iteration count (and the result, by ~1e-3) follows rounding noise: float64 only.
-    dtype = torch.float64 if method == "implicit_adams" else draw(st.sampled_from([torch.float32, torch.float64]))
+    # so the iteration count (and the result, by ~1e-3) follows rounding noise; explicit_adams'
+    # default Bashforth rule (11 slopes) has weights summing to ~591 in magnitude, so float32
+    # rounding, amplified by that, is all that separates two correct paths: float64 only.
+    adams = ("implicit_adams", "explicit_adams")
+    dtype = torch.float64 if method in adams else draw(st.sampled_from([torch.float32, torch.float64]))
     gradient = draw(st.sampled_from(["odeint", "odeint_adjoint"]))
     return n, batch, span, kw, dtype, gradient, draw(st.integers(0, 2**16))
 
@@ -70,15 +74,12 @@ def test_fused_cpu_stages_match_the_plain_pytorch_path(problem):
     fused = _run("cpu", *problem)
     plain = _run("reference", *problem)
     n, batch, span, kw, dtype, gradient, seed = problem
-    if dtype == torch.float32 and kw["method"] in ("dopri5", "explicit_adams"):
+    if dtype == torch.float32 and kw["method"] == "dopri5":
         # A float32 rounding difference may move an adaptive step, which changes the result by
-        # up to the solver's own error; an Adams-Bashforth step sums past derivatives with
-        # weights of alternating sign several times larger than one, so the two paths' float32
-        # rounding grows apart (to ~40 ulps of the state over 16 steps). Both are judged against
-        # the float64 solve instead.
+        # up to the solver's own error: both are judged against the float64 solve instead.
         exact = _run("reference", n, batch, span, kw, torch.float64, gradient, seed)
         for a, b, e in zip(fused, plain, exact):
-            assert_adaptive_accuracy_ok(a, b, e, kw.get("rtol", 0.0), kw.get("atol", 0.0))
+            assert_adaptive_accuracy_ok(a, b, e, kw["rtol"], kw["atol"])
         return
     kind = "rounding" if dtype == torch.float64 else "cross"
     for a, b in zip(fused, plain):
