@@ -52,13 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.duse import PROCEDURE_MOMENTUM, DUSEConfig, DUSEState, adapt_images
-from networks.layers import (
-    activation,
-    check_channel_list,
-    check_images,
-    check_positive_int,
-    image_size_pair,
-)
+from networks.arguments import check_channel_list, check_positive_int, image_size_pair
+from networks.layers import activation, check_images
 from networks.unet import UNetEncoder
 from odekern import NmODE
 
@@ -177,9 +172,9 @@ class CNMUNet(nn.Module):
                  dropout: float = 0.0, learnable_fusion: bool = True, backend: str = "auto",
                  duse_config: DUSEConfig | dict | None = None, train_gamma: bool = True):
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(num_classes, "num_classes")
-        check_positive_int(channels, "channels")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        channels = check_positive_int(channels, "channels")
         widths = check_channel_list(encoder_widths, "encoder_widths", length=self.LEVELS + 1)
         size = image_size_pair(image_size)
         if size[0] % 2**self.LEVELS or size[1] % 2**self.LEVELS:

@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.layers import ConvField, activation, check_images, check_positive_int
+from networks.arguments import check_positive_int
+from networks.layers import ConvField, activation, check_images
 from networks.unet_blocks import FirstOrderField
 from odekern import ODEBlock
 
@@ -126,9 +127,10 @@ class ContinuousUNet(nn.Module):
                  atol: float | None = None, gradient: str | None = None, act: str | None = None,
                  backend: str = "auto", variant: str = "official"):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
-                            ("base_filters", base_filters), ("levels", levels)):
-            check_positive_int(value, name)
+        in_channels = check_positive_int(in_channels, "in_channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        base_filters = check_positive_int(base_filters, "base_filters")
+        levels = check_positive_int(levels, "levels")
         if method not in SOLVER_CHOICES:
             raise ValueError(f"ContinuousUNet: method must be one of {SOLVER_CHOICES}, got {method!r}")
         if variant not in VARIANTS:

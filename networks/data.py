@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import operator
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -26,42 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from networks.arguments import check_positive_int, image_size_pair
 from networks.layouts import IMAGE_EXTENSIONS, Sample, find_samples, image_files, mask_key
-
-
-def _whole_number(value) -> int | None:
-    """``value`` as an int when it is one (a NumPy integer included), else None: a float, a
-    bool or a string is not read as a count (``int("64")`` would split a size into digits,
-    ``int(2.5)`` would drop a fraction silently)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
-def _check_size(size: int | Sequence[int], argname: str = "size") -> tuple[int, int]:
-    if _whole_number(size) is not None:
-        pair = (size, size)
-    elif isinstance(size, (str, bytes)):
-        pair = ()
-    else:
-        try:
-            pair = tuple(size)  # a tuple, a list, a NumPy array of two sides
-        except TypeError:
-            pair = ()
-    sides = tuple(_whole_number(s) for s in pair)
-    if len(sides) != 2 or None in sides or min(sides) < 1:
-        raise ValueError(f"{argname} must be a positive int or (height, width) of positive ints, got {size!r}")
-    return sides  # type: ignore[return-value]
-
-
-def _check_count(value, argname: str, minimum: int) -> int:
-    number = _whole_number(value)
-    if number is None or number < minimum:
-        raise ValueError(f"{argname} must be an int >= {minimum}, got {value!r}")
-    return number
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,11 +48,11 @@ class SyntheticLesions(Dataset):
 
     def __init__(self, num_samples: int, size: int | Sequence[int] = 64, seed: int = 0, start: int = 0,
                  channels: int = 3):
-        self.num_samples = _check_count(num_samples, "num_samples", 1)
+        self.num_samples = check_positive_int(num_samples, "num_samples", 1)
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        self.size = _check_size(size)
-        self.seed, self.start = _check_count(seed, "seed", 0), _check_count(start, "start", 0)
+        self.size = image_size_pair(size, "size")
+        self.seed, self.start = check_positive_int(seed, "seed", 0), check_positive_int(start, "start", 0)
         self.channels = int(channels)
         # Generated once: cheap (~1 ms per 64x64 image) and then free for every epoch.
         pairs = [render_lesion(self.size, np.random.default_rng([self.seed, self.start + i]))
@@ -289,7 +254,7 @@ class FolderSegmentation(Dataset):
     def __init__(self, root: str | os.PathLike, size: int | Sequence[int] = 256, channels: int = 3,
                  cache: bool = True, layout: str = "auto"):
         self.root = Path(root)
-        self.size = _check_size(size)
+        self.size = image_size_pair(size, "size")
         self.channels, self.cache = channels, cache
         self.layout, found = find_samples(self.root, layout)
         self.samples: list[Sample] = []
@@ -357,7 +322,7 @@ def read_image_folder(source: str | os.PathLike | Sequence[str | os.PathLike], s
         paths = _image_files(Path(source))
     else:
         raise FileNotFoundError(f"input folder not found: {source}")
-    size = _check_size(size)
+    size = image_size_pair(size, "size")
     for path in paths:
         try:
             with _open(path) as im:

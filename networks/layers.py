@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -73,37 +71,6 @@ class ConvField(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, kernel_size=1),
             activation(act),
         )
-
-
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_channel_list(values: Sequence[int], name: str, length: int | None = None) -> tuple[int, ...]:
-    try:
-        out = tuple(values)
-    except TypeError:
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from None
-    if length is not None and len(out) != length:
-        raise ValueError(f"{name} must have {length} entries, got {len(out)}: {values!r}")
-    for v in out:
-        check_positive_int(v, name)
-    return out
-
-
-def image_size_pair(size, name: str = "image_size") -> tuple[int, int]:
-    """``size`` as ``(height, width)``; accepts an int (square) or a pair."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a (height, width) pair, got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"{name} must be positive, got {size!r}")
-    return h, w
 
 
 def check_images(x, model: str, in_channels: int, multiple: int = 1,

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.layers import DoubleConv, check_images, check_positive_int
+from networks.arguments import check_positive_int
+from networks.layers import DoubleConv, check_images
 from networks.unet_blocks import PLN, make_block
 
 
@@ -31,10 +32,10 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, block: str = "pln", base_filters: int = 6,
                  levels: int = 4, **ode_options):
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(num_classes, "num_classes")
-        check_positive_int(base_filters, "base_filters")
-        check_positive_int(levels, "levels")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        base_filters = check_positive_int(base_filters, "base_filters")
+        levels = check_positive_int(levels, "levels")
         if ode_options and str(block).lower() != "fo":
             raise ValueError(f"UNet: ODE options {sorted(ode_options)} only apply to block='fo', got block={block!r}")
         self.in_channels, self.num_classes, self.levels, self.block = in_channels, num_classes, levels, block
@@ -100,8 +101,8 @@ class VanillaUNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1):
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(num_classes, "num_classes")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.encoder = UNetEncoder(in_channels)
         self.up1, self.up2 = _Up(1024, 256), _Up(512, 128)

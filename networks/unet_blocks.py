@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.layers import ConvField, activation, check_positive_int
+from networks.arguments import check_positive_int
+from networks.layers import ConvField, activation
 from odekern import ODEBlock
 
 
@@ -75,7 +76,7 @@ class DSE(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int = 2, growth: int | None = None,
                  bottleneck: int = 4):
         super().__init__()
-        check_positive_int(num_layers, "num_layers")
+        num_layers = check_positive_int(num_layers, "num_layers")
         growth = max(1, out_channels // 2) if growth is None else check_positive_int(growth, "growth")
         layers, width = [], in_channels
         for _ in range(num_layers):

@@ -78,7 +78,7 @@ def test_a_size_that_is_not_whole_numbers_is_refused_not_reinterpreted(size, tmp
 @pytest.mark.parametrize("value", [2.5, "3", True, -1])
 def test_counts_must_be_whole_numbers(argument, value):
     kwargs = {"num_samples": 2, "size": 16, argument: value}
-    with pytest.raises(ValueError, match=f"{argument} must be an int >= "):
+    with pytest.raises(ValueError, match=f"{argument} must be an integer >= "):
         SyntheticLesions(**kwargs)
 
 

@@ -1,0 +1,61 @@
+"""Checks of the whole-number arguments every network and dataset takes (widths, counts, sizes).
+
+One reading for all of them: a Python or NumPy integer is a whole number; a bool, a float or a
+string is not, even one that ``int()`` would accept, because ``int("64")`` per character of a
+size gives 6x4 and ``int(32.5)`` drops a fraction without a word. Each check returns plain
+Python ints, so what a model or dataset stores (and a run records as JSON) is never a NumPy
+scalar.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+
+def whole_number(value) -> int | None:
+    """``value`` as an int when it is an integer (a NumPy integer included), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` unless it is an integer >= ``minimum``."""
+    number = whole_number(value)
+    if number is None or number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def check_channel_list(values: Sequence[int], name: str, length: int | None = None) -> tuple[int, ...]:
+    """``values`` as a tuple of positive ints (of ``length`` entries when given)."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}")
+    try:
+        out = tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from None
+    if length is not None and len(out) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(out)}: {values!r}")
+    return tuple(check_positive_int(v, name) for v in out)
+
+
+def image_size_pair(size, name: str = "image_size") -> tuple[int, int]:
+    """``size`` as ``(height, width)``: a positive integer (square) or a pair of them."""
+    if whole_number(size) is not None:
+        pair = (size, size)
+    elif isinstance(size, (str, bytes)):
+        pair = ()
+    else:
+        try:
+            pair = tuple(size)  # a tuple, a list, a NumPy array of two sides
+        except TypeError:
+            pair = ()
+    sides = tuple(whole_number(s) for s in pair)
+    if len(sides) != 2 or None in sides or min(sides) < 1:
+        raise ValueError(f"{name} must be a positive int or (height, width) of positive ints, got {size!r}")
+    return sides  # type: ignore[return-value]
