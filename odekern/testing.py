@@ -122,6 +122,13 @@ def peak_relative_tol(expected: torch.Tensor, rel: float, floor: float = 1e-9) -
     return {"rtol": rel, "atol": max(rel * expected.abs().max().item(), floor)}
 
 
+def peak_relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1e-3) -> float:
+    """The largest ``|actual - expected|`` over the largest ``|expected|`` (plus ``floor``, so a
+    value near zero everywhere is judged absolutely): one number per compared tensor, what the
+    property tests hold to a bound."""
+    return ((actual - expected).abs().max() / (expected.abs().max() + floor)).item()
+
+
 # A solve against an independent hand-written low-order integration of the same equations on a
 # fine grid (Heun, 100 steps): that integrator's own error, O(1e-4).
 INDEPENDENT_INTEGRATOR_TOL = {"rtol": 1e-3, "atol": 1e-3}

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import odekern
+from odekern.testing import peak_relative_error
 
 F64 = torch.float64
 FIXED = ["euler", "midpoint", "rk4", "heun3"]
@@ -95,10 +96,6 @@ def _solve(lib, p):
     return event_t.detach(), ys.detach(), grads, residual
 
 
-def _relative(a, b):
-    return ((a - b).abs().max() / (b.abs().max() + 1e-3)).item()
-
-
 def _compared(p, event_t, ys, grads):
     """(what, value) pairs compared between the libraries."""
     pairs = [("event time", event_t), ("state at the event", ys)]
@@ -116,7 +113,7 @@ def _agree(what: str, a, b, solution_agreement: float, atol: float) -> bool:
         return (a - b).abs().item() <= atol + solution_agreement * b.abs().item()
     if what == "state at the event":
         return (a - b).abs().max().item() <= 2 * atol + solution_agreement * (b.abs().max().item() + 1e-3)
-    return _relative(a, b) <= 1e-6
+    return peak_relative_error(a, b) <= 1e-6
 
 
 @FUZZ
@@ -150,4 +147,4 @@ def test_event_times_states_and_gradients_match_torchdiffeq(p):
             assert (a - exact).abs().item() <= atol + 2 * (b - exact).abs().item(), what
         else:
             strict = 1e-6 if what.startswith("gradient") else 1e-7
-            assert _relative(a, exact) <= strict + 2 * _relative(b, exact), what
+            assert peak_relative_error(a, exact) <= strict + 2 * peak_relative_error(b, exact), what
