@@ -39,7 +39,7 @@ from torch import nn
 
 from odekern.dispatch import requested_backend, use_backend
 from odekern.odeint import odeint, promote_tuple_state
-from odekern.reachable import warn_unreached
+from odekern.reachable import distinct_requiring_grad, warn_unreached
 from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
@@ -550,10 +550,12 @@ def odeint_adjoint(
     options = canonical_control(options, "options")
     adjoint_options = canonical_control(adjoint_options, "adjoint_options")
     given_params = _given_parameters(func, adjoint_params)
-    params = tuple(p for p in given_params if p.requires_grad)
-    if len(params) != len(given_params) and callable((adjoint_options or {}).get("norm")):
+    if not all(p.requires_grad for p in given_params) and callable((adjoint_options or {}).get("norm")):
         warnings.warn("An adjoint parameter was passed without requiring gradient. For efficiency this will be "
                       "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm.")
+    # Each once: a tensor listed twice (``(*model.parameters(), *func.parameters())`` with func
+    # inside model) would otherwise receive its gradient once per listing.
+    params = distinct_requiring_grad(given_params)
     warn_unreached(func, given_params)
     check_params(params, state.first(y0), "adjoint_params")
     if (options or {}).get("on_max_steps", "raise") != "raise":

@@ -43,7 +43,7 @@ from torch import nn
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
-from odekern.reachable import differentiable_tensors, warn_unreached
+from odekern.reachable import differentiable_tensors, distinct_requiring_grad, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
@@ -326,8 +326,7 @@ def _differentiated_tensors(func: Callable, adjoint_params: Sequence[Tensor] | N
         return differentiable_tensors(func)
     given = tuple(adjoint_params)
     warn_unreached(func, given, "odeint_checkpointed", "gradient mode 'checkpoint'")
-    unique = {id(p): p for p in given if isinstance(p, Tensor) and p.requires_grad}
-    return tuple(unique.values())
+    return distinct_requiring_grad(given)
 
 
 def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints: int, rtol: Any = 1e-7,

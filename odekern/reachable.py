@@ -96,8 +96,13 @@ def differentiable_tensors(func: Callable) -> tuple[Tensor, ...]:
     """Every tensor requiring grad that backpropagation through ``func`` could reach, each once:
     its parameters (a module's, at any depth) and the tensors the search finds."""
     own = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
-    found = (*own, *(tensor for _, tensor in tensors_requiring_grad(func)))
-    return tuple({id(t): t for t in found if t.requires_grad}.values())
+    return distinct_requiring_grad((*own, *(tensor for _, tensor in tensors_requiring_grad(func))))
+
+
+def distinct_requiring_grad(candidates: Iterable) -> tuple[Tensor, ...]:
+    """The tensors among ``candidates`` that require grad, each once (by identity, in order):
+    a tensor listed twice must not receive its gradient twice."""
+    return tuple({id(t): t for t in candidates if isinstance(t, Tensor) and t.requires_grad}.values())
 
 
 def _global_names(code: types.CodeType) -> set[str]:
@@ -127,4 +132,4 @@ def warn_unreached(func: Callable, adjoint_params: Iterable[Tensor], caller: str
             "should stay fixed.")
 
 
-__all__ = ["differentiable_tensors", "tensors_requiring_grad", "warn_unreached"]
+__all__ = ["differentiable_tensors", "distinct_requiring_grad", "tensors_requiring_grad", "warn_unreached"]

@@ -473,6 +473,30 @@ def test_adjoint_params_for_plain_function():
         assert_close(a, b, kind="cross")
 
 
+def test_a_tensor_listed_twice_in_adjoint_params_gets_its_gradient_once():
+    # (*model.parameters(), *func.parameters()) with func inside model lists func's twice;
+    # torchdiffeq adds such a gradient once per listing (a deliberate difference, docs).
+    class Field(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3).to(F64)
+
+        def forward(self, t_, y):
+            return torch.tanh(self.lin(y))
+
+    func = Field()
+    y0 = randn(2, 3, dtype=F64, seed=6)
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    tols = {"method": "rk4", "options": {"step_size": 0.05}}
+    params = tuple(func.parameters())
+    once = torch.autograd.grad(
+        torchdiffeq.odeint_adjoint(func, y0, t, adjoint_params=params, **tols)[-1].sum(), params)
+    twice = torch.autograd.grad(
+        odeint_adjoint(func, y0, t, adjoint_params=params + params[::-1], **tols)[-1].sum(), params)
+    for a, b in zip(twice, once):
+        assert_close(a, b, kind="cross")
+
+
 def test_per_sample_control_and_other_adjoint_method():
     """Forward with options control='per_sample'; backward with a different method (dopri5)."""
     func, y0, t = _make("mlp")

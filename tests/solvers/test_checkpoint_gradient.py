@@ -268,3 +268,17 @@ def test_explicit_adjoint_params_leaving_a_reachable_tensor_out_warn_and_are_res
                                   adjoint_params=tuple(func.parameters()))
     out[-1].sum().backward()
     assert func.context.grad is None and func.lin.weight.grad is not None
+
+
+def test_a_tensor_listed_twice_in_adjoint_params_gets_its_gradient_once():
+    func = Conditioned()
+    func.context = testing.randn(4, 3, dtype=torch.float64, seed=15)
+    y0 = testing.randn(4, 3, dtype=torch.float64, seed=16)
+    t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    params = tuple(func.parameters())
+    kw = {"method": "rk4", "options": {"step_size": 0.25}}
+    twice = torch.autograd.grad(
+        odeint_checkpointed(func, y0, t, checkpoints=2, adjoint_params=params + params, **kw)[-1].sum(), params)
+    backprop = torch.autograd.grad(odeint(func, y0, t, **kw)[-1].sum(), params)
+    for a, b in zip(twice, backprop):
+        testing.assert_close(a, b)
