@@ -22,12 +22,15 @@ from networks.continuous_unet import variant_of_state_dict
 from networks.models import build_model
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+def strict_json(obj: Any, indent: int | None = None) -> str:
     """Strict JSON (RFC 8259): a NaN or infinite number is written as ``null``, never as the
     bare ``NaN`` / ``Infinity`` that strict parsers reject; writers that know why a value is
     undefined put the reason in a field beside it."""
-    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    return json.dumps(_finite_or_null(obj), indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_bytes(path, (strict_json(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def _finite_or_null(obj: Any) -> Any:

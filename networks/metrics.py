@@ -27,7 +27,16 @@ import torch
 METRIC_NAMES = ("dice", "iou", "accuracy", "ahd")
 
 
+def check_finite_logits(logits: torch.Tensor) -> None:
+    """A model output with NaN or inf is no prediction: thresholded, NaN reads as background and
+    would be scored (and saved) as if the model had answered."""
+    if not bool(torch.isfinite(logits.detach()).all()):
+        raise ValueError("the model's output (logits) contains NaN or inf, so there is no prediction to "
+                         "threshold or score (weights that diverged in training give such output)")
+
+
 def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    check_finite_logits(logits)
     return (torch.sigmoid(logits.detach().float()) > threshold).float()
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -131,6 +131,33 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, checkpoint_path: Path | None):
         super().__init__(f"training interrupted; resume with --resume {checkpoint_path}")
         self.checkpoint_path = checkpoint_path
+
+
+class TrainingDiverged(ValueError):
+    """A step's gradient became NaN or inf. The step is not applied and the run stops: every later
+    step would train NaN weights, and their NaN outputs thresholded would still read as scores."""
+
+
+@contextlib.contextmanager
+def _diverged_if_updated(where: str, updates: int, optimizer: torch.optim.Optimizer):
+    """Once this run has changed the weights, a non-finite value met in a forward or backward pass
+    (odekern's solvers and ``check_finite_logits`` refuse them) is almost always the run
+    diverging, not a bad input (the inputs passed before): say so, keeping the original message."""
+    try:
+        yield
+    except (ValueError, FloatingPointError) as exc:
+        if updates == 0 or isinstance(exc, TrainingDiverged):
+            raise
+        raise TrainingDiverged(
+            f"{where}, after {updates} weight update(s) at learning rate {optimizer.param_groups[0]['lr']:g}: "
+            f"{exc}. The run has probably diverged: train again with a smaller --lr") from exc
+
+
+def _finite_gradients(model: nn.Module) -> bool:
+    """One reduction and one host read; under DDP the gradients are already averaged over the
+    ranks, so every rank reaches the same answer and they stop together."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
 
 
 class StopOnInterrupt:
@@ -367,6 +394,7 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
 
     from tqdm.auto import tqdm
 
+    updates = 0  # weight updates made by this process
     with StopOnInterrupt() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(len(train_set), epoch, cfg.seed, ctx.rank, ctx.world_size)
@@ -393,16 +421,24 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
                     images, masks = images.to(ctx.device), masks.to(ctx.device)
                     if cfg.augment:
                         images, masks = augment_batch(images, masks, aug_gen, cfg.hflip, cfg.vflip, cfg.rotation)
-                    logits = net(images)
-                    loss = loss_fn(logits, masks)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with _diverged_if_updated(f"epoch {epoch + 1} step {step + 1}", updates, optimizer):
+                        logits = net(images)
+                        loss = loss_fn(logits, masks)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        dice = float(dice_per_image(binarize(logits), masks).mean())
+                    if not _finite_gradients(model):
+                        raise TrainingDiverged(
+                            f"training diverged at epoch {epoch + 1} step {step + 1}: the gradient is NaN or inf "
+                            f"(loss {float(loss.detach()):.6g}, learning rate {optimizer.param_groups[0]['lr']:g}); "
+                            f"the step was not applied. Train again with a smaller --lr; {out / 'last.pt'} "
+                            "holds the last finished epoch, if any")
                     in_update = True
                     optimizer.step()
                     in_update = False
                     step += 1
+                    updates += 1
                     loss_value = float(loss.detach())
-                    dice = float(dice_per_image(binarize(logits), masks).mean())
                     n = images.shape[0]
                     accum = [accum[0] + loss_value * n, accum[1] + dice * n, accum[2] + n]
                     history["step_losses"].append(loss_value)
@@ -429,7 +465,8 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
             record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_dice": dice_sum / count,
                       "lr": optimizer.param_groups[0]["lr"]}
             if val_set is not None and len(val_set) > 0:
-                record.update(validate(model, val_set, loss_fn, cfg.batch_size, ctx))
+                with _diverged_if_updated(f"validation after epoch {epoch + 1}", updates, optimizer):
+                    record.update(validate(model, val_set, loss_fn, cfg.batch_size, ctx))
             record["seconds"] = time.perf_counter() - started
             history["epochs"].append(record)
             improved = record.get("val_dice", record["train_dice"]) > best
@@ -578,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if history["epochs"]:
         last = history["epochs"][-1]
-        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in last.items()}))
+        print(ckpt.strict_json({k: round(v, 6) if isinstance(v, float) else v for k, v in last.items()}))
     return 0
 
 

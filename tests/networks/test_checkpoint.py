@@ -72,3 +72,9 @@ def test_load_model_rejects_foreign_checkpoint(tmp_path):
     path = ckpt.atomic_torch_save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ckpt.CheckpointError, match="not an odekern checkpoint"):
         ckpt.load_model(path)
+
+
+def test_strict_json_writes_null_for_non_finite_numbers():
+    text = ckpt.strict_json({"loss": float("nan"), "lr": 1e-3, "best": [float("-inf"), 0.5]})
+    assert json.loads(text) == {"loss": None, "lr": 1e-3, "best": [None, 0.5]}
+    assert "NaN" not in text and "Infinity" not in text

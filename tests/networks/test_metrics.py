@@ -69,3 +69,11 @@ def test_accumulator_means_and_counts_undefined_ahd():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         per_image_metrics(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 5))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_logits_are_no_prediction(bad):
+    logits = torch.zeros(2, 1, 4, 4)
+    logits[1, 0, 2, 3] = bad
+    with pytest.raises(ValueError, match=r"the model's output \(logits\) contains NaN or inf"):
+        per_image_metrics(logits, torch.zeros(2, 1, 4, 4))

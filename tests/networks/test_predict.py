@@ -91,3 +91,16 @@ def test_single_image_and_glob_inputs(trained, tmp_path, capsys):
     Image.open(tmp_path / "in" / f"{one}.png").save(tmp_path / "in" / f"{one}.bmp")
     assert prediction.main([str(trained), str(tmp_path / "in"), str(tmp_path / "twins")]) == 2
     assert "same name" in capsys.readouterr().err and not (tmp_path / "twins" / f"{one}.png").exists()
+
+
+def test_a_model_answering_nan_writes_no_mask(trained, tmp_path):
+    # NaN logits thresholded read as background: an all-empty mask was written as the answer.
+    state = ckpt.torch_load(trained)
+    state["model_state"] = {k: v * float("nan") if v.is_floating_point() else v
+                            for k, v in state["model_state"].items()}
+    poisoned = ckpt.atomic_torch_save(state, tmp_path / "diverged.pt")
+    _images(tmp_path / "in")
+    with pytest.raises(ValueError, match=r"the model's output \(logits\) contains NaN or inf"):
+        with pytest.warns(UserWarning, match="corrupt.jpg"):
+            prediction.predict_folder(str(poisoned), str(tmp_path / "in"), str(tmp_path / "out"))
+    assert not any((tmp_path / "out").glob("*.png"))

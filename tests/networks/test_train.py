@@ -178,3 +178,72 @@ def test_cli_main_and_bad_arguments(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("odekern-train: --data must be")
     with pytest.raises(FileNotFoundError, match="last.pt"):
         training.run(_cfg(tmp_path, "never-trained", resume="auto"))
+
+
+class _Standin(nn.Module):
+    """A one-conv segmenter whose step ``poison_at`` (1-based forward count in training) gives
+    either NaN logits or finite logits with a NaN gradient."""
+
+    def __init__(self, poison_at, kind, in_channels=3, num_classes=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+        self.poison_at, self.kind, self.calls = poison_at, kind, 0
+
+    def forward(self, x):
+        out = self.conv(x)
+        if self.training:
+            self.calls += 1
+        if self.training and self.calls == self.poison_at:
+            if self.kind == "logits":
+                return out * float("nan")
+            # sqrt's derivative at 0 is inf, times 0: a finite forward with a NaN gradient
+            return out + 0 * torch.sqrt(self.conv.bias - self.conv.bias).sum()
+        return out
+
+
+def _standin_run(tmp_path, monkeypatch, poison_at, kind, name="run", epochs=1):
+    net = {}
+
+    def build(name_, c, k, options, size=None):
+        net["model"] = _Standin(poison_at, kind, c, k)
+        return net["model"]
+
+    monkeypatch.setattr(ckpt, "build_network", build)
+    snapshots = []
+    cfg = _cfg(tmp_path, name, model="standin", model_options={}, epochs=epochs, augment=False)
+    return net, snapshots, lambda: training.run(
+        cfg, step_callback=lambda info: snapshots.append({k: v.clone() for k, v in net["model"].state_dict().items()}))
+
+
+def test_a_nan_gradient_stops_training_before_the_step_is_applied(tmp_path, monkeypatch):
+    # With 12 images in batches of 4: three steps an epoch; the fifth step's gradient is NaN.
+    net, snapshots, run = _standin_run(tmp_path, monkeypatch, poison_at=5, kind="gradient", epochs=2)
+    with pytest.raises(training.TrainingDiverged,
+                       match=r"training diverged at epoch 2 step 2: the gradient is NaN or inf .* not applied"):
+        run()
+    weights = net["model"].state_dict()
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    _assert_same_weights(weights, snapshots[-1])  # the state after step 4, untouched by step 5
+    saved = ckpt.torch_load(tmp_path / "run" / "last.pt")
+    assert saved["epoch"] == 1 and all(torch.isfinite(w).all() for w in saved["model_state"].values())
+
+
+def test_non_finite_logits_after_an_update_are_reported_as_divergence(tmp_path, monkeypatch):
+    _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=2, kind="logits", name="late")
+    with pytest.raises(training.TrainingDiverged, match=r"epoch 1 step 2, after 1 weight update\(s\) at learning "
+                                                        r"rate .*: the model's output \(logits\) contains NaN or inf"):
+        run()
+    # Before any update, the same failure is the model's or the data's, reported as it is.
+    _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=1, kind="logits", name="first")
+    with pytest.raises(ValueError, match=r"^the model's output \(logits\) contains NaN or inf") as raised:
+        run()
+    assert not isinstance(raised.value, training.TrainingDiverged)
+
+
+def test_cli_reports_a_diverged_run_in_one_line(tmp_path, capsys):
+    argv = ["--model", "vanilla-unet", "--optimizer", "sgd", "--lr", "1e8", "--schedule", "none", "--size", "32",
+            "--num-train", "8", "--num-val", "4", "--epochs", "2", "--batch-size", "4", "--no-progress",
+            "--threads", "1", "--out", str(tmp_path / "cli")]
+    assert training.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("odekern-train: ") and "train again with a smaller --lr" in err and err.count("\n") == 1
