@@ -388,8 +388,15 @@ def test_state_channels_not_divisible_by_order():
 
 
 def test_integer_x():
-    with pytest.raises(TypeError, match="x must be a floating point tensor"):
+    with pytest.raises(TypeError, match="^ODEBlock: x must be a floating point tensor"):
         ODEBlock(FirstOrder())(torch.ones(1, C, 4, 4, dtype=torch.int64))
+
+
+def test_non_finite_x_is_named_as_the_blocks_input():
+    x = torch.ones(1, C, 4, 4)
+    x[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"^ODEBlock: x must be finite, but it contains NaN or inf"):
+        ODEBlock(FirstOrder())(x)
 
 
 def test_rhs_of_wrong_shape():

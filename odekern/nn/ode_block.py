@@ -350,8 +350,8 @@ class _FunctionAsModule(nn.Module):
 
 def _check_input(x, name: str, min_dim: int) -> None:
     if isinstance(x, tuple):
-        raise TypeError(f"{name} must be a torch.Tensor (ODEBlock does not take tuple states)")
-    check_state(x, name)
+        raise TypeError(f"ODEBlock: {name} must be a torch.Tensor (ODEBlock does not take tuple states)")
+    check_state(x, f"ODEBlock: {name}")
     if x.dim() < min_dim:
         raise ValueError(
             f"ODEBlock: {name} must have a channel dimension (dim 1) for order > 1, got shape {tuple(x.shape)}"
