@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.duse import PROCEDURE_MOMENTUM, DUSEConfig, DUSEState, adapt_images
-from networks.arguments import check_channel_list, check_positive_int, image_size_pair
+from networks.arguments import check_channel_list, check_finite_number, check_positive_int, image_size_pair
 from networks.layers import activation, check_images
 from networks.unet import UNetEncoder
 from odekern import NmODE
@@ -179,10 +179,8 @@ class CNMUNet(nn.Module):
         size = image_size_pair(image_size)
         if size[0] % 2**self.LEVELS or size[1] % 2**self.LEVELS:
             raise ValueError(f"CNMUNet: image_size must be divisible by {2**self.LEVELS}, got {size}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"CNMUNet: dropout must be in [0, 1), got {dropout!r}")
-        if not float(delta_t) > 0.0:
-            raise ValueError(f"CNMUNet: delta_t must be > 0, got {delta_t!r}")
+        dropout = check_finite_number(dropout, "CNMUNet: dropout", minimum=0.0, below=1.0)
+        delta_t = check_finite_number(delta_t, "CNMUNet: delta_t", above=0.0)
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, size
         self.encoder = UNetEncoder(in_channels, widths)
         self.fusion = MultiScaleFusion(widths, channels, size, learnable=learnable_fusion)

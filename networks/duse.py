@@ -69,6 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from networks.arguments import check_finite_number, check_positive_int
+
 
 PROCEDURES = ("paper", "official")
 # Eq. 3's m: the paper's text says 0.2, the authors' code uses 0.8.
@@ -120,22 +122,30 @@ class DUSEConfig:
     def __post_init__(self):
         if self.procedure not in PROCEDURES:
             raise ValueError(f"DUSEConfig: procedure must be one of {PROCEDURES}, got {self.procedure!r}")
-        if self.momentum is None:  # frozen: the resolved default is written once, here
-            object.__setattr__(self, "momentum", PROCEDURE_MOMENTUM[self.procedure])
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"DUSEConfig: alpha must be in (0, 1], got {self.alpha!r}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"DUSEConfig: momentum must be in [0, 1], got {self.momentum!r}")
-        for name in ("h_base", "k", "lr", "prompt_lr"):
-            if not getattr(self, name) >= 0.0:
-                raise ValueError(f"DUSEConfig: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"DUSEConfig: optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.memory_size < 0 or self.neighbours < 1:
-            raise ValueError("DUSEConfig: memory_size must be >= 0 and neighbours >= 1, got "
-                             f"{self.memory_size!r}, {self.neighbours!r}")
-        if not self.temperature > 0.0 or not self.warm_n > 0.0:
-            raise ValueError("DUSEConfig: temperature and warm_n must be > 0")
+        if not isinstance(self.continual, bool):
+            raise ValueError(f"DUSEConfig: continual must be True or False, got {self.continual!r}")
+        momentum = PROCEDURE_MOMENTUM[self.procedure] if self.momentum is None else self.momentum
+        try:
+            betas = tuple(self.betas)
+        except TypeError:
+            betas = ()
+        if len(betas) != 2:
+            raise ValueError(f"DUSEConfig: betas must be a pair of numbers in [0, 1), got {self.betas!r}")
+        checked = {
+            "alpha": check_finite_number(self.alpha, "DUSEConfig: alpha", above=0.0, maximum=1.0),
+            "momentum": check_finite_number(momentum, "DUSEConfig: momentum", minimum=0.0, maximum=1.0),
+            **{name: check_finite_number(getattr(self, name), f"DUSEConfig: {name}", minimum=0.0)
+               for name in ("h_base", "k", "lr", "prompt_lr")},
+            "betas": tuple(check_finite_number(b, "DUSEConfig: betas", minimum=0.0, below=1.0) for b in betas),
+            "memory_size": check_positive_int(self.memory_size, "DUSEConfig: memory_size", minimum=0),
+            "neighbours": check_positive_int(self.neighbours, "DUSEConfig: neighbours"),
+            "temperature": check_finite_number(self.temperature, "DUSEConfig: temperature", above=0.0),
+            "warm_n": check_finite_number(self.warm_n, "DUSEConfig: warm_n", above=0.0),
+        }
+        for name, value in checked.items():  # frozen: the checked values are written once, here
+            object.__setattr__(self, name, value)
 
 
 # --------------------------------------------------------------------------- Fourier prompt (Eq. 5)

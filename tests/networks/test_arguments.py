@@ -1,11 +1,19 @@
 """The whole-number checks every model and dataset shares: exact integers in, or a ValueError."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from networks.arguments import check_channel_list, check_positive_int, image_size_pair, whole_number
+from networks.arguments import (
+    check_channel_list,
+    check_finite_number,
+    check_positive_int,
+    image_size_pair,
+    whole_number,
+)
 from networks.models import build_model
 
 
@@ -78,3 +86,23 @@ def test_a_cnm_unet_of_fractional_size_is_refused_not_truncated():
 def test_models_store_numpy_integer_arguments_as_python_ints(name, options):
     model = build_model(name, in_channels=np.int64(3), num_classes=np.int32(1), **options)
     assert type(model.in_channels) is int and type(model.num_classes) is int
+
+
+def test_check_finite_number_bounds_and_types():
+    assert check_finite_number(np.float32(0.5), "rate", minimum=0.0, below=1.0) == 0.5
+    assert type(check_finite_number(np.int64(2), "rate")) is float
+    assert check_finite_number(0.0, "rate", minimum=0.0) == 0.0
+    for value, bounds in [(math.nan, {}), (math.inf, {}), (-math.inf, {"maximum": 1.0}), (True, {}), ("0.5", {}),
+                          (None, {}), (0.0, {"above": 0.0}), (1.0, {"below": 1.0}), (1.5, {"maximum": 1.0}),
+                          (-0.1, {"minimum": 0.0}), (1 + 2j, {})]:
+        with pytest.raises(ValueError, match=r"^rate must be a finite number"):
+            check_finite_number(value, "rate", **bounds)
+    with pytest.raises(ValueError, match=r"rate must be a finite number >= 0 and < 1, got 1.0"):
+        check_finite_number(1.0, "rate", minimum=0.0, below=1.0)
+
+
+@pytest.mark.parametrize("option, value", [("dropout", 1.0), ("dropout", math.nan), ("dropout", "0.5"),
+                                           ("delta_t", math.inf), ("delta_t", 0.0)])
+def test_cnm_unet_refuses_rates_out_of_range(option, value):
+    with pytest.raises(ValueError, match=f"CNMUNet: {option} must be a finite number"):
+        build_model("cnm-unet", image_size=32, encoder_widths=(2, 2, 2, 2, 2), **{option: value})

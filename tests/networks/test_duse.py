@@ -3,7 +3,9 @@ restored bit-exactly, nothing leaking between images, checkpoints untouched)."""
 
 import dataclasses
 import io
+import math
 
+import numpy as np
 import pytest
 import torch
 from netutil import TINY_CNM, images, require_nmode
@@ -74,15 +76,39 @@ def test_f_statistics_loss_eq4():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0 and <= 1, got 0.0"):
         DUSEConfig(alpha=0.0)
     with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):
         DUSEConfig(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="momentum must be in"):
+    with pytest.raises(ValueError, match="momentum must be a finite number >= 0 and <= 1, got 1.5"):
         DUSEConfig(momentum=1.5)
     assert DUSEConfig() == DUSEConfig(alpha=0.01, momentum=0.2, h_base=0.5, k=1000.0, lr=0.01)
     with pytest.raises(dataclasses.FrozenInstanceError):
         DUSEConfig().lr = 0.1  # replace the whole config on the model instead
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lr", math.inf), ("k", math.nan), ("h_base", -1.0), ("prompt_lr", "0.01"), ("alpha", True),
+    ("temperature", math.inf), ("warm_n", 0.0), ("momentum", math.nan), ("memory_size", 2.5),
+    ("neighbours", 0), ("neighbours", 1.5), ("betas", (0.9, 1.0)), ("betas", (0.9,)), ("betas", 0.9),
+    ("continual", "no"),
+])
+def test_config_refuses_what_would_adapt_wrongly_or_fail_later(field, value):
+    # An infinite learning rate, a fractional bank size or a NaN momentum passed the range
+    # checks (NaN compares false with every bound) and failed, or adapted wrongly, only later.
+    with pytest.raises(ValueError, match=f"DUSEConfig: {field} must be"):
+        DUSEConfig(**{field: value})
+
+
+def test_config_from_a_recorded_run_equals_the_original():
+    # A training run records the config as JSON, so betas come back as a list; numbers may come
+    # as NumPy scalars. The rebuilt config is the same config.
+    original = DUSEConfig(k=500.0, lr=0.005, memory_size=8)
+    recorded = {**dataclasses.asdict(original), "betas": list(original.betas), "memory_size": np.int64(8),
+                "k": np.float64(500.0)}
+    rebuilt = DUSEConfig(**recorded)
+    assert rebuilt == original
+    assert type(rebuilt.memory_size) is int and type(rebuilt.k) is float
 
 
 # ---------------------------------------------------------------------------- on the model
