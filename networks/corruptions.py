@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 
+from networks.arguments import check_finite_number
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # Severity 1..5 constants (ImageNet-C).
@@ -152,7 +154,6 @@ def add_gaussian_noise(image: torch.Tensor, sigma: float, generator: torch.Gener
     The paper adds the noise to the input without saying it clips; ``clip=False`` keeps it
     purely additive.
     """
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    sigma = check_finite_number(sigma, "sigma", minimum=0.0)
     noisy = image + sigma * torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
     return noisy.clamp(0, 1) if clip else noisy

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from networks.arguments import check_positive_int, image_size_pair
+from networks.arguments import check_finite_number, check_positive_int, image_size_pair
 from networks.layouts import IMAGE_EXTENSIONS, Sample, find_samples, image_files, mask_key
 
 
@@ -337,8 +337,7 @@ def read_image_folder(source: str | os.PathLike | Sequence[str | os.PathLike], s
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded shuffle of ``range(n)`` cut into (train, val); at least one sample in each when
     ``0 < val_fraction < 1`` and ``n >= 2``."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    val_fraction = check_finite_number(val_fraction, "val_fraction", minimum=0.0, below=1.0)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     n_val = round(n * val_fraction)
     if val_fraction > 0 and n >= 2:
@@ -393,7 +392,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
         flip = (draws[:, 1] < 0.5).view(b, 1, 1, 1)
         images = torch.where(flip, images.flip(-2), images)
         masks = torch.where(flip, masks.flip(-2), masks)
-    if rotation_degrees > 0:
+    if check_finite_number(rotation_degrees, "rotation_degrees", minimum=0.0) > 0:
         angle = (draws[:, 2] * 2 - 1) * math.radians(rotation_degrees)
         cos, sin = torch.cos(angle), torch.sin(angle)
         h, w = images.shape[-2:]

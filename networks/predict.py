@@ -22,6 +22,7 @@ from PIL import Image
 from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli
+from networks.arguments import check_finite_number
 from networks.data import IMAGE_EXTENSIONS, read_image_folder
 from networks.evaluate import predict_logits, supports_duse
 from networks.layouts import image_files
@@ -64,8 +65,7 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, threshold: 
                    duse: bool = False, original_size: bool = True, batch_size: int = 8) -> list[Path]:
     """Masks for every image of ``input_dir`` (a folder, one image file or a glob pattern:
     :func:`resolve_input`); returns the written paths."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    threshold = check_finite_number(threshold, "threshold", above=0.0, below=1.0)
     model, state = ckpt.load_model(checkpoint)
     if duse and not supports_duse(model):
         raise ValueError(f"--duse: {type(model).__name__} has no test-time adaptation (DUSE belongs to CNM-UNet)")

@@ -115,8 +115,9 @@ def test_bad_arguments_are_named():
         corrupt((x * 255).to(torch.uint8), "contrast", 1)
     with pytest.raises(ValueError, match="shape"):
         corrupt(torch.rand(4, 8, 8), "contrast", 1)
-    with pytest.raises(ValueError, match="sigma"):
-        add_gaussian_noise(x, -0.1)
+    for sigma in (-0.1, float("nan"), float("inf")):  # NaN passed "sigma < 0" and made every pixel NaN
+        with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+            add_gaussian_noise(x, sigma)
 
 
 def test_additive_noise_sweep_is_unclipped_and_seeded():

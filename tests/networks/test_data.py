@@ -185,6 +185,12 @@ def test_split_indices_partition_and_determinism():
         split_indices(10, 1.0, 0)
 
 
+def test_a_nan_rotation_is_refused_not_skipped():
+    x, m = torch.rand(2, 3, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    with pytest.raises(ValueError, match="rotation_degrees must be a finite number >= 0, got nan"):
+        augment_batch(x, m, torch.Generator().manual_seed(0), rotation_degrees=float("nan"))
+
+
 def test_epoch_order_shards_are_equal_disjoint_and_cover():
     n, world = 11, 2
     shards = [epoch_order(n, epoch=2, seed=0, rank=r, world_size=world) for r in range(world)]
