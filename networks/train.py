@@ -153,11 +153,22 @@ def _diverged_if_updated(where: str, updates: int, optimizer: torch.optim.Optimi
             f"{exc}. The run has probably diverged: train again with a smaller --lr") from exc
 
 
-def _finite_gradients(model: nn.Module) -> bool:
-    """One reduction and one host read; under DDP the gradients are already averaged over the
-    ranks, so every rank reaches the same answer and they stop together."""
+def _check_gradients(model: nn.Module, loss: torch.Tensor, where: str, updates: int,
+                     optimizer: torch.optim.Optimizer, out: Path) -> None:
+    """Refuse a step whose gradient is NaN or inf before it reaches the weights. One reduction and
+    one host read; under DDP the gradients are already averaged over the ranks, so every rank
+    reaches the same answer and they stop together (a NaN on one rank's data included)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
+    if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))):
+        return
+    loss_value = float(loss.detach())
+    if updates == 0:
+        raise ValueError(f"{where}: the gradient is NaN or inf (loss {loss_value:.6g}) before any weight update: "
+                         "the data or the model's initial weights give no finite gradient")
+    raise TrainingDiverged(
+        f"training diverged at {where}: the gradient is NaN or inf (loss {loss_value:.6g}, learning rate "
+        f"{optimizer.param_groups[0]['lr']:g}); the step was not applied. Train again with a smaller --lr; "
+        f"{out / 'last.pt'} holds the last finished epoch, if any")
 
 
 class StopOnInterrupt:
@@ -421,24 +432,21 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
                     images, masks = images.to(ctx.device), masks.to(ctx.device)
                     if cfg.augment:
                         images, masks = augment_batch(images, masks, aug_gen, cfg.hflip, cfg.vflip, cfg.rotation)
-                    with _diverged_if_updated(f"epoch {epoch + 1} step {step + 1}", updates, optimizer):
+                    where = f"epoch {epoch + 1} step {step + 1}"
+                    with _diverged_if_updated(where, updates, optimizer):
                         logits = net(images)
                         loss = loss_fn(logits, masks)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
-                        dice = float(dice_per_image(binarize(logits), masks).mean())
-                    if not _finite_gradients(model):
-                        raise TrainingDiverged(
-                            f"training diverged at epoch {epoch + 1} step {step + 1}: the gradient is NaN or inf "
-                            f"(loss {float(loss.detach()):.6g}, learning rate {optimizer.param_groups[0]['lr']:g}); "
-                            f"the step was not applied. Train again with a smaller --lr; {out / 'last.pt'} "
-                            "holds the last finished epoch, if any")
+                    _check_gradients(model, loss, where, updates, optimizer, out)
                     in_update = True
                     optimizer.step()
                     in_update = False
                     step += 1
                     updates += 1
                     loss_value = float(loss.detach())
+                    with _diverged_if_updated(where, updates, optimizer):
+                        dice = float(dice_per_image(binarize(logits), masks).mean())
                     n = images.shape[0]
                     accum = [accum[0] + loss_value * n, accum[1] + dice * n, accum[2] + n]
                     history["step_losses"].append(loss_value)

@@ -228,16 +228,33 @@ def test_a_nan_gradient_stops_training_before_the_step_is_applied(tmp_path, monk
     assert saved["epoch"] == 1 and all(torch.isfinite(w).all() for w in saved["model_state"].values())
 
 
-def test_non_finite_logits_after_an_update_are_reported_as_divergence(tmp_path, monkeypatch):
+def test_nan_logits_stop_training_as_divergence_only_after_an_update(tmp_path, monkeypatch):
     _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=2, kind="logits", name="late")
-    with pytest.raises(training.TrainingDiverged, match=r"epoch 1 step 2, after 1 weight update\(s\) at learning "
-                                                        r"rate .*: the model's output \(logits\) contains NaN or inf"):
+    with pytest.raises(training.TrainingDiverged, match=r"training diverged at epoch 1 step 2: the gradient is NaN "
+                                                        r"or inf \(loss nan, learning rate"):
         run()
     # Before any update, the same failure is the model's or the data's, reported as it is.
     _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=1, kind="logits", name="first")
-    with pytest.raises(ValueError, match=r"^the model's output \(logits\) contains NaN or inf") as raised:
+    with pytest.raises(ValueError, match=r"^epoch 1 step 1: the gradient is NaN or inf \(loss nan\) before any "
+                                         "weight update") as raised:
         run()
     assert not isinstance(raised.value, training.TrainingDiverged)
+
+
+def test_a_failure_met_after_updates_names_the_step_and_learning_rate(tmp_path, monkeypatch):
+    # e.g. an ODE block's input check meeting the overflow of weights grown too large
+    net, _, run = _standin_run(tmp_path, monkeypatch, poison_at=0, kind="", name="raise")
+    original = _Standin.forward
+
+    def forward(self, x):
+        if self.training and self.calls == 2:
+            raise ValueError("ODEBlock: x must be finite, but it contains NaN or inf")
+        return original(self, x)
+
+    monkeypatch.setattr(_Standin, "forward", forward)
+    with pytest.raises(training.TrainingDiverged, match=r"^epoch 1 step 3, after 2 weight update\(s\) at learning "
+                                                        r"rate .*: ODEBlock: x must be finite.*smaller --lr"):
+        run()
 
 
 def test_cli_reports_a_diverged_run_in_one_line(tmp_path, capsys):
