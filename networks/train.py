@@ -134,7 +134,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class TrainingDiverged(ValueError):
-    """A step's gradient became NaN or inf. The step is not applied and the run stops: every later
+    """The run diverged: a step's gradient became NaN or inf (that step is not applied), or, once
+    the weights had changed, a forward or backward pass met NaN or inf. The run stops: every later
     step would train NaN weights, and their NaN outputs thresholded would still read as scores."""
 
 
