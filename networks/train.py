@@ -43,6 +43,7 @@ from torch import nn
 from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli, ddp
+from networks.arguments import check_finite_number, check_positive_int
 from networks.models import MODEL_NAMES
 from networks.data import (
     FolderSegmentation,
@@ -296,6 +297,21 @@ def model_metadata(cfg: TrainConfig) -> dict[str, Any]:
 # The loop
 # ---------------------------------------------------------------------------------------
 
+def check_config(cfg: TrainConfig) -> None:
+    """The numeric settings of a resolved config, each refused by name when out of range: what the
+    command line checks as it reads its flags, for a config built in Python."""
+    for name, minimum in (("size", 1), ("num_train", 1), ("num_val", 0), ("epochs", 1), ("batch_size", 1),
+                          ("t_max", 1), ("step_size", 1), ("seed", 0), ("workers", 0)):
+        check_positive_int(getattr(cfg, name), f"TrainConfig: {name}", minimum)
+    for name in ("threads", "max_steps_per_epoch"):
+        if getattr(cfg, name) is not None:
+            check_positive_int(getattr(cfg, name), f"TrainConfig: {name}")
+    for name, bounds in (("lr", {"above": 0.0}), ("weight_decay", {"minimum": 0.0}), ("eta_min", {"minimum": 0.0}),
+                         ("gamma", {"above": 0.0}), ("rotation", {"minimum": 0.0}),
+                         ("val_fraction", {"minimum": 0.0, "below": 1.0})):
+        check_finite_number(getattr(cfg, name), f"TrainConfig: {name}", **bounds)
+
+
 def _load_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     path = Path(cfg.out) / "last.pt" if cfg.resume in ("auto", "") else Path(cfg.resume)
     state = ckpt.load_checkpoint(path)
@@ -351,6 +367,7 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
     if cfg.resume:
         cfg, resume_state = _load_resume(cfg)
     cfg = cfg.resolved()
+    check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -546,9 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "masks/; see docs/datasets.md")
     g.add_argument("--layout", default=d.layout, choices=("auto", *LAYOUT_NAMES),
                    help="folder layout of --data (auto: detected; OD/OC needs odoc-disc or odoc-cup)")
-    g.add_argument("--size", type=int, default=d.size, help="input size (images are resized to size x size)")
+    g.add_argument("--size", type=cli.integer(1), default=d.size, help="input size (images are resized to size x size)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels)
-    g.add_argument("--num-train", type=int, default=d.num_train, help="synthetic training images")
+    g.add_argument("--num-train", type=cli.integer(1), default=d.num_train, help="synthetic training images")
     g.add_argument("--num-val", type=cli.integer(0), default=d.num_val, help="synthetic validation images")
     g.add_argument("--val-fraction", type=cli.real(0.0, below=1.0), default=d.val_fraction, help="folder data: validation share")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="disable flips and rotation")
@@ -557,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotation", type=cli.real(0.0), default=d.rotation, help="max random rotation in degrees (0: off)")
     g.add_argument("--workers", type=cli.integer(0), default=d.workers, help="DataLoader worker processes")
     g = p.add_argument_group("optimisation (unset = the paper's default for --model)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train (with --resume: the new total)")
-    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--epochs", type=cli.integer(1), default=d.epochs, help="epochs to train (with --resume: the new total)")
+    g.add_argument("--batch-size", type=cli.integer(1), default=None)
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=None)
     g.add_argument("--lr", type=cli.real(0.0, above=True), default=None)
     g.add_argument("--weight-decay", type=cli.real(0.0), default=None)
@@ -569,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=cli.real(0.0, above=True), default=None, help="step schedule factor")
     g.add_argument("--loss", choices=("bce", "bce+dice"), default=None)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of data, initialisation and augmentation")
+    g.add_argument("--seed", type=cli.integer(0), default=d.seed, help="seed of data, initialisation and augmentation")
     g.add_argument("--out", default=d.out, help="output folder (checkpoints, history.json)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: OUT/last.pt)")
@@ -588,12 +605,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    """Mistakes found before any data is read or any model built, each as a UsageError."""
-    for name in ("epochs", "size", "num_train"):
-        if getattr(cfg, name) < 1:
-            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise cli.UsageError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    """Mistakes found before any data is read or any model built, each as a UsageError (the
+    numeric flags' ranges are checked as argparse reads them)."""
     if cfg.data != "synthetic" and not Path(cfg.data).is_dir():
         raise cli.UsageError(f"--data must be 'synthetic' or an existing folder, got {cfg.data!r}")
     if cfg.resume:

@@ -172,8 +172,10 @@ def test_cli_main_and_bad_arguments(tmp_path, capsys):
             "--threads", "1", "--out", str(tmp_path / "cli")]
     assert training.main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
-    assert training.main(argv + ["--epochs", "0"]) == 2
-    assert capsys.readouterr().err == "odekern-train: --epochs must be >= 1, got 0\n"
+    with pytest.raises(SystemExit) as exited:
+        training.main(argv + ["--epochs", "0"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("odekern-train: argument --epochs: must be >= 1, got 0")
     assert training.main(argv + ["--data", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("odekern-train: --data must be")
     with pytest.raises(FileNotFoundError, match="last.pt"):
@@ -264,3 +266,16 @@ def test_cli_reports_a_diverged_run_in_one_line(tmp_path, capsys):
     assert training.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("odekern-train: ") and "train again with a smaller --lr" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("setting, value, says", [
+    ("batch_size", 0, "batch_size must be an integer >= 1, got 0"),  # was range()'s "arg 3 must not be zero"
+    ("epochs", 2.0, "epochs must be an integer >= 1, got 2.0"),
+    ("lr", float("nan"), "lr must be a finite number > 0, got nan"),  # trained NaN weights
+    ("val_fraction", 1.0, "val_fraction must be a finite number >= 0 and < 1, got 1.0"),
+    ("max_steps_per_epoch", 0, "max_steps_per_epoch must be an integer >= 1, got 0"),  # meant "no limit"
+])
+def test_a_config_built_in_python_is_checked_as_the_command_line_is(tmp_path, setting, value, says):
+    with pytest.raises(ValueError, match=f"^TrainConfig: {says}"):
+        training.run(_cfg(tmp_path, "run", **{setting: value}))
+    assert not (tmp_path / "run").exists()
