@@ -29,7 +29,8 @@ from torch import nn
 
 from networks import checkpoint as ckpt
 from networks import cli
-from networks.corruptions import CORRUPTIONS, add_gaussian_noise, corrupt
+from networks.arguments import check_finite_number, check_positive_int
+from networks.corruptions import CORRUPTIONS, SEVERITIES, add_gaussian_noise, corrupt
 from networks.data import FolderSegmentation, SyntheticLesions, split_indices
 from networks.metrics import MetricAccumulator, check_finite_logits, per_image_metrics
 
@@ -132,6 +133,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, duse: bool = False) -
 def score(model: nn.Module, dataset, transform: Transform | None = None, duse: bool = False,
           batch_size: int = 8, seed: int = 0, desc: str = "", progress: bool = False) -> dict[str, Any]:
     """Mean metrics of ``model`` over ``dataset``, images passed through ``transform`` first."""
+    batch_size = check_positive_int(batch_size, "batch_size")
     from tqdm.auto import tqdm
 
     model.eval()
@@ -171,15 +173,27 @@ def _seed_for(base: int, tag: str) -> int:
     return base * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(tag))
 
 
-def run(cfg: EvalConfig) -> dict[str, Any]:
-    """All requested evaluations of ``cfg.checkpoint``; writes and returns the results dict."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def check_config(cfg: EvalConfig) -> None:
+    """Every setting refused by name when out of range, before the checkpoint is read."""
+    for name, minimum in (("num_images", 1), ("batch_size", 1), ("seed", 0)):
+        check_positive_int(getattr(cfg, name), f"EvalConfig: {name}", minimum)
+    for name in ("max_images", "threads"):
+        if getattr(cfg, name) is not None:
+            check_positive_int(getattr(cfg, name), f"EvalConfig: {name}")
+    if cfg.severity not in SEVERITIES or isinstance(cfg.severity, bool):
+        raise ValueError(f"EvalConfig: severity must be one of {SEVERITIES}, got {cfg.severity!r}")
     unknown = [c for c in cfg.corruptions if c not in CORRUPTIONS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    if not all(math.isfinite(s) and s >= 0 for s in cfg.noise):
-        raise ValueError(f"noise sigmas must be finite and >= 0, got {cfg.noise}")
+    for sigma in cfg.noise:
+        check_finite_number(sigma, "EvalConfig: noise sigma", minimum=0.0)
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    """All requested evaluations of ``cfg.checkpoint``; writes and returns the results dict."""
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     model, state = ckpt.load_model(cfg.checkpoint)
     dataset, desc = evaluation_dataset(cfg, state["config"])
     use_duse = cfg.duse and supports_duse(model)

@@ -22,7 +22,7 @@ from PIL import Image
 from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli
-from networks.arguments import check_finite_number
+from networks.arguments import check_finite_number, check_positive_int
 from networks.data import IMAGE_EXTENSIONS, read_image_folder
 from networks.evaluate import predict_logits, supports_duse
 from networks.layouts import image_files
@@ -66,6 +66,7 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, threshold: 
     """Masks for every image of ``input_dir`` (a folder, one image file or a glob pattern:
     :func:`resolve_input`); returns the written paths."""
     threshold = check_finite_number(threshold, "threshold", above=0.0, below=1.0)
+    batch_size = check_positive_int(batch_size, "batch_size")
     model, state = ckpt.load_model(checkpoint)
     if duse and not supports_duse(model):
         raise ValueError(f"--duse: {type(model).__name__} has no test-time adaptation (DUSE belongs to CNM-UNet)")

@@ -165,3 +165,16 @@ def test_cnm_unet_duse_leaves_the_checkpoint_untouched(tmp_path):
     strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
     assert strip(plain["corruptions"]["results"]["contrast"]["source_only"]) == \
         strip(results["corruptions"]["results"]["contrast"]["source_only"])
+
+
+@pytest.mark.parametrize("setting, value, says", [
+    ("batch_size", 0, "EvalConfig: batch_size must be an integer >= 1, got 0"),  # was range()'s own error
+    ("num_images", 2.5, "EvalConfig: num_images must be an integer >= 1, got 2.5"),
+    ("severity", 6, r"EvalConfig: severity must be one of \(1, 2, 3, 4, 5\), got 6"),
+    ("noise", (0.2, float("nan")), "EvalConfig: noise sigma must be a finite number >= 0, got nan"),
+    ("max_images", 0, "EvalConfig: max_images must be an integer >= 1, got 0"),  # evaluated nothing, then failed
+])
+def test_a_config_built_in_python_is_refused_by_name(tmp_path, setting, value, says):
+    with pytest.raises(ValueError, match=f"^{says}"):
+        evaluation.run(_cfg(tmp_path / "never-read.pt", tmp_path, **{setting: value}))
+    assert not (tmp_path / "eval.json").exists()

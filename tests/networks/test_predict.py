@@ -104,3 +104,10 @@ def test_a_model_answering_nan_writes_no_mask(trained, tmp_path):
         with pytest.warns(UserWarning, match="corrupt.jpg"):
             prediction.predict_folder(str(poisoned), str(tmp_path / "in"), str(tmp_path / "out"))
     assert not any((tmp_path / "out").glob("*.png"))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_batch_size_is_a_positive_integer(trained, tmp_path, batch_size):
+    # 0 or 2.5 never equalled the number pending, so every image went into one batch.
+    with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {batch_size}"):
+        prediction.predict_folder(str(trained), str(tmp_path / "in"), str(tmp_path / "out"), batch_size=batch_size)
