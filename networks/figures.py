@@ -32,6 +32,7 @@ import torch
 from networks import atomic_files
 from networks import checkpoint as ckpt
 from networks import cli
+from networks.arguments import check_positive_int
 from networks.evaluate import EvalConfig, evaluation_dataset, predict_logits
 from networks.metrics import binarize, dice_per_image
 
@@ -193,7 +194,7 @@ def checkpoint_title(state: Mapping[str, Any]) -> str:
 def overlays_for_checkpoint(checkpoint: str, path: str | os.PathLike, num_images: int = 6, duse: bool = False,
                             data: str | None = None) -> Path:
     """Prediction overlays of a checkpoint on the first images of its evaluation set."""
-
+    num_images = check_positive_int(num_images, "num_images")
     model, state = ckpt.load_model(checkpoint)
     dataset, _ = evaluation_dataset(EvalConfig(checkpoint=checkpoint, data=data, max_images=num_images),
                                        state["config"])

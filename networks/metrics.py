@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from networks.arguments import check_finite_number
+
 # MONAI and torchmetrics are imported where used: importing MONAI costs seconds, which every
 # torchrun worker and CLI start would pay before doing anything.
 
@@ -36,6 +38,7 @@ def check_finite_logits(logits: torch.Tensor) -> None:
 
 
 def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    threshold = check_finite_number(threshold, "threshold", above=0.0, below=1.0)
     check_finite_logits(logits)
     return (torch.sigmoid(logits.detach().float()) > threshold).float()
 

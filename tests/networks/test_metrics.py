@@ -77,3 +77,10 @@ def test_non_finite_logits_are_no_prediction(bad):
     logits[1, 0, 2, 3] = bad
     with pytest.raises(ValueError, match=r"the model's output \(logits\) contains NaN or inf"):
         per_image_metrics(logits, torch.zeros(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize("threshold", [math.nan, 0.0, 1.0, -0.5, "0.5"])
+def test_threshold_is_a_number_strictly_between_0_and_1(threshold):
+    # A NaN threshold compared false everywhere: every prediction came out empty.
+    with pytest.raises(ValueError, match="threshold must be a finite number > 0 and < 1"):
+        per_image_metrics(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), threshold=threshold)
