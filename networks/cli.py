@@ -22,8 +22,11 @@ import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+
+from networks.arguments import check_finite_number, check_positive_int
 
 USAGE_ERROR = 2
 INTERNAL_ERROR = 1
@@ -79,28 +82,34 @@ def integer(minimum: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
+        return _in_range(check_positive_int, value, minimum)
     return parse
 
 
 def real(minimum: float = -math.inf, *, above: bool = False, below: float = math.inf) -> Callable[[str], float]:
     """An argparse ``type``: a finite float >= ``minimum`` (> with ``above``) and < ``below``.
     NaN and inf are refused: a NaN learning rate, rotation or decay factor trained on silently."""
+    bounds: dict[str, float] = {}
+    if minimum > -math.inf:
+        bounds["above" if above else "minimum"] = minimum
+    if below < math.inf:
+        bounds["below"] = below
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        low_ok = value > minimum if above else value >= minimum
-        if not (math.isfinite(value) and low_ok and value < below):
-            bounds = [f"{'>' if above else '>='} {minimum:g}"] if minimum > -math.inf else []
-            bounds += [f"< {below:g}"] if below < math.inf else []
-            within = " " + " and ".join(bounds) if bounds else ""
-            raise argparse.ArgumentTypeError(f"must be a finite number{within}, got {text}")
-        return value
+        return _in_range(check_finite_number, value, **bounds)
     return parse
+
+
+def _in_range(check: Callable[..., Any], value, *args, **kwargs):
+    """``check``'s value, its ValueError as argparse's error (argparse puts the flag's name first)."""
+    try:
+        return check(value, "", *args, **kwargs)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
 
 
 def device(text: str) -> str:

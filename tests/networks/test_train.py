@@ -175,7 +175,7 @@ def test_cli_main_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         training.main(argv + ["--epochs", "0"])
     assert exited.value.code == 2
-    assert capsys.readouterr().err.startswith("odekern-train: argument --epochs: must be >= 1, got 0")
+    assert capsys.readouterr().err.startswith("odekern-train: argument --epochs: must be an integer >= 1, got 0")
     assert training.main(argv + ["--data", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("odekern-train: --data must be")
     with pytest.raises(FileNotFoundError, match="last.pt"):
