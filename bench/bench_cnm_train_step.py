@@ -15,7 +15,8 @@ The two steps run interleaved; each ratio is the minimum over rounds (``--rounds
 The split times our step part by part (the step is synchronous on CPU, so host time is the
 work): forward and backward of the encoder, the fusion, the CNM block (softplus, BN, the fused
 nmODE solve, BN, f-statistics) and the head, each on inputs cut from the graph so autograd
-cannot overlap one part's backward with another's; then the loss and the optimizer step.
+cannot overlap one part's backward with another's; then the loss, the check that every gradient
+is finite (the training command's guard against divergence) and the optimizer step.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "networks
 from official_references import AuthorsCNMUNet  # noqa: E402
 
 from networks.cnm_unet import CNMUNet  # noqa: E402
-from networks.train import TrainConfig, build_optimizer  # noqa: E402
+from networks.train import TrainConfig, build_optimizer, gradients_are_finite  # noqa: E402
 
 WIDTHS = (64, 128, 256, 512, 512)
 PARTS = ("encoder", "fusion", "cnm_block", "head")
@@ -55,6 +56,8 @@ def train_step(model, optimizer, images, masks) -> None:
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images), masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if isinstance(model, CNMUNet) and not gradients_are_finite(model):  # as the training command does
+        raise FloatingPointError("non-finite gradient")
     optimizer.step()
 
 
@@ -100,6 +103,7 @@ def part_times(model: CNMUNet, optimizer, images, masks) -> dict[str, float]:
     logits = value.requires_grad_()
     split["loss (forward + backward)"] = _timed(
         lambda: torch.nn.functional.binary_cross_entropy_with_logits(logits, masks).backward())
+    split["gradient check"] = _timed(lambda: gradients_are_finite(model))
     split["optimizer step"] = _timed(optimizer.step)
     optimizer.zero_grad(set_to_none=True)
     return split

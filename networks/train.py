@@ -155,13 +155,29 @@ def _diverged_if_updated(where: str, updates: int, optimizer: torch.optim.Optimi
             f"{exc}. The run has probably diverged: train again with a smaller --lr") from exc
 
 
+def gradients_are_finite(model: nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite.
+
+    A NaN or inf anywhere makes its tensor's sum NaN or inf, so the common case costs one sum per
+    tensor and one host read (a maximum of magnitudes, or an element-wise isfinite, reads the same
+    memory about 10x slower on CPU). Only a sum that overflowed can be non-finite while every
+    element is finite; that case is decided exactly, element by element."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    device = grads[0].device
+    sums = torch.stack([g.sum().abs().to(device=device, dtype=torch.float64) for g in grads])
+    if bool(torch.isfinite(sums).all()):
+        return True
+    return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
 def _check_gradients(model: nn.Module, loss: torch.Tensor, where: str, updates: int,
                      optimizer: torch.optim.Optimizer, out: Path) -> None:
-    """Refuse a step whose gradient is NaN or inf before it reaches the weights. One reduction and
-    one host read; under DDP the gradients are already averaged over the ranks, so every rank
-    reaches the same answer and they stop together (a NaN on one rank's data included)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))):
+    """Refuse a step whose gradient is NaN or inf before it reaches the weights. Under DDP the
+    gradients are already averaged over the ranks, so every rank reaches the same answer and they
+    stop together (a NaN on one rank's data included)."""
+    if gradients_are_finite(model):
         return
     loss_value = float(loss.detach())
     if updates == 0:

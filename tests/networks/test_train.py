@@ -279,3 +279,17 @@ def test_a_config_built_in_python_is_checked_as_the_command_line_is(tmp_path, se
     with pytest.raises(ValueError, match=f"^TrainConfig: {says}"):
         training.run(_cfg(tmp_path, "run", **{setting: value}))
     assert not (tmp_path / "run").exists()
+
+
+def test_gradients_are_finite_is_exact():
+    model = nn.Linear(1000, 2)
+    assert training.gradients_are_finite(model)  # no gradient yet
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        model.weight.grad, model.bias.grad = torch.zeros(2, 1000), torch.zeros(2)
+        model.weight.grad[1, 7] = bad
+        assert not training.gradients_are_finite(model), bad
+    model.weight.grad[0, 0], model.weight.grad[1, 7] = float("inf"), float("-inf")  # a sum of NaN
+    assert not training.gradients_are_finite(model)
+    # Finite values whose float32 sum overflows are still finite gradients.
+    model.weight.grad = torch.full((2, 1000), 3e36)
+    assert torch.isinf(model.weight.grad.sum()) and training.gradients_are_finite(model)
