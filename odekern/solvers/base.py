@@ -17,10 +17,17 @@ from typing import Any, ClassVar
 
 import torch
 
+from odekern._warnings import warn_caller
 from odekern.solvers import state
 from odekern.solvers.checks import check_rhs_output, check_tuple_rhs_output
 
 Tensor = torch.Tensor
+
+
+def _versions(y: state.State) -> int | tuple[int, ...]:
+    """The version counters of a state's tensors: an in-place write to one (or to a view of it)
+    increments its counter."""
+    return y._version if isinstance(y, Tensor) else tuple(part._version for part in y)
 
 
 class Perturb(enum.Enum):
@@ -98,6 +105,8 @@ class RHS:
         self._evaluate = func.reversed_derivative if reversible else func
         self._negate = time_sign < 0 and not reversible
         self.callbacks = step_callbacks(func) if callbacks is None else callbacks
+        # torch.compile cannot trace version counters; eager code (transforms included) can.
+        self._watch_input = not torch.compiler.is_compiling()
 
     def callback(self, name: str, t0: Tensor, y0: state.State, dt: Any) -> None:
         """Call ``func.<name>(t0, y0, dt)`` if ``func`` has it; ``t0`` in the caller's time
@@ -116,8 +125,11 @@ class RHS:
             t = t.to(t_dtype)
         if perturb is not Perturb.NONE:
             t = beside(t, t_dtype, 1 if perturb is Perturb.NEXT else -1)
+        version = _versions(y) if self._watch_input else None
         dy = self._evaluate(-t if self.time_sign < 0 else t, y)
         self.nfe += 1
+        if version is not None and _versions(y) != version:
+            self._modified_input(t)
         if (isinstance(y, Tensor) and isinstance(dy, Tensor) and dy.dtype == y.dtype and dy.shape == y.shape
                 and dy.device == y.device):
             # A plain tensor state answered in kind (every call of most solves): nothing to check or cast.
@@ -134,6 +146,16 @@ class RHS:
         check_rhs_output(dy, y, -t if self.time_sign < 0 else t)
         dy = _as_dtype_of(dy, y)
         return torch.neg(dy) if self._negate else dy
+
+    def _modified_input(self, t: Tensor) -> None:
+        """Once per solve: ``func`` wrote into the state it was given (``y.mul_(...)``,
+        ``y[..., 0] = 0``). That tensor is the solver's own state (or stage), so the solve no
+        longer follows dy/dt = func(t, y). torchdiffeq computes the same altered result, so it is
+        a warning, not an error: switching libraries must not change what runs."""
+        self._watch_input = False
+        warn_caller(f"func modified its input y in place (at t={self.user_time(t):.6g}); y is the solver's own "
+                    "state, so the solution no longer follows dy/dt = func(t, y) (torchdiffeq computes the same "
+                    "altered result). Work on a copy (y = y.clone()) or use out-of-place operations.")
 
     def user_time(self, t: Any) -> float:
         """A solver-internal time as the caller sees it (undoing the reversal)."""
