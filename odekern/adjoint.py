@@ -51,6 +51,7 @@ from odekern.solvers.checks import (
     from_numpy,
     options_from_numpy,
     shape_or_type,
+    tensor_tuple,
 )
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD
@@ -428,13 +429,7 @@ def _given_parameters(func: Callable, adjoint_params) -> tuple[torch.Tensor, ...
                 "otherwise pass them explicitly as adjoint_params=(...) (adjoint_params=() if there are none)"
             )
         adjoint_params = _replica_parameters(func) if getattr(func, "_is_replica", False) else func.parameters()
-    params = tuple(adjoint_params)
-    for i, p in enumerate(params):
-        if not isinstance(p, torch.Tensor):
-            raise TypeError(
-                f"odeint_adjoint: adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}"
-            )
-    return params
+    return tensor_tuple(adjoint_params, "odeint_adjoint: adjoint_params")
 
 
 def _replica_parameters(module: nn.Module) -> list[torch.Tensor]:

@@ -52,6 +52,7 @@ from odekern.solvers.checks import (
     coerce_time,
     raise_non_finite_step,
     raise_non_finite_unrepeated,
+    tensor_tuple,
 )
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
 from odekern.solvers.fixed_grid import grid_and_values_from_step_size, step_sizes
@@ -324,7 +325,7 @@ def _differentiated_tensors(func: Callable, adjoint_params: Sequence[Tensor] | N
     to the caller's)."""
     if adjoint_params is None:
         return differentiable_tensors(func)
-    given = tuple(adjoint_params)
+    given = tensor_tuple(adjoint_params, "odeint_checkpointed: adjoint_params")
     warn_unreached(func, given, "odeint_checkpointed", "gradient mode 'checkpoint'")
     return distinct_requiring_grad(given)
 

@@ -145,6 +145,16 @@ def coerce_time(t: Tensor, y0: Tensor | Sequence[Tensor]) -> Tensor:
     return t
 
 
+def tensor_tuple(values: Iterable[Any], name: str) -> tuple[Tensor, ...]:
+    """``values`` (a sequence or a generator) as a tuple of tensors, or a TypeError naming the
+    first entry that is not one (``name`` is how the caller spells the argument)."""
+    values = tuple(values)
+    for i, value in enumerate(values):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(value).__name__}")
+    return values
+
+
 def check_params(params: Iterable[Tensor], y0: Tensor, name: str = "params") -> None:
     """Floating parameters of the RHS must share ``y0``'s dtype and device."""
     for i, p in enumerate(params):

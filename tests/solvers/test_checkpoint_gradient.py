@@ -282,3 +282,13 @@ def test_a_tensor_listed_twice_in_adjoint_params_gets_its_gradient_once():
     backprop = torch.autograd.grad(odeint(func, y0, t, **kw)[-1].sum(), params)
     for a, b in zip(twice, backprop):
         testing.assert_close(a, b)
+
+
+def test_an_adjoint_param_that_is_not_a_tensor_is_named():
+    # It was dropped without a word; odeint_adjoint names it, and so does the checkpointed solve.
+    func = Conditioned()
+    func.context = testing.randn(4, 3, dtype=torch.float64, seed=17)
+    y0 = testing.randn(4, 3, dtype=torch.float64, seed=18)
+    with pytest.raises(TypeError, match=r"odeint_checkpointed: adjoint_params\[1\] must be a torch.Tensor, got str"):
+        odeint_checkpointed(func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), checkpoints=2, method="rk4",
+                            options={"step_size": 0.25}, adjoint_params=[func.lin.weight, "bias"])
