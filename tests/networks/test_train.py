@@ -245,7 +245,7 @@ def test_nan_logits_stop_training_as_divergence_only_after_an_update(tmp_path, m
 
 def test_a_failure_met_after_updates_names_the_step_and_learning_rate(tmp_path, monkeypatch):
     # e.g. an ODE block's input check meeting the overflow of weights grown too large
-    net, _, run = _standin_run(tmp_path, monkeypatch, poison_at=0, kind="", name="raise")
+    _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=0, kind="", name="raise")
     original = _Standin.forward
 
     def forward(self, x):
