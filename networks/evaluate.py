@@ -32,7 +32,7 @@ from networks import cli
 from networks.arguments import check_finite_number, check_positive_int
 from networks.corruptions import CORRUPTIONS, SEVERITIES, add_gaussian_noise, corrupt
 from networks.data import FolderSegmentation, SyntheticLesions, split_indices
-from networks.metrics import MetricAccumulator, check_finite_logits, per_image_metrics
+from networks.metrics import MetricAccumulator, per_image_metrics
 
 DEFAULT_NOISE = (0.2, 0.4, 0.5)
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -122,12 +122,9 @@ def predict_logits(model: nn.Module, images: torch.Tensor, duse: bool = False) -
     if duse:
         if not supports_duse(model):
             raise ValueError(f"{type(model).__name__} has no test-time adaptation (DUSE belongs to CNM-UNet)")
-        logits = model.adapt(images).detach()
-    else:
-        with torch.no_grad():
-            logits = model(images)
-    check_finite_logits(logits)
-    return logits
+        return model.adapt(images).detach()
+    with torch.no_grad():
+        return model(images)
 
 
 def score(model: nn.Module, dataset, transform: Transform | None = None, duse: bool = False,

@@ -26,6 +26,7 @@ from networks.arguments import check_finite_number, check_positive_int
 from networks.data import IMAGE_EXTENSIONS, read_image_folder
 from networks.evaluate import predict_logits, supports_duse
 from networks.layouts import image_files
+from networks.metrics import check_finite_logits
 
 
 def save_mask(mask: torch.Tensor, path: Path) -> Path:
@@ -78,7 +79,9 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, threshold: 
 
     def flush() -> None:
         images = torch.stack([img for _, img in pending])
-        probs = torch.sigmoid(predict_logits(model, images, duse=duse)).cpu()
+        logits = predict_logits(model, images, duse=duse)
+        check_finite_logits(logits)  # thresholded below; NaN would read as background
+        probs = torch.sigmoid(logits).cpu()
         for (record, _), prob in zip(pending, probs):
             if original_size and tuple(prob.shape[-2:]) != record.original_size:
                 prob = F.interpolate(prob[None], size=record.original_size, mode="bilinear", align_corners=False)[0]

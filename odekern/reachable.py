@@ -99,10 +99,10 @@ def differentiable_tensors(func: Callable) -> tuple[Tensor, ...]:
     return distinct_requiring_grad((*own, *(tensor for _, tensor in tensors_requiring_grad(func))))
 
 
-def distinct_requiring_grad(candidates: Iterable) -> tuple[Tensor, ...]:
-    """The tensors among ``candidates`` that require grad, each once (by identity, in order):
-    a tensor listed twice must not receive its gradient twice."""
-    return tuple({id(t): t for t in candidates if isinstance(t, Tensor) and t.requires_grad}.values())
+def distinct_requiring_grad(tensors: Iterable[Tensor]) -> tuple[Tensor, ...]:
+    """The ``tensors`` that require grad, each once (by identity, in order): a tensor listed
+    twice must not receive its gradient twice."""
+    return tuple({id(t): t for t in tensors if t.requires_grad}.values())
 
 
 def _global_names(code: types.CodeType) -> set[str]:

@@ -178,3 +178,16 @@ def test_a_config_built_in_python_is_refused_by_name(tmp_path, setting, value, s
     with pytest.raises(ValueError, match=f"^{says}"):
         evaluation.run(_cfg(tmp_path / "never-read.pt", tmp_path, **{setting: value}))
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_model_answering_nan_is_not_scored():
+    class Diverged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x):
+            return x[:, :1] * self.w
+
+    with pytest.raises(ValueError, match=r"the model's output \(logits\) contains NaN or inf"):
+        evaluation.score(Diverged(), SyntheticLesions(2, 16), batch_size=2)
