@@ -13,7 +13,7 @@ import torch
 
 from odekern.odeint import build_solver, checked_inputs
 from odekern.solvers import interpolation, state
-from odekern.solvers.checks import from_numpy, options_from_numpy
+from odekern.solvers.checks import AssertedTypeError, SolveError, from_numpy, options_from_numpy
 from odekern.solvers.registry import ADAPTIVE_METHODS
 
 Tensor = torch.Tensor
@@ -29,8 +29,8 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     it is differentiable as the solve was (no new RHS calls). ``y0`` must be a tensor.
     """
     if not isinstance(y0, Tensor):
-        raise TypeError(f"odeint_dense: y0 must be a torch.Tensor (tuple states are not supported, as in "
-                        f"torchdiffeq), got {type(y0).__name__}")
+        raise AssertedTypeError(f"odeint_dense: y0 must be a torch.Tensor (tuple states are not supported, as "
+                                f"in torchdiffeq), got {type(y0).__name__}")
     # Times given as numbers are taken in the state's precision (torch.as_tensor would make a
     # Python float float32 and round it even for a float64 state).
     like = dict(dtype=state.real_dtype(y0.dtype), device=y0.device)
@@ -50,7 +50,7 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     end = float(ts[1].detach())
     while s.tf < end:
         if attempts >= solver.max_num_steps:
-            raise RuntimeError(f"odeint_dense(method={method!r}): max_num_steps={solver.max_num_steps} exceeded; "
+            raise SolveError(f"odeint_dense(method={method!r}): max_num_steps={solver.max_num_steps} exceeded; "
                                f"reached t={solver.rhs.user_time(s.tf):.6g}")
         accepted = s.n_accepted
         solver._attempt(s, device)

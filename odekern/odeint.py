@@ -17,6 +17,7 @@ import torch
 from odekern.solvers import events, state
 from odekern.solvers.base import RHS, SolveStatus, step_callbacks
 from odekern.solvers.checks import (
+    AssertedValueError,
     check_method,
     check_options,
     check_state,
@@ -112,9 +113,12 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         ``(event_t, solution)`` with ``event_fn``.
 
     Raises:
-        TypeError / ValueError for bad arguments (the message names the argument);
-        RuntimeError when ``max_num_steps`` is exceeded or the step size underflows;
-        ``odekern.solvers.NonFiniteError`` when the solution becomes NaN/inf (names the time).
+        TypeError / ValueError for bad arguments (the message names the argument; those
+        torchdiffeq rejects with ``assert`` are also ``AssertionError``s);
+        ``odekern.solvers.SolveError`` (a ``RuntimeError`` and an ``AssertionError``, as
+        torchdiffeq's ``assert``) when ``max_num_steps`` is exceeded or the step size underflows;
+        ``odekern.solvers.NonFiniteError``, a ``SolveError``, when the solution becomes NaN/inf
+        (names the time).
     """
     rtol, atol, options = from_numpy(rtol), from_numpy(atol), options_from_numpy(options)
     method, y0, t, t_values, options, reverse, callbacks = checked_inputs(func, y0, t, rtol, atol, method,
@@ -259,7 +263,9 @@ def _as_state_tolerance(tol: Any, y0: state.State, name: str) -> Any:
             raise ValueError(f"{name} given per component (a {type(tol).__name__}) needs a tuple state y0; "
                              "for a tensor y0 pass a float or a tensor broadcastable to y0")
         if len(tol) != len(y0):
-            raise ValueError(f"a tuple tolerance must have one entry per component of y0 ({len(y0)}), got {len(tol)}")
+            # torchdiffeq asserts this length.
+            raise AssertedValueError(f"{name} given per component must have one entry per component of y0 "
+                                     f"({len(y0)}), got {len(tol)}")
         return tuple(_as_state_tolerance(v, c, name) for v, c in zip(tol, y0))
     like = state.first(y0)
     return tol.to(dtype=state.real_dtype(like.dtype), device=like.device) if isinstance(tol, Tensor) else tol

@@ -4,7 +4,7 @@
 """
 
 from odekern.solvers.base import SolveStatus
-from odekern.solvers.checks import NonFiniteError
+from odekern.solvers.checks import NonFiniteError, SolveError
 from odekern.solvers.registry import METHODS
 
-__all__ = ["METHODS", "NonFiniteError", "SolveStatus"]
+__all__ = ["METHODS", "NonFiniteError", "SolveError", "SolveStatus"]

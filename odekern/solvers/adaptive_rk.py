@@ -34,6 +34,8 @@ import torch
 from odekern.solvers import interpolation, stages, state
 from odekern.solvers.base import CALLBACK_NAMES, RHS, Perturb, Solver, SolveStatus, beside, store
 from odekern.solvers.checks import (
+    AssertedValueError,
+    SolveError,
     check_on_max_steps,
     check_positive,
     check_step_bounds,
@@ -78,7 +80,8 @@ class AdaptiveRK(Solver):
         for name, v in (("safety", safety), ("ifactor", ifactor), ("dfactor", dfactor)):
             check_positive(v, name, allow_none=False)
         if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
-            raise ValueError(f"options['max_num_steps'] must be an int >= 1, got {max_num_steps!r}")
+            # torchdiffeq's budget assert fails before the first step when max_num_steps is 0.
+            raise AssertedValueError(f"options['max_num_steps'] must be an int >= 1, got {max_num_steps!r}")
         check_on_max_steps(on_max_steps)
         self.norm = rms_norm if norm is None else norm
         self.first_step = None if first_step is None else float(first_step)
@@ -133,7 +136,7 @@ class AdaptiveRK(Solver):
                            "Increase options['max_num_steps'], loosen rtol/atol, or pass "
                            "options={'on_max_steps': 'return'} to get the partial solution and a SolveStatus.")
                     if self.on_max_steps == "raise":
-                        raise RuntimeError(msg)
+                        raise SolveError(msg)
                     for j in range(i, len(tv)):
                         store(solution, j, None, s.y)
                     return solution, self._status(s, False, msg, s.tf, i)
@@ -204,7 +207,7 @@ class AdaptiveRK(Solver):
                 self._refuse_zero_error_scale(s.y, rhs.user_time(s.tf))
                 raise_non_finite(self.method, rhs.user_time(s.tf), "every step beyond this time, down to "
                                  f"dt={dt:.3e}, gave a non-finite error estimate (func returns NaN/inf?)")
-            raise RuntimeError(f"odeint(method={self.method!r}): step size underflow at t={rhs.user_time(s.tf):.6g} "
+            raise SolveError(f"odeint(method={self.method!r}): step size underflow at t={rhs.user_time(s.tf):.6g} "
                                f"(dt={dt:.3e}); the problem may be stiff or its solution non-finite here")
         t_land, on_jump = self._landing_point(s.tf, t1f)
         if t_land == t1f:

@@ -33,6 +33,20 @@ class AssertedValueError(ValueError, AssertionError):
     exception keeps working."""
 
 
+class AssertedTypeError(TypeError, AssertionError):
+    """A wrong kind of argument (``t`` or ``y0`` not a tensor) that torchdiffeq reports with
+    ``assert``: a ``TypeError`` here, and an ``AssertionError`` too, as ``AssertedValueError``."""
+
+
+class SolveError(RuntimeError, AssertionError):
+    """A solve that cannot reach its end: the step budget (``max_num_steps``) ran out, or the step
+    size underflowed.
+
+    torchdiffeq stops these solves with ``assert`` (``max_num_steps exceeded``, ``underflow in
+    dt``), so training loops that skip a failed solve catch ``AssertionError``; this is one too,
+    and a ``RuntimeError`` (the run failed, no argument was wrong)."""
+
+
 def shape_or_type(value: Any) -> Any:
     """What an error message reports for a value that should have been a tensor of some shape."""
     return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -48,7 +62,7 @@ def check_time(t: Any, name: str = "t") -> bool:
     Returns True when ``t`` is decreasing (the solve runs backward in time).
     """
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of time points, got {type(t).__name__}")
+        raise AssertedTypeError(f"{name} must be a torch.Tensor of time points, got {type(t).__name__}")
     if not torch.is_floating_point(t):
         raise TypeError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
     if t.dim() != 1:
@@ -59,10 +73,10 @@ def check_time(t: Any, name: str = "t") -> bool:
         # A handful of times is checked faster as Python floats (one read) than by tensor ops.
         values = t.detach().tolist()
         if not all(map(math.isfinite, values)):
-            raise ValueError(f"{name} must be finite, got {values}")
+            raise AssertedValueError(f"{name} must be finite, got {values}")
         return _check_time_order(values, name)
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+        raise AssertedValueError(f"{name} must be finite, got {t.tolist()}")
     if t.numel() < 2:
         return False
     diff = t[1:] - t[:-1]
@@ -109,7 +123,7 @@ def check_state(y0: Any, name: str = "y0", *, finite: bool = True) -> None:
                              f"dtypes {sorted(map(str, dtypes))} and devices {sorted(map(str, devices))}")
         return
     if not isinstance(y0, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}")
+        raise AssertedTypeError(f"{name} must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}")
     if not (torch.is_floating_point(y0) or y0.is_complex()):
         raise TypeError(f"{name} must be a floating point tensor (float16/bfloat16/float32/float64) or a "
                         "complex one (complex64/complex128), "
@@ -348,7 +362,9 @@ def check_positive(value: Any, name: str, allow_none: bool = True) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"options['{name}'] must be a positive number, got {type(value).__name__}")
     if not (v > 0 and math.isfinite(v)) and not (name == "max_step" and v == math.inf):
-        raise ValueError(f"options['{name}'] must be > 0 and finite, got {v}")
+        # torchdiffeq's adaptive solve stops a first_step <= 0 with its step-size assert.
+        error = AssertedValueError if name == "first_step" else ValueError
+        raise error(f"options['{name}'] must be > 0 and finite, got {v}")
 
 
 def check_step_bounds(min_step: float, max_step: float) -> None:
@@ -417,10 +433,11 @@ def zero_error_scale(method: str, t: float) -> AssertedValueError:
         "or adjoint_atol > 0 for odeint_adjoint, whose backward state starts with zero gradients")
 
 
-class NonFiniteError(FloatingPointError, RuntimeError):
+class NonFiniteError(SolveError, FloatingPointError):
     """The solution became NaN or inf during the solve (message names the time reached).
 
-    Also a ``RuntimeError``, so code that catches solver failures generically still catches it."""
+    A ``SolveError`` (so also a ``RuntimeError`` and an ``AssertionError``: torchdiffeq's adaptive
+    solvers stop a NaN solution with ``underflow in dt nan``, an assert)."""
 
 
 def raise_non_finite(method: str, t_reached: float, detail: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from odekern.solvers import interpolation, stages, state
-from odekern.solvers.checks import AssertedValueError, NonFiniteError
+from odekern.solvers.checks import AssertedValueError, NonFiniteError, SolveError
 
 Tensor = torch.Tensor
 EventFn = Callable[[Tensor, Any], Tensor]
@@ -83,7 +83,7 @@ def adaptive_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float,
     attempts = 0
     while bool(sign0 == torch.sign(event_fn(s.t, s.y))):
         if attempts >= max_steps:
-            raise RuntimeError(f"odeint(method={solver.method!r}, event_fn=...): max_num_steps={max_steps} "
+            raise SolveError(f"odeint(method={solver.method!r}, event_fn=...): max_num_steps={max_steps} "
                                f"exceeded before the event; reached t={solver.rhs.user_time(s.tf):.6g}. Increase "
                                "options['max_num_steps'] or check that event_fn crosses zero")
         attempts += 1
