@@ -62,7 +62,9 @@ class AdamsBashforthMoulton(FixedGridSolver):
         if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
             raise ValueError(f"options['max_iters'] must be an int >= 1, got {max_iters!r}")
         if max_order <= _MIN_HISTORY:
-            warnings.warn(f"options['max_order']={max_order} is below {_MIN_HISTORY + 1}: every step is an RK4 step")
+            # torchdiffeq's text first, so warning filters written for it keep matching.
+            warnings.warn(f"max_order is below {_MIN_HISTORY + 1}, so the solver reduces to `rk4`. "
+                          f"(options['max_order']={max_order}: every step is an RK4 step)")
         self.max_order = max_order
         self.max_iters = max_iters
         # torchdiffeq's text first, so filters written for it match. The same text at every step:

@@ -55,54 +55,62 @@ def _decay_pair(t, y):
     return tuple(-c for c in y)
 
 
-# name -> a call taking the library (torchdiffeq or odekern); each fails on purpose in torchdiffeq.
+# name -> (a call taking the library, torchdiffeq or odekern; the type odekern's error also is: an
+# argument of the wrong kind a TypeError, of a wrong value a ValueError, a solve that fails a
+# RuntimeError). Each call fails on purpose in torchdiffeq.
 CASES = {
-    "t is a NumPy array": lambda lib: lib.odeint(_decay, _y0(), np.array([0.0, 1.0])),
-    "t is an integer tensor": lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0, 1])),
-    "t is 2-D": lambda lib: lib.odeint(_decay, _y0(), torch.zeros(2, 2)),
-    "t is not ordered": lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0.0, 1.0, 0.5])),
-    "t repeats a time": lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0.0, 0.0])),
-    "t holds NaN": lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0.0, float("nan")])),
-    "y0 is a list": lambda lib: lib.odeint(_decay, [1.0], T),
-    "y0 is a float": lambda lib: lib.odeint(_decay, 1.0, T),
-    "unknown method": lambda lib: lib.odeint(_decay, _y0(), T, method="rk45"),
-    "rtol requires grad": lambda lib: lib.odeint(_decay, _y0(), T, rtol=torch.tensor(1e-3, requires_grad=True)),
-    "atol requires grad": lambda lib: lib.odeint(_decay, _y0(), T, atol=torch.tensor(1e-6, requires_grad=True)),
-    "tuple rtol too long": lambda lib: lib.odeint(_decay_pair, _pair(), T, rtol=(1e-3, 1e-3, 1e-3)),
-    "tuple atol too short": lambda lib: lib.odeint(_decay_pair, _pair(), T, atol=(1e-6,)),
-    "step_size with grid_constructor": lambda lib: lib.odeint(
-        _decay, _y0(), T, method="euler", options=dict(step_size=0.1, grid_constructor=lambda f, y, t: t)),
-    "grid misses the end": lambda lib: lib.odeint(
-        _decay, _y0(), T, method="euler", options=dict(grid_constructor=lambda f, y, t: torch.tensor([0.0, 0.5]))),
-    "max_order above 12": lambda lib: lib.odeint(
-        _decay, _y0(), T, method="implicit_adams", options=dict(step_size=0.1, max_order=13)),
-    "step_t shares a point with jump_t": lambda lib: lib.odeint(
-        _decay, _y0(), T, options=dict(step_t=torch.tensor([0.5]), jump_t=torch.tensor([0.5]))),
-    "first_step is 0": lambda lib: lib.odeint(_decay, _y0(), T, options=dict(first_step=0.0)),
-    "first_step is negative": lambda lib: lib.odeint(_decay, _y0(), T, options=dict(first_step=-0.1)),
-    "max_num_steps is 0": lambda lib: lib.odeint(_decay, _y0(), T, options=dict(max_num_steps=0)),
-    "max_num_steps exceeded": lambda lib: lib.odeint(
-        _stiff, _y0(), torch.tensor([0.0, 2.0]), options=dict(max_num_steps=50)),
-    "step size underflow (blow-up), dopri5": lambda lib: lib.odeint(_blow_up, _y0(), torch.tensor([0.0, 2.0])),
-    "step size underflow (blow-up), bosh3": lambda lib: lib.odeint(
-        _blow_up, _y0(), torch.tensor([0.0, 2.0]), method="bosh3"),
-    "step size underflow (blow-up), adjoint": lambda lib: lib.odeint_adjoint(
-        lambda t, y: y * y, _y0(), torch.tensor([0.0, 2.0]), adjoint_params=()),
-    "max_num_steps exceeded in the adjoint's backward solve": lambda lib: lib.odeint_adjoint(
-        _Decay(), _y0().requires_grad_(), T, adjoint_options=dict(max_num_steps=1)).sum().backward(),
-    "func turns NaN mid-solve": lambda lib: lib.odeint(_nan_after_half, _y0(), torch.tensor([0.0, 2.0])),
-    "func is NaN at t0": lambda lib: lib.odeint(lambda t, y: y * float("nan"), _y0(), T),
-    "event search blows up": lambda lib: lib.odeint_event(
-        _blow_up, _y0(), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 1e30),
-    "event with three times": lambda lib: lib.odeint(
-        _decay, _y0(), torch.tensor([0.0, 1.0, 2.0]), event_fn=lambda t, y: y[0] - 0.5),
-    "fixed-grid event without step_size": lambda lib: lib.odeint_event(
-        _decay, _y0(), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 0.5, method="euler"),
-    "adjoint of a plain function": lambda lib: lib.odeint_adjoint(_decay, _y0(), T),
-    "adjoint_method differs, no adjoint_options": lambda lib: lib.odeint_adjoint(
-        _Decay(), _y0(), T, adjoint_method="bosh3", options=dict(first_step=0.1)),
-    "odeint_dense of a tuple state": lambda lib: lib.odeint_dense(_decay_pair, _pair(), torch.tensor(0.0),
-                                                                  torch.tensor(1.0)),
+    "t is a NumPy array": (lambda lib: lib.odeint(_decay, _y0(), np.array([0.0, 1.0])), TypeError),
+    "t is an integer tensor": (lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0, 1])), TypeError),
+    "t is 2-D": (lambda lib: lib.odeint(_decay, _y0(), torch.zeros(2, 2)), ValueError),
+    "t is not ordered": (lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0.0, 1.0, 0.5])), ValueError),
+    "t repeats a time": (lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0.0, 0.0])), ValueError),
+    "t holds NaN": (lambda lib: lib.odeint(_decay, _y0(), torch.tensor([0.0, float("nan")])), ValueError),
+    "y0 is a list": (lambda lib: lib.odeint(_decay, [1.0], T), TypeError),
+    "y0 is a float": (lambda lib: lib.odeint(_decay, 1.0, T), TypeError),
+    "unknown method": (lambda lib: lib.odeint(_decay, _y0(), T, method="rk45"), ValueError),
+    "rtol requires grad": (lambda lib: lib.odeint(
+        _decay, _y0(), T, rtol=torch.tensor(1e-3, requires_grad=True)), ValueError),
+    "atol requires grad": (lambda lib: lib.odeint(
+        _decay, _y0(), T, atol=torch.tensor(1e-6, requires_grad=True)), ValueError),
+    "tuple rtol too long": (lambda lib: lib.odeint(_decay_pair, _pair(), T, rtol=(1e-3, 1e-3, 1e-3)), ValueError),
+    "tuple atol too short": (lambda lib: lib.odeint(_decay_pair, _pair(), T, atol=(1e-6,)), ValueError),
+    "step_size with grid_constructor": (lambda lib: lib.odeint(
+        _decay, _y0(), T, method="euler",
+        options=dict(step_size=0.1, grid_constructor=lambda f, y, t: t)), ValueError),
+    "grid misses the end": (lambda lib: lib.odeint(
+        _decay, _y0(), T, method="euler",
+        options=dict(grid_constructor=lambda f, y, t: torch.tensor([0.0, 0.5]))), ValueError),
+    "max_order above 12": (lambda lib: lib.odeint(
+        _decay, _y0(), T, method="implicit_adams", options=dict(step_size=0.1, max_order=13)), ValueError),
+    "step_t shares a point with jump_t": (lambda lib: lib.odeint(
+        _decay, _y0(), T, options=dict(step_t=torch.tensor([0.5]), jump_t=torch.tensor([0.5]))), ValueError),
+    "first_step is 0": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(first_step=0.0)), ValueError),
+    "first_step is negative": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(first_step=-0.1)), ValueError),
+    "max_num_steps is 0": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(max_num_steps=0)), ValueError),
+    "max_num_steps exceeded": (lambda lib: lib.odeint(
+        _stiff, _y0(), torch.tensor([0.0, 2.0]), options=dict(max_num_steps=50)), RuntimeError),
+    "step size underflow (blow-up), dopri5": (lambda lib: lib.odeint(
+        _blow_up, _y0(), torch.tensor([0.0, 2.0])), RuntimeError),
+    "step size underflow (blow-up), bosh3": (lambda lib: lib.odeint(
+        _blow_up, _y0(), torch.tensor([0.0, 2.0]), method="bosh3"), RuntimeError),
+    "step size underflow (blow-up), adjoint": (lambda lib: lib.odeint_adjoint(
+        lambda t, y: y * y, _y0(), torch.tensor([0.0, 2.0]), adjoint_params=()), RuntimeError),
+    "max_num_steps exceeded in the adjoint's backward solve": (lambda lib: lib.odeint_adjoint(
+        _Decay(), _y0().requires_grad_(), T, adjoint_options=dict(max_num_steps=1)).sum().backward(), RuntimeError),
+    "func turns NaN mid-solve": (lambda lib: lib.odeint(
+        _nan_after_half, _y0(), torch.tensor([0.0, 2.0])), RuntimeError),
+    "func is NaN at t0": (lambda lib: lib.odeint(lambda t, y: y * float("nan"), _y0(), T), RuntimeError),
+    "event search blows up": (lambda lib: lib.odeint_event(
+        _blow_up, _y0(), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 1e30), RuntimeError),
+    "event with three times": (lambda lib: lib.odeint(
+        _decay, _y0(), torch.tensor([0.0, 1.0, 2.0]), event_fn=lambda t, y: y[0] - 0.5), ValueError),
+    "fixed-grid event without step_size": (lambda lib: lib.odeint_event(
+        _decay, _y0(), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 0.5, method="euler"), ValueError),
+    "adjoint of a plain function": (lambda lib: lib.odeint_adjoint(_decay, _y0(), T), ValueError),
+    "adjoint_method differs, no adjoint_options": (lambda lib: lib.odeint_adjoint(
+        _Decay(), _y0(), T, adjoint_method="bosh3", options=dict(first_step=0.1)), ValueError),
+    "odeint_dense of a tuple state": (lambda lib: lib.odeint_dense(_decay_pair, _pair(), torch.tensor(0.0),
+                                                                  torch.tensor(1.0)), TypeError),
 }
 
 
@@ -114,10 +122,12 @@ def _raised(call, lib):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_odekern_raises_what_torchdiffeq_raises(name):
-    theirs = _raised(CASES[name], torchdiffeq)
-    ours = _raised(CASES[name], odekern)
+    call, own_type = CASES[name]
+    theirs = _raised(call, torchdiffeq)
+    ours = _raised(call, odekern)
     assert isinstance(ours, type(theirs)), (
         f"torchdiffeq raises {type(theirs).__name__}, odekern {type(ours).__name__}: {ours}")
+    assert isinstance(ours, own_type), f"odekern raises {type(ours).__name__}, not a {own_type.__name__}: {ours}"
 
 
 def test_failed_solves_are_solve_errors_and_name_the_time():
