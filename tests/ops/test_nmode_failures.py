@@ -16,7 +16,7 @@ from nmode_backends import require_available
 
 import odekern
 from odekern.ops.nmode_solve import fast_sine
-from odekern.solvers import NonFiniteError
+from odekern.solvers import NonFiniteError, SolveError
 from odekern.testing import assert_close, randn
 
 
@@ -112,6 +112,16 @@ def test_zero_atol_where_y0_is_zero_is_refused_on_every_backend(backend, solve):
     ours = odekern.nmode_solve(y0, g, 0.0, 1.0, atol=0.0, rtol=1e-9, backend=backend, **SOLVES[solve])
     ref = odekern.nmode_solve(y0, g, 0.0, 1.0, rtol=1e-12, atol=1e-14, backend="reference")
     assert_close(ours, ref, rtol=1e-7, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NumPy, in the Triton interpreter
+@pytest.mark.parametrize("solve", ["dopri5", "dopri5-per-element"])
+def test_an_exhausted_step_budget_is_a_solve_error_on_every_backend(backend, solve):
+    """odeint's type for it (also a RuntimeError, and an AssertionError as torchdiffeq's), which
+    the C++/CUDA kernels cannot raise themselves: the op gives their failures that type."""
+    y = randn(4, 3, dtype=torch.float64)
+    with pytest.raises(SolveError, match=r"max_num_steps \(2\) exceeded"):
+        odekern.nmode_solve(y, y, 0.0, 50.0, max_num_steps=2, backend=backend, **SOLVES[solve])
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -126,9 +126,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     Raises:
         TypeError for arguments of the wrong type; ValueError for bad values, non-finite y0 or
         g, atol = 0 where y0 is 0 (dopri5), and |y0 + g| beyond the range of the fused kernels'
-        sine (2^15 float32, 1e7 float64; the reference backend has none); RuntimeError when the
-        solve fails (step budget exhausted, step size underflow, or a non-finite y(t1), e.g. an
-        explicit method overflowing at an unstable step size).
+        sine (2^15 float32, 1e7 float64; the reference backend has none); when the solve
+        fails, ``odekern.solvers.SolveError`` (step budget exhausted, step size underflow) or
+        its subclass ``NonFiniteError`` (a non-finite y(t1), e.g. an explicit method
+        overflowing at an unstable step size), as odeint raises them: ``RuntimeError``s, and
+        ``AssertionError``s as torchdiffeq's failed solves are.
 
     Returns:
         ``y1`` shaped like ``y0``, or ``(y1, f0, f1)`` with ``return_f=True``.

@@ -19,7 +19,7 @@ from odekern.dispatch import register as _register_backend
 from odekern.dispatch import select as _select_backend
 from odekern.ops.nmode_solve import cpp, fast_sine, reference
 from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_step_count
-from odekern.solvers.checks import NonFiniteError
+from odekern.solvers.checks import NonFiniteError, SolveError
 from odekern.solvers.state import all_finite
 
 OP = "nmode_solve"
@@ -101,14 +101,34 @@ def solve_without_graph(impl, y0: torch.Tensor, g: torch.Tensor, t0: float, t1: 
     (``checks_output_finite``)."""
     try:
         y1, f0, f1, stats = impl.forward(y0, g, t0, t1, cfg, need_f)
-    except RuntimeError:
+    except RuntimeError as exc:
         refuse_inputs_behind_a_failure(impl, y0, g)
+        raise_as_solve_failure(exc)
         raise
     checked = getattr(impl, "checks_output_finite", None)
     if not (checked is not None and checked(y0)) and not all_finite(y1):
         refuse_inputs_behind_a_failure(impl, y0, g)
-        raise RuntimeError(NONFINITE_Y1)
+        raise NonFiniteError(NONFINITE_Y1)
     return y1, f0, f1, stats.to("cpu", torch.float64)
+
+
+def raise_as_solve_failure(exc: RuntimeError) -> None:
+    """Raises a backend's failed solve as the solvers' exception types: ``NonFiniteError`` for
+    NaN/inf values, ``SolveError`` for an exhausted step budget or an underflowing step (both
+    also ``RuntimeError``s, as before, and ``AssertionError``s, as odeint's). The C++/CUDA
+    kernels can raise only ``RuntimeError``; every backend words these failures alike
+    ("non-finite", "max_num_steps (...) exceeded", "step size underflow"). Returns for any
+    other error."""
+    text = str(exc)
+    if not text.startswith("nmode_solve"):
+        return
+    if "non-finite" in text:
+        kind = NonFiniteError
+    elif "max_num_steps (" in text or "step size underflow" in text:
+        kind = SolveError
+    else:
+        return
+    raise kind(text).with_traceback(exc.__traceback__) from None
 
 
 # Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
@@ -174,6 +194,7 @@ def nmode_solve_backward_op(grad_y1: torch.Tensor, grad_f0: torch.Tensor | None,
         gy0, gg = impl.backward(grad_y1.contiguous(), grad_f0, grad_f1, y0, g, y1, stats, t0, t1, cfg)
     except RuntimeError as exc:
         if cfg.gradient != "adjoint":
+            raise_as_solve_failure(exc)
             raise
         raise NonFiniteError(_adjoint_diverged(t0, t1, str(exc))) from exc
     if not (all_finite(gy0) and all_finite(gg)):  # from finite inputs: a failed backward solve
