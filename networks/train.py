@@ -439,7 +439,9 @@ def _run(cfg: TrainConfig, ctx: ddp.DistContext, step_callback) -> tuple[dict[st
 
     from tqdm.auto import tqdm
 
-    updates = 0  # weight updates made by this process
+    # Weight updates the weights have had, a resumed run's earlier ones included (one loss is
+    # recorded per update): a NaN met after any of them is reported as divergence.
+    updates = len(history["step_losses"])
     with StopOnInterrupt() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(len(train_set), epoch, cfg.seed, ctx.rank, ctx.world_size)

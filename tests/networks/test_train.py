@@ -243,6 +243,17 @@ def test_nan_logits_stop_training_as_divergence_only_after_an_update(tmp_path, m
     assert not isinstance(raised.value, training.TrainingDiverged)
 
 
+def test_a_resumed_run_counts_the_updates_made_before_it(tmp_path, monkeypatch):
+    _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=0, kind="", name="resumed")
+    run()  # one clean epoch: three updates
+    # The resumed process's first step gives NaN logits: weights that were updated, so divergence.
+    monkeypatch.setattr(ckpt, "build_network", lambda name, c, k, options, size=None: _Standin(1, "logits", c, k))
+    with pytest.raises(training.TrainingDiverged, match=r"^training diverged at epoch 2 step 1: the gradient is "
+                                                        r"NaN or inf"):
+        training.run(_cfg(tmp_path, "resumed", resume="auto", epochs=2, model="standin", model_options={},
+                          augment=False))
+
+
 def test_a_failure_met_after_updates_names_the_step_and_learning_rate(tmp_path, monkeypatch):
     # e.g. an ODE block's input check meeting the overflow of weights grown too large
     _, _, run = _standin_run(tmp_path, monkeypatch, poison_at=0, kind="", name="raise")
