@@ -26,7 +26,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from networks.arguments import check_finite_number, check_positive_int, image_size_pair
-from networks.layouts import IMAGE_EXTENSIONS, Sample, find_samples, image_files, mask_key
+from networks.layouts import IMAGE_EXTENSIONS, Sample, find_samples, image_files
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,44 +132,6 @@ def render_lesion(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
 # ---------------------------------------------------------------------------------------
 # Folder datasets (the public releases' layouts: networks.layouts)
 # ---------------------------------------------------------------------------------------
-
-_image_files = image_files
-
-
-def pair_images_and_masks(root: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Match ``root/images/*`` with ``root/masks/*`` by file stem.
-
-    Masks may use another extension and an ISIC-style suffix (``_segmentation``, ``_mask``).
-    Raises ``ValueError`` listing every image without a mask and every mask without an image.
-    """
-    root = Path(root)
-    images_dir, masks_dir = root / "images", root / "masks"
-    missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"dataset folder {root} must contain images/ and masks/ subfolders; missing: {', '.join(missing)}")
-    images: dict[str, Path] = {}
-    for p in _image_files(images_dir):
-        if p.stem in images:  # one of them would be dropped without a word
-            raise ValueError(f"two images for stem {p.stem!r}: {images[p.stem].name} and {p.name}")
-        images[p.stem] = p
-    masks: dict[str, Path] = {}
-    for m in _image_files(masks_dir):
-        key = mask_key(m.stem, images)
-        if key in masks:
-            raise ValueError(f"two masks for image stem {key!r}: {masks[key].name} and {m.name}")
-        masks[key] = m
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask or no_image:
-        lines = [f"image/mask pairs do not match in {root}:"]
-        lines += [f"  image without mask: {images[k].name}" for k in no_mask]
-        lines += [f"  mask without image: {masks[k].name}" for k in no_image]
-        raise ValueError("\n".join(lines))
-    if not images:
-        raise ValueError(f"no images found in {images_dir} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    return [(images[k], masks[k]) for k in sorted(images)]
-
 
 def _open(path: Path) -> Image.Image:
     """``Image.open``, also for gzip-compressed files (STARE's ``.ppm.gz``)."""
@@ -319,7 +281,7 @@ def read_image_folder(source: str | os.PathLike | Sequence[str | os.PathLike], s
     if isinstance(source, (list, tuple)):
         paths = [Path(p) for p in source]
     elif Path(source).is_dir():
-        paths = _image_files(Path(source))
+        paths = image_files(Path(source))
     else:
         raise FileNotFoundError(f"input folder not found: {source}")
     size = image_size_pair(size, "size")

@@ -5,7 +5,7 @@ by ``layout=``) and returns its ``Sample`` list: an image, the mask file(s) whos
 target, and the rule that turns a mask file into foreground (``MASK_RULES``). Only paths are
 handled here; decoding is ``networks.data``'s. A folder that matches no layout, or a layout
 with an image lacking its mask (or a mask lacking its image), raises ``LayoutError`` naming the
-expected structure and the first offending file.
+expected structure and every image and mask without its partner.
 
 Recognised (``root`` may be the folder shown or the folder holding it):
 
@@ -101,13 +101,16 @@ def _fail(layout: str, structure: str, problem: str, path: Path) -> LayoutError:
 
 def _pair_by_key(layout: str, structure: str, images: dict[str, Path], masks: dict[str, list[Path]],
                  rule: str) -> list[Sample]:
-    """Samples for matching keys; the first image without a mask (or mask without an image) raises."""
-    for key in sorted(images):
-        if key not in masks:
-            raise _fail(layout, structure, "image without its mask", images[key])
-    for key in sorted(masks):
-        if key not in images:
-            raise _fail(layout, structure, "mask without its image", masks[key][0])
+    """Samples for matching keys. Images without a mask and masks without an image raise, every
+    one of them named, so a dataset is mended in one pass."""
+    orphans = ([("image without its mask", images[k]) for k in sorted(images) if k not in masks]
+               + [("mask without its image", masks[k][0]) for k in sorted(masks) if k not in images])
+    if len(orphans) == 1:
+        raise _fail(layout, structure, *orphans[0])
+    if orphans:
+        raise LayoutError("\n".join([f"{layout} layout: {len(orphans)} files without their image or mask",
+                                     f"expected structure: {structure}",
+                                     *(f"{problem}: {path}" for problem, path in orphans)]))
     if not images:
         raise LayoutError(f"{layout} layout: no images found\n  expected structure: {structure}")
     return [Sample(images[k], tuple(sorted(masks[k])), rule) for k in sorted(images)]

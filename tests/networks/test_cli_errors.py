@@ -164,8 +164,10 @@ def test_damaged_files_raise_checkpoint_error(files, name):
 
 
 def test_one_line_joins_a_listing():
-    assert cli.one_line("pairs do not match in d:\n  image without mask: b.png\n  mask without image: c.png") \
-        == "pairs do not match in d: image without mask: b.png; mask without image: c.png"
+    listing = ("images-masks layout: 2 files without their image or mask\nexpected structure: S\n"
+               "image without its mask: b.png\nmask without its image: c.png")
+    assert cli.one_line(listing) == ("images-masks layout: 2 files without their image or mask: expected structure: "
+                                     "S; image without its mask: b.png; mask without its image: c.png")
     many = "head:\n" + "\n".join(f"item {i}" for i in range(10))
     assert cli.one_line(many, max_items=2) == "head: item 0; item 1; and 8 more"
 

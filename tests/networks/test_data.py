@@ -12,10 +12,10 @@ from networks.data import (
     SyntheticLesions,
     augment_batch,
     epoch_order,
-    pair_images_and_masks,
     read_image_folder,
     split_indices,
 )
+from networks.layouts import LayoutError, find_samples
 
 # ---------------------------------------------------------------- synthetic
 
@@ -109,8 +109,9 @@ def test_folder_pairs_by_stem_across_extensions_and_isic_suffix(tmp_path):
     _write_pair(tmp_path, "a", ".jpg", "a.png")
     _write_pair(tmp_path, "ISIC_001", ".jpg", "ISIC_001_segmentation.png")
     _write_pair(tmp_path, "c", ".png", "c.tif", value=1)  # 0/1 mask stored as TIFF
-    pairs = pair_images_and_masks(tmp_path)
-    assert [(i.name, m.name) for i, m in pairs] == [
+    layout, samples = find_samples(tmp_path)
+    assert layout.name == "images-masks"
+    assert [(s.image.name, *(m.name for m in s.masks)) for s in samples] == [
         ("ISIC_001.jpg", "ISIC_001_segmentation.png"), ("a.jpg", "a.png"), ("c.png", "c.tif")]
 
 
@@ -144,17 +145,23 @@ def test_folder_mismatch_lists_every_orphan(tmp_path):
     (tmp_path / "masks" / "lonely_image.png").unlink()
     _write_pair(tmp_path, "gone")
     (tmp_path / "images" / "gone.png").unlink()
-    with pytest.raises(ValueError) as err:
-        pair_images_and_masks(tmp_path)
-    assert "image without mask: lonely_image.png" in str(err.value)
-    assert "mask without image: gone.png" in str(err.value)
+    _write_pair(tmp_path, "lonely_too")
+    (tmp_path / "masks" / "lonely_too.png").unlink()
+    with pytest.raises(LayoutError) as err:
+        find_samples(tmp_path, "images-masks")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "images-masks layout: 3 files without their image or mask"
+    assert lines[1].startswith("expected structure: images/<name>")
+    assert lines[2:] == [f"image without its mask: {tmp_path / 'images' / 'lonely_image.png'}",
+                         f"image without its mask: {tmp_path / 'images' / 'lonely_too.png'}",
+                         f"mask without its image: {tmp_path / 'masks' / 'gone.png'}"]
 
 
 def test_folder_with_two_images_of_one_stem_names_both(tmp_path):
     _write_pair(tmp_path, "a")
     _write_pair(tmp_path, "a", image_ext=".bmp")
-    with pytest.raises(ValueError, match=r"two images for stem 'a': a\.bmp and a\.png"):
-        pair_images_and_masks(tmp_path)
+    with pytest.raises(LayoutError, match=r"two files for 'a' \(a\.bmp and a\.png\); keep one"):
+        find_samples(tmp_path, "images-masks")
 
 
 def test_folder_missing_subfolder(tmp_path):
