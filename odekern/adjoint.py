@@ -43,9 +43,11 @@ from odekern.reachable import distinct_requiring_grad, warn_unreached
 from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
+    check_mapping,
     check_params,
     check_state,
     check_time,
+    check_tolerance,
     check_tolerance_resolvable,
     coerce_time,
     from_numpy,
@@ -536,6 +538,8 @@ def odeint_adjoint(
     """
     if not callable(func):
         raise TypeError(f"odeint_adjoint: func must be callable, got {type(func).__name__}")
+    check_mapping(options, "odeint_adjoint: options")
+    check_mapping(adjoint_options, "odeint_adjoint: adjoint_options")
     rtol, atol, adjoint_rtol, adjoint_atol = map(from_numpy, (rtol, atol, adjoint_rtol, adjoint_atol))
     options, adjoint_options = options_from_numpy(options), options_from_numpy(adjoint_options)
     y0 = promote_tuple_state(y0)
@@ -566,6 +570,8 @@ def odeint_adjoint(
     adjoint_options = _adjoint_options(method, options, adjoint_method, adjoint_options)
     adjoint_method = method if adjoint_method is None else adjoint_method
 
+    check_tolerance(adjoint_rtol, names[0])
+    check_tolerance(adjoint_atol, names[1])
     _check_scalar_tolerance(adjoint_rtol, "adjoint_rtol")
     _check_scalar_tolerance(adjoint_atol, "adjoint_atol")
     backward_method = adjoint_method or DEFAULT_METHOD

@@ -13,7 +13,8 @@ import torch
 
 from odekern.odeint import build_solver, checked_inputs
 from odekern.solvers import interpolation, state
-from odekern.solvers.checks import AssertedTypeError, SolveError, from_numpy, options_from_numpy
+from odekern.solvers.checks import (AssertedTypeError, SolveError, check_time_scalar, from_numpy,
+                                    options_from_numpy)
 from odekern.solvers.registry import ADAPTIVE_METHODS
 
 Tensor = torch.Tensor
@@ -33,6 +34,9 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
                                 f"in torchdiffeq), got {type(y0).__name__}")
     # Times given as numbers are taken in the state's precision (torch.as_tensor would make a
     # Python float float32 and round it even for a float64 state).
+    t0, t1 = from_numpy(t0), from_numpy(t1)
+    check_time_scalar(t0, "odeint_dense: t0")
+    check_time_scalar(t1, "odeint_dense: t1")
     like = dict(dtype=state.real_dtype(y0.dtype), device=y0.device)
     t0 = t0 if isinstance(t0, Tensor) and t0.is_floating_point() else torch.as_tensor(t0, **like)
     t1 = t1.to(t0) if isinstance(t1, Tensor) else torch.as_tensor(t1, dtype=t0.dtype, device=t0.device)

@@ -22,6 +22,7 @@ from torch.autograd import forward_ad
 
 from odekern.odeint import odeint
 from odekern.solvers import state
+from odekern.solvers.checks import check_time_scalar, from_numpy
 from odekern.solvers.events import combine_event_functions
 
 Tensor = torch.Tensor
@@ -46,6 +47,8 @@ def odeint_event(func: Callable, y0: Any, t0: Any, *, event_fn: Callable, revers
     Repeated events (a bouncing ball): restart from the returned state, modified as the model
     says, with the returned ``event_t`` as the next ``t0``.
     """
+    t0 = from_numpy(t0)
+    check_time_scalar(t0, "odeint_event: t0")
     if not isinstance(t0, Tensor):  # torchdiffeq needs a tensor; a number is taken in y0's dtype
         like = state.first(y0)
         t0 = torch.tensor(float(t0), dtype=like.dtype, device=like.device)

@@ -164,6 +164,8 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     Returns ``(method, y0, t, t_values, options, reverse, callbacks)``: ``t_values`` the times as
     Python numbers when given so (else None), ``reverse``: ``t`` decreases, ``callbacks``: the
     step callbacks ``func`` has (``base.step_callbacks``)."""
+    if not callable(func):
+        raise TypeError(f"func must be callable (func(t, y) returns dy/dt), got {type(func).__name__}")
     method = check_method(method, METHODS, DEFAULT_METHOD)
     if method in ADAPTIVE_METHODS and state.inside_vmap():
         raise ValueError(f"odeint(method={method!r}) cannot run under torch.func.vmap: an adaptive "

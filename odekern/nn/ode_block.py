@@ -22,8 +22,8 @@ from odekern.adjoint import odeint_adjoint
 from odekern.checkpoint import check_checkpoints, check_method_checkpointable, odeint_checkpointed
 from odekern.odeint import odeint
 from odekern.reachable import differentiable_tensors
-from odekern.solvers.checks import (check_method, check_options, check_state, check_time, from_numpy,
-                                    options_from_numpy, shape_or_type)
+from odekern.solvers.checks import (check_mapping, check_method, check_options, check_state, check_time,
+                                    from_numpy, options_from_numpy, shape_or_type)
 from odekern.solvers.norms import canonical_control
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
 from odekern.solvers.state import real_dtype
@@ -186,6 +186,7 @@ class ODEBlock(nn.Module):
             )
         method = check_method(method, METHODS)
         step_size, rtol, atol = from_numpy(step_size), from_numpy(rtol), from_numpy(atol)
+        check_mapping(options, "ODEBlock: options")
         options = options_from_numpy(options)
         if step_size is not None and (
             isinstance(step_size, bool)

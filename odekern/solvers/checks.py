@@ -162,7 +162,10 @@ def coerce_time(t: Tensor, y0: Tensor | Sequence[Tensor]) -> Tensor:
 def tensor_tuple(values: Iterable[Any], name: str) -> tuple[Tensor, ...]:
     """``values`` (a sequence or a generator) as a tuple of tensors, or a TypeError naming the
     first entry that is not one (``name`` is how the caller spells the argument)."""
-    values = tuple(values)
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of tensors, got {type(values).__name__}") from None
     for i, value in enumerate(values):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(value).__name__}")
@@ -193,6 +196,20 @@ def from_numpy(value: Any) -> Any:
     if getattr(value, "ndim", None) == 0:
         return value.item()
     return torch.as_tensor(value) if hasattr(value, "__array__") else value
+
+
+def check_mapping(value: Any, name: str) -> None:
+    """An options dict (any mapping) or None."""
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
+
+
+def check_time_scalar(value: Any, name: str) -> None:
+    """One time: a real number (NumPy's taken through ``from_numpy`` first) or a tensor, whose
+    size the caller checks."""
+    if isinstance(value, Tensor) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        return
+    raise TypeError(f"{name} must be a time (a number or a one-element tensor), got {type(value).__name__}")
 
 
 def options_from_numpy(options: Any) -> Any:
@@ -335,10 +352,9 @@ def check_options(method: str, options: Mapping[str, Any] | None, valid: Iterabl
     Those are dropped with torchdiffeq's warning (``"RK4: Unexpected arguments {...}"``), so code
     that passes one option dict to every method (e.g. ``max_num_steps`` to ``rk4``) runs as it
     does on torchdiffeq. A value a method cannot use still raises where the solver checks it."""
+    check_mapping(options, "options")
     if options is None:
         return {}
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
     valid = set(valid)
     unknown = {k: v for k, v in options.items() if k not in valid}
     if unknown:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 import torch
 
+import odekern
 from odekern import odeint, odeint_adjoint
 from odekern.solvers import NonFiniteError
 from odekern.testing import assert_close
@@ -397,3 +399,55 @@ def test_a_forced_backend_that_cannot_run_here_is_an_error_not_a_fallback():
         pytest.skip("CUDA is available here")
     with odekern.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
         odeint(_decay, torch.ones(300_000, dtype=F64), _t(), method="rk4", options={"step_size": 0.5})
+
+
+class _Decay(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+    def forward(self, t, y):
+        return -self.rate * y
+
+
+_T0, _T1 = torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+
+# Arguments of the wrong kind that reached Python's own errors deep inside ("'int' object is
+# not iterable", "'>=' not supported between instances of 'str' and 'float'", "float()
+# argument must be a string or a real number"): each now names the argument.
+WRONG_KINDS = {
+    "odeint func": (lambda: odeint([1], _y0(), _t()), r"^func must be callable"),
+    "odeint_adjoint adjoint_params": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), adjoint_params=3),
+                                      r"^odeint_adjoint: adjoint_params must be a sequence of tensors, got int"),
+    "odeint_adjoint rtol": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), rtol="x"),
+                            r"^rtol must be a float or a tensor, got str"),
+    "odeint_adjoint adjoint_atol": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), adjoint_atol={}),
+                                    r"^adjoint_atol must be a float or a tensor, got dict"),
+    "odeint_adjoint options": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), options=[("step_size", 0.1)]),
+                               r"^odeint_adjoint: options must be a dict or None, got list"),
+    "odeint_adjoint adjoint_options": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), adjoint_options="x"),
+                                       r"^odeint_adjoint: adjoint_options must be a dict or None, got str"),
+    "odeint_dense t0": (lambda: odekern.odeint_dense(_decay, _y0(), "0", _T1),
+                        r"^odeint_dense: t0 must be a time \(a number or a one-element tensor\), got str"),
+    "odeint_dense t1": (lambda: odekern.odeint_dense(_decay, _y0(), _T0, [1.0]),
+                        r"^odeint_dense: t1 must be a time .*got list"),
+    "odeint_event t0": (lambda: odekern.odeint_event(_decay, _y0(), (0.0,), event_fn=lambda t, y: y.sum() - 1),
+                        r"^odeint_event: t0 must be a time .*got tuple"),
+    "ODEBlock options": (lambda: odekern.ODEBlock(_decay, options=3),
+                         r"^ODEBlock: options must be a dict or None, got int"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG_KINDS))
+def test_an_argument_of_the_wrong_kind_is_named(name):
+    call, match = WRONG_KINDS[name]
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_numpy_times_still_reach_odeint_dense_and_odeint_event():
+    import numpy as np
+    dense = odekern.odeint_dense(_decay, _y0(), np.float64(0.0), np.array(1.0))
+    assert_close(dense(torch.tensor(1.0, dtype=F64)), _y0() * math.exp(-1.0), rtol=1e-6, atol=0)
+    event_t, _ = odekern.odeint_event(_decay, _y0(), np.float32(0.0), event_fn=lambda t, y: y[0, 0] - 0.5)
+    assert abs(float(event_t) - math.log(2.0)) < 1e-6
