@@ -24,6 +24,7 @@ from odekern.solvers.checks import (
     check_time,
     check_time_values,
     check_tolerance,
+    check_tolerance_fits,
     check_tolerance_resolvable,
     check_tolerances_not_both_zero,
     coerce_time,
@@ -178,6 +179,9 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     check_state(y0)
     check_tolerance(rtol, "rtol")
     check_tolerance(atol, "atol")
+    if method in ADAPTIVE_METHODS or getattr(solver_cls, "implicit", False):  # the methods that use them
+        check_tolerance_fits(rtol, y0, "rtol")
+        check_tolerance_fits(atol, y0, "atol")
     if method in ADAPTIVE_METHODS:
         check_tolerances_not_both_zero(rtol, atol, method)
         check_tolerance_resolvable(rtol, atol, y0, method)

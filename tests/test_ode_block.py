@@ -496,3 +496,15 @@ def test_adjoint_mode_trains_the_module_behind_a_conditioning_tensor(method, ste
     assert_close(out, ref)
     for g, r in zip(got_grads, ref_grads):
         assert_close(g, r)
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint", "checkpoint"])
+@pytest.mark.parametrize("checkpoints", [0, -1, 2.5, "8", None])
+def test_checkpoints_is_checked_in_every_gradient_mode(gradient, checkpoints):
+    # Unused outside "checkpoint", but a bad value would wait silently for the mode to change.
+    class Decay(nn.Module):  # a module: the adjoint mode needs one
+        def forward(self, t, y):
+            return -y
+
+    with pytest.raises(ValueError, match=r"^ODEBlock: checkpoints must be an int >= 1"):
+        ODEBlock(Decay(), method="rk4", step_size=0.5, gradient=gradient, checkpoints=checkpoints)

@@ -215,8 +215,9 @@ class ODEBlock(nn.Module):
                     f"ODEBlock: velocity_init must be callable, got {type(velocity_init).__name__}"
                 )
         check_backend_name(backend)
+        # Checked in every mode: a bad value would otherwise wait silently for the mode to change.
+        check_checkpoints(checkpoints, "ODEBlock: checkpoints")
         if gradient == "checkpoint":
-            check_checkpoints(checkpoints, "ODEBlock: checkpoints")
             check_method_checkpointable(method)
         self.checkpoints = checkpoints
 

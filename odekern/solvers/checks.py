@@ -238,6 +238,27 @@ def check_tolerance(value: Any, name: str) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
+def check_tolerance_fits(value: Any, y0: Any, name: str, y0_name: str = "y0") -> None:
+    """A tolerance tensor must broadcast to its state's shape without enlarging it. One of
+    another shape (``rtol`` of shape (2,) for a ``y0`` of shape (1,)) would broadcast the error
+    up, measuring each element against several tolerances, or fail inside the solve with
+    PyTorch's size message. A per-component tuple is checked component by component."""
+    if isinstance(value, (tuple, list)):
+        if is_tuple(y0) and len(value) == len(y0):
+            for i, (v, part) in enumerate(zip(value, y0)):
+                check_tolerance_fits(v, part, f"{name}[{i}]", f"{y0_name}[{i}]")
+        return
+    if not isinstance(value, Tensor) or value.numel() == 1 or is_tuple(y0):
+        return
+    try:
+        fits = torch.broadcast_shapes(value.shape, y0.shape) == y0.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} of shape {tuple(value.shape)} must broadcast to the shape of {y0_name}, "
+                         f"{tuple(y0.shape)} (one tolerance per element, or a shape that broadcasts to it)")
+
+
 def check_tolerances_not_both_zero(rtol: Any, atol: Any, method: str) -> None:
     """An adaptive method with rtol = atol = 0 would shrink its step to nothing."""
     def zero(v: Any) -> bool:

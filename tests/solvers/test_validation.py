@@ -451,3 +451,26 @@ def test_numpy_times_still_reach_odeint_dense_and_odeint_event():
     assert_close(dense(torch.tensor(1.0, dtype=F64)), _y0() * math.exp(-1.0), rtol=1e-6, atol=0)
     event_t, _ = odekern.odeint_event(_decay, _y0(), np.float32(0.0), event_fn=lambda t, y: y[0, 0] - 0.5)
     assert abs(float(event_t) - math.log(2.0)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "implicit_adams"])
+@pytest.mark.parametrize("shape", [(2,), (3, 1), (2, 3, 1)])
+def test_a_tolerance_tensor_that_does_not_fit_y0_is_named(method, shape):
+    """y0 is 2 x 3. A (2,) rtol failed inside the solve with PyTorch's size message; a (3, 1) or
+    (2, 3, 1) one broadcast the error up to 3 x 3 or 2 x 3 x 3, each element measured against
+    several tolerances, and gave a result without a word (torchdiffeq does the same)."""
+    options = {"step_size": 0.25} if method == "implicit_adams" else None
+    with pytest.raises(ValueError, match=rf"^rtol of shape {re.escape(str(shape))} must broadcast to the "
+                                         r"shape of y0, \(2, 3\)"):
+        odeint(_decay, _y0(), _t(), rtol=torch.full(shape, 1e-6, dtype=F64), method=method, options=options)
+
+
+def test_tolerance_tensors_that_fit_y0_are_taken():
+    exact = _y0() * math.exp(-1.0)
+    for shape in [(2, 3), (3,), (2, 1), (1, 3), (1,), ()]:
+        out = odeint(_decay, _y0(), _t(), rtol=torch.full(shape, 1e-9, dtype=F64), atol=1e-12)
+        assert_close(out[-1], exact, rtol=1e-7, atol=0)
+    # Per component of a tuple state: each is checked against its own component.
+    pair = (_y0(), torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match=r"^atol\[1\] of shape \(3,\) must broadcast to the shape of y0\[1\], \(4,\)"):
+        odeint(lambda t, y: (-y[0], -y[1]), pair, _t(), atol=(1e-9, torch.full((3,), 1e-9, dtype=F64)))
