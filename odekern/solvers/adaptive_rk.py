@@ -74,12 +74,13 @@ class AdaptiveRK(Solver):
             raise TypeError(f"options['dtype'] must be a floating torch.dtype (the dtype time is held in), got {dtype!r}")
         # torchdiffeq: time in ``dtype`` promoted with the state's dtype (float64 by default).
         self.time_dtype = torch.promote_types(dtype, state.real_dtype(state.first(y0).dtype))
-        min_step, max_step = float(min_step), float(max_step)
-        check_step_bounds(min_step, max_step)
+        min_step, max_step = check_step_bounds(min_step, max_step)
         check_positive(first_step, "first_step")
         for name, v in (("safety", safety), ("ifactor", ifactor), ("dfactor", dfactor)):
             check_positive(v, name, allow_none=False)
-        if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
+        if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int):
+            raise TypeError(f"options['max_num_steps'] must be an int >= 1, got {type(max_num_steps).__name__}")
+        if max_num_steps < 1:
             # torchdiffeq's budget assert fails before the first step when max_num_steps is 0.
             raise AssertedValueError(f"options['max_num_steps'] must be an int >= 1, got {max_num_steps!r}")
         check_on_max_steps(on_max_steps)

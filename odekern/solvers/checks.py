@@ -399,17 +399,25 @@ def check_positive(value: Any, name: str, allow_none: bool = True) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"options['{name}'] must be a positive number, got {type(value).__name__}")
     if not (v > 0 and math.isfinite(v)) and not (name == "max_step" and v == math.inf):
-        # torchdiffeq's adaptive solve stops a first_step <= 0 with its step-size assert.
-        error = AssertedValueError if name == "first_step" else ValueError
+        # torchdiffeq's adaptive solve stops a first_step or max_step <= 0 with its step-size
+        # assert.
+        error = AssertedValueError if name in ("first_step", "max_step") else ValueError
         raise error(f"options['{name}'] must be > 0 and finite, got {v}")
 
 
-def check_step_bounds(min_step: float, max_step: float) -> None:
-    if isinstance(min_step, bool) or not isinstance(min_step, (int, float)) or not min_step >= 0:
-        raise ValueError(f"options['min_step'] must be a number >= 0, got {min_step!r}")
+def check_step_bounds(min_step: Any, max_step: Any) -> tuple[float, float]:
+    """``options['min_step']`` and ``['max_step']`` as floats (one-element tensors read)."""
+    m = min_step.item() if isinstance(min_step, Tensor) and min_step.numel() == 1 else min_step
+    if isinstance(m, bool) or not isinstance(m, (int, float)):
+        raise TypeError(f"options['min_step'] must be a number >= 0, got {type(min_step).__name__}")
+    if not m >= 0:
+        raise ValueError(f"options['min_step'] must be a number >= 0, got {m!r}")
     check_positive(max_step, "max_step", allow_none=False)
+    min_step = float(m)
+    max_step = float(max_step.item() if isinstance(max_step, Tensor) else max_step)
     if min_step > max_step:
         raise ValueError(f"options['min_step'] ({min_step}) must not exceed options['max_step'] ({max_step})")
+    return min_step, max_step
 
 
 def check_rhs_output(out: Any, y: Tensor, t: Any) -> None:

@@ -86,6 +86,9 @@ CASES = {
         _decay, _y0(), T, options=dict(step_t=torch.tensor([0.5]), jump_t=torch.tensor([0.5]))), ValueError),
     "first_step is 0": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(first_step=0.0)), ValueError),
     "first_step is negative": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(first_step=-0.1)), ValueError),
+    "max_step is negative": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(max_step=-3.0)), ValueError),
+    "max_num_steps is None": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(max_num_steps=None)),
+                              TypeError),
     "max_num_steps is 0": (lambda lib: lib.odeint(_decay, _y0(), T, options=dict(max_num_steps=0)), ValueError),
     "max_num_steps exceeded": (lambda lib: lib.odeint(
         _stiff, _y0(), torch.tensor([0.0, 2.0]), options=dict(max_num_steps=50)), RuntimeError),

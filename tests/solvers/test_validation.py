@@ -433,6 +433,8 @@ WRONG_KINDS = {
                         r"^odeint_dense: t1 must be a time .*got list"),
     "odeint_event t0": (lambda: odekern.odeint_event(_decay, _y0(), (0.0,), event_fn=lambda t, y: y.sum() - 1),
                         r"^odeint_event: t0 must be a time .*got tuple"),
+    "odeint options['min_step']": (lambda: odeint(_decay, _y0(), _t(), options={"min_step": None}),
+                                   r"^options\['min_step'\] must be a number >= 0, got NoneType"),
     "ODEBlock options": (lambda: odekern.ODEBlock(_decay, options=3),
                          r"^ODEBlock: options must be a dict or None, got int"),
 }
