@@ -55,7 +55,7 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     while s.tf < end:
         if attempts >= solver.max_num_steps:
             raise SolveError(f"odeint_dense(method={method!r}): max_num_steps={solver.max_num_steps} exceeded; "
-                               f"reached t={solver.rhs.user_time(s.tf):.6g}")
+                             f"reached t={solver.rhs.user_time(s.tf):.6g}")
         accepted = s.n_accepted
         solver._attempt(s, device)
         attempts += 1

@@ -209,7 +209,7 @@ class AdaptiveRK(Solver):
                 raise_non_finite(self.method, rhs.user_time(s.tf), "every step beyond this time, down to "
                                  f"dt={dt:.3e}, gave a non-finite error estimate (func returns NaN/inf?)")
             raise SolveError(f"odeint(method={self.method!r}): step size underflow at t={rhs.user_time(s.tf):.6g} "
-                               f"(dt={dt:.3e}); the problem may be stiff or its solution non-finite here")
+                             f"(dt={dt:.3e}); the problem may be stiff or its solution non-finite here")
         t_land, on_jump = self._landing_point(s.tf, t1f)
         if t_land == t1f:
             t1 = s.t + dt

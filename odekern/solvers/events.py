@@ -84,8 +84,8 @@ def adaptive_until_event(solver, t0: Tensor, event_fn: EventFn, tol: float,
     while bool(sign0 == torch.sign(event_fn(s.t, s.y))):
         if attempts >= max_steps:
             raise SolveError(f"odeint(method={solver.method!r}, event_fn=...): max_num_steps={max_steps} "
-                               f"exceeded before the event; reached t={solver.rhs.user_time(s.tf):.6g}. Increase "
-                               "options['max_num_steps'] or check that event_fn crosses zero")
+                             f"exceeded before the event; reached t={solver.rhs.user_time(s.tf):.6g}. Increase "
+                             "options['max_num_steps'] or check that event_fn crosses zero")
         attempts += 1
         solver._attempt(s, device)
     coeffs, t_prev, t_end = s.coeffs, s.t_prev, s.t
