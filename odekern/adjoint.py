@@ -44,6 +44,7 @@ from odekern.solvers import state
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
     check_mapping,
+    check_method,
     check_params,
     check_state,
     check_time,
@@ -56,7 +57,7 @@ from odekern.solvers.checks import (
     tensor_tuple,
 )
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
-from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD
+from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 
 #: ``adjoint_options["norm"]`` for torchdiffeq's seminorm: the backward error norm leaves out the
 #: parameter adjoints (they do not feed back into the dynamics), so fewer backward steps are taken.
@@ -540,6 +541,8 @@ def odeint_adjoint(
         raise TypeError(f"odeint_adjoint: func must be callable, got {type(func).__name__}")
     check_mapping(options, "odeint_adjoint: options")
     check_mapping(adjoint_options, "odeint_adjoint: adjoint_options")
+    check_method(method, METHODS)
+    check_method(adjoint_method, METHODS, name="adjoint_method")
     rtol, atol, adjoint_rtol, adjoint_atol = map(from_numpy, (rtol, atol, adjoint_rtol, adjoint_atol))
     options, adjoint_options = options_from_numpy(options), options_from_numpy(adjoint_options)
     y0 = promote_tuple_state(y0)
@@ -572,6 +575,10 @@ def odeint_adjoint(
 
     check_tolerance(adjoint_rtol, names[0])
     check_tolerance(adjoint_atol, names[1])
+    # A one-element tensor of any shape is one tolerance; as a 0-d tensor it applies to every
+    # part of the backward state (a (1, 1) one broke the split into those parts).
+    adjoint_rtol, adjoint_atol = (v.reshape(()) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+                                  for v in (adjoint_rtol, adjoint_atol))
     _check_scalar_tolerance(adjoint_rtol, "adjoint_rtol")
     _check_scalar_tolerance(adjoint_atol, "adjoint_atol")
     backward_method = adjoint_method or DEFAULT_METHOD

@@ -13,8 +13,8 @@ import torch
 
 from odekern.odeint import build_solver, checked_inputs
 from odekern.solvers import interpolation, state
-from odekern.solvers.checks import (AssertedTypeError, SolveError, check_time_scalar, from_numpy,
-                                    options_from_numpy)
+from odekern.solvers.checks import (AssertedTypeError, AssertedValueError, SolveError, check_time_scalar,
+                                    from_numpy, options_from_numpy)
 from odekern.solvers.registry import ADAPTIVE_METHODS
 
 Tensor = torch.Tensor
@@ -41,6 +41,8 @@ def odeint_dense(func: Callable, y0: Tensor, t0: Any, t1: Any, *, rtol: Any = 1e
     t0 = t0 if isinstance(t0, Tensor) and t0.is_floating_point() else torch.as_tensor(t0, **like)
     t1 = t1.to(t0) if isinstance(t1, Tensor) else torch.as_tensor(t1, dtype=t0.dtype, device=t0.device)
     t = torch.stack([t0.reshape(()), t1.reshape(())])
+    if not torch.compiler.is_compiling() and bool(t[0] == t[1]):
+        raise AssertedValueError(f"odeint_dense: t0 and t1 must differ, got both {float(t0)}")
     rtol, atol, options = from_numpy(rtol), from_numpy(atol), options_from_numpy(options)
     method, y0, t, _, options, reverse, _ = checked_inputs(func, y0, t, rtol, atol, method, options)
     if method not in ADAPTIVE_METHODS:

@@ -52,8 +52,6 @@ def odeint_event(func: Callable, y0: Any, t0: Any, *, event_fn: Callable, revers
     if not isinstance(t0, Tensor):  # torchdiffeq needs a tensor; a number is taken in y0's dtype
         like = state.first(y0)
         t0 = torch.tensor(float(t0), dtype=like.dtype, device=like.device)
-    if t0.numel() != 1:
-        raise ValueError(f"odeint_event: t0 must be a single time, got shape {tuple(t0.shape)}")
     start = t0.reshape(-1)
     t = torch.cat([start, start.detach() + (-1.0 if reverse_time else 1.0)])
     event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)

@@ -175,7 +175,7 @@ class ODEBlock(nn.Module):
             raise TypeError(f"ODEBlock: func must be callable, got {type(func).__name__}")
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"ODEBlock: order must be an integer >= 1, got {order!r}")
-        if gradient not in GRADIENT_MODES:
+        if not isinstance(gradient, str) or gradient not in GRADIENT_MODES:
             raise ValueError(
                 f"ODEBlock: gradient must be one of {sorted(GRADIENT_MODES)}, got {gradient!r}"
             )

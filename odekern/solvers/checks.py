@@ -205,11 +205,18 @@ def check_mapping(value: Any, name: str) -> None:
 
 
 def check_time_scalar(value: Any, name: str) -> None:
-    """One time: a real number (NumPy's taken through ``from_numpy`` first) or a tensor, whose
-    size the caller checks."""
-    if isinstance(value, Tensor) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
-        return
-    raise TypeError(f"{name} must be a time (a number or a one-element tensor), got {type(value).__name__}")
+    """One finite time: a real number (NumPy's taken through ``from_numpy`` first) or a
+    one-element tensor (read once, to check it is finite)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single time, got a tensor of shape {tuple(value.shape)}")
+        if torch.compiler.is_compiling():
+            return
+        value = value.item()
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a time (a number or a one-element tensor), got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
 
 
 def options_from_numpy(options: Any) -> Any:
@@ -357,13 +364,13 @@ def check_time_values(values: Sequence[float], name: str = "t") -> bool:
     return _check_time_order(list(values), name)
 
 
-def check_method(method: str | None, valid: Iterable[str], default: str = "dopri5") -> str:
+def check_method(method: str | None, valid: Iterable[str], default: str = "dopri5", name: str = "method") -> str:
     """The solver name (``None`` means ``default``); unknown names list the valid ones."""
     if method is None:
         return default
     valid = list(valid)
     if not isinstance(method, str) or method not in valid:
-        raise ValueError(f"method {method!r} is not a known solver; valid methods: {_fmt_list(valid)}")
+        raise ValueError(f"{name} {method!r} is not a known solver; valid methods: {_fmt_list(valid)}")
     return method
 
 

@@ -126,10 +126,13 @@ class NmodeConfig:
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
 
     def __post_init__(self):
-        if self.method not in METHODS:
+        # Strings first: a list is unhashable and an array has no truth value, both failed the lookups.
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.control not in CONTROLS:
+        if not isinstance(self.control, str) or self.control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
+        if not isinstance(self.gradient, str):
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if self.gradient in DEPRECATED_GRADIENTS:
             object.__setattr__(self, "gradient", DEPRECATED_GRADIENTS[self.gradient])
         if self.gradient not in GRADIENTS:
