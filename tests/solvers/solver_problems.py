@@ -28,6 +28,17 @@ class Counting:
         return self.func(t, y)
 
 
+class Decay(nn.Module):
+    """dy/dt = -rate y with a learnable rate (1): a module, as odeint_adjoint's func must be."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        self.rate = nn.Parameter(torch.tensor(1.0, dtype=dtype))
+
+    def forward(self, t, y):
+        return -self.rate * y
+
+
 class LinearODE(nn.Module):
     """dy/dt = y A^T (rows of y are samples); exact y(t) = y0 expm((t - t0) A)^T."""
 

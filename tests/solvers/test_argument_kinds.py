@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from solver_problems import Decay
 
 import odekern
 
@@ -30,15 +31,6 @@ INTERNAL = re.compile(r"has no attribute|not subscriptable|unsupported operand|l
                       r"out of bounds|new\(\)")
 
 
-class _Decay(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
-
-    def forward(self, t, y):
-        return -self.rate * y
-
-
 def _y0():
     return torch.ones(2, dtype=F64, requires_grad=True)
 
@@ -52,28 +44,28 @@ def _event(t, y):
 
 
 def _odeint(**kw):
-    args = dict(func=_Decay(), y0=_y0(), t=_t(), rtol=1e-6, atol=1e-8) | kw
+    args = dict(func=Decay(), y0=_y0(), t=_t(), rtol=1e-6, atol=1e-8) | kw
     return odekern.odeint(**args)
 
 
 def _odeint_adjoint(**kw):
-    args = dict(func=_Decay(), y0=_y0(), t=_t(), rtol=1e-6, atol=1e-8) | kw
+    args = dict(func=Decay(), y0=_y0(), t=_t(), rtol=1e-6, atol=1e-8) | kw
     out = odekern.odeint_adjoint(**args)
     (out[1] if isinstance(out, tuple) else out).sum().backward()  # the backward's settings are used there
 
 
 def _odeint_dense(**kw):
     args = dict(y0=_y0().detach(), t0=torch.tensor(0.0, dtype=F64), t1=torch.tensor(1.0, dtype=F64)) | kw
-    odekern.odeint_dense(_Decay(), **args)(torch.as_tensor(args["t1"], dtype=F64))  # inside any span
+    odekern.odeint_dense(Decay(), **args)(torch.as_tensor(args["t1"], dtype=F64))  # inside any span
 
 
 def _odeint_event(**kw):
     args = dict(y0=_y0().detach(), t0=torch.tensor(0.0, dtype=F64), event_fn=_event) | kw
-    return odekern.odeint_event(_Decay(), **args)
+    return odekern.odeint_event(Decay(), **args)
 
 
 def _ode_block(**kw):
-    return odekern.ODEBlock(_Decay(), **kw)(torch.ones(2, 1, dtype=F64))
+    return odekern.ODEBlock(Decay(), **kw)(torch.ones(2, 1, dtype=F64))
 
 
 def _nmode_solve(**kw):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchdiffeq
+from solver_problems import Decay
 
 import odekern
 from odekern.solvers import NonFiniteError, SolveError
@@ -32,15 +33,6 @@ def _nan_after_half(t, y):
 
 def _stiff(t, y):
     return -1e5 * (y - torch.cos(t))
-
-
-class _Decay(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rate = torch.nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, t, y):
-        return -self.rate * y
 
 
 def _y0():
@@ -99,7 +91,7 @@ CASES = {
     "step size underflow (blow-up), adjoint": (lambda lib: lib.odeint_adjoint(
         lambda t, y: y * y, _y0(), torch.tensor([0.0, 2.0]), adjoint_params=()), RuntimeError),
     "max_num_steps exceeded in the adjoint's backward solve": (lambda lib: lib.odeint_adjoint(
-        _Decay(), _y0().requires_grad_(), T, adjoint_options=dict(max_num_steps=1)).sum().backward(), RuntimeError),
+        Decay(torch.float32), _y0().requires_grad_(), T, adjoint_options=dict(max_num_steps=1)).sum().backward(), RuntimeError),
     "func turns NaN mid-solve": (lambda lib: lib.odeint(
         _nan_after_half, _y0(), torch.tensor([0.0, 2.0])), RuntimeError),
     "func is NaN at t0": (lambda lib: lib.odeint(lambda t, y: y * float("nan"), _y0(), T), RuntimeError),
@@ -111,7 +103,7 @@ CASES = {
         _decay, _y0(), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 0.5, method="euler"), ValueError),
     "adjoint of a plain function": (lambda lib: lib.odeint_adjoint(_decay, _y0(), T), ValueError),
     "adjoint_method differs, no adjoint_options": (lambda lib: lib.odeint_adjoint(
-        _Decay(), _y0(), T, adjoint_method="bosh3", options=dict(first_step=0.1)), ValueError),
+        Decay(torch.float32), _y0(), T, adjoint_method="bosh3", options=dict(first_step=0.1)), ValueError),
     "odeint_dense of a tuple state": (lambda lib: lib.odeint_dense(_decay_pair, _pair(), torch.tensor(0.0),
                                                                   torch.tensor(1.0)), TypeError),
 }

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from solver_problems import Decay
 
 import odekern
 from odekern import odeint, odeint_adjoint
@@ -401,15 +402,6 @@ def test_a_forced_backend_that_cannot_run_here_is_an_error_not_a_fallback():
         odeint(_decay, torch.ones(300_000, dtype=F64), _t(), method="rk4", options={"step_size": 0.5})
 
 
-class _Decay(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
-
-    def forward(self, t, y):
-        return -self.rate * y
-
-
 _T0, _T1 = torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)
 
 # Arguments of the wrong kind that reached Python's own errors deep inside ("'int' object is
@@ -417,15 +409,15 @@ _T0, _T1 = torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)
 # argument must be a string or a real number"): each now names the argument.
 WRONG_KINDS = {
     "odeint func": (lambda: odeint([1], _y0(), _t()), r"^func must be callable"),
-    "odeint_adjoint adjoint_params": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), adjoint_params=3),
+    "odeint_adjoint adjoint_params": (lambda: odeint_adjoint(Decay(), _y0(), _t(), adjoint_params=3),
                                       r"^odeint_adjoint: adjoint_params must be a sequence of tensors, got int"),
-    "odeint_adjoint rtol": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), rtol="x"),
+    "odeint_adjoint rtol": (lambda: odeint_adjoint(Decay(), _y0(), _t(), rtol="x"),
                             r"^rtol must be a float or a tensor, got str"),
-    "odeint_adjoint adjoint_atol": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), adjoint_atol={}),
+    "odeint_adjoint adjoint_atol": (lambda: odeint_adjoint(Decay(), _y0(), _t(), adjoint_atol={}),
                                     r"^adjoint_atol must be a float or a tensor, got dict"),
-    "odeint_adjoint options": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), options=[("step_size", 0.1)]),
+    "odeint_adjoint options": (lambda: odeint_adjoint(Decay(), _y0(), _t(), options=[("step_size", 0.1)]),
                                r"^odeint_adjoint: options must be a dict or None, got list"),
-    "odeint_adjoint adjoint_options": (lambda: odeint_adjoint(_Decay(), _y0(), _t(), adjoint_options="x"),
+    "odeint_adjoint adjoint_options": (lambda: odeint_adjoint(Decay(), _y0(), _t(), adjoint_options="x"),
                                        r"^odeint_adjoint: adjoint_options must be a dict or None, got str"),
     "odeint_dense t0": (lambda: odekern.odeint_dense(_decay, _y0(), "0", _T1),
                         r"^odeint_dense: t0 must be a time \(a number or a one-element tensor\), got str"),
