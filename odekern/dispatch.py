@@ -148,7 +148,10 @@ def optional_module(name: str) -> object:
 
 
 def check_backend_name(backend: str | None, argname: str = "backend") -> None:
-    if backend is not None and (not isinstance(backend, str) or backend != "auto" and backend not in BACKEND_NAMES):
+    if backend is None:
+        return
+    # A string first: an array compared with one has no truth value.
+    if not isinstance(backend, str) or backend != "auto" and backend not in BACKEND_NAMES:
         raise ValueError(f"{argname} must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
 
 

@@ -398,11 +398,17 @@ def check_on_max_steps(value: Any) -> None:
         raise ValueError(f"options['on_max_steps'] must be one of {list(ON_MAX_STEPS)}, got {value!r}")
 
 
-def check_positive(value: Any, name: str, allow_none: bool = True) -> None:
-    """A strictly positive finite number (``step_size``, ``first_step``, ``max_step``...)."""
+def _read_number(value: Any) -> Any:
+    """A one-element tensor as its Python number; anything else as it is."""
+    return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+
+
+def check_positive(value: Any, name: str, allow_none: bool = True) -> Any:
+    """A strictly positive finite number (``step_size``, ``first_step``, ``max_step``...),
+    returned as a Python number (a one-element tensor read)."""
     if value is None and allow_none:
-        return
-    v = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+        return None
+    v = _read_number(value)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"options['{name}'] must be a positive number, got {type(value).__name__}")
     if not (v > 0 and math.isfinite(v)) and not (name == "max_step" and v == math.inf):
@@ -410,18 +416,17 @@ def check_positive(value: Any, name: str, allow_none: bool = True) -> None:
         # assert.
         error = AssertedValueError if name in ("first_step", "max_step") else ValueError
         raise error(f"options['{name}'] must be > 0 and finite, got {v}")
+    return v
 
 
 def check_step_bounds(min_step: Any, max_step: Any) -> tuple[float, float]:
     """``options['min_step']`` and ``['max_step']`` as floats (one-element tensors read)."""
-    m = min_step.item() if isinstance(min_step, Tensor) and min_step.numel() == 1 else min_step
+    m = _read_number(min_step)
     if isinstance(m, bool) or not isinstance(m, (int, float)):
         raise TypeError(f"options['min_step'] must be a number >= 0, got {type(min_step).__name__}")
     if not m >= 0:
         raise ValueError(f"options['min_step'] must be a number >= 0, got {m!r}")
-    check_positive(max_step, "max_step", allow_none=False)
-    min_step = float(m)
-    max_step = float(max_step.item() if isinstance(max_step, Tensor) else max_step)
+    min_step, max_step = float(m), float(check_positive(max_step, "max_step", allow_none=False))
     if min_step > max_step:
         raise ValueError(f"options['min_step'] ({min_step}) must not exceed options['max_step'] ({max_step})")
     return min_step, max_step

@@ -131,11 +131,9 @@ class NmodeConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.control, str) or self.control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
-        if not isinstance(self.gradient, str):
-            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
-        if self.gradient in DEPRECATED_GRADIENTS:
+        if isinstance(self.gradient, str) and self.gradient in DEPRECATED_GRADIENTS:
             object.__setattr__(self, "gradient", DEPRECATED_GRADIENTS[self.gradient])
-        if self.gradient not in GRADIENTS:
+        if not isinstance(self.gradient, str) or self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if self.method not in ADAPTIVE_METHODS:
             if self.step_size is None:
