@@ -1,7 +1,9 @@
-"""The kernels' method ids, coefficients and controller constants come from one Python source
-through two generated files, the C++ header csrc/include/odekern/generated/nmode_constants.h and
-the Triton module odekern/ops/nmode_solve/triton/constants_generated.py: both must be what
-tools/generate_kernel_constants.py writes today, and their literals must be the Python floats' bits."""
+"""The kernels' method ids, coefficients, controller constants, status codes and failure messages
+come from one Python source through three generated files, the C++ headers
+csrc/include/odekern/generated/nmode_constants.h and nmode_failures.h and the Triton module
+odekern/ops/nmode_solve/triton/constants_generated.py: each must be what
+tools/generate_kernel_constants.py writes today, and their literals must be the Python floats' bits
+(tests/ops/test_nmode_failure_messages.py runs the generated messages)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import re
 
 import pytest
 
-from odekern.ops.nmode_solve import coefficients
+from odekern.ops.nmode_solve import coefficients, failures
 from odekern.ops.nmode_solve.config import CHECKPOINTS, MethodId
 from odekern.solvers import controllers, tableaus
 
@@ -91,3 +93,19 @@ def test_triton_constants_are_the_python_ones_bit_for_bit():
     assert [float(values[f"DP5_MID{j}"]) for j in range(7)] == list(dopri5.mid)
     assert float(values["SAFETY"]) == controllers.SAFETY and float(values["STEP_EXPONENT"]) == 1 / 5
     assert {m.name: int(values[m.name]) for m in MethodId} == {m.name: int(m) for m in MethodId}
+    assert {s.name: int(values[f"STATUS_{s.name}"]) for s in failures.Status} == {s.name: int(s) for s in failures.Status}
+
+
+def test_status_enum_matches_the_status_codes():
+    enum = re.search(r"enum Status : int \{ (.*) \};", TEXT).group(1)
+    parsed = {name: int(value) for name, value in (item.split(" = ") for item in enum.split(", "))}
+    assert parsed == {"kOk": 0, "kTooManySteps": 1, "kStepUnderflow": 2, "kNonFinite": 3}
+    assert sorted(parsed.values()) == sorted(int(s) for s in failures.Status)
+
+
+def test_a_stale_failures_header_is_detected(tmp_path, monkeypatch):
+    stale = tmp_path / "nmode_failures.h"
+    stale.write_text(generator.FAILURES_HEADER.read_text().replace("non-finite values in the state",
+                                                                   "NaN in the state"))
+    monkeypatch.setattr(generator, "FAILURES_HEADER", stale)
+    assert generator.main(["--check"]) == 1

@@ -16,11 +16,14 @@
 //   backward's per-lane float64 controller.
 // - nmode_inv_fifth_root: the CPU lane paths' x^(-1/5) (nmode_solve_cpu_lane_control.h, the
 //   vectorised loop the solvers call), float64, for its accuracy test against pow.
+// - nmode_failure_text / nmode_status_message: the C++ kernels' generated failure messages
+//   (odekern/generated/nmode_failures.h), for the test that they are failures.py's words.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "ops/nmode_solve/nmode_solve.h"
 #include "ops/nmode_solve/nmode_solve_cpu_adjoint.h"
@@ -197,6 +200,29 @@ at::Tensor nmode_inv_fifth_root_cpu(const at::Tensor& x_) {
   return out;
 }
 
+// The failure `name`'s message with every integer field `count` and every double field `value`.
+std::string nmode_failure_text(c10::string_view name_, int64_t count, double value) {
+  const std::string name(name_);
+  if (name == "per_element_too_many_steps") return per_element_too_many_steps(count);
+  if (name == "per_element_step_underflow") return per_element_step_underflow();
+  if (name == "per_element_non_finite") return per_element_non_finite();
+  if (name == "unknown_status") return unknown_status(int(count));
+  if (name == "global_non_finite_start") return global_non_finite_start(value);
+  if (name == "global_too_many_steps") return global_too_many_steps(count, value, value);
+  if (name == "global_non_finite_step") return global_non_finite_step(value);
+  if (name == "global_step_underflow") return global_step_underflow(value, value);
+  if (name == "global_non_finite_state") return global_non_finite_state(value);
+  if (name == "global_non_finite_finishing") return global_non_finite_finishing(value);
+  if (name == "non_finite_y1") return non_finite_y1();
+  if (name == "fixed_grid_too_many_steps") return fixed_grid_too_many_steps(value, value, value, value, count);
+  TORCH_CHECK(false, "nmode_failure_text: no C++ function for the failure '", name, "'");
+  return std::string();
+}
+
+std::string nmode_status_message(int64_t status, int64_t max_num_steps) {
+  return status_message(int(status), max_num_steps);
+}
+
 }  // namespace
 }  // namespace nmode
 }  // namespace odekern
@@ -210,6 +236,9 @@ TORCH_LIBRARY(odekern_testing, m) {
   m.def("nmode_sincos_floor(Tensor x, int reps) -> Tensor");
   m.def("nmode_adjoint_attempt_floor(Tensor x, float attempts, bool control) -> Tensor");
   m.def("nmode_inv_fifth_root(Tensor x) -> Tensor");
+  // No tensor arguments, so catch-all kernels (no dispatch key to pick one by).
+  m.def("nmode_failure_text(str name, int count, float value) -> str", &odekern::nmode::nmode_failure_text);
+  m.def("nmode_status_message(int status, int max_num_steps) -> str", &odekern::nmode::nmode_status_message);
 }
 
 TORCH_LIBRARY_IMPL(odekern_testing, CPU, m) {

@@ -14,8 +14,10 @@ import torch
 import odekern  # noqa: F401 - registers every op
 from odekern.testing import randn
 
-# Takes no tensor and returns the built extension's constant kMaxK: nothing for opcheck to trace.
-NO_TENSORS = {"odekern_C::rk_stage_max_k"}
+# Take no tensor (the built extension's constant kMaxK; the generated failure messages, which
+# test_nmode_failure_messages.py compares with failures.py): nothing for opcheck to trace.
+NO_TENSORS = {"odekern_C::rk_stage_max_k", "odekern_testing::nmode_failure_text",
+              "odekern_testing::nmode_status_message"}
 CHECKED_ELSEWHERE = {"odekern::nmode_solve", "odekern::nmode_solve_backward", "odekern::rk_combine",
                      "odekern::rk_combine_out", "odekern::rk_error_ratio"}
 

@@ -410,9 +410,6 @@ NMODE_UNROLL
   }
 }
 
-// Status codes of the adaptive per-element solvers (0 = fine).
-enum Status : int { kOk = 0, kTooManySteps = 1, kStepUnderflow = 2, kNonFinite = 3 };
-
 // Per-element adaptive dopri5 over [0, T] for a D-dim system, torchdiffeq's algorithm with the
 // norm max_d |v_d| (torchdiffeq's mixed norm, each "tensor" being one scalar here): initial
 // step selection, accept if ratio <= 1, integrate past T and interpolate there.

@@ -191,8 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
   if (method != kDopri5) {
     TORCH_CHECK(step_size > 0, "nmode_solve: step_size must be > 0 for fixed-step methods");
     dts.resize(static_cast<size_t>(fixed_grid(t0, t1, step_size, nullptr)));
-    TORCH_CHECK(static_cast<int64_t>(dts.size()) <= max_num_steps, "nmode_solve: the fixed grid needs ",
-                dts.size(), " steps, more than max_num_steps=", max_num_steps);
+    TORCH_CHECK(static_cast<int64_t>(dts.size()) <= max_num_steps,
+                fixed_grid_too_many_steps(step_size, t0, t1, double(dts.size()), max_num_steps));
     fixed_grid(t0, t1, step_size, dts.data());
   }
   if (N == 0) return {y1, f0, f1, make_stats(int64_t(dts.size()), 0, 1.0, dts)};
@@ -229,9 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cpu(
         return double(nonfinite_probe_block<scalar_t>(py1 + B.offset(t), B.len(t)));
       });
     }
-    TORCH_CHECK(probe == 0.0, "nmode_solve: y(t1) has non-finite values (inf or nan): non-finite "
-                "inputs, the solve overflowed (an explicit method unstable at this step_size), or |y + g| "
-                "left the fused kernels' sine range during the solve");
+    TORCH_CHECK(probe == 0.0, non_finite_y1());
   });
   const int64_t n_acc = (method == kDopri5 && !global) ? 0 : int64_t(dts.size());
   if (method == kDopri5 && !global) dts.clear();

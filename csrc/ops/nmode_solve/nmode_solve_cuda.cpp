@@ -48,7 +48,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nmode_solve_fwd_cuda(
   if (method != kDopri5) {
     TORCH_CHECK(step_size > 0, "nmode_solve: step_size must be > 0 for fixed-step methods");
     dts.resize(static_cast<size_t>(fixed_grid(t0, t1, step_size, nullptr)));
-    TORCH_CHECK(static_cast<int64_t>(dts.size()) <= max_num_steps, "nmode_solve: the fixed grid needs more than max_num_steps steps");
+    TORCH_CHECK(static_cast<int64_t>(dts.size()) <= max_num_steps,
+                fixed_grid_too_many_steps(step_size, t0, t1, double(dts.size()), max_num_steps));
     fixed_grid(t0, t1, step_size, dts.data());
   }
   const at::Tensor dts_dev = host_dts_to_device(dts, y0.device());

@@ -314,17 +314,6 @@ std::string backward_t(const BackwardArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-std::string status_message(int status, int64_t max_steps) {
-  switch (status) {
-    case kOk: return std::string();
-    case kTooManySteps:
-      return "nmode_solve: max_num_steps (" + std::to_string(max_steps) +
-             ") exceeded by the per-element step size controller";
-    case kStepUnderflow: return "nmode_solve: step size underflow in the per-element controller";
-    default: return "nmode_solve: non-finite values in the state";
-  }
-}
-
 int64_t global_partials_needed(int64_t N) { return 2 * int64_t(blocks_for(N)); }
 
 std::string forward(const ForwardArgs& a, cudaStream_t stream, std::vector<double>* dts, int64_t* n_rejected,

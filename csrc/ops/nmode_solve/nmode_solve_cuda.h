@@ -57,7 +57,6 @@ struct BackwardArgs {
 };
 
 int64_t global_partials_needed(int64_t N);
-std::string status_message(int status, int64_t max_steps);
 // dts / n_rejected / theta receive the accepted step sequence of global control.
 std::string forward(const ForwardArgs& args, cudaStream_t stream, std::vector<double>* dts,
                     int64_t* n_rejected, double* theta);

@@ -6,9 +6,10 @@
 // bindings raise.
 #pragma once
 
+#include <odekern/generated/nmode_failures.h>
+
 #include <cmath>
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,14 +17,6 @@
 
 namespace odekern {
 namespace nmode {
-
-// The parts formatted the way TORCH_CHECK formats them (operator<< of a std::ostringstream).
-template <typename... Parts>
-std::string error_text(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
-}
 
 struct GlobalControlResult {
   std::vector<double> dts;  // accepted steps
@@ -54,18 +47,17 @@ std::string global_dopri5(Backend& backend, int64_t n, double t0, double t1, int
   int64_t attempts = 0;
   while (true) {
     if (attempts++ >= max_steps)
-      return error_text("nmode_solve: max_num_steps (", max_steps, ") exceeded at t = ", t, " with last dt = ", h);
+      return global_too_many_steps(max_steps, t, h);
     if (!std::isfinite(h))
-      return error_text("nmode_solve: non-finite step size at t = ", t, " (non-finite values in the state?)");
+      return global_non_finite_step(t);
     const double dt = h, t_next = t + dt;
-    if (!(t_next > t)) return error_text("nmode_solve: step size underflow (dt = ", dt, ") at t = ", t);
+    if (!(t_next > t)) return global_step_underflow(dt, t);
     const bool finishing = t_next >= t1;
     const double theta = finishing ? (t1 - t) / (t_next - t) : 1.0;
     if (!(err = backend.attempt(dt, finishing, theta, &ssum)).empty()) return err;
     const double ratio = std::sqrt(ssum / double(n));
     if (std::isnan(ratio))
-      return error_text("nmode_solve: non-finite values in the state at t = ", t,
-                        finishing ? " (in the attempt that reaches t1)" : "");
+      return finishing ? global_non_finite_finishing(t) : global_non_finite_state(t);
     if (ratio <= 1.0) {
       result->dts.push_back(dt);
       if (finishing) {

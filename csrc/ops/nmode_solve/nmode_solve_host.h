@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
+#include <odekern/generated/nmode_failures.h>
 
 #include <string>
 
@@ -25,10 +26,7 @@ inline int parse_method(const std::string& name) {
 }
 
 inline void check_status(int status, int64_t max_num_steps) {
-  TORCH_CHECK(status != kTooManySteps, "nmode_solve: max_num_steps (", max_num_steps,
-              ") exceeded by the per-element step size controller");
-  TORCH_CHECK(status != kStepUnderflow, "nmode_solve: step size underflow in the per-element controller");
-  TORCH_CHECK(status != kNonFinite, "nmode_solve: non-finite values in the state");
+  TORCH_CHECK(status == kOk, status_message(status, max_num_steps));
 }
 
 // The continuous adjoint's starting point, the forward's y(t1): required (y0's shape, dtype and

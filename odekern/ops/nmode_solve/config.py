@@ -77,6 +77,8 @@ import enum
 import math
 import numbers
 
+from odekern.ops.nmode_solve import failures
+
 METHODS = ("dopri5", "rk4", "rk4_classic", "midpoint", "euler")
 
 
@@ -186,9 +188,8 @@ def fixed_grid_step_count(t0: float, t1: float, step_size: float, max_num_steps:
     count or exhaust memory). Raises RuntimeError naming the count and the budget."""
     count = (t1 - t0) / step_size
     if not math.isfinite(count) or math.ceil(count) > max_num_steps:
-        raise RuntimeError(f"nmode_solve: step_size={step_size!r} over [{t0!r}, {t1!r}] needs {count:.3g} "
-                           f"steps, more than max_num_steps={max_num_steps}; use a larger step_size "
-                           f"or raise max_num_steps")
+        raise failures.FIXED_GRID_TOO_MANY_STEPS.exception(step_size=repr(step_size), t0=repr(t0), t1=repr(t1),
+                                                           steps=f"{count:.3g}", max_num_steps=max_num_steps)
     return max(int(math.ceil(count + 1.0)) - 1, 1)
 
 

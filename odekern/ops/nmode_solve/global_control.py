@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from odekern.ops.nmode_solve import coefficients
+from odekern.ops.nmode_solve import coefficients, failures
 from odekern.solvers import controllers
 
 DOPRI5 = coefficients.of("dopri5")
@@ -43,28 +43,26 @@ def global_dopri5(passes: GlobalPasses, t0: float, t1: float,
     that reaches t1."""
     d0, d1 = passes.initial_norms()
     if not (math.isfinite(d0) and math.isfinite(d1)):  # the trial step below would divide by 0
-        raise RuntimeError(f"nmode_solve: non-finite values in y0 or f(y0) at t = {t0}, so no first "
-                           "step can be sized")
+        raise failures.GLOBAL_NON_FINITE_START.exception(t=t0)
     h0 = controllers.initial_trial_step(d0, d1)
     d2 = passes.initial_change(h0) / h0
     h = controllers.initial_step_from_trial(h0, d1, d2, order=DOPRI5.order - 1)
     t, attempts, n_rejected, dts = t0, 0, 0, []
     while True:
         if attempts >= max_num_steps:
-            raise RuntimeError(f"nmode_solve: max_num_steps ({max_num_steps}) exceeded at t = {t} "
-                               f"with last dt = {h}")
+            raise failures.GLOBAL_TOO_MANY_STEPS.exception(max_num_steps=max_num_steps, t=t, dt=h)
         attempts += 1
         if not math.isfinite(h):
-            raise RuntimeError(f"nmode_solve: non-finite step size at t = {t} (non-finite values in the state?)")
+            raise failures.GLOBAL_NON_FINITE_STEP.exception(t=t)
         dt, t_next = h, t + h
         if not t_next > t:
-            raise RuntimeError(f"nmode_solve: step size underflow (dt = {dt}) at t = {t}")
+            raise failures.GLOBAL_STEP_UNDERFLOW.exception(dt=dt, t=t)
         finishing = t_next >= t1
         theta = (t1 - t) / (t_next - t) if finishing else 1.0
         ratio = passes.attempt(dt, finishing, theta)
         if math.isnan(ratio):
-            raise RuntimeError(f"nmode_solve: non-finite values in the state at t = {t}"
-                               + (" (in the attempt that reaches t1)" if finishing else ""))
+            failure = failures.GLOBAL_NON_FINITE_FINISHING if finishing else failures.GLOBAL_NON_FINITE_STATE
+            raise failure.exception(t=t)
         if ratio <= 1.0:
             dts.append(dt)
             if finishing:

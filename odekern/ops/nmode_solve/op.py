@@ -17,9 +17,9 @@ import torch
 from odekern.dispatch import optional_module
 from odekern.dispatch import register as _register_backend
 from odekern.dispatch import select as _select_backend
-from odekern.ops.nmode_solve import cpp, fast_sine, reference
+from odekern.ops.nmode_solve import cpp, failures, fast_sine, reference
 from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_step_count
-from odekern.solvers.checks import NonFiniteError, SolveError
+from odekern.solvers.checks import NonFiniteError
 from odekern.solvers.state import all_finite
 
 OP = "nmode_solve"
@@ -108,33 +108,20 @@ def solve_without_graph(impl, y0: torch.Tensor, g: torch.Tensor, t0: float, t1: 
     checked = getattr(impl, "checks_output_finite", None)
     if not (checked is not None and checked(y0)) and not all_finite(y1):
         refuse_inputs_behind_a_failure(impl, y0, g)
-        raise NonFiniteError(NONFINITE_Y1)
+        raise failures.NON_FINITE_Y1.exception()
     return y1, f0, f1, stats.to("cpu", torch.float64)
 
 
 def raise_as_solve_failure(exc: RuntimeError) -> None:
-    """Raises a backend's failed solve as the solvers' exception types: ``NonFiniteError`` for
+    """Raises a backend's failed solve with the type ``failures`` gives it: ``NonFiniteError`` for
     NaN/inf values, ``SolveError`` for an exhausted step budget or an underflowing step (both
     also ``RuntimeError``s, as before, and ``AssertionError``s, as odeint's). The C++/CUDA
-    kernels can raise only ``RuntimeError``; every backend words these failures alike
-    ("non-finite", "max_num_steps (...) exceeded", "step size underflow"). Returns for any
-    other error."""
-    text = str(exc)
-    if not text.startswith("nmode_solve"):
+    kernels can raise only ``RuntimeError``, with a message from the same table, by which it is
+    recognised. Returns for any other error, and for one that already has its type."""
+    failure = failures.failure_of(str(exc))
+    if failure is None or isinstance(exc, failure.error):
         return
-    if "non-finite" in text:
-        kind = NonFiniteError
-    elif "max_num_steps (" in text or "step size underflow" in text:
-        kind = SolveError
-    else:
-        return
-    raise kind(text).with_traceback(exc.__traceback__) from None
-
-
-# Also the C++ CPU kernels' message (nmode_solve_cpu.cpp), so every backend reports it alike.
-NONFINITE_Y1 = ("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve "
-                "overflowed (an explicit method unstable at this step_size), or |y + g| left the fused "
-                "kernels' sine range during the solve")
+    raise failure.error(str(exc)).with_traceback(exc.__traceback__) from None
 
 
 def refuse_inputs_behind_a_failure(impl, y0: torch.Tensor, g: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from odekern.ops.nmode_solve import coefficients, global_control
+from odekern.ops.nmode_solve import coefficients, failures, global_control
 from odekern.ops.nmode_solve.config import NmodeConfig, fixed_grid_steps
 from odekern.solvers import controllers as ctl
 
@@ -158,8 +158,7 @@ def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps, attempt_counts=N
     attempts = 0
     while not bool(done.all()):
         if attempts >= max_num_steps:
-            raise RuntimeError(f"nmode_solve: max_num_steps ({max_num_steps}) exceeded by the "
-                               "per-element step size controller")
+            raise failures.PER_ELEMENT_TOO_MANY_STEPS.exception(max_num_steps=max_num_steps)
         attempts += 1
         if attempt_counts is not None:
             attempt_counts += ~done
@@ -171,7 +170,7 @@ def solve_per_element(fn, x, t_span, rtol, atol, max_num_steps, attempt_counts=N
         ratio = _elementwise_max([e / (atol + rtol * torch.maximum(a.abs(), c.abs()))
                                   for e, a, c in zip(err, x, x1)])
         if bool(torch.isnan(ratio).any()):
-            raise RuntimeError("nmode_solve: non-finite values in the state")
+            raise failures.PER_ELEMENT_NON_FINITE.exception()
         accept = (ratio <= 1) & ~done
         t_next = t + dt
         finishing = accept & (t_next >= t_span)

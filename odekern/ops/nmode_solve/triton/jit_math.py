@@ -28,7 +28,8 @@ from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 -
     F64_PIO2_MID, F64_RANGE, F64_TWO_OVER_PI, IFACTOR, INITIAL_FLAT_FLOOR, INITIAL_FLAT_SHRINK,
     INITIAL_MAX_GROWTH, INITIAL_NORM_FLOOR, INITIAL_STEP_FRACTION, INITIAL_TINY_STEP, MIDPOINT,
     MIDPOINT_B0, MIDPOINT_B1, RK38_B0, RK38_B1, RK38_B2, RK38_B3, RK4, RK4C_B0, RK4C_B1, RK4C_B2,
-    RK4C_B3, RK4_CLASSIC, SAFETY, STEP_EXPONENT,
+    RK4C_B3, RK4_CLASSIC, SAFETY, STATUS_NON_FINITE, STATUS_OK, STATUS_STEP_UNDERFLOW,
+    STATUS_TOO_MANY_STEPS, STEP_EXPONENT,
 )
 
 
@@ -348,7 +349,7 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
     """Per-lane adaptive dopri5 over [0, t_end], the header's sys_solve_dopri5 vectorised.
 
     Each lane keeps its own (t, h, state) and stops when it passes t_end (then interpolates at
-    t_end with the dense output) or fails (status 1 too many steps, 2 underflow, 3 non-finite).
+    t_end with the dense output) or fails (its status then names why: failures.Status).
     With RECORD, the accepted steps with index in [lo, hi) are written to (buf_y, buf_dt) and a
     lane stops right after recording step hi - 1.
     Returns (y, a, b, n_accepted, theta_of_last_step, status, buf_y, buf_dt).
@@ -358,7 +359,7 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
     t = tl.zeros([BLOCK], tl.float64)
     theta = t + 1.0
     done = lane == 0
-    status = tl.zeros([BLOCK], tl.int32)
+    status = tl.full([BLOCK], STATUS_OK, tl.int32)
     attempts = tl.zeros([BLOCK], tl.int32)
     index = tl.zeros([BLOCK], tl.int32)
     buf_y = tl.zeros([C, BLOCK], T)
@@ -367,13 +368,13 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
     while tl.max((done == 0).to(tl.int32), axis=0) > 0:
         act = done == 0
         over = act & (attempts >= max_steps)
-        status = tl.where(over, 1, status)
+        status = tl.where(over, STATUS_TOO_MANY_STEPS, status)
         act = act & (over == 0)
         attempts += act.to(tl.int32)
         dt = h
         t_next = t + dt
         under = act & ((t_next > t) == 0)
-        status = tl.where(under, 2, status)
+        status = tl.where(under, STATUS_STEP_UNDERFLOW, status)
         act = act & (under == 0)
         dtT = dt.to(T)
         ky, ka, kb = sys_stages(y, a, g, dtT, fy, fa, fb, DOPRI5, ADJ)
@@ -387,7 +388,7 @@ def pe_dopri5(y, a, b, g, h, lane, t_end, rtol, atol, max_steps, lo, hi,
             ratio = tl.maximum(ratio, error_ratio(dopri5_error(dtT, fb, kb[1], kb[2], kb[3], kb[4], kb[5]),
                                              b, bb1, rtol, atol))
         nonfinite = act & (ratio != ratio)  # noqa: PLR0124 - the NaN test
-        status = tl.where(nonfinite, 3, status)
+        status = tl.where(nonfinite, STATUS_NON_FINITE, status)
         act = act & (nonfinite == 0)
         accept = act & (ratio <= 1.0)
         finish = accept & (t_next >= t_end)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from odekern.ops.nmode_solve.triton.constants_generated import (  # noqa: F401 - read by the jit code
-    DOPRI5,
+    DOPRI5, STATUS_OK,
 )
 from odekern.ops.nmode_solve.triton.jit_math import (
     combine, dense_weights, dopri5_error, initial_step, list_solve, list_solve_adjoint, list_step,
@@ -226,7 +226,7 @@ def _nmode_pe_bwd_kernel(y0_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, gy0_ptr, gg_p
     h0 = initial_step(y0, y0, g, rtol, atol, False)
     y1, _a, _b, n, theta, status, _by, _bd = pe_dopri5(
         y0, y0, y0, g, h0, lane_i, t_end, rtol, atol, max_steps, 0, 0, False, False, C, BLOCK)
-    n = tl.where(status == 0, n, 0)
+    n = tl.where(status == STATUS_OK, n, 0)
     yb, gb = seed_cotangents(y1, g, gy1_ptr, gf1_ptr, offs, lane, HAS_GF1)
     n_max = tl.max(n, axis=0)
     n_seg = (n_max + C - 1) // C
@@ -264,7 +264,7 @@ def _nmode_adjoint_bwd_kernel(y0_ptr, y1_ptr, g_ptr, gy1_ptr, gf0_ptr, gf1_ptr, 
     rtol = tl.load(par_ptr + 0)
     atol = tl.load(par_ptr + 1)
     t_span = tl.load(par_ptr + 2)
-    status = tl.zeros([BLOCK], tl.int32)
+    status = tl.full([BLOCK], STATUS_OK, tl.int32)
     yb, gb = seed_cotangents(y1, g, gy1_ptr, gf1_ptr, offs, lane, HAS_GF1)
     if METHOD == DOPRI5:
         h = initial_step(y1, yb, g, rtol, atol, True)

@@ -19,7 +19,7 @@ import math
 import torch
 import triton
 
-from odekern.ops.nmode_solve import coefficients, global_control, reference
+from odekern.ops.nmode_solve import coefficients, failures, global_control, reference
 from odekern.ops.nmode_solve.config import METHODS, MethodId, NmodeConfig, fixed_grid_steps
 from odekern.ops.nmode_solve.triton.kernels import (_nmode_adjoint_bwd_kernel, _nmode_global_attempt_kernel,
                                                     _nmode_global_d2_kernel, _nmode_global_init_kernel,
@@ -42,11 +42,6 @@ KERNEL_DTYPES = (torch.float32, torch.float64)
 DOPRI5 = coefficients.of("dopri5")
 # Stage slots of the weight vectors the kernels read (dopri5's seven stages).
 STAGE_SLOTS = DOPRI5.stages
-_STATUS = {
-    1: "max_num_steps ({max_steps}) exceeded by the per-element step size controller",
-    2: "step size underflow in the per-element controller",
-    3: "non-finite values in the state",
-}
 
 
 def supports(*, y0: torch.Tensor | None = None, g: torch.Tensor | None = None,
@@ -86,9 +81,10 @@ def _params(device, *values: float) -> torch.Tensor:
 
 
 def _check_status(status: torch.Tensor, cfg: NmodeConfig) -> None:
-    worst = int(status.max().item()) if status.numel() else 0
-    if worst:
-        raise RuntimeError("nmode_solve: " + _STATUS[worst].format(max_steps=cfg.max_num_steps))
+    worst = int(status.max().item()) if status.numel() else failures.Status.OK
+    failure = failures.status_failure(worst, cfg.max_num_steps)
+    if failure is not None:
+        raise failure
 
 
 def _stats(n_acc: int, n_rej: int, theta: float, dts: list[float]) -> torch.Tensor:
@@ -161,9 +157,6 @@ def forward(y0: torch.Tensor, g: torch.Tensor, t0: float, t1: float, cfg: NmodeC
     f1 = torch.empty_like(y0) if need_f else y0.new_empty(0)
     if not cfg.adaptive:
         dts = fixed_grid_steps(t0, t1, float(cfg.step_size), cfg.max_num_steps)
-        if len(dts) > cfg.max_num_steps:
-            raise RuntimeError(f"nmode_solve: the fixed grid needs {len(dts)} steps, more than "
-                               f"max_num_steps={cfg.max_num_steps}")
         stats = _stats(len(dts), 0, 1.0, dts)
         if N:
             w = _weights(cfg.method, 1.0, y0.dtype, y0.device)
