@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 from odekern import _ext
+from odekern._choices import is_choice
 
 BACKEND_NAMES = ("reference", "cpu", "cuda", "triton")
 PRIORITY = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
@@ -150,8 +151,7 @@ def optional_module(name: str) -> object:
 def check_backend_name(backend: str | None, argname: str = "backend") -> None:
     if backend is None:
         return
-    # A string first: an array compared with one has no truth value.
-    if not isinstance(backend, str) or backend != "auto" and backend not in BACKEND_NAMES:
+    if not is_choice(backend, ("auto", *BACKEND_NAMES)):
         raise ValueError(f"{argname} must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
 
 

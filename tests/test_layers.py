@@ -21,7 +21,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "odekern"
 # kernels build on its data and register their fused stages into it (solvers.stages owns that
 # interface), so the core never imports a kernel package.
 LAYERS = (
-    ("odekern._warnings", "odekern._ext", "odekern.dispatch"),
+    ("odekern._warnings", "odekern._choices", "odekern._ext", "odekern.dispatch"),
     ("odekern.solvers",),
     ("odekern.ops",),
     ("odekern.odeint", "odekern.adjoint", "odekern.checkpoint", "odekern.dense", "odekern.events",

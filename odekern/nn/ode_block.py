@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from odekern._choices import is_choice
 from odekern.dispatch import check_backend_name, use_backend
 from odekern.adjoint import odeint_adjoint
 from odekern.checkpoint import check_checkpoints, check_method_checkpointable, odeint_checkpointed
@@ -175,7 +176,7 @@ class ODEBlock(nn.Module):
             raise TypeError(f"ODEBlock: func must be callable, got {type(func).__name__}")
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"ODEBlock: order must be an integer >= 1, got {order!r}")
-        if not isinstance(gradient, str) or gradient not in GRADIENT_MODES:
+        if not is_choice(gradient, GRADIENT_MODES):
             raise ValueError(
                 f"ODEBlock: gradient must be one of {sorted(GRADIENT_MODES)}, got {gradient!r}"
             )

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from odekern._choices import is_choice
 from odekern.solvers.compat import solver_class_name
 from odekern.solvers.state import (
     all_finite,
@@ -369,7 +370,7 @@ def check_method(method: str | None, valid: Iterable[str], default: str = "dopri
     if method is None:
         return default
     valid = list(valid)
-    if not isinstance(method, str) or method not in valid:
+    if not is_choice(method, valid):
         raise ValueError(f"{name} {method!r} is not a known solver; valid methods: {_fmt_list(valid)}")
     return method
 

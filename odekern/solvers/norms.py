@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from odekern._choices import is_choice
 from odekern._warnings import warn_caller
 from odekern.solvers.state import components, is_tuple
 
@@ -35,13 +36,13 @@ def canonical_control(options, where: str = "options"):
     if not isinstance(options, Mapping):
         return options
     out = dict(options)
-    if isinstance(out.get("norm"), str) and out["norm"] == PER_SAMPLE:
+    if is_choice(out.get("norm"), (PER_SAMPLE,)):
         warn_caller(f"{where}['norm']='per_sample' is now {where}['control']='per_sample' (the same "
                     "per-sample step control)", DeprecationWarning)
         del out["norm"]
         if out.setdefault("control", PER_SAMPLE) != PER_SAMPLE:
             raise ValueError(f"{where}['norm']='per_sample' contradicts {where}['control']={out['control']!r}")
-    if "control" in out and out["control"] not in CONTROLS:
+    if "control" in out and not is_choice(out["control"], CONTROLS):
         raise ValueError(f"{where}['control'] must be one of {list(CONTROLS)}, got {out['control']!r}")
     return out
 

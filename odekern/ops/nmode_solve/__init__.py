@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from odekern._choices import is_choice
 from odekern.dispatch import check_backend_name
 from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import (DEFAULT_MAX_NUM_STEPS, DEPRECATED_GRADIENTS, NmodeConfig,
@@ -39,7 +40,7 @@ def _as_time(name: str, t) -> float:
 
 def canonical_gradient(gradient):
     """The gradient mode's current name; the former ones still work, with a warning."""
-    if isinstance(gradient, str) and gradient in DEPRECATED_GRADIENTS:
+    if is_choice(gradient, DEPRECATED_GRADIENTS):
         new = DEPRECATED_GRADIENTS[gradient]
         warn_caller(f"gradient={gradient!r} is now called gradient={new!r} (the same gradient)",
                     DeprecationWarning)

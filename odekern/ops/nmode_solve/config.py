@@ -77,6 +77,7 @@ import enum
 import math
 import numbers
 
+from odekern._choices import is_choice
 from odekern.ops.nmode_solve import failures
 
 METHODS = ("dopri5", "rk4", "rk4_classic", "midpoint", "euler")
@@ -128,14 +129,13 @@ class NmodeConfig:
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
 
     def __post_init__(self):
-        # Strings first: a list is unhashable and an array has no truth value, both failed the lookups.
-        if not isinstance(self.method, str) or self.method not in METHODS:
+        if not is_choice(self.method, METHODS):
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not isinstance(self.control, str) or self.control not in CONTROLS:
+        if not is_choice(self.control, CONTROLS):
             raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
-        if isinstance(self.gradient, str) and self.gradient in DEPRECATED_GRADIENTS:
+        if is_choice(self.gradient, DEPRECATED_GRADIENTS):
             object.__setattr__(self, "gradient", DEPRECATED_GRADIENTS[self.gradient])
-        if not isinstance(self.gradient, str) or self.gradient not in GRADIENTS:
+        if not is_choice(self.gradient, GRADIENTS):
             raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if self.method not in ADAPTIVE_METHODS:
             if self.step_size is None:
