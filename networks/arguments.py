@@ -34,14 +34,22 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return number
 
 
+def as_sequence(values) -> tuple | None:
+    """``values`` as a tuple (from a tuple, a list, a NumPy array...), None for a string (whose
+    characters are no list of numbers) or anything that is not iterable."""
+    if isinstance(values, (str, bytes)):
+        return None
+    try:
+        return tuple(values)
+    except TypeError:
+        return None
+
+
 def check_channel_list(values: Sequence[int], name: str, length: int | None = None) -> tuple[int, ...]:
     """``values`` as a tuple of positive ints (of ``length`` entries when given)."""
-    if isinstance(values, (str, bytes)):
+    out = as_sequence(values)
+    if out is None:
         raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}")
-    try:
-        out = tuple(values)
-    except TypeError:
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from None
     if length is not None and len(out) != length:
         raise ValueError(f"{name} must have {length} entries, got {len(out)}: {values!r}")
     return tuple(check_positive_int(v, name) for v in out)
@@ -49,15 +57,7 @@ def check_channel_list(values: Sequence[int], name: str, length: int | None = No
 
 def image_size_pair(size, name: str = "image_size") -> tuple[int, int]:
     """``size`` as ``(height, width)``: a positive integer (square) or a pair of them."""
-    if whole_number(size) is not None:
-        pair = (size, size)
-    elif isinstance(size, (str, bytes)):
-        pair = ()
-    else:
-        try:
-            pair = tuple(size)  # a tuple, a list, a NumPy array of two sides
-        except TypeError:
-            pair = ()
+    pair = (size, size) if whole_number(size) is not None else as_sequence(size) or ()
     sides = tuple(whole_number(s) for s in pair)
     if len(sides) != 2 or None in sides or min(sides) < 1:
         raise ValueError(f"{name} must be a positive int or (height, width) of positive ints, got {size!r}")

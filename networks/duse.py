@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arguments import check_finite_number, check_positive_int
+from networks.arguments import as_sequence, check_finite_number, check_positive_int
 
 
 PROCEDURES = ("paper", "official")
@@ -127,10 +127,7 @@ class DUSEConfig:
         if not isinstance(self.continual, bool):
             raise ValueError(f"DUSEConfig: continual must be True or False, got {self.continual!r}")
         momentum = PROCEDURE_MOMENTUM[self.procedure] if self.momentum is None else self.momentum
-        try:
-            betas = tuple(self.betas)
-        except TypeError:
-            betas = ()
+        betas = as_sequence(self.betas) or ()
         if len(betas) != 2:
             raise ValueError(f"DUSEConfig: betas must be a pair of numbers in [0, 1), got {self.betas!r}")
         checked = {

@@ -100,6 +100,12 @@ def test_config_refuses_what_would_adapt_wrongly_or_fail_later(field, value):
         DUSEConfig(**{field: value})
 
 
+def test_betas_given_as_a_string_are_refused_as_a_pair():
+    """A string is no pair of numbers, even one of two characters."""
+    with pytest.raises(ValueError, match=r"betas must be a pair of numbers in \[0, 1\), got '01'"):
+        DUSEConfig(betas="01")
+
+
 def test_config_from_a_recorded_run_equals_the_original():
     # A training run records the config as JSON, so betas come back as a list; numbers may come
     # as NumPy scalars. The rebuilt config is the same config.
