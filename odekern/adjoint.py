@@ -27,7 +27,6 @@ a tuple state, from the fused error pass's RMS per part).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import warnings
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from odekern.dispatch import requested_backend, use_backend
+from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.odeint import odeint, promote_tuple_state
 from odekern.reachable import distinct_requiring_grad, warn_unreached
 from odekern.solvers import state
@@ -386,8 +385,7 @@ class _OdeintAdjoint(torch.autograd.Function):
         elif callable(norm):
             adjoint_options["norm"] = _NormOfParts(norm, parts)
 
-        forced = use_backend(ctx.backend) if ctx.backend is not None else contextlib.nullcontext()
-        with torch.no_grad(), forced:
+        with torch.no_grad(), use_requested_backend(ctx.backend):
             grad_ys = [g.to(like.dtype) for g in grad_ys]
             adj_t = torch.zeros((), dtype=like.dtype, device=like.device)
             adj_y = tuple(g[-1].clone() for g in grad_ys)

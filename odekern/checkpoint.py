@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
@@ -284,6 +285,8 @@ class _CheckpointedSolve(torch.autograd.Function):
             at = b
         replay.check_finite(nodes[0], y0, at, y)
         ctx.replay = replay
+        # backward() runs after any use_backend(...) block has exited: remember the choice.
+        ctx.backend = requested_backend()
         ctx.stored = {i: states[i] for i in first_sweep}
         ctx.is_tuple = is_tuple
         ctx.save_for_backward(*st.components(y0))
@@ -313,7 +316,8 @@ class _CheckpointedSolve(torch.autograd.Function):
         sweeper = _Backward(replay, {k: v for k, v in node_grads.items() if k != last}, stored)
         sweeper.adjoint = a_last
         del stored, a_last
-        sweeper.sweep(0, y0, last, replay.checkpoints)
+        with use_requested_backend(ctx.backend):
+            sweeper.sweep(0, y0, last, replay.checkpoints)
         return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
 
 

@@ -248,7 +248,8 @@ def select_cached(op: str, device: torch.device, forced: str | None, key: tuple,
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force backend ``name`` (or ``"auto"``) for every op inside the ``with`` block."""
+    """Force backend ``name`` (or ``"auto"``) for every op inside the ``with`` block, and for the
+    backward pass of every solve started inside it (which runs after the block has exited)."""
     check_backend_name(name, "name")
     stack = getattr(_local, "stack", None)
     if stack is None:
@@ -258,6 +259,13 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         stack.pop()
+
+
+def use_requested_backend(name: str | None) -> contextlib.AbstractContextManager:
+    """``use_backend(name)``, or no change for None: how a backward pass re-enters the backend
+    its forward pass was forced to (``requested_backend()`` then), because backward runs after
+    the ``use_backend`` block has exited (and, for CUDA tensors, on autograd's own thread)."""
+    return use_backend(name) if name is not None else contextlib.nullcontext()
 
 
 def backends() -> dict[str, bool | str]:

@@ -331,6 +331,25 @@ def test_max_num_steps_raises_runtime_error(backend, control):
                             backend=backend)
 
 
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_backward_runs_the_backend_the_forward_was_forced_to(monkeypatch, gradient):
+    """backward() runs after the use_backend block has exited: the gradient must still come from
+    the backend that solved the forward (another one would differentiate another trajectory:
+    torch.sin's against the fused sine's)."""
+    from odekern.ops.nmode_solve import cpp, reference
+
+    ran = []
+    for module in (cpp, reference):
+        original = module.backward
+        monkeypatch.setattr(module, "backward", lambda *a, _f=original, _m=module.__name__: ran.append(_m) or _f(*a))
+    y0, g = _inputs(torch.float64, (2, 3), (3,))
+    y0.requires_grad_(True)
+    with odekern.use_backend("reference"):
+        y1 = odekern.nmode_solve(y0, g, 0.0, 0.05, gradient=gradient)
+    y1.sum().backward()
+    assert ran == ["odekern.ops.nmode_solve.reference"]
+
+
 def test_double_backward_is_refused():
     y0, g = _inputs(torch.float64, (2, 3), (3,))
     y0.requires_grad_(True)

@@ -9,6 +9,7 @@ import odekern
 from odekern import ODEBlock, odeint, testing
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.checkpoint import odeint_checkpointed
+from odekern.dispatch import requested_backend
 
 
 class ConvRHS(nn.Module):
@@ -292,3 +293,28 @@ def test_an_adjoint_param_that_is_not_a_tensor_is_named():
     with pytest.raises(TypeError, match=r"odeint_checkpointed: adjoint_params\[1\] must be a torch.Tensor, got str"):
         odeint_checkpointed(func, y0, torch.tensor([0.0, 0.5], dtype=torch.float64), checkpoints=2, method="rk4",
                             options={"step_size": 0.25}, adjoint_params=[func.lin.weight, "bias"])
+
+
+class BackendRecorder(CountingRHS):
+    """Records the backend in force at every RHS call."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, t, y):
+        self.seen.append(requested_backend())
+        return super().forward(t, y)
+
+
+def test_backward_keeps_the_forced_backend():
+    """backward() runs after the use_backend block exits; its replays and recorded steps must
+    still run on the backend the forward was forced to (which ODEBlock(backend=...) relies on)."""
+    func = BackendRecorder()
+    y0 = testing.randn(3, dtype=torch.float64, seed=6, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with odekern.use_backend("reference"):
+        out = odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"step_size": 0.125})
+    func.seen.clear()
+    torch.autograd.grad(out[-1].sum(), (y0, func.weight))
+    assert func.seen and set(func.seen) == {"reference"}, func.seen

@@ -7,7 +7,7 @@ import math
 import torch
 
 from odekern._choices import is_choice
-from odekern.dispatch import check_backend_name
+from odekern.dispatch import check_backend_name, requested_backend
 from odekern.ops.nmode_solve import reference
 from odekern.ops.nmode_solve.config import (DEFAULT_MAX_NUM_STEPS, DEPRECATED_GRADIENTS, NmodeConfig,
                                             fixed_grid_step_count, real_number)
@@ -159,6 +159,11 @@ def nmode_solve(y0: torch.Tensor, g: torch.Tensor, t0=0.0, t1=0.05, *, method: s
     if not isinstance(return_f, bool):
         raise TypeError(f"return_f must be a bool, got {type(return_f).__name__}")
     check_backend_name(backend)
+    if not torch.compiler.is_compiling():
+        # The backend in force now (argument, use_backend block, environment), by name: the
+        # backward op runs after a use_backend block has exited, and must run the same backend
+        # as the forward (a compiled graph reads it inside the op instead, at run time).
+        backend = requested_backend(backend) or "auto"
     gradient = canonical_gradient(gradient)
     step_size = None if step_size is None else _as_number("step_size", step_size)
     cfg = NmodeConfig(method=method, step_size=step_size, rtol=_as_number("rtol", rtol),
