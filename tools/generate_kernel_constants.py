@@ -183,11 +183,8 @@ def _cxx_failure(failure: failures.Failure) -> str:
             if field not in [name for _, name in params]:
                 params.append((failures.FIELD_TYPES[field], field))
     signature = ", ".join(f"{cxx_type} {name}" for cxx_type, name in params)
-    return (f"// {failure.template}\n"
-            f"inline std::string {failure.name}({signature}) {{\n"
-            f"  std::ostringstream out;\n"
-            f"  out << {' << '.join(parts)};\n"
-            f"  return out.str();\n"
+    return (f"inline std::string {failure.name}({signature}) {{\n"
+            f"  return text_of({', '.join(parts)});\n"
             f"}}")
 
 
@@ -209,6 +206,14 @@ def render_failures() -> str:
 
 namespace odekern {{
 namespace nmode {{
+
+// The parts streamed the way TORCH_CHECK formats its message (operator<<).
+template <typename... Parts>
+std::string text_of(const Parts&... parts) {{
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}}
 
 {functions}
 

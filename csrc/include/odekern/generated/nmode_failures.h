@@ -13,88 +13,60 @@
 namespace odekern {
 namespace nmode {
 
-// nmode_solve: max_num_steps ({max_num_steps}) exceeded by the per-element step size controller
+// The parts streamed the way TORCH_CHECK formats its message (operator<<).
+template <typename... Parts>
+std::string text_of(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
 inline std::string per_element_too_many_steps(int64_t max_num_steps) {
-  std::ostringstream out;
-  out << "nmode_solve: max_num_steps (" << max_num_steps << ") exceeded by the per-element step size controller";
-  return out.str();
+  return text_of("nmode_solve: max_num_steps (", max_num_steps, ") exceeded by the per-element step size controller");
 }
 
-// nmode_solve: step size underflow in the per-element controller
 inline std::string per_element_step_underflow() {
-  std::ostringstream out;
-  out << "nmode_solve: step size underflow in the per-element controller";
-  return out.str();
+  return text_of("nmode_solve: step size underflow in the per-element controller");
 }
 
-// nmode_solve: non-finite values in the state
 inline std::string per_element_non_finite() {
-  std::ostringstream out;
-  out << "nmode_solve: non-finite values in the state";
-  return out.str();
+  return text_of("nmode_solve: non-finite values in the state");
 }
 
-// nmode_solve: the kernels reported the unknown status {status}
 inline std::string unknown_status(int status) {
-  std::ostringstream out;
-  out << "nmode_solve: the kernels reported the unknown status " << status;
-  return out.str();
+  return text_of("nmode_solve: the kernels reported the unknown status ", status);
 }
 
-// nmode_solve: non-finite values in y0 or f(y0) at t = {t}, so no first step can be sized
 inline std::string global_non_finite_start(double t) {
-  std::ostringstream out;
-  out << "nmode_solve: non-finite values in y0 or f(y0) at t = " << t << ", so no first step can be sized";
-  return out.str();
+  return text_of("nmode_solve: non-finite values in y0 or f(y0) at t = ", t, ", so no first step can be sized");
 }
 
-// nmode_solve: max_num_steps ({max_num_steps}) exceeded at t = {t} with last dt = {dt}
 inline std::string global_too_many_steps(int64_t max_num_steps, double t, double dt) {
-  std::ostringstream out;
-  out << "nmode_solve: max_num_steps (" << max_num_steps << ") exceeded at t = " << t << " with last dt = " << dt;
-  return out.str();
+  return text_of("nmode_solve: max_num_steps (", max_num_steps, ") exceeded at t = ", t, " with last dt = ", dt);
 }
 
-// nmode_solve: non-finite step size at t = {t} (non-finite values in the state?)
 inline std::string global_non_finite_step(double t) {
-  std::ostringstream out;
-  out << "nmode_solve: non-finite step size at t = " << t << " (non-finite values in the state?)";
-  return out.str();
+  return text_of("nmode_solve: non-finite step size at t = ", t, " (non-finite values in the state?)");
 }
 
-// nmode_solve: step size underflow (dt = {dt}) at t = {t}
 inline std::string global_step_underflow(double dt, double t) {
-  std::ostringstream out;
-  out << "nmode_solve: step size underflow (dt = " << dt << ") at t = " << t;
-  return out.str();
+  return text_of("nmode_solve: step size underflow (dt = ", dt, ") at t = ", t);
 }
 
-// nmode_solve: non-finite values in the state at t = {t}
 inline std::string global_non_finite_state(double t) {
-  std::ostringstream out;
-  out << "nmode_solve: non-finite values in the state at t = " << t;
-  return out.str();
+  return text_of("nmode_solve: non-finite values in the state at t = ", t);
 }
 
-// nmode_solve: non-finite values in the state at t = {t} (in the attempt that reaches t1)
 inline std::string global_non_finite_finishing(double t) {
-  std::ostringstream out;
-  out << "nmode_solve: non-finite values in the state at t = " << t << " (in the attempt that reaches t1)";
-  return out.str();
+  return text_of("nmode_solve: non-finite values in the state at t = ", t, " (in the attempt that reaches t1)");
 }
 
-// nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve overflowed (an explicit method unstable at this step_size), or |y + g| left the fused kernels' sine range during the solve
 inline std::string non_finite_y1() {
-  std::ostringstream out;
-  out << "nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve overflowed (an explicit method unstable at this step_size), or |y + g| left the fused kernels' sine range during the solve";
-  return out.str();
+  return text_of("nmode_solve: y(t1) has non-finite values (inf or nan): non-finite inputs, the solve overflowed (an explicit method unstable at this step_size), or |y + g| left the fused kernels' sine range during the solve");
 }
 
-// nmode_solve: step_size={step_size} over [{t0}, {t1}] needs {steps} steps, more than max_num_steps={max_num_steps}; use a larger step_size or raise max_num_steps
 inline std::string fixed_grid_too_many_steps(double step_size, double t0, double t1, double steps, int64_t max_num_steps) {
-  std::ostringstream out;
-  out << "nmode_solve: step_size=" << step_size << " over [" << t0 << ", " << t1 << "] needs " << steps << " steps, more than max_num_steps=" << max_num_steps << "; use a larger step_size or raise max_num_steps";
-  return out.str();
+  return text_of("nmode_solve: step_size=", step_size, " over [", t0, ", ", t1, "] needs ", steps, " steps, more than max_num_steps=", max_num_steps, "; use a larger step_size or raise max_num_steps");
 }
 
 // The message of a per-element solver's status, "" for kOk.
