@@ -19,7 +19,8 @@ stores, one scratch state and one step's stage values, freed before the next rec
 
 Every step, recorded or not, is the same ``RKStepper.step`` call with the same time tensors and
 step sizes as ``odeint``'s fixed-grid loop, so the arithmetic (and the fused rk_stage kernels it
-dispatches to) is exactly that of the recorded solve. No step reads a tensor value on the host
+dispatches to) is exactly that of the recorded solve; the backward pass re-enters the forward's
+forced backend and autocast settings, which autograd does not carry into it. No step reads a tensor value on the host
 (a device sync on a GPU): step sizes are read once, NaN/inf is checked once, on the final state.
 
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
@@ -33,6 +34,7 @@ a message naming the alternatives ("backprop", "adjoint").
 from __future__ import annotations
 
 import bisect
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -285,8 +287,10 @@ class _CheckpointedSolve(torch.autograd.Function):
             at = b
         replay.check_finite(nodes[0], y0, at, y)
         ctx.replay = replay
-        # backward() runs after any use_backend(...) block has exited: remember the choice.
+        # backward() runs after any use_backend(...) or autocast block has exited: remember
+        # both, so that its replays and recorded steps compute what this forward pass did.
         ctx.backend = requested_backend()
+        ctx.autocast = _autocast_state(y0 if not is_tuple else y0[0])
         ctx.stored = {i: states[i] for i in first_sweep}
         ctx.is_tuple = is_tuple
         ctx.save_for_backward(*st.components(y0))
@@ -316,9 +320,22 @@ class _CheckpointedSolve(torch.autograd.Function):
         sweeper = _Backward(replay, {k: v for k, v in node_grads.items() if k != last}, stored)
         sweeper.adjoint = a_last
         del stored, a_last
-        with use_requested_backend(ctx.backend):
+        with contextlib.ExitStack() as modes:
+            modes.enter_context(use_requested_backend(ctx.backend))
+            for device_type, enabled, dtype, cache in ctx.autocast:
+                modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
             sweeper.sweep(0, y0, last, replay.checkpoints)
         return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
+
+
+def _autocast_state(like: Tensor) -> list[tuple[str, bool, torch.dtype, bool]]:
+    """The autocast settings now of the state's device type and of the CPU (which an RHS's
+    host-side ops see), to re-enter in backward: autograd runs a Function's backward outside the
+    caller's autocast block, and steps recomputed or recorded there at another precision would
+    differentiate another trajectory than the forward pass took (not backprop's gradient)."""
+    device_types = [d for d in dict.fromkeys((like.device.type, "cpu")) if torch.amp.is_autocast_available(d)]
+    return [(d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d), torch.is_autocast_cache_enabled())
+            for d in device_types]
 
 
 def _differentiated_tensors(func: Callable, adjoint_params: Sequence[Tensor] | None) -> tuple[Tensor, ...]:

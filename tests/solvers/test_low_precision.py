@@ -41,6 +41,25 @@ def test_autocast_backward_reaches_the_parameters():
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in net.parameters())
 
 
+def test_checkpoint_gradient_under_autocast_is_backprops():
+    """backward() runs outside the caller's autocast block; the checkpointed gradient must still
+    replay and record its steps at the forward's precision, or it differentiates another
+    trajectory (the float32 one: ~1e-2 off here). Against backprop without autocast's weight
+    cache, which accumulates each weight's gradient over all steps in bfloat16 (~4% off here)."""
+    net = _mlp()
+    y0 = randn(4, 8, seed=3, requires_grad=True)
+    leaves = (y0, *net.parameters())
+
+    def grads(gradient, **extra):
+        block = odekern.ODEBlock(lambda t, y: net(y), method="rk4", step_size=0.05, gradient=gradient, **extra)
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            out = block(y0)
+        return torch.autograd.grad(out.square().sum(), leaves)
+
+    for got, want in zip(grads("checkpoint", checkpoints=3), grads("backprop")):
+        assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("component_dtype", [torch.bfloat16, torch.float64], ids=["lower", "higher"])
 def test_tuple_state_takes_a_component_of_another_real_precision(component_dtype):
     """bfloat16 from an RHS under autocast, float64 from a float64 buffer: cast to the state's
