@@ -20,7 +20,8 @@ stores, one scratch state and one step's stage values, freed before the next rec
 Every step, recorded or not, is the same ``RKStepper.step`` call with the same time tensors and
 step sizes as ``odeint``'s fixed-grid loop, so the arithmetic (and the fused rk_stage kernels it
 dispatches to) is exactly that of the recorded solve; the backward pass re-enters the forward's
-forced backend and autocast settings, which autograd does not carry into it. No step reads a tensor value on the host
+forced backend and autocast settings, which autograd does not carry into it, and sets the random
+number generators where a retaken step starts as they were there (``solvers/random_state.py``). No step reads a tensor value on the host
 (a device sync on a GPU): step sizes are read once, NaN/inf is checked once, on the final state.
 
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
@@ -44,6 +45,8 @@ from torch import nn
 
 from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
+from odekern.solvers import random_state
+from odekern.solvers.random_state import RandomState
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
 from odekern.reachable import differentiable_tensors, distinct_requiring_grad, warn_unreached
@@ -220,17 +223,20 @@ class _Replay:
 class _Backward:
     """Reverse sweep over the steps with at most ``checkpoints`` stored states (see module doc)."""
 
-    def __init__(self, replay: _Replay, node_grads: dict[int, st.State], stored: dict[int, st.State]):
+    def __init__(self, replay: _Replay, node_grads: dict[int, st.State],
+                 stored: dict[int, tuple[st.State, RandomState]]):
         self.replay = replay
         self.node_grads = node_grads
-        self.stored = stored  # states the forward pass kept for the schedule's first sweep
+        # States the forward pass kept for the schedule's first sweep, with the generators' there.
+        self.stored = stored
         self.param_grads: list[Tensor | None] = [None] * len(replay.params)
         self.adjoint: st.State | None = None  # d loss / d state at the node the sweep has reached
 
-    def vjp_step(self, i: int, y_i: st.State) -> None:
+    def vjp_step(self, i: int, y_i: st.State, rng_i: RandomState) -> None:
         """Turns ``self.adjoint`` at node ``i + 1`` into the adjoint at node ``i``; accumulates
         parameter gradients."""
         params = self.replay.params
+        rng_i.restore()
         with torch.enable_grad():
             y = st.map_state(lambda c: c.detach().requires_grad_(), y_i)
             y_next = self.replay.step(i, y)
@@ -248,26 +254,32 @@ class _Backward:
         extra = self.node_grads.get(i)
         self.adjoint = a if extra is None else st.map_state(torch.add, a, extra)
 
-    def state_at(self, i0: int, y0: st.State, i: int) -> st.State:
+    def state_at(self, i0: int, y0: st.State, rng0: RandomState, i: int) -> tuple[st.State, RandomState]:
+        """The state at node ``i`` and the generators' state there, from those at ``i0``."""
         stored = self.stored.pop(i, None)
-        return stored if stored is not None else self.replay.advance(i0, y0, i)
+        if stored is not None or i == i0:
+            return stored if stored is not None else (y0, rng0)
+        rng0.restore()
+        y = self.replay.advance(i0, y0, i)
+        return y, RandomState(st.first(y).device)
 
-    def sweep(self, i0: int, y0: st.State, i1: int, slots: int) -> None:
+    def sweep(self, i0: int, y0: st.State, rng0: RandomState, i1: int, slots: int) -> None:
         """Turns ``self.adjoint`` at node ``i1`` into the adjoint at node ``i0``, given the state
-        ``y0`` at ``i0``, holding ``y0`` plus at most ``slots - 1`` further states. (The adjoint
-        is an attribute, not an argument: a recursion frame must not keep an old one alive.)"""
+        ``y0`` and the generators' state ``rng0`` at ``i0``, holding ``y0`` plus at most
+        ``slots - 1`` further states. (The adjoint is an attribute, not an argument: a recursion
+        frame must not keep an old one alive.)"""
         n = i1 - i0
         if n == 1:
-            self.vjp_step(i0, y0)
+            self.vjp_step(i0, y0, rng0)
         elif slots <= 1:
             for i in range(i1 - 1, i0 - 1, -1):
-                self.vjp_step(i, self.state_at(i0, y0, i))
+                self.vjp_step(i, *self.state_at(i0, y0, rng0, i))
         else:
             m = i0 + schedule.split(n, slots)
-            y_m = self.state_at(i0, y0, m)
-            self.sweep(m, y_m, i1, slots - 1)
-            del y_m
-            self.sweep(i0, y0, m, slots)
+            y_m, rng_m = self.state_at(i0, y0, rng0, m)
+            self.sweep(m, y_m, rng_m, i1, slots - 1)
+            del y_m, rng_m
+            self.sweep(i0, y0, rng0, m, slots)
 
 
 class _CheckpointedSolve(torch.autograd.Function):
@@ -281,9 +293,15 @@ class _CheckpointedSolve(torch.autograd.Function):
         last = nodes[-1]
         first_sweep = schedule.first_sweep(last, replay.checkpoints)
         states = {nodes[0]: y0}
+        device = st.first(y0).device
+        # The generators' state where each step the backward pass starts from begins, for an
+        # RHS that draws random numbers (dropout) to draw them again alike there.
+        rngs = {nodes[0]: RandomState(device)}
         y, at = y0, nodes[0]
         for b in sorted(set(nodes[1:]) | set(first_sweep)):
             y = states[b] = replay.advance(at, y, b, callbacks=True)
+            if b in first_sweep:
+                rngs[b] = RandomState(device)
             at = b
         replay.check_finite(nodes[0], y0, at, y)
         ctx.replay = replay
@@ -291,7 +309,8 @@ class _CheckpointedSolve(torch.autograd.Function):
         # both, so that its replays and recorded steps compute what this forward pass did.
         ctx.backend = requested_backend()
         ctx.autocast = _autocast_state(y0 if not is_tuple else y0[0])
-        ctx.stored = {i: states[i] for i in first_sweep}
+        ctx.stored = {i: (states[i], rngs[i]) for i in first_sweep}
+        ctx.rng0 = rngs[nodes[0]]
         ctx.is_tuple = is_tuple
         ctx.save_for_backward(*st.components(y0))
         solution = st.new_solution(y0, len(replay.nodes))
@@ -321,10 +340,11 @@ class _CheckpointedSolve(torch.autograd.Function):
         sweeper.adjoint = a_last
         del stored, a_last
         with contextlib.ExitStack() as modes:
+            modes.enter_context(random_state.preserved(st.first(y0).device))
             modes.enter_context(use_requested_backend(ctx.backend))
             for device_type, enabled, dtype, cache in ctx.autocast:
                 modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
-            sweeper.sweep(0, y0, last, replay.checkpoints)
+            sweeper.sweep(0, y0, ctx.rng0, last, replay.checkpoints)
         return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
 
 

@@ -318,3 +318,28 @@ def test_backward_keeps_the_forced_backend():
     func.seen.clear()
     torch.autograd.grad(out[-1].sum(), (y0, func.weight))
     assert func.seen and set(func.seen) == {"reference"}, func.seen
+
+
+@pytest.mark.parametrize("checkpoints", [1, 2, 3, 20])
+def test_a_random_rhs_gets_backprops_gradient(checkpoints):
+    """Dropout in func draws new masks at every call: the backward pass's recomputed and recorded
+    steps must draw the forward's again (else the gradient is another trajectory's, ~0.9 off
+    here), and leave the caller's generator where backprop leaves it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.Dropout(0.3), nn.Tanh(), nn.Linear(12, 6)).double().train()
+    y0 = testing.randn(4, 6, dtype=torch.float64, seed=9, requires_grad=True)
+    leaves = (y0, *net.parameters())
+
+    def solve_and_grads(gradient, **extra):
+        torch.manual_seed(1)
+        block = ODEBlock(lambda t, y: net(y), method="rk4", step_size=0.1, gradient=gradient, **extra)
+        out = block(y0)
+        grads = torch.autograd.grad(out.square().sum(), leaves)
+        return out, grads, torch.rand(3)
+
+    out, grads, after = solve_and_grads("checkpoint", checkpoints=checkpoints)
+    ref_out, ref_grads, ref_after = solve_and_grads("backprop")
+    testing.assert_close(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        testing.assert_close(g, r)
+    assert torch.equal(after, ref_after)
