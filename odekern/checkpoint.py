@@ -37,7 +37,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ from odekern.solvers import random_state
 from odekern.solvers.random_state import RandomState
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
-from odekern.reachable import differentiable_tensors, distinct_requiring_grad, warn_unreached
+from odekern.reachable import differentiable_tensors, distinct_requiring_grad, training_buffers, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
@@ -312,7 +312,11 @@ class _CheckpointedSolve(torch.autograd.Function):
         ctx.stored = {i: (states[i], rngs[i]) for i in first_sweep}
         ctx.rng0 = rngs[nodes[0]]
         ctx.is_tuple = is_tuple
-        ctx.save_for_backward(*st.components(y0))
+        # The parameters too, though backward reads them through func: autograd then refuses a
+        # backward after one was changed in place (an optimizer step between forward and
+        # backward), as it does for backprop, instead of recomputing with the new values.
+        ctx.save_for_backward(*inputs)
+        ctx.n_parts = n_parts
         solution = st.new_solution(y0, len(replay.nodes))
         for j, node in enumerate(replay.nodes):
             st.store(solution, j, None, states[node])
@@ -321,7 +325,7 @@ class _CheckpointedSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_solutions: Tensor | None):
         replay: _Replay = ctx.replay
-        parts = ctx.saved_tensors
+        parts = ctx.saved_tensors[:ctx.n_parts]
         y0 = tuple(parts) if ctx.is_tuple else parts[0]
         grad_solutions = [g if g is not None else torch.zeros(len(replay.nodes), *c.shape, dtype=c.dtype,
                                                                device=c.device)
@@ -340,12 +344,29 @@ class _CheckpointedSolve(torch.autograd.Function):
         sweeper.adjoint = a_last
         del stored, a_last
         with contextlib.ExitStack() as modes:
+            modes.enter_context(_buffers_kept(replay.rhs.func))
             modes.enter_context(random_state.preserved(st.first(y0).device))
             modes.enter_context(use_requested_backend(ctx.backend))
             for device_type, enabled, dtype, cache in ctx.autocast:
                 modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
             sweeper.sweep(0, y0, ctx.rng0, last, replay.checkpoints)
         return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
+
+
+@contextlib.contextmanager
+def _buffers_kept(func: Callable) -> Iterator[None]:
+    """The buffers of ``func``'s modules in training mode are, after the block, what they were
+    before it: the backward pass runs ``func`` again, and a BatchNorm in training mode would
+    otherwise update its running statistics once more per retaken step (backprop's backward
+    runs no module). Modules in eval mode are left alone: they update nothing, and a write would
+    move the version of a buffer some recorded graph saved (an eval-mode BatchNorm's)."""
+    kept = [(b, b.clone()) for b in training_buffers(func)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in kept:
+                buffer.copy_(value)
 
 
 def _autocast_state(like: Tensor) -> list[tuple[str, bool, torch.dtype, bool]]:

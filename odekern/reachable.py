@@ -38,6 +38,22 @@ _warned: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary(
 
 def tensors_requiring_grad(func: Callable) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` for every tensor requiring grad reachable from ``func`` (see module doc)."""
+    for name, obj in _reached(func):
+        if isinstance(obj, Tensor) and obj.requires_grad:
+            yield name, obj
+
+
+def training_buffers(func: Callable) -> tuple[Tensor, ...]:
+    """The buffers of every module in training mode reachable from ``func``, each once: what
+    running ``func`` may update in place (a BatchNorm's running statistics)."""
+    buffers = (b for _, obj in _reached(func) if isinstance(obj, nn.Module) and obj.training
+               for b in obj._buffers.values() if b is not None)
+    return tuple({id(b): b for b in buffers}.values())
+
+
+def _reached(func: Callable) -> Iterator[tuple[str, object]]:
+    """``(name, object)`` for every object the search reaches from ``func`` (see module doc);
+    tensors are reached but not searched further."""
     seen: set[int] = set()
     stack: list[tuple[object, str, int]] = [(func, "func", 0)]
     while stack and len(seen) < _MAX_OBJECTS:
@@ -45,11 +61,8 @@ def tensors_requiring_grad(func: Callable) -> Iterator[tuple[str, Tensor]]:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, Tensor):
-            if obj.requires_grad:
-                yield name, obj
-            continue
-        if depth >= _MAX_DEPTH:
+        yield name, obj
+        if isinstance(obj, Tensor) or depth >= _MAX_DEPTH:
             continue
         stack.extend(reversed(list(_children(obj, name, depth + 1))))
 

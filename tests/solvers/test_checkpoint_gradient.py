@@ -343,3 +343,36 @@ def test_a_random_rhs_gets_backprops_gradient(checkpoints):
     for g, r in zip(grads, ref_grads):
         testing.assert_close(g, r)
     assert torch.equal(after, ref_after)
+
+
+def test_batchnorm_statistics_end_as_backprop_leaves_them():
+    """The backward pass runs func again; a BatchNorm in training mode must not count those
+    calls (24 extra updates of its running statistics here), and the gradient is backprop's."""
+
+    def run(gradient, **extra):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)).double().train()
+        y0 = testing.randn(2, 3, 5, 5, dtype=torch.float64, seed=4, requires_grad=True)
+        block = ODEBlock(lambda t, y: net(y), method="rk4", step_size=0.25, gradient=gradient, **extra)
+        grads = torch.autograd.grad(block(y0).square().sum(), (y0, *net.parameters()))
+        return grads, dict(net[1].named_buffers())
+
+    grads, buffers = run("checkpoint", checkpoints=2)
+    ref_grads, ref_buffers = run("backprop")
+    assert int(buffers["num_batches_tracked"]) == int(ref_buffers["num_batches_tracked"]) == 16
+    for name in ("running_mean", "running_var"):
+        testing.assert_close(buffers[name], ref_buffers[name])
+    for g, r in zip(grads, ref_grads):
+        testing.assert_close(g, r)
+
+
+def test_a_parameter_changed_between_forward_and_backward_is_refused():
+    """Backward would recompute the steps with the new values; autograd refuses it, as for backprop."""
+    func = CountingRHS()
+    y0 = testing.randn(3, dtype=torch.float64, seed=6, requires_grad=True)
+    out = odeint_checkpointed(func, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), checkpoints=2,
+                              method="rk4", options={"step_size": 0.25})
+    with torch.no_grad():
+        func.weight.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out[-1].sum().backward()
