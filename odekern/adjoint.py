@@ -40,6 +40,7 @@ from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.odeint import odeint, promote_tuple_state
 from odekern.reachable import distinct_requiring_grad, warn_unreached
 from odekern.solvers import state
+from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
     check_mapping,
@@ -335,6 +336,10 @@ class _AdjointConfig:
     event_fn: Callable | None = None
 
 
+_NO_SECOND_ORDER = ("odeint_adjoint cannot differentiate its gradient (double backward, create_graph=True): "
+                    "its backward solve records no graph; use odeint (backprop) for gradients of gradients")
+
+
 class _OdeintAdjoint(torch.autograd.Function):
     # forward and setup_context apart (not forward(ctx, ...)): torch.func transforms (grad,
     # jacrev, vmap of a gradient) only accept autograd.Functions written this way.
@@ -416,7 +421,10 @@ class _OdeintAdjoint(torch.autograd.Function):
         # (one dtype for the whole backward state); the imaginary part is zero.
         param_grads = [(g.real if g.is_complex() and not p.is_complex() else g).to(p.dtype)
                        for g, p in zip(adj_params, params)]
-        return (None, time_grads, *adj_y, *param_grads)
+        # The parameters and times stand for every input there (y0 is not kept: torchdiffeq's
+        # adjoint lets it change after the forward pass).
+        grads = refuse_second_order((time_grads, *adj_y, *param_grads), (t_given, *params), _NO_SECOND_ORDER)
+        return (None, *grads)
 
 
 # --------------------------------------------------------------------------- public entry point

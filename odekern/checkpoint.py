@@ -46,6 +46,7 @@ from torch import nn
 from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import random_state
+from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.random_state import RandomState
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
@@ -282,6 +283,11 @@ class _Backward:
             self.sweep(i0, y0, rng0, m, slots)
 
 
+_NO_SECOND_ORDER = ("gradient mode 'checkpoint' (odeint_checkpointed) cannot differentiate its gradient "
+                    "(double backward, create_graph=True): its steps are recorded one at a time and "
+                    "dropped; use gradient='backprop' (odeint) for gradients of gradients")
+
+
 class _CheckpointedSolve(torch.autograd.Function):
     """Inputs ``(replay, is_tuple, n_parts, *state components, *params)``; one solution (rows =
     output times) per state component."""
@@ -339,7 +345,9 @@ class _CheckpointedSolve(torch.autograd.Function):
         a_last = node_grads.get(last, st.map_state(torch.zeros_like, y0))
         no_grads = (None, None, None)
         if last == 0:
-            return (*no_grads, *st.components(a_last), *([None] * len(replay.params)))
+            grads = refuse_second_order((*st.components(a_last), *([None] * len(replay.params))),
+                                        ctx.saved_tensors, _NO_SECOND_ORDER)
+            return (*no_grads, *grads)
         sweeper = _Backward(replay, {k: v for k, v in node_grads.items() if k != last}, stored)
         sweeper.adjoint = a_last
         del stored, a_last
@@ -350,7 +358,9 @@ class _CheckpointedSolve(torch.autograd.Function):
             for device_type, enabled, dtype, cache in ctx.autocast:
                 modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
             sweeper.sweep(0, y0, ctx.rng0, last, replay.checkpoints)
-        return (*no_grads, *st.components(sweeper.adjoint), *sweeper.param_grads)
+        grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), ctx.saved_tensors,
+                                    _NO_SECOND_ORDER)
+        return (*no_grads, *grads)
 
 
 @contextlib.contextmanager

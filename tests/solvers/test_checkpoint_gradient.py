@@ -376,3 +376,4 @@ def test_a_parameter_changed_between_forward_and_backward_is_refused():
         func.weight.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out[-1].sum().backward()
+
