@@ -373,7 +373,12 @@ def train(cfg: TrainConfig, step_callback: Callable[[dict[str, Any]], None] | No
     """:func:`run`, also returning this process's trained model (unwrapped from DDP)."""
     ctx = ddp.setup(cfg.device)
     try:
-        return _run(cfg, ctx, step_callback)
+        result = _run(cfg, ctx, step_callback)
+        # Every rank leaves together: one tearing its process group down while another is still
+        # in its last collectives (or writing the checkpoint) can abort in gloo's teardown. Not
+        # on the failure path, where a barrier would wait for a rank that has stopped.
+        ddp.barrier(ctx)
+        return result
     finally:
         ddp.cleanup(ctx)
 
