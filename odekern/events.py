@@ -22,6 +22,7 @@ from torch.autograd import forward_ad
 
 from odekern.odeint import odeint
 from odekern.solvers import state
+from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.checks import check_time_scalar, from_numpy
 from odekern.solvers.events import combine_event_functions
 
@@ -67,6 +68,10 @@ def odeint_event(func: Callable, y0: Any, t0: Any, *, event_fn: Callable, revers
     return event_t, solution
 
 
+_NO_SECOND_ORDER = ("odeint_event: second derivatives of the event time (a gradient taken with "
+                    "create_graph=True, differentiated again) are not supported; its first derivatives are")
+
+
 class _EventGradient(torch.autograd.Function):
     """Identity on ``(event_t, *state_at_event)``; backward reroutes ``dL/d event_t`` onto the
     state at the event (see the module docstring). ``event_t`` itself gets no gradient: its
@@ -100,7 +105,8 @@ class _EventGradient(torch.autograd.Function):
         grad_t = grad_t + sum(torch.sum(g * f) for g, f in zip(grad_state, f_val))
         factor = (-grad_t / (dcdt + _DENOMINATOR_EPS)).reshape(())
         grad_state = [g + d * factor.to(d.dtype) for g, d in zip(grad_state, dstate)]
-        return (None, None, None, None, *grad_state)
+        # f and dg/dy are held constant here: a second derivative through this would be wrong.
+        return (None, None, None, None, *refuse_second_order(grad_state, ctx.saved_tensors, _NO_SECOND_ORDER))
 
 
 def _reroute_with_ops(func, event_fn, tuple_state, event_t, *state_t):

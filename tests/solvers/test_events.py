@@ -254,3 +254,20 @@ def test_second_derivatives_and_vmap_of_the_event_time_are_refused():
     # The event time comes from root finding on the state's values, which vmap cannot branch on.
     with pytest.raises(ValueError, match="cannot run under torch.func.vmap"):
         torch.func.vmap(torch.func.grad(event_time))(torch.stack([y0, 1.1 * y0]))
+
+
+def test_second_derivatives_of_the_event_time_are_refused_in_eager_autograd_too():
+    """The same in eager autograd: a gradient taken with create_graph=True is right, and
+    differentiating it raises (it was a wrong second derivative, the event terms held constant)."""
+    func = Fall(9.81)
+    y0 = torch.tensor([2.0, 1.5], dtype=F64, requires_grad=True)
+
+    def event_time():
+        return odekern.odeint_event(func, y0, 0.0, event_fn=_ground, method="rk4", options=SOLVERS["rk4"],
+                                    atol=ATOL)[0]
+
+    want, = torch.autograd.grad(event_time(), y0)
+    got, = torch.autograd.grad(event_time(), y0, create_graph=True)
+    assert_close(got, want)
+    with pytest.raises(RuntimeError, match="second derivatives of the event time"):
+        torch.autograd.grad(got.sum(), y0)
