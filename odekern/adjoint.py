@@ -40,7 +40,6 @@ from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.odeint import odeint, promote_tuple_state
 from odekern.reachable import distinct_requiring_grad, warn_unreached
 from odekern.solvers import state
-from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, TimeReversible
 from odekern.solvers.checks import (
     check_mapping,
@@ -56,6 +55,7 @@ from odekern.solvers.checks import (
     shape_or_type,
     tensor_tuple,
 )
+from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
 from odekern.solvers.registry import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 

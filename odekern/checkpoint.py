@@ -21,8 +21,11 @@ Every step, recorded or not, is the same ``RKStepper.step`` call with the same t
 step sizes as ``odeint``'s fixed-grid loop, so the arithmetic (and the fused rk_stage kernels it
 dispatches to) is exactly that of the recorded solve; the backward pass re-enters the forward's
 forced backend and autocast settings, which autograd does not carry into it, and sets the random
-number generators where a retaken step starts as they were there (``solvers/random_state.py``). No step reads a tensor value on the host
-(a device sync on a GPU): step sizes are read once, NaN/inf is checked once, on the final state.
+number generators where a retaken step starts as they were there (``solvers/random_state.py``).
+It leaves the buffers of ``func``'s training-mode modules as it found them and refuses to
+differentiate its own gradient (``solvers/double_backward.py``). No step reads a tensor value on
+the host (a device sync on a GPU): step sizes are read once, NaN/inf is checked once, on the
+final state.
 
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
 component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
@@ -45,9 +48,6 @@ from torch import nn
 
 from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
-from odekern.solvers import random_state
-from odekern.solvers.double_backward import refuse_second_order
-from odekern.solvers.random_state import RandomState
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
 from odekern.reachable import differentiable_tensors, distinct_requiring_grad, training_buffers, warn_unreached
@@ -61,9 +61,11 @@ from odekern.solvers.checks import (
     raise_non_finite_unrepeated,
     tensor_tuple,
 )
+from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
 from odekern.solvers.fixed_grid import grid_and_values_from_step_size, step_sizes
 from odekern.solvers.norms import GLOBAL
+from odekern.solvers.random_state import RandomState, preserved
 from odekern.solvers.registry import METHODS
 
 Tensor = torch.Tensor
@@ -300,8 +302,8 @@ class _CheckpointedSolve(torch.autograd.Function):
         first_sweep = schedule.first_sweep(last, replay.checkpoints)
         states = {nodes[0]: y0}
         device = st.first(y0).device
-        # The generators' state where each step the backward pass starts from begins, for an
-        # RHS that draws random numbers (dropout) to draw them again alike there.
+        # The generators' state at each node the backward pass restarts from, so that an RHS
+        # drawing random numbers (dropout) draws the same ones when its steps are retaken.
         rngs = {nodes[0]: RandomState(device)}
         y, at = y0, nodes[0]
         for b in sorted(set(nodes[1:]) | set(first_sweep)):
@@ -353,7 +355,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         del stored, a_last
         with contextlib.ExitStack() as modes:
             modes.enter_context(_buffers_kept(replay.rhs.func))
-            modes.enter_context(random_state.preserved(st.first(y0).device))
+            modes.enter_context(preserved(st.first(y0).device))
             modes.enter_context(use_requested_backend(ctx.backend))
             for device_type, enabled, dtype, cache in ctx.autocast:
                 modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))

@@ -22,8 +22,8 @@ from torch.autograd import forward_ad
 
 from odekern.odeint import odeint
 from odekern.solvers import state
-from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.checks import check_time_scalar, from_numpy
+from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.events import combine_event_functions
 
 Tensor = torch.Tensor
