@@ -73,6 +73,29 @@ def test_ode_block_compiles_whole_forward_and_backward(order):
     assert_close(grads[0][1], grads[1][1])
 
 
+def test_compiled_checkpointed_block_with_dropout_gets_backprops_gradient(monkeypatch):
+    """With inductor drawing random numbers as eager does (docs/composability.md), the
+    checkpointed gradient's retaken steps see the forward's dropout masks when compiled too."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    y0 = randn(4, 8, seed=3, requires_grad=True)
+    leaves = (y0, *net.parameters())
+
+    def run(gradient):
+        block = torch.compile(ODEBlock(lambda t, y: net(y), method="rk4", step_size=0.1, gradient=gradient))
+        torch.manual_seed(5)
+        out = block(y0)
+        return out, torch.autograd.grad(out.sum(), leaves)
+
+    (out, grads), (ref_out, ref_grads) = run("checkpoint"), run("backprop")
+    assert_close(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r)
+
+
 def test_compiled_solve_raises_on_a_non_finite_solution():
     blow_up = lambda t, y: y * 1e30  # noqa: E731
     compiled = torch.compile(lambda y: odekern.odeint(blow_up, y, [0.0, 1.0], method="euler",
