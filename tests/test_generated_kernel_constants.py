@@ -93,7 +93,8 @@ def test_triton_constants_are_the_python_ones_bit_for_bit():
     assert [float(values[f"DP5_MID{j}"]) for j in range(7)] == list(dopri5.mid)
     assert float(values["SAFETY"]) == controllers.SAFETY and float(values["STEP_EXPONENT"]) == 1 / 5
     assert {m.name: int(values[m.name]) for m in MethodId} == {m.name: int(m) for m in MethodId}
-    assert {s.name: int(values[f"STATUS_{s.name}"]) for s in failures.Status} == {s.name: int(s) for s in failures.Status}
+    statuses = {s.name: int(values[f"STATUS_{s.name}"]) for s in failures.Status}
+    assert statuses == {s.name: int(s) for s in failures.Status}
 
 
 def test_status_enum_matches_the_status_codes():

@@ -44,7 +44,6 @@ TRITON_PREFIX = {MethodId.EULER: "EULER", MethodId.MIDPOINT: "MIDPOINT", MethodI
                  MethodId.RK4_CLASSIC: "RK4C", MethodId.DOPRI5: "DP5"}
 
 
-
 def camel_constant(name: str) -> str:
     """A C++ constant's name for an enum member's: TOO_MANY_STEPS -> kTooManySteps."""
     return "k" + "".join(part.capitalize() for part in name.split("_"))

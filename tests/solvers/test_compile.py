@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 import torch._dynamo as dynamo
+import torch._inductor.config
 
 import odekern
 from odekern.nn import ODEBlock
@@ -73,12 +74,10 @@ def test_ode_block_compiles_whole_forward_and_backward(order):
     assert_close(grads[0][1], grads[1][1])
 
 
-def test_compiled_checkpointed_block_with_dropout_gets_backprops_gradient(monkeypatch):
+@torch._inductor.config.patch(fallback_random=True)
+def test_compiled_checkpointed_block_with_dropout_gets_backprops_gradient():
     """With inductor drawing random numbers as eager does (docs/composability.md), the
     checkpointed gradient's retaken steps see the forward's dropout masks when compiled too."""
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.Tanh(), torch.nn.Linear(16, 8))
     y0 = randn(4, 8, seed=3, requires_grad=True)
