@@ -260,8 +260,10 @@ class _Backward:
     def state_at(self, i0: int, y0: st.State, rng0: RandomState, i: int) -> tuple[st.State, RandomState]:
         """The state at node ``i`` and the generators' state there, from those at ``i0``."""
         stored = self.stored.pop(i, None)
-        if stored is not None or i == i0:
-            return stored if stored is not None else (y0, rng0)
+        if stored is not None:
+            return stored
+        if i == i0:
+            return y0, rng0
         rng0.restore()
         y = self.replay.advance(i0, y0, i)
         return y, RandomState(st.first(y).device)
@@ -316,7 +318,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         # backward() runs after any use_backend(...) or autocast block has exited: remember
         # both, so that its replays and recorded steps compute what this forward pass did.
         ctx.backend = requested_backend()
-        ctx.autocast = _autocast_state(y0 if not is_tuple else y0[0])
+        ctx.autocast = _autocast_state(device)
         ctx.stored = {i: (states[i], rngs[i]) for i in first_sweep}
         ctx.rng0 = rngs[nodes[0]]
         ctx.is_tuple = is_tuple
@@ -381,12 +383,12 @@ def _buffers_kept(func: Callable) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def _autocast_state(like: Tensor) -> list[tuple[str, bool, torch.dtype, bool]]:
+def _autocast_state(device: torch.device) -> list[tuple[str, bool, torch.dtype, bool]]:
     """The autocast settings now of the state's device type and of the CPU (which an RHS's
     host-side ops see), to re-enter in backward: autograd runs a Function's backward outside the
     caller's autocast block, and steps recomputed or recorded there at another precision would
     differentiate another trajectory than the forward pass took (not backprop's gradient)."""
-    device_types = [d for d in dict.fromkeys((like.device.type, "cpu")) if torch.amp.is_autocast_available(d)]
+    device_types = [d for d in dict.fromkeys((device.type, "cpu")) if torch.amp.is_autocast_available(d)]
     return [(d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d), torch.is_autocast_cache_enabled())
             for d in device_types]
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import string
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -173,15 +172,9 @@ template <typename T> struct TrigConst;
 
 def _cxx_failure(failure: failures.Failure) -> str:
     """``failure``'s formatting function: its template's words and fields streamed in order."""
-    parts, params = [], []
-    for literal_text, field, _, _ in string.Formatter().parse(failure.template):
-        if literal_text:
-            parts.append(json.dumps(literal_text))
-        if field:
-            parts.append(field)
-            if field not in [name for _, name in params]:
-                params.append((failures.FIELD_TYPES[field], field))
-    signature = ", ".join(f"{cxx_type} {name}" for cxx_type, name in params)
+    parts = [part for literal, field in failure.pieces
+             for part in ([json.dumps(literal)] if literal else []) + ([field] if field else [])]
+    signature = ", ".join(f"{failures.FIELD_TYPES[field]} {field}" for field in dict.fromkeys(failure.fields))
     return (f"inline std::string {failure.name}({signature}) {{\n"
             f"  return text_of({', '.join(parts)});\n"
             f"}}")

@@ -43,8 +43,13 @@ class Failure:
     error: type[RuntimeError]
 
     @property
+    def pieces(self) -> tuple[tuple[str, str | None], ...]:
+        """The template in order as ``(literal text, field name or None)`` pairs."""
+        return tuple((literal, field) for literal, field, _, _ in string.Formatter().parse(self.template))
+
+    @property
     def fields(self) -> tuple[str, ...]:
-        return tuple(field for _, field, _, _ in string.Formatter().parse(self.template) if field)
+        return tuple(field for _, field in self.pieces if field)
 
     def text(self, **values) -> str:
         return self.template.format(**values)
@@ -56,8 +61,7 @@ class Failure:
         """Whether ``text`` is this failure's message, whatever the values in it. Only its first
         line is read: PyTorch appends the C++ stack to a kernel's message when asked to
         (TORCH_SHOW_CPP_STACKTRACES=1)."""
-        pattern = "".join(re.escape(literal) + (r"\S+" if field else "")
-                          for literal, field, _, _ in string.Formatter().parse(self.template))
+        pattern = "".join(re.escape(literal) + (r"\S+" if field else "") for literal, field in self.pieces)
         return re.fullmatch(pattern, text.split("\n", 1)[0]) is not None
 
 
