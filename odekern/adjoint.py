@@ -421,9 +421,10 @@ class _OdeintAdjoint(torch.autograd.Function):
         # (one dtype for the whole backward state); the imaginary part is zero.
         param_grads = [(g.real if g.is_complex() and not p.is_complex() else g).to(p.dtype)
                        for g, p in zip(adj_params, params)]
-        # The parameters and times stand for every input there (y0 is not kept: torchdiffeq's
-        # adjoint lets it change after the forward pass).
-        grads = refuse_second_order((time_grads, *adj_y, *param_grads), (t_given, *params), _NO_SECOND_ORDER)
+        # The solution, an output of this node, leads back to every input of it, y0 included
+        # (which is not kept: torchdiffeq's adjoint lets it change after the forward pass), so a
+        # second derivative with respect to any of them reaches the refusal.
+        grads = refuse_second_order((time_grads, *adj_y, *param_grads), ys, _NO_SECOND_ORDER)
         return (None, *grads)
 
 
