@@ -30,9 +30,11 @@ final state.
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
 component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
 
-Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic), output
-times on the step grid. Adaptive methods (dopri5) and multistep Adams methods are refused with
-a message naming the alternatives ("backprop", "adjoint").
+Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic). An output
+time between grid points is filled as ``odeint`` fills it by default, by linear interpolation of
+the two grid states around it (both then count as outputs of the solve; ``interp="cubic"`` is
+refused there). Adaptive methods (dopri5) and multistep Adams methods are refused with a message
+naming the alternatives ("backprop", "adjoint").
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from torch import nn
 
 from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
+from odekern.solvers import stages
 from odekern.solvers import state as st
 from odekern.odeint import odeint, warn_unsupported_callbacks
 from odekern.reachable import differentiable_tensors, distinct_requiring_grad, training_buffers, warn_unreached
@@ -63,7 +66,7 @@ from odekern.solvers.checks import (
 )
 from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
-from odekern.solvers.fixed_grid import grid_and_values_from_step_size, step_sizes
+from odekern.solvers.fixed_grid import check_interp, grid_and_values_from_step_size, step_sizes
 from odekern.solvers.norms import GLOBAL
 from odekern.solvers.random_state import RandomState, preserved
 from odekern.solvers.registry import METHODS
@@ -99,7 +102,7 @@ def _step_grid(t: Tensor, t_vals: list[float], options: dict) -> tuple[Tensor, l
         unsupported.append(f"control={options['control']!r}")
     if unsupported:
         raise ValueError(f"gradient mode 'checkpoint' does not support options {unsupported}; "
-                         "it accepts 'step_size' and 'perturb' (and ignores 'interp'/'norm' and "
+                         "it accepts 'step_size', 'perturb' and 'interp' (and ignores 'norm' and "
                          "control='global', which mean nothing on a fixed grid)")
     step = options.get("step_size")
     if step is None:
@@ -118,24 +121,44 @@ def _decreasing(values: list[float]) -> bool:
     return len(values) > 1 and values[-1] < values[0]
 
 
-def _output_nodes(t_vals: list[float], grid_vals: list[float]) -> list[int]:
-    """Index in the step grid of every output time (outputs must lie on the grid). On Python
-    floats: a tensor read per output time would be a device sync each."""
+def _output_positions(t_vals: list[float], grid_vals: list[float]) -> list[tuple[int, bool]]:
+    """Where each output time lies on the step grid, as odeint's fixed-grid loop places it:
+    ``(i, False)`` on grid point ``i``, ``(i, True)`` strictly between points ``i`` and
+    ``i + 1``. On Python floats: a tensor read per output time would be a device sync each."""
     sign = -1.0 if _decreasing(grid_vals) else 1.0
     ascending = [sign * g for g in grid_vals]  # the grid is strictly monotonic
-    spacing = min(b - a for a, b in zip(ascending[:-1], ascending[1:])) if len(ascending) > 1 else 1.0
-    nodes = []
-    for j, tj in enumerate(t_vals):
-        k = bisect.bisect_left(ascending, sign * tj)
-        # The nearer of the two neighbours, the earlier one on a tie.
-        i = min((c for c in (k - 1, k) if 0 <= c < len(ascending)), key=lambda c: abs(ascending[c] - sign * tj))
-        if abs(ascending[i] - sign * tj) > 1e-6 * spacing:
-            raise ValueError(
-                f"gradient mode 'checkpoint' needs every output time on the step grid, but t[{j}]={tj} "
-                f"falls between grid points (nearest {grid_vals[i]}); choose a step_size that divides "
-                "the output intervals, or use gradient='backprop'")
-        nodes.append(i)
-    return nodes
+    positions = []
+    for tj in t_vals:
+        # The first grid point at or past t_j (the grid starts at t[0] and ends at t[-1]): t_j's
+        # own, or the end of the step t_j lies in.
+        k = min(bisect.bisect_left(ascending, sign * tj), len(ascending) - 1)
+        positions.append((k, False) if ascending[k] == sign * tj else (k - 1, True))
+    return positions
+
+
+def _grid_nodes(positions: list[tuple[int, bool]]) -> list[int]:
+    """The grid points whose states the outputs are read from, in order."""
+    return sorted({n for i, between in positions for n in ((i, i + 1) if between else (i,))})
+
+
+def _outputs_between_nodes(replay: _Replay, t: Tensor, positions: list[tuple[int, bool]],
+                           nodes: list[int], node_states: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The solution at the output times from the states at the grid ``nodes``: a point's own
+    state, or between two points the linear interpolation odeint's fixed-grid loop forms there
+    (with the same weight, ``(t_j - t_i) / dt_i`` in the solver's time), recorded by autograd."""
+    times = -t if replay.reverse else t
+    row_of = {n: k for k, n in enumerate(nodes)}
+    solutions = []
+    for sol in node_states:
+        rows = []
+        for j, (i, between) in enumerate(positions):
+            y_i = sol[row_of[i]]
+            if between:
+                theta = (times[j] - replay.points[i]) / replay.dts[i]
+                y_i = stages.lerp(y_i, sol[row_of[i + 1]], theta)
+            rows.append(y_i)
+        solutions.append(torch.stack(rows))
+    return tuple(solutions)
 
 
 class _Replay:
@@ -147,7 +170,7 @@ class _Replay:
         self.checkpoints, self.method, self.params = checkpoints, method, params
         self.perturb = perturb
         # odeint solves a decreasing t as the increasing -t with a sign-flipping RHS; so do we.
-        reverse = _decreasing(grid_vals)
+        self.reverse = reverse = _decreasing(grid_vals)
         times = -grid if reverse else grid
         self.values = [-v for v in grid_vals] if reverse else list(grid_vals)
         # As odeint's fixed-grid loop: the points as 0-dim tensors (what func receives) and the
@@ -294,7 +317,7 @@ _NO_SECOND_ORDER = ("gradient mode 'checkpoint' (odeint_checkpointed) cannot dif
 
 class _CheckpointedSolve(torch.autograd.Function):
     """Inputs ``(replay, is_tuple, n_parts, *state components, *params)``; one solution (rows =
-    output times) per state component."""
+    the grid points ``replay.nodes``) per state component."""
 
     @staticmethod
     def forward(ctx, replay: _Replay, is_tuple: bool, n_parts: int, *inputs: Tensor) -> tuple[Tensor, ...]:
@@ -437,7 +460,13 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     options = dict(options or {})
     t_vals = t.tolist()
     grid, grid_vals = _step_grid(t, t_vals, options)
-    nodes = _output_nodes(t_vals, grid_vals) if len(t_vals) > 1 else [0]
+    positions = _output_positions(t_vals, grid_vals) if len(t_vals) > 1 else [(0, False)]
+    if check_interp(options.get("interp", "linear")) == "cubic" and any(between for _, between in positions):
+        raise ValueError("gradient mode 'checkpoint' fills output times between grid points by linear "
+                         "interpolation only; options['interp']='cubic' needs every output time on the "
+                         "step grid (a step_size that divides the output intervals), or use "
+                         "gradient='backprop'")
+    nodes = _grid_nodes(positions)
     params = _differentiated_tensors(func, adjoint_params)
     parts = st.components(y0)
     if st.inside_transform():
@@ -450,4 +479,6 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
                      perturb=bool(options.get("perturb", False)))
     solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0),
                                          len(parts), *parts, *params)
+    if any(between for _, between in positions):
+        solutions = _outputs_between_nodes(replay, t, positions, nodes, solutions)
     return st.rebuild(y0, solutions)

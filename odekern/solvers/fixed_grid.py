@@ -38,6 +38,13 @@ FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "pert
 MAX_GRID_STEPS = 10_000_000
 
 
+def check_interp(interp: Any) -> str:
+    """``options['interp']``: how output times between grid points are filled."""
+    if interp not in ("linear", "cubic"):
+        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+    return interp
+
+
 def _check_grid_budget(start: float, end: float, step_size: float) -> None:
     n_steps = (end - start) / step_size
     if not math.isfinite(n_steps) or n_steps > MAX_GRID_STEPS:
@@ -177,11 +184,9 @@ class FixedGridSolver(Solver):
             raise ValueError("options['step_size'] and options['grid_constructor'] are mutually exclusive; pass one")
         if grid_constructor is not None and not callable(grid_constructor):
             raise TypeError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t)")
-        if interp not in ("linear", "cubic"):
-            raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
         self.step_size = float(step_size) if isinstance(step_size, Tensor) else step_size
         self.grid_constructor = grid_constructor
-        self.interp = interp
+        self.interp = check_interp(interp)
         # Preallocated buffers only when autograd cannot need the intermediate values.
         self._reuse_buffers = not torch.is_grad_enabled()
         self._locating = False  # a repeat of a failed solve that checks every step
