@@ -30,8 +30,9 @@ final state.
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
 component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
 
-Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic). An output
-time between grid points is filled as ``odeint`` fills it by default, by linear interpolation of
+Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic), on the
+grid odeint steps on (``t`` itself, ``options['step_size']``'s or ``options['grid_constructor']``'s,
+built by the same functions). An output time between grid points is filled as ``odeint`` fills it by default, by linear interpolation of
 the two grid states around it (both then count as outputs of the solve; ``interp="cubic"`` is
 refused there). Adaptive methods (dopri5) and multistep Adams methods are refused with a message
 naming the alternatives ("backprop", "adjoint").
@@ -52,7 +53,7 @@ from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import stages
 from odekern.solvers import state as st
-from odekern.odeint import odeint, warn_unsupported_callbacks
+from odekern.odeint import flip_time_options, odeint, warn_unsupported_callbacks
 from odekern.reachable import differentiable_tensors, distinct_requiring_grad, training_buffers, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
@@ -66,7 +67,8 @@ from odekern.solvers.checks import (
 )
 from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
-from odekern.solvers.fixed_grid import check_interp, grid_and_values_from_step_size, step_sizes
+from odekern.solvers.fixed_grid import (check_grid_options, check_interp, constructed_grid,
+                                        grid_and_values_from_step_size, step_sizes)
 from odekern.solvers.norms import GLOBAL
 from odekern.solvers.random_state import RandomState, preserved
 from odekern.solvers.registry import METHODS
@@ -95,26 +97,33 @@ def check_method_checkpointable(method: str | None) -> str:
     return method
 
 
-def _step_grid(t: Tensor, t_vals: list[float], options: dict) -> tuple[Tensor, list[float]]:
-    """The step grid as a tensor and as Python floats (``t_vals``: ``t`` as floats)."""
-    unsupported = sorted(set(options) - {"step_size", "interp", "norm", "perturb", "control"})
+def _step_grid(func: Callable, y0: st.State, t: Tensor, t_vals: list[float],
+               options: dict) -> tuple[Tensor, list[float]]:
+    """The step grid as a tensor and as Python floats (``t_vals``: ``t`` as floats), as odeint's
+    fixed-grid solve builds it."""
+    unsupported = sorted(set(options) - {"step_size", "grid_constructor", "interp", "norm", "perturb", "control"})
     if options.get("control", GLOBAL) != GLOBAL:
         unsupported.append(f"control={options['control']!r}")
     if unsupported:
         raise ValueError(f"gradient mode 'checkpoint' does not support options {unsupported}; "
-                         "it accepts 'step_size', 'perturb' and 'interp' (and ignores 'norm' and "
-                         "control='global', which mean nothing on a fixed grid)")
-    step = options.get("step_size")
-    if step is None:
+                         "it accepts 'step_size', 'grid_constructor', 'perturb' and 'interp' (and "
+                         "ignores 'norm' and control='global', which mean nothing on a fixed grid)")
+    step, constructor = options.get("step_size"), options.get("grid_constructor")
+    check_grid_options(step, constructor)
+    if step is None and constructor is None:
         return t, t_vals
-    step = float(step)
-    if not step > 0:
-        raise ValueError(f"options['step_size'] must be > 0, got {step}")
-    if not _decreasing(t_vals):
-        return grid_and_values_from_step_size(t, step, t_vals)
-    # odeint solves a decreasing t as the increasing -t; build the identical grid.
-    grid, values = grid_and_values_from_step_size(-t, step, [-v for v in t_vals])
-    return -grid, [-v for v in values]
+    # odeint solves a decreasing t as the increasing -t (with a sign-flipping RHS, and the
+    # constructor's grid negated); build the identical grid there, then turn it back.
+    sign = -1.0 if _decreasing(t_vals) else 1.0
+    times, values = sign * t, [sign * v for v in t_vals]
+    if step is not None:
+        grid, values = grid_and_values_from_step_size(times, float(step), values)
+    else:
+        solver_options = {"grid_constructor": constructor}
+        if sign < 0:
+            flip_time_options(solver_options)
+        grid, values = constructed_grid(solver_options["grid_constructor"], RHS(func, sign), y0, times, values)
+    return sign * grid, [sign * v for v in values]
 
 
 def _decreasing(values: list[float]) -> bool:
@@ -459,7 +468,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
                          "pass t without requires_grad or use gradient='backprop'")
     options = dict(options or {})
     t_vals = t.tolist()
-    grid, grid_vals = _step_grid(t, t_vals, options)
+    grid, grid_vals = _step_grid(func, y0, t, t_vals, options)
     positions = _output_positions(t_vals, grid_vals) if len(t_vals) > 1 else [(0, False)]
     if check_interp(options.get("interp", "linear")) == "cubic" and any(between for _, between in positions):
         raise ValueError("gradient mode 'checkpoint' fills output times between grid points by linear "

@@ -141,7 +141,7 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
     if reverse:
         t = -t
         t_values = None if t_values is None else [-v for v in t_values]
-        _flip_time_options(options)
+        flip_time_options(options)
 
     if state.numel(y0) == 0:
         # Nothing to integrate (and an RMS norm of no elements is NaN): the state stays empty.
@@ -211,7 +211,7 @@ def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, o
         raise ValueError("y0 must not be empty here")
     norm = resolve_norm(options.pop("norm", None), state.is_tuple(y0))
     if reverse:
-        _flip_time_options(options)
+        flip_time_options(options)
     return METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, _as_state_tolerance(rtol, y0, "rtol"),
                            _as_state_tolerance(atol, y0, "atol"), method=method, norm=norm, **options)
 
@@ -277,7 +277,7 @@ def _as_state_tolerance(tol: Any, y0: state.State, name: str) -> Any:
     return tol.to(dtype=state.real_dtype(like.dtype), device=like.device) if isinstance(tol, Tensor) else tol
 
 
-def _flip_time_options(options: dict) -> None:
+def flip_time_options(options: dict) -> None:
     """Re-express time-valued options for the negated time axis used by a backward solve."""
     for name in ("step_t", "jump_t"):
         if options.get(name) is not None:

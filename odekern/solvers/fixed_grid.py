@@ -38,6 +38,41 @@ FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "pert
 MAX_GRID_STEPS = 10_000_000
 
 
+def check_grid_options(step_size: Any, grid_constructor: Any) -> None:
+    """``options['step_size']`` and ``options['grid_constructor']``, of which one at most."""
+    check_positive(step_size, "step_size")
+    if step_size is not None and grid_constructor is not None:
+        raise ValueError("options['step_size'] and options['grid_constructor'] are mutually exclusive; pass one")
+    if grid_constructor is not None and not callable(grid_constructor):
+        raise TypeError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t)")
+
+
+def constructed_grid(grid_constructor: Callable, rhs: RHS, y0: state.State, t: Tensor,
+                     t_vals: list[float]) -> tuple[Tensor, list[float]]:
+    """``options['grid_constructor'](rhs, y0, t)`` checked, as a tensor and as Python floats
+    (``t`` increasing: the solver's time)."""
+    grid = grid_constructor(rhs, y0, t)
+    if not isinstance(grid, Tensor):
+        raise TypeError(f"options['grid_constructor'] must return a 1-D tensor of times, got {type(grid).__name__}")
+    if grid.dim() != 1 or len(grid) < 2:
+        raise AssertedValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times, "
+                                 f"got shape {tuple(grid.shape)}")
+    grid = grid.to(t.dtype)
+    grid_vals = grid.tolist()
+    if len(t_vals) > 1:
+        if grid_vals[0] != t_vals[0] or grid_vals[-1] != t_vals[-1]:  # torchdiffeq asserts this
+            raise AssertedValueError(f"the time grid must start at t[0]={t_vals[0]} and end at "
+                                     f"t[-1]={t_vals[-1]}, got [{grid_vals[0]}, ..., {grid_vals[-1]}]")
+        if not all(b >= a for a, b in zip(grid_vals[:-1], grid_vals[1:])):  # NaN fails too
+            raise ValueError("the time grid must be monotonic in the direction of t (and free of NaN)")
+        if len(set(grid_vals)) < len(grid_vals):
+            # A repeated point is a step of length 0, which changes nothing (torchdiffeq takes
+            # it so): dropped, so that no step or interpolation divides by its length.
+            keep = [0] + [i for i in range(1, len(grid_vals)) if grid_vals[i] != grid_vals[i - 1]]
+            grid, grid_vals = grid[keep], [grid_vals[i] for i in keep]
+    return grid, grid_vals
+
+
 def check_interp(interp: Any) -> str:
     """``options['interp']``: how output times between grid points are filled."""
     if interp not in ("linear", "cubic"):
@@ -175,15 +210,11 @@ class FixedGridSolver(Solver):
         # ``norm`` is accepted and ignored: fixed grids have no error control (torchdiffeq does
         # the same), so switching ``method`` does not require editing ``options``.
         super().__init__(rhs, y0, rtol, atol, method=method, **options)
-        check_positive(step_size, "step_size")
+        check_grid_options(step_size, grid_constructor)
         check_on_max_steps(on_max_steps)
         # torchdiffeq's ``perturb``: the first stage sees ``func`` just after ``t0`` and stages at
         # the step's end just before ``t1`` (the step lies between possible discontinuities).
         self.perturb = bool(perturb)
-        if step_size is not None and grid_constructor is not None:
-            raise ValueError("options['step_size'] and options['grid_constructor'] are mutually exclusive; pass one")
-        if grid_constructor is not None and not callable(grid_constructor):
-            raise TypeError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t)")
         self.step_size = float(step_size) if isinstance(step_size, Tensor) else step_size
         self.grid_constructor = grid_constructor
         self.interp = check_interp(interp)
@@ -203,26 +234,7 @@ class FixedGridSolver(Solver):
             return grid, grid_vals
         if self.grid_constructor is None:
             return t, t_vals
-        grid = self.grid_constructor(self.rhs, self.y0, t)
-        if not isinstance(grid, Tensor):
-            raise TypeError(f"options['grid_constructor'] must return a 1-D tensor of times, got {type(grid).__name__}")
-        if grid.dim() != 1 or len(grid) < 2:
-            raise AssertedValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times, "
-                                     f"got shape {tuple(grid.shape)}")
-        grid = grid.to(t.dtype)
-        grid_vals = grid.tolist()
-        if len(t_vals) > 1:
-            if grid_vals[0] != t_vals[0] or grid_vals[-1] != t_vals[-1]:  # torchdiffeq asserts this
-                raise AssertedValueError(f"the time grid must start at t[0]={t_vals[0]} and end at "
-                                         f"t[-1]={t_vals[-1]}, got [{grid_vals[0]}, ..., {grid_vals[-1]}]")
-            if not all(b >= a for a, b in zip(grid_vals[:-1], grid_vals[1:])):  # NaN fails too
-                raise ValueError("the time grid must be monotonic in the direction of t (and free of NaN)")
-            if len(set(grid_vals)) < len(grid_vals):
-                # A repeated point is a step of length 0, which changes nothing (torchdiffeq takes
-                # it so): dropped, so that no step or interpolation divides by its length.
-                keep = [0] + [i for i in range(1, len(grid_vals)) if grid_vals[i] != grid_vals[i - 1]]
-                grid, grid_vals = grid[keep], [grid_vals[i] for i in keep]
-        return grid, grid_vals
+        return constructed_grid(self.grid_constructor, self.rhs, self.y0, t, t_vals)
 
     def _next_buffer(self, current: Tensor) -> Tensor | None:
         """Where a step writes its solution: the output row it ends on, else the state buffer not

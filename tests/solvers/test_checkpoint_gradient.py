@@ -86,6 +86,45 @@ def test_output_times_between_grid_points_equal_backprop(case):
         testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("decreasing", [False, True])
+def test_a_grid_constructor_gives_backprops_grid(decreasing):
+    """options['grid_constructor'] (torchdiffeq's) builds the step grid, called as odeint calls
+    it (with t as given, also when decreasing); it was refused."""
+    calls = []
+
+    def uneven(func, y0, t):
+        calls.append(t.tolist())
+        return torch.cat([t[:1], t[0] + (t[-1] - t[0]) * torch.tensor([0.1, 0.35, 0.5, 0.8]).to(t), t[-1:]])
+
+    func = ConvRHS()
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    t = t.flip(0) if decreasing else t
+    y0 = testing.randn(1, 3, 4, 4, dtype=torch.float64, seed=8, requires_grad=True)
+    leaves = (y0, *func.parameters())
+    got = odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"grid_constructor": uneven})
+    ref = odeint(func, y0, t, method="rk4", options={"grid_constructor": uneven})
+    assert calls[0] == calls[1] == t.tolist()
+    testing.assert_close(got, ref)
+    for g, r in zip(_grads(got, leaves), _grads(ref, leaves)):
+        testing.assert_close(g, r)
+
+
+def test_grid_options_are_checked_as_odeint_checks_them():
+    func = ConvRHS()
+    y0 = testing.randn(1, 3, 3, 3, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for options, error, match in [
+        ({"step_size": float("inf")}, ValueError, r"options\['step_size'\] must be > 0 and finite"),
+        ({"step_size": "0.1"}, TypeError, r"options\['step_size'\] must be a positive number"),
+        ({"step_size": 0.1, "grid_constructor": lambda f, y, t: t}, ValueError, "mutually exclusive"),
+        ({"grid_constructor": 3}, TypeError, "must be callable"),
+        ({"grid_constructor": lambda f, y, t: t[:1]}, ValueError, "at least 2 times"),
+    ]:
+        for solve in (odeint, lambda *a, **k: odeint_checkpointed(*a, checkpoints=2, **k)):
+            with pytest.raises(error, match=match):
+                solve(func, y0, t, method="rk4", options=dict(options))
+
+
 def test_output_times_between_grid_points_gradcheck():
     w = testing.randn(3, 3, dtype=torch.float64, seed=4, requires_grad=True)
     y0 = testing.randn(3, dtype=torch.float64, seed=5, requires_grad=True)
