@@ -31,11 +31,12 @@ The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is h
 component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
 
 Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic), on the
-grid odeint steps on (``t`` itself, ``options['step_size']``'s or ``options['grid_constructor']``'s,
-built by the same functions). An output time between grid points is filled as ``odeint`` fills it by default, by linear interpolation of
-the two grid states around it (both then count as outputs of the solve; ``interp="cubic"`` is
-refused there). Adaptive methods (dopri5) and multistep Adams methods are refused with a message
-naming the alternatives ("backprop", "adjoint").
+grid odeint steps on (``t`` itself, or built from ``options['step_size']`` or
+``options['grid_constructor']`` by the same functions). An output time between grid points is
+filled as ``odeint`` fills it by default, by linear interpolation of the two grid states around
+it (both then count as outputs of the solve; ``interp="cubic"`` is refused there). Adaptive
+methods (dopri5) and multistep Adams methods are refused with a message naming the alternatives
+("backprop", "adjoint").
 """
 
 from __future__ import annotations
