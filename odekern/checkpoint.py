@@ -452,7 +452,8 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     the gradient to those tensors, with a warning naming each reachable one left out.
 
     Inside torch.func transforms (grad, jacrev, jvp, vmap) the solve is ``odeint``'s, whose
-    derivatives are exactly these, without the memory bound.
+    derivatives are exactly these, without the memory bound; so it is when nothing is
+    differentiated (``torch.no_grad()``, no input requiring grad), with no backward to prepare.
     """
     checkpoints = check_checkpoints(checkpoints)
     method = check_method_checkpointable(method)
@@ -461,7 +462,6 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     check_state(y0)
     check_time(t)
     t = coerce_time(t, y0)
-    warn_unsupported_callbacks(step_callbacks(func), method, METHODS[method].CALLBACKS)
     check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
     check_tolerance(atol, "atol")
     if t.requires_grad:
@@ -479,12 +479,15 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     nodes = _grid_nodes(positions)
     params = _differentiated_tensors(func, adjoint_params)
     parts = st.components(y0)
-    if st.inside_transform():
+    if st.inside_transform() or not st.records_derivatives([*parts, *params]):
         # Inside a torch.func transform (grad, jacrev, jvp, vmap) or a forward-mode AD level the
         # recomputing backward cannot run (torch.func differentiates through the function's
         # forward); odeint takes the same steps with the same arithmetic, so its derivatives are
-        # exactly the checkpointed ones (the memory bound does not hold there).
+        # exactly the checkpointed ones (the memory bound does not hold there). With nothing to
+        # differentiate (torch.no_grad(), inference) there is no backward pass to prepare for:
+        # odeint's solve, with its reused buffers, is the same solve.
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    warn_unsupported_callbacks(step_callbacks(func), method, METHODS[method].CALLBACKS)
     replay = _Replay(func, grid, grid_vals, nodes, checkpoints, method, params,
                      perturb=bool(options.get("perturb", False)))
     solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0),

@@ -1,6 +1,8 @@
 """Gradient mode "checkpoint": exact discrete gradients (== backprop), gradcheck, memory flat in
 the number of steps, ODEBlock integration, bad input."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -270,13 +272,15 @@ def test_bad_input():
         odeint_checkpointed(lambda t, y: y[..., :1], y0, t, checkpoints=2, method="rk4")
 
 
-def test_nan_mid_solve_names_the_time():
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_nan_mid_solve_names_the_time(requires_grad):
     def blows_up(t, y):
         return torch.where(t > 0.45, torch.full_like(y, float("nan")), -y)
 
     # rk4 (3/8 rule) evaluates at t0 + h/3 and t0 + 2h/3: the step from 0.4 is the first to see t > 0.45.
     with pytest.raises(odekern.solvers.NonFiniteError, match=r"after t=0\.4: the step to t=0\.5 produced NaN/inf"):
-        odeint_checkpointed(blows_up, torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
+        odeint_checkpointed(blows_up, torch.ones(3, dtype=torch.float64, requires_grad=requires_grad),
+                            torch.tensor([0.0, 1.0], dtype=torch.float64),
                             checkpoints=2, method="rk4", options={"step_size": 0.1})
 
 
@@ -290,8 +294,30 @@ def test_nan_from_a_func_that_does_not_repeat_itself_names_the_segment():
 
     with pytest.raises(odekern.solvers.NonFiniteError,
                        match=r"the solution at t=[0-9.]+ is not finite \(a repeat of the steps checking each one"):
-        odeint_checkpointed(nan_once, torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
+        odeint_checkpointed(nan_once, torch.ones(3, dtype=torch.float64, requires_grad=True),
+                            torch.tensor([0.0, 1.0], dtype=torch.float64),
                             checkpoints=2, method="rk4", options={"step_size": 0.1})
+
+
+@pytest.mark.parametrize("how", ["no_grad", "no input requires grad"])
+def test_nothing_to_differentiate_solves_as_odeint(how, monkeypatch):
+    """Inference through a checkpointed block prepares no backward pass (no stored states or
+    generator states, no autograd.Function): the solve is odeint's, with its reused buffers."""
+    func = ConvRHS()
+    func.requires_grad_(how != "no input requires grad")
+    x = testing.randn(2, 3, 4, 4, dtype=torch.float64, seed=9)
+    block = ODEBlock(func, t=(0.0, 0.3, 1.0), method="rk4", step_size=0.125, gradient="checkpoint")
+    with torch.no_grad():
+        want = ODEBlock(func, t=(0.0, 0.3, 1.0), method="rk4", step_size=0.125)(x)
+
+    def unexpected(*args):
+        raise AssertionError("the checkpointed Function ran with nothing to differentiate")
+
+    monkeypatch.setattr(odekern.checkpoint._CheckpointedSolve, "apply", unexpected)
+    with torch.no_grad() if how == "no_grad" else contextlib.nullcontext():
+        got = block(x)
+    assert torch.equal(got, want)
+    assert not got.requires_grad
 
 
 class Conditioned(nn.Module):
