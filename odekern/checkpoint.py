@@ -98,10 +98,8 @@ def check_method_checkpointable(method: str | None) -> str:
     return method
 
 
-def _step_grid(func: Callable, y0: st.State, t: Tensor, t_vals: list[float],
-               options: dict) -> tuple[Tensor, list[float]]:
-    """The step grid as a tensor and as Python floats (``t_vals``: ``t`` as floats), as odeint's
-    fixed-grid solve builds it."""
+def _check_options(options: dict) -> None:
+    """The options this mode takes, checked as odeint checks them."""
     unsupported = sorted(set(options) - {"step_size", "grid_constructor", "interp", "norm", "perturb", "control"})
     if options.get("control", GLOBAL) != GLOBAL:
         unsupported.append(f"control={options['control']!r}")
@@ -109,8 +107,15 @@ def _step_grid(func: Callable, y0: st.State, t: Tensor, t_vals: list[float],
         raise ValueError(f"gradient mode 'checkpoint' does not support options {unsupported}; "
                          "it accepts 'step_size', 'grid_constructor', 'perturb' and 'interp' (and "
                          "ignores 'norm' and control='global', which mean nothing on a fixed grid)")
+    check_grid_options(options.get("step_size"), options.get("grid_constructor"))
+    check_interp(options.get("interp", "linear"))
+
+
+def _step_grid(func: Callable, y0: st.State, t: Tensor, t_vals: list[float],
+               options: dict) -> tuple[Tensor, list[float]]:
+    """The step grid as a tensor and as Python floats (``t_vals``: ``t`` as floats), as odeint's
+    fixed-grid solve builds it (from checked options)."""
     step, constructor = options.get("step_size"), options.get("grid_constructor")
-    check_grid_options(step, constructor)
     if step is None and constructor is None:
         return t, t_vals
     # odeint solves a decreasing t as the increasing -t (with a sign-flipping RHS, and the
@@ -125,6 +130,21 @@ def _step_grid(func: Callable, y0: st.State, t: Tensor, t_vals: list[float],
             flip_time_options(solver_options)
         grid, values = constructed_grid(solver_options["grid_constructor"], RHS(func, sign), y0, times, values)
     return sign * grid, [sign * v for v in values]
+
+
+def _grid_and_outputs(func: Callable, y0: st.State, t: Tensor,
+                      options: dict) -> tuple[Tensor, list[float], list[tuple[int, bool]]]:
+    """The step grid (a tensor and its values) and where each output time lies on it
+    (``_output_positions``); refuses cubic interpolation between grid points."""
+    t_vals = t.tolist()
+    grid, grid_vals = _step_grid(func, y0, t, t_vals, options)
+    positions = _output_positions(t_vals, grid_vals) if len(t_vals) > 1 else [(0, False)]
+    if options.get("interp") == "cubic" and any(between for _, between in positions):
+        raise ValueError("gradient mode 'checkpoint' fills output times between grid points by linear "
+                         "interpolation only; options['interp']='cubic' needs every output time on the "
+                         "step grid (a step_size that divides the output intervals), or use "
+                         "gradient='backprop'")
+    return grid, grid_vals, positions
 
 
 def _decreasing(values: list[float]) -> bool:
@@ -468,15 +488,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         raise ValueError("gradient mode 'checkpoint' does not differentiate with respect to t; "
                          "pass t without requires_grad or use gradient='backprop'")
     options = dict(options or {})
-    t_vals = t.tolist()
-    grid, grid_vals = _step_grid(func, y0, t, t_vals, options)
-    positions = _output_positions(t_vals, grid_vals) if len(t_vals) > 1 else [(0, False)]
-    if check_interp(options.get("interp", "linear")) == "cubic" and any(between for _, between in positions):
-        raise ValueError("gradient mode 'checkpoint' fills output times between grid points by linear "
-                         "interpolation only; options['interp']='cubic' needs every output time on the "
-                         "step grid (a step_size that divides the output intervals), or use "
-                         "gradient='backprop'")
-    nodes = _grid_nodes(positions)
+    _check_options(options)
     params = _differentiated_tensors(func, adjoint_params)
     parts = st.components(y0)
     if st.inside_transform() or not st.records_derivatives([*parts, *params]):
@@ -485,8 +497,14 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         # forward); odeint takes the same steps with the same arithmetic, so its derivatives are
         # exactly the checkpointed ones (the memory bound does not hold there). With nothing to
         # differentiate (torch.no_grad(), inference) there is no backward pass to prepare for:
-        # odeint's solve, with its reused buffers, is the same solve.
+        # odeint's solve, with its reused buffers, is the same solve. odeint builds the grid; it
+        # is built here too only where interp='cubic' has to be checked against it, so that this
+        # mode refuses without a backward pass what it refuses with one.
+        if options.get("interp") == "cubic":
+            _grid_and_outputs(func, y0, t, options)
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    grid, grid_vals, positions = _grid_and_outputs(func, y0, t, options)
+    nodes = _grid_nodes(positions)
     warn_unsupported_callbacks(step_callbacks(func), method, METHODS[method].CALLBACKS)
     replay = _Replay(func, grid, grid_vals, nodes, checkpoints, method, params,
                      perturb=bool(options.get("perturb", False)))

@@ -263,9 +263,10 @@ def test_bad_input():
         odeint_checkpointed(func, y0, t, checkpoints=2, method="dopri5")
     with pytest.raises(ValueError, match="method must be one of"):
         ODEBlock(func, method="dopri5", gradient="checkpoint")
-    with pytest.raises(ValueError, match="'cubic' needs every output time on the step grid"):
-        odeint_checkpointed(func, y0, torch.tensor([0.0, 0.33, 1.0], dtype=torch.float64), checkpoints=2,
-                            method="rk4", options={"step_size": 0.25, "interp": "cubic"})
+    for grad_mode in (torch.enable_grad, torch.no_grad):
+        with grad_mode(), pytest.raises(ValueError, match="'cubic' needs every output time on the step grid"):
+            odeint_checkpointed(func, y0, torch.tensor([0.0, 0.33, 1.0], dtype=torch.float64), checkpoints=2,
+                                method="rk4", options={"step_size": 0.25, "interp": "cubic"})
     with pytest.raises(ValueError, match=r"options\['interp'\] must be 'linear' or 'cubic', got 'spline'"):
         odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"interp": "spline"})
     with pytest.raises(ValueError, match="shape"):
@@ -318,6 +319,24 @@ def test_nothing_to_differentiate_solves_as_odeint(how, monkeypatch):
         got = block(x)
     assert torch.equal(got, want)
     assert not got.requires_grad
+
+
+def test_nothing_to_differentiate_builds_the_grid_once():
+    """odeint builds the grid of a solve with nothing to differentiate: a grid_constructor is
+    called once, as by odeint, not once more by the checkpointed mode before it."""
+    calls = []
+
+    def halves(func, y0, t):
+        calls.append(t.tolist())
+        return torch.linspace(float(t[0]), float(t[-1]), 5, dtype=t.dtype)
+
+    y0 = testing.randn(3, dtype=torch.float64, seed=10)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        got = odeint_checkpointed(lambda t, y: -y, y0, t, checkpoints=2, method="rk4",
+                                  options={"grid_constructor": halves})
+    assert calls == [[0.0, 1.0]]
+    testing.assert_close(got, odeint(lambda t, y: -y, y0, t, method="rk4", options={"grid_constructor": halves}))
 
 
 class Conditioned(nn.Module):
