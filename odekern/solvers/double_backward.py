@@ -18,10 +18,11 @@ Tensor = torch.Tensor
 
 
 class _Refuse(torch.autograd.Function):
-    """The identity on ``grads``; its backward raises ``message``. The inputs the gradients are
-    of (``n_sources`` tensors before ``grads``) are inputs too, so that differentiating the
-    gradients with respect to any of them reaches this backward: without that path autograd
-    would report them unused (``None``, or a loss term left out) without a word."""
+    """The identity on ``grads``; its backward raises ``message``. The sources (``n_sources``
+    tensors before ``grads``, whose graph leads to every input the gradients are of) are inputs
+    too, so that differentiating the gradients with respect to any of those reaches this
+    backward: without that path autograd would report them unused (``None``, or a loss term
+    left out) without a word."""
 
     @staticmethod
     def forward(ctx, message: str, n_sources: int, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -35,9 +36,10 @@ class _Refuse(torch.autograd.Function):
 
 def refuse_second_order(grads: Sequence[Tensor | None], sources: Sequence[Tensor],
                         message: str) -> tuple[Tensor | None, ...]:
-    """``grads``, the gradients with respect to ``sources``, as they are, unless this backward
-    pass is being recorded (``create_graph=True``): then the same values, whose own backward
-    raises ``message``."""
+    """``grads`` as they are, unless this backward pass is being recorded (``create_graph=True``):
+    then the same values, whose own backward raises ``message``. ``sources``: tensors from which
+    autograd reaches every input the gradients are of (those inputs themselves, or the node's
+    own saved outputs, whose graph leads back to all of its inputs)."""
     if not torch.is_grad_enabled():
         return tuple(grads)
     sources = [s for s in sources if s.requires_grad]
