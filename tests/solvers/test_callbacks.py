@@ -40,7 +40,7 @@ class Logged(MLPODE):
     def _logger(self, name):
         def callback(t0, y0, dt):
             kind = f"tuple{len(y0)}" if isinstance(y0, tuple) else "tensor"
-            self.log.append((name, round(float(t0), 9), round(float(dt), 9), kind))
+            self.log.append((name, float(t0), float(dt), kind))
         return callback
 
     def forward(self, t, y):
@@ -65,6 +65,15 @@ def _run(lib, method, options, *, names=ALL_NAMES, adjoint=False, decreasing=Fal
     return func.log, sorted({str(w.message) for w in caught if "callback" in str(w.message)})
 
 
+def _assert_same_calls(ours, theirs):
+    """The same callbacks, in the same order, with the same kind of state; times and step sizes
+    to 1e-9 relative: an adaptive step size follows the last digits of an error estimate far
+    below the tolerance, whose rounding differs between the libraries' arithmetic
+    (docs/methods.md), so the sizes can part by a few ulps times the step count."""
+    assert [(c[0], c[3]) for c in ours] == [(c[0], c[3]) for c in theirs]
+    assert [v for c in ours for v in c[1:3]] == pytest.approx([v for c in theirs for v in c[1:3]], rel=1e-9, abs=1e-12)
+
+
 CASES = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("euler", None), ("implicit_adams", {"step_size": 0.1})]
 
 
@@ -75,7 +84,7 @@ CASES = [("dopri5", None), ("rk4", {"step_size": 0.1}), ("euler", None), ("impli
 def test_forward_callbacks_match_torchdiffeq(method, options, decreasing, tuple_state):
     ours, our_warnings = _run(odekern, method, options, decreasing=decreasing, tuple_state=tuple_state)
     theirs, their_warnings = _run(torchdiffeq, method, options, decreasing=decreasing, tuple_state=tuple_state)
-    assert ours == theirs
+    _assert_same_calls(ours, theirs)
     assert our_warnings == their_warnings
     if method != "dopri5":
         # The message shows a set (as torchdiffeq's does): its order follows string hashing.
@@ -96,7 +105,7 @@ def test_adjoint_callbacks_match_torchdiffeq(method, options):
     docs/migrating-from-torchdiffeq.md)."""
     ours, _ = _run(odekern, method, options, adjoint=True)
     theirs, _ = _run(torchdiffeq, method, options, adjoint=True)
-    assert [c for c in ours if c[0] in CALLBACK_NAMES] == [c for c in theirs if c[0] in CALLBACK_NAMES]
+    _assert_same_calls([c for c in ours if c[0] in CALLBACK_NAMES], [c for c in theirs if c[0] in CALLBACK_NAMES])
     our_backward = [c for c in ours if c[0] in ADJOINT_CALLBACK_NAMES]
     their_backward = [c for c in theirs if c[0] in ADJOINT_CALLBACK_NAMES]
     assert len(our_backward) == len(their_backward) > 0
@@ -111,7 +120,8 @@ def test_adjoint_callbacks_match_torchdiffeq(method, options):
 def test_only_the_callbacks_func_has_are_called():
     ours, our_warnings = _run(odekern, "dopri5", None, names=("callback_accept_step",))
     theirs, their_warnings = _run(torchdiffeq, "dopri5", None, names=("callback_accept_step",))
-    assert ours == theirs and {c[0] for c in ours} == {"callback_accept_step"}
+    _assert_same_calls(ours, theirs)
+    assert {c[0] for c in ours} == {"callback_accept_step"}
     assert not our_warnings and not their_warnings
 
 
@@ -137,4 +147,4 @@ def test_ode_block_calls_step_callbacks_once_per_step_in_every_gradient_mode(gra
     func = Logged(CALLBACK_NAMES[:1])
     block = odekern.ODEBlock(func, t=(0.0, 1.0), method="rk4", step_size=0.125, gradient=gradient, checkpoints=2)
     block(randn(2, 3, dtype=F64, seed=1)).sum().backward()
-    assert [c[1] for c in func.log] == [k * 0.125 for k in range(8)]
+    assert [c[1] for c in func.log] == pytest.approx([k * 0.125 for k in range(8)], rel=1e-12, abs=1e-12)
