@@ -1,4 +1,4 @@
-"""Gradient mode "checkpoint": the exact discrete gradient of a fixed-grid solve at bounded memory.
+"""Gradient mode "checkpoint": the exact discrete gradient of a Runge-Kutta solve at bounded memory.
 
 ``odeint_checkpointed`` returns the same solution as ``odeint`` and, in backward, the same
 gradients as backpropagating through it ("backprop"), but it never keeps the autograd graph of
@@ -30,13 +30,23 @@ final state.
 The state may be a tuple of tensors (a second-order block's ``(x, v)``): it is handled per
 component like ``odeint`` does, never concatenated, and the result is a tuple of solutions.
 
-Scope: single-step fixed-grid Runge-Kutta methods (euler, midpoint, rk4, rk4_classic), on the
-grid odeint steps on (``t`` itself, or built from ``options['step_size']`` or
-``options['grid_constructor']`` by the same functions). An output time between grid points is
+Scope: one-step Runge-Kutta methods. Fixed-grid ones (euler, midpoint, heun2/3, rk4,
+rk4_classic) on the grid odeint steps on (``t`` itself, or built from ``options['step_size']`` or
+``options['grid_constructor']`` by the same functions); an output time between grid points is
 filled as ``odeint`` fills it by default, by linear interpolation of the two grid states around
-it (both then count as outputs of the solve; ``interp="cubic"`` is refused there). Adaptive
-methods (dopri5) and multistep Adams methods are refused with a message naming the alternatives
-("backprop", "adjoint").
+it (both then count as outputs of the solve; ``interp="cubic"`` is refused there).
+
+Adaptive ones (dopri5, bosh3, tsit5, dopri8) take odeint's options, ``step_t`` / ``jump_t``
+included. Their forward pass is odeint's adaptive solve, unrecorded, keeping only its accepted
+steps' times and sizes (``solvers/accepted_steps.py``; backprop holds step sizes constant too)
+and no state but ``y0``; the backward pass sweeps over the accepted steps as over a grid, the
+states recomputed from ``y0`` by the same schedule, each output's gradient entering at the step
+whose dense output gave its value. An RHS that draws random numbers draws, in every retaken
+evaluation, what the forward solve drew there, rejected attempts in between notwithstanding (two
+generator states per accepted step are kept, only when the solve drew any). fehlberg2 and
+adaptive_heun, whose steps start from a stage that is not the previous step's solution (as
+torchdiffeq's do), and the multistep Adams methods are refused with a message naming the
+alternatives ("backprop", "adjoint").
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import stages
 from odekern.solvers import state as st
-from odekern.odeint import flip_time_options, odeint, warn_unsupported_callbacks
+from odekern.odeint import build_solver, checked_inputs, flip_time_options, odeint, warn_unsupported_callbacks
 from odekern.reachable import differentiable_tensors, distinct_requiring_grad, training_buffers, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
@@ -66,6 +76,8 @@ from odekern.solvers.checks import (
     raise_non_finite_unrepeated,
     tensor_tuple,
 )
+from odekern.solvers.accepted_steps import AcceptedSteps, RecordingRHS, recording_class
+from odekern.solvers.adaptive_rk import AdaptiveRK
 from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.explicit_rk import FixedGridRK, RKStepper
 from odekern.solvers.fixed_grid import (check_grid_options, check_interp, constructed_grid,
@@ -84,17 +96,27 @@ def check_checkpoints(checkpoints: Any, name: str = "checkpoints") -> int:
     return checkpoints
 
 
+def _is_adaptive(method: str) -> bool:
+    return issubclass(METHODS[method], AdaptiveRK)
+
+
 def checkpointable_methods() -> list[str]:
-    return sorted(name for name, cls in METHODS.items() if issubclass(cls, FixedGridRK))
+    """The one-step Runge-Kutta methods, fixed-grid and adaptive (their tableaus' last stage is
+    the next step's first, which the replay of accepted steps relies on)."""
+    return sorted(name for name, cls in METHODS.items()
+                  if issubclass(cls, FixedGridRK) or (issubclass(cls, AdaptiveRK) and cls.tableau.fsal))
 
 
 def check_method_checkpointable(method: str | None) -> str:
     methods = checkpointable_methods()
     if method not in methods:
+        others = sorted(name for name, cls in METHODS.items() if issubclass(cls, AdaptiveRK) and name not in methods)
         raise ValueError(
-            f"gradient mode 'checkpoint' replays fixed-grid Runge-Kutta steps; method must be one of "
-            f"{methods}, got {method!r}. For adaptive or multistep methods use gradient='backprop' "
-            "(exact, memory grows with the steps) or gradient='adjoint' (memory flat)")
+            f"gradient mode 'checkpoint' replays one-step Runge-Kutta steps; method must be one of "
+            f"{methods}, got {method!r}. The multistep (Adams) methods, and the adaptive methods whose "
+            f"next step starts from a stage that is not the step's solution ({', '.join(others)}), cannot "
+            "be replayed step by step: use gradient='backprop' (exact, memory grows with the steps) or "
+            "gradient='adjoint' (memory flat)")
     return method
 
 
@@ -109,6 +131,16 @@ def _check_options(options: dict) -> None:
                          "ignores 'norm' and control='global', which mean nothing on a fixed grid)")
     check_grid_options(options.get("step_size"), options.get("grid_constructor"))
     check_interp(options.get("interp", "linear"))
+
+
+def _check_adaptive_options(options: dict) -> None:
+    """The options of an adaptive method this mode refuses (odeint checks the others)."""
+    if options.get("control", GLOBAL) != GLOBAL:
+        raise ValueError(f"gradient mode 'checkpoint' does not support options['control']={options['control']!r}: "
+                         "it replays one solve's accepted steps; use gradient='backprop'")
+    if options.get("on_max_steps", "raise") == "return":
+        raise ValueError("gradient mode 'checkpoint' does not support options['on_max_steps']='return' (a partial "
+                         "solution and its status); a solve that exceeds max_num_steps raises")
 
 
 def _step_grid(func: Callable, y0: st.State, t: Tensor, t_vals: list[float],
@@ -210,10 +242,11 @@ class _Replay:
         self.rhs = RHS(func, -1.0 if reverse else 1.0)
         self.tableau = METHODS[method].tableau
 
-    def step(self, i: int, y: st.State) -> st.State:
-        """The state at node ``i + 1`` from ``y`` at node ``i``, recorded when grad is enabled."""
+    def step(self, i: int, y: st.State) -> tuple[st.State, list]:
+        """The state at node ``i + 1`` from ``y`` at node ``i``, recorded when grad is enabled,
+        and no outputs inside the step (those between nodes are interpolated outside)."""
         stepper = RKStepper(self.tableau, y, reuse_buffers=False)
-        return self._step(stepper, i, y, None)
+        return self._step(stepper, i, y, None), []
 
     def _step(self, stepper: RKStepper, i: int, y: st.State, out) -> st.State:
         """Step ``i`` as FixedGridRK takes it (``perturb`` included)."""
@@ -277,30 +310,40 @@ class _Replay:
 
 
 class _Backward:
-    """Reverse sweep over the steps with at most ``checkpoints`` stored states (see module doc)."""
+    """Reverse sweep over the steps with at most ``checkpoints`` stored states (see module doc).
 
-    def __init__(self, replay: _Replay, node_grads: dict[int, st.State],
-                 stored: dict[int, tuple[st.State, RandomState]]):
+    ``replay`` takes step ``i`` (``step(i, y) -> (y_next, [(row, output) inside the step])``,
+    recorded) and several unrecorded (``advance(i0, y, i1)``); ``output_grads[i]`` maps the rows
+    of the outputs inside step ``i`` to their gradients, ``node_grads[i]`` is the gradient of
+    the state at node ``i`` itself."""
+
+    def __init__(self, replay: Any, params: Sequence[Tensor], node_grads: dict[int, st.State],
+                 stored: dict[int, tuple[st.State, RandomState]],
+                 output_grads: dict[int, dict[int, st.State]] | None = None):
         self.replay = replay
+        self.params = params
         self.node_grads = node_grads
+        self.output_grads = output_grads or {}
         # States the forward pass kept for the schedule's first sweep, with the generators' there.
         self.stored = stored
-        self.param_grads: list[Tensor | None] = [None] * len(replay.params)
+        self.param_grads: list[Tensor | None] = [None] * len(params)
         self.adjoint: st.State | None = None  # d loss / d state at the node the sweep has reached
 
     def vjp_step(self, i: int, y_i: st.State, rng_i: RandomState) -> None:
         """Turns ``self.adjoint`` at node ``i + 1`` into the adjoint at node ``i``; accumulates
         parameter gradients."""
-        params = self.replay.params
+        params = self.params
         rng_i.restore()
         with torch.enable_grad():
             y = st.map_state(lambda c: c.detach().requires_grad_(), y_i)
-            y_next = self.replay.step(i, y)
+            y_next, outputs = self.replay.step(i, y)
             a_next, self.adjoint = self.adjoint, None
             n_parts = len(st.components(y))
-            grads = torch.autograd.grad(st.components(y_next), (*st.components(y), *params),
-                                        st.components(a_next), allow_unused=True)
-        del y, y_next, a_next
+            row_grads = self.output_grads.get(i, {})
+            roots = [*st.components(y_next), *(c for _, value in outputs for c in st.components(value))]
+            cotangents = [*st.components(a_next), *(c for row, _ in outputs for c in st.components(row_grads[row]))]
+            grads = torch.autograd.grad(roots, (*st.components(y), *params), cotangents, allow_unused=True)
+        del y, y_next, a_next, outputs, roots, cotangents
         for p, g in enumerate(grads[n_parts:]):
             if g is not None:
                 self.param_grads[p] = g if self.param_grads[p] is None else self.param_grads[p] + g
@@ -388,11 +431,7 @@ class _CheckpointedSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_solutions: Tensor | None):
         replay: _Replay = ctx.replay
-        parts = ctx.saved_tensors[:ctx.n_parts]
-        y0 = tuple(parts) if ctx.is_tuple else parts[0]
-        grad_solutions = [g if g is not None else torch.zeros(len(replay.nodes), *c.shape, dtype=c.dtype,
-                                                               device=c.device)
-                          for g, c in zip(grad_solutions, parts)]
+        y0, grad_solutions = _saved_state_and_gradients(ctx, grad_solutions, len(replay.nodes))
         stored, ctx.stored = ctx.stored, {}
         node_grads: dict[int, st.State] = {}
         for j, node in enumerate(replay.nodes):
@@ -405,19 +444,109 @@ class _CheckpointedSolve(torch.autograd.Function):
             grads = refuse_second_order((*st.components(a_last), *([None] * len(replay.params))),
                                         ctx.saved_tensors, _NO_SECOND_ORDER)
             return (*no_grads, *grads)
-        sweeper = _Backward(replay, {k: v for k, v in node_grads.items() if k != last}, stored)
+        sweeper = _Backward(replay, replay.params, {k: v for k, v in node_grads.items() if k != last}, stored)
         sweeper.adjoint = a_last
         del stored, a_last
-        with contextlib.ExitStack() as modes:
-            modes.enter_context(_buffers_kept(replay.rhs.func))
-            modes.enter_context(preserved(st.first(y0).device))
-            modes.enter_context(use_requested_backend(ctx.backend))
-            for device_type, enabled, dtype, cache in ctx.autocast:
-                modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
+        with _as_in_forward(ctx, replay.rhs.func, st.first(y0).device):
             sweeper.sweep(0, y0, ctx.rng0, last, replay.checkpoints)
         grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), ctx.saved_tensors,
                                     _NO_SECOND_ORDER)
         return (*no_grads, *grads)
+
+
+class _CheckpointedAdaptiveSolve(torch.autograd.Function):
+    """Inputs ``(build, t, checkpoints, is_tuple, n_parts, *state components, *params)``:
+    ``build(y0)`` makes the recording solver, ``t`` the output times in its time. One solution
+    (a row per output time) per state component.
+
+    The forward pass is the adaptive solve itself, unrecorded, keeping its accepted steps
+    (``solvers/accepted_steps.py``) and no state but ``y0``; the backward pass sweeps over those
+    steps as over a fixed grid's, each output time's gradient entering at the step whose dense
+    output gave its value."""
+
+    @staticmethod
+    def forward(ctx, build: Callable, t: Tensor, checkpoints: int, is_tuple: bool, n_parts: int,
+                *inputs: Tensor) -> tuple[Tensor, ...]:
+        y0 = tuple(inputs[:n_parts]) if is_tuple else inputs[0]
+        device = st.first(y0).device
+        solver = build(y0)
+        solution, _ = solver.integrate(t)
+        ctx.steps = AcceptedSteps(solver)
+        ctx.params = inputs[n_parts:]
+        ctx.checkpoints, ctx.is_tuple, ctx.n_parts = checkpoints, is_tuple, n_parts
+        ctx.rng0 = RandomState(device)  # unused by the steps, which set the generators themselves
+        ctx.backend = requested_backend()
+        ctx.autocast = _autocast_state(device)
+        ctx.save_for_backward(*inputs)  # as _CheckpointedSolve: a changed input is refused
+        return st.components(solution)
+
+    @staticmethod
+    def backward(ctx, *grad_solutions: Tensor | None):
+        steps: AcceptedSteps = ctx.steps
+        n_rows = 1 + sum(len(rows) for rows in steps.outputs_in_step.values())
+        y0, grad_solutions = _saved_state_and_gradients(ctx, grad_solutions, n_rows)
+
+        def row(j: int) -> st.State:
+            return st.rebuild(y0, (g[j] for g in grad_solutions))
+
+        no_grads = (None,) * 5
+        if len(steps) == 0:  # a single output time: the solution is y0
+            return (*no_grads, *refuse_second_order((*st.components(row(0)), *([None] * len(ctx.params))),
+                                                    ctx.saved_tensors, _NO_SECOND_ORDER))
+        output_grads = {k: {j: row(j) for j, _ in rows} for k, rows in steps.outputs_in_step.items()}
+        sweeper = _Backward(steps, ctx.params, {0: row(0)}, {}, output_grads)
+        sweeper.adjoint = st.map_state(torch.zeros_like, y0)  # nothing is read at the last step's end itself
+        with _as_in_forward(ctx, steps.rhs.func, st.first(y0).device):
+            sweeper.sweep(0, y0, ctx.rng0, len(steps), ctx.checkpoints)
+        grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), ctx.saved_tensors,
+                                    _NO_SECOND_ORDER)
+        return (*no_grads, *grads)
+
+
+# Run eagerly inside a compiled caller: an adaptive solve's steps depend on its values, so no
+# graph can hold it, and Dynamo would otherwise compile the recording solve and the replays frame
+# by frame, recompiling as their step counts change (at its recompilation limit within one solve).
+@torch.compiler.disable
+def _solve_adaptive(func: Callable, y0: st.State, t: Tensor, checkpoints: int, rtol: Any, atol: Any, method: str,
+                    options: dict, params: tuple[Tensor, ...]) -> st.State:
+    """``odeint_checkpointed`` for an adaptive method, on inputs to differentiate."""
+    method, y0, t, _, options, reverse, callbacks = checked_inputs(func, y0, t, rtol, atol, method, options)
+    if st.numel(y0) == 0:
+        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)  # nothing to store
+    solver_cls = recording_class(METHODS[method])
+
+    def build(y0_: st.State) -> AdaptiveRK:
+        return build_solver(func, y0_, rtol, atol, method, dict(options), reverse, callbacks=callbacks,
+                            rhs_cls=RecordingRHS, solver_cls=solver_cls)
+
+    parts = st.components(y0)
+    solutions = _CheckpointedAdaptiveSolve.apply(build, -t if reverse else t, checkpoints, st.is_tuple(y0),
+                                                 len(parts), *parts, *params)
+    return st.rebuild(y0, solutions)
+
+
+def _saved_state_and_gradients(ctx, grad_solutions: Sequence[Tensor | None],
+                               n_rows: int) -> tuple[st.State, list[Tensor]]:
+    """``y0`` from a checkpointed Function's saved inputs, and the gradients of its ``n_rows``-row
+    solutions with zeros for a component the loss did not use."""
+    parts = ctx.saved_tensors[:ctx.n_parts]
+    y0 = tuple(parts) if ctx.is_tuple else parts[0]
+    return y0, [g if g is not None else torch.zeros(n_rows, *c.shape, dtype=c.dtype, device=c.device)
+                for g, c in zip(grad_solutions, parts)]
+
+
+@contextlib.contextmanager
+def _as_in_forward(ctx, func: Callable, device: torch.device) -> Iterator[None]:
+    """What a checkpointed backward pass runs under: the backend and autocast settings its
+    forward pass had (``ctx.backend``, ``ctx.autocast``), the generators and the training-mode
+    buffers of ``func`` left as they were before it."""
+    with contextlib.ExitStack() as modes:
+        modes.enter_context(_buffers_kept(func))
+        modes.enter_context(preserved(device))
+        modes.enter_context(use_requested_backend(ctx.backend))
+        for device_type, enabled, dtype, cache in ctx.autocast:
+            modes.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
+        yield
 
 
 @contextlib.contextmanager
@@ -465,6 +594,10 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     """``odeint(func, y0, t, ...)`` whose backward recomputes steps from at most ``checkpoints``
     stored states: exact discrete gradients, memory flat in the number of steps.
 
+    ``method``: one of ``checkpointable_methods()``, fixed-grid (``options``: ``step_size``,
+    ``grid_constructor``, ``perturb``, ``interp``) or adaptive (odeint's options and tolerances,
+    but not ``control="per_sample"`` or ``on_max_steps="return"``).
+
     Gradients flow to ``y0`` and to ``adjoint_params``, not to ``t``. By default, as with
     backpropagation, to every tensor requiring grad that ``func`` uses: its parameters and any
     tensor it reaches (a plain attribute such as a conditioning tensor computed by another
@@ -477,9 +610,10 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     """
     checkpoints = check_checkpoints(checkpoints)
     method = check_method_checkpointable(method)
+    adaptive = _is_adaptive(method)
     if isinstance(y0, list):
         y0 = tuple(y0)
-    check_state(y0)
+    check_state(y0, finite=not adaptive)  # an adaptive solve's inputs are all checked by odeint's checks
     check_time(t)
     t = coerce_time(t, y0)
     check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
@@ -488,7 +622,10 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         raise ValueError("gradient mode 'checkpoint' does not differentiate with respect to t; "
                          "pass t without requires_grad or use gradient='backprop'")
     options = dict(options or {})
-    _check_options(options)
+    if adaptive:
+        _check_adaptive_options(options)
+    else:
+        _check_options(options)
     params = _differentiated_tensors(func, adjoint_params)
     parts = st.components(y0)
     if st.inside_transform() or not st.records_derivatives([*parts, *params]):
@@ -500,9 +637,11 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
         # odeint's solve, with its reused buffers, is the same solve. odeint builds the grid; it
         # is built here too only where interp='cubic' has to be checked against it, so that this
         # mode refuses without a backward pass what it refuses with one.
-        if options.get("interp") == "cubic":
+        if options.get("interp") == "cubic" and not adaptive:
             _grid_and_outputs(func, y0, t, options)
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    if adaptive:
+        return _solve_adaptive(func, y0, t, checkpoints, rtol, atol, method, options, params)
     grid, grid_vals, positions = _grid_and_outputs(func, y0, t, options)
     nodes = _grid_nodes(positions)
     warn_unsupported_callbacks(step_callbacks(func), method, METHODS[method].CALLBACKS)

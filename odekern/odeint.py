@@ -201,9 +201,11 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     return method, y0, t, t_values, options, reverse, callbacks
 
 
-def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, options: dict, reverse: bool):
+def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, options: dict, reverse: bool,
+                 callbacks: dict | None = None, rhs_cls: type = RHS, solver_cls: type | None = None):
     """The solver for checked inputs; ``reverse``: it runs on negated time (``options`` are
-    re-expressed for that in place)."""
+    re-expressed for that in place). ``callbacks``: ``func``'s step callbacks where already looked
+    up; ``rhs_cls`` / ``solver_cls``: subclasses of ``RHS`` / of the method's solver to build instead."""
     if options.pop("control", GLOBAL) == PER_SAMPLE:
         raise ValueError(f"options['control']='per_sample' is not supported here (method {method!r}): it solves "
                          "each sample separately")
@@ -212,8 +214,9 @@ def build_solver(func: Callable, y0: State, rtol: Any, atol: Any, method: str, o
     norm = resolve_norm(options.pop("norm", None), state.is_tuple(y0))
     if reverse:
         flip_time_options(options)
-    return METHODS[method](RHS(func, -1.0 if reverse else 1.0), y0, _as_state_tolerance(rtol, y0, "rtol"),
-                           _as_state_tolerance(atol, y0, "atol"), method=method, norm=norm, **options)
+    return (solver_cls or METHODS[method])(rhs_cls(func, -1.0 if reverse else 1.0, callbacks), y0,
+                                           _as_state_tolerance(rtol, y0, "rtol"), _as_state_tolerance(atol, y0, "atol"),
+                                           method=method, norm=norm, **options)
 
 
 def promote_tuple_state(y0: Any) -> Any:

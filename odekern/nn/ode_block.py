@@ -128,7 +128,8 @@ class ODEBlock(nn.Module):
         rtol, atol: tolerances of adaptive methods.
         gradient: ``"backprop"`` (autograd through the solver) or ``"adjoint"`` (continuous adjoint,
             memory flat in the number of steps) or ``"checkpoint"`` (the exact "backprop" gradient,
-            recomputing fixed-grid RK steps from at most ``checkpoints`` stored states). Modes are
+            recomputing Runge-Kutta steps, fixed-grid or an adaptive solve's accepted ones, from at
+            most ``checkpoints`` stored states). Modes are
             the keys of ``GRADIENT_MODES``.
         order: ``m >= 1``. The solvers keep the state ``(x, x', ..., x^(m-1))`` as a tuple (no
             copy per stage); ``return_state`` / ``integrate_state`` concatenate it along dim 1.

@@ -27,6 +27,11 @@ class RandomState:
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
+    def same_as(self, other: RandomState) -> bool:
+        """Whether the generators are in the same state in both (nothing was drawn in between)."""
+        return torch.equal(self.cpu, other.cpu) and (self.cuda is None) == (other.cuda is None) and (
+            self.cuda is None or torch.equal(self.cuda, other.cuda))
+
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
