@@ -13,7 +13,9 @@ variants), for every method both libraries have, on three RHS families:
   size of a U-Net's feature map, where passes over the state, not calls, make the solver's time.
 
 Modes: ``fwd`` (no graph), ``backprop`` (fwd + bwd through the solver's operations) and
-``adjoint`` (fwd + bwd, odeint_adjoint). torchode: dopri5 forward (it has no
+``adjoint`` (fwd + bwd, odeint_adjoint); only when asked for with ``--modes``, ``fwd-grad``: the
+forward solve outside ``torch.no_grad`` on an RHS with nothing to train (its parameters frozen),
+as a script solving a plain function runs it, where autograd is on but records nothing. torchode: dopri5 forward (it has no
 drop-in for the rest). ``ceiling`` is torchdiffeq's time over ``rhs_only``'s: the same RHS calls
 (and, for the gradient modes, the same vector-Jacobian products) with no solver around them,
 the most any solver could gain on that case. Timings: providers interleaved, minimum of rounds;
@@ -28,6 +30,7 @@ a round of a fast case times a batch of calls (about 20 ms) and reports the time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 
@@ -46,6 +49,7 @@ FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
 MODES = ("fwd", "backprop", "adjoint")
+EXTRA_MODES = ("fwd-grad",)
 TORCHODE_METHODS = {"dopri5": "Dopri5"}
 # Per case: at most this many seconds of rounds per provider, but never fewer than MIN_ROUNDS.
 ROUND_BUDGET_S = 2.0
@@ -113,10 +117,27 @@ def solve_kwargs(method: str, t: torch.Tensor) -> dict:
     return {"method": method, **ADAPTIVE_TOL}
 
 
+@contextlib.contextmanager
+def _frozen(module: nn.Module):
+    """``module``'s parameters not requiring grad inside the block."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _forward_context(func: nn.Module, mode: str):
+    return torch.no_grad() if mode == "fwd" else _frozen(func)
+
+
 def _run(lib, func, y0, t, method, mode):
     kw = solve_kwargs(method, t)
-    if mode == "fwd":
-        with torch.no_grad():
+    if mode in ("fwd", "fwd-grad"):
+        with _forward_context(func, mode):
             return lib.odeint(func, y0, t, **kw)
     x = y0.clone().requires_grad_()
     if mode == "backprop":
@@ -135,8 +156,8 @@ def _rhs_only(func, y0, t, mode, n_forward, n_backward):
     t0 = t[0]
 
     def run():
-        if mode == "fwd":
-            with torch.no_grad():
+        if mode in ("fwd", "fwd-grad"):
+            with _forward_context(func, mode):
                 for _ in range(n_forward):
                     func.inner(t0, y0)
             return
@@ -267,7 +288,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--families", default=",".join(FAMILIES), help=f"also: {', '.join(EXTRA_FAMILIES)}")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES), help=f"also: {', '.join(EXTRA_MODES)}")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -275,7 +296,7 @@ def main(argv=None) -> None:
     for fam in args.families.split(","):
         for method in args.methods.split(","):
             for mode in args.modes.split(","):
-                if fam in EXTRA_FAMILIES or (fam, method, mode) in CASES:
+                if fam in EXTRA_FAMILIES or mode in EXTRA_MODES or (fam, method, mode) in CASES:
                     rows.append(measure(fam, method, mode, args.rounds))
                     print(_table(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, {args.rounds} rounds\n")

@@ -62,6 +62,7 @@ class AdaptiveRK(Solver):
     OPTIONS = ADAPTIVE_OPTIONS
     CALLBACKS = frozenset(CALLBACK_NAMES)
     tableau: ButcherTableau
+    dense: interpolation.DenseOutput  # of the tableau (adaptive_rk)
     time_dtype = torch.float64
 
     def __init__(self, rhs: RHS, y0: Tensor, rtol: Any, atol: Any, *, method: str, norm: Any = None,
@@ -94,7 +95,6 @@ class AdaptiveRK(Solver):
         self.jump_t = time_points(jump_t, "jump_t")
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("options['step_t'] and options['jump_t'] must not share any time point")
-        self.dense = interpolation.DenseOutput.for_tableau(self.tableau)
         self.tab = self.tableau.floats()
         reuse = not torch.is_grad_enabled()
         # The error estimate is computed without autograd, so its buffer is always reusable.
@@ -283,9 +283,12 @@ def adaptive_rk(tableau: ButcherTableau) -> type:
     """The adaptive solver class for an embedded ``tableau`` (a registry entry)."""
     if not tableau.adaptive:
         raise ValueError(f"tableau {tableau.name!r} has no error weights (b_err): it cannot adapt its steps")
-    interpolation.DenseOutput.for_tableau(tableau)  # refuse a tableau without dense output here
+    # The dense output's weights, once per method (exact fractions: a solve would otherwise spend
+    # about as long on them as on a few steps); refuses a tableau without dense output here.
+    dense = interpolation.DenseOutput.for_tableau(tableau)
     return type(f"AdaptiveRK_{tableau.name}", (AdaptiveRK,),
-                {"tableau": tableau, "__doc__": f"Adaptive {tableau.name} (embedded pair, dense output)."})
+                {"tableau": tableau, "dense": dense,
+                 "__doc__": f"Adaptive {tableau.name} (embedded pair, dense output)."})
 
 
 Dopri5 = adaptive_rk(DOPRI5)

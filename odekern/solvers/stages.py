@@ -254,9 +254,14 @@ class SolveStages:
             recording = torch.is_grad_enabled() and ((base is not None and base.requires_grad)
                                                      or any(k.requires_grad for k in ks))
             kernel = self._kernels[i]
-            if not recording and kernel is not None and out is not None:
+            if not recording and kernel is not None:
                 kept, weights = _fused_terms(coeffs, ks, scale)
                 if len(kept) > 1 or (kept and self._fuse_single[i]):
+                    if out is None:
+                        # Grad enabled (no reused buffers) but nothing recorded: the same kernel
+                        # into a fresh tensor, without the per-call backend selection.
+                        like = base if base is not None else kept[0]
+                        out = torch.empty_like(like, memory_format=torch.contiguous_format)
                     kernel(base, kept, weights, out)
                     return out
                 if kept:  # one term: a single PyTorch op beats a kernel call (bind_combine)

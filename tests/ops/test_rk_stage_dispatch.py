@@ -221,3 +221,21 @@ def test_single_term_combinations_take_pytorch_unless_a_backend_is_forced(counte
             assert calls == (3 if forced else 1), forced
             for g in got:
                 testing.assert_close(g, want)
+
+
+def test_solve_stages_with_grad_enabled_and_nothing_recorded_take_the_bound_kernel(counted, monkeypatch):
+    """Grad enabled but no operand requiring grad (``odeint`` outside ``torch.no_grad`` on a
+    ``func`` without parameters): no buffer is reused, yet each combination is the kernel bound
+    when the solve started, into a fresh tensor, not the module route's per-call selection
+    (which took a dopri5 solve on a small state from 3 to 10 ms)."""
+    _needs_cpu()
+    routed = []
+    real = dispatch.try_combine
+    monkeypatch.setattr(dispatch, "try_combine", lambda *a, **kw: routed.append(1) or real(*a, **kw))
+    y, ks = _operands(40)
+    bound = stages.SolveStages(y)
+    coeffs = [0.5, 0.0, -0.75]
+    assert torch.is_grad_enabled()
+    got = bound.stage_state(y, 0.2, coeffs, ks)
+    assert counted[op.COMBINE] == 1 and not routed
+    testing.assert_close(got, _expected(y, ks, coeffs, 0.2))
