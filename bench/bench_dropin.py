@@ -15,11 +15,12 @@ variants), for every method both libraries have, on three RHS families:
 Modes: ``fwd`` (no graph), ``backprop`` (fwd + bwd through the solver's operations) and
 ``adjoint`` (fwd + bwd, odeint_adjoint); only when asked for with ``--modes``, ``fwd-grad``: the
 forward solve outside ``torch.no_grad`` on an RHS with nothing to train (its parameters frozen),
-as a script solving a plain function runs it, where autograd is on but records nothing. torchode: dopri5 forward (it has no
-drop-in for the rest). ``ceiling`` is torchdiffeq's time over ``rhs_only``'s: the same RHS calls
-(and, for the gradient modes, the same vector-Jacobian products) with no solver around them,
-the most any solver could gain on that case. Timings: providers interleaved, minimum of rounds;
-a round of a fast case times a batch of calls (about 20 ms) and reports the time per call.
+as a script solving a plain function runs it, where autograd is on but records nothing.
+torchode: dopri5 forward (it has no drop-in for the rest). ``ceiling`` is torchdiffeq's time
+over ``rhs_only``'s: the same RHS calls (and, for the gradient modes, the same vector-Jacobian
+products) with no solver around them, the most any solver could gain on that case. Timings:
+providers interleaved, minimum of rounds; a round of a fast case times a batch of calls (about
+20 ms) and reports the time per call.
 ``paired``: the median over rounds of torchdiffeq's time over odekern's in the same round
 (``bench_stages.paired_ratio``), robust to the host's speed drifting between rounds.
 
