@@ -329,11 +329,13 @@ class _Backward:
         self.param_grads: list[Tensor | None] = [None] * len(params)
         self.adjoint: st.State | None = None  # d loss / d state at the node the sweep has reached
 
-    def vjp_step(self, i: int, y_i: st.State, rng_i: RandomState) -> None:
+    def vjp_step(self, i: int, y_i: st.State, rng_i: RandomState | None) -> None:
         """Turns ``self.adjoint`` at node ``i + 1`` into the adjoint at node ``i``; accumulates
-        parameter gradients."""
+        parameter gradients. ``rng_i``: the generators' state at node ``i`` (None where the
+        replay's steps set the generators themselves, as ``AcceptedSteps`` does)."""
         params = self.params
-        rng_i.restore()
+        if rng_i is not None:
+            rng_i.restore()
         with torch.enable_grad():
             y = st.map_state(lambda c: c.detach().requires_grad_(), y_i)
             y_next, outputs = self.replay.step(i, y)
@@ -353,18 +355,22 @@ class _Backward:
         extra = self.node_grads.get(i)
         self.adjoint = a if extra is None else st.map_state(torch.add, a, extra)
 
-    def state_at(self, i0: int, y0: st.State, rng0: RandomState, i: int) -> tuple[st.State, RandomState]:
-        """The state at node ``i`` and the generators' state there, from those at ``i0``."""
+    def state_at(self, i0: int, y0: st.State, rng0: RandomState | None,
+                 i: int) -> tuple[st.State, RandomState | None]:
+        """The state at node ``i`` and the generators' state there, from those at ``i0`` (None
+        throughout where the replay sets the generators itself)."""
         stored = self.stored.pop(i, None)
         if stored is not None:
             return stored
         if i == i0:
             return y0, rng0
+        if rng0 is None:
+            return self.replay.advance(i0, y0, i), None
         rng0.restore()
         y = self.replay.advance(i0, y0, i)
         return y, RandomState(st.first(y).device)
 
-    def sweep(self, i0: int, y0: st.State, rng0: RandomState, i1: int, slots: int) -> None:
+    def sweep(self, i0: int, y0: st.State, rng0: RandomState | None, i1: int, slots: int) -> None:
         """Turns ``self.adjoint`` at node ``i1`` into the adjoint at node ``i0``, given the state
         ``y0`` and the generators' state ``rng0`` at ``i0``, holding ``y0`` plus at most
         ``slots - 1`` further states. (The adjoint is an attribute, not an argument: a recursion
@@ -474,7 +480,6 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
         ctx.steps = AcceptedSteps(solver)
         ctx.params = inputs[n_parts:]
         ctx.checkpoints, ctx.is_tuple, ctx.n_parts = checkpoints, is_tuple, n_parts
-        ctx.rng0 = RandomState(device)  # unused by the steps, which set the generators themselves
         ctx.backend = requested_backend()
         ctx.autocast = _autocast_state(device)
         ctx.save_for_backward(*inputs)  # as _CheckpointedSolve: a changed input is refused
@@ -497,7 +502,7 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
         sweeper = _Backward(steps, ctx.params, {0: row(0)}, {}, output_grads)
         sweeper.adjoint = st.map_state(torch.zeros_like, y0)  # nothing is read at the last step's end itself
         with _as_in_forward(ctx, steps.rhs.func, st.first(y0).device):
-            sweeper.sweep(0, y0, ctx.rng0, len(steps), ctx.checkpoints)
+            sweeper.sweep(0, y0, None, len(steps), ctx.checkpoints)  # the steps set the generators
         grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), ctx.saved_tensors,
                                     _NO_SECOND_ORDER)
         return (*no_grads, *grads)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -110,6 +111,7 @@ class _Recording:
         self._next_first_stage = (evaluations[-1], lands_on_jump)
 
 
+@functools.cache  # one class per method, not one per solve
 def recording_class(solver_cls: type) -> type:
     """``solver_cls`` (an ``AdaptiveRK`` class) recording its accepted steps; build it with a
     ``RecordingRHS``."""

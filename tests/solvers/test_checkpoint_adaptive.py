@@ -228,7 +228,7 @@ def test_memory_flat_in_accepted_steps():
     assert many <= few + 1.0, (few, many, n_few, n_many)
 
 
-def _mlp_block_and_input(gradient):
+def _mlp_block_and_input():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8)).double()
     x = testing.randn(4, 8, seed=3, dtype=F64, requires_grad=True)
@@ -238,7 +238,7 @@ def _mlp_block_and_input(gradient):
 def test_compiled_block_equals_eager_backprop():
     """Inside torch.compile the adaptive checkpointed solve runs eagerly (no graph can hold its
     value-dependent steps); the compiled block's values and gradients are eager backprop's."""
-    net, x, block = _mlp_block_and_input("checkpoint")
+    net, x, block = _mlp_block_and_input()
     leaves = (x, *net.parameters())
     got = torch.compile(block("checkpoint"))(x)
     ref = block("backprop")(x)
@@ -246,7 +246,7 @@ def test_compiled_block_equals_eager_backprop():
 
 
 def test_torch_func_grad_solves_as_odeint():
-    net, x, block = _mlp_block_and_input("checkpoint")
+    net, x, block = _mlp_block_and_input()
     got = torch.func.grad(lambda z: block("checkpoint")(z).sum())(x.detach())
     (ref,) = torch.autograd.grad(block("backprop")(x).sum(), x)
     testing.assert_close(got, ref)
