@@ -511,7 +511,9 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
 # Run eagerly inside a compiled caller: an adaptive solve's steps depend on its values, so no
 # graph can hold it, and Dynamo would otherwise compile the recording solve and the replays frame
 # by frame, recompiling as their step counts change (at its recompilation limit within one solve).
-@torch.compiler.disable
+# torch._disable_dynamo is torch.compiler.disable applied at the first call (the same graph break):
+# the public decorator imports torch._dynamo with this module, a second added to `import odekern`.
+@torch._disable_dynamo
 def _solve_adaptive(func: Callable, y0: st.State, t: Tensor, checkpoints: int, rtol: Any, atol: Any, method: str,
                     options: dict, params: tuple[Tensor, ...]) -> st.State:
     """``odeint_checkpointed`` for an adaptive method, on inputs to differentiate."""

@@ -17,6 +17,10 @@ solve_ivp (its ``success`` False) raises ``RuntimeError`` with SciPy's message i
 returning fewer rows than output times; atol 0 where y0 is 0 is refused (solve_ivp's step
 selection can loop forever on its 0/0 error scale); bfloat16 states work (SciPy sees float64). A complex
 state is integrated in the complex domain, as torchdiffeq does (SciPy sees complex128).
+
+SciPy is imported when a solver is made, not with odekern: it is not among odekern's
+requirements (only torchdiffeq-parity users need it), and importing scipy.integrate costs about
+a third of a second that every ``import odekern`` would otherwise pay.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from odekern._warnings import warn_caller
 from odekern.solvers import state
@@ -62,6 +65,12 @@ class ScipySolver(Solver):
                  solver: str = "LSODA", min_step: float = 0, max_step: float = math.inf,
                  grid_points: Any = None, eps: Any = None):
         super().__init__(rhs, y0, rtol, atol, method=method)
+        try:
+            from scipy.integrate import solve_ivp
+        except ImportError as error:
+            raise ImportError("odeint(method='scipy_solver') runs scipy.integrate.solve_ivp, and SciPy is not "
+                              "installed: pip install scipy (or use an odekern method, e.g. 'dopri5')") from error
+        self._solve_ivp = solve_ivp
         if state.inside_vmap():
             raise ValueError("odeint(method='scipy_solver') cannot run under torch.func transforms "
                              "(the state goes to NumPy); use an odekern method instead")
@@ -103,9 +112,10 @@ class ScipySolver(Solver):
             return solution, SolveStatus(True, "single output time", self.rhs.user_time(tv[0]), 1, 0.0)
         if error_scale_has_zero(self.y0, self.rtol, self.atol):
             raise zero_error_scale("scipy_solver", self.rhs.user_time(tv[0]))
-        sol = solve_ivp(self._numpy_rhs, t_span=[tv.min(), tv.max()], y0=self._flat_y0, t_eval=tv,
-                        method=self.solver, rtol=_flat_numpy(self.rtol, self.y0),
-                        atol=_flat_numpy(self.atol, self.y0), min_step=self.min_step, max_step=self.max_step)
+        sol = self._solve_ivp(self._numpy_rhs, t_span=[tv.min(), tv.max()], y0=self._flat_y0, t_eval=tv,
+                              method=self.solver, rtol=_flat_numpy(self.rtol, self.y0),
+                              atol=_flat_numpy(self.atol, self.y0), min_step=self.min_step,
+                              max_step=self.max_step)
         if not sol.success or sol.y.shape[1] != len(tv):
             reached = self.rhs.user_time(sol.t[-1]) if len(sol.t) else self.rhs.user_time(tv[0])
             raise RuntimeError(f"odeint(method='scipy_solver'): scipy.integrate.solve_ivp(method={self.solver!r}) "
