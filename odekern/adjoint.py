@@ -46,14 +46,13 @@ from odekern.solvers.checks import (
     check_method,
     check_params,
     check_state,
-    check_time,
     check_tolerance,
     check_tolerance_resolvable,
-    coerce_time,
     from_numpy,
     options_from_numpy,
     shape_or_type,
     tensor_tuple,
+    time_argument,
 )
 from odekern.solvers.double_backward import refuse_second_order
 from odekern.solvers.norms import PER_SAMPLE, canonical_control, component_rms_combiner, resolve_norm, rms_norm
@@ -527,14 +526,16 @@ def odeint_adjoint(
     Drop-in for ``torchdiffeq.odeint_adjoint`` (same arguments, defaults and output shape
     ``(len(t), *y0.shape)``). Gradients flow to ``y0``, to every entry of ``t`` and to the
     parameters: ``func.parameters()`` when ``func`` is an ``nn.Module``, else ``adjoint_params``
-    (required then; ``()`` for none). ``adjoint_*`` default to the forward's settings;
-    ``adjoint_options`` defaults to ``options`` without ``norm`` and ``control`` when the methods
-    agree.
+    (required then; ``()`` for none). As with ``odeint``, ``t`` may also be a list or tuple of
+    Python numbers (constants: no gradient flows to them). ``adjoint_*`` default to the
+    forward's settings; ``adjoint_options`` defaults to ``options`` without ``norm`` and
+    ``control`` when the methods agree.
 
     Memory: the forward keeps only the outputs at ``t`` (no autograd graph), so it is flat in
     the number of solver steps. Inside torch.func transforms (grad, jacrev, jvp, ...) and with
-    forward-mode tangents the solve is differentiated as a discrete one, as ``odeint`` does. The gradient is the continuous one, equal to backprop's up to
-    the solvers' truncation error (exactly so only as the tolerance/step size goes to zero).
+    forward-mode tangents the solve is differentiated as a discrete one, as ``odeint`` does. The
+    gradient is the continuous one, equal to backprop's up to the solvers' truncation error
+    (exactly so only as the tolerance/step size goes to zero).
 
     Example::
 
@@ -554,8 +555,7 @@ def odeint_adjoint(
     options, adjoint_options = options_from_numpy(options), options_from_numpy(adjoint_options)
     y0 = promote_tuple_state(y0)
     check_state(y0, finite=False)  # the values are checked by the forward solve (odeint)
-    check_time(t)
-    t = coerce_time(t, y0)
+    t, _, _ = time_argument(t, y0)
     options = canonical_control(options, "options")
     adjoint_options = canonical_control(adjoint_options, "adjoint_options")
     given_params = _given_parameters(func, adjoint_params)

@@ -69,12 +69,11 @@ from odekern.reachable import differentiable_tensors, distinct_requiring_grad, t
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
 from odekern.solvers.checks import (
     check_state,
-    check_time,
     check_tolerance,
-    coerce_time,
     raise_non_finite_step,
     raise_non_finite_unrepeated,
     tensor_tuple,
+    time_argument,
 )
 from odekern.solvers.accepted_steps import AcceptedSteps, RecordingRHS, recording_class
 from odekern.solvers.adaptive_rk import AdaptiveRK
@@ -595,8 +594,9 @@ def _differentiated_tensors(func: Callable, adjoint_params: Sequence[Tensor] | N
     return distinct_requiring_grad(given)
 
 
-def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints: int, rtol: Any = 1e-7,
-                        atol: Any = 1e-9, method: str | None = "rk4", options: dict | None = None,
+def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor | Sequence[float], *, checkpoints: int,
+                        rtol: Any = 1e-7, atol: Any = 1e-9, method: str | None = "rk4",
+                        options: dict | None = None,
                         adjoint_params: Sequence[Tensor] | None = None) -> st.State:
     """``odeint(func, y0, t, ...)`` whose backward recomputes steps from at most ``checkpoints``
     stored states: exact discrete gradients, memory flat in the number of steps.
@@ -605,6 +605,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     ``grid_constructor``, ``perturb``, ``interp``) or adaptive (odeint's options and tolerances,
     but not ``control="per_sample"`` or ``on_max_steps="return"``).
 
+    ``t``: a 1-D tensor or, as for ``odeint``, a list or tuple of Python numbers.
     Gradients flow to ``y0`` and to ``adjoint_params``, not to ``t``. By default, as with
     backpropagation, to every tensor requiring grad that ``func`` uses: its parameters and any
     tensor it reaches (a plain attribute such as a conditioning tensor computed by another
@@ -621,8 +622,7 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor, *, checkpoints:
     if isinstance(y0, list):
         y0 = tuple(y0)
     check_state(y0, finite=not adaptive)  # an adaptive solve's inputs are all checked by odeint's checks
-    check_time(t)
-    t = coerce_time(t, y0)
+    t, _, _ = time_argument(t, y0)
     check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
     check_tolerance(atol, "atol")
     if t.requires_grad:

@@ -21,15 +21,13 @@ from odekern.solvers.checks import (
     check_method,
     check_options,
     check_state,
-    check_time,
-    check_time_values,
     check_tolerance,
     check_tolerance_fits,
     check_tolerance_resolvable,
     check_tolerances_not_both_zero,
-    coerce_time,
     from_numpy,
     options_from_numpy,
+    time_argument,
     time_points,
 )
 from odekern.solvers.norms import GLOBAL, PER_SAMPLE, canonical_control, resolve_norm, rms_norm
@@ -185,17 +183,7 @@ def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method
     if method in ADAPTIVE_METHODS:
         check_tolerances_not_both_zero(rtol, atol, method)
         check_tolerance_resolvable(rtol, atol, y0, method)
-    t_values = None
-    if isinstance(t, (list, tuple)):
-        # Times as Python numbers: fixed-grid solves then never read a tensor, so
-        # torch.compile(fullgraph=True) traces them whole.
-        reverse = check_time_values(t)
-        t_values = [float(v) for v in t]
-        like = state.first(y0)
-        t = torch.tensor(t_values, dtype=state.real_dtype(like.dtype), device=like.device)
-    else:
-        reverse = check_time(t)
-        t = coerce_time(t, y0)
+    t, t_values, reverse = time_argument(t, y0)
     callbacks = step_callbacks(func)
     warn_unsupported_callbacks(callbacks, method, solver_cls.CALLBACKS)
     return method, y0, t, t_values, options, reverse, callbacks

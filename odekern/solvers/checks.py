@@ -160,6 +160,21 @@ def coerce_time(t: Tensor, y0: Tensor | Sequence[Tensor]) -> Tensor:
     return t
 
 
+def time_argument(t: Any, y0: Tensor | Sequence[Tensor]) -> tuple[Tensor, list[float] | None, bool]:
+    """The output times as every solve entry point takes them: a 1-D tensor (checked, on
+    ``y0``'s device by ``coerce_time``) or a list / tuple of Python numbers (made a tensor of
+    ``y0``'s real dtype on its device). Returns ``(t, t_values, reverse)``: ``t_values`` the times
+    as Python floats when given so (fixed grids then read no tensor: torch.compile traces the
+    whole solve), else None; ``reverse``: the times decrease."""
+    if isinstance(t, (list, tuple)):
+        reverse = check_time_values(t)
+        t_values = [float(v) for v in t]
+        like = y0[0] if isinstance(y0, tuple) else y0
+        return torch.tensor(t_values, dtype=real_dtype(like.dtype), device=like.device), t_values, reverse
+    reverse = check_time(t)
+    return coerce_time(t, y0), None, reverse
+
+
 def tensor_tuple(values: Iterable[Any], name: str) -> tuple[Tensor, ...]:
     """``values`` (a sequence or a generator) as a tuple of tensors, or a TypeError naming the
     first entry that is not one (``name`` is how the caller spells the argument)."""
