@@ -37,11 +37,13 @@ filled as ``odeint`` fills it by default, by linear interpolation of the two gri
 it (both then count as outputs of the solve; ``interp="cubic"`` is refused there).
 
 Adaptive ones (dopri5, bosh3, tsit5, dopri8) take odeint's options, ``step_t`` / ``jump_t``
-included. Their forward pass is odeint's adaptive solve, unrecorded, keeping only its accepted
+included. Their forward pass is odeint's adaptive solve, unrecorded, keeping its accepted
 steps' times and sizes (``solvers/accepted_steps.py``; backprop holds step sizes constant too)
-and no state but ``y0``; the backward pass sweeps over the accepted steps as over a grid, the
-states recomputed from ``y0`` by the same schedule, each output's gradient entering at the step
-whose dense output gave its value. An RHS that draws random numbers draws, in every retaken
+and the states at the ends of its last ``c - 1`` steps: the number of steps is known only when
+the solve ends, and the states the schedule stores first lie mostly at the end (all of them for
+``n < c``), so those among the kept ones are stored. The backward pass sweeps over the accepted
+steps as over a grid, the other states recomputed by the same schedule, each output's gradient
+entering at the step whose dense output gave its value. An RHS that draws random numbers draws, in every retaken
 evaluation, what the forward solve drew there, rejected attempts in between notwithstanding (two
 generator states per accepted step are kept, only when the solve drew any). fehlberg2 and
 adaptive_heun, whose steps start from a stage that is not the previous step's solution (as
@@ -465,9 +467,12 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
     (a row per output time) per state component.
 
     The forward pass is the adaptive solve itself, unrecorded, keeping its accepted steps
-    (``solvers/accepted_steps.py``) and no state but ``y0``; the backward pass sweeps over those
-    steps as over a fixed grid's, each output time's gradient entering at the step whose dense
-    output gave its value."""
+    (``solvers/accepted_steps.py``) and the end states of the last ``checkpoints - 1`` of them;
+    the backward pass sweeps over those steps as over a fixed grid's, each output time's gradient
+    entering at the step whose dense output gave its value. Of the kept states it holds those
+    that its schedule stores first (``first_sweep``; the number of steps is known only when the
+    solve ends): with fewer steps than checkpoints, all of them, so that it retakes no step
+    unrecorded."""
 
     @staticmethod
     def forward(ctx, build: Callable, t: Tensor, checkpoints: int, is_tuple: bool, n_parts: int,
@@ -475,8 +480,11 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
         y0 = tuple(inputs[:n_parts]) if is_tuple else inputs[0]
         device = st.first(y0).device
         solver = build(y0)
+        solver.keep_last = checkpoints - 1
         solution, _ = solver.integrate(t)
         ctx.steps = AcceptedSteps(solver)
+        first_sweep = set(schedule.first_sweep(len(ctx.steps), checkpoints))
+        ctx.stored = {i: (y, None) for i, y in solver.kept if i in first_sweep}
         ctx.params = inputs[n_parts:]
         ctx.checkpoints, ctx.is_tuple, ctx.n_parts = checkpoints, is_tuple, n_parts
         ctx.backend = requested_backend()
@@ -498,7 +506,9 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
             return (*no_grads, *refuse_second_order((*st.components(row(0)), *([None] * len(ctx.params))),
                                                     ctx.saved_tensors, _NO_SECOND_ORDER))
         output_grads = {k: {j: row(j) for j, _ in rows} for k, rows in steps.outputs_in_step.items()}
-        sweeper = _Backward(steps, ctx.params, {0: row(0)}, {}, output_grads)
+        stored, ctx.stored = ctx.stored, {}
+        sweeper = _Backward(steps, ctx.params, {0: row(0)}, stored, output_grads)
+        del stored
         sweeper.adjoint = st.map_state(torch.zeros_like, y0)  # nothing is read at the last step's end itself
         with _as_in_forward(ctx, steps.rhs.func, st.first(y0).device):
             sweeper.sweep(0, y0, None, len(steps), ctx.checkpoints)  # the steps set the generators

@@ -12,6 +12,10 @@ generators cannot be replayed from the solve's start). ``AcceptedSteps.step`` th
 interpolated outputs of the forward solve, recorded by autograd when grad is enabled. (A solve
 whose evaluations drew no random numbers keeps no generator states.)
 
+The solve may also keep the end states of its latest accepted steps (``keep_last``): a
+backward pass that would store some of them first, before reversing any step, then starts from
+those instead of retaking the steps up to them.
+
 The first stage of a step is the last stage of the one before (first same as last): the
 forward solve evaluated it once, at the end of the previous step; taken again, each of the two
 steps evaluates it, with the generators as they were for that one evaluation.
@@ -20,6 +24,7 @@ steps evaluates it, with the generators as they were for that one evaluation.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import functools
 from typing import Any
@@ -66,12 +71,16 @@ class RecordingRHS(RHS):
 class _Recording:
     """Mixed into an ``AdaptiveRK`` class: ``integrate`` also fills ``self.accepted`` (one
     ``AcceptedStep`` per accepted step, in order) and ``self.output_steps`` (per output time after
-    the first, the index of the accepted step its value is interpolated in)."""
+    the first, the index of the accepted step its value is interpolated in), and ``self.kept``
+    with ``(i, state before step i)`` for the ``keep_last`` latest accepted steps' end states
+    (copies: the solver writes its next states into the same buffers)."""
 
     rhs: RecordingRHS
+    keep_last = 0
 
     def integrate(self, t: Tensor, t_values: Any = None):
         self.accepted: list[AcceptedStep] = []
+        self.kept: collections.deque = collections.deque(maxlen=self.keep_last)
         self.output_times = t.to(self.time_dtype)
         before = RandomState(state.first(self.y0).device)
         solution, status = super().integrate(t, t_values)
@@ -106,6 +115,8 @@ class _Recording:
         lands_on_jump = self._landing[1]
         self.accepted.append(AcceptedStep(t0, s.t, s.tf, s.last_dt, leaves_jump, lands_on_jump, rng_first,
                                           evaluations[0]))
+        if self.keep_last:
+            self.kept.append((len(self.accepted), state.map_state(torch.clone, s.y)))
         # The next step's first stage: this step's last evaluation (its last stage, or after a
         # jump_t point func evaluated just past it).
         self._next_first_stage = (evaluations[-1], lands_on_jump)

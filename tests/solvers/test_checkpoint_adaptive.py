@@ -48,7 +48,7 @@ def test_adaptive_methods_are_checkpointable():
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)
-@pytest.mark.parametrize("checkpoints", [1, 3])
+@pytest.mark.parametrize("checkpoints", [1, 3, 64])  # 64: more than the steps, all kept by the forward pass
 @pytest.mark.parametrize("decreasing", [False, True])
 def test_equals_backprop(method, checkpoints, decreasing):
     func = ConvRHS()
@@ -125,8 +125,9 @@ def test_tuple_state_float32():
         _assert_backprops(got, ref, (x, v, *func.parameters()))
 
 
+@pytest.mark.parametrize("checkpoints", [2, 64])  # 64: the backward pass starts from kept states
 @pytest.mark.parametrize("options", [{}, {"first_step": 0.9}])
-def test_random_rhs_draws_what_the_forward_drew(options):
+def test_random_rhs_draws_what_the_forward_drew(options, checkpoints):
     """Dropout in the RHS: the forward solve drew numbers for the initial step selection (no
     first_step) and for rejected attempts (a first step too large) too; every replayed
     evaluation draws what its first evaluation drew, so the gradient is backprop's for the same
@@ -144,8 +145,8 @@ def test_random_rhs_draws_what_the_forward_drew(options):
                              options={"on_max_steps": "return", **options})
         after_ref = torch.rand(1)
         torch.manual_seed(0)
-        got = odeint_checkpointed(func, y0, t, checkpoints=2, method="dopri5", rtol=1e-3, atol=1e-5,
-                                  options=dict(options))
+        got = odeint_checkpointed(func, y0, t, checkpoints=checkpoints, method="dopri5", rtol=1e-3,
+                                  atol=1e-5, options=dict(options))
         after_got = torch.rand(1)
         assert status.n_steps >= 2 and status.n_rejected >= (1 if "first_step" in options else 0)
         assert torch.equal(after_got, after_ref)
@@ -226,6 +227,31 @@ def test_memory_flat_in_accepted_steps():
     (few, n_few), (many, n_many) = _peak_states(1e-3), _peak_states(1e-7)
     assert n_many > 3 * n_few, (n_few, n_many)
     assert many <= few + 1.0, (few, many, n_few, n_many)
+
+
+def test_the_backward_pass_starts_from_the_states_the_forward_pass_kept():
+    """With fewer steps than checkpoints the forward pass keeps every state the backward pass
+    needs: it takes each accepted step once, recorded (7 evaluations of dopri5's), and none
+    unrecorded to reach a state; with 2 checkpoints it has to."""
+    func = ConvRHS()
+    grad_enabled = []
+
+    def counted(t, y):
+        grad_enabled.append(torch.is_grad_enabled())
+        return func(t, y)
+
+    y0 = testing.randn(1, 3, 8, 8, dtype=F64, seed=5, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    n = odeint(func, y0.detach(), t, method="dopri5", rtol=1e-6, atol=1e-8,
+               options={"on_max_steps": "return"})[1].n_steps
+    for checkpoints in (n + 1, 2):
+        out = odeint_checkpointed(counted, y0, t, checkpoints=checkpoints, method="dopri5", rtol=1e-6, atol=1e-8)
+        grad_enabled.clear()
+        out.square().sum().backward()
+        if checkpoints > n:
+            assert grad_enabled == [True] * (7 * n), (n, grad_enabled)
+        else:
+            assert grad_enabled.count(True) == 7 * n and grad_enabled.count(False) > 0, (n, grad_enabled)
 
 
 def _mlp_block_and_input():
