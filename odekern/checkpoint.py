@@ -631,8 +631,11 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor | Sequence[float
     adaptive = _is_adaptive(method)
     if isinstance(y0, list):
         y0 = tuple(y0)
-    check_state(y0, finite=not adaptive)  # an adaptive solve's inputs are all checked by odeint's checks
-    t, _, _ = time_argument(t, y0)
+    # Its values are read where they are solved: by odeint (without a backward pass, and for an
+    # adaptive method) or before the fixed-grid checkpointed solve. A read here would also break
+    # a compiled block's graph in inference.
+    check_state(y0, finite=False)
+    t, t_values, _ = time_argument(t, y0)
     check_tolerance(rtol, "rtol")  # unused by fixed grids; checked as odeint does
     check_tolerance(atol, "atol")
     if t.requires_grad:
@@ -643,7 +646,10 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor | Sequence[float
         _check_adaptive_options(options)
     else:
         _check_options(options)
-    params = _differentiated_tensors(func, adjoint_params)
+    if adjoint_params is None and not torch.is_grad_enabled() and not st.inside_transform():
+        params = ()  # nothing can be recorded: no search of func for the tensors it reaches
+    else:
+        params = _differentiated_tensors(func, adjoint_params)
     parts = st.components(y0)
     if st.inside_transform() or not st.records_derivatives([*parts, *params]):
         # Inside a torch.func transform (grad, jacrev, jvp, vmap) or a forward-mode AD level the
@@ -656,16 +662,30 @@ def odeint_checkpointed(func: Callable, y0: st.State, t: Tensor | Sequence[float
         # mode refuses without a backward pass what it refuses with one.
         if options.get("interp") == "cubic" and not adaptive:
             _grid_and_outputs(func, y0, t, options)
-        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+        # Times given as numbers stay numbers: odeint then reads no tensor for its grid.
+        times = t if t_values is None else t_values
+        return odeint(func, y0, times, rtol=rtol, atol=atol, method=method, options=options)
     if adaptive:
         return _solve_adaptive(func, y0, t, checkpoints, rtol, atol, method, options, params)
+    return _solve_fixed_grid(func, y0, t, checkpoints, method, options, params)
+
+
+# Run eagerly inside a compiled caller (a graph break here): the backward pass differentiates
+# each retaken step with torch.autograd.grad, which no graph can hold, so Dynamo would compile
+# the solve frame by frame (its grid reads, the forward loop, the replays: ~20 graphs and as many
+# seconds for an 8-step rk4 block), and the fragments ran slower than the eager solve.
+@torch._disable_dynamo
+def _solve_fixed_grid(func: Callable, y0: st.State, t: Tensor, checkpoints: int, method: str, options: dict,
+                      params: tuple[Tensor, ...]) -> st.State:
+    """``odeint_checkpointed`` for a fixed-grid method, on inputs to differentiate."""
+    check_state(y0)
     grid, grid_vals, positions = _grid_and_outputs(func, y0, t, options)
     nodes = _grid_nodes(positions)
     warn_unsupported_callbacks(step_callbacks(func), method, METHODS[method].CALLBACKS)
     replay = _Replay(func, grid, grid_vals, nodes, checkpoints, method, params,
                      perturb=bool(options.get("perturb", False)))
-    solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0),
-                                         len(parts), *parts, *params)
+    parts = st.components(y0)
+    solutions = _CheckpointedSolve.apply(replay, st.is_tuple(y0), len(parts), *parts, *params)
     if any(between for _, between in positions):
         solutions = _outputs_between_nodes(replay, t, positions, nodes, solutions)
     return st.rebuild(y0, solutions)

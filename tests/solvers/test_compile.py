@@ -77,10 +77,33 @@ def test_ode_block_compiles_whole_forward_and_backward(order):
     assert_close(grads[0][1], grads[1][1])
 
 
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_compiled_checkpointed_block_runs_its_solve_eagerly(method):
+    """The checkpointed solve is a graph break (its backward pass differentiates one retaken step
+    at a time, which no graph holds): no compiled graph contains the RHS's convolution, only
+    the argument checks around the solve do."""
+    block = ODEBlock(ConvField(), method=method, step_size=STEP_SIZE, gradient="checkpoint")
+    explanation = dynamo.explain(block)(randn(2, 8, 6, 6, seed=2, requires_grad=True))
+    ops = [str(op) for graph in explanation.ops_per_graph for op in graph]
+    assert explanation.graph_break_count >= 1
+    assert not [op for op in ops if "conv" in op], ops
+
+
+def test_checkpointed_block_in_inference_compiles_whole():
+    """With nothing to differentiate the checkpointed block's solve is odeint's, which reads no
+    tensor for a fixed grid: one graph, as a backprop block."""
+    block = ODEBlock(ConvField(), method="rk4", step_size=STEP_SIZE, gradient="checkpoint")
+    x = randn(2, 8, 6, 6, seed=2)
+    with torch.no_grad():
+        assert dynamo.explain(block)(x).graph_break_count == 0
+        assert_close(torch.compile(block, fullgraph=True)(x), block(x))
+
+
 @torch._inductor.config.patch(fallback_random=True)
 def test_compiled_checkpointed_block_with_dropout_gets_backprops_gradient():
-    """With inductor drawing random numbers as eager does (docs/composability.md), the
-    checkpointed gradient's retaken steps see the forward's dropout masks when compiled too."""
+    """With inductor drawing random numbers as eager does (docs/composability.md), compiled
+    backprop sees the masks the checkpointed solve (eager inside the compiled block) draws in its
+    forward pass and again in its retaken steps."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.Tanh(), torch.nn.Linear(16, 8))
     y0 = randn(4, 8, seed=3, requires_grad=True)
