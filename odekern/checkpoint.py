@@ -43,12 +43,12 @@ and the states at the ends of its last ``c - 1`` steps: the number of steps is k
 the solve ends, and the states the schedule stores first lie mostly at the end (all of them for
 ``n < c``), so those among the kept ones are stored. The backward pass sweeps over the accepted
 steps as over a grid, the other states recomputed by the same schedule, each output's gradient
-entering at the step whose dense output gave its value. An RHS that draws random numbers draws, in every retaken
-evaluation, what the forward solve drew there, rejected attempts in between notwithstanding (two
-generator states per accepted step are kept, only when the solve drew any). fehlberg2 and
-adaptive_heun, whose steps start from a stage that is not the previous step's solution (as
-torchdiffeq's do), and the multistep Adams methods are refused with a message naming the
-alternatives ("backprop", "adjoint").
+entering at the step whose dense output gave its value. An RHS that draws random numbers
+draws, in every retaken evaluation, what the forward solve drew there, rejected attempts in
+between notwithstanding (two generator states per accepted step are kept, only when the solve
+drew any). fehlberg2 and adaptive_heun, whose steps start from a stage that is not the previous
+step's solution (as torchdiffeq's do), and the multistep Adams methods are refused with a
+message naming the alternatives ("backprop", "adjoint").
 """
 
 from __future__ import annotations

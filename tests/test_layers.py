@@ -1,6 +1,6 @@
 """The package's layers (docs/design.md, "Layers"): no import cycle, no import from a lower layer
 into a higher one, no odekern import hidden inside a function, and every module importable on
-its own in a fresh interpreter.
+its own (in a process that has imported torch and nothing of odekern).
 
 The graph is read from the source (ast), so it sees every module-level import, including ones
 that a particular import order would never execute first.
