@@ -130,27 +130,19 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
                              "element's event in a loop (vmap over a fixed-grid odeint without event_fn works)")
         return _solve_until_event(func, y0, t, rtol, atol, method, options, event_fn, reverse, return_status)
 
-    tuple_state = state.is_tuple(y0)
-    rtol, atol = _as_state_tolerance(rtol, y0, "rtol"), _as_state_tolerance(atol, y0, "atol")
-    control = options.pop("control", GLOBAL)
-    norm_option = options.pop("norm", None)
-    norm = resolve_norm(norm_option, tuple_state)
-
-    if reverse:
-        t = -t
-        t_values = None if t_values is None else [-v for v in t_values]
-        flip_time_options(options)
-
     if state.numel(y0) == 0:
-        # Nothing to integrate (and an RMS norm of no elements is NaN): the state stays empty.
+        # Nothing to integrate (and an RMS norm of no elements is NaN): the state stays empty; a
+        # bad norm is refused all the same.
+        resolve_norm(options.get("norm"), state.is_tuple(y0))
         solution = state.map_state(lambda c: c.unsqueeze(0).expand(len(t), *c.shape).clone(), y0)
-        status = SolveStatus(True, "empty state", float(t[-1].detach()) * (-1.0 if reverse else 1.0), len(t), 0.0)
-    elif control == PER_SAMPLE:
-        sample_norm = rms_norm if norm_option is None else norm
-        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, sample_norm)
+        status = SolveStatus(True, "empty state", float(t[-1].detach()), len(t), 0.0)
+    elif options.get("control", GLOBAL) == PER_SAMPLE:
+        solution, status = _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, callbacks)
     else:
-        solver = METHODS[method](RHS(func, -1.0 if reverse else 1.0, callbacks), y0, rtol, atol, method=method,
-                                 norm=norm, **options)
+        solver = build_solver(func, y0, rtol, atol, method, options, reverse, callbacks)
+        if reverse:
+            t = -t
+            t_values = None if t_values is None else [-v for v in t_values]
         solution, status = solver.integrate(t, t_values)
     return (solution, status) if return_status else solution
 
@@ -278,11 +270,11 @@ def flip_time_options(options: dict) -> None:
         options["grid_constructor"] = lambda f, y, t_neg: -user_grid(f, y, -t_neg)
 
 
-def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, norm):
+def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, callbacks):
     """``control="per_sample"``: solve each batch element (dim 0) with its own step-size control.
 
     A tuple state is sliced per component (all must share the batch size); each sample's error
-    is ``norm`` of all of its components."""
+    is ``options["norm"]`` of all of its components (RMS when not given)."""
     parts = state.components(y0)
     batch = {p.shape[0] if p.dim() else 0 for p in parts}
     if len(batch) != 1 or 0 in batch:
@@ -291,12 +283,16 @@ def _solve_per_sample(func, y0, t, rtol, atol, method, options, reverse, norm):
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"options['control']='per_sample' only applies to adaptive methods "
                          f"({sorted(ADAPTIVE_METHODS)}), not {method!r}")
-    solver_cls = METHODS[method]
+    rtol, atol = _as_state_tolerance(rtol, y0, "rtol"), _as_state_tolerance(atol, y0, "atol")
+    options = {name: value for name, value in options.items() if name != "control"}
+    options["norm"] = rms_norm if options.get("norm") is None else options["norm"]
+    if reverse:
+        t = -t
     outs, statuses = [], []
     for b in range(batch.pop()):
         sample = state.map_state(lambda c, b=b: c[b:b + 1], y0)
-        solver = solver_cls(RHS(func, -1.0 if reverse else 1.0), sample, _sample_tol(rtol, y0, b),
-                            _sample_tol(atol, y0, b), method=method, norm=norm, **options)
+        solver = build_solver(func, sample, _sample_tol(rtol, y0, b), _sample_tol(atol, y0, b), method,
+                              dict(options), reverse, callbacks)
         sol, st = solver.integrate(t)
         outs.append(state.components(sol))
         statuses.append(st)

@@ -168,6 +168,10 @@ def test_edge_shapes_single_time_empty_state_non_contiguous(method):
     assert torch.equal(_solve(func, y0, one_t, method), y0[None])
     empty = torch.zeros(0, 3, dtype=torch.float64)
     assert _solve(func, empty, torch.tensor([0.0, 1.0], dtype=torch.float64), method).shape == (2, 0, 3)
+    # Nothing is integrated, but the options are still checked.
+    with pytest.raises(ValueError, match="options\\['norm'\\]"):
+        odeint(func, empty, torch.tensor([0.0, 1.0], dtype=torch.float64), method=method,
+               options={"norm": "l1"})
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     y_nc = _solve(func, non_contiguous(y0), t, method)
     assert_close(y_nc, _solve(func, y0.contiguous(), t, method))
