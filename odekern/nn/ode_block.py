@@ -311,13 +311,16 @@ class ODEBlock(nn.Module):
         return tuple(part[-1] for part in solution)
 
     def _times(self, like: torch.Tensor):
-        """The output times for the solve: as Python floats for a fixed-grid solve in the modes
-        that solve with odeint (backprop; checkpoint whenever nothing is recorded): odeint then
-        reads no tensor, so torch.compile(fullgraph=True) traces the block whole. Else the ``t``
+        """The output times for the solve: as Python floats for a fixed-grid backprop solve and
+        for every checkpointed one. odeint then reads no tensor for a fixed grid, so
+        torch.compile(fullgraph=True) traces the block whole, and the checkpointed solve checks
+        its times without reading a tensor, so a compiled block breaks its graph only where that
+        solve runs eagerly. Else (adjoint, adaptive backprop, ``t`` to differentiate) the ``t``
         buffer in the state's dtype and device. The floats are refreshed from the buffer on every
         eager call; a compiled call (or a block moved to the meta device) uses those of the last
         eager call, or of construction."""
-        if self.gradient == "adjoint" or self.method in ADAPTIVE_METHODS or self.t.requires_grad:
+        if (self.gradient == "adjoint" or self.t.requires_grad
+                or (self.method in ADAPTIVE_METHODS and self.gradient != "checkpoint")):
             return self.t.to(device=like.device, dtype=like.dtype)
         if not (torch.compiler.is_compiling() or self.t.is_meta):
             self._t_values = tuple(self.t.tolist())

@@ -80,13 +80,16 @@ def test_ode_block_compiles_whole_forward_and_backward(order):
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_compiled_checkpointed_block_runs_its_solve_eagerly(method):
     """The checkpointed solve is a graph break (its backward pass differentiates one retaken step
-    at a time, which no graph holds): no compiled graph contains the RHS's convolution, only
-    the argument checks around the solve do."""
+    at a time, which no graph holds): no compiled graph contains the RHS's convolution, and the
+    argument checks around the solve add no break."""
     block = ODEBlock(ConvField(), method=method, step_size=STEP_SIZE, gradient="checkpoint")
     explanation = dynamo.explain(block)(randn(2, 8, 6, 6, seed=2, requires_grad=True))
     ops = [str(op) for graph in explanation.ops_per_graph for op in graph]
     assert explanation.graph_break_count >= 1
     assert not [op for op in ops if "conv" in op], ops
+    # The block's times are numbers: the argument checks read no tensor, so the only break is
+    # the call of the eager solve.
+    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {"odeint_checkpointed"}
 
 
 def test_checkpointed_block_in_inference_compiles_whole():
