@@ -150,8 +150,8 @@ def test_the_checks_above_can_fail(tmp_path):
     # The solver core importing a kernel package, once at module level and once in a function.
     module = "odekern.solvers.stages"
     probe = tmp_path / "probe.py"
-    probe.write_text(MODULES[module].read_text()
-                     + "\nfrom odekern.ops.rk_stage import dispatch\n\ndef _late():\n    from odekern.nn import ODEBlock\n")
+    late_imports = "\nfrom odekern.ops.rk_stage import dispatch\n\ndef _late():\n    from odekern.nn import ODEBlock\n"
+    probe.write_text(MODULES[module].read_text() + late_imports)
     saved = MODULES[module]
     MODULES[module] = probe
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from odekern.testing import randn
+from odekern.testing import assert_close, randn
 
 FIXED_METHODS = ["euler", "midpoint", "rk4", "rk4_classic", "explicit_adams", "implicit_adams"]
 SHARED_METHODS = ["dopri5", "euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"]  # also in torchdiffeq
@@ -94,3 +94,19 @@ class TupleOscillator(nn.Module):
     def forward(self, t, state):
         x, v = state
         return v, -self.w ** 2 * x - self.damping * v + 0.1 * torch.cos(t)
+
+
+def weighted_grads(solution, leaves, seed=99):
+    """Gradients with respect to ``leaves`` of a fixed random weighting of ``solution`` (a
+    tensor or a tuple of tensors): every entry of the solution reaches the loss."""
+    parts = solution if isinstance(solution, tuple) else (solution,)
+    loss = sum((p * randn(*p.shape, dtype=p.dtype, seed=seed + k)).sum() for k, p in enumerate(parts))
+    return torch.autograd.grad(loss, leaves)
+
+
+def assert_backprops(got, ref, leaves):
+    """``got`` and its gradients with respect to ``leaves`` are ``ref``'s (backprop's)."""
+    for a, b in zip(got if isinstance(got, tuple) else (got,), ref if isinstance(ref, tuple) else (ref,)):
+        assert_close(a, b)
+    for g, r in zip(weighted_grads(got, leaves), weighted_grads(ref, leaves)):
+        assert_close(g, r)

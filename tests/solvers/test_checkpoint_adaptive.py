@@ -10,6 +10,7 @@ both take the same steps; the default backend is checked by gradcheck and agains
 import pytest
 import torch
 from torch import nn
+from solver_problems import assert_backprops, weighted_grads
 
 import odekern
 from odekern import ODEBlock, odeint, testing
@@ -30,19 +31,6 @@ class ConvRHS(nn.Module):
         return self.scale * self.dropout(torch.tanh(self.conv(y))) * torch.cos(3 * t) - 0.3 * y
 
 
-def _weighted_grads(solution, leaves, seed=99):
-    parts = solution if isinstance(solution, tuple) else (solution,)
-    loss = sum((p * testing.randn(*p.shape, dtype=p.dtype, seed=seed + k)).sum() for k, p in enumerate(parts))
-    return torch.autograd.grad(loss, leaves)
-
-
-def _assert_backprops(got, ref, leaves):
-    for a, b in zip(got if isinstance(got, tuple) else (got,), ref if isinstance(ref, tuple) else (ref,)):
-        testing.assert_close(a, b)
-    for g, r in zip(_weighted_grads(got, leaves), _weighted_grads(ref, leaves)):
-        testing.assert_close(g, r)
-
-
 def test_adaptive_methods_are_checkpointable():
     assert set(ADAPTIVE) <= set(checkpointable_methods())
 
@@ -60,7 +48,7 @@ def test_equals_backprop(method, checkpoints, decreasing):
         got = odeint_checkpointed(func, y0, t, checkpoints=checkpoints, method=method, rtol=1e-6, atol=1e-8)
         ref, status = odeint(func, y0, t, method=method, rtol=1e-6, atol=1e-8, options={"on_max_steps": "return"})
         assert status.n_steps >= 4
-        _assert_backprops(got, ref, leaves)
+        assert_backprops(got, ref, leaves)
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5"])
@@ -90,7 +78,7 @@ def test_default_backend_gradient_is_its_solves_own():
         plain = odeint(func, y0, t, method="dopri5", rtol=1e-6, atol=1e-8)
     results = [odeint_checkpointed(func, y0, t, checkpoints=c, method="dopri5", rtol=1e-6, atol=1e-8)
                for c in (1, 2, 8)]
-    grads = [_weighted_grads(r, leaves) for r in results]
+    grads = [weighted_grads(r, leaves) for r in results]
     for r, g in zip(results, grads):
         assert torch.equal(r, plain)
         for a, b in zip(g, grads[0]):
@@ -107,7 +95,7 @@ def test_step_t_jump_t_and_first_step_options():
         got = odeint_checkpointed(func, y0, t, checkpoints=2, method="dopri5", rtol=1e-5, atol=1e-7,
                                   options=dict(options))
         ref = odeint(func, y0, t, method="dopri5", rtol=1e-5, atol=1e-7, options=dict(options))
-        _assert_backprops(got, ref, leaves)
+        assert_backprops(got, ref, leaves)
 
 
 def test_tuple_state_float32():
@@ -122,7 +110,7 @@ def test_tuple_state_float32():
     with odekern.use_backend("reference"):
         got = odeint_checkpointed(rhs, (x, v), t, checkpoints=2, method="dopri5", rtol=1e-4, atol=1e-6)
         ref = odeint(rhs, (x, v), t, method="dopri5", rtol=1e-4, atol=1e-6)
-        _assert_backprops(got, ref, (x, v, *func.parameters()))
+        assert_backprops(got, ref, (x, v, *func.parameters()))
 
 
 @pytest.mark.parametrize("checkpoints", [2, 64])  # 64: the backward pass starts from kept states
@@ -150,7 +138,7 @@ def test_random_rhs_draws_what_the_forward_drew(options, checkpoints):
         after_got = torch.rand(1)
         assert status.n_steps >= 2 and status.n_rejected >= (1 if "first_step" in options else 0)
         assert torch.equal(after_got, after_ref)
-        _assert_backprops(got, ref, leaves)
+        assert_backprops(got, ref, leaves)
 
 
 def test_ode_block_with_dopri5_equals_backprop():
@@ -160,7 +148,7 @@ def test_ode_block_with_dopri5_equals_backprop():
               for g in ("checkpoint", "backprop")]
     with odekern.use_backend("reference"):
         got, ref = (b(x) for b in blocks)
-        _assert_backprops(got, ref, (x, *func.parameters()))
+        assert_backprops(got, ref, (x, *func.parameters()))
 
 
 def test_single_output_time_and_nothing_to_differentiate():
@@ -268,7 +256,7 @@ def test_compiled_block_equals_eager_backprop():
     leaves = (x, *net.parameters())
     got = torch.compile(block("checkpoint"))(x)
     ref = block("backprop")(x)
-    _assert_backprops(got, ref, leaves)
+    assert_backprops(got, ref, leaves)
 
 
 def test_torch_func_grad_solves_as_odeint():

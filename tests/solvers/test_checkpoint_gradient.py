@@ -6,6 +6,7 @@ import contextlib
 import pytest
 import torch
 from torch import nn
+from solver_problems import assert_backprops
 
 import odekern
 from odekern import ODEBlock, odeint, testing
@@ -23,18 +24,6 @@ class ConvRHS(nn.Module):
         return torch.tanh(self.conv(y)) * torch.cos(t) - 0.3 * y
 
 
-def _grads(out, leaves):
-    weight = testing.randn(*out.shape, dtype=out.dtype, seed=99)
-    return torch.autograd.grad((out * weight).sum(), leaves)
-
-
-def _assert_equal_with_gradients(got, ref, leaves):
-    """The checkpointed solution and its gradients with respect to ``leaves`` are backprop's."""
-    testing.assert_close(got, ref)
-    for g, r in zip(_grads(got, leaves), _grads(ref, leaves)):
-        testing.assert_close(g, r)
-
-
 @pytest.mark.parametrize("method", ["rk4", "midpoint", "euler"])
 @pytest.mark.parametrize("checkpoints", [1, 3, 16])
 def test_equals_backprop(method, checkpoints):
@@ -45,7 +34,7 @@ def test_equals_backprop(method, checkpoints):
     leaves = (y0, *func.parameters())
     got = odeint_checkpointed(func, y0, t, checkpoints=checkpoints, method=method, options=opts)
     ref = odeint(func, y0, t, method=method, options=opts)
-    _assert_equal_with_gradients(got, ref, leaves)
+    assert_backprops(got, ref, leaves)
 
 
 def test_reverse_time_and_repeated_output_times():
@@ -55,7 +44,7 @@ def test_reverse_time_and_repeated_output_times():
     leaves = (y0, *func.parameters())
     got = odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"step_size": 0.25})
     ref = odeint(func, y0, t, method="rk4", options={"step_size": 0.25})
-    _assert_equal_with_gradients(got, ref, leaves)
+    assert_backprops(got, ref, leaves)
 
 
 @pytest.mark.parametrize("case", ["rk4", "euler-decreasing", "midpoint-tuple", "heun3-float32", "rk4-perturb"])
@@ -109,7 +98,7 @@ def test_a_grid_constructor_gives_backprops_grid(decreasing):
     got = odeint_checkpointed(func, y0, t, checkpoints=2, method="rk4", options={"grid_constructor": uneven})
     ref = odeint(func, y0, t, method="rk4", options={"grid_constructor": uneven})
     assert calls[0] == calls[1] == t.tolist()
-    _assert_equal_with_gradients(got, ref, leaves)
+    assert_backprops(got, ref, leaves)
 
 
 def test_grid_options_are_checked_as_odeint_checks_them():
@@ -148,7 +137,7 @@ def test_ode_block_output_times_off_the_grid():
     blocks = [ODEBlock(func, t=(0.0, 0.3, 1.0), method="rk4", step_size=0.25, gradient=g)
               for g in ("checkpoint", "backprop")]
     got, ref = (b(x) for b in blocks)
-    _assert_equal_with_gradients(got, ref, (x, *func.parameters()))
+    assert_backprops(got, ref, (x, *func.parameters()))
 
 
 def test_gradcheck_float64():
@@ -247,7 +236,7 @@ def test_ode_block_checkpoint_mode_matches_backprop():
     ck_block = ODEBlock(func, method="rk4", step_size=0.125, gradient="checkpoint", checkpoints=3)
     leaves = (x, *func.parameters())
     got, ref = ck_block(x), ref_block(x)
-    _assert_equal_with_gradients(got, ref, leaves)
+    assert_backprops(got, ref, leaves)
 
 
 def test_bad_input():
