@@ -522,6 +522,7 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
 # by frame, recompiling as their step counts change (at its recompilation limit within one solve).
 # torch._disable_dynamo is torch.compiler.disable applied at the first call (the same graph break):
 # the public decorator imports torch._dynamo with this module, a second added to `import odekern`.
+# The name is private, but torch.library's custom ops are built on it too.
 @torch._disable_dynamo
 def _solve_adaptive(func: Callable, y0: st.State, t: Tensor, checkpoints: int, rtol: Any, atol: Any, method: str,
                     options: dict, params: tuple[Tensor, ...]) -> st.State:
