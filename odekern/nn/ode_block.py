@@ -312,15 +312,15 @@ class ODEBlock(nn.Module):
 
     def _times(self, like: torch.Tensor):
         """The output times for the solve: as Python floats for a fixed-grid backprop solve and
-        for every checkpointed one. odeint then reads no tensor for a fixed grid, so
-        torch.compile(fullgraph=True) traces the block whole, and the checkpointed solve checks
-        its times without reading a tensor, so a compiled block breaks its graph only where that
-        solve runs eagerly. Else (adjoint, adaptive backprop, ``t`` to differentiate) the ``t``
-        buffer in the state's dtype and device. The floats are refreshed from the buffer on every
+        for every checkpointed or adjoint one. odeint then reads no tensor for a fixed grid, so
+        torch.compile(fullgraph=True) traces the block whole (in inference the other modes solve
+        with odeint too), and the checkpointed and adjoint solves check their times without
+        reading a tensor, so a compiled block breaks its graph only where such a solve runs
+        eagerly. Else (adaptive backprop, ``t`` to differentiate) the ``t`` buffer in the state's
+        dtype and device. The floats are refreshed from the buffer on every
         eager call; a compiled call (or a block moved to the meta device) uses those of the last
         eager call, or of construction."""
-        if (self.gradient == "adjoint" or self.t.requires_grad
-                or (self.method in ADAPTIVE_METHODS and self.gradient != "checkpoint")):
+        if self.t.requires_grad or (self.method in ADAPTIVE_METHODS and self.gradient == "backprop"):
             return self.t.to(device=like.device, dtype=like.dtype)
         if not (torch.compiler.is_compiling() or self.t.is_meta):
             self._t_values = tuple(self.t.tolist())

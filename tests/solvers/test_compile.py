@@ -78,24 +78,36 @@ def test_ode_block_compiles_whole_forward_and_backward(order):
 
 
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
-def test_compiled_checkpointed_block_runs_its_solve_eagerly(method):
-    """The checkpointed solve is a graph break (its backward pass differentiates one retaken step
-    at a time, which no graph holds): no compiled graph contains the RHS's convolution, and the
-    argument checks around the solve add no break."""
-    block = ODEBlock(ConvField(), method=method, step_size=STEP_SIZE, gradient="checkpoint")
-    explanation = dynamo.explain(block)(randn(2, 8, 6, 6, seed=2, requires_grad=True))
+@pytest.mark.parametrize("gradient, entry", [("checkpoint", "odeint_checkpointed"), ("adjoint", "odeint_adjoint")])
+def test_compiled_block_runs_its_checkpointed_or_adjoint_solve_eagerly(method, gradient, entry):
+    """The checkpointed and the adjoint solves are graph breaks (their backward passes
+    differentiate one retaken step at a time / solve the adjoint system, which no graph holds):
+    no compiled graph contains the RHS's convolution, and the argument checks around the solve
+    add no break."""
+    block = ODEBlock(ConvField(), method=method, step_size=STEP_SIZE, gradient=gradient)
+    x = randn(2, 8, 6, 6, seed=2, requires_grad=True)
+    explanation = dynamo.explain(block)(x)
     ops = [str(op) for graph in explanation.ops_per_graph for op in graph]
     assert explanation.graph_break_count >= 1
     assert not [op for op in ops if "conv" in op], ops
     # The block's times are numbers: the argument checks read no tensor, so the only break is
     # the call of the eager solve.
-    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {"odeint_checkpointed"}
+    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {entry}
+    dynamo.reset()
+    grads = []
+    for fn in (torch.compile(block), block):
+        out = fn(x)
+        grads.append((out, torch.autograd.grad(out.square().sum(), (x, *block.parameters()))))
+    assert_close(grads[0][0], grads[1][0])
+    for got, want in zip(grads[0][1], grads[1][1]):
+        assert_close(got, want)
 
 
-def test_checkpointed_block_in_inference_compiles_whole():
-    """With nothing to differentiate the checkpointed block's solve is odeint's, which reads no
-    tensor for a fixed grid: one graph, as a backprop block."""
-    block = ODEBlock(ConvField(), method="rk4", step_size=STEP_SIZE, gradient="checkpoint")
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_checkpointed_or_adjoint_block_in_inference_compiles_whole(gradient):
+    """With nothing to differentiate the checkpointed and the adjoint block's solve is odeint's,
+    which reads no tensor for a fixed grid: one graph, as a backprop block."""
+    block = ODEBlock(ConvField(), method="rk4", step_size=STEP_SIZE, gradient=gradient)
     x = randn(2, 8, 6, 6, seed=2)
     with torch.no_grad():
         assert dynamo.explain(block)(x).graph_break_count == 0
