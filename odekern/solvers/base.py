@@ -24,9 +24,13 @@ from odekern.solvers.checks import check_rhs_output, check_tuple_rhs_output
 Tensor = torch.Tensor
 
 
-def _versions(y: state.State) -> int | tuple[int, ...]:
+def _versions(y: state.State) -> int | tuple[int, ...] | None:
     """The version counters of a state's tensors: an in-place write to one (or to a view of it)
-    increments its counter."""
+    increments its counter. None for inference tensors (made under torch.inference_mode()),
+    which have none: there an in-place write cannot be noticed."""
+    parts = (y,) if isinstance(y, Tensor) else y
+    if any(part.is_inference() for part in parts):
+        return None
     return y._version if isinstance(y, Tensor) else tuple(part._version for part in y)
 
 
