@@ -119,6 +119,8 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         ``odekern.solvers.NonFiniteError``, a ``SolveError``, when the solution becomes NaN/inf
         (names the time).
     """
+    if torch.compiler.is_compiling() and _steps_follow_values(method, event_fn):
+        return _odeint_eagerly(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn)
     rtol, atol, options = from_numpy(rtol), from_numpy(atol), options_from_numpy(options)
     method, y0, t, t_values, options, reverse, callbacks = checked_inputs(func, y0, t, rtol, atol, method,
                                                                           options)
@@ -145,6 +147,24 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
             t_values = None if t_values is None else [-v for v in t_values]
         solution, status = solver.integrate(t, t_values)
     return (solution, status) if return_status else solution
+
+
+# Solves whose steps depend on the state's values: an adaptive method's accept decisions, SciPy's
+# solver (on NumPy), an event search's root finding.
+_VALUE_DEPENDENT_METHODS = ADAPTIVE_METHODS | {"scipy_solver"}
+
+
+def _steps_follow_values(method: Any, event_fn: Callable | None) -> bool:
+    """Whether the solve reads the state's values to choose its steps, so no graph can hold it."""
+    name = DEFAULT_METHOD if method is None else method
+    return event_fn is not None or (isinstance(name, str) and name in _VALUE_DEPENDENT_METHODS)
+
+
+# Run eagerly inside a compiled caller (one graph break here): a value-dependent solve reads the
+# host at every step, so Dynamo compiled it frame by frame, recompiling as the step count changed
+# (32 graphs and ~55 s for a dopri5 block of a small conv RHS, which then ran slower than eagerly).
+# A func compiled on its own (torch.compile(func)) stays compiled inside.
+_odeint_eagerly = torch._disable_dynamo(lambda *args, **kwargs: odeint(*args, **kwargs))
 
 
 def checked_inputs(func: Callable, y0: Any, t: Any, rtol: Any, atol: Any, method: str | None,

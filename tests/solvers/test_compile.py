@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 import torch._inductor.config
+from torch._dynamo.testing import CompileCounter
 
 import odekern
 from odekern.nn import ODEBlock
@@ -101,6 +102,51 @@ def test_compiled_block_runs_its_checkpointed_or_adjoint_solve_eagerly(method, g
     assert_close(grads[0][0], grads[1][0])
     for got, want in zip(grads[0][1], grads[1][1]):
         assert_close(got, want)
+
+
+def test_compiled_adaptive_block_runs_its_solve_eagerly():
+    """An adaptive solve reads the state at every step (its accept decisions), so inside a
+    compiled caller it runs eagerly, one graph break where odeint starts, instead of being
+    compiled frame by frame (which recompiled as the step count changed and ran slower)."""
+    block = ODEBlock(ConvField(), method="dopri5", rtol=1e-4, atol=1e-6)
+    x = randn(2, 8, 6, 6, seed=2, requires_grad=True)
+    explanation = dynamo.explain(block)(x)
+    ops = [str(op) for graph in explanation.ops_per_graph for op in graph]
+    assert not [op for op in ops if "conv" in op], ops
+    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {"odeint"}
+    dynamo.reset()
+    results = []
+    for fn in (torch.compile(block), block):
+        out = fn(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), (x, *block.parameters()))))
+    assert_close(results[0][0], results[1][0])
+    for got, want in zip(results[0][1], results[1][1]):
+        assert_close(got, want)
+
+
+def test_a_compiled_func_stays_compiled_inside_an_eager_solve():
+    """The eager adaptive solve calls func as it is: a func compiled on its own runs compiled."""
+    counter = CompileCounter()
+    field = ConvField()
+    compiled_field = torch.compile(field, backend=counter)
+    y0 = randn(2, 8, 6, 6, seed=3)
+    solve = torch.compile(lambda y: odekern.odeint(compiled_field, 2 * y, [0.0, 0.5], method="dopri5", rtol=1e-4,
+                                                   atol=1e-6))
+    assert_close(solve(y0), odekern.odeint(field, 2 * y0, [0.0, 0.5], method="dopri5", rtol=1e-4, atol=1e-6))
+    assert counter.frame_count >= 1
+
+
+def test_compiled_event_solve_runs_eagerly():
+    solve = lambda y: odekern.odeint(lambda t, z: -z, y, torch.tensor([0.0, 5.0]),  # noqa: E731
+                                     event_fn=lambda t, z: z.sum() - 0.5)
+    y0 = torch.ones(2, dtype=torch.float64)
+    explanation = dynamo.explain(solve)(y0)
+    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {"odeint"}
+    dynamo.reset()
+    (event_t, ys), (ref_t, ref_ys) = torch.compile(solve)(y0), solve(y0)
+    assert_close(event_t, ref_t)
+    assert_close(ys, ref_ys)
+    assert_close(event_t, torch.log(torch.tensor(4.0)), kind="cross", rtol=1e-5)  # 2 e^-t = 0.5
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
