@@ -503,3 +503,27 @@ def test_checkpoints_is_checked_in_every_gradient_mode(gradient, checkpoints):
 
     with pytest.raises(ValueError, match=r"^ODEBlock: checkpoints must be an int >= 1"):
         ODEBlock(Decay(), method="rk4", step_size=0.5, gradient=gradient, checkpoints=checkpoints)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_the_times_follow_the_buffer(method):
+    """The block reads its ``t`` buffer again only when it has changed (on a GPU each read is a
+    host sync): written in place, replaced, or moved to another dtype."""
+    decay = lambda t, y: -y  # noqa: E731
+    kwargs = {"method": method, **({"step_size": 0.125} if method == "rk4" else {})}
+    block, x = ODEBlock(decay, **kwargs), torch.ones(3, dtype=torch.float64)
+
+    def solved_to(end):
+        return ODEBlock(decay, t=torch.tensor([0.0, end]), **kwargs)(x)
+
+    assert torch.equal(block(x), solved_to(1.0))
+    assert torch.equal(block(x), solved_to(1.0))
+    block.t.copy_(torch.tensor([0.0, 2.0]))
+    assert torch.equal(block(x), solved_to(2.0))
+    block.t = torch.tensor([0.0, 0.5])
+    assert torch.equal(block(x), solved_to(0.5))
+    block.double()
+    assert block.t.dtype == torch.float64 and torch.equal(block(x), solved_to(0.5))
+    with torch.no_grad():
+        block.t[-1] = 3.0
+    assert torch.equal(block(x), solved_to(3.0))

@@ -27,7 +27,7 @@ from odekern.solvers.checks import (check_mapping, check_method, check_options, 
                                     from_numpy, options_from_numpy, shape_or_type)
 from odekern.solvers.norms import canonical_control
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
-from odekern.solvers.state import real_dtype
+from odekern.solvers.state import inside_transform, real_dtype
 
 # --------------------------------------------------------------------------- gradient modes
 # One entry per mode: ``solve(dynamics, z0, t, **solver_kwargs) -> solution at every t``.
@@ -230,6 +230,7 @@ class ODEBlock(nn.Module):
         self.velocity_init = velocity_init
         self.register_buffer("t", _as_time_grid(t), persistent=False)
         self._t_values = tuple(self.t.tolist())  # see _times
+        self._t_key = None  # what the buffer was when _t_values were read from it (see _times)
         self.method = method
         self.rtol = rtol
         self.atol = atol
@@ -311,19 +312,25 @@ class ODEBlock(nn.Module):
         return tuple(part[-1] for part in solution)
 
     def _times(self, like: torch.Tensor):
-        """The output times for the solve: as Python floats for a fixed-grid backprop solve and
-        for every checkpointed or adjoint one. odeint then reads no tensor for a fixed grid, so
-        torch.compile(fullgraph=True) traces the block whole (in inference the other modes solve
-        with odeint too), and the checkpointed and adjoint solves check their times without
-        reading a tensor, so a compiled block breaks its graph only where such a solve runs
-        eagerly. Else (adaptive backprop, ``t`` to differentiate) the ``t`` buffer in the state's
-        dtype and device. The floats are refreshed from the buffer on every
-        eager call; a compiled call (or a block moved to the meta device) uses those of the last
-        eager call, or of construction."""
-        if self.t.requires_grad or (self.method in ADAPTIVE_METHODS and self.gradient == "backprop"):
-            return self.t.to(device=like.device, dtype=like.dtype)
-        if not (torch.compiler.is_compiling() or self.t.is_meta):
-            self._t_values = tuple(self.t.tolist())
+        """The output times for the solve: as Python floats, unless ``t`` is to be differentiated
+        (then the ``t`` buffer in the state's dtype and device). odeint then reads no tensor for
+        a fixed grid, so torch.compile(fullgraph=True) traces the block whole (in inference the
+        checkpointed and adjoint modes solve with odeint too), and the solves that run eagerly
+        inside a compiled caller (adaptive methods, the checkpointed and adjoint gradients) check
+        their times without reading a tensor: the block breaks its graph only where such a solve
+        starts. The floats are read from the buffer again by an eager call when it has changed
+        (written in place, replaced, moved): on a GPU each read is a host sync. A compiled call
+        (or a block moved to the meta device) uses those of the last eager call, or of
+        construction."""
+        t = self.t
+        if t.requires_grad:
+            return t.to(device=like.device, dtype=like.dtype)
+        if not (torch.compiler.is_compiling() or t.is_meta):
+            # Read every time where the buffer's identity cannot be told: an inference tensor has
+            # no version counter, a torch.func transform's wrapper no data pointer.
+            key = None if t.is_inference() or inside_transform() else (id(t), t.data_ptr(), t.device, t._version)
+            if key is None or key != self._t_key:
+                self._t_values, self._t_key = tuple(t.tolist()), key
         return self._t_values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
