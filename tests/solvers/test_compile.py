@@ -78,14 +78,19 @@ def test_ode_block_compiles_whole_forward_and_backward(order):
     assert_close(grads[0][1], grads[1][1])
 
 
-@pytest.mark.parametrize("method", ["rk4", "dopri5"])
-@pytest.mark.parametrize("gradient, entry", [("checkpoint", "odeint_checkpointed"), ("adjoint", "odeint_adjoint")])
-def test_compiled_block_runs_its_checkpointed_or_adjoint_solve_eagerly(method, gradient, entry):
+@pytest.mark.parametrize("method, gradient, entry", [
+    ("rk4", "checkpoint", "odeint_checkpointed"), ("dopri5", "checkpoint", "odeint_checkpointed"),
+    ("rk4", "adjoint", "odeint_adjoint"), ("dopri5", "adjoint", "odeint_adjoint"), ("dopri5", "backprop", "odeint"),
+])
+def test_compiled_block_runs_its_solve_eagerly(method, gradient, entry):
     """The checkpointed and the adjoint solves are graph breaks (their backward passes
-    differentiate one retaken step at a time / solve the adjoint system, which no graph holds):
-    no compiled graph contains the RHS's convolution, and the argument checks around the solve
-    add no break."""
-    block = ODEBlock(ConvField(), method=method, step_size=STEP_SIZE, gradient=gradient)
+    differentiate one retaken step at a time / solve the adjoint system, which no graph holds),
+    and so is an adaptive solve (it reads the state at every step: compiled frame by frame it
+    recompiled as the step count changed and ran slower): no compiled graph contains the RHS's
+    convolution, the argument checks around the solve add no break, and values and gradients are
+    eager's."""
+    accuracy = {"step_size": STEP_SIZE} if method == "rk4" else {"rtol": 1e-4, "atol": 1e-6}
+    block = ODEBlock(ConvField(), method=method, gradient=gradient, **accuracy)
     x = randn(2, 8, 6, 6, seed=2, requires_grad=True)
     explanation = dynamo.explain(block)(x)
     ops = [str(op) for graph in explanation.ops_per_graph for op in graph]
@@ -94,26 +99,6 @@ def test_compiled_block_runs_its_checkpointed_or_adjoint_solve_eagerly(method, g
     # The block's times are numbers: the argument checks read no tensor, so the only break is
     # the call of the eager solve.
     assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {entry}
-    dynamo.reset()
-    grads = []
-    for fn in (torch.compile(block), block):
-        out = fn(x)
-        grads.append((out, torch.autograd.grad(out.square().sum(), (x, *block.parameters()))))
-    assert_close(grads[0][0], grads[1][0])
-    for got, want in zip(grads[0][1], grads[1][1]):
-        assert_close(got, want)
-
-
-def test_compiled_adaptive_block_runs_its_solve_eagerly():
-    """An adaptive solve reads the state at every step (its accept decisions), so inside a
-    compiled caller it runs eagerly, one graph break where odeint starts, instead of being
-    compiled frame by frame (which recompiled as the step count changed and ran slower)."""
-    block = ODEBlock(ConvField(), method="dopri5", rtol=1e-4, atol=1e-6)
-    x = randn(2, 8, 6, 6, seed=2, requires_grad=True)
-    explanation = dynamo.explain(block)(x)
-    ops = [str(op) for graph in explanation.ops_per_graph for op in graph]
-    assert not [op for op in ops if "conv" in op], ops
-    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {"odeint"}
     dynamo.reset()
     results = []
     for fn in (torch.compile(block), block):
