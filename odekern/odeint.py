@@ -106,6 +106,10 @@ def odeint(func: Callable, y0: State, t: Tensor, *, rtol: Any = 1e-7, atol: Any 
         method), ``callback_accept_step`` / ``callback_reject_step`` (adaptive methods); they are
         called exactly where torchdiffeq calls them.
 
+        Inside ``torch.compile`` a solve whose steps follow the state's values (an adaptive
+        method, ``scipy_solver``, ``event_fn``) runs eagerly, one graph break; a ``func``
+        compiled on its own stays compiled there.
+
     Returns:
         ``solution`` of shape ``[len(t), *y0.shape]`` (a tuple of such tensors for a tuple
         ``y0``); ``(solution, status)`` when ``options["on_max_steps"] == "return"``;
