@@ -438,7 +438,8 @@ class _CheckpointedSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_solutions: Tensor | None):
         replay: _Replay = ctx.replay
-        y0, grad_solutions = _saved_state_and_gradients(ctx, grad_solutions, len(replay.nodes))
+        saved = ctx.saved_tensors  # once: torch.utils.checkpoint around a solve unpacks each once
+        y0, grad_solutions = _saved_state_and_gradients(ctx, saved, grad_solutions, len(replay.nodes))
         stored, ctx.stored = ctx.stored, {}
         node_grads: dict[int, st.State] = {}
         for j, node in enumerate(replay.nodes):
@@ -448,16 +449,15 @@ class _CheckpointedSolve(torch.autograd.Function):
         a_last = node_grads.get(last, st.map_state(torch.zeros_like, y0))
         no_grads = (None, None, None)
         if last == 0:
-            grads = refuse_second_order((*st.components(a_last), *([None] * len(replay.params))),
-                                        ctx.saved_tensors, _NO_SECOND_ORDER)
+            grads = refuse_second_order((*st.components(a_last), *([None] * len(replay.params))), saved,
+                                        _NO_SECOND_ORDER)
             return (*no_grads, *grads)
         sweeper = _Backward(replay, replay.params, {k: v for k, v in node_grads.items() if k != last}, stored)
         sweeper.adjoint = a_last
         del stored, a_last
         with _as_in_forward(ctx, replay.rhs.func, st.first(y0).device):
             sweeper.sweep(0, y0, ctx.rng0, last, replay.checkpoints)
-        grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), ctx.saved_tensors,
-                                    _NO_SECOND_ORDER)
+        grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), saved, _NO_SECOND_ORDER)
         return (*no_grads, *grads)
 
 
@@ -496,15 +496,16 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
     def backward(ctx, *grad_solutions: Tensor | None):
         steps: AcceptedSteps = ctx.steps
         n_rows = 1 + sum(len(rows) for rows in steps.outputs_in_step.values())
-        y0, grad_solutions = _saved_state_and_gradients(ctx, grad_solutions, n_rows)
+        saved = ctx.saved_tensors  # once, as in _CheckpointedSolve.backward
+        y0, grad_solutions = _saved_state_and_gradients(ctx, saved, grad_solutions, n_rows)
 
         def row(j: int) -> st.State:
             return st.rebuild(y0, (g[j] for g in grad_solutions))
 
         no_grads = (None,) * 5
         if len(steps) == 0:  # a single output time: the solution is y0
-            return (*no_grads, *refuse_second_order((*st.components(row(0)), *([None] * len(ctx.params))),
-                                                    ctx.saved_tensors, _NO_SECOND_ORDER))
+            return (*no_grads, *refuse_second_order((*st.components(row(0)), *([None] * len(ctx.params))), saved,
+                                                    _NO_SECOND_ORDER))
         output_grads = {k: {j: row(j) for j, _ in rows} for k, rows in steps.outputs_in_step.items()}
         stored, ctx.stored = ctx.stored, {}
         sweeper = _Backward(steps, ctx.params, {0: row(0)}, stored, output_grads)
@@ -512,8 +513,7 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
         sweeper.adjoint = st.map_state(torch.zeros_like, y0)  # nothing is read at the last step's end itself
         with _as_in_forward(ctx, steps.rhs.func, st.first(y0).device):
             sweeper.sweep(0, y0, None, len(steps), ctx.checkpoints)  # the steps set the generators
-        grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), ctx.saved_tensors,
-                                    _NO_SECOND_ORDER)
+        grads = refuse_second_order((*st.components(sweeper.adjoint), *sweeper.param_grads), saved, _NO_SECOND_ORDER)
         return (*no_grads, *grads)
 
 
@@ -542,11 +542,12 @@ def _solve_adaptive(func: Callable, y0: st.State, t: Tensor, checkpoints: int, r
     return st.rebuild(y0, solutions)
 
 
-def _saved_state_and_gradients(ctx, grad_solutions: Sequence[Tensor | None],
+def _saved_state_and_gradients(ctx, saved: Sequence[Tensor], grad_solutions: Sequence[Tensor | None],
                                n_rows: int) -> tuple[st.State, list[Tensor]]:
-    """``y0`` from a checkpointed Function's saved inputs, and the gradients of its ``n_rows``-row
-    solutions with zeros for a component the loss did not use."""
-    parts = ctx.saved_tensors[:ctx.n_parts]
+    """``y0`` from a checkpointed Function's saved inputs (``saved``: its ``ctx.saved_tensors``),
+    and the gradients of its ``n_rows``-row solutions with zeros for a component the loss did not
+    use."""
+    parts = saved[:ctx.n_parts]
     y0 = tuple(parts) if ctx.is_tuple else parts[0]
     return y0, [g if g is not None else torch.zeros(n_rows, *c.shape, dtype=c.dtype, device=c.device)
                 for g, c in zip(grad_solutions, parts)]

@@ -85,7 +85,8 @@ class _EventGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_t, *grad_state):
-        event_t, *state_t = ctx.saved_tensors
+        saved = ctx.saved_tensors  # once: torch.utils.checkpoint around a solve unpacks each once
+        event_t, *state_t = saved
         event_t = event_t.detach().clone().requires_grad_(True)
         state_t = [s.detach().clone().requires_grad_(True) for s in state_t]
         user = tuple(state_t) if ctx.tuple_state else state_t[0]
@@ -106,7 +107,7 @@ class _EventGradient(torch.autograd.Function):
         factor = (-grad_t / (dcdt + _DENOMINATOR_EPS)).reshape(())
         grad_state = [g + d * factor.to(d.dtype) for g, d in zip(grad_state, dstate)]
         # f and dg/dy are held constant here: a second derivative through this would be wrong.
-        return (None, None, None, None, *refuse_second_order(grad_state, ctx.saved_tensors, _NO_SECOND_ORDER))
+        return (None, None, None, None, *refuse_second_order(grad_state, saved, _NO_SECOND_ORDER))
 
 
 def _reroute_with_ops(func, event_fn, tuple_state, event_t, *state_t):
