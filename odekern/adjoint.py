@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from odekern.dispatch import requested_backend, use_requested_backend
+from odekern.module_state import forward_tensors, tensors_as_in_forward
 from odekern.odeint import odeint, promote_tuple_state
 from odekern.reachable import distinct_requiring_grad, warn_unreached
 from odekern.solvers import state
@@ -359,8 +360,10 @@ class _OdeintAdjoint(torch.autograd.Function):
         cfg, t, *tensors = inputs
         ctx.cfg = cfg
         ctx.t_requires_grad = t.requires_grad
-        # backward() runs after any use_backend(...) block has exited: remember the choice.
+        # backward() runs after any use_backend(...) block has exited: remember the choice, and
+        # the tensors func holds (a torch.func.functional_call has returned by then too).
         ctx.backend = requested_backend()
+        ctx.module_tensors = forward_tensors(cfg.func)
         if cfg.event_fn is not None:
             # As torchdiffeq's adjoint, the solve is differentiated up to the event time but not
             # through it; odeint_event adds the event time's own gradient.
@@ -389,7 +392,7 @@ class _OdeintAdjoint(torch.autograd.Function):
         elif callable(norm):
             adjoint_options["norm"] = _NormOfParts(norm, parts)
 
-        with torch.no_grad(), use_requested_backend(ctx.backend):
+        with torch.no_grad(), use_requested_backend(ctx.backend), tensors_as_in_forward(cfg.func, ctx.module_tensors):
             grad_ys = [g.to(like.dtype) for g in grad_ys]
             adj_t = torch.zeros((), dtype=like.dtype, device=like.device)
             adj_y = tuple(g[-1].clone() for g in grad_ys)

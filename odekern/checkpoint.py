@@ -66,6 +66,7 @@ from odekern.dispatch import requested_backend, use_requested_backend
 from odekern.solvers import checkpoint_schedule as schedule
 from odekern.solvers import stages
 from odekern.solvers import state as st
+from odekern.module_state import forward_tensors, tensors_as_in_forward
 from odekern.odeint import build_solver, checked_inputs, flip_time_options, odeint, warn_unsupported_callbacks
 from odekern.reachable import differentiable_tensors, distinct_requiring_grad, training_buffers, warn_unreached
 from odekern.solvers.base import RHS, Perturb, beside, step_callbacks
@@ -422,6 +423,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         # both, so that its replays and recorded steps compute what this forward pass did.
         ctx.backend = requested_backend()
         ctx.autocast = _autocast_state(device)
+        ctx.module_tensors = forward_tensors(replay.rhs.func)
         ctx.stored = {i: (states[i], rngs[i]) for i in first_sweep}
         ctx.rng0 = rngs[nodes[0]]
         ctx.is_tuple = is_tuple
@@ -489,6 +491,7 @@ class _CheckpointedAdaptiveSolve(torch.autograd.Function):
         ctx.checkpoints, ctx.is_tuple, ctx.n_parts = checkpoints, is_tuple, n_parts
         ctx.backend = requested_backend()
         ctx.autocast = _autocast_state(device)
+        ctx.module_tensors = forward_tensors(solver.rhs.func)
         ctx.save_for_backward(*inputs)  # as _CheckpointedSolve: a changed input is refused
         return st.components(solution)
 
@@ -556,9 +559,11 @@ def _saved_state_and_gradients(ctx, saved: Sequence[Tensor], grad_solutions: Seq
 @contextlib.contextmanager
 def _as_in_forward(ctx, func: Callable, device: torch.device) -> Iterator[None]:
     """What a checkpointed backward pass runs under: the backend and autocast settings its
-    forward pass had (``ctx.backend``, ``ctx.autocast``), the generators and the training-mode
-    buffers of ``func`` left as they were before it."""
+    forward pass had (``ctx.backend``, ``ctx.autocast``), the tensors ``func`` held in it
+    (``ctx.module_tensors``: a ``torch.func.functional_call`` has returned by now), the
+    generators and the training-mode buffers of ``func`` left as they were before it."""
     with contextlib.ExitStack() as modes:
+        modes.enter_context(tensors_as_in_forward(func, ctx.module_tensors))
         modes.enter_context(_buffers_kept(func))
         modes.enter_context(preserved(device))
         modes.enter_context(use_requested_backend(ctx.backend))

@@ -25,7 +25,7 @@ LAYERS = (
     ("odekern.solvers",),
     ("odekern.ops",),
     ("odekern.odeint", "odekern.adjoint", "odekern.checkpoint", "odekern.dense", "odekern.events",
-     "odekern.reachable"),
+     "odekern.reachable", "odekern.module_state"),
     ("odekern.nn",),
     ("odekern.testing",),
 )
