@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.autograd import forward_ad
 
+from odekern.module_state import forward_tensors, tensors_as_in_forward
 from odekern.odeint import odeint
 from odekern.solvers import state
 from odekern.solvers.checks import check_time_scalar, from_numpy
@@ -80,6 +81,7 @@ class _EventGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, func, event_fn, tuple_state, event_t, *state_t):
         ctx.func, ctx.event_fn, ctx.tuple_state = func, event_fn, tuple_state
+        ctx.module_tensors = forward_tensors(func)  # as the solve saw them (module_state.py)
         ctx.save_for_backward(event_t, *state_t)
         return (event_t.detach(), *(s.detach() for s in state_t))
 
@@ -92,7 +94,7 @@ class _EventGradient(torch.autograd.Function):
         user = tuple(state_t) if ctx.tuple_state else state_t[0]
         grad_t = torch.zeros_like(event_t) if grad_t is None else grad_t
         grad_state = [torch.zeros_like(s) if g is None else g for s, g in zip(state_t, grad_state)]
-        with torch.no_grad():
+        with torch.no_grad(), tensors_as_in_forward(ctx.func, ctx.module_tensors):
             # func sees time in the state's dtype, as in the solve.
             f_val = state.components(ctx.func(event_t.to(state_t[0].dtype), user))
         with torch.enable_grad():

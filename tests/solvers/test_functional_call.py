@@ -104,3 +104,36 @@ def test_entry_points_with_a_module_func(entry):
     for got, want in zip(grads, ref_grads):
         assert got.abs().max() > 0
         assert_close(got, want, **tolerance)
+
+
+def test_event_time_under_functional_call():
+    """odeint_event's gradient of the event time evaluates func at the event in its backward
+    pass: with the substituted tensors, as the solve did."""
+    func = Field()
+    substitutes = _substitutes(func)
+    y0 = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
+
+    def event_time(module):
+        event_t, _ = odekern.odeint_event(module, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y.sum() - 3.0)
+        return event_t
+
+    class Solve(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.func = func
+
+        def forward(self):
+            return event_time(self.func)
+
+    got = functional_call(Solve(), {f"func.{name}": tensor for name, tensor in substitutes.items()}, ())
+    grads = torch.autograd.grad(got, [substitutes[name] for name, _ in func.named_parameters()])
+    loaded = Field()
+    with torch.no_grad():
+        for name, tensor in {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}.items():
+            tensor.copy_(substitutes[name])
+    want = event_time(loaded)
+    ref_grads = torch.autograd.grad(want, list(loaded.parameters()))
+    assert_close(got, want)
+    for g, r in zip(grads, ref_grads):
+        assert g.abs().max() > 0
+        assert_close(g, r)
