@@ -96,6 +96,20 @@ class TupleOscillator(nn.Module):
         return v, -self.w ** 2 * x - self.damping * v + 0.1 * torch.cos(t)
 
 
+class TanhField(nn.Module):
+    """tanh(W y + b + shift) cos t on 3 features in float64, seeded; ``shift`` is a buffer, so
+    the module holds both kinds of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(3, 3, dtype=torch.float64)
+        self.register_buffer("shift", torch.full((3,), 0.1, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.tanh(self.layer(y) + self.shift) * torch.cos(t)
+
+
 def weighted_grads(solution, leaves, seed=99):
     """Gradients with respect to ``leaves`` of a fixed random weighting of ``solution`` (a
     tensor or a tuple of tensors): every entry of the solution reaches the loss."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from solver_problems import TanhField
 from torch import nn
 from torch.func import functional_call
 
@@ -16,17 +17,6 @@ from odekern.testing import assert_close, randn
 
 F64 = torch.float64
 T = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
-
-
-class Field(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = nn.Linear(3, 3, dtype=F64)
-        self.register_buffer("shift", torch.full((3,), 0.1, dtype=F64))
-
-    def forward(self, t, y):
-        return torch.tanh(self.layer(y) + self.shift) * torch.cos(t)
 
 
 def _substitutes(module):
@@ -51,7 +41,7 @@ def test_ode_block_under_functional_call(method, gradient):
     accuracy = {"step_size": 0.125} if method == "rk4" else {"rtol": 1e-10, "atol": 1e-12}
 
     def make_block(mode):
-        return odekern.ODEBlock(Field(), method=method, gradient=mode, **accuracy)
+        return odekern.ODEBlock(TanhField(), method=method, gradient=mode, **accuracy)
 
     block = make_block(gradient)
     substitutes = _substitutes(block)
@@ -72,7 +62,7 @@ def test_ode_block_under_functional_call(method, gradient):
 
 @pytest.mark.parametrize("entry", ["odeint_adjoint", "odeint_checkpointed"])
 def test_entry_points_with_a_module_func(entry):
-    func = Field()
+    func = TanhField()
     substitutes = _substitutes(func)
     y0 = randn(2, 3, dtype=F64, seed=2)
     extra = {"checkpoints": 2} if entry == "odeint_checkpointed" else {}
@@ -94,7 +84,7 @@ def test_entry_points_with_a_module_func(entry):
     out = functional_call(wrapper, prefixed, (entry,))
     leaves = [substitutes[name] for name, _ in func.named_parameters()]
     grads = torch.autograd.grad(out.square().sum(), leaves)
-    loaded = Field()
+    loaded = TanhField()
     with torch.no_grad():
         for name, tensor in {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}.items():
             tensor.copy_(substitutes[name])
@@ -109,7 +99,7 @@ def test_entry_points_with_a_module_func(entry):
 def test_event_time_under_functional_call():
     """odeint_event's gradient of the event time evaluates func at the event in its backward
     pass: with the substituted tensors, as the solve did."""
-    func = Field()
+    func = TanhField()
     substitutes = _substitutes(func)
     y0 = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
 
@@ -127,7 +117,7 @@ def test_event_time_under_functional_call():
 
     got = functional_call(Solve(), {f"func.{name}": tensor for name, tensor in substitutes.items()}, ())
     grads = torch.autograd.grad(got, [substitutes[name] for name, _ in func.named_parameters()])
-    loaded = Field()
+    loaded = TanhField()
     with torch.no_grad():
         for name, tensor in {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}.items():
             tensor.copy_(substitutes[name])

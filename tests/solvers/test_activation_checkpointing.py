@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from solver_problems import TanhField
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -14,16 +15,6 @@ import odekern
 from odekern.testing import assert_close, randn
 
 F64 = torch.float64
-
-
-class Field(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = nn.Linear(3, 3, dtype=F64)
-
-    def forward(self, t, y):
-        return torch.tanh(self.layer(y)) * torch.cos(t)
 
 
 def _gradients(run, leaves):
@@ -52,7 +43,7 @@ def _assert_same_with_and_without_checkpoint(fn, inputs, leaves, reentrant):
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_ode_block(method, gradient, reentrant):
     accuracy = {"step_size": 0.125} if method == "rk4" else {"rtol": 1e-6, "atol": 1e-8}
-    block = odekern.ODEBlock(Field(), method=method, gradient=gradient, **accuracy)
+    block = odekern.ODEBlock(TanhField(), method=method, gradient=gradient, **accuracy)
     x = randn(2, 3, dtype=F64, seed=1, requires_grad=True)
     _assert_same_with_and_without_checkpoint(block, (x,), (x, *block.parameters()), reentrant)
 

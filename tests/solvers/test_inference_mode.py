@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from solver_problems import TanhField
 
 import odekern
 from odekern.solvers.registry import ADAPTIVE_METHODS, METHODS
@@ -15,16 +15,6 @@ from odekern.testing import randn
 
 F64 = torch.float64
 T = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
-
-
-class Field(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = nn.Linear(3, 3, dtype=F64)
-
-    def forward(self, t, y):
-        return torch.tanh(self.layer(y)) * torch.cos(t)
 
 
 def _both(solve):
@@ -54,19 +44,19 @@ def _options(method):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_odeint_every_method(method):
     y0 = randn(2, 3, dtype=F64, seed=1)
-    _assert_same(*_both(lambda: odekern.odeint(Field(), y0, T, method=method, options=_options(method))))
+    _assert_same(*_both(lambda: odekern.odeint(TanhField(), y0, T, method=method, options=_options(method))))
 
 
 def test_odeint_tuple_state_and_per_sample_control():
     y0 = randn(2, 3, dtype=F64, seed=2)
     _assert_same(*_both(lambda: odekern.odeint(lambda t, y: (-y[1], y[0]), (y0, 2 * y0), T)))
-    _assert_same(*_both(lambda: odekern.odeint(Field(), y0, T, options={"control": "per_sample"})))
+    _assert_same(*_both(lambda: odekern.odeint(TanhField(), y0, T, options={"control": "per_sample"})))
 
 
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_gradient_mode_entry_points(method):
     y0 = randn(2, 3, dtype=F64, seed=3)
-    func = Field()
+    func = TanhField()
     options = _options(method)
     _assert_same(*_both(lambda: odekern.odeint_adjoint(func, y0, T, method=method, options=options)))
     _assert_same(*_both(lambda: odekern.odeint_checkpointed(func, y0, T, checkpoints=2, method=method,
@@ -86,7 +76,7 @@ def test_events_and_dense_output():
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_ode_block(gradient, method):
     x = randn(2, 3, dtype=F64, seed=4)
-    block = odekern.ODEBlock(Field(), method=method, gradient=gradient,
+    block = odekern.ODEBlock(TanhField(), method=method, gradient=gradient,
                              **({"step_size": 0.125} if method == "rk4" else {}))
     _assert_same(*_both(lambda: block(x)))
 
@@ -96,10 +86,10 @@ def test_second_order_block_and_a_block_made_under_inference_mode():
     block = odekern.ODEBlock(lambda t, x, v: -x - 0.1 * v, order=2, method="rk4", step_size=0.125)
     _assert_same(*_both(lambda: block(x)))
     with torch.inference_mode():
-        made_there = odekern.ODEBlock(Field(), method="rk4", step_size=0.125)
-        made_there.load_state_dict(odekern.ODEBlock(Field(), method="rk4", step_size=0.125).state_dict())
+        made_there = odekern.ODEBlock(TanhField(), method="rk4", step_size=0.125)
+        made_there.load_state_dict(odekern.ODEBlock(TanhField(), method="rk4", step_size=0.125).state_dict())
     with torch.no_grad():  # its parameters are inference tensors: no graph may record them
-        assert torch.equal(made_there(x), odekern.ODEBlock(Field(), method="rk4", step_size=0.125)(x))
+        assert torch.equal(made_there(x), odekern.ODEBlock(TanhField(), method="rk4", step_size=0.125)(x))
 
 
 @pytest.mark.parametrize("control", ["global", "per_element"])
