@@ -27,11 +27,12 @@ Tensor = torch.Tensor
 def _versions(y: state.State) -> int | tuple[int, ...] | None:
     """The version counters of a state's tensors: an in-place write to one (or to a view of it)
     increments its counter. None for inference tensors (made under torch.inference_mode()),
-    which have none: there an in-place write cannot be noticed."""
-    parts = (y,) if isinstance(y, Tensor) else y
-    if any(part.is_inference() for part in parts):
+    which have none: there an in-place write cannot be noticed. (Asked, not checked first: this
+    runs twice per RHS call, and a check per tensor would cost more than the read.)"""
+    try:
+        return y._version if isinstance(y, Tensor) else tuple(part._version for part in y)
+    except RuntimeError:  # "Inference tensors do not track version counter"
         return None
-    return y._version if isinstance(y, Tensor) else tuple(part._version for part in y)
 
 
 class Perturb(enum.Enum):
