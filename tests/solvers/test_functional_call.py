@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 import odekern
+from odekern.module_state import forward_tensors
 from odekern.testing import assert_close, randn
 
 F64 = torch.float64
@@ -22,17 +23,31 @@ T = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
 def _substitutes(module):
     """Other weights for every parameter and buffer, the parameters to be differentiated."""
     return {name: (tensor.detach() * 1.3 + 0.05).requires_grad_(tensor.requires_grad)
-            for name, tensor in {**dict(module.named_parameters()), **dict(module.named_buffers())}.items()}
+            for name, tensor in forward_tensors(module).items()}
 
 
-def _reference(make_block, substitutes, x):
-    """The same block with the substitutes loaded into it, differentiated by backprop."""
-    block = make_block("backprop")
+def _loaded(module, substitutes):
+    """``module`` with the substitutes copied into it: the reference, without functional_call."""
     with torch.no_grad():
-        for name, tensor in {**dict(block.named_parameters()), **dict(block.named_buffers())}.items():
+        for name, tensor in forward_tensors(module).items():
             tensor.copy_(substitutes[name])
-    out = block(x)
-    return out, torch.autograd.grad(out.square().sum(), [p for p in block.parameters()])
+    return module
+
+
+class _Holder(nn.Module):
+    """``solve(func)`` with ``func`` a submodule, so that functional_call substitutes its tensors."""
+
+    def __init__(self, func, solve):
+        super().__init__()
+        self.func = func
+        self.solve = solve
+
+    def forward(self):
+        return self.solve(self.func)
+
+
+def _under_functional_call(func, substitutes, solve):
+    return functional_call(_Holder(func, solve), {f"func.{name}": tensor for name, tensor in substitutes.items()}, ())
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "checkpoint"])
@@ -49,7 +64,9 @@ def test_ode_block_under_functional_call(method, gradient):
     out = functional_call(block, substitutes, (x,))
     leaves = [substitutes[name] for name, _ in block.named_parameters()]
     grads = torch.autograd.grad(out.square().sum(), leaves)
-    ref_out, ref_grads = _reference(make_block, substitutes, x)
+    reference = _loaded(make_block("backprop"), substitutes)
+    ref_out = reference(x)
+    ref_grads = torch.autograd.grad(ref_out.square().sum(), list(reference.parameters()))
     assert_close(out, ref_out)
     # The adjoint's gradient is the continuous one: backprop's up to the solver's error (rk4, h = 1/8).
     tolerance = {"kind": "cross", "rtol": 1e-4, "atol": 1e-6} if gradient == "adjoint" else {}
@@ -67,27 +84,13 @@ def test_entry_points_with_a_module_func(entry):
     y0 = randn(2, 3, dtype=F64, seed=2)
     extra = {"checkpoints": 2} if entry == "odeint_checkpointed" else {}
 
-    def solve(module, name):
-        solver = getattr(odekern, name)
-        return solver(module, y0, T, method="rk4", options={"step_size": 0.125}, **extra)
+    def solve(module):
+        return getattr(odekern, entry)(module, y0, T, method="rk4", options={"step_size": 0.125}, **extra)
 
-    class Solve(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.func = func
-
-        def forward(self, name):
-            return solve(self.func, name)
-
-    wrapper = Solve()
-    prefixed = {f"func.{name}": tensor for name, tensor in substitutes.items()}
-    out = functional_call(wrapper, prefixed, (entry,))
+    out = _under_functional_call(func, substitutes, solve)
     leaves = [substitutes[name] for name, _ in func.named_parameters()]
     grads = torch.autograd.grad(out.square().sum(), leaves)
-    loaded = TanhField()
-    with torch.no_grad():
-        for name, tensor in {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}.items():
-            tensor.copy_(substitutes[name])
+    loaded = _loaded(TanhField(), substitutes)
     ref = odekern.odeint(loaded, y0, T, method="rk4", options={"step_size": 0.125})
     ref_grads = torch.autograd.grad(ref.square().sum(), list(loaded.parameters()))
     tolerance = {"kind": "cross", "rtol": 1e-4, "atol": 1e-6} if entry == "odeint_adjoint" else {}
@@ -107,20 +110,9 @@ def test_event_time_under_functional_call():
         event_t, _ = odekern.odeint_event(module, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y.sum() - 3.0)
         return event_t
 
-    class Solve(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.func = func
-
-        def forward(self):
-            return event_time(self.func)
-
-    got = functional_call(Solve(), {f"func.{name}": tensor for name, tensor in substitutes.items()}, ())
+    got = _under_functional_call(func, substitutes, event_time)
     grads = torch.autograd.grad(got, [substitutes[name] for name, _ in func.named_parameters()])
-    loaded = TanhField()
-    with torch.no_grad():
-        for name, tensor in {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}.items():
-            tensor.copy_(substitutes[name])
+    loaded = _loaded(TanhField(), substitutes)
     want = event_time(loaded)
     ref_grads = torch.autograd.grad(want, list(loaded.parameters()))
     assert_close(got, want)
