@@ -597,22 +597,23 @@ def odeint_adjoint(
         # y0 here, before the forward solve, rather than deep inside backward()).
         check_tolerance_resolvable(adjoint_rtol, adjoint_atol, y0, backward_method, names)
 
-    tuple_state = state.is_tuple(y0)
-    cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
-                         adjoint_options, _state_norm(options, tuple_state),
-                         _AugmentedLayout(len(state.components(y0)), tuple_state), event_fn)
-    if state.any_carries_tangent([t, *state.components(y0), *params]):
+    inputs = [t, *state.components(y0), *params]
+    if state.any_carries_tangent(inputs):
         # Inside a torch.func transform, or with forward-mode tangents, the adjoint's backward
         # (autograd.grad over func at every step) cannot run; the solve is differentiated as a
         # discrete one instead, which agrees with the adjoint to within the solver tolerance.
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn)
-    if not state.records_derivatives([t, *state.components(y0), *params]):
+    if not state.records_derivatives(inputs):
         # Nothing to differentiate (torch.no_grad(), inference): the solve is the adjoint's
         # forward pass, odeint's under no_grad, with nothing kept for a backward pass. Times given
         # as numbers stay numbers: a fixed-grid solve then reads no tensor and compiles whole.
         with torch.no_grad():
             return odeint(func, y0, t if t_values is None else t_values, rtol=rtol, atol=atol, method=method,
                           options=options, event_fn=event_fn)
+    tuple_state = state.is_tuple(y0)
+    cfg = _AdjointConfig(func, rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
+                         adjoint_options, _state_norm(options, tuple_state),
+                         _AugmentedLayout(len(state.components(y0)), tuple_state), event_fn)
     return _solve_differentiably(cfg, t, y0, params)
 
 
